@@ -1,0 +1,173 @@
+//! Who is calling: API keys from `authorization: Bearer <key>` metadata.
+//!
+//! A key is looked up by the SHA-256 of its secret (fast; see [`ApiKeySecret::hash`]),
+//! and the result is cached for [`CACHE_TTL`] so a busy partner does not cost a
+//! database read per RPC. Revoking a key or suspending an organization clears this
+//! replica's cache at once; other replicas notice within [`CACHE_TTL`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::domain::{ApiKeySecret, KeyHash, OrgRef, Principal, Scope, Scopes};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// How long a looked-up key is trusted without asking the database again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Entries kept at most; beyond this the cache starts over rather than grow unbounded
+/// under a flood of distinct (valid) keys.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// The authenticated caller of one RPC.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    pub principal: Principal,
+    pub scopes: Scopes,
+}
+
+impl Caller {
+    /// The hub operator, for the CLI acting directly on the database.
+    pub fn operator() -> Self {
+        Self { key_id: "cli".into(), principal: Principal::Operator, scopes: Scopes::new(vec![Scope::Admin]).expect("non-empty") }
+    }
+
+    /// The caller the edge attached to `request`.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller> {
+        request.extensions().get::<Caller>().cloned().ok_or_else(|| Error::Unauthenticated {
+            reason: "MISSING_CREDENTIALS",
+            message: "no API key was presented".into(),
+        })
+    }
+
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        if self.scopes.allows(scope) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied {
+                reason: "INSUFFICIENT_SCOPE",
+                message: format!("this method needs a key with the {} scope", scope.as_str()),
+            })
+        }
+    }
+
+    pub fn require_operator(&self) -> Result<()> {
+        match self.principal {
+            Principal::Operator => self.require(Scope::Admin),
+            Principal::Organization(_) => Err(Error::permission_denied("this method needs the hub operator's key")),
+        }
+    }
+
+    /// The organization the caller speaks for; operators have none.
+    pub fn organization(&self) -> Result<&OrgRef> {
+        match &self.principal {
+            Principal::Organization(org) => Ok(org),
+            Principal::Operator => Err(Error::permission_denied("this method needs an organization's key, not the operator's")),
+        }
+    }
+
+    /// Whether the caller may act on resources of organization `org_id`: its own, or
+    /// any for the operator.
+    pub fn may_act_for(&self, org_id: &str) -> bool {
+        match &self.principal {
+            Principal::Operator => true,
+            Principal::Organization(org) => org.id == org_id,
+        }
+    }
+
+    /// The namespace of this caller's `request_id`s.
+    pub fn idempotency_scope(&self) -> String {
+        match &self.principal {
+            Principal::Operator => "operator".into(),
+            Principal::Organization(org) => format!("org:{}", org.id),
+        }
+    }
+
+    /// How logs name the caller.
+    pub fn label(&self) -> &str {
+        match &self.principal {
+            Principal::Operator => "operator",
+            Principal::Organization(org) => org.slug.as_str(),
+        }
+    }
+}
+
+struct Cached {
+    caller: Caller,
+    expire_time: Option<Timestamp>,
+    fetched: Instant,
+}
+
+pub struct Authenticator {
+    store: Store,
+    cache: Mutex<HashMap<KeyHash, Cached>>,
+}
+
+fn unauthenticated(reason: &'static str, message: &str) -> Error {
+    Error::Unauthenticated { reason, message: message.to_owned() }
+}
+
+impl Authenticator {
+    pub fn new(store: Store) -> Self {
+        Self { store, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Checks the value of an `authorization` header.
+    pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<Caller> {
+        let header = header.ok_or_else(|| {
+            unauthenticated("MISSING_CREDENTIALS", "send an API key as `authorization: Bearer <key>` metadata")
+        })?;
+        let token = std::str::from_utf8(header)
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| unauthenticated("MALFORMED_CREDENTIALS", "the authorization metadata must be `Bearer <key>`"))?;
+        let secret = ApiKeySecret::parse(token).ok_or_else(|| unauthenticated("INVALID_KEY", "the API key is not valid"))?;
+        let hash = secret.hash();
+        let now = Timestamp::now();
+
+        let cached = {
+            let cache = self.cache.lock().expect("key cache poisoned");
+            cache
+                .get(&hash)
+                .filter(|c| c.fetched.elapsed() < CACHE_TTL)
+                .map(|c| (c.caller.clone(), c.expire_time))
+        };
+        let (caller, expire_time) = match cached {
+            Some(hit) => hit,
+            None => {
+                let record = self
+                    .store
+                    .api_key_by_hash(&hash)
+                    .await?
+                    .ok_or_else(|| unauthenticated("INVALID_KEY", "the API key is not valid"))?;
+                if record.key.revoke_time.is_some() {
+                    return Err(unauthenticated("KEY_REVOKED", "the API key has been revoked"));
+                }
+                if !record.owner_active {
+                    return Err(unauthenticated("ORGANIZATION_SUSPENDED", "the key's organization is suspended"));
+                }
+                let caller = Caller { key_id: record.key.id, principal: record.key.principal, scopes: record.key.scopes };
+                let mut cache = self.cache.lock().expect("key cache poisoned");
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+                let entry = Cached { caller: caller.clone(), expire_time: record.key.expire_time, fetched: Instant::now() };
+                cache.insert(hash, entry);
+                (caller, record.key.expire_time)
+            }
+        };
+        if expire_time.is_some_and(|t| t <= now) {
+            return Err(unauthenticated("KEY_EXPIRED", "the API key has expired"));
+        }
+        Ok(caller)
+    }
+
+    /// Forgets every cached key: call after revoking a key or suspending an organization.
+    pub fn forget_all(&self) {
+        self.cache.lock().expect("key cache poisoned").clear();
+    }
+}

@@ -1,0 +1,107 @@
+//! Resource names (AIP-122): parsing what callers send, formatting what they get.
+
+use uuid::Uuid;
+
+use crate::domain::Slug;
+use crate::error::FieldViolation;
+
+pub fn organization(slug: &Slug) -> String {
+    format!("organizations/{slug}")
+}
+
+pub fn member(org: &Slug, id: &str) -> String {
+    format!("organizations/{org}/members/{id}")
+}
+
+pub fn partnership(id: &str) -> String {
+    format!("partnerships/{id}")
+}
+
+/// Whose key: an organization's, or the operator's (`None`).
+pub fn api_key(owner: Option<&Slug>, id: &str) -> String {
+    match owner {
+        Some(org) => format!("organizations/{org}/apiKeys/{id}"),
+        None => format!("operator/apiKeys/{id}"),
+    }
+}
+
+fn bad(expected: &str) -> FieldViolation {
+    FieldViolation::new("", format!("must be a resource name of the form {expected}"))
+}
+
+/// A server-assigned id: a UUID.
+fn id(raw: &str, expected: &str) -> Result<String, FieldViolation> {
+    Uuid::parse_str(raw).map(|u| u.hyphenated().to_string()).map_err(|_| bad(expected))
+}
+
+/// `organizations/{org}`.
+pub fn parse_organization(name: &str) -> Result<Slug, FieldViolation> {
+    const FORM: &str = "organizations/{organization}";
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    let slug = name.strip_prefix("organizations/").filter(|s| !s.contains('/')).ok_or_else(|| bad(FORM))?;
+    Slug::parse(slug).map_err(|_| bad(FORM))
+}
+
+/// `organizations/{org}/members/{member}`.
+pub fn parse_member(name: &str) -> Result<(Slug, String), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/members/{member}";
+    parse_child(name, "members", FORM)
+}
+
+/// `organizations/{org}/apiKeys/{key}` or `operator/apiKeys/{key}`.
+pub fn parse_api_key(name: &str) -> Result<(Option<Slug>, String), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/apiKeys/{key}";
+    if let Some(rest) = name.strip_prefix("operator/apiKeys/") {
+        return Ok((None, id(rest, FORM)?));
+    }
+    parse_child(name, "apiKeys", FORM).map(|(org, key)| (Some(org), key))
+}
+
+/// `partnerships/{partnership}`.
+pub fn parse_partnership(name: &str) -> Result<String, FieldViolation> {
+    const FORM: &str = "partnerships/{partnership}";
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    id(name.strip_prefix("partnerships/").ok_or_else(|| bad(FORM))?, FORM)
+}
+
+fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String), FieldViolation> {
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    let parts: Vec<&str> = name.split('/').collect();
+    match parts.as_slice() {
+        ["organizations", org, c, child] if *c == collection => {
+            Ok((Slug::parse(org).map_err(|_| bad(form))?, id(child, form)?))
+        }
+        _ => Err(bad(form)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let slug = Slug::parse("acme").unwrap();
+        let id = Uuid::now_v7().to_string();
+        assert_eq!(parse_organization(&organization(&slug)).unwrap(), slug);
+        assert_eq!(parse_member(&member(&slug, &id)).unwrap(), (slug.clone(), id.clone()));
+        assert_eq!(parse_partnership(&partnership(&id)).unwrap(), id);
+        assert_eq!(parse_api_key(&api_key(Some(&slug), &id)).unwrap(), (Some(slug.clone()), id.clone()));
+        assert_eq!(parse_api_key(&api_key(None, &id)).unwrap(), (None, id.clone()));
+    }
+
+    #[test]
+    fn malformed_names_say_the_expected_form() {
+        let err = parse_member("organizations/acme/people/x").unwrap_err();
+        assert!(err.description.contains("organizations/{organization}/members/{member}"));
+        assert!(parse_organization("organizations/acme/extra").is_err());
+        assert!(parse_partnership("partnerships/not-a-uuid").is_err());
+        assert_eq!(parse_organization("").unwrap_err().description, "is required");
+    }
+}

@@ -1,0 +1,64 @@
+//! Writes that are safe to retry: each runs in one transaction together with the
+//! record of its `request_id` (AIP-155), so a retry returns the first answer.
+
+use jiff::Timestamp;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::{Caller, Hub};
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::store::{Claim, Tx};
+
+/// Longest accepted `request_id`; a UUID needs 36.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A response that can be stored and replayed.
+pub trait Replayable: Message + Default + Sized {
+    /// What a retry gets back; the same as the first answer unless it held a secret.
+    fn for_replay(&self) -> Self;
+}
+
+macro_rules! replay_as_is {
+    ($($t:ty),*) => { $(impl Replayable for $t { fn for_replay(&self) -> Self { self.clone() } })* };
+}
+replay_as_is!(pb::Organization, pb::ApiKey, pb::Member, pb::DeleteMemberResponse, pb::Partnership);
+
+impl Replayable for pb::CreateApiKeyResponse {
+    /// The secret is never stored, so a retry cannot show it again.
+    fn for_replay(&self) -> Self {
+        Self { api_key: self.api_key.clone(), key: String::new() }
+    }
+}
+
+/// Runs `change` in a write transaction and commits it. With a `request_id`, the
+/// first answer is stored in the same transaction and a retry returns it without
+/// running `change` again; the same id with a different request is refused.
+pub async fn idempotent<M, F>(hub: &Hub, caller: &Caller, method: &str, request_id: &str, request: &impl Message, change: F) -> Result<M>
+where
+    M: Replayable,
+    F: AsyncFnOnce(&mut Tx) -> Result<M>,
+{
+    let mut tx = hub.store.begin().await?;
+    if request_id.is_empty() {
+        let response = change(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(response);
+    }
+    if request_id.len() > MAX_REQUEST_ID_LEN || !request_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid("request_id", "must be at most 128 printable ASCII characters; a UUID is recommended"));
+    }
+    let scope = caller.idempotency_scope();
+    let hash = format!("{:x}", Sha256::digest(request.encode_to_vec()));
+    match tx.claim_request(&scope, request_id, method, &hash, Timestamp::now()).await? {
+        Claim::Replay(bytes) => {
+            let response = M::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("stored response does not decode: {e}"))?;
+            return Ok(response);
+        }
+        Claim::New => {}
+    }
+    let response = change(&mut tx).await?;
+    tx.record_response(&scope, request_id, &response.for_replay().encode_to_vec()).await?;
+    tx.commit().await?;
+    Ok(response)
+}

@@ -1,0 +1,289 @@
+//! Configuration in layers: built-in defaults, then a TOML file, then `LIAISON_*`
+//! environment variables, then command-line flags. Validated once, at start.
+//!
+//! Every key has an environment variable: the key's path joined by `_` and upper-cased
+//! behind `LIAISON_` (`database.url` → `LIAISON_DATABASE_URL`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables are read with this prefix.
+pub const ENV_PREFIX: &str = "LIAISON_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: String,
+    /// `text` (human) or `json` (one object per line).
+    pub log_format: LogFormat,
+    pub database: DatabaseConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    pub url: String,
+    /// PostgreSQL pool size per replica.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before failing.
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent requests served on one HTTP/2 connection.
+    pub concurrency_per_connection: usize,
+    /// A unary request running longer than this is cancelled with DEADLINE_EXCEEDED.
+    pub request_timeout_secs: u64,
+    /// HTTP/2 keepalive ping interval; a peer that does not answer within
+    /// `keepalive_timeout_secs` is disconnected.
+    pub keepalive_interval_secs: u64,
+    pub keepalive_timeout_secs: u64,
+    /// On SIGINT/SIGTERM, in-flight requests get this long to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            log_format: LogFormat::Text,
+            database: DatabaseConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://liaison.db".into(), max_connections: 16, acquire_timeout_secs: 5 }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            // 4 MiB: gRPC's customary default, ample for a 1,000-record batch.
+            max_message_bytes: 4 * 1024 * 1024,
+            concurrency_per_connection: 256,
+            request_timeout_secs: 30,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// Values given as flags; each overrides everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads defaults < `file` < environment (`env` yields `(name, value)` pairs) <
+    /// `overrides`, then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> anyhow::Result<Self> {
+        let mut table = toml::Table::try_from(Config::default()).context("Failed to encode the defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("Failed to read the config file {}", path.display()))?;
+            let from_file: toml::Table =
+                toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+            merge(&mut table, from_file);
+        }
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let known = leaf_paths(&table);
+        for (name, value) in &env {
+            if name == "LIAISON_CONFIG" || name.starts_with("LIAISON_TEST_") || name == "LIAISON_LOG" {
+                continue;
+            }
+            let Some(path) = known.iter().find(|p| env_name(p) == *name) else {
+                bail!("unknown environment variable {name}; known: {}", known.iter().map(|p| env_name(p)).collect::<Vec<_>>().join(", "));
+            };
+            set(&mut table, path, value);
+        }
+        if let Some(listen) = &overrides.listen {
+            set(&mut table, "listen", listen);
+        }
+        if let Some(url) = &overrides.database_url {
+            set(&mut table, "database.url", url);
+        }
+        if let Some(format) = overrides.log_format {
+            set(&mut table, "log_format", if format == LogFormat::Json { "json" } else { "text" });
+        }
+        let config: Config = table.try_into().context("Invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; every message names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        crate::store::Dialect::of_url(&self.database.url).context("database.url")?;
+        let ranges: [(&str, u64, u64, u64); 7] = [
+            ("database.max_connections", self.database.max_connections.into(), 1, 1000),
+            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, 1, 600),
+            ("server.max_message_bytes", self.server.max_message_bytes as u64, 1024, 256 * 1024 * 1024),
+            ("server.concurrency_per_connection", self.server.concurrency_per_connection as u64, 1, 100_000),
+            ("server.request_timeout_secs", self.server.request_timeout_secs, 1, 3600),
+            ("server.keepalive_interval_secs", self.server.keepalive_interval_secs, 1, 3600),
+            ("server.keepalive_timeout_secs", self.server.keepalive_timeout_secs, 1, 3600),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                bail!("{key} must be between {min} and {max} (got {value})");
+            }
+        }
+        if self.server.shutdown_grace_secs > 3600 {
+            bail!("server.shutdown_grace_secs must be at most 3600");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listen.parse().with_context(|| format!("listen must be an address such as 127.0.0.1:50051 (got {:?})", self.listen))
+    }
+
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            url: self.database.url.clone(),
+            max_connections: self.database.max_connections,
+            acquire_timeout: Duration::from_secs(self.database.acquire_timeout_secs),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    match tail {
+        Some(tail) => format!("{scheme}://{authority}/{tail}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+fn env_name(path: &str) -> String {
+    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_uppercase())
+}
+
+fn leaf_paths(table: &toml::Table) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(inner) => out.extend(leaf_paths(inner).into_iter().map(|p| format!("{key}.{p}"))),
+            _ => out.push(key.clone()),
+        }
+    }
+    out
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets a dotted key from text: as a TOML number or boolean where it reads as one, else
+/// as a string, so `LIAISON_DATABASE_MAX_CONNECTIONS=8` is a number.
+fn set(table: &mut toml::Table, path: &str, raw: &str) {
+    let value = raw
+        .parse::<i64>()
+        .map(toml::Value::Integer)
+        .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
+        .unwrap_or_else(|_| toml::Value::String(raw.to_owned()));
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let leaf = parts.pop().expect("non-empty path");
+    let mut current = table;
+    for part in parts {
+        current = current
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("config sections are tables");
+    }
+    current.insert(leaf.to_owned(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("liaison.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:1\"\n[database]\nmax_connections = 3\nurl = \"sqlite://a.db\"\n").unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[("LIAISON_DATABASE_URL", "postgres://u@h/db"), ("LIAISON_DATABASE_MAX_CONNECTIONS", "7"), ("PATH", "/bin")]),
+            &Overrides { listen: Some("127.0.0.1:9".into()), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9");
+        assert_eq!(config.database.url, "postgres://u@h/db");
+        assert_eq!(config.database.max_connections, 7);
+        assert_eq!(config.server, ServerConfig::default());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = Config::load(None, env(&[("LIAISON_LISTN", "x")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("LIAISON_LISTN"), "{err}");
+        let err = Config::load(None, env(&[("LIAISON_DATABASE_MAX_CONNECTIONS", "0")]), &Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("database.max_connections"), "{err:#}");
+        let err = Config::load(None, env(&[("LIAISON_DATABASE_URL", "mysql://x")]), &Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("database.url"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nmax_mesage_bytes = 1\n").unwrap();
+        let err = Config::load(Some(&file), vec![], &Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("max_mesage_bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/liaison"), "postgres://app:***@db:5432/liaison");
+        assert_eq!(redact_url("sqlite://liaison.db"), "sqlite://liaison.db");
+    }
+}

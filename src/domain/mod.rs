@@ -1,0 +1,17 @@
+//! Pure rules of the hub: validated values and the state machines of its resources.
+//! Nothing here knows of tonic or sqlx; a value that exists here is valid.
+
+pub mod api_key;
+pub mod member;
+pub mod organization;
+pub mod partnership;
+pub mod text;
+
+pub use api_key::{ApiKey, ApiKeySecret, KeyHash, Principal, Scope, Scopes};
+pub use member::{EmailAddress, Member, MemberRole, TimeZoneName};
+pub use organization::{OrgRef, Organization, OrganizationKind, OrganizationState, Slug};
+pub use partnership::{Partnership, PartnershipAction, PartnershipState, Relationship};
+pub use text::{DisplayName, Reason};
+
+/// An organization's internal id (a UUIDv7). Resource names use the slug instead.
+pub type OrganizationId = String;

@@ -1,0 +1,186 @@
+//! The crate's error type and its one conversion to the gRPC wire format.
+//!
+//! Every error carries a stable UPPER_SNAKE `reason` (sent as `google.rpc.ErrorInfo`).
+//! Internal causes are logged where they are converted and never sent to the caller.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every error the hub returns.
+pub const ERROR_DOMAIN: &str = "liaison";
+
+/// One invalid field of a request: its path (`organization.slug`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+
+    /// The same violation, with its field path under `parent` (`slug` → `organization.slug`).
+    pub fn under(mut self, parent: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            parent.to_owned()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; one entry per offending field.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The resource does not exist, or the caller may not know that it does.
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{message}")]
+    AlreadyExists { reason: &'static str, message: String },
+    /// The etag sent with a write is not the resource's current etag.
+    #[error("{0} was changed by someone else; read it again and retry with the new etag")]
+    StaleEtag(String),
+    #[error("{message}")]
+    FailedPrecondition { reason: &'static str, message: String },
+    #[error("{message}")]
+    Unauthenticated { reason: &'static str, message: String },
+    #[error("{message}")]
+    PermissionDenied { reason: &'static str, message: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn failed_precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition { reason, message: message.into() }
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Error::PermissionDenied { reason: "PERMISSION_DENIED", message: message.into() }
+    }
+
+    /// The stable reason sent in `ErrorInfo`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::AlreadyExists { reason, .. }
+            | Error::FailedPrecondition { reason, .. }
+            | Error::Unauthenticated { reason, .. }
+            | Error::PermissionDenied { reason, .. } => reason,
+            Error::StaleEtag(_) => "STALE_ETAG",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::StaleEtag(_) => Code::Aborted,
+            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::Unauthenticated { .. } => Code::Unauthenticated,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// Collects field violations so a request reports every bad field at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Keeps the value of `result`, or records its violations under `field` and
+    /// returns `None`.
+    pub fn check<T>(&mut self, field: &str, result: Result<T, FieldViolation>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(violation) => {
+                self.0.push(violation.under(field));
+                None
+            }
+        }
+    }
+
+    /// `Ok(())` if nothing was recorded, else the `InvalidArgument` error.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.into_error()) }
+    }
+
+    /// The `InvalidArgument` error of what was recorded.
+    pub fn into_error(self) -> Error {
+        debug_assert!(!self.0.is_empty(), "into_error without violations");
+        Error::InvalidArgument(self.0)
+    }
+}
+
+impl From<FieldViolation> for Error {
+    fn from(violation: FieldViolation) -> Self {
+        Error::InvalidArgument(vec![violation])
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let mut details = ErrorDetails::new();
+        let message = match &error {
+            Error::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(&v.field, &v.description);
+                }
+                error.to_string()
+            }
+            Error::Internal(cause) => {
+                // The cause may name tables, hosts or file paths: log it, send nothing of it.
+                tracing::error!(error = ?cause, "internal error");
+                "internal error".to_owned()
+            }
+            _ => error.to_string(),
+        };
+        details.set_error_info(error.reason(), ERROR_DOMAIN, HashMap::new());
+        Status::with_error_details(error.code(), message, details)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Internal(anyhow::Error::new(error).context("database error"))
+    }
+}
+
+impl From<FieldViolation> for Status {
+    fn from(violation: FieldViolation) -> Self {
+        Error::from(violation).into()
+    }
+}

@@ -1,0 +1,179 @@
+//! Builds the hub from a configuration and runs it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use jiff::{SignedDuration, Timestamp};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::edge::EdgeLayer;
+use crate::api::{AdminApi, Hub, MemberApi, PartnershipApi};
+use crate::config::{Config, redact_url};
+use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::member_service_server::MemberServiceServer;
+use crate::pb::partnership_service_server::PartnershipServiceServer;
+use crate::store::Store;
+
+/// How long a `request_id` is remembered: long enough for a partner system to retry
+/// across a weekend outage.
+const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(7 * 24);
+/// How often forgotten `request_id`s are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The names health checks report on, besides the whole server ("").
+const SERVICE_NAMES: &[&str] = &["liaison.v1.AdminService", "liaison.v1.MemberService", "liaison.v1.PartnershipService"];
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    hub: Hub,
+    config: Config,
+}
+
+impl Application {
+    /// Connects to and migrates the database and binds the listen address.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.store_options()).await?;
+        store.migrate().await?;
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("Failed to listen on {addr}"))?;
+        let local_addr = listener.local_addr().context("Failed to read the bound address")?;
+        tracing::info!(
+            listen = %local_addr,
+            database = %redact_url(&config.database.url),
+            backend = store.dialect().name(),
+            "hub ready"
+        );
+        Ok(Self { listener, local_addr, hub: Hub::new(store), config })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.hub.store
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting
+    /// connections and lets in-flight requests finish (up to the configured grace).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, hub, config, .. } = self;
+        let limits = &config.server;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in SERVICE_NAMES {
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("Failed to build the reflection service")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("Failed to build the reflection service")?;
+
+        let max = limits.max_message_bytes;
+        let admin = AdminServiceServer::new(AdminApi::new(hub.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+        let members = MemberServiceServer::new(MemberApi::new(hub.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+        let partnerships =
+            PartnershipServiceServer::new(PartnershipApi::new(hub.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+
+        let stopping = Arc::new(Notify::new());
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                for name in SERVICE_NAMES {
+                    reporter.set_service_status(*name, ServingStatus::NotServing).await;
+                }
+                stopping.notify_one();
+            }
+        };
+        let server = Server::builder()
+            .concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .timeout(Duration::from_secs(limits.request_timeout_secs))
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+            .tcp_nodelay(true)
+            .layer(EdgeLayer::new(hub.auth.clone()))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(admin)
+            .add_service(members)
+            .add_service(partnerships)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+        let grace = Duration::from_secs(limits.shutdown_grace_secs);
+        let grace_expired = async {
+            stopping.notified().await;
+            tokio::time::sleep(grace).await;
+        };
+        let result = tokio::select! {
+            result = server => result.context("The gRPC server failed"),
+            () = grace_expired => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway");
+                Ok(())
+            }
+            () = sweep_request_ids(hub.store.clone()) => Ok(()),
+        };
+        hub.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Deletes idempotency records past their retention, forever.
+async fn sweep_request_ids(store: Store) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let cutoff = Timestamp::now() - IDEMPOTENCY_RETENTION;
+        let swept = async {
+            let mut tx = store.begin().await?;
+            let n = tx.expire_requests(cutoff).await?;
+            tx.commit().await?;
+            Ok::<_, crate::error::Error>(n)
+        };
+        match swept.await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "forgot expired request ids"),
+            Err(error) => tracing::warn!(%error, "failed to sweep expired request ids"),
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,81 @@
+//! Idempotency records: the first answer to each `(caller, request_id)`, kept so a
+//! retried write returns it instead of writing twice.
+
+use jiff::Timestamp;
+
+use super::{Tx, micros};
+use crate::error::{Error, Result};
+
+/// What a caller's `request_id` means for this transaction.
+pub enum Claim {
+    /// First use: go ahead, then [`Tx::record_response`] in the same transaction.
+    New,
+    /// Already answered: return this encoded response and write nothing.
+    Replay(Vec<u8>),
+}
+
+impl Tx {
+    /// Claims `request_id` for `scope` inside this transaction.
+    ///
+    /// The claim is an insert that does nothing on conflict. On PostgreSQL a concurrent
+    /// transaction holding the same key makes this insert wait until it commits or
+    /// rolls back, so exactly one of two racing retries does the work; the other then
+    /// reads the committed answer. On SQLite writers are serialized anyway.
+    pub async fn claim_request(
+        &mut self,
+        scope: &str,
+        request_id: &str,
+        method: &str,
+        request_hash: &str,
+        now: Timestamp,
+    ) -> Result<Claim> {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_records (scope, request_id, method, request_hash, create_time) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, request_id) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(request_id)
+        .bind(method)
+        .bind(request_hash)
+        .bind(micros(now))
+        .execute(self.conn())
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Claim::New);
+        }
+        let (stored_method, stored_hash, response): (String, String, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT method, request_hash, response FROM idempotency_records WHERE scope = $1 AND request_id = $2",
+        )
+        .bind(scope)
+        .bind(request_id)
+        .fetch_one(self.conn())
+        .await?;
+        if stored_method != method || stored_hash != request_hash {
+            return Err(Error::invalid(
+                "request_id",
+                "was already used for a different request; use a new request_id for a new request",
+            ));
+        }
+        let response = response.ok_or_else(|| anyhow::anyhow!("idempotency record without a response"))?;
+        Ok(Claim::Replay(response))
+    }
+
+    pub async fn record_response(&mut self, scope: &str, request_id: &str, response: &[u8]) -> Result<()> {
+        sqlx::query("UPDATE idempotency_records SET response = $1 WHERE scope = $2 AND request_id = $3")
+            .bind(response)
+            .bind(scope)
+            .bind(request_id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets records older than `cutoff`; returns how many.
+    pub async fn expire_requests(&mut self, cutoff: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM idempotency_records WHERE create_time < $1")
+            .bind(micros(cutoff))
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

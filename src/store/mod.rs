@@ -1,0 +1,231 @@
+//! The only place that speaks SQL.
+//!
+//! Both backends go through sqlx's `Any` driver, so a query is written once and runs
+//! on SQLite and PostgreSQL alike; the few things the dialects do differently
+//! (connecting, migrations, how a write transaction starts) live in [`Dialect`]. Schemas
+//! use only types both share: TEXT, BIGINT (times in microseconds since the epoch),
+//! and BLOB/BYTEA.
+
+mod api_keys;
+mod idempotency;
+mod members;
+mod organizations;
+mod partnerships;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use jiff::Timestamp;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor};
+
+pub use idempotency::Claim;
+pub use partnerships::PartnershipFilter;
+
+use crate::error::{Error, Result};
+
+/// How long a connection waits for SQLite's write lock held by another process
+/// (`liaison admin …` next to a running server) before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readers on SQLite. WAL lets them run beside the writer; more than a few buys nothing
+/// on a small machine.
+const SQLITE_READERS: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            anyhow::bail!("database URL must start with sqlite: or postgres: (got {:?})", scheme_of(url))
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+fn scheme_of(url: &str) -> &str {
+    url.split(':').next().unwrap_or_default()
+}
+
+/// Connection settings the store needs from configuration.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    /// Pool size on PostgreSQL (SQLite uses one writer and a few readers).
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// Reads. On PostgreSQL the same pool as `writer`.
+    reader: AnyPool,
+    /// Write transactions. On SQLite a single connection: SQLite allows one writer at a
+    /// time anyway, and queueing for it in-process is fairer and faster than retrying
+    /// on `SQLITE_BUSY`.
+    writer: AnyPool,
+    dialect: Dialect,
+}
+
+impl Store {
+    pub async fn connect(options: &StoreOptions) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(&options.url)?;
+        let url = match dialect {
+            // Create the file on first start.
+            Dialect::Sqlite if !options.url.contains("mode=") => {
+                let sep = if options.url.contains('?') { '&' } else { '?' };
+                format!("{}{sep}mode=rwc", options.url)
+            }
+            _ => options.url.clone(),
+        };
+        let connect = AnyConnectOptions::from_str(&url).context("Failed to parse the database URL")?;
+        let store = match dialect {
+            Dialect::Sqlite => {
+                let pool = |size: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(size)
+                        .acquire_timeout(options.acquire_timeout)
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                // WAL: readers never block the writer. synchronous=FULL: a
+                                // commit is on disk before it is acknowledged, so an event
+                                // or delivery that was confirmed survives a power cut.
+                                let pragmas = format!(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+                                    SQLITE_BUSY_TIMEOUT.as_millis()
+                                );
+                                conn.execute(sqlx::raw_sql(&pragmas)).await?;
+                                Ok(())
+                            })
+                        })
+                };
+                let writer = pool(1).connect_with(connect.clone()).await.context("Failed to open the SQLite database")?;
+                let reader = pool(SQLITE_READERS).connect_with(connect).await.context("Failed to open the SQLite database")?;
+                Store { reader, writer, dialect }
+            }
+            Dialect::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect)
+                    .await
+                    .context("Failed to connect to PostgreSQL")?;
+                Store { reader: pool.clone(), writer: pool, dialect }
+            }
+        };
+        Ok(store)
+    }
+
+    /// Brings the schema up to date. Safe to run from several replicas at once on
+    /// PostgreSQL (sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator.run(&self.writer).await.context("Failed to run database migrations")?;
+        Ok(())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The pool for reads outside a transaction.
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        let inner = match self.dialect {
+            // IMMEDIATE takes the write lock now rather than on the first write, so two
+            // processes that both read then write cannot deadlock on the upgrade.
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.writer.begin().await?,
+        };
+        Ok(Tx { inner })
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+/// A write transaction: everything done through it commits together or not at all.
+/// Dropping it without [`Tx::commit`] rolls back.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, Any>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        self.inner.commit().await?;
+        Ok(())
+    }
+
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+}
+
+pub(crate) fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+pub(crate) fn timestamp(micros: i64) -> Result<Timestamp> {
+    Timestamp::from_microsecond(micros)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("stored time {micros} is out of range: {e}")))
+}
+
+/// A value read from the database that the domain does not accept: the database was
+/// changed by something other than this program.
+pub(crate) fn corrupt(what: &str, value: &str) -> Error {
+    Error::Internal(anyhow::anyhow!("unexpected {what} {value:?} in the database"))
+}
+
+/// True if `error` is a unique-constraint violation (SQLSTATE 23505 on PostgreSQL,
+/// SQLITE_CONSTRAINT_UNIQUE / PRIMARYKEY on SQLite).
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation),
+        _ => false,
+    }
+}
+
+/// A page of results and the key to continue after, if there may be more.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_after: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from `limit + 1` fetched rows: the extra row only says more exist.
+    pub(crate) fn from_rows(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Self {
+        let next_after = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(&key)
+        } else {
+            None
+        };
+        Page { items, next_after }
+    }
+}
