@@ -73,7 +73,11 @@ impl Default for Config {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite://liaison.db".into(), max_connections: 16, acquire_timeout_secs: 5 }
+        Self {
+            url: "sqlite://liaison.db".into(),
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+        }
     }
 }
 
@@ -107,22 +111,36 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> anyhow::Result<Self> {
-        let mut table = toml::Table::try_from(Config::default()).context("Failed to encode the defaults")?;
+        let mut table =
+            toml::Table::try_from(Config::default()).context("Failed to encode the defaults")?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("Failed to read the config file {}", path.display()))?;
-            let from_file: toml::Table =
-                toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+            let from_file: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("{} is not valid TOML", path.display()))?;
             merge(&mut table, from_file);
         }
-        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         let known = leaf_paths(&table);
         for (name, value) in &env {
-            if name == "LIAISON_CONFIG" || name.starts_with("LIAISON_TEST_") || name == "LIAISON_LOG" {
+            if name == "LIAISON_CONFIG"
+                || name.starts_with("LIAISON_TEST_")
+                || name == "LIAISON_LOG"
+            {
                 continue;
             }
             let Some(path) = known.iter().find(|p| env_name(p) == *name) else {
-                bail!("unknown environment variable {name}; known: {}", known.iter().map(|p| env_name(p)).collect::<Vec<_>>().join(", "));
+                bail!(
+                    "unknown environment variable {name}; known: {}",
+                    known
+                        .iter()
+                        .map(|p| env_name(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             };
             set(&mut table, path, value);
         }
@@ -133,7 +151,15 @@ impl Config {
             set(&mut table, "database.url", url);
         }
         if let Some(format) = overrides.log_format {
-            set(&mut table, "log_format", if format == LogFormat::Json { "json" } else { "text" });
+            set(
+                &mut table,
+                "log_format",
+                if format == LogFormat::Json {
+                    "json"
+                } else {
+                    "text"
+                },
+            );
         }
         let config: Config = table.try_into().context("Invalid configuration")?;
         config.validate()?;
@@ -145,13 +171,48 @@ impl Config {
         self.listen_addr()?;
         crate::store::Dialect::of_url(&self.database.url).context("database.url")?;
         let ranges: [(&str, u64, u64, u64); 7] = [
-            ("database.max_connections", self.database.max_connections.into(), 1, 1000),
-            ("database.acquire_timeout_secs", self.database.acquire_timeout_secs, 1, 600),
-            ("server.max_message_bytes", self.server.max_message_bytes as u64, 1024, 256 * 1024 * 1024),
-            ("server.concurrency_per_connection", self.server.concurrency_per_connection as u64, 1, 100_000),
-            ("server.request_timeout_secs", self.server.request_timeout_secs, 1, 3600),
-            ("server.keepalive_interval_secs", self.server.keepalive_interval_secs, 1, 3600),
-            ("server.keepalive_timeout_secs", self.server.keepalive_timeout_secs, 1, 3600),
+            (
+                "database.max_connections",
+                self.database.max_connections.into(),
+                1,
+                1000,
+            ),
+            (
+                "database.acquire_timeout_secs",
+                self.database.acquire_timeout_secs,
+                1,
+                600,
+            ),
+            (
+                "server.max_message_bytes",
+                self.server.max_message_bytes as u64,
+                1024,
+                256 * 1024 * 1024,
+            ),
+            (
+                "server.concurrency_per_connection",
+                self.server.concurrency_per_connection as u64,
+                1,
+                100_000,
+            ),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "server.keepalive_interval_secs",
+                self.server.keepalive_interval_secs,
+                1,
+                3600,
+            ),
+            (
+                "server.keepalive_timeout_secs",
+                self.server.keepalive_timeout_secs,
+                1,
+                3600,
+            ),
         ];
         for (key, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -165,7 +226,12 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.listen.parse().with_context(|| format!("listen must be an address such as 127.0.0.1:50051 (got {:?})", self.listen))
+        self.listen.parse().with_context(|| {
+            format!(
+                "listen must be an address such as 127.0.0.1:50051 (got {:?})",
+                self.listen
+            )
+        })
     }
 
     pub fn store_options(&self) -> crate::store::StoreOptions {
@@ -179,8 +245,12 @@ impl Config {
 
 /// `url` with any password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, t)| (a, Some(t)));
     let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{user}:***@{host}"),
@@ -202,7 +272,9 @@ fn leaf_paths(table: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
     for (key, value) in table {
         match value {
-            toml::Value::Table(inner) => out.extend(leaf_paths(inner).into_iter().map(|p| format!("{key}.{p}"))),
+            toml::Value::Table(inner) => {
+                out.extend(leaf_paths(inner).into_iter().map(|p| format!("{key}.{p}")))
+            }
             _ => out.push(key.clone()),
         }
     }
@@ -246,18 +318,32 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("liaison.toml");
-        std::fs::write(&file, "listen = \"0.0.0.0:1\"\n[database]\nmax_connections = 3\nurl = \"sqlite://a.db\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:1\"\n[database]\nmax_connections = 3\nurl = \"sqlite://a.db\"\n",
+        )
+        .unwrap();
         let config = Config::load(
             Some(&file),
-            env(&[("LIAISON_DATABASE_URL", "postgres://u@h/db"), ("LIAISON_DATABASE_MAX_CONNECTIONS", "7"), ("PATH", "/bin")]),
-            &Overrides { listen: Some("127.0.0.1:9".into()), ..Default::default() },
+            env(&[
+                ("LIAISON_DATABASE_URL", "postgres://u@h/db"),
+                ("LIAISON_DATABASE_MAX_CONNECTIONS", "7"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:9".into()),
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:9");
@@ -268,11 +354,25 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let err = Config::load(None, env(&[("LIAISON_LISTN", "x")]), &Overrides::default()).unwrap_err();
+        let err =
+            Config::load(None, env(&[("LIAISON_LISTN", "x")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("LIAISON_LISTN"), "{err}");
-        let err = Config::load(None, env(&[("LIAISON_DATABASE_MAX_CONNECTIONS", "0")]), &Overrides::default()).unwrap_err();
-        assert!(format!("{err:#}").contains("database.max_connections"), "{err:#}");
-        let err = Config::load(None, env(&[("LIAISON_DATABASE_URL", "mysql://x")]), &Overrides::default()).unwrap_err();
+        let err = Config::load(
+            None,
+            env(&[("LIAISON_DATABASE_MAX_CONNECTIONS", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("database.max_connections"),
+            "{err:#}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("LIAISON_DATABASE_URL", "mysql://x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("database.url"), "{err:#}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
@@ -283,7 +383,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://app:s3cret@db:5432/liaison"), "postgres://app:***@db:5432/liaison");
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/liaison"),
+            "postgres://app:***@db:5432/liaison"
+        );
         assert_eq!(redact_url("sqlite://liaison.db"), "sqlite://liaison.db");
     }
 }

@@ -20,7 +20,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 
     /// The same violation, with its field path under `parent` (`slug` → `organization.slug`).
@@ -43,16 +46,28 @@ pub enum Error {
     #[error("{0} not found")]
     NotFound(String),
     #[error("{message}")]
-    AlreadyExists { reason: &'static str, message: String },
+    AlreadyExists {
+        reason: &'static str,
+        message: String,
+    },
     /// The etag sent with a write is not the resource's current etag.
     #[error("{0} was changed by someone else; read it again and retry with the new etag")]
     StaleEtag(String),
     #[error("{message}")]
-    FailedPrecondition { reason: &'static str, message: String },
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
     #[error("{message}")]
-    Unauthenticated { reason: &'static str, message: String },
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
     #[error("{message}")]
-    PermissionDenied { reason: &'static str, message: String },
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -73,11 +88,17 @@ impl Error {
     }
 
     pub fn failed_precondition(reason: &'static str, message: impl Into<String>) -> Self {
-        Error::FailedPrecondition { reason, message: message.into() }
+        Error::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
     }
 
     pub fn permission_denied(message: impl Into<String>) -> Self {
-        Error::PermissionDenied { reason: "PERMISSION_DENIED", message: message.into() }
+        Error::PermissionDenied {
+            reason: "PERMISSION_DENIED",
+            message: message.into(),
+        }
     }
 
     /// The stable reason sent in `ErrorInfo`.
@@ -135,7 +156,11 @@ impl Violations {
 
     /// `Ok(())` if nothing was recorded, else the `InvalidArgument` error.
     pub fn finish(self) -> Result<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(self.into_error()) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_error())
+        }
     }
 
     /// The `InvalidArgument` error of what was recorded.

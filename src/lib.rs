@@ -1,12 +1,12 @@
 //! Liaison: a collaborative-CRM integration hub.
 //!
-//! - [`domain`]: validated values and state machines; knows nothing of gRPC or SQL.
-//! - [`store`]: the database (SQLite or PostgreSQL) behind one API.
-//! - [`api`]: the gRPC services, authentication and the edge every RPC passes.
-//! - [`config`]: layered configuration (defaults < file < environment < flags).
-//! - [`startup`]: builds the server from a configuration and runs it until shutdown.
-//! - [`telemetry`]: logging.
-//! - [`error`]: the crate's error type and its conversion to gRPC statuses.
+//! - [`domain`] — validated values and state machines; knows nothing of gRPC or SQL.
+//! - [`store`] — the database (SQLite or PostgreSQL) behind one API.
+//! - [`api`] — the gRPC services, authentication and the edge every RPC passes.
+//! - [`config`] — layered configuration (defaults < file < environment < flags).
+//! - [`startup`] — builds the server from a configuration and runs it until shutdown.
+//! - [`telemetry`] — logging.
+//! - [`error`] — the crate's error type and its conversion to gRPC statuses.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -23,5 +23,6 @@ pub mod pb {
     tonic::include_proto!("liaison.v1");
 
     /// The descriptor set of every proto file, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("liaison_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("liaison_descriptor");
 }

@@ -114,7 +114,11 @@ enum AdminCommand {
 }
 
 fn load(common: &Common, listen: Option<String>) -> anyhow::Result<Config> {
-    let overrides = Overrides { listen, database_url: common.database_url.clone(), log_format: common.log_format };
+    let overrides = Overrides {
+        listen,
+        database_url: common.database_url.clone(),
+        log_format: common.log_format,
+    };
     Config::load(common.config.as_deref(), std::env::vars(), &overrides)
 }
 
@@ -171,18 +175,31 @@ fn explain(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
     let mut text = status.message().to_owned();
     if let Some(bad) = status.get_details_bad_request() {
-        text = bad.field_violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
+        text = bad
+            .field_violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
     }
     anyhow::anyhow!("{text} ({:?})", status.code())
 }
 
 fn org_name(slug: &str) -> String {
-    if slug == "operator" { "operator".into() } else { format!("organizations/{slug}") }
+    if slug == "operator" {
+        "operator".into()
+    } else {
+        format!("organizations/{slug}")
+    }
 }
 
 fn print_org(o: &pb::Organization) {
-    let kind = pb::OrganizationKind::try_from(o.kind).map(|k| k.as_str_name()).unwrap_or("?");
-    let state = pb::organization::State::try_from(o.state).map(|s| s.as_str_name()).unwrap_or("?");
+    let kind = pb::OrganizationKind::try_from(o.kind)
+        .map(|k| k.as_str_name())
+        .unwrap_or("?");
+    let state = pb::organization::State::try_from(o.state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
     println!("{}\t{kind}\t{state}\t{}", o.name, o.display_name);
 }
 
@@ -201,13 +218,22 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
                 }),
                 request_id: String::new(),
             };
-            let created = api.create_api_key(as_operator(request)).await.map_err(explain)?.into_inner();
+            let created = api
+                .create_api_key(as_operator(request))
+                .await
+                .map_err(explain)?
+                .into_inner();
             let name = created.api_key.map(|k| k.name).unwrap_or_default();
             println!("Created the operator key {name}. It is shown only now; keep it secret:");
             println!("{}", created.key);
         }
-        AdminCommand::CreateOrg { slug, display_name, kind } => {
-            let kind = OrganizationKind::parse(&kind).map_err(|v| anyhow::anyhow!("--kind {}", v.description))?;
+        AdminCommand::CreateOrg {
+            slug,
+            display_name,
+            kind,
+        } => {
+            let kind = OrganizationKind::parse(&kind)
+                .map_err(|v| anyhow::anyhow!("--kind {}", v.description))?;
             let kind = match kind {
                 OrganizationKind::Vendor => pb::OrganizationKind::Vendor,
                 OrganizationKind::Distributor => pb::OrganizationKind::Distributor,
@@ -215,16 +241,33 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
                 OrganizationKind::Other => pb::OrganizationKind::Other,
             };
             let request = pb::CreateOrganizationRequest {
-                organization: Some(pb::Organization { slug, display_name, kind: kind as i32, ..Default::default() }),
+                organization: Some(pb::Organization {
+                    slug,
+                    display_name,
+                    kind: kind as i32,
+                    ..Default::default()
+                }),
                 request_id: String::new(),
             };
-            print_org(&api.create_organization(as_operator(request)).await.map_err(explain)?.into_inner());
+            print_org(
+                &api.create_organization(as_operator(request))
+                    .await
+                    .map_err(explain)?
+                    .into_inner(),
+            );
         }
         AdminCommand::ListOrgs => {
             let mut page_token = String::new();
             loop {
-                let request = pb::ListOrganizationsRequest { page_size: 1000, page_token };
-                let page = api.list_organizations(as_operator(request)).await.map_err(explain)?.into_inner();
+                let request = pb::ListOrganizationsRequest {
+                    page_size: 1000,
+                    page_token,
+                };
+                let page = api
+                    .list_organizations(as_operator(request))
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
                 page.organizations.iter().for_each(print_org);
                 if page.next_page_token.is_empty() {
                     break;
@@ -233,18 +276,47 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
             }
         }
         AdminCommand::GetOrg { slug } => {
-            let request = pb::GetOrganizationRequest { name: org_name(&slug) };
-            print_org(&api.get_organization(as_operator(request)).await.map_err(explain)?.into_inner());
+            let request = pb::GetOrganizationRequest {
+                name: org_name(&slug),
+            };
+            print_org(
+                &api.get_organization(as_operator(request))
+                    .await
+                    .map_err(explain)?
+                    .into_inner(),
+            );
         }
         AdminCommand::SuspendOrg { slug, reason } => {
-            let request = pb::SuspendOrganizationRequest { name: org_name(&slug), reason, ..Default::default() };
-            print_org(&api.suspend_organization(as_operator(request)).await.map_err(explain)?.into_inner());
+            let request = pb::SuspendOrganizationRequest {
+                name: org_name(&slug),
+                reason,
+                ..Default::default()
+            };
+            print_org(
+                &api.suspend_organization(as_operator(request))
+                    .await
+                    .map_err(explain)?
+                    .into_inner(),
+            );
         }
         AdminCommand::ReactivateOrg { slug } => {
-            let request = pb::ReactivateOrganizationRequest { name: org_name(&slug), ..Default::default() };
-            print_org(&api.reactivate_organization(as_operator(request)).await.map_err(explain)?.into_inner());
+            let request = pb::ReactivateOrganizationRequest {
+                name: org_name(&slug),
+                ..Default::default()
+            };
+            print_org(
+                &api.reactivate_organization(as_operator(request))
+                    .await
+                    .map_err(explain)?
+                    .into_inner(),
+            );
         }
-        AdminCommand::CreateKey { org, scopes, display_name, expires } => {
+        AdminCommand::CreateKey {
+            org,
+            scopes,
+            display_name,
+            expires,
+        } => {
             let scopes = scopes
                 .iter()
                 .map(|s| {
@@ -259,16 +331,28 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
             let expire_time = expires
                 .map(|e| {
                     e.parse::<jiff::Timestamp>()
-                        .map(|t| prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() })
+                        .map(|t| prost_types::Timestamp {
+                            seconds: t.as_second(),
+                            nanos: t.subsec_nanosecond(),
+                        })
                         .with_context(|| format!("--expires {e:?} is not an RFC 3339 time"))
                 })
                 .transpose()?;
             let request = pb::CreateApiKeyRequest {
                 parent: org_name(&org),
-                api_key: Some(pb::ApiKey { display_name, scopes, expire_time, ..Default::default() }),
+                api_key: Some(pb::ApiKey {
+                    display_name,
+                    scopes,
+                    expire_time,
+                    ..Default::default()
+                }),
                 request_id: String::new(),
             };
-            let created = api.create_api_key(as_operator(request)).await.map_err(explain)?.into_inner();
+            let created = api
+                .create_api_key(as_operator(request))
+                .await
+                .map_err(explain)?
+                .into_inner();
             let name = created.api_key.map(|k| k.name).unwrap_or_default();
             println!("Created {name}. The key is shown only now:");
             println!("{}", created.key);
@@ -276,16 +360,39 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
         AdminCommand::ListKeys { org, show_revoked } => {
             let mut page_token = String::new();
             loop {
-                let request = pb::ListApiKeysRequest { parent: org_name(&org), page_size: 1000, page_token, show_revoked };
-                let page = api.list_api_keys(as_operator(request)).await.map_err(explain)?.into_inner();
+                let request = pb::ListApiKeysRequest {
+                    parent: org_name(&org),
+                    page_size: 1000,
+                    page_token,
+                    show_revoked,
+                };
+                let page = api
+                    .list_api_keys(as_operator(request))
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
                 for key in &page.api_keys {
                     let scopes: Vec<&str> = key
                         .scopes
                         .iter()
-                        .map(|&s| pb::ApiKeyScope::try_from(s).map(|s| s.as_str_name()).unwrap_or("?"))
+                        .map(|&s| {
+                            pb::ApiKeyScope::try_from(s)
+                                .map(|s| s.as_str_name())
+                                .unwrap_or("?")
+                        })
                         .collect();
-                    let state = if key.revoke_time.is_some() { "REVOKED" } else { "ACTIVE" };
-                    println!("{}\t{}\t{}\t{state}\t{}", key.name, key.prefix, scopes.join(","), key.display_name);
+                    let state = if key.revoke_time.is_some() {
+                        "REVOKED"
+                    } else {
+                        "ACTIVE"
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{state}\t{}",
+                        key.name,
+                        key.prefix,
+                        scopes.join(","),
+                        key.display_name
+                    );
                 }
                 if page.next_page_token.is_empty() {
                     break;
@@ -294,8 +401,15 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
             }
         }
         AdminCommand::RevokeKey { name } => {
-            let request = pb::RevokeApiKeyRequest { name, request_id: String::new() };
-            let key = api.revoke_api_key(as_operator(request)).await.map_err(explain)?.into_inner();
+            let request = pb::RevokeApiKeyRequest {
+                name,
+                request_id: String::new(),
+            };
+            let key = api
+                .revoke_api_key(as_operator(request))
+                .await
+                .map_err(explain)?
+                .into_inner();
             println!("{}\tREVOKED", key.name);
         }
     }

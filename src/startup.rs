@@ -28,7 +28,11 @@ const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(7 * 24)
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The names health checks report on, besides the whole server ("").
-const SERVICE_NAMES: &[&str] = &["liaison.v1.AdminService", "liaison.v1.MemberService", "liaison.v1.PartnershipService"];
+const SERVICE_NAMES: &[&str] = &[
+    "liaison.v1.AdminService",
+    "liaison.v1.MemberService",
+    "liaison.v1.PartnershipService",
+];
 
 pub struct Application {
     listener: TcpListener,
@@ -43,15 +47,24 @@ impl Application {
         let store = Store::connect(&config.store_options()).await?;
         store.migrate().await?;
         let addr = config.listen_addr()?;
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("Failed to listen on {addr}"))?;
-        let local_addr = listener.local_addr().context("Failed to read the bound address")?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("Failed to listen on {addr}"))?;
+        let local_addr = listener
+            .local_addr()
+            .context("Failed to read the bound address")?;
         tracing::info!(
             listen = %local_addr,
             database = %redact_url(&config.database.url),
             backend = store.dialect().name(),
             "hub ready"
         );
-        Ok(Self { listener, local_addr, hub: Hub::new(store), config })
+        Ok(Self {
+            listener,
+            local_addr,
+            hub: Hub::new(store),
+            config,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -64,12 +77,22 @@ impl Application {
 
     /// Serves until `shutdown` completes, then reports NOT_SERVING, stops accepting
     /// connections and lets in-flight requests finish (up to the configured grace).
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, hub, config, .. } = self;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            hub,
+            config,
+            ..
+        } = self;
         let limits = &config.server;
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in SERVICE_NAMES {
-            reporter.set_service_status(*name, ServingStatus::Serving).await;
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
         }
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -81,20 +104,31 @@ impl Application {
             .context("Failed to build the reflection service")?;
 
         let max = limits.max_message_bytes;
-        let admin = AdminServiceServer::new(AdminApi::new(hub.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
-        let members = MemberServiceServer::new(MemberApi::new(hub.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
-        let partnerships =
-            PartnershipServiceServer::new(PartnershipApi::new(hub.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+        let admin = AdminServiceServer::new(AdminApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let members = MemberServiceServer::new(MemberApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let partnerships = PartnershipServiceServer::new(PartnershipApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
 
         let stopping = Arc::new(Notify::new());
         let signal = {
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
-                reporter.set_service_status("", ServingStatus::NotServing).await;
+                tracing::info!(
+                    "shutting down: refusing new connections, finishing in-flight requests"
+                );
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
                 for name in SERVICE_NAMES {
-                    reporter.set_service_status(*name, ServingStatus::NotServing).await;
+                    reporter
+                        .set_service_status(*name, ServingStatus::NotServing)
+                        .await;
                 }
                 stopping.notify_one();
             }

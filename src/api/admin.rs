@@ -1,16 +1,15 @@
 //! `liaison.v1.AdminService`: organizations and API keys.
 
-use jiff::Timestamp;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{check_etag, etag, parse_timestamp, timestamp, update_paths};
 use super::paging::PageRequest;
-use super::write::idempotent;
+use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::domain::{
-    ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState, Principal, Reason,
-    Scope, Scopes, Slug,
+    ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState,
+    Principal, Reason, Scope, Scopes, Slug, now,
 };
 use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, admin_service_server::AdminService};
@@ -29,7 +28,9 @@ impl AdminApi {
 pub(super) fn organization_to_pb(o: &Organization) -> pb::Organization {
     let (state, suspend_reason) = match &o.state {
         OrganizationState::Active => (pb::organization::State::Active, String::new()),
-        OrganizationState::Suspended { reason } => (pb::organization::State::Suspended, reason.clone()),
+        OrganizationState::Suspended { reason } => {
+            (pb::organization::State::Suspended, reason.clone())
+        }
     };
     pb::Organization {
         name: names::organization(&o.slug),
@@ -60,7 +61,10 @@ fn kind_from_pb(raw: i32) -> Result<OrganizationKind, FieldViolation> {
         Ok(pb::OrganizationKind::Retailer) => Ok(OrganizationKind::Retailer),
         Ok(pb::OrganizationKind::Other) => Ok(OrganizationKind::Other),
         Ok(pb::OrganizationKind::Unspecified) => Err(FieldViolation::new("", "is required")),
-        Err(_) => Err(FieldViolation::new("", format!("{raw} is not a known organization kind"))),
+        Err(_) => Err(FieldViolation::new(
+            "",
+            format!("{raw} is not a known organization kind"),
+        )),
     }
 }
 
@@ -95,7 +99,10 @@ fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
             Ok(pb::ApiKeyScope::Read) => Ok(Scope::Read),
             Ok(pb::ApiKeyScope::Write) => Ok(Scope::Write),
             Ok(pb::ApiKeyScope::Admin) => Ok(Scope::Admin),
-            _ => Err(FieldViolation::new("", format!("{s} is not a scope; use READ, WRITE or ADMIN"))),
+            _ => Err(FieldViolation::new(
+                "",
+                format!("{s} is not a scope; use READ, WRITE or ADMIN"),
+            )),
         })
         .collect::<Result<Vec<_>, _>>()?;
     Scopes::new(scopes).ok_or_else(|| FieldViolation::new("", "at least one scope is required"))
@@ -104,7 +111,12 @@ fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
 impl AdminApi {
     /// The organization named `name` if the caller may act for it; otherwise
     /// NOT_FOUND, exactly as if it did not exist.
-    async fn visible_organization(&self, caller: &Caller, field: &str, name: &str) -> Result<Organization> {
+    async fn visible_organization(
+        &self,
+        caller: &Caller,
+        field: &str,
+        name: &str,
+    ) -> Result<Organization> {
         let slug = names::parse_organization(name).map_err(|v| v.under(field))?;
         match self.hub.store.organization(&slug).await? {
             Some(org) if caller.may_act_for(&org.id) => Ok(org),
@@ -115,21 +127,27 @@ impl AdminApi {
     /// Reads, changes and writes an organization in one transaction, honouring `etag`.
     async fn change_organization(
         &self,
-        request_method: &str,
         caller: &Caller,
-        name: &str,
-        sent_etag: &str,
-        request_id: &str,
+        target: Target<'_>,
         request: &impl prost::Message,
         change: impl FnOnce(&mut Organization) -> Result<()>,
     ) -> Result<pb::Organization> {
         caller.require_operator()?;
+        let Target {
+            method,
+            name,
+            etag: sent_etag,
+            request_id,
+        } = target;
         let slug = names::parse_organization(name).map_err(|v| v.under("name"))?;
-        let response = idempotent(&self.hub, caller, request_method, request_id, request, async |tx| {
-            let mut org = tx.organization(&slug).await?.ok_or_else(|| Error::NotFound(format!("organization {name:?}")))?;
+        let response = idempotent(&self.hub, caller, method, request_id, request, async |tx| {
+            let mut org = tx
+                .organization(&slug)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("organization {name:?}")))?;
             check_etag(sent_etag, org.revision, name)?;
             change(&mut org)?;
-            org.update_time = Timestamp::now();
+            org.update_time = now();
             if !tx.update_organization(&mut org).await? {
                 return Err(Error::StaleEtag(name.to_owned()));
             }
@@ -154,12 +172,15 @@ impl AdminService for AdminApi {
         let input = request.organization.clone().unwrap_or_default();
         let mut v = Violations::new();
         let slug = v.check("organization.slug", Slug::parse(&input.slug));
-        let display_name = v.check("organization.display_name", DisplayName::parse(&input.display_name));
+        let display_name = v.check(
+            "organization.display_name",
+            DisplayName::parse(&input.display_name),
+        );
         let kind = v.check("organization.kind", kind_from_pb(input.kind));
         let (Some(slug), Some(display_name), Some(kind)) = (slug, display_name, kind) else {
             return Err(v.into_error().into());
         };
-        let now = Timestamp::now();
+        let now = now();
         let org = Organization {
             id: Uuid::now_v7().to_string(),
             slug,
@@ -170,19 +191,31 @@ impl AdminService for AdminApi {
             update_time: now,
             revision: 1,
         };
-        let response = idempotent(&self.hub, &caller, "CreateOrganization", &request.request_id, &request, async |tx| {
-            tx.insert_organization(&org).await?;
-            Ok(organization_to_pb(&org))
-        })
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "CreateOrganization",
+            &request.request_id,
+            &request,
+            async |tx| {
+                tx.insert_organization(&org).await?;
+                Ok(organization_to_pb(&org))
+            },
+        )
         .await?;
         tracing::info!(organization = %response.slug, "organization created");
         Ok(Response::new(response))
     }
 
-    async fn get_organization(&self, request: Request<pb::GetOrganizationRequest>) -> Result<Response<pb::Organization>, Status> {
+    async fn get_organization(
+        &self,
+        request: Request<pb::GetOrganizationRequest>,
+    ) -> Result<Response<pb::Organization>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
-        let org = self.visible_organization(&caller, "name", &request.get_ref().name).await?;
+        let org = self
+            .visible_organization(&caller, "name", &request.get_ref().name)
+            .await?;
         Ok(Response::new(organization_to_pb(&org)))
     }
 
@@ -194,7 +227,11 @@ impl AdminService for AdminApi {
         caller.require_operator()?;
         let request = request.into_inner();
         let page = PageRequest::parse(request.page_size, &request.page_token, "organizations")?;
-        let found = self.hub.store.organizations(page.after.as_deref(), page.size).await?;
+        let found = self
+            .hub
+            .store
+            .organizations(page.after.as_deref(), page.size)
+            .await?;
         Ok(Response::new(pb::ListOrganizationsResponse {
             organizations: found.items.iter().map(organization_to_pb).collect(),
             next_page_token: page.next_token(found.next_after),
@@ -215,25 +252,48 @@ impl AdminService for AdminApi {
         if input.kind != 0 {
             populated.push("kind");
         }
-        let paths = update_paths(request.update_mask.as_ref(), &["display_name", "kind"], &populated)?;
+        let paths = update_paths(
+            request.update_mask.as_ref(),
+            &["display_name", "kind"],
+            &populated,
+        )?;
         let mut v = Violations::new();
         let display_name = paths
             .iter()
             .any(|p| p == "display_name")
-            .then(|| v.check("organization.display_name", DisplayName::parse(&input.display_name)))
+            .then(|| {
+                v.check(
+                    "organization.display_name",
+                    DisplayName::parse(&input.display_name),
+                )
+            })
             .flatten();
-        let kind = paths.iter().any(|p| p == "kind").then(|| v.check("organization.kind", kind_from_pb(input.kind))).flatten();
+        let kind = paths
+            .iter()
+            .any(|p| p == "kind")
+            .then(|| v.check("organization.kind", kind_from_pb(input.kind)))
+            .flatten();
         v.finish()?;
         let response = self
-            .change_organization("UpdateOrganization", &caller, &input.name, &input.etag, &request.request_id, &request, |org| {
-                if let Some(name) = display_name {
-                    org.display_name = name;
-                }
-                if let Some(kind) = kind {
-                    org.kind = kind;
-                }
-                Ok(())
-            })
+            .change_organization(
+                &caller,
+                Target {
+                    method: "UpdateOrganization",
+                    name: &input.name,
+                    etag: &input.etag,
+                    request_id: &request.request_id,
+                },
+                &request,
+                |org| {
+                    if let Some(name) = display_name {
+                        org.display_name = name;
+                    }
+                    if let Some(kind) = kind {
+                        org.kind = kind;
+                    }
+                    Ok(())
+                },
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -246,13 +306,28 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let reason = Reason::parse_required(&request.reason).map_err(|v| v.under("reason"))?;
         let response = self
-            .change_organization("SuspendOrganization", &caller, &request.name, &request.etag, &request.request_id, &request, |org| {
-                if !org.is_active() {
-                    return Err(Error::failed_precondition("ORGANIZATION_SUSPENDED", "the organization is already suspended"));
-                }
-                org.state = OrganizationState::Suspended { reason: reason.as_str().to_owned() };
-                Ok(())
-            })
+            .change_organization(
+                &caller,
+                Target {
+                    method: "SuspendOrganization",
+                    name: &request.name,
+                    etag: &request.etag,
+                    request_id: &request.request_id,
+                },
+                &request,
+                |org| {
+                    if !org.is_active() {
+                        return Err(Error::failed_precondition(
+                            "ORGANIZATION_SUSPENDED",
+                            "the organization is already suspended",
+                        ));
+                    }
+                    org.state = OrganizationState::Suspended {
+                        reason: reason.as_str().to_owned(),
+                    };
+                    Ok(())
+                },
+            )
             .await?;
         tracing::info!(organization = %response.slug, "organization suspended");
         Ok(Response::new(response))
@@ -265,25 +340,41 @@ impl AdminService for AdminApi {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let response = self
-            .change_organization("ReactivateOrganization", &caller, &request.name, &request.etag, &request.request_id, &request, |org| {
-                if org.is_active() {
-                    return Err(Error::failed_precondition("ORGANIZATION_ACTIVE", "the organization is not suspended"));
-                }
-                org.state = OrganizationState::Active;
-                Ok(())
-            })
+            .change_organization(
+                &caller,
+                Target {
+                    method: "ReactivateOrganization",
+                    name: &request.name,
+                    etag: &request.etag,
+                    request_id: &request.request_id,
+                },
+                &request,
+                |org| {
+                    if org.is_active() {
+                        return Err(Error::failed_precondition(
+                            "ORGANIZATION_ACTIVE",
+                            "the organization is not suspended",
+                        ));
+                    }
+                    org.state = OrganizationState::Active;
+                    Ok(())
+                },
+            )
             .await?;
         tracing::info!(organization = %response.slug, "organization reactivated");
         Ok(Response::new(response))
     }
 
-    async fn create_api_key(&self, request: Request<pb::CreateApiKeyRequest>) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let request = request.into_inner();
         let principal = self.key_owner(&caller, &request.parent).await?;
         let input = request.api_key.clone().unwrap_or_default();
-        let now = Timestamp::now();
+        let now = now();
         let mut v = Violations::new();
         let scopes = v.check("api_key.scopes", scopes_from_pb(&input.scopes));
         if input.display_name.chars().count() > crate::domain::text::MAX_DISPLAY_NAME_CHARS {
@@ -303,7 +394,9 @@ impl AdminService for AdminApi {
                 }
             },
         };
-        let Some(scopes) = scopes else { return Err(v.into_error().into()) };
+        let Some(scopes) = scopes else {
+            return Err(v.into_error().into());
+        };
         v.finish()?;
         let secret = ApiKeySecret::generate();
         let key = ApiKey {
@@ -316,46 +409,86 @@ impl AdminService for AdminApi {
             expire_time,
             revoke_time: None,
         };
-        let response = idempotent(&self.hub, &caller, "CreateApiKey", &request.request_id, &request, async |tx| {
-            tx.insert_api_key(&key, &secret.hash()).await?;
-            Ok(pb::CreateApiKeyResponse { api_key: Some(key_to_pb(&key)), key: secret.expose().to_owned() })
-        })
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "CreateApiKey",
+            &request.request_id,
+            &request,
+            async |tx| {
+                tx.insert_api_key(&key, &secret.hash()).await?;
+                Ok(pb::CreateApiKeyResponse {
+                    api_key: Some(key_to_pb(&key)),
+                    key: secret.expose().to_owned(),
+                })
+            },
+        )
         .await?;
         tracing::info!(key = %response.api_key.as_ref().map(|k| k.name.as_str()).unwrap_or(""), "API key created");
         Ok(Response::new(response))
     }
 
-    async fn list_api_keys(&self, request: Request<pb::ListApiKeysRequest>) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let request = request.into_inner();
         let owner = self.key_owner(&caller, &request.parent).await?;
         let query = format!("apiKeys:{}:{}", request.parent, request.show_revoked);
         let page = PageRequest::parse(request.page_size, &request.page_token, &query)?;
-        let found = self.hub.store.api_keys(&owner, request.show_revoked, page.after.as_deref(), page.size).await?;
+        let found = self
+            .hub
+            .store
+            .api_keys(
+                &owner,
+                request.show_revoked,
+                page.after.as_deref(),
+                page.size,
+            )
+            .await?;
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: found.items.iter().map(key_to_pb).collect(),
             next_page_token: page.next_token(found.next_after),
         }))
     }
 
-    async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let request = request.into_inner();
         let (owner_slug, id) = names::parse_api_key(&request.name).map_err(|v| v.under("name"))?;
-        let parent = owner_slug.as_ref().map_or("operator".to_owned(), names::organization);
-        let owner = self.key_owner(&caller, &parent).await.map_err(|_| Error::NotFound(format!("API key {:?}", request.name)))?;
+        let parent = owner_slug
+            .as_ref()
+            .map_or("operator".to_owned(), names::organization);
+        let owner = self
+            .key_owner(&caller, &parent)
+            .await
+            .map_err(|_| Error::NotFound(format!("API key {:?}", request.name)))?;
         let name = request.name.clone();
-        let response = idempotent(&self.hub, &caller, "RevokeApiKey", &request.request_id, &request, async |tx| {
-            let mut key = tx.api_key(&owner, &id).await?.ok_or_else(|| Error::NotFound(format!("API key {name:?}")))?;
-            if key.revoke_time.is_none() {
-                let now = Timestamp::now();
-                tx.revoke_api_key(&key.id, now).await?;
-                key.revoke_time = Some(now);
-            }
-            Ok(key_to_pb(&key))
-        })
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "RevokeApiKey",
+            &request.request_id,
+            &request,
+            async |tx| {
+                let mut key = tx
+                    .api_key(&owner, &id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("API key {name:?}")))?;
+                if key.revoke_time.is_none() {
+                    let now = now();
+                    tx.revoke_api_key(&key.id, now).await?;
+                    key.revoke_time = Some(now);
+                }
+                Ok(key_to_pb(&key))
+            },
+        )
         .await?;
         self.hub.auth.forget_all();
         tracing::info!(key = %response.name, "API key revoked");
@@ -372,6 +505,9 @@ impl AdminApi {
             return Ok(Principal::Operator);
         }
         let org = self.visible_organization(caller, "parent", parent).await?;
-        Ok(Principal::Organization(OrgRef { id: org.id, slug: org.slug }))
+        Ok(Principal::Organization(OrgRef {
+            id: org.id,
+            slug: org.slug,
+        }))
     }
 }

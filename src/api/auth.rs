@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::domain::{ApiKeySecret, KeyHash, OrgRef, Principal, Scope, Scopes};
+use crate::domain::{ApiKeySecret, KeyHash, OrgRef, Principal, Scope, Scopes, now};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -32,15 +32,23 @@ pub struct Caller {
 impl Caller {
     /// The hub operator, for the CLI acting directly on the database.
     pub fn operator() -> Self {
-        Self { key_id: "cli".into(), principal: Principal::Operator, scopes: Scopes::new(vec![Scope::Admin]).expect("non-empty") }
+        Self {
+            key_id: "cli".into(),
+            principal: Principal::Operator,
+            scopes: Scopes::new(vec![Scope::Admin]).expect("non-empty"),
+        }
     }
 
     /// The caller the edge attached to `request`.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller> {
-        request.extensions().get::<Caller>().cloned().ok_or_else(|| Error::Unauthenticated {
-            reason: "MISSING_CREDENTIALS",
-            message: "no API key was presented".into(),
-        })
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Error::Unauthenticated {
+                reason: "MISSING_CREDENTIALS",
+                message: "no API key was presented".into(),
+            })
     }
 
     pub fn require(&self, scope: Scope) -> Result<()> {
@@ -57,7 +65,9 @@ impl Caller {
     pub fn require_operator(&self) -> Result<()> {
         match self.principal {
             Principal::Operator => self.require(Scope::Admin),
-            Principal::Organization(_) => Err(Error::permission_denied("this method needs the hub operator's key")),
+            Principal::Organization(_) => Err(Error::permission_denied(
+                "this method needs the hub operator's key",
+            )),
         }
     }
 
@@ -65,7 +75,9 @@ impl Caller {
     pub fn organization(&self) -> Result<&OrgRef> {
         match &self.principal {
             Principal::Organization(org) => Ok(org),
-            Principal::Operator => Err(Error::permission_denied("this method needs an organization's key, not the operator's")),
+            Principal::Operator => Err(Error::permission_denied(
+                "this method needs an organization's key, not the operator's",
+            )),
         }
     }
 
@@ -107,27 +119,45 @@ pub struct Authenticator {
 }
 
 fn unauthenticated(reason: &'static str, message: &str) -> Error {
-    Error::Unauthenticated { reason, message: message.to_owned() }
+    Error::Unauthenticated {
+        reason,
+        message: message.to_owned(),
+    }
 }
 
 impl Authenticator {
     pub fn new(store: Store) -> Self {
-        Self { store, cache: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Checks the value of an `authorization` header.
     pub async fn authenticate(&self, header: Option<&[u8]>) -> Result<Caller> {
         let header = header.ok_or_else(|| {
-            unauthenticated("MISSING_CREDENTIALS", "send an API key as `authorization: Bearer <key>` metadata")
+            unauthenticated(
+                "MISSING_CREDENTIALS",
+                "send an API key as `authorization: Bearer <key>` metadata",
+            )
         })?;
         let token = std::str::from_utf8(header)
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
-            .ok_or_else(|| unauthenticated("MALFORMED_CREDENTIALS", "the authorization metadata must be `Bearer <key>`"))?;
-        let secret = ApiKeySecret::parse(token).ok_or_else(|| unauthenticated("INVALID_KEY", "the API key is not valid"))?;
+            .ok_or_else(|| {
+                unauthenticated(
+                    "MALFORMED_CREDENTIALS",
+                    "the authorization metadata must be `Bearer <key>`",
+                )
+            })?;
+        let secret = ApiKeySecret::parse(token)
+            .ok_or_else(|| unauthenticated("INVALID_KEY", "the API key is not valid"))?;
         let hash = secret.hash();
-        let now = Timestamp::now();
+        let now = now();
 
         let cached = {
             let cache = self.cache.lock().expect("key cache poisoned");
@@ -139,23 +169,36 @@ impl Authenticator {
         let (caller, expire_time) = match cached {
             Some(hit) => hit,
             None => {
-                let record = self
-                    .store
-                    .api_key_by_hash(&hash)
-                    .await?
-                    .ok_or_else(|| unauthenticated("INVALID_KEY", "the API key is not valid"))?;
+                let record =
+                    self.store.api_key_by_hash(&hash).await?.ok_or_else(|| {
+                        unauthenticated("INVALID_KEY", "the API key is not valid")
+                    })?;
                 if record.key.revoke_time.is_some() {
-                    return Err(unauthenticated("KEY_REVOKED", "the API key has been revoked"));
+                    return Err(unauthenticated(
+                        "KEY_REVOKED",
+                        "the API key has been revoked",
+                    ));
                 }
                 if !record.owner_active {
-                    return Err(unauthenticated("ORGANIZATION_SUSPENDED", "the key's organization is suspended"));
+                    return Err(unauthenticated(
+                        "ORGANIZATION_SUSPENDED",
+                        "the key's organization is suspended",
+                    ));
                 }
-                let caller = Caller { key_id: record.key.id, principal: record.key.principal, scopes: record.key.scopes };
+                let caller = Caller {
+                    key_id: record.key.id,
+                    principal: record.key.principal,
+                    scopes: record.key.scopes,
+                };
                 let mut cache = self.cache.lock().expect("key cache poisoned");
                 if cache.len() >= CACHE_CAPACITY {
                     cache.clear();
                 }
-                let entry = Cached { caller: caller.clone(), expire_time: record.key.expire_time, fetched: Instant::now() };
+                let entry = Cached {
+                    caller: caller.clone(),
+                    expire_time: record.key.expire_time,
+                    fetched: Instant::now(),
+                };
                 cache.insert(hash, entry);
                 (caller, record.key.expire_time)
             }

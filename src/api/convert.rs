@@ -5,7 +5,10 @@ use jiff::Timestamp;
 use crate::error::{Error, FieldViolation, Result};
 
 pub fn timestamp(t: Timestamp) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds: t.as_second(), nanos: t.subsec_nanosecond() })
+    Some(prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    })
 }
 
 pub fn parse_timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, FieldViolation> {
@@ -27,13 +30,21 @@ pub fn check_etag(sent: &str, current_revision: i64, resource: &str) -> Result<(
         .trim_matches('"')
         .parse()
         .map_err(|_| Error::invalid("etag", "is not an etag this API returned"))?;
-    if revision == current_revision { Ok(()) } else { Err(Error::StaleEtag(resource.to_owned())) }
+    if revision == current_revision {
+        Ok(())
+    } else {
+        Err(Error::StaleEtag(resource.to_owned()))
+    }
 }
 
 /// The fields an update touches: the mask's paths, each of which must be in
 /// `updatable`; or, with an empty mask, the updatable fields the request populated
 /// (AIP-134).
-pub fn update_paths(mask: Option<&prost_types::FieldMask>, updatable: &[&str], populated: &[&str]) -> Result<Vec<String>> {
+pub fn update_paths(
+    mask: Option<&prost_types::FieldMask>,
+    updatable: &[&str],
+    populated: &[&str],
+) -> Result<Vec<String>> {
     let paths: Vec<String> = mask.map(|m| m.paths.clone()).unwrap_or_default();
     if paths.is_empty() {
         if populated.is_empty() {
@@ -44,11 +55,17 @@ pub fn update_paths(mask: Option<&prost_types::FieldMask>, updatable: &[&str], p
     if paths.iter().any(|p| p == "*") {
         return Ok(updatable.iter().map(|p| p.to_string()).collect());
     }
-    let unknown: Vec<&String> = paths.iter().filter(|p| !updatable.contains(&p.as_str())).collect();
+    let unknown: Vec<&String> = paths
+        .iter()
+        .filter(|p| !updatable.contains(&p.as_str()))
+        .collect();
     if !unknown.is_empty() {
         return Err(Error::invalid(
             "update_mask",
-            format!("cannot update {unknown:?}; updatable fields are {}", updatable.join(", ")),
+            format!(
+                "cannot update {unknown:?}; updatable fields are {}",
+                updatable.join(", ")
+            ),
         ));
     }
     Ok(paths)
@@ -61,16 +78,27 @@ mod tests {
     #[test]
     fn etags_reject_stale_revisions() {
         assert!(check_etag(&etag(3), 3, "x").is_ok());
-        assert!(matches!(check_etag(&etag(2), 3, "x"), Err(Error::StaleEtag(_))));
-        assert!(matches!(check_etag("nonsense", 3, "x"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            check_etag(&etag(2), 3, "x"),
+            Err(Error::StaleEtag(_))
+        ));
+        assert!(matches!(
+            check_etag("nonsense", 3, "x"),
+            Err(Error::InvalidArgument(_))
+        ));
         assert!(check_etag("", 3, "x").is_ok());
     }
 
     #[test]
     fn masks_name_only_updatable_fields() {
-        let mask = prost_types::FieldMask { paths: vec!["display_name".into(), "slug".into()] };
+        let mask = prost_types::FieldMask {
+            paths: vec!["display_name".into(), "slug".into()],
+        };
         assert!(update_paths(Some(&mask), &["display_name", "kind"], &[]).is_err());
-        assert_eq!(update_paths(None, &["display_name", "kind"], &["kind"]).unwrap(), vec!["kind"]);
+        assert_eq!(
+            update_paths(None, &["display_name", "kind"], &["kind"]).unwrap(),
+            vec!["kind"]
+        );
         assert!(update_paths(None, &["display_name"], &[]).is_err());
     }
 }

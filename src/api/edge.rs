@@ -30,7 +30,10 @@ impl<S> Layer<S> for EdgeLayer {
     type Service = Edge<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Edge { inner, auth: self.auth.clone() }
+        Edge {
+            inner,
+            auth: self.auth.clone(),
+        }
     }
 }
 

@@ -1,6 +1,5 @@
 //! `liaison.v1.MemberService`: an organization's account coordinators.
 
-use jiff::Timestamp;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -8,7 +7,9 @@ use super::convert::{check_etag, etag, timestamp, update_paths};
 use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
-use crate::domain::{DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName};
+use crate::domain::{
+    DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
+};
 use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, member_service_server::MemberService};
 
@@ -28,7 +29,10 @@ impl MemberApi {
     async fn organization(&self, caller: &Caller, slug: &Slug) -> Result<Organization> {
         match self.hub.store.organization(slug).await? {
             Some(org) if caller.may_act_for(&org.id) => Ok(org),
-            _ => Err(Error::NotFound(format!("organization {:?}", names::organization(slug)))),
+            _ => Err(Error::NotFound(format!(
+                "organization {:?}",
+                names::organization(slug)
+            ))),
         }
     }
 }
@@ -60,7 +64,10 @@ fn role_from_pb(raw: i32) -> Result<MemberRole, FieldViolation> {
         Ok(pb::MemberRole::Manager) => Ok(MemberRole::Manager),
         Ok(pb::MemberRole::Administrator) => Ok(MemberRole::Administrator),
         Ok(pb::MemberRole::Unspecified) => Err(FieldViolation::new("", "is required")),
-        Err(_) => Err(FieldViolation::new("", format!("{raw} is not a known role"))),
+        Err(_) => Err(FieldViolation::new(
+            "",
+            format!("{raw} is not a known role"),
+        )),
     }
 }
 
@@ -78,10 +85,23 @@ impl MemberFields {
         let mut v = Violations::new();
         let wants = |f: &str| paths.contains(&f);
         let fields = MemberFields {
-            display_name: wants("display_name").then(|| v.check("member.display_name", DisplayName::parse(&input.display_name))).flatten(),
-            email: wants("email").then(|| v.check("member.email", EmailAddress::parse(&input.email))).flatten(),
-            role: wants("role").then(|| v.check("member.role", role_from_pb(input.role))).flatten(),
-            time_zone: wants("time_zone").then(|| v.check("member.time_zone", TimeZoneName::parse(&input.time_zone))).flatten(),
+            display_name: wants("display_name")
+                .then(|| {
+                    v.check(
+                        "member.display_name",
+                        DisplayName::parse(&input.display_name),
+                    )
+                })
+                .flatten(),
+            email: wants("email")
+                .then(|| v.check("member.email", EmailAddress::parse(&input.email)))
+                .flatten(),
+            role: wants("role")
+                .then(|| v.check("member.role", role_from_pb(input.role)))
+                .flatten(),
+            time_zone: wants("time_zone")
+                .then(|| v.check("member.time_zone", TimeZoneName::parse(&input.time_zone)))
+                .flatten(),
         };
         v.finish()?;
         Ok(fields)
@@ -90,7 +110,10 @@ impl MemberFields {
 
 #[tonic::async_trait]
 impl MemberService for MemberApi {
-    async fn create_member(&self, request: Request<pb::CreateMemberRequest>) -> Result<Response<pb::Member>, Status> {
+    async fn create_member(
+        &self,
+        request: Request<pb::CreateMemberRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let request = request.into_inner();
@@ -98,12 +121,15 @@ impl MemberService for MemberApi {
         let input = request.member.clone().unwrap_or_default();
         let fields = MemberFields::parse(&input, UPDATABLE)?;
         let org = self.organization(&caller, &slug).await?;
-        let (Some(display_name), Some(email), Some(role), Some(time_zone)) =
-            (fields.display_name, fields.email, fields.role, fields.time_zone)
-        else {
+        let (Some(display_name), Some(email), Some(role), Some(time_zone)) = (
+            fields.display_name,
+            fields.email,
+            fields.role,
+            fields.time_zone,
+        ) else {
             return Err(Error::Internal(anyhow::anyhow!("validated member fields missing")).into());
         };
-        let now = Timestamp::now();
+        let now = now();
         let member = Member {
             id: Uuid::now_v7().to_string(),
             organization_id: org.id.clone(),
@@ -115,39 +141,71 @@ impl MemberService for MemberApi {
             update_time: now,
             revision: 1,
         };
-        let response = idempotent(&self.hub, &caller, "CreateMember", &request.request_id, &request, async |tx| {
-            tx.insert_member(&member).await?;
-            Ok(member_to_pb(&org.slug, &member))
-        })
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "CreateMember",
+            &request.request_id,
+            &request,
+            async |tx| {
+                tx.insert_member(&member).await?;
+                Ok(member_to_pb(&org.slug, &member))
+            },
+        )
         .await?;
         Ok(Response::new(response))
     }
 
-    async fn get_member(&self, request: Request<pb::GetMemberRequest>) -> Result<Response<pb::Member>, Status> {
+    async fn get_member(
+        &self,
+        request: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
         let name = &request.get_ref().name;
         let (slug, id) = names::parse_member(name).map_err(|v| v.under("name"))?;
-        let org = self.organization(&caller, &slug).await.map_err(|_| Error::NotFound(format!("member {name:?}")))?;
-        let member = self.hub.store.member(&org.id, &id).await?.ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
+        let org = self
+            .organization(&caller, &slug)
+            .await
+            .map_err(|_| Error::NotFound(format!("member {name:?}")))?;
+        let member = self
+            .hub
+            .store
+            .member(&org.id, &id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
         Ok(Response::new(member_to_pb(&slug, &member)))
     }
 
-    async fn list_members(&self, request: Request<pb::ListMembersRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
         let request = request.into_inner();
         let slug = names::parse_organization(&request.parent).map_err(|v| v.under("parent"))?;
-        let page = PageRequest::parse(request.page_size, &request.page_token, &format!("members:{}", request.parent))?;
+        let page = PageRequest::parse(
+            request.page_size,
+            &request.page_token,
+            &format!("members:{}", request.parent),
+        )?;
         let org = self.organization(&caller, &slug).await?;
-        let found = self.hub.store.members(&org.id, page.after.as_deref(), page.size).await?;
+        let found = self
+            .hub
+            .store
+            .members(&org.id, page.after.as_deref(), page.size)
+            .await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: found.items.iter().map(|m| member_to_pb(&slug, m)).collect(),
             next_page_token: page.next_token(found.next_after),
         }))
     }
 
-    async fn update_member(&self, request: Request<pb::UpdateMemberRequest>) -> Result<Response<pb::Member>, Status> {
+    async fn update_member(
+        &self,
+        request: Request<pb::UpdateMemberRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let request = request.into_inner();
@@ -166,47 +224,76 @@ impl MemberService for MemberApi {
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let fields = MemberFields::parse(&input, &paths)?;
         let name = input.name.clone();
-        let org = self.organization(&caller, &slug).await.map_err(|_| Error::NotFound(format!("member {name:?}")))?;
-        let response = idempotent(&self.hub, &caller, "UpdateMember", &request.request_id, &request, async |tx| {
-            let mut member = tx.member(&org.id, &id).await?.ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
-            check_etag(&input.etag, member.revision, &name)?;
-            if let Some(v) = fields.display_name {
-                member.display_name = v;
-            }
-            if let Some(v) = fields.email {
-                member.email = v;
-            }
-            if let Some(v) = fields.role {
-                member.role = v;
-            }
-            if let Some(v) = fields.time_zone {
-                member.time_zone = v;
-            }
-            member.update_time = Timestamp::now();
-            if !tx.update_member(&mut member).await? {
-                return Err(Error::StaleEtag(name.clone()));
-            }
-            Ok(member_to_pb(&slug, &member))
-        })
+        let org = self
+            .organization(&caller, &slug)
+            .await
+            .map_err(|_| Error::NotFound(format!("member {name:?}")))?;
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "UpdateMember",
+            &request.request_id,
+            &request,
+            async |tx| {
+                let mut member = tx
+                    .member(&org.id, &id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
+                check_etag(&input.etag, member.revision, &name)?;
+                if let Some(v) = fields.display_name {
+                    member.display_name = v;
+                }
+                if let Some(v) = fields.email {
+                    member.email = v;
+                }
+                if let Some(v) = fields.role {
+                    member.role = v;
+                }
+                if let Some(v) = fields.time_zone {
+                    member.time_zone = v;
+                }
+                member.update_time = now();
+                if !tx.update_member(&mut member).await? {
+                    return Err(Error::StaleEtag(name.clone()));
+                }
+                Ok(member_to_pb(&slug, &member))
+            },
+        )
         .await?;
         Ok(Response::new(response))
     }
 
-    async fn delete_member(&self, request: Request<pb::DeleteMemberRequest>) -> Result<Response<pb::DeleteMemberResponse>, Status> {
+    async fn delete_member(
+        &self,
+        request: Request<pb::DeleteMemberRequest>,
+    ) -> Result<Response<pb::DeleteMemberResponse>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let request = request.into_inner();
         let name = request.name.clone();
         let (slug, id) = names::parse_member(&name).map_err(|v| v.under("name"))?;
-        let org = self.organization(&caller, &slug).await.map_err(|_| Error::NotFound(format!("member {name:?}")))?;
-        let response = idempotent(&self.hub, &caller, "DeleteMember", &request.request_id, &request, async |tx| {
-            let member = tx.member(&org.id, &id).await?.ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
-            check_etag(&request.etag, member.revision, &name)?;
-            if !tx.delete_member(&org.id, &id, member.revision).await? {
-                return Err(Error::StaleEtag(name.clone()));
-            }
-            Ok(pb::DeleteMemberResponse {})
-        })
+        let org = self
+            .organization(&caller, &slug)
+            .await
+            .map_err(|_| Error::NotFound(format!("member {name:?}")))?;
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "DeleteMember",
+            &request.request_id,
+            &request,
+            async |tx| {
+                let member = tx
+                    .member(&org.id, &id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
+                check_etag(&request.etag, member.revision, &name)?;
+                if !tx.delete_member(&org.id, &id, member.revision).await? {
+                    return Err(Error::StaleEtag(name.clone()));
+                }
+                Ok(pb::DeleteMemberResponse {})
+            },
+        )
         .await?;
         Ok(Response::new(response))
     }

@@ -26,12 +26,17 @@ pub fn api_key(owner: Option<&Slug>, id: &str) -> String {
 }
 
 fn bad(expected: &str) -> FieldViolation {
-    FieldViolation::new("", format!("must be a resource name of the form {expected}"))
+    FieldViolation::new(
+        "",
+        format!("must be a resource name of the form {expected}"),
+    )
 }
 
 /// A server-assigned id: a UUID.
 fn id(raw: &str, expected: &str) -> Result<String, FieldViolation> {
-    Uuid::parse_str(raw).map(|u| u.hyphenated().to_string()).map_err(|_| bad(expected))
+    Uuid::parse_str(raw)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| bad(expected))
 }
 
 /// `organizations/{org}`.
@@ -40,7 +45,10 @@ pub fn parse_organization(name: &str) -> Result<Slug, FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::new("", "is required"));
     }
-    let slug = name.strip_prefix("organizations/").filter(|s| !s.contains('/')).ok_or_else(|| bad(FORM))?;
+    let slug = name
+        .strip_prefix("organizations/")
+        .filter(|s| !s.contains('/'))
+        .ok_or_else(|| bad(FORM))?;
     Slug::parse(slug).map_err(|_| bad(FORM))
 }
 
@@ -65,7 +73,11 @@ pub fn parse_partnership(name: &str) -> Result<String, FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::new("", "is required"));
     }
-    id(name.strip_prefix("partnerships/").ok_or_else(|| bad(FORM))?, FORM)
+    id(
+        name.strip_prefix("partnerships/")
+            .ok_or_else(|| bad(FORM))?,
+        FORM,
+    )
 }
 
 fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String), FieldViolation> {
@@ -90,18 +102,33 @@ mod tests {
         let slug = Slug::parse("acme").unwrap();
         let id = Uuid::now_v7().to_string();
         assert_eq!(parse_organization(&organization(&slug)).unwrap(), slug);
-        assert_eq!(parse_member(&member(&slug, &id)).unwrap(), (slug.clone(), id.clone()));
+        assert_eq!(
+            parse_member(&member(&slug, &id)).unwrap(),
+            (slug.clone(), id.clone())
+        );
         assert_eq!(parse_partnership(&partnership(&id)).unwrap(), id);
-        assert_eq!(parse_api_key(&api_key(Some(&slug), &id)).unwrap(), (Some(slug.clone()), id.clone()));
-        assert_eq!(parse_api_key(&api_key(None, &id)).unwrap(), (None, id.clone()));
+        assert_eq!(
+            parse_api_key(&api_key(Some(&slug), &id)).unwrap(),
+            (Some(slug.clone()), id.clone())
+        );
+        assert_eq!(
+            parse_api_key(&api_key(None, &id)).unwrap(),
+            (None, id.clone())
+        );
     }
 
     #[test]
     fn malformed_names_say_the_expected_form() {
         let err = parse_member("organizations/acme/people/x").unwrap_err();
-        assert!(err.description.contains("organizations/{organization}/members/{member}"));
+        assert!(
+            err.description
+                .contains("organizations/{organization}/members/{member}")
+        );
         assert!(parse_organization("organizations/acme/extra").is_err());
         assert!(parse_partnership("partnerships/not-a-uuid").is_err());
-        assert_eq!(parse_organization("").unwrap_err().description, "is required");
+        assert_eq!(
+            parse_organization("").unwrap_err().description,
+            "is required"
+        );
     }
 }

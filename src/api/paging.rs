@@ -35,21 +35,35 @@ impl PageRequest {
         let after = if page_token.is_empty() {
             None
         } else {
-            let invalid = || Error::invalid("page_token", "is not a token this list returned; start again without one");
+            let invalid = || {
+                Error::invalid(
+                    "page_token",
+                    "is not a token this list returned; start again without one",
+                )
+            };
             let bytes = URL_SAFE_NO_PAD.decode(page_token).map_err(|_| invalid())?;
             let text = String::from_utf8(bytes).map_err(|_| invalid())?;
             let (fp, after) = text.split_once(':').ok_or_else(invalid)?;
             if fp != fingerprint {
-                return Err(Error::invalid("page_token", "belongs to a different query; send the same filters as the first page"));
+                return Err(Error::invalid(
+                    "page_token",
+                    "belongs to a different query; send the same filters as the first page",
+                ));
             }
             Some(after.to_owned())
         };
-        Ok(Self { size, after, fingerprint })
+        Ok(Self {
+            size,
+            after,
+            fingerprint,
+        })
     }
 
     /// The token for the page after the one that ended at `after` (empty if none).
     pub fn next_token(&self, after: Option<String>) -> String {
-        after.map(|a| URL_SAFE_NO_PAD.encode(format!("{}:{a}", self.fingerprint))).unwrap_or_default()
+        after
+            .map(|a| URL_SAFE_NO_PAD.encode(format!("{}:{a}", self.fingerprint)))
+            .unwrap_or_default()
     }
 }
 
@@ -66,7 +80,13 @@ mod tests {
     fn tokens_continue_only_the_query_they_came_from() {
         let first = PageRequest::parse(10, "", "members:acme").unwrap();
         let token = first.next_token(Some("k1".into()));
-        assert_eq!(PageRequest::parse(10, &token, "members:acme").unwrap().after.as_deref(), Some("k1"));
+        assert_eq!(
+            PageRequest::parse(10, &token, "members:acme")
+                .unwrap()
+                .after
+                .as_deref(),
+            Some("k1")
+        );
         assert!(PageRequest::parse(10, &token, "members:other").is_err());
         assert!(PageRequest::parse(10, "garbage!", "members:acme").is_err());
         assert_eq!(first.next_token(None), "");
@@ -74,8 +94,14 @@ mod tests {
 
     #[test]
     fn sizes_default_and_clamp() {
-        assert_eq!(PageRequest::parse(0, "", "q").unwrap().size, DEFAULT_PAGE_SIZE);
-        assert_eq!(PageRequest::parse(5000, "", "q").unwrap().size, MAX_PAGE_SIZE);
+        assert_eq!(
+            PageRequest::parse(0, "", "q").unwrap().size,
+            DEFAULT_PAGE_SIZE
+        );
+        assert_eq!(
+            PageRequest::parse(5000, "", "q").unwrap().size,
+            MAX_PAGE_SIZE
+        );
         assert!(PageRequest::parse(-1, "", "q").is_err());
     }
 }

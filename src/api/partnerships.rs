@@ -1,14 +1,15 @@
 //! `liaison.v1.PartnershipService`: proposing, accepting and ending partnerships.
 
-use jiff::Timestamp;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{check_etag, etag, timestamp};
 use super::paging::PageRequest;
-use super::write::idempotent;
+use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
-use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Relationship, Scope};
+use crate::domain::{
+    OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Relationship, Scope, now,
+};
 use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, partnership_service_server::PartnershipService};
 use crate::store::PartnershipFilter;
@@ -64,7 +65,10 @@ fn relationship_from_pb(raw: i32) -> Result<Relationship, FieldViolation> {
         Ok(pb::Relationship::SellsFor) => Ok(Relationship::SellsFor),
         Ok(pb::Relationship::ServicesFor) => Ok(Relationship::ServicesFor),
         Ok(pb::Relationship::Unspecified) => Err(FieldViolation::new("", "is required")),
-        Err(_) => Err(FieldViolation::new("", format!("{raw} is not a known relationship"))),
+        Err(_) => Err(FieldViolation::new(
+            "",
+            format!("{raw} is not a known relationship"),
+        )),
     }
 }
 
@@ -77,17 +81,13 @@ fn state_filter(raw: i32) -> Result<Option<&'static str>> {
         Ok(State::Declined) => Some("declined"),
         Ok(State::Suspended) => Some("suspended"),
         Ok(State::Ended) => Some("ended"),
-        Err(_) => return Err(Error::invalid("state", format!("{raw} is not a known partnership state"))),
+        Err(_) => {
+            return Err(Error::invalid(
+                "state",
+                format!("{raw} is not a known partnership state"),
+            ));
+        }
     })
-}
-
-/// What every state change request carries.
-struct TransitionRequest<'a> {
-    method: &'a str,
-    name: &'a str,
-    etag: &'a str,
-    request_id: &'a str,
-    reason: &'a str,
 }
 
 impl PartnershipApi {
@@ -95,25 +95,33 @@ impl PartnershipApi {
         &self,
         caller: &Caller,
         action: PartnershipAction,
-        t: TransitionRequest<'_>,
+        t: Target<'_>,
+        reason: &str,
         request: &impl prost::Message,
     ) -> Result<pb::Partnership> {
         caller.require(Scope::Admin)?;
         let actor = caller.organization()?.clone();
         let id = names::parse_partnership(t.name).map_err(|v| v.under("name"))?;
-        let reason = Reason::parse(t.reason).map_err(|v| v.under("reason"))?;
-        let response = idempotent(&self.hub, caller, t.method, t.request_id, request, async |tx| {
-            let mut p = tx
-                .partnership(&actor.id, &id)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("partnership {:?}", t.name)))?;
-            check_etag(t.etag, p.revision, t.name)?;
-            p.apply(&actor, action, reason, Timestamp::now())?;
-            if !tx.update_partnership_state(&mut p).await? {
-                return Err(Error::StaleEtag(t.name.to_owned()));
-            }
-            Ok(partnership_to_pb(&p))
-        })
+        let reason = Reason::parse(reason).map_err(|v| v.under("reason"))?;
+        let response = idempotent(
+            &self.hub,
+            caller,
+            t.method,
+            t.request_id,
+            request,
+            async |tx| {
+                let mut p = tx
+                    .partnership(&actor.id, &id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("partnership {:?}", t.name)))?;
+                check_etag(t.etag, p.revision, t.name)?;
+                p.apply(&actor, action, reason, now())?;
+                if !tx.update_partnership_state(&mut p).await? {
+                    return Err(Error::StaleEtag(t.name.to_owned()));
+                }
+                Ok(partnership_to_pb(&p))
+            },
+        )
         .await?;
         tracing::info!(partnership = %response.name, action = action.as_str(), "partnership changed");
         Ok(response)
@@ -122,32 +130,53 @@ impl PartnershipApi {
 
 #[tonic::async_trait]
 impl PartnershipService for PartnershipApi {
-    async fn propose_partnership(&self, request: Request<pb::ProposePartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn propose_partnership(
+        &self,
+        request: Request<pb::ProposePartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Admin)?;
         let proposer = caller.organization()?.clone();
         let request = request.into_inner();
         let input = request.partnership.clone().unwrap_or_default();
         let mut v = Violations::new();
-        let recipient = v.check("partnership.recipient", names::parse_organization(&input.recipient));
-        let relationship = v.check("partnership.relationship", relationship_from_pb(input.relationship));
+        let recipient = v.check(
+            "partnership.recipient",
+            names::parse_organization(&input.recipient),
+        );
+        let relationship = v.check(
+            "partnership.relationship",
+            relationship_from_pb(input.relationship),
+        );
         let message = v.check("partnership.message", Reason::parse(&input.message));
         if recipient.as_ref() == Some(&proposer.slug) {
-            v.add("partnership.recipient", "must be another organization than your own");
+            v.add(
+                "partnership.recipient",
+                "must be another organization than your own",
+            );
         }
-        let (Some(recipient), Some(relationship), Some(message)) = (recipient, relationship, message) else {
+        let (Some(recipient), Some(relationship), Some(message)) =
+            (recipient, relationship, message)
+        else {
             return Err(v.into_error().into());
         };
         v.finish()?;
         let recipient_name = names::organization(&recipient);
         let recipient = match self.hub.store.organization(&recipient).await? {
-            Some(org) if org.is_active() => OrgRef { id: org.id, slug: org.slug },
+            Some(org) if org.is_active() => OrgRef {
+                id: org.id,
+                slug: org.slug,
+            },
             Some(_) => {
-                return Err(Error::failed_precondition("ORGANIZATION_SUSPENDED", format!("{recipient_name} is suspended")).into());
+                return Err(Error::failed_precondition(
+                    "ORGANIZATION_SUSPENDED",
+                    format!("{recipient_name} is suspended"),
+                )
+                .into());
             }
             None => return Err(Error::NotFound(format!("organization {recipient_name:?}")).into()),
         };
-        let now = Timestamp::now();
+        let now = now();
         let partnership = Partnership {
             id: Uuid::now_v7().to_string(),
             proposer: proposer.clone(),
@@ -160,22 +189,37 @@ impl PartnershipService for PartnershipApi {
             update_time: now,
             revision: 1,
         };
-        let response = idempotent(&self.hub, &caller, "ProposePartnership", &request.request_id, &request, async |tx| {
-            tx.insert_partnership(&partnership).await?;
-            Ok(partnership_to_pb(&partnership))
-        })
+        let response = idempotent(
+            &self.hub,
+            &caller,
+            "ProposePartnership",
+            &request.request_id,
+            &request,
+            async |tx| {
+                tx.insert_partnership(&partnership).await?;
+                Ok(partnership_to_pb(&partnership))
+            },
+        )
         .await?;
         tracing::info!(partnership = %response.name, "partnership proposed");
         Ok(Response::new(response))
     }
 
-    async fn get_partnership(&self, request: Request<pb::GetPartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn get_partnership(
+        &self,
+        request: Request<pb::GetPartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let name = &request.get_ref().name;
         let id = names::parse_partnership(name).map_err(|v| v.under("name"))?;
-        let p = self.hub.store.partnership(&org.id, &id).await?.ok_or_else(|| Error::NotFound(format!("partnership {name:?}")))?;
+        let p = self
+            .hub
+            .store
+            .partnership(&org.id, &id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("partnership {name:?}")))?;
         Ok(Response::new(partnership_to_pb(&p)))
     }
 
@@ -187,48 +231,109 @@ impl PartnershipService for PartnershipApi {
         caller.require(Scope::Read)?;
         let org = caller.organization()?.clone();
         let request = request.into_inner();
-        let filter = PartnershipFilter { state: state_filter(request.state)? };
+        let filter = PartnershipFilter {
+            state: state_filter(request.state)?,
+        };
         let query = format!("partnerships:{}", request.state);
         let page = PageRequest::parse(request.page_size, &request.page_token, &query)?;
-        let found = self.hub.store.partnerships(&org.id, filter, page.after.as_deref(), page.size).await?;
+        let found = self
+            .hub
+            .store
+            .partnerships(&org.id, filter, page.after.as_deref(), page.size)
+            .await?;
         Ok(Response::new(pb::ListPartnershipsResponse {
             partnerships: found.items.iter().map(partnership_to_pb).collect(),
             next_page_token: page.next_token(found.next_after),
         }))
     }
 
-    async fn accept_partnership(&self, request: Request<pb::AcceptPartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn accept_partnership(
+        &self,
+        request: Request<pb::AcceptPartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         let r = request.into_inner();
-        let t = TransitionRequest { method: "AcceptPartnership", name: &r.name, etag: &r.etag, request_id: &r.request_id, reason: "" };
-        Ok(Response::new(self.transition(&caller, PartnershipAction::Accept, t, &r).await?))
+        let t = Target {
+            method: "AcceptPartnership",
+            name: &r.name,
+            etag: &r.etag,
+            request_id: &r.request_id,
+        };
+        Ok(Response::new(
+            self.transition(&caller, PartnershipAction::Accept, t, "", &r)
+                .await?,
+        ))
     }
 
-    async fn decline_partnership(&self, request: Request<pb::DeclinePartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn decline_partnership(
+        &self,
+        request: Request<pb::DeclinePartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         let r = request.into_inner();
-        let t = TransitionRequest { method: "DeclinePartnership", name: &r.name, etag: &r.etag, request_id: &r.request_id, reason: &r.reason };
-        Ok(Response::new(self.transition(&caller, PartnershipAction::Decline, t, &r).await?))
+        let t = Target {
+            method: "DeclinePartnership",
+            name: &r.name,
+            etag: &r.etag,
+            request_id: &r.request_id,
+        };
+        Ok(Response::new(
+            self.transition(&caller, PartnershipAction::Decline, t, &r.reason, &r)
+                .await?,
+        ))
     }
 
-    async fn suspend_partnership(&self, request: Request<pb::SuspendPartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn suspend_partnership(
+        &self,
+        request: Request<pb::SuspendPartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         let r = request.into_inner();
-        let t = TransitionRequest { method: "SuspendPartnership", name: &r.name, etag: &r.etag, request_id: &r.request_id, reason: &r.reason };
-        Ok(Response::new(self.transition(&caller, PartnershipAction::Suspend, t, &r).await?))
+        let t = Target {
+            method: "SuspendPartnership",
+            name: &r.name,
+            etag: &r.etag,
+            request_id: &r.request_id,
+        };
+        Ok(Response::new(
+            self.transition(&caller, PartnershipAction::Suspend, t, &r.reason, &r)
+                .await?,
+        ))
     }
 
-    async fn resume_partnership(&self, request: Request<pb::ResumePartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn resume_partnership(
+        &self,
+        request: Request<pb::ResumePartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         let r = request.into_inner();
-        let t = TransitionRequest { method: "ResumePartnership", name: &r.name, etag: &r.etag, request_id: &r.request_id, reason: "" };
-        Ok(Response::new(self.transition(&caller, PartnershipAction::Resume, t, &r).await?))
+        let t = Target {
+            method: "ResumePartnership",
+            name: &r.name,
+            etag: &r.etag,
+            request_id: &r.request_id,
+        };
+        Ok(Response::new(
+            self.transition(&caller, PartnershipAction::Resume, t, "", &r)
+                .await?,
+        ))
     }
 
-    async fn end_partnership(&self, request: Request<pb::EndPartnershipRequest>) -> Result<Response<pb::Partnership>, Status> {
+    async fn end_partnership(
+        &self,
+        request: Request<pb::EndPartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
         let caller = Caller::of(&request)?;
         let r = request.into_inner();
-        let t = TransitionRequest { method: "EndPartnership", name: &r.name, etag: &r.etag, request_id: &r.request_id, reason: &r.reason };
-        Ok(Response::new(self.transition(&caller, PartnershipAction::End, t, &r).await?))
+        let t = Target {
+            method: "EndPartnership",
+            name: &r.name,
+            etag: &r.etag,
+            request_id: &r.request_id,
+        };
+        Ok(Response::new(
+            self.transition(&caller, PartnershipAction::End, t, &r.reason, &r)
+                .await?,
+        ))
     }
 }

@@ -1,17 +1,27 @@
 //! Writes that are safe to retry: each runs in one transaction together with the
 //! record of its `request_id` (AIP-155), so a retry returns the first answer.
 
-use jiff::Timestamp;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::{Caller, Hub};
+use crate::domain::now;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::store::{Claim, Tx};
 
 /// Longest accepted `request_id`; a UUID needs 36.
 const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What identifies a write to an existing resource: the method (for idempotency
+/// records), the resource name, the etag the caller read it at (may be empty) and its
+/// `request_id` (may be empty).
+pub struct Target<'a> {
+    pub method: &'a str,
+    pub name: &'a str,
+    pub etag: &'a str,
+    pub request_id: &'a str,
+}
 
 /// A response that can be stored and replayed.
 pub trait Replayable: Message + Default + Sized {
@@ -22,19 +32,35 @@ pub trait Replayable: Message + Default + Sized {
 macro_rules! replay_as_is {
     ($($t:ty),*) => { $(impl Replayable for $t { fn for_replay(&self) -> Self { self.clone() } })* };
 }
-replay_as_is!(pb::Organization, pb::ApiKey, pb::Member, pb::DeleteMemberResponse, pb::Partnership);
+replay_as_is!(
+    pb::Organization,
+    pb::ApiKey,
+    pb::Member,
+    pb::DeleteMemberResponse,
+    pb::Partnership
+);
 
 impl Replayable for pb::CreateApiKeyResponse {
     /// The secret is never stored, so a retry cannot show it again.
     fn for_replay(&self) -> Self {
-        Self { api_key: self.api_key.clone(), key: String::new() }
+        Self {
+            api_key: self.api_key.clone(),
+            key: String::new(),
+        }
     }
 }
 
 /// Runs `change` in a write transaction and commits it. With a `request_id`, the
 /// first answer is stored in the same transaction and a retry returns it without
 /// running `change` again; the same id with a different request is refused.
-pub async fn idempotent<M, F>(hub: &Hub, caller: &Caller, method: &str, request_id: &str, request: &impl Message, change: F) -> Result<M>
+pub async fn idempotent<M, F>(
+    hub: &Hub,
+    caller: &Caller,
+    method: &str,
+    request_id: &str,
+    request: &impl Message,
+    change: F,
+) -> Result<M>
 where
     M: Replayable,
     F: AsyncFnOnce(&mut Tx) -> Result<M>,
@@ -46,19 +72,27 @@ where
         return Ok(response);
     }
     if request_id.len() > MAX_REQUEST_ID_LEN || !request_id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::invalid("request_id", "must be at most 128 printable ASCII characters; a UUID is recommended"));
+        return Err(Error::invalid(
+            "request_id",
+            "must be at most 128 printable ASCII characters; a UUID is recommended",
+        ));
     }
     let scope = caller.idempotency_scope();
     let hash = format!("{:x}", Sha256::digest(request.encode_to_vec()));
-    match tx.claim_request(&scope, request_id, method, &hash, Timestamp::now()).await? {
+    match tx
+        .claim_request(&scope, request_id, method, &hash, now())
+        .await?
+    {
         Claim::Replay(bytes) => {
-            let response = M::decode(bytes.as_slice()).map_err(|e| anyhow::anyhow!("stored response does not decode: {e}"))?;
+            let response = M::decode(bytes.as_slice())
+                .map_err(|e| anyhow::anyhow!("stored response does not decode: {e}"))?;
             return Ok(response);
         }
         Claim::New => {}
     }
     let response = change(&mut tx).await?;
-    tx.record_response(&scope, request_id, &response.for_replay().encode_to_vec()).await?;
+    tx.record_response(&scope, request_id, &response.for_replay().encode_to_vec())
+        .await?;
     tx.commit().await?;
     Ok(response)
 }

@@ -35,7 +35,9 @@ impl Scope {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(raw))
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(raw))
     }
 }
 
@@ -61,11 +63,19 @@ impl Scopes {
 
     /// Comma-separated, as stored.
     pub fn to_csv(&self) -> String {
-        self.0.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+        self.0
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn from_csv(csv: &str) -> Option<Self> {
-        Self::new(csv.split(',').map(Scope::parse).collect::<Option<Vec<_>>>()?)
+        Self::new(
+            csv.split(',')
+                .map(Scope::parse)
+                .collect::<Option<Vec<_>>>()?,
+        )
     }
 }
 
@@ -82,7 +92,9 @@ impl ApiKeySecret {
     /// Accepts what `generate` produces; anything else cannot be a key.
     pub fn parse(raw: &str) -> Option<Self> {
         let body = raw.strip_prefix(KEY_PREFIX)?;
-        let well_formed = URL_SAFE_NO_PAD.decode(body).is_ok_and(|b| b.len() == SECRET_BYTES);
+        let well_formed = URL_SAFE_NO_PAD
+            .decode(body)
+            .is_ok_and(|b| b.len() == SECRET_BYTES);
         well_formed.then(|| Self(raw.to_owned()))
     }
 
@@ -161,6 +173,11 @@ mod tests {
         let read = Scopes::from_csv("read").unwrap();
         assert!(!read.allows(Scope::Write));
         assert!(Scopes::new(vec![]).is_none());
-        assert_eq!(Scopes::new(vec![Scope::Write, Scope::Read, Scope::Write]).unwrap().to_csv(), "read,write");
+        assert_eq!(
+            Scopes::new(vec![Scope::Write, Scope::Read, Scope::Write])
+                .unwrap()
+                .to_csv(),
+            "read,write"
+        );
     }
 }

@@ -23,7 +23,12 @@ impl EmailAddress {
         if value.is_empty() {
             return Err(FieldViolation::new("", "is required"));
         }
-        let invalid = |why: &str| Err(FieldViolation::new("", format!("is not a valid email address: {why}")));
+        let invalid = |why: &str| {
+            Err(FieldViolation::new(
+                "",
+                format!("is not a valid email address: {why}"),
+            ))
+        };
         if value.len() > MAX_EMAIL_LEN {
             return invalid("longer than 254 characters");
         }
@@ -34,7 +39,10 @@ impl EmailAddress {
             return invalid("the part before @ must be 1 to 64 characters");
         }
         let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
-        if local.split('.').any(|atom| atom.is_empty() || !atom.chars().all(atext)) {
+        if local
+            .split('.')
+            .any(|atom| atom.is_empty() || !atom.chars().all(atext))
+        {
             return invalid("the part before @ has a character or dot that is not allowed");
         }
         let labels: Vec<&str> = domain.split('.').collect();
@@ -68,7 +76,10 @@ impl TimeZoneName {
         }
         match jiff::tz::TimeZone::get(value) {
             Ok(tz) => Ok(Self(tz.iana_name().unwrap_or(value).to_owned())),
-            Err(_) => Err(FieldViolation::new("", format!("unknown time zone {value:?}; use an IANA name such as Europe/Berlin"))),
+            Err(_) => Err(FieldViolation::new(
+                "",
+                format!("unknown time zone {value:?}; use an IANA name such as Europe/Berlin"),
+            )),
         }
     }
 
@@ -96,7 +107,9 @@ impl MemberRole {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(raw))
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(raw))
     }
 }
 
@@ -125,8 +138,17 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_refused_with_a_reason() {
-        for bad in ["", "jane", "jane@", "@example.com", "jane@example", "ja..ne@example.com",
-            "jane doe@example.com", "jane@-example.com", "jane@exa_mple.com"] {
+        for bad in [
+            "",
+            "jane",
+            "jane@",
+            "@example.com",
+            "jane@example",
+            "ja..ne@example.com",
+            "jane doe@example.com",
+            "jane@-example.com",
+            "jane@exa_mple.com",
+        ] {
             let err = EmailAddress::parse(bad).unwrap_err();
             assert!(!err.description.is_empty(), "{bad}");
         }
@@ -136,7 +158,10 @@ mod tests {
 
     #[test]
     fn time_zones_must_be_known() {
-        assert_eq!(TimeZoneName::parse("Europe/Berlin").unwrap().as_str(), "Europe/Berlin");
+        assert_eq!(
+            TimeZoneName::parse("Europe/Berlin").unwrap().as_str(),
+            "Europe/Berlin"
+        );
         assert!(TimeZoneName::parse("UTC").is_ok());
         assert!(TimeZoneName::parse("Mars/Olympus").is_err());
         assert!(TimeZoneName::parse("").is_err());

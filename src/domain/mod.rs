@@ -15,3 +15,10 @@ pub use text::{DisplayName, Reason};
 
 /// An organization's internal id (a UUIDv7). Resource names use the slug instead.
 pub type OrganizationId = String;
+
+/// The current time at the precision the store keeps (microseconds), so a resource
+/// returned by a write equals the same resource read back later.
+pub fn now() -> jiff::Timestamp {
+    let t = jiff::Timestamp::now();
+    jiff::Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(t)
+}

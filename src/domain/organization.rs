@@ -14,7 +14,9 @@ pub struct Slug(String);
 impl Slug {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         let ok_len = (3..=63).contains(&raw.len());
-        let ok_chars = raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let ok_ends = raw.starts_with(|c: char| c.is_ascii_lowercase()) && !raw.ends_with('-');
         if raw.is_empty() {
             return Err(FieldViolation::new("", "is required"));
@@ -71,7 +73,9 @@ impl OrganizationKind {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(raw))
-            .ok_or_else(|| FieldViolation::new("", "must be vendor, distributor, retailer or other"))
+            .ok_or_else(|| {
+                FieldViolation::new("", "must be vendor, distributor, retailer or other")
+            })
     }
 }
 
@@ -79,7 +83,9 @@ impl OrganizationKind {
 pub enum OrganizationState {
     Active,
     /// Its keys stop working; its data stays.
-    Suspended { reason: String },
+    Suspended {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +116,16 @@ mod tests {
         for good in ["acme", "acme-gmbh", "a1b", "x".repeat(63).as_str()] {
             assert!(Slug::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "ab", "Acme", "1acme", "acme-", "ac_me", "x".repeat(64).as_str(), "acmé"] {
+        for bad in [
+            "",
+            "ab",
+            "Acme",
+            "1acme",
+            "acme-",
+            "ac_me",
+            "x".repeat(64).as_str(),
+            "acmé",
+        ] {
             assert!(Slug::parse(bad).is_err(), "{bad}");
         }
     }

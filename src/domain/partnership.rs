@@ -23,7 +23,12 @@ pub enum Relationship {
 }
 
 impl Relationship {
-    pub const ALL: [Self; 4] = [Self::Supplies, Self::DistributesFor, Self::SellsFor, Self::ServicesFor];
+    pub const ALL: [Self; 4] = [
+        Self::Supplies,
+        Self::DistributesFor,
+        Self::SellsFor,
+        Self::ServicesFor,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -35,7 +40,9 @@ impl Relationship {
     }
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(raw))
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(raw))
     }
 }
 
@@ -75,7 +82,13 @@ pub enum PartnershipAction {
 }
 
 impl PartnershipAction {
-    pub const ALL: [Self; 5] = [Self::Accept, Self::Decline, Self::Suspend, Self::Resume, Self::End];
+    pub const ALL: [Self; 5] = [
+        Self::Accept,
+        Self::Decline,
+        Self::Suspend,
+        Self::Resume,
+        Self::End,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,17 +122,28 @@ impl Partnership {
     }
 
     /// The state `action` by `actor` leads to, if it is allowed now.
-    fn next_state(&self, actor: &OrgRef, action: PartnershipAction, reason: Reason) -> Option<PartnershipState> {
+    fn next_state(
+        &self,
+        actor: &OrgRef,
+        action: PartnershipAction,
+        reason: Reason,
+    ) -> Option<PartnershipState> {
         use PartnershipAction as A;
         use PartnershipState as S;
         let is_recipient = actor.id == self.recipient.id;
         match (&self.state, action) {
             (S::Proposed, A::Accept) if is_recipient => Some(S::Active),
             (S::Proposed, A::Decline) if is_recipient => Some(S::Declined { reason }),
-            (S::Active, A::Suspend) => Some(S::Suspended { by: actor.clone(), reason }),
+            (S::Active, A::Suspend) => Some(S::Suspended {
+                by: actor.clone(),
+                reason,
+            }),
             // Only the side that suspended may lift its own suspension.
             (S::Suspended { by, .. }, A::Resume) if by.id == actor.id => Some(S::Active),
-            (S::Proposed | S::Active | S::Suspended { .. }, A::End) => Some(S::Ended { by: actor.clone(), reason }),
+            (S::Proposed | S::Active | S::Suspended { .. }, A::End) => Some(S::Ended {
+                by: actor.clone(),
+                reason,
+            }),
             _ => None,
         }
     }
@@ -133,10 +157,24 @@ impl Partnership {
     }
 
     /// Applies `action` by `actor` (one of the two parties) at `now`.
-    pub fn apply(&mut self, actor: &OrgRef, action: PartnershipAction, reason: Reason, now: Timestamp) -> Result<(), Error> {
+    pub fn apply(
+        &mut self,
+        actor: &OrgRef,
+        action: PartnershipAction,
+        reason: Reason,
+        now: Timestamp,
+    ) -> Result<(), Error> {
         let Some(next) = self.next_state(actor, action, reason) else {
-            let allowed: Vec<_> = self.allowed_actions(actor).iter().map(|a| a.as_str()).collect();
-            let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
+            let allowed: Vec<_> = self
+                .allowed_actions(actor)
+                .iter()
+                .map(|a| a.as_str())
+                .collect();
+            let allowed = if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            };
             return Err(Error::failed_precondition(
                 "PARTNERSHIP_TRANSITION_NOT_ALLOWED",
                 format!(
@@ -159,7 +197,10 @@ mod tests {
     use crate::domain::Slug;
 
     fn org(slug: &str) -> OrgRef {
-        OrgRef { id: format!("id-{slug}"), slug: Slug::parse(slug).unwrap() }
+        OrgRef {
+            id: format!("id-{slug}"),
+            slug: Slug::parse(slug).unwrap(),
+        }
     }
 
     fn proposal() -> Partnership {
@@ -180,9 +221,20 @@ mod tests {
     #[test]
     fn only_the_recipient_accepts_or_declines() {
         let mut p = proposal();
-        let err = p.apply(&org("acme"), PartnershipAction::Accept, Reason::default(), Timestamp::now());
+        let err = p.apply(
+            &org("acme"),
+            PartnershipAction::Accept,
+            Reason::default(),
+            Timestamp::now(),
+        );
         assert!(err.unwrap_err().to_string().contains("allowed now: end"));
-        p.apply(&org("shop"), PartnershipAction::Accept, Reason::default(), Timestamp::now()).unwrap();
+        p.apply(
+            &org("shop"),
+            PartnershipAction::Accept,
+            Reason::default(),
+            Timestamp::now(),
+        )
+        .unwrap();
         assert_eq!(p.state, PartnershipState::Active);
         assert_eq!(p.state_changed_by, org("shop"));
     }
@@ -191,17 +243,46 @@ mod tests {
     fn only_the_suspending_side_resumes() {
         let mut p = proposal();
         p.state = PartnershipState::Active;
-        p.apply(&org("acme"), PartnershipAction::Suspend, Reason::parse("audit").unwrap(), Timestamp::now()).unwrap();
-        assert!(p.apply(&org("shop"), PartnershipAction::Resume, Reason::default(), Timestamp::now()).is_err());
-        assert_eq!(p.allowed_actions(&org("shop")), vec![PartnershipAction::End]);
-        p.apply(&org("acme"), PartnershipAction::Resume, Reason::default(), Timestamp::now()).unwrap();
+        p.apply(
+            &org("acme"),
+            PartnershipAction::Suspend,
+            Reason::parse("audit").unwrap(),
+            Timestamp::now(),
+        )
+        .unwrap();
+        assert!(
+            p.apply(
+                &org("shop"),
+                PartnershipAction::Resume,
+                Reason::default(),
+                Timestamp::now()
+            )
+            .is_err()
+        );
+        assert_eq!(
+            p.allowed_actions(&org("shop")),
+            vec![PartnershipAction::End]
+        );
+        p.apply(
+            &org("acme"),
+            PartnershipAction::Resume,
+            Reason::default(),
+            Timestamp::now(),
+        )
+        .unwrap();
         assert_eq!(p.state, PartnershipState::Active);
     }
 
     #[test]
     fn final_states_allow_nothing() {
         let mut p = proposal();
-        p.apply(&org("shop"), PartnershipAction::Decline, Reason::default(), Timestamp::now()).unwrap();
+        p.apply(
+            &org("shop"),
+            PartnershipAction::Decline,
+            Reason::default(),
+            Timestamp::now(),
+        )
+        .unwrap();
         assert!(p.state.is_final());
         assert!(p.allowed_actions(&org("acme")).is_empty());
         assert!(p.allowed_actions(&org("shop")).is_empty());

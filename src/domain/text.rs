@@ -54,11 +54,20 @@ impl Reason {
 
 fn check_text(value: &str, max_chars: usize) -> Result<(), FieldViolation> {
     if value.chars().count() > max_chars {
-        return Err(FieldViolation::new("", format!("must be at most {max_chars} characters")));
+        return Err(FieldViolation::new(
+            "",
+            format!("must be at most {max_chars} characters"),
+        ));
     }
     // Newlines are fine in a reason; other control characters only break logs and mail.
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(FieldViolation::new("", "must not contain control characters"));
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(FieldViolation::new(
+            "",
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -69,7 +78,10 @@ mod tests {
 
     #[test]
     fn display_names_are_trimmed_and_bounded() {
-        assert_eq!(DisplayName::parse("  Acme GmbH ").unwrap().as_str(), "Acme GmbH");
+        assert_eq!(
+            DisplayName::parse("  Acme GmbH ").unwrap().as_str(),
+            "Acme GmbH"
+        );
         assert!(DisplayName::parse("   ").is_err());
         assert!(DisplayName::parse(&"x".repeat(201)).is_err());
         assert!(DisplayName::parse("a\u{7}b").is_err());

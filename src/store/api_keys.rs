@@ -39,9 +39,10 @@ impl TryFrom<ApiKeyRow> for KeyRecord {
     fn try_from(row: ApiKeyRow) -> Result<Self> {
         let principal = match (row.organization_id, row.slug) {
             (None, _) => Principal::Operator,
-            (Some(id), Some(slug)) => {
-                Principal::Organization(OrgRef { id, slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))? })
-            }
+            (Some(id), Some(slug)) => Principal::Organization(OrgRef {
+                id,
+                slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?,
+            }),
             (Some(id), None) => return Err(corrupt("organization of key", &id)),
         };
         let key = ApiKey {
@@ -54,7 +55,10 @@ impl TryFrom<ApiKeyRow> for KeyRecord {
             revoke_time: row.revoke_time.map(timestamp).transpose()?,
             id: row.id,
         };
-        Ok(KeyRecord { key, owner_active: row.organization_state.is_none_or(|s| s == "active") })
+        Ok(KeyRecord {
+            key,
+            owner_active: row.organization_state.is_none_or(|s| s == "active"),
+        })
     }
 }
 
@@ -65,19 +69,30 @@ fn owner_id(principal: &Principal) -> Option<&str> {
     }
 }
 
-async fn by_id<'c>(db: impl AnyExecutor<'c>, owner: &Principal, id: &str) -> Result<Option<ApiKey>> {
+async fn by_id<'c>(
+    db: impl AnyExecutor<'c>,
+    owner: &Principal,
+    id: &str,
+) -> Result<Option<ApiKey>> {
     // `IS NOT DISTINCT FROM` is not SQLite; `COALESCE` to '' matches the operator's
     // NULL owner the same way on both.
     let sql = format!("{SELECT} WHERE k.id = $1 AND COALESCE(k.organization_id, '') = $2");
-    let row: Option<ApiKeyRow> =
-        sqlx::query_as(&sql).bind(id).bind(owner_id(owner).unwrap_or("")).fetch_optional(db).await?;
-    row.map(|r| KeyRecord::try_from(r).map(|rec| rec.key)).transpose()
+    let row: Option<ApiKeyRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .bind(owner_id(owner).unwrap_or(""))
+        .fetch_optional(db)
+        .await?;
+    row.map(|r| KeyRecord::try_from(r).map(|rec| rec.key))
+        .transpose()
 }
 
 impl Store {
     pub async fn api_key_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>> {
         let sql = format!("{SELECT} WHERE k.key_hash = $1");
-        let row: Option<ApiKeyRow> = sqlx::query_as(&sql).bind(&hash.0).fetch_optional(self.reader()).await?;
+        let row: Option<ApiKeyRow> = sqlx::query_as(&sql)
+            .bind(&hash.0)
+            .fetch_optional(self.reader())
+            .await?;
         row.map(KeyRecord::try_from).transpose()
     }
 
@@ -86,7 +101,13 @@ impl Store {
     }
 
     /// Keys of `owner` in creation order, after the one with id `after`.
-    pub async fn api_keys(&self, owner: &Principal, show_revoked: bool, after: Option<&str>, limit: usize) -> Result<Page<ApiKey>> {
+    pub async fn api_keys(
+        &self,
+        owner: &Principal,
+        show_revoked: bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ApiKey>> {
         let sql = format!(
             "{SELECT} WHERE COALESCE(k.organization_id, '') = $1 AND k.id > $2 \
              AND ($3 OR k.revoke_time IS NULL) ORDER BY k.id LIMIT $4"
@@ -98,7 +119,10 @@ impl Store {
             .bind(limit as i64 + 1)
             .fetch_all(self.reader())
             .await?;
-        let items = rows.into_iter().map(|r| KeyRecord::try_from(r).map(|rec| rec.key)).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .into_iter()
+            .map(|r| KeyRecord::try_from(r).map(|rec| rec.key))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_rows(items, limit, |k| k.id.clone()))
     }
 

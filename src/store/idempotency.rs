@@ -56,17 +56,25 @@ impl Tx {
                 "was already used for a different request; use a new request_id for a new request",
             ));
         }
-        let response = response.ok_or_else(|| anyhow::anyhow!("idempotency record without a response"))?;
+        let response =
+            response.ok_or_else(|| anyhow::anyhow!("idempotency record without a response"))?;
         Ok(Claim::Replay(response))
     }
 
-    pub async fn record_response(&mut self, scope: &str, request_id: &str, response: &[u8]) -> Result<()> {
-        sqlx::query("UPDATE idempotency_records SET response = $1 WHERE scope = $2 AND request_id = $3")
-            .bind(response)
-            .bind(scope)
-            .bind(request_id)
-            .execute(self.conn())
-            .await?;
+    pub async fn record_response(
+        &mut self,
+        scope: &str,
+        request_id: &str,
+        response: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE idempotency_records SET response = $1 WHERE scope = $2 AND request_id = $3",
+        )
+        .bind(response)
+        .bind(scope)
+        .bind(request_id)
+        .execute(self.conn())
+        .await?;
         Ok(())
     }
 

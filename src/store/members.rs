@@ -7,7 +7,8 @@ use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
 use crate::domain::{DisplayName, EmailAddress, Member, MemberRole, TimeZoneName};
 use crate::error::{Error, Result};
 
-const COLUMNS: &str = "id, organization_id, display_name, email, role, time_zone, create_time, update_time, revision";
+const COLUMNS: &str =
+    "id, organization_id, display_name, email, role, time_zone, create_time, update_time, revision";
 
 #[derive(FromRow)]
 struct MemberRow {
@@ -27,10 +28,12 @@ impl TryFrom<MemberRow> for Member {
 
     fn try_from(row: MemberRow) -> Result<Self> {
         Ok(Member {
-            display_name: DisplayName::parse(&row.display_name).map_err(|_| corrupt("display name", &row.display_name))?,
+            display_name: DisplayName::parse(&row.display_name)
+                .map_err(|_| corrupt("display name", &row.display_name))?,
             email: EmailAddress::parse(&row.email).map_err(|_| corrupt("email", &row.email))?,
             role: MemberRole::parse(&row.role).ok_or_else(|| corrupt("member role", &row.role))?,
-            time_zone: TimeZoneName::parse(&row.time_zone).map_err(|_| corrupt("time zone", &row.time_zone))?,
+            time_zone: TimeZoneName::parse(&row.time_zone)
+                .map_err(|_| corrupt("time zone", &row.time_zone))?,
             create_time: timestamp(row.create_time)?,
             update_time: timestamp(row.update_time)?,
             revision: row.revision,
@@ -43,13 +46,20 @@ impl TryFrom<MemberRow> for Member {
 fn email_taken(email: &EmailAddress) -> Error {
     Error::AlreadyExists {
         reason: "MEMBER_EMAIL_TAKEN",
-        message: format!("the organization already has a member with email {:?}", email.as_str()),
+        message: format!(
+            "the organization already has a member with email {:?}",
+            email.as_str()
+        ),
     }
 }
 
 async fn by_id<'c>(db: impl AnyExecutor<'c>, org_id: &str, id: &str) -> Result<Option<Member>> {
     let sql = format!("SELECT {COLUMNS} FROM members WHERE organization_id = $1 AND id = $2");
-    let row: Option<MemberRow> = sqlx::query_as(&sql).bind(org_id).bind(id).fetch_optional(db).await?;
+    let row: Option<MemberRow> = sqlx::query_as(&sql)
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
     row.map(Member::try_from).transpose()
 }
 
@@ -58,15 +68,25 @@ impl Store {
         by_id(self.reader(), org_id, id).await
     }
 
-    pub async fn members(&self, org_id: &str, after: Option<&str>, limit: usize) -> Result<Page<Member>> {
-        let sql = format!("SELECT {COLUMNS} FROM members WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+    pub async fn members(
+        &self,
+        org_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Member>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM members WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
         let rows: Vec<MemberRow> = sqlx::query_as(&sql)
             .bind(org_id)
             .bind(after.unwrap_or(""))
             .bind(limit as i64 + 1)
             .fetch_all(self.reader())
             .await?;
-        let items = rows.into_iter().map(Member::try_from).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .into_iter()
+            .map(Member::try_from)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_rows(items, limit, |m| m.id.clone()))
     }
 }
@@ -128,12 +148,14 @@ impl Tx {
 
     /// Deletes the member if it is still at `revision`; false if it changed since.
     pub async fn delete_member(&mut self, org_id: &str, id: &str, revision: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM members WHERE organization_id = $1 AND id = $2 AND revision = $3")
-            .bind(org_id)
-            .bind(id)
-            .bind(revision)
-            .execute(self.conn())
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM members WHERE organization_id = $1 AND id = $2 AND revision = $3",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(revision)
+        .execute(self.conn())
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 }

@@ -45,7 +45,10 @@ impl Dialect {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Ok(Self::Postgres)
         } else {
-            anyhow::bail!("database URL must start with sqlite: or postgres: (got {:?})", scheme_of(url))
+            anyhow::bail!(
+                "database URL must start with sqlite: or postgres: (got {:?})",
+                scheme_of(url)
+            )
         }
     }
 
@@ -94,7 +97,8 @@ impl Store {
             }
             _ => options.url.clone(),
         };
-        let connect = AnyConnectOptions::from_str(&url).context("Failed to parse the database URL")?;
+        let connect =
+            AnyConnectOptions::from_str(&url).context("Failed to parse the database URL")?;
         let store = match dialect {
             Dialect::Sqlite => {
                 let pool = |size: u32| {
@@ -116,9 +120,19 @@ impl Store {
                             })
                         })
                 };
-                let writer = pool(1).connect_with(connect.clone()).await.context("Failed to open the SQLite database")?;
-                let reader = pool(SQLITE_READERS).connect_with(connect).await.context("Failed to open the SQLite database")?;
-                Store { reader, writer, dialect }
+                let writer = pool(1)
+                    .connect_with(connect.clone())
+                    .await
+                    .context("Failed to open the SQLite database")?;
+                let reader = pool(SQLITE_READERS)
+                    .connect_with(connect)
+                    .await
+                    .context("Failed to open the SQLite database")?;
+                Store {
+                    reader,
+                    writer,
+                    dialect,
+                }
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -127,7 +141,11 @@ impl Store {
                     .connect_with(connect)
                     .await
                     .context("Failed to connect to PostgreSQL")?;
-                Store { reader: pool.clone(), writer: pool, dialect }
+                Store {
+                    reader: pool.clone(),
+                    writer: pool,
+                    dialect,
+                }
             }
         };
         Ok(store)
@@ -140,7 +158,10 @@ impl Store {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        migrator.run(&self.writer).await.context("Failed to run database migrations")?;
+        migrator
+            .run(&self.writer)
+            .await
+            .context("Failed to run database migrations")?;
         Ok(())
     }
 
@@ -199,7 +220,9 @@ pub(crate) fn timestamp(micros: i64) -> Result<Timestamp> {
 /// A value read from the database that the domain does not accept: the database was
 /// changed by something other than this program.
 pub(crate) fn corrupt(what: &str, value: &str) -> Error {
-    Error::Internal(anyhow::anyhow!("unexpected {what} {value:?} in the database"))
+    Error::Internal(anyhow::anyhow!(
+        "unexpected {what} {value:?} in the database"
+    ))
 }
 
 /// True if `error` is a unique-constraint violation (SQLSTATE 23505 on PostgreSQL,

@@ -7,7 +7,8 @@ use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
 use crate::domain::{DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState, Slug};
 use crate::error::{Error, Result};
 
-const COLUMNS: &str = "id, slug, display_name, kind, state, suspend_reason, create_time, update_time, revision";
+const COLUMNS: &str =
+    "id, slug, display_name, kind, state, suspend_reason, create_time, update_time, revision";
 
 #[derive(FromRow)]
 struct OrganizationRow {
@@ -28,13 +29,17 @@ impl TryFrom<OrganizationRow> for Organization {
     fn try_from(row: OrganizationRow) -> Result<Self> {
         let state = match row.state.as_str() {
             "active" => OrganizationState::Active,
-            "suspended" => OrganizationState::Suspended { reason: row.suspend_reason.unwrap_or_default() },
+            "suspended" => OrganizationState::Suspended {
+                reason: row.suspend_reason.unwrap_or_default(),
+            },
             other => return Err(corrupt("organization state", other)),
         };
         Ok(Organization {
             slug: Slug::parse(&row.slug).map_err(|_| corrupt("slug", &row.slug))?,
-            display_name: DisplayName::parse(&row.display_name).map_err(|_| corrupt("display name", &row.display_name))?,
-            kind: OrganizationKind::parse(&row.kind).map_err(|_| corrupt("organization kind", &row.kind))?,
+            display_name: DisplayName::parse(&row.display_name)
+                .map_err(|_| corrupt("display name", &row.display_name))?,
+            kind: OrganizationKind::parse(&row.kind)
+                .map_err(|_| corrupt("organization kind", &row.kind))?,
             state,
             create_time: timestamp(row.create_time)?,
             update_time: timestamp(row.update_time)?,
@@ -53,7 +58,10 @@ fn state_columns(state: &OrganizationState) -> (&'static str, Option<&str>) {
 
 async fn by_slug<'c>(db: impl AnyExecutor<'c>, slug: &Slug) -> Result<Option<Organization>> {
     let sql = format!("SELECT {COLUMNS} FROM organizations WHERE slug = $1");
-    let row: Option<OrganizationRow> = sqlx::query_as(&sql).bind(slug.as_str()).fetch_optional(db).await?;
+    let row: Option<OrganizationRow> = sqlx::query_as(&sql)
+        .bind(slug.as_str())
+        .fetch_optional(db)
+        .await?;
     row.map(Organization::try_from).transpose()
 }
 
@@ -63,14 +71,21 @@ impl Store {
     }
 
     /// Organizations in creation order, after the one with id `after`.
-    pub async fn organizations(&self, after: Option<&str>, limit: usize) -> Result<Page<Organization>> {
+    pub async fn organizations(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Organization>> {
         let sql = format!("SELECT {COLUMNS} FROM organizations WHERE id > $1 ORDER BY id LIMIT $2");
         let rows: Vec<OrganizationRow> = sqlx::query_as(&sql)
             .bind(after.unwrap_or(""))
             .bind(limit as i64 + 1)
             .fetch_all(self.reader())
             .await?;
-        let items = rows.into_iter().map(Organization::try_from).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .into_iter()
+            .map(Organization::try_from)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_rows(items, limit, |o| o.id.clone()))
     }
 }
@@ -85,7 +100,10 @@ impl Tx {
             .bind(id)
             .fetch_one(self.conn())
             .await?;
-        Ok(OrgRef { id: id.to_owned(), slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))? })
+        Ok(OrgRef {
+            id: id.to_owned(),
+            slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?,
+        })
     }
 
     /// Inserts a new organization; a taken slug is `ALREADY_EXISTS`.
@@ -110,7 +128,10 @@ impl Tx {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
                 reason: "SLUG_TAKEN",
-                message: format!("an organization with slug {:?} already exists", org.slug.as_str()),
+                message: format!(
+                    "an organization with slug {:?} already exists",
+                    org.slug.as_str()
+                ),
             }),
             Err(e) => Err(e.into()),
         }

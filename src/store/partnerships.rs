@@ -34,7 +34,10 @@ struct PartnershipRow {
 }
 
 fn org_ref(id: String, slug: &str) -> Result<OrgRef> {
-    Ok(OrgRef { id, slug: Slug::parse(slug).map_err(|_| corrupt("slug", slug))? })
+    Ok(OrgRef {
+        id,
+        slug: Slug::parse(slug).map_err(|_| corrupt("slug", slug))?,
+    })
 }
 
 impl TryFrom<PartnershipRow> for Partnership {
@@ -42,19 +45,27 @@ impl TryFrom<PartnershipRow> for Partnership {
 
     fn try_from(row: PartnershipRow) -> Result<Self> {
         let changed_by = org_ref(row.state_changed_by, &row.changed_by_slug)?;
-        let reason = Reason::parse(&row.state_reason).map_err(|_| corrupt("reason", &row.state_reason))?;
+        let reason =
+            Reason::parse(&row.state_reason).map_err(|_| corrupt("reason", &row.state_reason))?;
         let state = match row.state.as_str() {
             "proposed" => PartnershipState::Proposed,
             "active" => PartnershipState::Active,
             "declined" => PartnershipState::Declined { reason },
-            "suspended" => PartnershipState::Suspended { by: changed_by.clone(), reason },
-            "ended" => PartnershipState::Ended { by: changed_by.clone(), reason },
+            "suspended" => PartnershipState::Suspended {
+                by: changed_by.clone(),
+                reason,
+            },
+            "ended" => PartnershipState::Ended {
+                by: changed_by.clone(),
+                reason,
+            },
             other => return Err(corrupt("partnership state", other)),
         };
         Ok(Partnership {
             proposer: org_ref(row.proposer_id, &row.proposer_slug)?,
             recipient: org_ref(row.recipient_id, &row.recipient_slug)?,
-            relationship: Relationship::parse(&row.relationship).ok_or_else(|| corrupt("relationship", &row.relationship))?,
+            relationship: Relationship::parse(&row.relationship)
+                .ok_or_else(|| corrupt("relationship", &row.relationship))?,
             message: Reason::parse(&row.message).map_err(|_| corrupt("message", &row.message))?,
             state,
             state_changed_by: changed_by,
@@ -83,9 +94,17 @@ pub struct PartnershipFilter {
 }
 
 /// The partnership with `id` if `org_id` is one of its two parties.
-async fn of_party<'c>(db: impl AnyExecutor<'c>, org_id: &str, id: &str) -> Result<Option<Partnership>> {
+async fn of_party<'c>(
+    db: impl AnyExecutor<'c>,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<Partnership>> {
     let sql = format!("{SELECT} WHERE p.id = $1 AND (p.proposer_id = $2 OR p.recipient_id = $2)");
-    let row: Option<PartnershipRow> = sqlx::query_as(&sql).bind(id).bind(org_id).fetch_optional(db).await?;
+    let row: Option<PartnershipRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(db)
+        .await?;
     row.map(Partnership::try_from).transpose()
 }
 
@@ -113,7 +132,10 @@ impl Store {
             .bind(limit as i64 + 1)
             .fetch_all(self.reader())
             .await?;
-        let items = rows.into_iter().map(Partnership::try_from).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .into_iter()
+            .map(Partnership::try_from)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_rows(items, limit, |p| p.id.clone()))
     }
 }

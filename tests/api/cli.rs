@@ -1,0 +1,207 @@
+//! The `liaison` binary as an operator uses it.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use liaison::pb;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
+
+use crate::helpers::*;
+
+fn liaison(database_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(args)
+        .env("LIAISON_DATABASE_URL", database_url)
+        .env("LIAISON_LOG", "warn")
+        .output()
+        .expect("run liaison")
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+crate::on_both_backends!(
+    bootstrap_prints_a_working_key_on_its_last_line,
+    admin_commands_manage_organizations_and_keys
+);
+
+async fn bootstrap_prints_a_working_key_on_its_last_line(backend: Backend) {
+    let (_db, url) = TestDatabase::create(&backend).await;
+    let out = stdout(&liaison(&url, &["migrate"]));
+    assert!(out.contains("up to date"));
+    let out = stdout(&liaison(&url, &["admin", "bootstrap"]));
+    let key = out.lines().last().unwrap().to_owned();
+    assert!(key.starts_with("lsk_"), "{out}");
+
+    // A second bootstrap would hand out another operator key by accident.
+    let again = liaison(&url, &["admin", "bootstrap"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    // The key works against a hub started from the same binary and database.
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+            "--log-format",
+            "json",
+        ])
+        .env("LIAISON_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+            if entry["message"] == "hub ready" {
+                return entry["listen"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the hub exited before it was ready");
+    })
+    .await
+    .expect("ready in time");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(key));
+    admin
+        .list_organizations(pb::ListOrganizationsRequest::default())
+        .await
+        .expect("the bootstrap key is an operator key");
+    let denied = AdminServiceClient::new(channel)
+        .list_organizations(pb::ListOrganizationsRequest::default())
+        .await;
+    assert_eq!(denied.unwrap_err().code(), Code::Unauthenticated);
+
+    // Every RPC is logged once with its method, organization and code.
+    let logged = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut seen = vec![];
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if entry["message"] == "rpc finished" {
+                seen.push(entry);
+                if seen.len() == 2 {
+                    return seen;
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .expect("log lines in time");
+    assert_eq!(logged[0]["organization"], "operator");
+    assert_eq!(logged[0]["code"], "Ok");
+    assert_eq!(
+        logged[0]["span"]["method"],
+        "/liaison.v1.AdminService/ListOrganizations"
+    );
+    assert_eq!(logged[1]["code"], "Unauthenticated");
+
+    // SIGTERM: a graceful stop, exit code 0.
+    let pid = server.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), server.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+async fn admin_commands_manage_organizations_and_keys(backend: Backend) {
+    let (_db, url) = TestDatabase::create(&backend).await;
+    let out = stdout(&liaison(
+        &url,
+        &[
+            "admin",
+            "create-org",
+            "--slug",
+            "acme",
+            "--display-name",
+            "Acme GmbH",
+            "--kind",
+            "vendor",
+        ],
+    ));
+    assert_eq!(out, "organizations/acme\tVENDOR\tACTIVE\tAcme GmbH\n");
+    let bad = liaison(
+        &url,
+        &[
+            "admin",
+            "create-org",
+            "--slug",
+            "Acme!",
+            "--display-name",
+            "",
+            "--kind",
+            "vendor",
+        ],
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("organization.slug") && err.contains("organization.display_name"),
+        "{err}"
+    );
+
+    let out = stdout(&liaison(
+        &url,
+        &[
+            "admin",
+            "create-key",
+            "--org",
+            "acme",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--display-name",
+            "shop",
+        ],
+    ));
+    assert!(out.lines().last().unwrap().starts_with("lsk_"));
+    let listed = stdout(&liaison(&url, &["admin", "list-keys", "--org", "acme"]));
+    let key_name = listed.split('\t').next().unwrap().to_owned();
+    assert!(listed.contains("READ,WRITE\tACTIVE\tshop"), "{listed}");
+    stdout(&liaison(&url, &["admin", "revoke-key", &key_name]));
+    assert_eq!(
+        stdout(&liaison(&url, &["admin", "list-keys", "--org", "acme"])),
+        ""
+    );
+
+    let out = stdout(&liaison(
+        &url,
+        &["admin", "suspend-org", "acme", "--reason", "unpaid"],
+    ));
+    assert!(out.contains("SUSPENDED"));
+    let out = stdout(&liaison(&url, &["admin", "reactivate-org", "acme"]));
+    assert!(out.contains("ACTIVE"));
+    assert_eq!(
+        stdout(&liaison(&url, &["admin", "list-orgs"]))
+            .lines()
+            .count(),
+        1
+    );
+    let missing = liaison(&url, &["admin", "get-org", "nobody"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}

@@ -1,0 +1,343 @@
+//! Starts a real hub on port 0 against a fresh database, and gives typed clients.
+
+use liaison::api::{AdminApi, Caller, Hub};
+use liaison::config::Config;
+use liaison::pb::{self, admin_service_server::AdminService};
+use liaison::startup::Application;
+use liaison::store::Store;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+pub use pb::admin_service_client::AdminServiceClient;
+pub use pb::member_service_client::MemberServiceClient;
+pub use pb::partnership_service_client::PartnershipServiceClient;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// A server URL; each test creates and drops its own database there.
+    Postgres(String),
+}
+
+impl Backend {
+    /// The PostgreSQL backend if `LIAISON_TEST_POSTGRES_URL` is set.
+    pub fn postgres() -> Option<Self> {
+        std::env::var("LIAISON_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(Backend::Postgres)
+    }
+}
+
+/// Writes each test twice: once on SQLite, once on PostgreSQL (when configured).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::helpers::Backend::postgres() {
+                        Some(backend) => super::$name(backend).await,
+                        None => eprintln!("LIAISON_TEST_POSTGRES_URL is not set; PostgreSQL variant not run"),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A throwaway database, removed when dropped.
+pub enum TestDatabase {
+    /// Kept for its `Drop`, which deletes the directory.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        server_url: String,
+        name: String,
+    },
+}
+
+impl TestDatabase {
+    pub async fn create(backend: &Backend) -> (Self, String) {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("liaison.db").display());
+                (TestDatabase::Sqlite { _dir: dir }, url)
+            }
+            Backend::Postgres(server_url) => {
+                let name = format!("liaison_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(server_url)
+                    .await
+                    .expect("PostgreSQL is unreachable");
+                sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                conn.close().await.ok();
+                let url = with_database(server_url, &name);
+                (
+                    TestDatabase::Postgres {
+                        server_url: server_url.clone(),
+                        name,
+                    },
+                    url,
+                )
+            }
+        }
+    }
+}
+
+fn with_database(server_url: &str, name: &str) -> String {
+    let (base, query) = server_url
+        .split_once('?')
+        .map_or((server_url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { server_url, name } = self {
+            let (server_url, name) = (server_url.clone(), name.clone());
+            // Drop runs outside async; a small runtime of its own does the cleanup.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&server_url).await {
+                        let _ =
+                            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut conn)
+                                .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub struct TestApp {
+    pub channel: Channel,
+    pub store: Store,
+    /// The hub operator's admin key.
+    pub operator_key: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _database: TestDatabase,
+}
+
+pub fn test_config(database_url: String) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    config.database.url = database_url;
+    config.database.max_connections = 5;
+    config.server.shutdown_grace_secs = 2;
+    config
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let (database, url) = TestDatabase::create(&backend).await;
+    let app = Application::build(test_config(url))
+        .await
+        .expect("the hub starts");
+    let addr = app.local_addr();
+    let store = app.store().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let operator_key = issue_key(&store, "operator", &[pb::ApiKeyScope::Admin]).await;
+    TestApp {
+        channel,
+        store,
+        operator_key,
+        stop: Some(stop),
+        server: Some(server),
+        _database: database,
+    }
+}
+
+/// Issues a key in-process as the operator (what `liaison admin` does).
+pub async fn issue_key(store: &Store, parent: &str, scopes: &[pb::ApiKeyScope]) -> String {
+    let api = AdminApi::new(Hub::new(store.clone()));
+    let mut request = Request::new(pb::CreateApiKeyRequest {
+        parent: parent.into(),
+        api_key: Some(pb::ApiKey {
+            scopes: scopes.iter().map(|&s| s as i32).collect(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    });
+    request.extensions_mut().insert(Caller::operator());
+    api.create_api_key(request)
+        .await
+        .expect("issue key")
+        .into_inner()
+        .key
+}
+
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if !self.0.is_empty() {
+            let value = format!("Bearer {}", self.0)
+                .parse()
+                .map_err(|_| Status::internal("bad key"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// An organization set up for a test, with keys of each scope.
+pub struct Org {
+    pub name: String,
+    pub admin_key: String,
+    pub read_key: String,
+}
+
+impl TestApp {
+    pub fn admin(&self, key: &str) -> AdminServiceClient<Authed> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn members(&self, key: &str) -> MemberServiceClient<Authed> {
+        MemberServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn partnerships(&self, key: &str) -> PartnershipServiceClient<Authed> {
+        PartnershipServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn operator(&self) -> AdminServiceClient<Authed> {
+        self.admin(&self.operator_key)
+    }
+
+    /// Creates an organization over gRPC and issues it an admin and a read key.
+    pub async fn create_org(&self, slug: &str, kind: pb::OrganizationKind) -> Org {
+        let org = self
+            .operator()
+            .create_organization(pb::CreateOrganizationRequest {
+                organization: Some(pb::Organization {
+                    slug: slug.into(),
+                    display_name: format!("{slug} Ltd"),
+                    kind: kind as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create organization")
+            .into_inner();
+        let admin_key = self.create_key(&org.name, &[pb::ApiKeyScope::Admin]).await;
+        let read_key = self.create_key(&org.name, &[pb::ApiKeyScope::Read]).await;
+        Org {
+            name: org.name,
+            admin_key,
+            read_key,
+        }
+    }
+
+    pub async fn create_key(&self, parent: &str, scopes: &[pb::ApiKeyScope]) -> String {
+        self.operator()
+            .create_api_key(pb::CreateApiKeyRequest {
+                parent: parent.into(),
+                api_key: Some(pb::ApiKey {
+                    scopes: scopes.iter().map(|&s| s as i32).collect(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create key")
+            .into_inner()
+            .key
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server
+            .take()
+            .expect("running")
+            .await
+            .expect("server task")
+    }
+
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.trigger_shutdown();
+    }
+}
+
+/// Asserts `result` failed with `code` and ErrorInfo `reason`; returns the status.
+#[track_caller]
+pub fn assert_error<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason: &str,
+) -> Status {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo");
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    assert_eq!(info.domain, "liaison");
+    status
+}
+
+/// The fields named by the `BadRequest` details of `status`.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: a real hub on port 0, called through the generated clients.
+//! Each test runs on SQLite and, when `LIAISON_TEST_POSTGRES_URL` is set, on
+//! PostgreSQL, each time in a database of its own.
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod cli;
+mod members;
+mod partnerships;
+mod server;
