@@ -32,7 +32,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
@@ -41,6 +41,17 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long a request waits for a free connection before failing.
     pub acquire_timeout_secs: u64,
+}
+
+/// Debug output masks the password in `url`, so a logged config leaks no secret.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -388,5 +399,10 @@ mod tests {
             "postgres://app:***@db:5432/liaison"
         );
         assert_eq!(redact_url("sqlite://liaison.db"), "sqlite://liaison.db");
+        let config = DatabaseConfig {
+            url: "postgres://app:s3cret@db/liaison".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 }

@@ -71,7 +71,10 @@ where
                 if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p)) {
                     return inner.call(request).await;
                 }
-                let header = request.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+                let header = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
                 let (response, organization) = match auth.authenticate(header).await {
                     Ok(caller) => {
                         let organization = caller.label().to_owned();
@@ -86,8 +89,9 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                     .map_or(Code::Ok, Code::from);
-                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                tracing::info!(%organization, code = ?code, latency_ms = format!("{latency_ms:.2}"), "rpc finished");
+                // Two decimals: microsecond resolution is noise at this level.
+                let latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
+                tracing::info!(%organization, code = ?code, latency_ms, "rpc finished");
                 Ok(response)
             }
             .instrument(span),

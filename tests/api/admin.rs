@@ -9,6 +9,7 @@ crate::on_both_backends!(
     invalid_organizations_are_refused_field_by_field,
     a_duplicate_slug_is_refused,
     a_retried_request_id_returns_the_first_result,
+    concurrent_retries_create_exactly_once,
     updates_honour_the_mask_and_the_etag,
     listing_pages_through_every_organization_once,
     an_organization_admin_manages_only_its_own_keys,
@@ -203,6 +204,36 @@ async fn a_retried_request_id_returns_the_first_result(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(keys.api_keys.len(), 1);
+}
+
+async fn concurrent_retries_create_exactly_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let request = pb::CreateOrganizationRequest {
+        organization: Some(new_org("racer", "Racer", pb::OrganizationKind::Other)),
+        request_id: "race-1".into(),
+    };
+    let attempts = (0..8).map(|_| {
+        let mut client = app.operator();
+        let request = request.clone();
+        tokio::spawn(async move {
+            client
+                .create_organization(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let mut answers = vec![];
+    for attempt in attempts {
+        answers.push(attempt.await.unwrap().expect("every retry succeeds"));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let listed = app
+        .operator()
+        .list_organizations(pb::ListOrganizationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.organizations.len(), 1);
 }
 
 async fn updates_honour_the_mask_and_the_etag(backend: Backend) {

@@ -111,6 +111,7 @@ async fn bootstrap_prints_a_working_key_on_its_last_line(backend: Backend) {
         "/liaison.v1.AdminService/ListOrganizations"
     );
     assert_eq!(logged[1]["code"], "Unauthenticated");
+    assert!(logged[0]["latency_ms"].is_f64());
 
     // SIGTERM: a graceful stop, exit code 0.
     let pid = server.id().unwrap().to_string();
