@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use liaison::api::convert::{kind_to_pb, scope_to_pb};
 use liaison::api::{AdminApi, Caller, Hub};
 use liaison::config::{Config, LogFormat, Overrides};
 use liaison::domain::{OrganizationKind, Scope};
@@ -234,12 +235,7 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
         } => {
             let kind = OrganizationKind::parse(&kind)
                 .map_err(|v| anyhow::anyhow!("--kind {}", v.description))?;
-            let kind = match kind {
-                OrganizationKind::Vendor => pb::OrganizationKind::Vendor,
-                OrganizationKind::Distributor => pb::OrganizationKind::Distributor,
-                OrganizationKind::Retailer => pb::OrganizationKind::Retailer,
-                OrganizationKind::Other => pb::OrganizationKind::Other,
-            };
+            let kind = kind_to_pb(kind);
             let request = pb::CreateOrganizationRequest {
                 organization: Some(pb::Organization {
                     slug,
@@ -319,13 +315,7 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
         } => {
             let scopes = scopes
                 .iter()
-                .map(|s| {
-                    Scope::parse(s).map(|scope| match scope {
-                        Scope::Read => pb::ApiKeyScope::Read as i32,
-                        Scope::Write => pb::ApiKeyScope::Write as i32,
-                        Scope::Admin => pb::ApiKeyScope::Admin as i32,
-                    })
-                })
+                .map(|s| Scope::parse(s).map(|scope| scope_to_pb(scope) as i32))
                 .collect::<Option<Vec<_>>>()
                 .context("--scope must be read, write or admin")?;
             let expire_time = expires

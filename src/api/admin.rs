@@ -3,13 +3,16 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, parse_timestamp, timestamp, update_paths};
+use super::convert::{
+    check_etag, etag, kind_from_pb, kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb,
+    timestamp, update_paths,
+};
 use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::domain::{
-    ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState,
-    Principal, Reason, Scope, Scopes, Slug, now,
+    ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationState, Principal, Reason,
+    Scope, Scopes, Slug, now,
 };
 use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, admin_service_server::AdminService};
@@ -45,29 +48,6 @@ pub(super) fn organization_to_pb(o: &Organization) -> pb::Organization {
     }
 }
 
-fn kind_to_pb(kind: OrganizationKind) -> pb::OrganizationKind {
-    match kind {
-        OrganizationKind::Vendor => pb::OrganizationKind::Vendor,
-        OrganizationKind::Distributor => pb::OrganizationKind::Distributor,
-        OrganizationKind::Retailer => pb::OrganizationKind::Retailer,
-        OrganizationKind::Other => pb::OrganizationKind::Other,
-    }
-}
-
-fn kind_from_pb(raw: i32) -> Result<OrganizationKind, FieldViolation> {
-    match pb::OrganizationKind::try_from(raw) {
-        Ok(pb::OrganizationKind::Vendor) => Ok(OrganizationKind::Vendor),
-        Ok(pb::OrganizationKind::Distributor) => Ok(OrganizationKind::Distributor),
-        Ok(pb::OrganizationKind::Retailer) => Ok(OrganizationKind::Retailer),
-        Ok(pb::OrganizationKind::Other) => Ok(OrganizationKind::Other),
-        Ok(pb::OrganizationKind::Unspecified) => Err(FieldViolation::new("", "is required")),
-        Err(_) => Err(FieldViolation::new(
-            "",
-            format!("{raw} is not a known organization kind"),
-        )),
-    }
-}
-
 fn key_to_pb(k: &ApiKey) -> pb::ApiKey {
     let owner = match &k.principal {
         Principal::Operator => None,
@@ -84,26 +64,10 @@ fn key_to_pb(k: &ApiKey) -> pb::ApiKey {
     }
 }
 
-fn scope_to_pb(scope: Scope) -> pb::ApiKeyScope {
-    match scope {
-        Scope::Read => pb::ApiKeyScope::Read,
-        Scope::Write => pb::ApiKeyScope::Write,
-        Scope::Admin => pb::ApiKeyScope::Admin,
-    }
-}
-
 fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
     let scopes = raw
         .iter()
-        .map(|&s| match pb::ApiKeyScope::try_from(s) {
-            Ok(pb::ApiKeyScope::Read) => Ok(Scope::Read),
-            Ok(pb::ApiKeyScope::Write) => Ok(Scope::Write),
-            Ok(pb::ApiKeyScope::Admin) => Ok(Scope::Admin),
-            _ => Err(FieldViolation::new(
-                "",
-                format!("{s} is not a scope; use READ, WRITE or ADMIN"),
-            )),
-        })
+        .map(|&s| scope_from_pb(s))
         .collect::<Result<Vec<_>, _>>()?;
     Scopes::new(scopes).ok_or_else(|| FieldViolation::new("", "at least one scope is required"))
 }

@@ -3,14 +3,14 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, timestamp, update_paths};
+use super::convert::{check_etag, etag, role_from_pb, role_to_pb, timestamp, update_paths};
 use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
 };
-use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::error::{Error, Result, Violations};
 use crate::pb::{self, member_service_server::MemberService};
 
 const UPDATABLE: &[&str] = &["display_name", "email", "role", "time_zone"];
@@ -47,27 +47,6 @@ fn member_to_pb(org: &Slug, m: &Member) -> pb::Member {
         create_time: timestamp(m.create_time),
         update_time: timestamp(m.update_time),
         etag: etag(m.revision),
-    }
-}
-
-fn role_to_pb(role: MemberRole) -> pb::MemberRole {
-    match role {
-        MemberRole::Coordinator => pb::MemberRole::Coordinator,
-        MemberRole::Manager => pb::MemberRole::Manager,
-        MemberRole::Administrator => pb::MemberRole::Administrator,
-    }
-}
-
-fn role_from_pb(raw: i32) -> Result<MemberRole, FieldViolation> {
-    match pb::MemberRole::try_from(raw) {
-        Ok(pb::MemberRole::Coordinator) => Ok(MemberRole::Coordinator),
-        Ok(pb::MemberRole::Manager) => Ok(MemberRole::Manager),
-        Ok(pb::MemberRole::Administrator) => Ok(MemberRole::Administrator),
-        Ok(pb::MemberRole::Unspecified) => Err(FieldViolation::new("", "is required")),
-        Err(_) => Err(FieldViolation::new(
-            "",
-            format!("{raw} is not a known role"),
-        )),
     }
 }
 

@@ -2,7 +2,7 @@
 //! the caller, call the store, encode the answer.
 
 pub mod auth;
-mod convert;
+pub mod convert;
 pub mod edge;
 mod names;
 mod paging;

@@ -3,14 +3,12 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, timestamp};
+use super::convert::{check_etag, etag, relationship_from_pb, relationship_to_pb, timestamp};
 use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
-use crate::domain::{
-    OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Relationship, Scope, now,
-};
-use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Scope, now};
+use crate::error::{Error, Result, Violations};
 use crate::pb::{self, partnership_service_server::PartnershipService};
 use crate::store::PartnershipFilter;
 
@@ -46,29 +44,6 @@ fn partnership_to_pb(p: &Partnership) -> pb::Partnership {
         create_time: timestamp(p.create_time),
         update_time: timestamp(p.update_time),
         etag: etag(p.revision),
-    }
-}
-
-fn relationship_to_pb(r: Relationship) -> pb::Relationship {
-    match r {
-        Relationship::Supplies => pb::Relationship::Supplies,
-        Relationship::DistributesFor => pb::Relationship::DistributesFor,
-        Relationship::SellsFor => pb::Relationship::SellsFor,
-        Relationship::ServicesFor => pb::Relationship::ServicesFor,
-    }
-}
-
-fn relationship_from_pb(raw: i32) -> Result<Relationship, FieldViolation> {
-    match pb::Relationship::try_from(raw) {
-        Ok(pb::Relationship::Supplies) => Ok(Relationship::Supplies),
-        Ok(pb::Relationship::DistributesFor) => Ok(Relationship::DistributesFor),
-        Ok(pb::Relationship::SellsFor) => Ok(Relationship::SellsFor),
-        Ok(pb::Relationship::ServicesFor) => Ok(Relationship::ServicesFor),
-        Ok(pb::Relationship::Unspecified) => Err(FieldViolation::new("", "is required")),
-        Err(_) => Err(FieldViolation::new(
-            "",
-            format!("{raw} is not a known relationship"),
-        )),
     }
 }
 
