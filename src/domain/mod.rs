@@ -2,10 +2,13 @@
 //! Nothing here knows of tonic or sqlx; a value that exists here is valid.
 
 pub mod api_key;
+pub mod customer;
+pub mod match_key;
 pub mod member;
 pub mod organization;
 pub mod partnership;
 pub mod text;
+pub mod visibility;
 
 pub use api_key::{ApiKey, ApiKeySecret, KeyHash, Principal, Scope, Scopes};
 pub use member::{EmailAddress, Member, MemberRole, TimeZoneName};
