@@ -1,0 +1,388 @@
+//! AIP-160 filters, the subset the hub supports: comparisons joined by `AND`.
+//!
+//! ```text
+//! filter     := comparison { "AND" comparison }
+//! comparison := FIELD OP VALUE          OP: = != < <= > >= :
+//! VALUE      := "quoted \"string\"" | bare-word
+//! ```
+//!
+//! Values holding `:` or spaces (times, names) must be quoted, as AIP-160 asks.
+//! `OR`, `NOT` and parentheses are refused with a message saying so, rather than
+//! misread. Each resource types the comparisons it allows (see [`CustomerFilter`]).
+
+use jiff::Timestamp;
+
+use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
+use super::{EmailAddress, Slug};
+use crate::error::FieldViolation;
+
+/// Longest filter accepted; a longer one is a mistake or an attack.
+pub const MAX_FILTER_CHARS: usize = 2000;
+/// Most comparisons in one filter.
+pub const MAX_COMPARISONS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Has,
+}
+
+impl Op {
+    fn symbol(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Has => ":",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub field: String,
+    pub op: Op,
+    pub value: String,
+}
+
+fn bad(message: impl Into<String>) -> FieldViolation {
+    FieldViolation::new("filter", message)
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || "_.-+@*/".contains(c)
+}
+
+/// Splits `filter` into comparisons; empty means no filter.
+pub fn parse(filter: &str) -> Result<Vec<Comparison>, FieldViolation> {
+    if filter.chars().count() > MAX_FILTER_CHARS {
+        return Err(bad(format!(
+            "must be at most {MAX_FILTER_CHARS} characters"
+        )));
+    }
+    let tokens = tokenize(filter)?;
+    let mut comparisons = vec![];
+    let mut rest = tokens.as_slice();
+    while !rest.is_empty() {
+        let [Token::Word(field), Token::Op(op), value, tail @ ..] = rest else {
+            return Err(bad(format!(
+                "expected `field OPERATOR value` near {:?}",
+                describe(rest)
+            )));
+        };
+        if ["AND", "OR", "NOT"].contains(&field.as_str()) {
+            return Err(bad(format!("expected a field name, found {field}")));
+        }
+        let value = match value {
+            Token::Word(w) | Token::Quoted(w) => w.clone(),
+            Token::Op(_) => {
+                return Err(bad(format!(
+                    "expected a value after {field} {}",
+                    op.symbol()
+                )));
+            }
+        };
+        comparisons.push(Comparison {
+            field: field.clone(),
+            op: *op,
+            value,
+        });
+        rest = match tail {
+            [] => tail,
+            [Token::Word(and), after @ ..] if and == "AND" && !after.is_empty() => after,
+            [Token::Word(or), ..] if or == "OR" => {
+                return Err(bad("OR is not supported; send one request per alternative"));
+            }
+            _ => return Err(bad(format!("expected AND near {:?}", describe(tail)))),
+        };
+    }
+    if comparisons.len() > MAX_COMPARISONS {
+        return Err(bad(format!(
+            "may have at most {MAX_COMPARISONS} comparisons"
+        )));
+    }
+    Ok(comparisons)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Quoted(String),
+    Op(Op),
+}
+
+fn describe(tokens: &[Token]) -> String {
+    tokens
+        .iter()
+        .take(3)
+        .map(|t| match t {
+            Token::Word(w) => w.clone(),
+            Token::Quoted(q) => format!("{q:?}"),
+            Token::Op(op) => op.symbol().to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn tokenize(filter: &str) -> Result<Vec<Token>, FieldViolation> {
+    let mut tokens = vec![];
+    let mut chars = filter.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                chars.next();
+            }
+            '"' => {
+                chars.next();
+                let mut value = String::new();
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => {
+                            value.push(chars.next().ok_or_else(|| bad("ends inside an escape"))?)
+                        }
+                        Some(c) => value.push(c),
+                        None => return Err(bad("has an unterminated quoted string")),
+                    }
+                }
+                tokens.push(Token::Quoted(value));
+            }
+            '=' | '!' | '<' | '>' | ':' => {
+                chars.next();
+                let eq = chars.next_if_eq(&'=').is_some();
+                let op = match (c, eq) {
+                    ('=', false) => Op::Eq,
+                    ('!', true) => Op::Ne,
+                    ('<', false) => Op::Lt,
+                    ('<', true) => Op::Le,
+                    ('>', false) => Op::Gt,
+                    ('>', true) => Op::Ge,
+                    (':', false) => Op::Has,
+                    _ => return Err(bad(format!("has an unknown operator near {c:?}"))),
+                };
+                tokens.push(Token::Op(op));
+            }
+            '(' | ')' => {
+                return Err(bad(
+                    "parentheses are not supported; join comparisons with AND",
+                ));
+            }
+            c if is_word_char(c) => {
+                let mut word = String::new();
+                while let Some(c) = chars.next_if(|&c| is_word_char(c)) {
+                    word.push(c);
+                }
+                tokens.push(Token::Word(word));
+            }
+            c => return Err(bad(format!("has an unexpected character {c:?}"))),
+        }
+    }
+    Ok(tokens)
+}
+
+/// How a customer's display name is matched: case-insensitively, whole or by prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// One typed condition on customers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomerCondition {
+    DisplayName(NameMatch),
+    Email(EmailAddress),
+    Phone(PhoneNumber),
+    Tag(String),
+    ExternalId(String),
+    Owner(Slug),
+    Kind(CustomerKind),
+    UpdateTime(Op, Timestamp),
+}
+
+/// A customer list filter: every condition must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomerFilter {
+    pub conditions: Vec<CustomerCondition>,
+}
+
+impl CustomerFilter {
+    /// Parses and types a filter; phones without a country code are read in `region`.
+    pub fn parse(filter: &str, region: PhoneRegion) -> Result<Self, FieldViolation> {
+        let mut conditions = vec![];
+        for Comparison { field, op, value } in parse(filter)? {
+            let only = |allowed: &[Op]| {
+                if allowed.contains(&op) {
+                    Ok(())
+                } else {
+                    let ops: Vec<_> = allowed.iter().map(|o| o.symbol()).collect();
+                    Err(bad(format!("{field} supports {} only", ops.join(" "))))
+                }
+            };
+            let within = |e: FieldViolation| bad(format!("{field}: {}", e.description));
+            let condition = match field.as_str() {
+                "display_name" => {
+                    only(&[Op::Eq])?;
+                    let lower = value.to_lowercase();
+                    match lower.strip_suffix('*') {
+                        Some(prefix) if !prefix.contains('*') => {
+                            CustomerCondition::DisplayName(NameMatch::Prefix(prefix.to_owned()))
+                        }
+                        None if !lower.contains('*') => {
+                            CustomerCondition::DisplayName(NameMatch::Exact(lower))
+                        }
+                        _ => return Err(bad("display_name takes `*` only at the end")),
+                    }
+                }
+                "email" => {
+                    only(&[Op::Eq])?;
+                    CustomerCondition::Email(EmailAddress::parse(&value).map_err(within)?)
+                }
+                "phone" => {
+                    only(&[Op::Eq])?;
+                    CustomerCondition::Phone(PhoneNumber::parse(&value, region).map_err(within)?)
+                }
+                "tag" | "tags" => {
+                    only(&[Op::Eq, Op::Has])?;
+                    CustomerCondition::Tag(super::customer::tag(&value).map_err(within)?)
+                }
+                "external_id" => {
+                    only(&[Op::Eq])?;
+                    CustomerCondition::ExternalId(value)
+                }
+                "owner" => {
+                    only(&[Op::Eq])?;
+                    let slug = value
+                        .strip_prefix("organizations/")
+                        .and_then(|s| Slug::parse(s).ok());
+                    CustomerCondition::Owner(
+                        slug.ok_or_else(|| bad("owner must be organizations/{organization}"))?,
+                    )
+                }
+                "kind" => {
+                    only(&[Op::Eq])?;
+                    match value.as_str() {
+                        "PERSON" => CustomerCondition::Kind(CustomerKind::Person),
+                        "COMPANY" => CustomerCondition::Kind(CustomerKind::Company),
+                        _ => return Err(bad("kind must be PERSON or COMPANY")),
+                    }
+                }
+                "update_time" => {
+                    only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                    let time = value.parse::<Timestamp>().map_err(|_| {
+                        bad("update_time needs an RFC 3339 time such as \"2026-01-01T00:00:00Z\"")
+                    })?;
+                    CustomerCondition::UpdateTime(op, time)
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind or update_time"
+                    )));
+                }
+            };
+            conditions.push(condition);
+        }
+        Ok(Self { conditions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de() -> PhoneRegion {
+        PhoneRegion::parse("DE").unwrap()
+    }
+
+    #[test]
+    fn conjunctions_parse_with_quotes_and_escapes() {
+        let parsed = parse(r#"display_name = "Jane \"JD\" Doe" AND tag:vip AND update_time >= "2026-01-01T00:00:00Z""#).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].value, r#"Jane "JD" Doe"#);
+        assert_eq!(
+            parsed[1],
+            Comparison {
+                field: "tag".into(),
+                op: Op::Has,
+                value: "vip".into()
+            }
+        );
+        assert_eq!(parsed[2].op, Op::Ge);
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse("   ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unsupported_syntax_is_refused_with_a_reason() {
+        for (filter, expected) in [
+            ("tag = a OR tag = b", "OR is not supported"),
+            ("(tag = a)", "parentheses"),
+            ("tag = ", "expected"),
+            ("tag = a AND", "expected AND"),
+            ("tag a", "expected"),
+            ("tag == a", "unknown operator"),
+            ("tag = >", "expected a value"),
+            (r#"email = "open"#, "unterminated"),
+            ("tag = a; drop", "unexpected character"),
+        ] {
+            let err = parse(filter).unwrap_err();
+            assert_eq!(err.field, "filter");
+            assert!(
+                err.description.contains(expected),
+                "{filter:?}: {}",
+                err.description
+            );
+        }
+        assert!(parse("tag = a AND ".repeat(21).trim_end_matches(" AND ")).is_err());
+    }
+
+    #[test]
+    fn customer_filters_are_typed_and_normalized() {
+        let f = CustomerFilter::parse(
+            r#"email = "Jane@Doe.EXAMPLE" AND phone = "030 901820" AND display_name = "Jane*" AND owner = "organizations/acme" AND kind = PERSON"#,
+            de(),
+        )
+        .unwrap();
+        assert_eq!(
+            f.conditions,
+            vec![
+                CustomerCondition::Email(EmailAddress::parse("jane@doe.example").unwrap()),
+                CustomerCondition::Phone(PhoneNumber::parse("+4930901820", de()).unwrap()),
+                CustomerCondition::DisplayName(NameMatch::Prefix("jane".into())),
+                CustomerCondition::Owner(Slug::parse("acme").unwrap()),
+                CustomerCondition::Kind(CustomerKind::Person),
+            ]
+        );
+    }
+
+    #[test]
+    fn customer_filters_refuse_unknown_fields_and_wrong_operators() {
+        for (filter, expected) in [
+            ("phone_number = 1", "unknown field"),
+            ("email > a@b.example", "supports = only"),
+            (
+                r#"update_time = "2026-01-01T00:00:00Z""#,
+                "supports < <= > >= only",
+            ),
+            ("update_time > yesterday", "RFC 3339"),
+            ("email = nope", "email:"),
+            ("display_name = *ane", "only at the end"),
+            ("owner = acme", "organizations/"),
+        ] {
+            let err = CustomerFilter::parse(filter, de()).unwrap_err();
+            assert!(
+                err.description.contains(expected),
+                "{filter:?}: {}",
+                err.description
+            );
+        }
+    }
+}
