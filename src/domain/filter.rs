@@ -13,6 +13,7 @@
 use jiff::Timestamp;
 
 use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
+use super::visibility::CustomerView;
 use super::{EmailAddress, Slug};
 use crate::error::FieldViolation;
 
@@ -294,6 +295,49 @@ impl CustomerFilter {
     }
 }
 
+/// What a filter is checked against: a customer as one organization sees it.
+pub struct CustomerFacts<'a> {
+    pub view: &'a CustomerView,
+    pub kind: CustomerKind,
+    pub owner: &'a Slug,
+    /// The viewing organization's own external id for the customer.
+    pub external_id: Option<&'a str>,
+    pub update_time: Timestamp,
+}
+
+impl CustomerFilter {
+    /// Whether the customer, as the viewer sees it, meets every condition. Queries may
+    /// narrow rows in SQL first, but only this decides, so a filter on a field the
+    /// viewer may not see never matches: no probing hidden emails through `filter`.
+    pub fn matches(&self, facts: &CustomerFacts<'_>) -> bool {
+        let profile = &facts.view.profile;
+        self.conditions.iter().all(|condition| match condition {
+            CustomerCondition::DisplayName(m) => {
+                facts.view.display_name.as_deref().is_some_and(|name| {
+                    let name = name.to_lowercase();
+                    match m {
+                        NameMatch::Exact(v) => name == *v,
+                        NameMatch::Prefix(p) => name.starts_with(p.as_str()),
+                    }
+                })
+            }
+            CustomerCondition::Email(e) => profile.emails.iter().any(|c| c.address == *e),
+            CustomerCondition::Phone(p) => profile.phones.iter().any(|c| c.number == *p),
+            CustomerCondition::Tag(t) => profile.tags.contains(t),
+            CustomerCondition::ExternalId(id) => facts.external_id == Some(id.as_str()),
+            CustomerCondition::Owner(o) => facts.owner == o,
+            CustomerCondition::Kind(k) => facts.kind == *k,
+            CustomerCondition::UpdateTime(op, t) => match op {
+                Op::Lt => facts.update_time < *t,
+                Op::Le => facts.update_time <= *t,
+                Op::Gt => facts.update_time > *t,
+                Op::Ge => facts.update_time >= *t,
+                Op::Eq | Op::Ne | Op::Has => false,
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +428,62 @@ mod tests {
                 err.description
             );
         }
+    }
+
+    #[test]
+    fn filters_never_match_fields_the_viewer_cannot_see() {
+        use crate::domain::customer::{EmailContact, FieldSet, Profile};
+        use crate::domain::visibility::{Access, AccessLevel};
+        let profile = Profile {
+            given_name: "Jane".into(),
+            family_name: "Doe".into(),
+            emails: vec![EmailContact {
+                address: EmailAddress::parse("jane@doe.example").unwrap(),
+                label: String::new(),
+                primary: true,
+            }],
+            tags: vec!["vip".into()],
+            ..Default::default()
+        };
+        let owner = Slug::parse("acme").unwrap();
+        let facts = |view| CustomerFacts {
+            view,
+            kind: CustomerKind::Person,
+            owner: &owner,
+            external_id: Some("C-1"),
+            update_time: Timestamp::UNIX_EPOCH,
+        };
+        let by_email = CustomerFilter::parse(
+            "email = jane@doe.example AND owner = organizations/acme",
+            de(),
+        )
+        .unwrap();
+        let by_name = CustomerFilter::parse(
+            r#"display_name = "jane d*" AND tag = vip AND external_id = C-1"#,
+            de(),
+        )
+        .unwrap();
+
+        let full = Access::Owner.view(CustomerKind::Person, &profile);
+        assert!(by_email.matches(&facts(&full)));
+        assert!(by_name.matches(&facts(&full)));
+
+        let names: Vec<String> = ["display_name", "tags"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let masked = Access::Grantee {
+            level: AccessLevel::Read,
+            fields: FieldSet::parse(&names).unwrap(),
+        };
+        let view = masked.view(CustomerKind::Person, &profile);
+        assert!(
+            !by_email.matches(&facts(&view)),
+            "email is not shared, so it must not match"
+        );
+        assert!(by_name.matches(&facts(&view)));
+        assert!(CustomerFilter::default().matches(&facts(&view)));
+        let later = CustomerFilter::parse(r#"update_time > "2026-01-01T00:00:00Z""#, de()).unwrap();
+        assert!(!later.matches(&facts(&view)));
     }
 }
