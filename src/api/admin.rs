@@ -432,7 +432,13 @@ impl AdminService for AdminApi {
         let owner = self
             .key_owner(&caller, &parent)
             .await
-            .map_err(|_| Error::NotFound(format!("API key {:?}", request.name)))?;
+            .map_err(|e| match e {
+                // Whose keys the caller may not manage stays as unknown as a missing key.
+                Error::NotFound(_) | Error::PermissionDenied { .. } => {
+                    Error::NotFound(format!("API key {:?}", request.name))
+                }
+                other => other,
+            })?;
         let name = request.name.clone();
         let response = idempotent(
             &self.hub,

@@ -25,6 +25,20 @@ impl MemberApi {
         Self { hub }
     }
 
+    /// The organization of the member named `name`, if the caller may act for it; else
+    /// NOT_FOUND for the member, so an invisible organization is not even named.
+    async fn member_organization(
+        &self,
+        caller: &Caller,
+        slug: &Slug,
+        name: &str,
+    ) -> Result<Organization> {
+        match self.organization(caller, slug).await {
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!("member {name:?}"))),
+            other => other,
+        }
+    }
+
     /// The organization `slug` if the caller may act for it, else NOT_FOUND.
     async fn organization(&self, caller: &Caller, slug: &Slug) -> Result<Organization> {
         match self.hub.store.organization(slug).await? {
@@ -143,10 +157,7 @@ impl MemberService for MemberApi {
         caller.require(Scope::Read)?;
         let name = &request.get_ref().name;
         let (slug, id) = names::parse_member(name).map_err(|v| v.under("name"))?;
-        let org = self
-            .organization(&caller, &slug)
-            .await
-            .map_err(|_| Error::NotFound(format!("member {name:?}")))?;
+        let org = self.member_organization(&caller, &slug, name).await?;
         let member = self
             .hub
             .store
@@ -203,10 +214,7 @@ impl MemberService for MemberApi {
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let fields = MemberFields::parse(&input, &paths)?;
         let name = input.name.clone();
-        let org = self
-            .organization(&caller, &slug)
-            .await
-            .map_err(|_| Error::NotFound(format!("member {name:?}")))?;
+        let org = self.member_organization(&caller, &slug, &name).await?;
         let response = idempotent(
             &self.hub,
             &caller,
@@ -251,10 +259,7 @@ impl MemberService for MemberApi {
         let request = request.into_inner();
         let name = request.name.clone();
         let (slug, id) = names::parse_member(&name).map_err(|v| v.under("name"))?;
-        let org = self
-            .organization(&caller, &slug)
-            .await
-            .map_err(|_| Error::NotFound(format!("member {name:?}")))?;
+        let org = self.member_organization(&caller, &slug, &name).await?;
         let response = idempotent(
             &self.hub,
             &caller,
