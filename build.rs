@@ -9,6 +9,9 @@ const PROTOS: &[&str] = &[
     "liaison/v1/organizations.proto",
     "liaison/v1/members.proto",
     "liaison/v1/partnerships.proto",
+    "liaison/v1/customers.proto",
+    "liaison/v1/sharing.proto",
+    "liaison/v1/interactions.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

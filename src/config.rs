@@ -23,6 +23,41 @@ pub struct Config {
     pub log_format: LogFormat,
     pub database: DatabaseConfig,
     pub server: ServerConfig,
+    pub customers: CustomersConfig,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomersConfig {
+    /// ISO 3166-1 region for phone numbers written without a country code.
+    pub default_phone_region: String,
+    /// Key of the match-key HMACs, base64 (at least 32 bytes). Empty: the hub generates
+    /// one on first start and keeps it in the database. Replicas must share it.
+    pub match_secret: String,
+}
+
+impl Default for CustomersConfig {
+    fn default() -> Self {
+        Self {
+            default_phone_region: "US".into(),
+            match_secret: String::new(),
+        }
+    }
+}
+
+/// Debug output masks the match secret.
+impl std::fmt::Debug for CustomersConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = if self.match_secret.is_empty() {
+            ""
+        } else {
+            "***"
+        };
+        f.debug_struct("CustomersConfig")
+            .field("default_phone_region", &self.default_phone_region)
+            .field("match_secret", &secret)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +113,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             database: DatabaseConfig::default(),
             server: ServerConfig::default(),
+            customers: CustomersConfig::default(),
         }
     }
 }
@@ -232,6 +268,12 @@ impl Config {
         }
         if self.server.shutdown_grace_secs > 3600 {
             bail!("server.shutdown_grace_secs must be at most 3600");
+        }
+        crate::domain::customer::PhoneRegion::parse(&self.customers.default_phone_region)
+            .map_err(|v| anyhow::anyhow!("customers.default_phone_region: {}", v.description))?;
+        if !self.customers.match_secret.is_empty() {
+            crate::api::customers::decode_secret(&self.customers.match_secret)
+                .context("customers.match_secret")?;
         }
         Ok(())
     }

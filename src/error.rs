@@ -45,6 +45,9 @@ pub enum Error {
     /// The resource does not exist, or the caller may not know that it does.
     #[error("{0} not found")]
     NotFound(String),
+    /// A customer folded into another; callers who may see the survivor learn its name.
+    #[error("{name} was merged into {survivor}")]
+    Merged { name: String, survivor: String },
     #[error("{message}")]
     AlreadyExists {
         reason: &'static str,
@@ -106,6 +109,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::NotFound(_) => "NOT_FOUND",
+            Error::Merged { .. } => "CUSTOMER_MERGED",
             Error::AlreadyExists { reason, .. }
             | Error::FailedPrecondition { reason, .. }
             | Error::Unauthenticated { reason, .. }
@@ -118,7 +122,7 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
+            Error::NotFound(_) | Error::Merged { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::StaleEtag(_) => Code::Aborted,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
@@ -193,7 +197,11 @@ impl From<Error> for Status {
             }
             _ => error.to_string(),
         };
-        details.set_error_info(error.reason(), ERROR_DOMAIN, HashMap::new());
+        let mut metadata = HashMap::new();
+        if let Error::Merged { survivor, .. } = &error {
+            metadata.insert("survivor".to_owned(), survivor.clone());
+        }
+        details.set_error_info(error.reason(), ERROR_DOMAIN, metadata);
         Status::with_error_details(error.code(), message, details)
     }
 }

@@ -157,7 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(config.log_format);
             let store = Store::connect(&config.store_options()).await?;
             store.migrate().await?;
-            let result = admin(AdminApi::new(Hub::new(store.clone())), &store, command).await;
+            let hub = Hub::build(store.clone(), &config).await?;
+            let result = admin(AdminApi::new(hub), &store, command).await;
             store.close().await;
             result
         }

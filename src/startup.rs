@@ -14,11 +14,16 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::edge::EdgeLayer;
-use crate::api::{AdminApi, Hub, MemberApi, PartnershipApi};
+use crate::api::{
+    AdminApi, CustomerApi, Hub, InteractionApi, MemberApi, PartnershipApi, SharingApi,
+};
 use crate::config::{Config, redact_url};
 use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::customer_service_server::CustomerServiceServer;
+use crate::pb::interaction_service_server::InteractionServiceServer;
 use crate::pb::member_service_server::MemberServiceServer;
 use crate::pb::partnership_service_server::PartnershipServiceServer;
+use crate::pb::sharing_service_server::SharingServiceServer;
 use crate::store::Store;
 
 /// How long a `request_id` is remembered: long enough for a partner system to retry
@@ -32,6 +37,9 @@ const SERVICE_NAMES: &[&str] = &[
     "liaison.v1.AdminService",
     "liaison.v1.MemberService",
     "liaison.v1.PartnershipService",
+    "liaison.v1.CustomerService",
+    "liaison.v1.SharingService",
+    "liaison.v1.InteractionService",
 ];
 
 pub struct Application {
@@ -59,10 +67,11 @@ impl Application {
             backend = store.dialect().name(),
             "hub ready"
         );
+        let hub = Hub::build(store, &config).await?;
         Ok(Self {
             listener,
             local_addr,
-            hub: Hub::new(store),
+            hub,
             config,
         })
     }
@@ -115,6 +124,15 @@ impl Application {
         let partnerships = PartnershipServiceServer::new(PartnershipApi::new(hub.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let customers = CustomerServiceServer::new(CustomerApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let sharing = SharingServiceServer::new(SharingApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let interactions = InteractionServiceServer::new(InteractionApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
 
         let stopping = Arc::new(Notify::new());
         let signal = {
@@ -148,6 +166,9 @@ impl Application {
             .add_service(admin)
             .add_service(members)
             .add_service(partnerships)
+            .add_service(customers)
+            .add_service(sharing)
+            .add_service(interactions)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 
         let grace = Duration::from_secs(limits.shutdown_grace_secs);

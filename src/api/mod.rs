@@ -9,15 +9,21 @@ mod paging;
 mod write;
 
 mod admin;
+pub mod customers;
+mod interactions;
 mod members;
 mod partnerships;
+mod sharing;
 
 use std::sync::Arc;
 
 pub use admin::AdminApi;
 pub use auth::{Authenticator, Caller};
+pub use customers::{CustomerApi, CustomerSettings};
+pub use interactions::InteractionApi;
 pub use members::MemberApi;
 pub use partnerships::PartnershipApi;
+pub use sharing::SharingApi;
 
 use crate::store::Store;
 
@@ -26,11 +32,22 @@ use crate::store::Store;
 pub struct Hub {
     pub store: Store,
     pub auth: Arc<Authenticator>,
+    pub customers: Arc<CustomerSettings>,
 }
 
 impl Hub {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, customers: CustomerSettings) -> Self {
         let auth = Arc::new(Authenticator::new(store.clone()));
-        Self { store, auth }
+        Self {
+            store,
+            auth,
+            customers: Arc::new(customers),
+        }
+    }
+
+    /// A hub over `store` with the customer settings of `config`.
+    pub async fn build(store: Store, config: &crate::config::Config) -> anyhow::Result<Self> {
+        let customers = CustomerSettings::load(&store, &config.customers).await?;
+        Ok(Self::new(store, customers))
     }
 }

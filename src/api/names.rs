@@ -80,6 +80,97 @@ pub fn parse_partnership(name: &str) -> Result<String, FieldViolation> {
     )
 }
 
+pub fn customer(id: &str) -> String {
+    format!("customers/{id}")
+}
+
+pub fn overlay(customer_id: &str) -> String {
+    format!("customers/{customer_id}/overlay")
+}
+
+pub fn grant(customer_id: &str, id: &str) -> String {
+    format!("customers/{customer_id}/grants/{id}")
+}
+
+pub fn interaction(customer_id: &str, id: &str) -> String {
+    format!("customers/{customer_id}/interactions/{id}")
+}
+
+pub fn access_request(id: &str) -> String {
+    format!("accessRequests/{id}")
+}
+
+pub fn customer_match(id: &str) -> String {
+    format!("customerMatches/{id}")
+}
+
+/// `{collection}/{id}` with a server-assigned id.
+fn parse_top(name: &str, collection: &str, form: &str) -> Result<String, FieldViolation> {
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    let rest = name
+        .strip_prefix(collection)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| bad(form))?;
+    id(rest, form)
+}
+
+/// `customers/{customer}`.
+pub fn parse_customer(name: &str) -> Result<String, FieldViolation> {
+    parse_top(name, "customers", "customers/{customer}")
+}
+
+/// `customers/{customer}/overlay`.
+pub fn parse_overlay(name: &str) -> Result<String, FieldViolation> {
+    const FORM: &str = "customers/{customer}/overlay";
+    let customer = name.strip_suffix("/overlay").ok_or_else(|| {
+        if name.is_empty() {
+            FieldViolation::new("", "is required")
+        } else {
+            bad(FORM)
+        }
+    })?;
+    parse_top(customer, "customers", FORM)
+}
+
+/// `customers/{customer}/{collection}/{id}`: `(customer, id)`.
+fn parse_under_customer(
+    name: &str,
+    collection: &str,
+    form: &str,
+) -> Result<(String, String), FieldViolation> {
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    match name.split('/').collect::<Vec<_>>().as_slice() {
+        ["customers", c, coll, child] if *coll == collection => {
+            Ok((id(c, form)?, id(child, form)?))
+        }
+        _ => Err(bad(form)),
+    }
+}
+
+pub fn parse_grant(name: &str) -> Result<(String, String), FieldViolation> {
+    parse_under_customer(name, "grants", "customers/{customer}/grants/{grant}")
+}
+
+pub fn parse_interaction(name: &str) -> Result<(String, String), FieldViolation> {
+    parse_under_customer(
+        name,
+        "interactions",
+        "customers/{customer}/interactions/{interaction}",
+    )
+}
+
+pub fn parse_access_request(name: &str) -> Result<String, FieldViolation> {
+    parse_top(name, "accessRequests", "accessRequests/{request}")
+}
+
+pub fn parse_customer_match(name: &str) -> Result<String, FieldViolation> {
+    parse_top(name, "customerMatches", "customerMatches/{match}")
+}
+
 fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String), FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::new("", "is required"));
@@ -115,6 +206,20 @@ mod tests {
             parse_api_key(&api_key(None, &id)).unwrap(),
             (None, id.clone())
         );
+        assert_eq!(parse_customer(&customer(&id)).unwrap(), id);
+        assert_eq!(parse_overlay(&overlay(&id)).unwrap(), id);
+        assert_eq!(
+            parse_grant(&grant(&id, &id)).unwrap(),
+            (id.clone(), id.clone())
+        );
+        assert_eq!(
+            parse_interaction(&interaction(&id, &id)).unwrap(),
+            (id.clone(), id.clone())
+        );
+        assert_eq!(parse_access_request(&access_request(&id)).unwrap(), id);
+        assert_eq!(parse_customer_match(&customer_match(&id)).unwrap(), id);
+        assert!(parse_customer("customers/x/y").is_err());
+        assert!(parse_grant(&interaction(&id, &id)).is_err());
     }
 
     #[test]

@@ -37,7 +37,13 @@ replay_as_is!(
     pb::ApiKey,
     pb::Member,
     pb::DeleteMemberResponse,
-    pb::Partnership
+    pb::Partnership,
+    pb::Customer,
+    pb::BatchUpsertCustomersResponse,
+    pb::CustomerOverlay,
+    pb::Grant,
+    pb::AccessRequest,
+    pb::Interaction
 );
 
 impl Replayable for pb::CreateApiKeyResponse {

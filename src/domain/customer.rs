@@ -1,11 +1,15 @@
 //! Shared customer records: the value types of a customer's profile, each validated on
 //! construction, and the names of the fields that grants share.
 //!
-//! Not yet served over gRPC: the customer API builds on these types.
+//! Profiles are stored as JSON (serde) and served by `api::customers`.
 
 use std::collections::BTreeMap;
 
-use super::EmailAddress;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::visibility::RecordState;
+use super::{EmailAddress, OrgRef};
 use crate::error::{FieldViolation, Violations};
 
 /// Limits on one profile; each keeps a record small enough to fan out to many partners.
@@ -27,9 +31,65 @@ pub enum CustomerKind {
     Company,
 }
 
+impl CustomerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Person => "person",
+            Self::Company => "company",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "person" => Some(Self::Person),
+            "company" => Some(Self::Company),
+            _ => None,
+        }
+    }
+}
+
+/// A shared customer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub id: String,
+    pub owner: OrgRef,
+    pub kind: CustomerKind,
+    pub state: RecordState,
+    pub profile: Profile,
+    /// The survivor, once merged into another record.
+    pub merged_into: Option<String>,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
+    /// When it was deleted or erased.
+    pub delete_time: Option<Timestamp>,
+    pub revision: i64,
+}
+
 /// A phone number in E.164 form (`+4930901820`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PhoneNumber(String);
+
+/// Numbers read back from the store were normalized when written; this only checks
+/// the E.164 shape rather than parsing again.
+impl TryFrom<String> for PhoneNumber {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        let digits = value.strip_prefix('+').unwrap_or_default();
+        if (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(value))
+        } else {
+            Err(format!("{value:?} is not an E.164 number"))
+        }
+    }
+}
+
+impl From<PhoneNumber> for String {
+    fn from(value: PhoneNumber) -> Self {
+        value.0
+    }
+}
 
 /// An ISO 3166-1 alpha-2 region used for numbers written without a country code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,21 +133,22 @@ impl PhoneNumber {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailContact {
     pub address: EmailAddress,
     pub label: String,
     pub primary: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhoneContact {
     pub number: PhoneNumber,
     pub label: String,
     pub primary: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PostalAddress {
     pub label: String,
     pub lines: Vec<String>,
@@ -99,7 +160,8 @@ pub struct PostalAddress {
 }
 
 /// Everything about a customer that a grant can share, field by field.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Profile {
     pub given_name: String,
     pub family_name: String,
@@ -304,6 +366,179 @@ impl FieldSet {
     }
 }
 
+impl CustomerField {
+    /// The fields a caller sets; `display_name` is derived from the names.
+    pub const SETTABLE: [Self; 8] = [
+        Self::GivenName,
+        Self::FamilyName,
+        Self::LegalName,
+        Self::Emails,
+        Self::Phones,
+        Self::Addresses,
+        Self::Tags,
+        Self::Attributes,
+    ];
+}
+
+/// One field's change, with both values as JSON (for history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<serde_json::Value>,
+}
+
+impl Profile {
+    /// The value of a settable field as JSON; `None` when empty.
+    pub fn value_of(&self, field: CustomerField) -> Option<serde_json::Value> {
+        use serde_json::to_value;
+        let value = match field {
+            CustomerField::DisplayName => return None,
+            CustomerField::GivenName => to_value(&self.given_name),
+            CustomerField::FamilyName => to_value(&self.family_name),
+            CustomerField::LegalName => to_value(&self.legal_name),
+            CustomerField::Emails => to_value(&self.emails),
+            CustomerField::Phones => to_value(&self.phones),
+            CustomerField::Addresses => to_value(&self.addresses),
+            CustomerField::Tags => to_value(&self.tags),
+            CustomerField::Attributes => to_value(&self.attributes),
+        }
+        .ok()?;
+        let empty = match &value {
+            serde_json::Value::String(s) => s.is_empty(),
+            serde_json::Value::Array(a) => a.is_empty(),
+            serde_json::Value::Object(o) => o.is_empty(),
+            _ => false,
+        };
+        (!empty).then_some(value)
+    }
+
+    /// Copies `field` from `other`.
+    pub fn set_from(&mut self, field: CustomerField, other: &Profile) {
+        match field {
+            CustomerField::DisplayName => {}
+            CustomerField::GivenName => self.given_name = other.given_name.clone(),
+            CustomerField::FamilyName => self.family_name = other.family_name.clone(),
+            CustomerField::LegalName => self.legal_name = other.legal_name.clone(),
+            CustomerField::Emails => self.emails = other.emails.clone(),
+            CustomerField::Phones => self.phones = other.phones.clone(),
+            CustomerField::Addresses => self.addresses = other.addresses.clone(),
+            CustomerField::Tags => self.tags = other.tags.clone(),
+            CustomerField::Attributes => self.attributes = other.attributes.clone(),
+        }
+    }
+
+    /// The settable fields whose values differ from `before`, with both values.
+    pub fn changes_since(&self, before: &Profile) -> Vec<(CustomerField, FieldChange)> {
+        CustomerField::SETTABLE
+            .into_iter()
+            .filter_map(|field| {
+                let (old, new) = (before.value_of(field), self.value_of(field));
+                (old != new).then(|| {
+                    let change = FieldChange {
+                        field: field.as_str().to_owned(),
+                        old,
+                        new,
+                    };
+                    (field, change)
+                })
+            })
+            .collect()
+    }
+
+    /// Folds a merged record into this one: contact points, addresses and tags it does
+    /// not have yet are added (never as a second primary), names it lacks are taken,
+    /// and attributes it does not set are copied. This record's values win.
+    pub fn absorb(&mut self, other: &Profile) {
+        for name in [
+            (&mut self.given_name, &other.given_name),
+            (&mut self.family_name, &other.family_name),
+            (&mut self.legal_name, &other.legal_name),
+        ] {
+            if name.0.is_empty() {
+                name.0.clone_from(name.1);
+            }
+        }
+        let had_primary = self.emails.iter().any(|e| e.primary);
+        for e in &other.emails {
+            if !self.emails.iter().any(|x| x.address == e.address) {
+                let primary = e.primary && !had_primary;
+                self.emails.push(EmailContact {
+                    primary,
+                    ..e.clone()
+                });
+            }
+        }
+        let had_primary = self.phones.iter().any(|p| p.primary);
+        for p in &other.phones {
+            if !self.phones.iter().any(|x| x.number == p.number) {
+                let primary = p.primary && !had_primary;
+                self.phones.push(PhoneContact {
+                    primary,
+                    ..p.clone()
+                });
+            }
+        }
+        for a in &other.addresses {
+            if !self.addresses.contains(a) {
+                self.addresses.push(a.clone());
+            }
+        }
+        for t in &other.tags {
+            if !self.tags.contains(t) {
+                self.tags.push(t.clone());
+            }
+        }
+        for (k, v) in &other.attributes {
+            self.attributes
+                .entry(k.clone())
+                .or_insert_with(|| v.clone());
+        }
+        // A merge may exceed the per-record limits; keep the survivor's first ones.
+        self.emails.truncate(MAX_EMAILS);
+        self.phones.truncate(MAX_PHONES);
+        self.addresses.truncate(MAX_ADDRESSES);
+        self.tags.truncate(MAX_TAGS);
+        while self.attributes.len() > MAX_ATTRIBUTES {
+            self.attributes.pop_last();
+        }
+    }
+
+    /// The normalized name and postal codes duplicate detection compares: the
+    /// display name lower-cased with single spaces, and each postal code upper-cased
+    /// without spaces, with its country.
+    pub fn name_postal_pairs(&self, kind: CustomerKind) -> Vec<String> {
+        let name = self
+            .display_name(kind)
+            .to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if name.is_empty() {
+            return vec![];
+        }
+        let mut pairs: Vec<String> = self
+            .addresses
+            .iter()
+            .filter(|a| !a.postal_code.is_empty())
+            .map(|a| {
+                let code: String = a
+                    .postal_code
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect::<String>()
+                    .to_uppercase();
+                format!("{name}|{}|{code}", a.country_code)
+            })
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        pairs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +620,76 @@ mod tests {
         assert!(country_code("DEU").is_err());
         assert!(text(&"x".repeat(MAX_NAME_CHARS + 1), MAX_NAME_CHARS).is_err());
         assert!(text("a\nb", MAX_NAME_CHARS).is_err());
+    }
+
+    #[test]
+    fn changes_and_merges_keep_the_survivor_first() {
+        let email = |a: &str, primary| EmailContact {
+            address: EmailAddress::parse(a).unwrap(),
+            label: String::new(),
+            primary,
+        };
+        let before = Profile {
+            given_name: "Jane".into(),
+            emails: vec![email("jane@a.example", true)],
+            ..Default::default()
+        };
+        let mut after = before.clone();
+        after.family_name = "Doe".into();
+        let changes = after.changes_since(&before);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].0, CustomerField::FamilyName);
+        assert_eq!(changes[0].1.old, None);
+
+        let other = Profile {
+            given_name: "Janet".into(),
+            family_name: "Doe".into(),
+            emails: vec![email("jane@a.example", false), email("jd@b.example", true)],
+            attributes: [("tier".to_owned(), "gold".to_owned())].into(),
+            ..Default::default()
+        };
+        let mut survivor = before.clone();
+        survivor.absorb(&other);
+        assert_eq!(survivor.given_name, "Jane");
+        assert_eq!(survivor.family_name, "Doe");
+        assert_eq!(survivor.emails.len(), 2);
+        assert_eq!(survivor.emails.iter().filter(|e| e.primary).count(), 1);
+        assert_eq!(survivor.attributes["tier"], "gold");
+    }
+
+    #[test]
+    fn name_and_postal_code_are_normalized_for_matching() {
+        let profile = Profile {
+            given_name: " Jane ".into(),
+            family_name: "DOE".into(),
+            addresses: vec![PostalAddress {
+                postal_code: "sw1a 1aa".into(),
+                country_code: "GB".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            profile.name_postal_pairs(CustomerKind::Person),
+            vec!["jane doe|GB|SW1A1AA"]
+        );
+    }
+
+    #[test]
+    fn profiles_round_trip_through_json() {
+        let region = PhoneRegion::parse("DE").unwrap();
+        let profile = Profile {
+            legal_name: "Doe Ltd".into(),
+            phones: vec![PhoneContact {
+                number: PhoneNumber::parse("030 901820", region).unwrap(),
+                label: "desk".into(),
+                primary: true,
+            }],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&profile).unwrap();
+        assert_eq!(serde_json::from_str::<Profile>(&json).unwrap(), profile);
+        assert!(serde_json::from_str::<PhoneNumber>("\"0301\"").is_err());
     }
 
     #[test]

@@ -207,6 +207,8 @@ pub enum CustomerCondition {
     Owner(Slug),
     Kind(CustomerKind),
     UpdateTime(Op, Timestamp),
+    /// `granted = true`: only customers granted to the viewer; `false`: only its own.
+    Granted(bool),
 }
 
 /// A customer list filter: every condition must hold.
@@ -276,6 +278,14 @@ impl CustomerFilter {
                         _ => return Err(bad("kind must be PERSON or COMPANY")),
                     }
                 }
+                "granted" => {
+                    only(&[Op::Eq])?;
+                    match value.as_str() {
+                        "true" => CustomerCondition::Granted(true),
+                        "false" => CustomerCondition::Granted(false),
+                        _ => return Err(bad("granted must be true or false")),
+                    }
+                }
                 "update_time" => {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                     let time = value.parse::<Timestamp>().map_err(|_| {
@@ -285,7 +295,7 @@ impl CustomerFilter {
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind or update_time"
+                        "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted or update_time"
                     )));
                 }
             };
@@ -303,6 +313,8 @@ pub struct CustomerFacts<'a> {
     /// The viewing organization's own external id for the customer.
     pub external_id: Option<&'a str>,
     pub update_time: Timestamp,
+    /// Whether the customer is granted to the viewer (rather than owned by it).
+    pub granted: bool,
 }
 
 impl CustomerFilter {
@@ -327,6 +339,7 @@ impl CustomerFilter {
             CustomerCondition::ExternalId(id) => facts.external_id == Some(id.as_str()),
             CustomerCondition::Owner(o) => facts.owner == o,
             CustomerCondition::Kind(k) => facts.kind == *k,
+            CustomerCondition::Granted(g) => facts.granted == *g,
             CustomerCondition::UpdateTime(op, t) => match op {
                 Op::Lt => facts.update_time < *t,
                 Op::Le => facts.update_time <= *t,
@@ -452,6 +465,7 @@ mod tests {
             owner: &owner,
             external_id: Some("C-1"),
             update_time: Timestamp::UNIX_EPOCH,
+            granted: false,
         };
         let by_email = CustomerFilter::parse(
             "email = jane@doe.example AND owner = organizations/acme",

@@ -27,6 +27,11 @@ impl MatchSecret {
         self.key("phone", phone.as_str())
     }
 
+    /// `pair` as made by `Profile::name_postal_pairs`.
+    pub fn name_postal_key(&self, pair: &str) -> String {
+        self.key("name_postal", pair)
+    }
+
     /// Hex HMAC-SHA256 of `kind:value`: the kind keeps an email and a phone that
     /// happen to share text apart.
     fn key(&self, kind: &str, value: &str) -> String {

@@ -14,8 +14,25 @@ const MAX_LOCAL_PART_LEN: usize = 64;
 ///
 /// Accepts the dot-atom form people actually use (`first.last+tag@example.co.uk`);
 /// quoted local parts and IP-literal domains are refused, as no coordinator needs them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct EmailAddress(String);
+
+impl TryFrom<String> for EmailAddress {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        Self::parse(&value).map_err(|v| v.description)
+    }
+}
+
+impl From<EmailAddress> for String {
+    fn from(value: EmailAddress) -> Self {
+        value.0
+    }
+}
 
 impl EmailAddress {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {

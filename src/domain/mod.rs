@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod customer;
 pub mod filter;
+pub mod interaction;
 pub mod match_key;
 pub mod member;
 pub mod organization;

@@ -7,10 +7,13 @@
 //! and BLOB/BYTEA.
 
 mod api_keys;
+mod customers;
 mod idempotency;
+mod interactions;
 mod members;
 mod organizations;
 mod partnerships;
+mod sharing;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,8 +23,13 @@ use jiff::Timestamp;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 
+pub use customers::{
+    CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, OrderKey, Overlay, Reach, SeenCustomer,
+};
 pub use idempotency::Claim;
+pub use interactions::InteractionFilter;
 pub use partnerships::PartnershipFilter;
+pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 
 use crate::error::{Error, Result};
 

@@ -193,7 +193,10 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Issues a key in-process as the operator (what `liaison admin` does).
 pub async fn issue_key(store: &Store, parent: &str, scopes: &[pb::ApiKeyScope]) -> String {
-    let api = AdminApi::new(Hub::new(store.clone()));
+    let hub = Hub::build(store.clone(), &liaison::config::Config::default())
+        .await
+        .expect("hub");
+    let api = AdminApi::new(hub);
     let mut request = Request::new(pb::CreateApiKeyRequest {
         parent: parent.into(),
         api_key: Some(pb::ApiKey {

@@ -1,0 +1,178 @@
+//! Interactions logged on customers.
+
+use jiff::Timestamp;
+use sqlx::FromRow;
+
+use super::{Page, Store, Tx, corrupt, micros, timestamp};
+use crate::domain::interaction::{
+    Direction, Interaction, InteractionType, InteractionVisibility, Money,
+};
+use crate::domain::{OrgRef, Slug};
+use crate::error::{Error, Result};
+
+const SELECT: &str = "SELECT i.id, i.customer_id, i.org_id, o.slug AS org_slug, i.type, i.occur_time, \
+     i.member_id, i.channel, i.direction, i.summary, i.body, i.currency, i.amount_units, \
+     i.amount_nanos, i.attributes, i.visibility, i.create_time \
+     FROM interactions i JOIN organizations o ON o.id = i.org_id";
+
+#[derive(FromRow)]
+struct InteractionRow {
+    id: String,
+    customer_id: String,
+    org_id: String,
+    org_slug: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    occur_time: i64,
+    member_id: Option<String>,
+    channel: String,
+    direction: String,
+    summary: String,
+    body: String,
+    currency: Option<String>,
+    amount_units: Option<i64>,
+    amount_nanos: Option<i64>,
+    attributes: String,
+    visibility: String,
+    create_time: i64,
+}
+
+impl TryFrom<InteractionRow> for Interaction {
+    type Error = Error;
+
+    fn try_from(row: InteractionRow) -> Result<Self> {
+        let amount = match (row.currency, row.amount_units) {
+            (Some(currency), Some(units)) => Some(Money {
+                currency,
+                units,
+                nanos: row.amount_nanos.unwrap_or(0) as i32,
+            }),
+            _ => None,
+        };
+        Ok(Interaction {
+            organization: OrgRef {
+                id: row.org_id,
+                slug: Slug::parse(&row.org_slug).map_err(|_| corrupt("slug", &row.org_slug))?,
+            },
+            kind: InteractionType::parse(&row.kind)
+                .ok_or_else(|| corrupt("interaction type", &row.kind))?,
+            occur_time: timestamp(row.occur_time)?,
+            direction: Direction::parse(&row.direction)
+                .ok_or_else(|| corrupt("direction", &row.direction))?,
+            attributes: serde_json::from_str(&row.attributes)
+                .map_err(|e| corrupt("interaction attributes", &e.to_string()))?,
+            visibility: InteractionVisibility::parse(&row.visibility)
+                .ok_or_else(|| corrupt("visibility", &row.visibility))?,
+            create_time: timestamp(row.create_time)?,
+            amount,
+            id: row.id,
+            customer_id: row.customer_id,
+            member_id: row.member_id,
+            channel: row.channel,
+            summary: row.summary,
+            body: row.body,
+        })
+    }
+}
+
+/// Which of a customer's interactions to list.
+#[derive(Debug, Default, Clone)]
+pub struct InteractionFilter {
+    pub kind: Option<InteractionType>,
+    pub visibility: Option<InteractionVisibility>,
+    /// Occurred at or after.
+    pub from: Option<Timestamp>,
+    /// Occurred before.
+    pub until: Option<Timestamp>,
+}
+
+impl Store {
+    pub async fn interaction(&self, customer_id: &str, id: &str) -> Result<Option<Interaction>> {
+        let sql = format!("{SELECT} WHERE i.customer_id = $1 AND i.id = $2");
+        let row: Option<InteractionRow> = sqlx::query_as(&sql)
+            .bind(customer_id)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(Interaction::try_from).transpose()
+    }
+
+    /// The interactions of a customer `viewer_id` may see, newest first, after the
+    /// cursor `(occur_time, id)` of the previous page.
+    pub async fn interactions(
+        &self,
+        customer_id: &str,
+        viewer_id: &str,
+        filter: &InteractionFilter,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Page<Interaction>> {
+        let sql = format!(
+            "{SELECT} WHERE i.customer_id = $1 AND (i.visibility = 'shared' OR i.org_id = $2) \
+             AND ($3 = '' OR i.type = $3) AND ($4 = '' OR i.visibility = $4) \
+             AND i.occur_time >= $5 AND i.occur_time < $6 \
+             AND (i.occur_time < $7 OR (i.occur_time = $7 AND i.id < $8)) \
+             ORDER BY i.occur_time DESC, i.id DESC LIMIT $9"
+        );
+        let (after_time, after_id) = after.unwrap_or((i64::MAX, ""));
+        let rows: Vec<InteractionRow> = sqlx::query_as(&sql)
+            .bind(customer_id)
+            .bind(viewer_id)
+            .bind(filter.kind.map(InteractionType::as_str).unwrap_or(""))
+            .bind(
+                filter
+                    .visibility
+                    .map(InteractionVisibility::as_str)
+                    .unwrap_or(""),
+            )
+            .bind(filter.from.map(micros).unwrap_or(i64::MIN))
+            .bind(filter.until.map(micros).unwrap_or(i64::MAX))
+            .bind(after_time)
+            .bind(if after.is_some() {
+                after_id
+            } else {
+                "\u{10FFFF}"
+            })
+            .bind(limit as i64 + 1)
+            .fetch_all(self.reader())
+            .await?;
+        let items = rows
+            .into_iter()
+            .map(Interaction::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, limit, |i| {
+            format!("{}:{}", micros(i.occur_time), i.id)
+        }))
+    }
+}
+
+impl Tx {
+    pub async fn insert_interaction(&mut self, i: &Interaction) -> Result<()> {
+        let attributes = serde_json::to_string(&i.attributes)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("interaction attributes: {e}")))?;
+        sqlx::query(
+            "INSERT INTO interactions (id, customer_id, org_id, type, occur_time, member_id, channel, \
+             direction, summary, body, currency, amount_units, amount_nanos, attributes, visibility, \
+             create_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(&i.id)
+        .bind(&i.customer_id)
+        .bind(&i.organization.id)
+        .bind(i.kind.as_str())
+        .bind(micros(i.occur_time))
+        .bind(i.member_id.as_deref())
+        .bind(&i.channel)
+        .bind(i.direction.as_str())
+        .bind(&i.summary)
+        .bind(&i.body)
+        .bind(i.amount.as_ref().map(|m| m.currency.clone()))
+        .bind(i.amount.as_ref().map(|m| m.units))
+        .bind(i.amount.as_ref().map(|m| i64::from(m.nanos)))
+        .bind(attributes)
+        .bind(i.visibility.as_str())
+        .bind(micros(i.create_time))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
