@@ -14,8 +14,11 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 pub use pb::admin_service_client::AdminServiceClient;
+pub use pb::customer_service_client::CustomerServiceClient;
+pub use pb::interaction_service_client::InteractionServiceClient;
 pub use pb::member_service_client::MemberServiceClient;
 pub use pb::partnership_service_client::PartnershipServiceClient;
+pub use pb::sharing_service_client::SharingServiceClient;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone)]
@@ -248,6 +251,44 @@ impl TestApp {
 
     pub fn partnerships(&self, key: &str) -> PartnershipServiceClient<Authed> {
         PartnershipServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn customers(&self, key: &str) -> CustomerServiceClient<Authed> {
+        CustomerServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn sharing(&self, key: &str) -> SharingServiceClient<Authed> {
+        SharingServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn interactions(&self, key: &str) -> InteractionServiceClient<Authed> {
+        InteractionServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    /// Makes `a` and `b` partners (a proposes, b accepts); returns the partnership.
+    pub async fn partner(&self, a: &Org, b: &Org) -> pb::Partnership {
+        let proposed = self
+            .partnerships(&a.admin_key)
+            .propose_partnership(pb::ProposePartnershipRequest {
+                partnership: Some(pb::Partnership {
+                    recipient: b.name.clone(),
+                    relationship: pb::Relationship::Supplies as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("propose")
+            .into_inner();
+        self.partnerships(&b.admin_key)
+            .accept_partnership(pb::AcceptPartnershipRequest {
+                name: proposed.name,
+                etag: String::new(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("accept")
+            .into_inner()
     }
 
     pub fn operator(&self) -> AdminServiceClient<Authed> {

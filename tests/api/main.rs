@@ -7,6 +7,8 @@ mod helpers;
 mod admin;
 mod auth;
 mod cli;
+mod customers;
 mod members;
 mod partnerships;
 mod server;
+mod sharing;

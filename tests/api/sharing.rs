@@ -1,0 +1,1089 @@
+//! Sharing customers across partnerships: the authorization matrix, access requests,
+//! overlays, interactions, duplicates and merge, erasure.
+
+use liaison::pb;
+use pb::customer_history_entry::Action;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::customers::{create, list, names_of, person};
+use crate::helpers::*;
+
+crate::on_both_backends!(
+    every_customer_rpc_shows_each_caller_exactly_its_share,
+    a_partner_finds_a_holder_and_asks_for_access,
+    overlays_and_organization_interactions_stay_private,
+    duplicates_are_found_and_merged_into_a_survivor,
+    erasure_removes_personal_data_everywhere,
+);
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+async fn grant(
+    app: &TestApp,
+    owner: &Org,
+    customer: &str,
+    grantee: &Org,
+    level: pb::AccessLevel,
+    fields: &[&str],
+) -> Result<pb::Grant, Status> {
+    app.sharing(&owner.admin_key)
+        .create_grant(pb::CreateGrantRequest {
+            parent: customer.into(),
+            grant: Some(pb::Grant {
+                grantee: grantee.name.clone(),
+                level: level as i32,
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get(app: &TestApp, key: &str, name: &str) -> Result<pb::Customer, Status> {
+    app.customers(key)
+        .get_customer(pb::GetCustomerRequest { name: name.into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn update(
+    app: &TestApp,
+    key: &str,
+    customer: pb::Customer,
+    paths: &[&str],
+) -> Result<pb::Customer, Status> {
+    app.customers(key)
+        .update_customer(pb::UpdateCustomerRequest {
+            customer: Some(customer),
+            update_mask: mask(paths),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn history(
+    app: &TestApp,
+    key: &str,
+    name: &str,
+) -> Result<Vec<pb::CustomerHistoryEntry>, Status> {
+    app.customers(key)
+        .list_customer_history(pb::ListCustomerHistoryRequest {
+            parent: name.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().entries)
+}
+
+async fn interactions(
+    app: &TestApp,
+    key: &str,
+    name: &str,
+    filter: &str,
+) -> Result<Vec<pb::Interaction>, Status> {
+    app.interactions(key)
+        .list_interactions(pb::ListInteractionsRequest {
+            parent: name.into(),
+            filter: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().interactions)
+}
+
+async fn log(
+    app: &TestApp,
+    org: &Org,
+    customer: &str,
+    kind: pb::InteractionType,
+    visibility: pb::InteractionVisibility,
+    summary: &str,
+) -> pb::Interaction {
+    app.interactions(&org.admin_key)
+        .log_interaction(pb::LogInteractionRequest {
+            parent: customer.into(),
+            interaction: Some(pb::Interaction {
+                r#type: kind as i32,
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: 1_790_000_000 + summary.len() as i64,
+                    nanos: 0,
+                }),
+                summary: summary.into(),
+                visibility: visibility as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("log interaction")
+        .into_inner()
+}
+
+fn jane() -> pb::Customer {
+    let mut c = person("Jane", "Doe", "jane@example.com");
+    c.phones = vec![pb::PhoneContact {
+        number: "+16502530000".into(),
+        ..Default::default()
+    }];
+    c.tags = vec!["vip".into()];
+    c
+}
+
+/// The owner `acme` and one partner per kind of access; `stranger` has no grant,
+/// `paused` a grant through a partnership that is then suspended.
+async fn every_customer_rpc_shows_each_caller_exactly_its_share(backend: Backend) {
+    use pb::AccessLevel::{Read, ReadWrite};
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let reader = app
+        .create_org("reader", pb::OrganizationKind::Retailer)
+        .await;
+    let masked = app
+        .create_org("masked", pb::OrganizationKind::Retailer)
+        .await;
+    let writer = app
+        .create_org("writer", pb::OrganizationKind::Distributor)
+        .await;
+    let paused = app
+        .create_org("paused", pb::OrganizationKind::Retailer)
+        .await;
+    let stranger = app
+        .create_org("stranger", pb::OrganizationKind::Retailer)
+        .await;
+    for partner in [&reader, &masked, &writer, &stranger] {
+        app.partner(&acme, partner).await;
+    }
+    let paused_partnership = app.partner(&acme, &paused).await;
+    let c = create(&app, &acme, jane()).await;
+    grant(&app, &acme, &c.name, &reader, Read, &[])
+        .await
+        .unwrap();
+    grant(
+        &app,
+        &acme,
+        &c.name,
+        &masked,
+        Read,
+        &["display_name", "emails"],
+    )
+    .await
+    .unwrap();
+    grant(
+        &app,
+        &acme,
+        &c.name,
+        &writer,
+        ReadWrite,
+        &["given_name", "family_name", "display_name", "emails"],
+    )
+    .await
+    .unwrap();
+    grant(&app, &acme, &c.name, &paused, Read, &[])
+        .await
+        .unwrap();
+    app.partnerships(&paused.admin_key)
+        .suspend_partnership(pb::SuspendPartnershipRequest {
+            name: paused_partnership.name.clone(),
+            reason: "audit".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    log(
+        &app,
+        &acme,
+        &c.name,
+        pb::InteractionType::Call,
+        pb::InteractionVisibility::Shared,
+        "shared call",
+    )
+    .await;
+    log(
+        &app,
+        &acme,
+        &c.name,
+        pb::InteractionType::Note,
+        pb::InteractionVisibility::Organization,
+        "acme only",
+    )
+    .await;
+
+    // --- Get and List: who sees what.
+    let full = get(&app, &acme.read_key, &c.name).await.unwrap();
+    assert_eq!(full.phones.len(), 1);
+    let r = get(&app, &reader.read_key, &c.name).await.unwrap();
+    assert_eq!(r.access, Read as i32);
+    assert_eq!((r.emails.len(), r.phones.len(), r.tags.len()), (1, 1, 1));
+    let m = get(&app, &masked.read_key, &c.name).await.unwrap();
+    assert_eq!(m.display_name, "Jane Doe");
+    assert_eq!(m.emails.len(), 1);
+    assert!(m.phones.is_empty() && m.tags.is_empty() && m.given_name.is_empty());
+    assert_eq!(m.visible_fields, vec!["display_name", "emails"]);
+    let w = get(&app, &writer.read_key, &c.name).await.unwrap();
+    assert_eq!(w.access, ReadWrite as i32);
+    assert!(w.phones.is_empty());
+    for outsider in [&paused, &stranger] {
+        let result = get(&app, &outsider.read_key, &c.name).await;
+        let status = assert_error(result, Code::NotFound, "NOT_FOUND");
+        // The same answer as for a customer that never existed.
+        let missing = get(
+            &app,
+            &outsider.read_key,
+            "customers/00000000-0000-7000-8000-000000000000",
+        )
+        .await;
+        assert_eq!(
+            status.message().replace(&c.name, "X"),
+            missing
+                .unwrap_err()
+                .message()
+                .replace("customers/00000000-0000-7000-8000-000000000000", "X")
+        );
+        assert!(list(&app, &outsider.read_key, "").await.is_empty());
+        assert!(
+            list(&app, &outsider.read_key, "email = \"jane@example.com\"")
+                .await
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        names_of(&list(&app, &reader.read_key, "granted = true").await),
+        vec![c.name.clone()]
+    );
+    assert!(
+        list(&app, &reader.read_key, "granted = false")
+            .await
+            .is_empty()
+    );
+    // Filters match only what the caller may see: no probing hidden phones or tags.
+    assert_eq!(
+        list(&app, &reader.read_key, "phone = \"+16502530000\"")
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        list(&app, &masked.read_key, "phone = \"+16502530000\"")
+            .await
+            .is_empty()
+    );
+    assert!(list(&app, &masked.read_key, "tag = vip").await.is_empty());
+    assert_eq!(
+        list(&app, &masked.read_key, "email = \"jane@example.com\"")
+            .await
+            .len(),
+        1
+    );
+    let listed = list(&app, &masked.read_key, "").await;
+    assert_eq!(listed, vec![m.clone()], "List shows what Get shows");
+
+    // --- Update: only the owner and a READ_WRITE grantee, and only granted fields.
+    let rename = pb::Customer {
+        name: c.name.clone(),
+        family_name: "Smith".into(),
+        ..Default::default()
+    };
+    let result = update(&app, &reader.admin_key, rename.clone(), &["family_name"]).await;
+    assert_error(result, Code::PermissionDenied, "FIELD_NOT_WRITABLE");
+    let result = update(&app, &masked.admin_key, rename.clone(), &["family_name"]).await;
+    assert_error(result, Code::PermissionDenied, "FIELD_NOT_WRITABLE");
+    let result = update(
+        &app,
+        &writer.admin_key,
+        pb::Customer {
+            name: c.name.clone(),
+            ..Default::default()
+        },
+        &["phones"],
+    )
+    .await;
+    assert_error(result, Code::PermissionDenied, "FIELD_NOT_WRITABLE");
+    for outsider in [&paused, &stranger] {
+        let result = update(&app, &outsider.admin_key, rename.clone(), &["family_name"]).await;
+        assert_error(result, Code::NotFound, "NOT_FOUND");
+    }
+    let by_writer = update(&app, &writer.admin_key, rename, &["family_name"])
+        .await
+        .unwrap();
+    assert_eq!(by_writer.display_name, "Jane Smith");
+    assert!(by_writer.phones.is_empty(), "the answer is masked too");
+    let owner_view = get(&app, &acme.read_key, &c.name).await.unwrap();
+    assert_eq!(owner_view.family_name, "Smith");
+    assert_eq!(owner_view.phones, full.phones, "nothing else changed");
+
+    // --- Delete, erase, merge, duplicates, grants: the owner's alone.
+    for partner in [&reader, &writer] {
+        let result = app
+            .customers(&partner.admin_key)
+            .delete_customer(pb::DeleteCustomerRequest {
+                name: c.name.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(result, Code::PermissionDenied, "NOT_CUSTOMER_OWNER");
+        let result = app
+            .customers(&partner.admin_key)
+            .erase_customer(pb::EraseCustomerRequest {
+                name: c.name.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(result, Code::PermissionDenied, "NOT_CUSTOMER_OWNER");
+        let result = app
+            .customers(&partner.read_key)
+            .find_duplicate_customers(pb::FindDuplicateCustomersRequest {
+                name: c.name.clone(),
+            })
+            .await;
+        assert_error(result, Code::PermissionDenied, "NOT_CUSTOMER_OWNER");
+        let result = grant(&app, partner, &c.name, &masked, Read, &[]).await;
+        assert_error(result, Code::PermissionDenied, "NOT_CUSTOMER_OWNER");
+    }
+    for outsider in [&paused, &stranger] {
+        let result = app
+            .customers(&outsider.admin_key)
+            .delete_customer(pb::DeleteCustomerRequest {
+                name: c.name.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(result, Code::NotFound, "NOT_FOUND");
+        let result = app
+            .sharing(&outsider.read_key)
+            .list_grants(pb::ListGrantsRequest {
+                parent: c.name.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(result, Code::NotFound, "NOT_FOUND");
+    }
+    // The owner lists every grant; a grantee only its own.
+    let all = app
+        .sharing(&acme.read_key)
+        .list_grants(pb::ListGrantsRequest {
+            parent: c.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(all.len(), 4);
+    let paused_grant = all.iter().find(|g| g.grantee == paused.name).unwrap();
+    assert!(
+        !paused_grant.effective,
+        "a suspended partnership's grant does not work"
+    );
+    let own = app
+        .sharing(&masked.read_key)
+        .list_grants(pb::ListGrantsRequest {
+            parent: c.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].fields, vec!["display_name", "emails"]);
+
+    // --- History: entries about fields the caller cannot see are left out.
+    let h = history(&app, &masked.read_key, &c.name).await.unwrap();
+    assert!(
+        h.iter()
+            .all(|e| e.changes.iter().all(|ch| ch.field == "emails")),
+        "{h:?}"
+    );
+    assert!(
+        h.iter().all(|e| e.action != Action::Updated as i32),
+        "family_name not granted"
+    );
+    let h = history(&app, &writer.read_key, &c.name).await.unwrap();
+    assert_eq!(h[0].action, Action::Updated as i32);
+    assert_eq!(h[0].organization, writer.name);
+    for outsider in [&paused, &stranger] {
+        assert_error(
+            history(&app, &outsider.read_key, &c.name).await,
+            Code::NotFound,
+            "NOT_FOUND",
+        );
+        assert_error(
+            interactions(&app, &outsider.read_key, &c.name, "").await,
+            Code::NotFound,
+            "NOT_FOUND",
+        );
+    }
+
+    // --- Interactions: shared ones reach every grantee, organization ones stay home.
+    let seen = interactions(&app, &reader.read_key, &c.name, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.iter().map(|i| i.summary.as_str()).collect::<Vec<_>>(),
+        vec!["shared call"]
+    );
+    let seen = interactions(&app, &acme.read_key, &c.name, "")
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 2);
+
+    // --- Resuming the partnership brings the grant back; revoking ends it.
+    app.partnerships(&paused.admin_key)
+        .resume_partnership(pb::ResumePartnershipRequest {
+            name: paused_partnership.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    get(&app, &paused.read_key, &c.name).await.unwrap();
+    app.sharing(&acme.admin_key)
+        .revoke_grant(pb::RevokeGrantRequest {
+            name: paused_grant.name.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_error(
+        get(&app, &paused.read_key, &c.name).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+
+    // --- Grants need an active partnership and a real grantee.
+    let loner = app.create_org("loner", pb::OrganizationKind::Other).await;
+    let result = grant(&app, &acme, &c.name, &loner, Read, &[]).await;
+    assert_error(result, Code::FailedPrecondition, "NO_ACTIVE_PARTNERSHIP");
+    let result = grant(&app, &acme, &c.name, &reader, Read, &[]).await;
+    assert_error(result, Code::AlreadyExists, "GRANT_EXISTS");
+    let result = grant(&app, &acme, &c.name, &masked, Read, &["phone"]).await;
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(violated_fields(&status), vec!["grant.fields"]);
+}
+
+async fn a_partner_finds_a_holder_and_asks_for_access(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    let loner = app
+        .create_org("loner", pb::OrganizationKind::Retailer)
+        .await;
+    app.partner(&acme, &shop).await;
+    let c = create(&app, &acme, jane()).await;
+
+    let ask = |key: String, email: &str| {
+        let mut client = app.sharing(&key);
+        let email = email.to_owned();
+        async move {
+            client
+                .match_customer(pb::MatchCustomerRequest {
+                    email,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .matches
+        }
+    };
+    // No partnership, no answer; an unknown email, no answer.
+    assert!(
+        ask(loner.read_key.clone(), "jane@example.com")
+            .await
+            .is_empty()
+    );
+    assert!(
+        ask(shop.read_key.clone(), "nobody@example.com")
+            .await
+            .is_empty()
+    );
+    let matches = ask(shop.read_key.clone(), "JANE@example.com").await;
+    assert_eq!(matches.len(), 1);
+    assert_eq!(matches[0].organization, acme.name);
+    assert_eq!(matches[0].rule, pb::MatchRule::SameEmail as i32);
+    assert!(
+        !matches[0].r#match.contains(&c.name),
+        "the record is not named"
+    );
+    let by_phone = app
+        .sharing(&shop.read_key)
+        .match_customer(pb::MatchCustomerRequest {
+            phone: "650 253 0000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matches;
+    assert_eq!(by_phone[0].rule, pb::MatchRule::SamePhone as i32);
+
+    let result = app
+        .sharing(&shop.read_key)
+        .match_customer(pb::MatchCustomerRequest::default())
+        .await;
+    assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+
+    let request = |reason: &str| pb::CreateAccessRequestRequest {
+        access_request: Some(pb::AccessRequest {
+            r#match: matches[0].r#match.clone(),
+            level: pb::AccessLevel::Read as i32,
+            fields: vec!["display_name".into(), "emails".into()],
+            reason: reason.into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let result = app
+        .sharing(&shop.admin_key)
+        .create_access_request(request(""))
+        .await;
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(violated_fields(&status), vec!["access_request.reason"]);
+    // A handle is only good for the organization it was given to.
+    let result = app
+        .sharing(&loner.admin_key)
+        .create_access_request(request("mine"))
+        .await;
+    assert_error(result, Code::NotFound, "NOT_FOUND");
+    let asked = app
+        .sharing(&shop.admin_key)
+        .create_access_request(request("She called our store about a warranty"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(asked.state, pb::access_request::State::Pending as i32);
+    assert!(
+        asked.customer.is_empty(),
+        "the requester does not learn the record yet"
+    );
+    let result = app
+        .sharing(&shop.admin_key)
+        .create_access_request(request("again"))
+        .await;
+    assert_error(result, Code::AlreadyExists, "ACCESS_REQUEST_PENDING");
+
+    let incoming = app
+        .sharing(&acme.read_key)
+        .list_access_requests(pb::ListAccessRequestsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .access_requests;
+    assert_eq!(incoming.len(), 1);
+    assert_eq!(incoming[0].customer, c.name, "the owner sees which record");
+    // Only the owner decides.
+    let result = app
+        .sharing(&shop.admin_key)
+        .approve_access_request(pb::ApproveAccessRequestRequest {
+            name: asked.name.clone(),
+            request_id: String::new(),
+        })
+        .await;
+    assert_error(result, Code::PermissionDenied, "PERMISSION_DENIED");
+    let approved = app
+        .sharing(&acme.admin_key)
+        .approve_access_request(pb::ApproveAccessRequestRequest {
+            name: asked.name.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approved.state, pb::access_request::State::Approved as i32);
+    assert!(approved.grant.starts_with(&c.name));
+    let seen = get(&app, &shop.read_key, &c.name).await.unwrap();
+    assert_eq!(seen.visible_fields, vec!["display_name", "emails"]);
+    assert!(seen.phones.is_empty());
+    let outgoing = app
+        .sharing(&shop.read_key)
+        .list_access_requests(pb::ListAccessRequestsRequest {
+            direction: pb::list_access_requests_request::Direction::Outgoing as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_requests;
+    assert_eq!(outgoing[0].customer, c.name, "named once approved");
+    let result = app
+        .sharing(&acme.admin_key)
+        .decline_access_request(pb::DeclineAccessRequestRequest {
+            name: asked.name.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(result, Code::FailedPrecondition, "ACCESS_REQUEST_DECIDED");
+
+    // A declined request grants nothing.
+    let other = create(&app, &acme, person("Max", "Moe", "max@example.com")).await;
+    let m = ask(shop.read_key.clone(), "max@example.com").await;
+    let asked = app
+        .sharing(&shop.admin_key)
+        .create_access_request(pb::CreateAccessRequestRequest {
+            access_request: Some(pb::AccessRequest {
+                r#match: m[0].r#match.clone(),
+                level: pb::AccessLevel::Read as i32,
+                reason: "please".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let declined = app
+        .sharing(&acme.admin_key)
+        .decline_access_request(pb::DeclineAccessRequestRequest {
+            name: asked.name.clone(),
+            reason: "not your customer".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(declined.decision_reason, "not your customer");
+    assert_error(
+        get(&app, &shop.read_key, &other.name).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+}
+
+async fn overlays_and_organization_interactions_stay_private(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&acme, &shop).await;
+    let c = create(&app, &acme, jane()).await;
+    grant(
+        &app,
+        &acme,
+        &c.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["display_name"],
+    )
+    .await
+    .unwrap();
+    let overlay_name = format!("{}/overlay", c.name);
+    let written = app
+        .customers(&shop.admin_key)
+        .update_customer_overlay(pb::UpdateCustomerOverlayRequest {
+            overlay: Some(pb::CustomerOverlay {
+                name: overlay_name.clone(),
+                external_id: "SHOP-77".into(),
+                account_number: "A-1".into(),
+                notes: "prefers email".into(),
+                attributes: [("store".to_owned(), "berlin".to_owned())].into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(written.external_id, "SHOP-77");
+    // The partner finds the customer by its own external id; the owner does not.
+    assert_eq!(
+        list(&app, &shop.read_key, "external_id = \"SHOP-77\"")
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        list(&app, &acme.read_key, "external_id = \"SHOP-77\"")
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        get(&app, &shop.read_key, &c.name)
+            .await
+            .unwrap()
+            .external_id,
+        "SHOP-77"
+    );
+    let owners = app
+        .customers(&acme.read_key)
+        .get_customer_overlay(pb::GetCustomerOverlayRequest {
+            name: overlay_name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(owners.notes.is_empty() && owners.external_id.is_empty());
+    // Overlay history is the partner's alone.
+    let h = history(&app, &shop.read_key, &c.name).await.unwrap();
+    assert_eq!(h[0].action, Action::OverlayUpdated as i32);
+    assert!(h[0].changes.iter().any(|ch| ch.field == "overlay.notes"));
+    let h = history(&app, &acme.read_key, &c.name).await.unwrap();
+    assert!(h.iter().all(|e| e.action != Action::OverlayUpdated as i32));
+    // Stale overlay etag.
+    let result = app
+        .customers(&shop.admin_key)
+        .update_customer_overlay(pb::UpdateCustomerOverlayRequest {
+            overlay: Some(pb::CustomerOverlay {
+                name: overlay_name.clone(),
+                status: "key account".into(),
+                etag: "\"0\"".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+            request_id: String::new(),
+        })
+        .await;
+    assert_error(result, Code::Aborted, "STALE_ETAG");
+
+    // Interactions: validation, privacy, order and filters.
+    let result = app
+        .interactions(&shop.admin_key)
+        .log_interaction(pb::LogInteractionRequest {
+            parent: c.name.clone(),
+            interaction: Some(pb::Interaction {
+                r#type: pb::InteractionType::Purchase as i32,
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: 1_790_000_000,
+                    nanos: 0,
+                }),
+                summary: "bought a kettle".into(),
+                amount: Some(pb::Money {
+                    currency_code: "EURO".into(),
+                    units: 30,
+                    nanos: 0,
+                }),
+                visibility: pb::InteractionVisibility::Shared as i32,
+                member: "organizations/acme/members/00000000-0000-7000-8000-000000000000".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await;
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let mut fields = violated_fields(&status);
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec!["interaction.amount.currency_code", "interaction.member"]
+    );
+
+    let call = log(
+        &app,
+        &shop,
+        &c.name,
+        pb::InteractionType::Call,
+        pb::InteractionVisibility::Organization,
+        "private call",
+    )
+    .await;
+    log(
+        &app,
+        &shop,
+        &c.name,
+        pb::InteractionType::Purchase,
+        pb::InteractionVisibility::Shared,
+        "a shared purchase",
+    )
+    .await;
+    log(
+        &app,
+        &acme,
+        &c.name,
+        pb::InteractionType::Complaint,
+        pb::InteractionVisibility::Shared,
+        "complaint",
+    )
+    .await;
+    let shop_sees = interactions(&app, &shop.read_key, &c.name, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        shop_sees
+            .iter()
+            .map(|i| i.summary.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a shared purchase", "private call", "complaint"],
+        "newest first"
+    );
+    let acme_sees = interactions(&app, &acme.read_key, &c.name, "")
+        .await
+        .unwrap();
+    assert_eq!(acme_sees.len(), 2);
+    let result = app
+        .interactions(&acme.read_key)
+        .get_interaction(pb::GetInteractionRequest {
+            name: call.name.clone(),
+        })
+        .await;
+    assert_error(result, Code::NotFound, "NOT_FOUND");
+    let purchases = interactions(&app, &shop.read_key, &c.name, "type = PURCHASE")
+        .await
+        .unwrap();
+    assert_eq!(purchases.len(), 1);
+    let late = interactions(
+        &app,
+        &shop.read_key,
+        &c.name,
+        "occur_time >= \"2026-09-21T14:13:32Z\"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(late.len(), 2, "{late:?}");
+    assert_error(
+        interactions(&app, &shop.read_key, &c.name, "summary = x").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+}
+
+async fn duplicates_are_found_and_merged_into_a_survivor(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&acme, &shop).await;
+    let mut survivor = person("Jane", "Doe", "jane@example.com");
+    survivor.addresses = vec![pb::PostalAddress {
+        postal_code: "10115".into(),
+        country_code: "DE".into(),
+        ..Default::default()
+    }];
+    survivor.external_id = "S-1".into();
+    let survivor = create(&app, &acme, survivor).await;
+    let mut by_email = person("J.", "Doe", "JANE@example.com");
+    by_email.phones = vec![pb::PhoneContact {
+        number: "+4930901820".into(),
+        ..Default::default()
+    }];
+    by_email.external_id = "L-1".into();
+    let by_email = create(&app, &acme, by_email).await;
+    let mut by_address = person("jane", "DOE", "");
+    by_address.addresses = vec![pb::PostalAddress {
+        postal_code: "10 115".into(),
+        country_code: "DE".into(),
+        ..Default::default()
+    }];
+    let by_address = create(&app, &acme, by_address).await;
+    create(&app, &acme, person("Someone", "Else", "else@example.com")).await;
+
+    let found = app
+        .customers(&acme.read_key)
+        .find_duplicate_customers(pb::FindDuplicateCustomersRequest {
+            name: survivor.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates;
+    let summary: Vec<(String, Vec<i32>)> = found
+        .iter()
+        .map(|d| (d.customer.as_ref().unwrap().name.clone(), d.rules.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (by_email.name.clone(), vec![pb::MatchRule::SameEmail as i32]),
+            (
+                by_address.name.clone(),
+                vec![pb::MatchRule::SameNameAndPostalCode as i32]
+            ),
+        ]
+    );
+
+    grant(
+        &app,
+        &acme,
+        &by_email.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &[],
+    )
+    .await
+    .unwrap();
+    log(
+        &app,
+        &shop,
+        &by_email.name,
+        pb::InteractionType::Call,
+        pb::InteractionVisibility::Shared,
+        "call on the duplicate",
+    )
+    .await;
+
+    let merged = app
+        .customers(&acme.admin_key)
+        .merge_customers(pb::MergeCustomersRequest {
+            name: survivor.name.clone(),
+            merged: vec![by_email.name.clone(), by_address.name.clone()],
+            etag: survivor.etag.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(merged.given_name, "Jane", "the survivor's values win");
+    assert_eq!(merged.emails.len(), 1);
+    assert_eq!(merged.phones.len(), 1, "contact points move over");
+    assert_eq!(merged.external_id, "S-1");
+
+    // The merged ids answer NOT_FOUND naming the survivor, to those who may see it.
+    for key in [&acme.read_key, &shop.read_key] {
+        let status = get(&app, key, &by_email.name).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "CUSTOMER_MERGED");
+        assert_eq!(info.metadata.get("survivor"), Some(&survivor.name));
+    }
+    // The grant and the interaction moved with the record.
+    let shared = get(&app, &shop.read_key, &survivor.name).await.unwrap();
+    assert_eq!(shared.access, pb::AccessLevel::Read as i32);
+    let moved = interactions(&app, &acme.read_key, &survivor.name, "")
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 1);
+    assert!(moved[0].name.starts_with(&survivor.name));
+    // The loser's external id is dropped where the survivor has one of its own.
+    assert_eq!(
+        list(&app, &acme.read_key, "external_id = \"L-1\"")
+            .await
+            .len(),
+        0
+    );
+    assert_eq!(list(&app, &acme.read_key, "").await.len(), 2);
+    let h = history(&app, &acme.read_key, &survivor.name).await.unwrap();
+    assert_eq!(h[0].action, Action::Merged as i32);
+    assert!(h[0].note.contains(&by_email.name));
+    // A merged record cannot be merged again.
+    let result = app
+        .customers(&acme.admin_key)
+        .merge_customers(pb::MergeCustomersRequest {
+            name: survivor.name.clone(),
+            merged: vec![by_email.name.clone()],
+            ..Default::default()
+        })
+        .await;
+    assert_error(result, Code::NotFound, "CUSTOMER_MERGED");
+}
+
+async fn erasure_removes_personal_data_everywhere(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&acme, &shop).await;
+    let mut input = jane();
+    input.external_id = "E-1".into();
+    let c = create(&app, &acme, input).await;
+    grant(&app, &acme, &c.name, &shop, pb::AccessLevel::Read, &[])
+        .await
+        .unwrap();
+    log(
+        &app,
+        &acme,
+        &c.name,
+        pb::InteractionType::Complaint,
+        pb::InteractionVisibility::Shared,
+        "broken kettle",
+    )
+    .await;
+    app.customers(&shop.admin_key)
+        .update_customer_overlay(pb::UpdateCustomerOverlayRequest {
+            overlay: Some(pb::CustomerOverlay {
+                name: format!("{}/overlay", c.name),
+                notes: "lives next door".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let erased = app
+        .customers(&acme.admin_key)
+        .erase_customer(pb::EraseCustomerRequest {
+            name: c.name.clone(),
+            reason: "GDPR art. 17 request".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erased.state, pb::customer::State::Erased as i32);
+    assert!(erased.display_name.is_empty() && erased.emails.is_empty() && erased.phones.is_empty());
+    assert!(erased.external_id.is_empty());
+
+    assert_error(
+        get(&app, &shop.read_key, &c.name).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    let owner_view = get(&app, &acme.read_key, &c.name).await.unwrap();
+    assert_eq!(owner_view.state, pb::customer::State::Erased as i32);
+    assert!(owner_view.given_name.is_empty());
+    let h = history(&app, &acme.read_key, &c.name).await.unwrap();
+    assert_eq!(h.len(), 1, "only the fact of erasure remains: {h:?}");
+    assert_eq!(h[0].action, Action::Erased as i32);
+    assert!(h[0].changes.is_empty());
+    assert!(
+        interactions(&app, &acme.read_key, &c.name, "")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let grants = app
+        .sharing(&acme.read_key)
+        .list_grants(pb::ListGrantsRequest {
+            parent: c.name.clone(),
+            show_revoked: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.state == pb::grant::State::Revoked as i32)
+    );
+    // Nothing finds it any more: not filters, not matching, not its external id.
+    assert!(
+        list(&app, &acme.read_key, "email = \"jane@example.com\"")
+            .await
+            .is_empty()
+    );
+    assert!(
+        list(&app, &acme.read_key, "external_id = \"E-1\"")
+            .await
+            .is_empty()
+    );
+    let matches = app
+        .sharing(&shop.read_key)
+        .match_customer(pb::MatchCustomerRequest {
+            email: "jane@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matches;
+    assert!(matches.is_empty());
+    // Erased records cannot be changed.
+    let result = update(
+        &app,
+        &acme.admin_key,
+        pb::Customer {
+            name: c.name.clone(),
+            given_name: "X".into(),
+            ..Default::default()
+        },
+        &["given_name"],
+    )
+    .await;
+    assert_error(result, Code::FailedPrecondition, "CUSTOMER_ERASED");
+}
