@@ -176,6 +176,9 @@ impl Config {
             if name == "LIAISON_CONFIG"
                 || name.starts_with("LIAISON_TEST_")
                 || name == "LIAISON_LOG"
+                // Read by `liaison import`, a client of the hub.
+                || name == "LIAISON_SERVER"
+                || name == "LIAISON_API_KEY"
             {
                 continue;
             }

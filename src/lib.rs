@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod import;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -49,6 +49,27 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Loads customers from a CSV or JSON-lines file into a running hub, in batches
+    /// keyed by the caller's external ids; safe to run again after an interruption.
+    Import {
+        /// The file; `.jsonl`/`.ndjson` are read as JSON lines, anything else as CSV.
+        file: PathBuf,
+        /// Overrides the format guessed from the file name.
+        #[arg(long, value_enum)]
+        format: Option<liaison::import::Format>,
+        /// The hub's gRPC address.
+        #[arg(long, env = "LIAISON_SERVER", default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// An API key with the write scope of the importing organization.
+        #[arg(long, env = "LIAISON_API_KEY", hide_env_values = true)]
+        key: String,
+        /// Customers per BatchUpsertCustomers call (1 to 1000).
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Operator tasks, run directly against the database.
     Admin {
         #[command(flatten)]
@@ -150,6 +171,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await?;
             store.close().await;
             println!("database is up to date");
+            Ok(())
+        }
+        Command::Import {
+            file,
+            format,
+            server,
+            key,
+            batch_size,
+            quiet,
+        } => {
+            let format = format.unwrap_or_else(|| liaison::import::Format::guess(&file));
+            let totals = liaison::import::run(liaison::import::ImportOptions {
+                server,
+                key,
+                path: file,
+                format,
+                batch_size,
+                progress: !quiet,
+            })
+            .await?;
+            println!(
+                "imported {} rows: {} created, {} updated, {} unchanged",
+                totals.rows, totals.created, totals.updated, totals.unchanged
+            );
             Ok(())
         }
         Command::Admin { common, command } => {

@@ -29,8 +29,95 @@ fn stdout(output: &std::process::Output) -> String {
 
 crate::on_both_backends!(
     bootstrap_prints_a_working_key_on_its_last_line,
-    admin_commands_manage_organizations_and_keys
+    admin_commands_manage_organizations_and_keys,
+    import_loads_a_file_in_batches_and_names_bad_lines
 );
+
+fn import(
+    app: &TestApp,
+    key: &str,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .arg("import")
+        .arg(file)
+        .args([
+            "--server",
+            &format!("http://{}", app.addr),
+            "--batch-size",
+            "2",
+        ])
+        .args(extra)
+        .env("LIAISON_API_KEY", key)
+        .output()
+        .expect("run liaison import")
+}
+
+async fn import_loads_a_file_in_batches_and_names_bad_lines(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(
+        &csv,
+        "external_id,kind,given_name,family_name,legal_name,email,phone,tags,attr.tier\n\
+         C-1,person,Jane,Doe,,jane@example.com,+4930901820,vip,gold\n\
+         C-2,person,John,Roe,,john@example.com,,,\n\
+         C-3,company,,,Roe Ltd,,,,\n",
+    )
+    .unwrap();
+    let out = import(&app, &acme.admin_key, &csv, &[]);
+    let text = stdout(&out);
+    assert!(text.contains("imported 3 rows: 3 created"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("100%"),
+        "a progress bar"
+    );
+    // Running it again (as after an interruption) replays the batches that landed:
+    // the same answer, and no duplicates.
+    let again = stdout(&import(&app, &acme.admin_key, &csv, &["--quiet"]));
+    assert_eq!(again, text);
+    let listed = app
+        .customers(&acme.read_key)
+        .list_customers(pb::ListCustomersRequest {
+            filter: "external_id = \"C-1\"".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].display_name, "Jane Doe");
+    assert_eq!(listed[0].attributes["tier"], "gold");
+
+    // JSON lines; a bad row is reported by its line, and its batch is not written.
+    let jsonl = dir.path().join("more.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"external_id\":\"J-1\",\"given_name\":\"Ann\"}\n\
+         {\"external_id\":\"J-2\",\"given_name\":\"Bo\",\"email\":\"broken\"}\n",
+    )
+    .unwrap();
+    let out = import(&app, &acme.admin_key, &jsonl, &["--quiet"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: emails[0].address"), "{err}");
+    let all = app
+        .customers(&acme.read_key)
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .customers;
+    assert_eq!(all.len(), 3, "J-1 shared the refused batch");
+
+    // A read key cannot import.
+    let out = import(&app, &acme.read_key, &csv, &["--quiet"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"));
+}
 
 async fn bootstrap_prints_a_working_key_on_its_last_line(backend: Backend) {
     let (_db, url) = TestDatabase::create(&backend).await;

@@ -148,6 +148,7 @@ impl Drop for TestDatabase {
 
 pub struct TestApp {
     pub channel: Channel,
+    pub addr: std::net::SocketAddr,
     pub store: Store,
     /// The hub operator's admin key.
     pub operator_key: String,
@@ -186,6 +187,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     let operator_key = issue_key(&store, "operator", &[pb::ApiKeyScope::Admin]).await;
     TestApp {
         channel,
+        addr,
         store,
         operator_key,
         stop: Some(stop),
