@@ -8,6 +8,10 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+/// Most field violations sent in one error: they travel in HTTP/2 trailers, which
+/// peers cap (16 KiB by default); the message says how many more there were.
+const MAX_SENT_VIOLATIONS: usize = 50;
+
 /// The `ErrorInfo.domain` of every error the hub returns.
 pub const ERROR_DOMAIN: &str = "liaison";
 
@@ -185,10 +189,18 @@ impl From<Error> for Status {
         let mut details = ErrorDetails::new();
         let message = match &error {
             Error::InvalidArgument(violations) => {
-                for v in violations {
+                for v in violations.iter().take(MAX_SENT_VIOLATIONS) {
                     details.add_bad_request_violation(&v.field, &v.description);
                 }
-                error.to_string()
+                let shown = &violations[..violations.len().min(MAX_SENT_VIOLATIONS)];
+                let mut message = format!("invalid argument: {}", describe(shown));
+                if violations.len() > MAX_SENT_VIOLATIONS {
+                    message.push_str(&format!(
+                        " (and {} more)",
+                        violations.len() - MAX_SENT_VIOLATIONS
+                    ));
+                }
+                message
             }
             Error::Internal(cause) => {
                 // The cause may name tables, hosts or file paths: log it, send nothing of it.

@@ -744,6 +744,25 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
     assert_eq!(second.customers[1].display_name, "Ann Changed");
     assert_eq!(second.customers[0].etag, first.customers[0].etag);
 
+    // A thousand bad items still make an answer that fits in HTTP/2 trailers.
+    let all_bad: Vec<pb::Customer> = (0..1000)
+        .map(|i| pb::Customer {
+            emails: vec![pb::EmailContact {
+                address: "broken".into(),
+                ..Default::default()
+            }],
+            ..keyed(&format!("M-{i}"), "M")
+        })
+        .collect();
+    let result = upsert(&app, &acme, all_bad, "").await;
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(violated_fields(&status).len(), 50);
+    assert!(
+        status.message().ends_with("(and 950 more)"),
+        "{}",
+        status.message()
+    );
+
     let too_many: Vec<pb::Customer> = (0..1001).map(|i| keyed(&format!("M-{i}"), "M")).collect();
     let result = upsert(&app, &acme, too_many, "").await;
     let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");

@@ -41,10 +41,11 @@ impl Backend {
 /// Writes each test twice: once on SQLite, once on PostgreSQL (when configured).
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$meta:meta])* $name:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[$meta])*
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Sqlite).await
                 }
@@ -53,6 +54,7 @@ macro_rules! on_both_backends {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[$meta])*
                 async fn $name() {
                     match $crate::helpers::Backend::postgres() {
                         Some(backend) => super::$name(backend).await,

@@ -10,5 +10,6 @@ mod cli;
 mod customers;
 mod members;
 mod partnerships;
+mod scale;
 mod server;
 mod sharing;
