@@ -207,7 +207,8 @@ fn incoming(
     })
 }
 
-/// Deletes idempotency records past their retention, forever.
+/// Deletes idempotency records past their retention and expired customer-match
+/// handles, forever.
 async fn sweep_request_ids(store: Store) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
@@ -216,6 +217,7 @@ async fn sweep_request_ids(store: Store) {
         let swept = async {
             let mut tx = store.begin().await?;
             let n = tx.expire_requests(cutoff).await?;
+            tx.expire_matches(Timestamp::now()).await?;
             tx.commit().await?;
             Ok::<_, crate::error::Error>(n)
         };
