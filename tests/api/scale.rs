@@ -137,7 +137,7 @@ async fn million_customers(backend: Backend) {
             true,
         ),
         (
-            "ListCustomers phone = (one match)",
+            "ListCustomers phone = (1 in 10,000)",
             format!("phone = \"+1650253{:04}\"", middle % 10_000),
             "",
             true,
