@@ -112,17 +112,32 @@ fn decide(seen: Option<SeenCustomer>) -> Found {
     }
 }
 
-/// The customer `id` as `viewer` may see it, or NOT_FOUND (naming the survivor of a
-/// merge if the viewer may see that).
-pub(crate) async fn visible(
-    store: &Store,
+/// Where a customer is read from: the pool, or a write transaction.
+enum Reader<'a> {
+    Store(&'a Store),
+    Tx(&'a mut Tx),
+}
+
+impl Reader<'_> {
+    async fn customer(&mut self, viewer_id: &str, id: &str) -> Result<Option<SeenCustomer>> {
+        match self {
+            Reader::Store(store) => store.customer(viewer_id, id).await,
+            Reader::Tx(tx) => tx.customer(viewer_id, id).await,
+        }
+    }
+}
+
+/// The customer `id` and how `viewer` may see it, or NOT_FOUND, naming the survivor
+/// of a merge if the viewer may see that one.
+async fn resolve(
+    mut reader: Reader<'_>,
     viewer: &OrgRef,
     id: &str,
     name: &str,
 ) -> Result<(SeenCustomer, Access)> {
-    match decide(store.customer(&viewer.id, id).await?) {
+    match decide(reader.customer(&viewer.id, id).await?) {
         Found::Visible(seen, access) => Ok((*seen, access)),
-        Found::Merged(survivor) => match decide(store.customer(&viewer.id, &survivor).await?) {
+        Found::Merged(survivor) => match decide(reader.customer(&viewer.id, &survivor).await?) {
             Found::Visible(..) => Err(Error::Merged {
                 name: name.to_owned(),
                 survivor: names::customer(&survivor),
@@ -133,6 +148,16 @@ pub(crate) async fn visible(
     }
 }
 
+/// The customer `id` as `viewer` may see it (see [`resolve`]).
+pub(crate) async fn visible(
+    store: &Store,
+    viewer: &OrgRef,
+    id: &str,
+    name: &str,
+) -> Result<(SeenCustomer, Access)> {
+    resolve(Reader::Store(store), viewer, id, name).await
+}
+
 /// [`visible`] inside a write transaction.
 pub(crate) async fn visible_in(
     tx: &mut Tx,
@@ -140,17 +165,7 @@ pub(crate) async fn visible_in(
     id: &str,
     name: &str,
 ) -> Result<(SeenCustomer, Access)> {
-    match decide(tx.customer(&viewer.id, id).await?) {
-        Found::Visible(seen, access) => Ok((*seen, access)),
-        Found::Merged(survivor) => match decide(tx.customer(&viewer.id, &survivor).await?) {
-            Found::Visible(..) => Err(Error::Merged {
-                name: name.to_owned(),
-                survivor: names::customer(&survivor),
-            }),
-            _ => Err(not_found(name)),
-        },
-        Found::Missing => Err(not_found(name)),
-    }
+    resolve(Reader::Tx(tx), viewer, id, name).await
 }
 
 fn only_owner(access: Access, what: &str) -> Result<()> {
