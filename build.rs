@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "liaison/v1/customers.proto",
     "liaison/v1/sharing.proto",
     "liaison/v1/interactions.proto",
+    "liaison/v1/events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -24,6 +24,30 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub server: ServerConfig,
     pub customers: CustomersConfig,
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events older than this many days are pruned from the feeds.
+    pub retention_days: u64,
+    /// An idle WatchEvents stream sends a progress message this often.
+    pub heartbeat_secs: u64,
+    /// Open WatchEvents streams per organization, and on this replica in all.
+    pub max_streams_per_organization: u64,
+    pub max_streams: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            heartbeat_secs: 15,
+            max_streams_per_organization: 100,
+            max_streams: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +138,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             server: ServerConfig::default(),
             customers: CustomersConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -220,7 +245,16 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
         crate::store::Dialect::of_url(&self.database.url).context("database.url")?;
-        let ranges: [(&str, u64, u64, u64); 7] = [
+        let ranges: [(&str, u64, u64, u64); 11] = [
+            ("events.retention_days", self.events.retention_days, 1, 3650),
+            ("events.heartbeat_secs", self.events.heartbeat_secs, 1, 3600),
+            (
+                "events.max_streams_per_organization",
+                self.events.max_streams_per_organization,
+                1,
+                1_000_000,
+            ),
+            ("events.max_streams", self.events.max_streams, 1, 1_000_000),
             (
                 "database.max_connections",
                 self.database.max_connections.into(),

@@ -75,6 +75,22 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// A limit of the hub (open streams, …) is reached.
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+    },
+    /// A position outside what the hub keeps; `metadata` says what is available.
+    #[error("{message}")]
+    OutOfRange {
+        reason: &'static str,
+        message: String,
+        metadata: Vec<(&'static str, String)>,
+    },
+    /// The hub is shutting down or cannot reach a dependency; retrying later helps.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -117,7 +133,10 @@ impl Error {
             Error::AlreadyExists { reason, .. }
             | Error::FailedPrecondition { reason, .. }
             | Error::Unauthenticated { reason, .. }
-            | Error::PermissionDenied { reason, .. } => reason,
+            | Error::PermissionDenied { reason, .. }
+            | Error::ResourceExhausted { reason, .. }
+            | Error::OutOfRange { reason, .. } => reason,
+            Error::Unavailable(_) => "UNAVAILABLE",
             Error::StaleEtag(_) => "STALE_ETAG",
             Error::Internal(_) => "INTERNAL",
         }
@@ -132,6 +151,9 @@ impl Error {
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Error::OutOfRange { .. } => Code::OutOfRange,
+            Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -210,8 +232,16 @@ impl From<Error> for Status {
             _ => error.to_string(),
         };
         let mut metadata = HashMap::new();
-        if let Error::Merged { survivor, .. } = &error {
-            metadata.insert("survivor".to_owned(), survivor.clone());
+        match &error {
+            Error::Merged { survivor, .. } => {
+                metadata.insert("survivor".to_owned(), survivor.clone());
+            }
+            Error::OutOfRange { metadata: m, .. } => {
+                for (k, v) in m {
+                    metadata.insert((*k).to_owned(), v.clone());
+                }
+            }
+            _ => {}
         }
         details.set_error_info(error.reason(), ERROR_DOMAIN, metadata);
         Status::with_error_details(error.code(), message, details)

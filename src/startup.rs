@@ -15,11 +15,12 @@ use tonic_health::ServingStatus;
 
 use crate::api::edge::EdgeLayer;
 use crate::api::{
-    AdminApi, CustomerApi, Hub, InteractionApi, MemberApi, PartnershipApi, SharingApi,
+    AdminApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi, PartnershipApi, SharingApi,
 };
 use crate::config::{Config, redact_url};
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
+use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::interaction_service_server::InteractionServiceServer;
 use crate::pb::member_service_server::MemberServiceServer;
 use crate::pb::partnership_service_server::PartnershipServiceServer;
@@ -40,6 +41,7 @@ const SERVICE_NAMES: &[&str] = &[
     "liaison.v1.CustomerService",
     "liaison.v1.SharingService",
     "liaison.v1.InteractionService",
+    "liaison.v1.EventService",
 ];
 
 pub struct Application {
@@ -134,11 +136,19 @@ impl Application {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
 
+        let (streams_stop, streams_stopping) = tokio::sync::watch::channel(false);
+        let events =
+            EventServiceServer::new(EventApi::new(hub.clone(), &config.events, streams_stopping))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+
         let stopping = Arc::new(Notify::new());
         let signal = {
             let stopping = stopping.clone();
             async move {
                 shutdown.await;
+                // Open event streams end now; their clients resume on another replica.
+                let _ = streams_stop.send(true);
                 tracing::info!(
                     "shutting down: refusing new connections, finishing in-flight requests"
                 );
@@ -169,8 +179,10 @@ impl Application {
             .add_service(customers)
             .add_service(sharing)
             .add_service(interactions)
+            .add_service(events)
             .serve_with_incoming_shutdown(incoming(listener), signal);
 
+        let retention = SignedDuration::from_hours(config.events.retention_days as i64 * 24);
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         let grace_expired = async {
             stopping.notified().await;
@@ -182,7 +194,8 @@ impl Application {
                 tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway");
                 Ok(())
             }
-            () = sweep_request_ids(hub.store.clone()) => Ok(()),
+            () = sweep(hub.store.clone(), retention) => Ok(()),
+            () = hub.store.listen_for_events() => Ok(()),
         };
         hub.store.close().await;
         tracing::info!("stopped");
@@ -207,9 +220,9 @@ fn incoming(
     })
 }
 
-/// Deletes idempotency records past their retention and expired customer-match
-/// handles, forever.
-async fn sweep_request_ids(store: Store) {
+/// Forever, hourly: deletes idempotency records past their retention, expired
+/// customer-match handles, and events older than `event_retention`.
+async fn sweep(store: Store, event_retention: SignedDuration) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tick.tick().await;
@@ -225,6 +238,11 @@ async fn sweep_request_ids(store: Store) {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "forgot expired request ids"),
             Err(error) => tracing::warn!(%error, "failed to sweep expired request ids"),
+        }
+        match store.prune_events(Timestamp::now() - event_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned events past their retention"),
+            Err(error) => tracing::warn!(%error, "failed to prune old events"),
         }
     }
 }

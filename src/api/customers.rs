@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{check_etag, etag, timestamp, update_paths};
+use super::fanout::{CustomerChange, Draft, customer_changed, customer_viewers, emit};
 use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
@@ -26,7 +27,7 @@ use crate::domain::match_key::{MIN_SECRET_BYTES, MatchSecret};
 use crate::domain::visibility::{Access, AccessLevel, RecordState};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
 use crate::error::{Error, FieldViolation, Result, Violations};
-use crate::pb::{self, customer_service_server::CustomerService};
+use crate::pb::{self, customer_service_server::CustomerService, event::Payload};
 use crate::store::{
     CustomerOrder, CustomerQuery, HistoryEntry, OrderKey, Overlay, Reach, SeenCustomer, Store, Tx,
 };
@@ -228,8 +229,16 @@ pub(crate) fn level_to_pb(access: Access) -> pb::AccessLevel {
 }
 
 /// A customer as `access` shows it.
-pub(crate) fn customer_to_pb(seen: &SeenCustomer, access: Access) -> pb::Customer {
+pub(crate) fn state_to_pb(state: RecordState) -> pb::customer::State {
     use pb::customer::State;
+    match state {
+        RecordState::Active | RecordState::Merged => State::Active,
+        RecordState::Deleted => State::Deleted,
+        RecordState::Erased => State::Erased,
+    }
+}
+
+pub(crate) fn customer_to_pb(seen: &SeenCustomer, access: Access) -> pb::Customer {
     let c = &seen.customer;
     let view = access.view(c.kind, &c.profile);
     let p = view.profile;
@@ -237,11 +246,7 @@ pub(crate) fn customer_to_pb(seen: &SeenCustomer, access: Access) -> pb::Custome
         name: names::customer(&c.id),
         owner: names::organization(&c.owner.slug),
         kind: kind_to_pb(c.kind) as i32,
-        state: match c.state {
-            RecordState::Active | RecordState::Merged => State::Active,
-            RecordState::Deleted => State::Deleted,
-            RecordState::Erased => State::Erased,
-        } as i32,
+        state: state_to_pb(c.state) as i32,
         display_name: view.display_name.unwrap_or_default(),
         given_name: p.given_name,
         family_name: p.family_name,
@@ -531,6 +536,17 @@ async fn insert_new(
         String::new(),
     );
     tx.insert_history(&e).await?;
+    customer_changed(
+        tx,
+        CustomerChange {
+            event_type: "customer.created",
+            id: &customer.id,
+            before: None,
+            merged_customers: vec![],
+            saw_before: vec![],
+        },
+    )
+    .await?;
     tx.customer(&customer.owner.id, &customer.id)
         .await?
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("customer vanished in its transaction")))
@@ -552,8 +568,10 @@ fn new_customer(owner: &OrgRef, kind: CustomerKind, profile: Profile) -> Custome
     }
 }
 
-/// Writes `after` over `before` as the next revision with a history entry; false if
-/// someone wrote it meanwhile.
+/// Writes `after` over `before` as the next revision with a history entry and its
+/// events; false if someone wrote it meanwhile. `merged` names the records a merge
+/// folded in.
+#[allow(clippy::too_many_arguments)]
 async fn write_change(
     hub: &Hub,
     tx: &mut Tx,
@@ -562,6 +580,7 @@ async fn write_change(
     after: &mut Customer,
     action: &'static str,
     note: String,
+    merged: Vec<String>,
 ) -> Result<bool> {
     let changes: Vec<FieldChange> = after
         .profile
@@ -569,12 +588,34 @@ async fn write_change(
         .into_iter()
         .map(|(_, c)| c)
         .collect();
+    // A state change may hide the record from grantees; they still hear of it.
+    let saw_before = if after.state == before.state {
+        vec![]
+    } else {
+        customer_viewers(tx, &after.id).await?
+    };
     after.update_time = now();
     if !tx.update_customer(after, &hub.customers.secret).await? {
         return Ok(false);
     }
     tx.insert_history(&entry(caller, &after.id, action, changes, note))
         .await?;
+    customer_changed(
+        tx,
+        CustomerChange {
+            event_type: match action {
+                "deleted" => "customer.deleted",
+                "undeleted" => "customer.undeleted",
+                "merged" => "customer.merged",
+                _ => "customer.updated",
+            },
+            id: &after.id,
+            before: Some(before),
+            merged_customers: merged,
+            saw_before,
+        },
+    )
+    .await?;
     Ok(true)
 }
 
@@ -673,6 +714,7 @@ impl CustomerApi {
             &mut after,
             "updated",
             String::new(),
+            vec![],
         )
         .await?
         {
@@ -859,6 +901,7 @@ impl CustomerService for CustomerApi {
                     &mut after,
                     "updated",
                     String::new(),
+                    vec![],
                 )
                 .await?
                 {
@@ -1107,6 +1150,7 @@ impl CustomerService for CustomerApi {
                     &mut after,
                     "merged",
                     note,
+                    losers.iter().map(|l| names::customer(l)).collect(),
                 )
                 .await?
                 {
@@ -1147,6 +1191,7 @@ impl CustomerService for CustomerApi {
                 if seen.customer.state == RecordState::Erased {
                     return Ok(customer_to_pb(&seen, access));
                 }
+                let saw_before = customer_viewers(tx, &id).await?;
                 let now = now();
                 let mut after = seen.customer.clone();
                 after.profile = Profile::default();
@@ -1162,6 +1207,17 @@ impl CustomerService for CustomerApi {
                 tx.erase_customer_dependents(&id, now).await?;
                 let e = entry(&caller, &id, "erased", vec![], reason.as_str().to_owned());
                 tx.insert_history(&e).await?;
+                customer_changed(
+                    tx,
+                    CustomerChange {
+                        event_type: "customer.erased",
+                        id: &id,
+                        before: Some(&seen.customer),
+                        merged_customers: vec![],
+                        saw_before,
+                    },
+                )
+                .await?;
                 let seen = SeenCustomer {
                     customer: after,
                     external_id: None,
@@ -1378,6 +1434,10 @@ impl CustomerService for CustomerApi {
                 if changes.is_empty() {
                     return Ok(overlay_to_pb(&id, &before, &seen.external_id));
                 }
+                let changes_paths: Vec<String> = changes
+                    .iter()
+                    .map(|c| c.field.trim_start_matches("overlay.").to_owned())
+                    .collect();
                 if external_id != seen.external_id {
                     tx.set_external_id(&org.id, &id, external_id.as_deref())
                         .await?;
@@ -1388,7 +1448,15 @@ impl CustomerService for CustomerApi {
                 let mut e = entry(&caller, &id, "overlay_updated", changes, String::new());
                 e.private_to = Some(org.id.clone());
                 tx.insert_history(&e).await?;
-                Ok(overlay_to_pb(&id, &after, &external_id))
+                let overlay = overlay_to_pb(&id, &after, &external_id);
+                let mut draft = Draft::new(
+                    "customer_overlay.updated",
+                    overlay.name.clone(),
+                    Payload::CustomerOverlay(overlay.clone()),
+                );
+                draft.changed_fields = changes_paths;
+                emit(tx, &org.id, draft);
+                Ok(overlay)
             },
         )
         .await?;
@@ -1507,6 +1575,7 @@ impl CustomerApi {
                     &mut after,
                     action,
                     String::new(),
+                    vec![],
                 )
                 .await?
                 {

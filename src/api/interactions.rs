@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::convert::{parse_timestamp, timestamp};
 use super::customers::{attributes_from_pb, visible, visible_in};
+use super::fanout::{Draft, customer_viewers, emit};
 use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
@@ -17,7 +18,7 @@ use crate::domain::interaction::{
 };
 use crate::domain::{Scope, now};
 use crate::error::{Error, FieldViolation, Result, Violations};
-use crate::pb::{self, interaction_service_server::InteractionService};
+use crate::pb::{self, event::Payload, interaction_service_server::InteractionService};
 use crate::store::InteractionFilter;
 
 /// How far ahead an interaction may be dated (clock skew, time zones).
@@ -307,7 +308,19 @@ impl InteractionService for InteractionApi {
                     ));
                 }
                 tx.insert_interaction(&interaction).await?;
-                Ok(interaction_to_pb(&interaction))
+                let pb = interaction_to_pb(&interaction);
+                for viewer in customer_viewers(tx, &customer_id).await? {
+                    if interaction.visible_to(&viewer) {
+                        let mut draft = Draft::new(
+                            "interaction.logged",
+                            pb.name.clone(),
+                            Payload::Interaction(pb.clone()),
+                        );
+                        draft.member.clone_from(&pb.member);
+                        emit(tx, &viewer, draft);
+                    }
+                }
+                Ok(pb)
             },
         )
         .await?;

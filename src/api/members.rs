@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{check_etag, etag, role_from_pb, role_to_pb, timestamp, update_paths};
+use super::fanout::{Draft, emit};
 use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
@@ -11,7 +12,7 @@ use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
 };
 use crate::error::{Error, Result, Violations};
-use crate::pb::{self, member_service_server::MemberService};
+use crate::pb::{self, event::Payload, member_service_server::MemberService};
 
 const UPDATABLE: &[&str] = &["display_name", "email", "role", "time_zone"];
 
@@ -142,7 +143,14 @@ impl MemberService for MemberApi {
             &request,
             async |tx| {
                 tx.insert_member(&member).await?;
-                Ok(member_to_pb(&org.slug, &member))
+                let pb = member_to_pb(&org.slug, &member);
+                let draft = Draft::new(
+                    "member.created",
+                    pb.name.clone(),
+                    Payload::Member(pb.clone()),
+                );
+                emit(tx, &org.id, draft);
+                Ok(pb)
             },
         )
         .await?;
@@ -227,6 +235,7 @@ impl MemberService for MemberApi {
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("member {name:?}")))?;
                 check_etag(&input.etag, member.revision, &name)?;
+                let before = member_to_pb(&slug, &member);
                 if let Some(v) = fields.display_name {
                     member.display_name = v;
                 }
@@ -243,7 +252,27 @@ impl MemberService for MemberApi {
                 if !tx.update_member(&mut member).await? {
                     return Err(Error::StaleEtag(name.clone()));
                 }
-                Ok(member_to_pb(&slug, &member))
+                let after = member_to_pb(&slug, &member);
+                let changed: Vec<String> = paths
+                    .iter()
+                    .filter(|p| match **p {
+                        "display_name" => before.display_name != after.display_name,
+                        "email" => before.email != after.email,
+                        "role" => before.role != after.role,
+                        _ => before.time_zone != after.time_zone,
+                    })
+                    .map(|p| (*p).to_owned())
+                    .collect();
+                if !changed.is_empty() {
+                    let mut draft = Draft::new(
+                        "member.updated",
+                        after.name.clone(),
+                        Payload::Member(after.clone()),
+                    );
+                    draft.changed_fields = changed;
+                    emit(tx, &org.id, draft);
+                }
+                Ok(after)
             },
         )
         .await?;
@@ -275,6 +304,9 @@ impl MemberService for MemberApi {
                 if !tx.delete_member(&org.id, &id, member.revision).await? {
                     return Err(Error::StaleEtag(name.clone()));
                 }
+                let pb = member_to_pb(&slug, &member);
+                let draft = Draft::new("member.deleted", pb.name.clone(), Payload::Member(pb));
+                emit(tx, &org.id, draft);
                 Ok(pb::DeleteMemberResponse {})
             },
         )

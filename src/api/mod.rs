@@ -4,12 +4,14 @@
 pub mod auth;
 pub mod convert;
 pub mod edge;
+mod fanout;
 mod names;
 mod paging;
 mod write;
 
 mod admin;
 pub mod customers;
+mod events;
 mod interactions;
 mod members;
 mod partnerships;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 pub use admin::AdminApi;
 pub use auth::{Authenticator, Caller};
 pub use customers::{CustomerApi, CustomerSettings};
+pub use events::EventApi;
 pub use interactions::InteractionApi;
 pub use members::MemberApi;
 pub use partnerships::PartnershipApi;

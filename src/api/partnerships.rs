@@ -4,12 +4,13 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{check_etag, etag, relationship_from_pb, relationship_to_pb, timestamp};
+use super::fanout::{Draft, emit_to};
 use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Scope, now};
 use crate::error::{Error, Result, Violations};
-use crate::pb::{self, partnership_service_server::PartnershipService};
+use crate::pb::{self, event::Payload, partnership_service_server::PartnershipService};
 use crate::store::PartnershipFilter;
 
 #[derive(Clone)]
@@ -94,7 +95,22 @@ impl PartnershipApi {
                 if !tx.update_partnership_state(&mut p).await? {
                     return Err(Error::StaleEtag(t.name.to_owned()));
                 }
-                Ok(partnership_to_pb(&p))
+                let pb = partnership_to_pb(&p);
+                let event_type = match action {
+                    PartnershipAction::Accept => "partnership.accepted",
+                    PartnershipAction::Decline => "partnership.declined",
+                    PartnershipAction::Suspend => "partnership.suspended",
+                    PartnershipAction::Resume => "partnership.resumed",
+                    PartnershipAction::End => "partnership.ended",
+                };
+                emit_to(tx, &[&p.proposer, &p.recipient], || {
+                    Draft::new(
+                        event_type,
+                        pb.name.clone(),
+                        Payload::Partnership(pb.clone()),
+                    )
+                });
+                Ok(pb)
             },
         )
         .await?;
@@ -172,7 +188,16 @@ impl PartnershipService for PartnershipApi {
             &request,
             async |tx| {
                 tx.insert_partnership(&partnership).await?;
-                Ok(partnership_to_pb(&partnership))
+                let pb = partnership_to_pb(&partnership);
+                let parties = [&partnership.proposer, &partnership.recipient];
+                emit_to(tx, &parties, || {
+                    Draft::new(
+                        "partnership.proposed",
+                        pb.name.clone(),
+                        Payload::Partnership(pb.clone()),
+                    )
+                });
+                Ok(pb)
             },
         )
         .await?;

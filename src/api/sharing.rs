@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::convert::timestamp;
 use super::customers::{visible, visible_in};
+use super::fanout::{Draft, emit, emit_to};
 use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
@@ -13,7 +14,7 @@ use crate::domain::customer::{FieldSet, PhoneNumber};
 use crate::domain::visibility::{Access, AccessLevel, RecordState};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
 use crate::error::{Error, FieldViolation, Result, Violations};
-use crate::pb::{self, sharing_service_server::SharingService};
+use crate::pb::{self, event::Payload, sharing_service_server::SharingService};
 use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, RequestState, Tx};
 
 /// How long a match handle can be turned into an access request.
@@ -145,7 +146,26 @@ async fn grant(
         partnership_active: true,
     };
     tx.insert_grant(&g).await?;
+    grant_event(tx, "grant.created", owner, &g);
     Ok(g)
+}
+
+/// Tells the grant's owner and grantee about it.
+fn grant_event(tx: &mut Tx, event_type: &'static str, owner: &OrgRef, g: &Grant) {
+    let pb = grant_to_pb(g);
+    emit_to(tx, &[owner, &g.grantee], || {
+        Draft::new(event_type, pb.name.clone(), Payload::Grant(pb.clone()))
+    });
+}
+
+/// Tells the requester and the organization asked about an access request, each with
+/// its own view of it.
+fn request_event(tx: &mut Tx, event_type: &'static str, r: &AccessRequest) {
+    for org in [&r.requester, &r.owner] {
+        let pb = request_to_pb(r, &org.id);
+        let draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
+        emit(tx, &org.id, draft);
+    }
 }
 
 fn owner_only(access: Access) -> Result<()> {
@@ -225,6 +245,15 @@ impl SharingApi {
                 if !tx.decide_access_request(&r).await? {
                     return Err(Error::StaleEtag(name.to_owned()));
                 }
+                request_event(
+                    tx,
+                    if approve {
+                        "access_request.approved"
+                    } else {
+                        "access_request.declined"
+                    },
+                    &r,
+                );
                 Ok(request_to_pb(&r, &org.id))
             },
         )
@@ -358,6 +387,7 @@ impl SharingService for SharingApi {
                 let now = now();
                 tx.revoke_grant(&grant_id, now).await?;
                 g.revoke_time = Some(now);
+                grant_event(tx, "grant.revoked", &org, &g);
                 Ok(grant_to_pb(&g))
             },
         )
@@ -505,6 +535,7 @@ impl SharingService for SharingApi {
                     decide_time: None,
                 };
                 tx.insert_access_request(&r).await?;
+                request_event(tx, "access_request.created", &r);
                 Ok(request_to_pb(&r, &org.id))
             },
         )

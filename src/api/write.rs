@@ -8,7 +8,7 @@ use super::{Caller, Hub};
 use crate::domain::now;
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::store::{Claim, Tx};
+use crate::store::{Cause, Claim, Tx};
 
 /// Longest accepted `request_id`; a UUID needs 36.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -72,6 +72,14 @@ where
     F: AsyncFnOnce(&mut Tx) -> Result<M>,
 {
     let mut tx = hub.store.begin().await?;
+    tx.set_cause(Cause {
+        organization: caller
+            .organization()
+            .ok()
+            .map(|org| org.slug.as_str().to_owned()),
+        key_id: caller.key_id.clone(),
+        request_id: request_id.to_owned(),
+    });
     if request_id.is_empty() {
         let response = change(&mut tx).await?;
         tx.commit().await?;

@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod customer;
+pub mod event;
 pub mod filter;
 pub mod interaction;
 pub mod match_key;

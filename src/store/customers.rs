@@ -725,6 +725,45 @@ impl Tx {
         by_id(self.conn(), viewer_id, id).await
     }
 
+    /// The customer as read by each organization that might see it: its owner and
+    /// every holder of an unrevoked grant. Whether each one does is for
+    /// [`SeenCustomer::access`] to say. Three queries however many grants there are.
+    pub async fn customer_audience(&mut self, id: &str) -> Result<Vec<SeenCustomer>> {
+        let Some(base) = by_id(self.conn(), "", id).await? else {
+            return Ok(vec![]);
+        };
+        let owner_id = base.customer.owner.id.clone();
+        let Some(owner) = by_id(self.conn(), &owner_id, id).await? else {
+            return Ok(vec![]);
+        };
+        let grants: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT g.grantee_id, g.level, g.fields, p.state, x.external_id \
+                 FROM customer_grants g LEFT JOIN partnerships p ON p.id = g.partnership_id \
+                 LEFT JOIN customer_external_ids x ON x.customer_id = g.customer_id \
+                 AND x.org_id = g.grantee_id \
+                 WHERE g.customer_id = $1 AND g.revoke_time IS NULL ORDER BY g.grantee_id",
+        )
+        .bind(id)
+        .fetch_all(self.conn())
+        .await?;
+        let mut audience = vec![owner];
+        for (grantee_id, level, fields, partnership_state, external_id) in grants {
+            audience.push(SeenCustomer {
+                customer: base.customer.clone(),
+                grant: Some(GrantStanding {
+                    grantee_id: grantee_id.clone(),
+                    level: parse_level(&level)?,
+                    fields: parse_fields(&fields)?,
+                    revoked: false,
+                    partnership_active: partnership_state.as_deref() == Some("active"),
+                }),
+                external_id,
+                viewer_id: grantee_id,
+            });
+        }
+        Ok(audience)
+    }
+
     /// The customer `org_id` knows by `external_id`, if any.
     pub async fn customer_by_external_id(
         &mut self,

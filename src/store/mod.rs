@@ -8,6 +8,7 @@
 
 mod api_keys;
 mod customers;
+mod events;
 mod idempotency;
 mod interactions;
 mod members;
@@ -16,6 +17,7 @@ mod partnerships;
 mod sharing;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,6 +28,7 @@ use sqlx::{Any, AnyPool, Executor};
 pub use customers::{
     CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, OrderKey, Overlay, Reach, SeenCustomer,
 };
+pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
 pub use idempotency::Claim;
 pub use interactions::InteractionFilter;
 pub use partnerships::PartnershipFilter;
@@ -91,6 +94,9 @@ pub struct Store {
     /// on `SQLITE_BUSY`.
     writer: AnyPool,
     dialect: Dialect,
+    /// The PostgreSQL URL, for the connection that listens for other replicas' events.
+    url: Option<String>,
+    feeds: Arc<FeedSignal>,
 }
 
 impl Store {
@@ -140,6 +146,8 @@ impl Store {
                     reader,
                     writer,
                     dialect,
+                    url: None,
+                    feeds: Arc::default(),
                 }
             }
             Dialect::Postgres => {
@@ -153,6 +161,8 @@ impl Store {
                     reader: pool.clone(),
                     writer: pool,
                     dialect,
+                    url: Some(options.url.clone()),
+                    feeds: Arc::default(),
                 }
             }
         };
@@ -190,7 +200,13 @@ impl Store {
             Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.writer.begin().await?,
         };
-        Ok(Tx { inner })
+        Ok(Tx {
+            inner,
+            dialect: self.dialect,
+            events: vec![],
+            cause: Cause::default(),
+            feeds: self.feeds.clone(),
+        })
     }
 
     pub async fn close(&self) {
@@ -203,11 +219,22 @@ impl Store {
 /// Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
     inner: sqlx::Transaction<'static, Any>,
+    dialect: Dialect,
+    /// Events emitted so far, written at commit (see `events`).
+    events: Vec<NewEvent>,
+    cause: Cause,
+    feeds: Arc<FeedSignal>,
 }
 
 impl Tx {
-    pub async fn commit(self) -> Result<()> {
+    /// Writes the events emitted in this transaction, commits, and wakes the streams
+    /// of the organizations whose feeds grew.
+    pub async fn commit(mut self) -> Result<()> {
+        let heads = self.write_events().await?;
         self.inner.commit().await?;
+        for (org, sequence) in heads {
+            self.feeds.publish(&org, sequence);
+        }
         Ok(())
     }
 

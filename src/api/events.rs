@@ -1,0 +1,354 @@
+//! `liaison.v1.EventService`: each organization's feed, as a resumable stream and as
+//! pages.
+//!
+//! A stream never holds events in memory beyond one page and a small send buffer: it
+//! reads its feed from the store, sends, and when it has caught up waits for the feed
+//! signal (or the heartbeat). A slow consumer only slows its own stream: writers never
+//! wait on it, and when it reads again it continues from the store where it was.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Caller, Hub};
+use crate::config::EventsConfig;
+use crate::domain::Scope;
+use crate::domain::event::parse_type_filter;
+use crate::error::{Error, Result};
+use crate::pb::{self, event_service_server::EventService, watch_events_response::Message as Out};
+use crate::store::{EventQuery, Store, StoredEvent};
+
+/// Events read from the store per query while a stream catches up.
+const STREAM_PAGE: usize = 256;
+/// Messages buffered between a stream's reader and the connection.
+const STREAM_BUFFER: usize = 64;
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1_000;
+/// Sequences one ListEvents call looks through at most, so a narrow filter over a
+/// long feed costs a bounded amount; the caller continues from `next_after_sequence`.
+const LIST_SCAN_WINDOW: i64 = 10_000;
+
+/// Counts open streams against the configured limits.
+#[derive(Debug)]
+struct StreamLimits {
+    per_organization: usize,
+    total: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open stream; dropping it frees the slot.
+struct StreamSlot {
+    limits: Arc<StreamLimits>,
+    organization_id: String,
+}
+
+impl StreamLimits {
+    fn acquire(self: &Arc<Self>, organization_id: &str) -> Result<StreamSlot> {
+        let mut open = self.open.lock().expect("stream limits lock");
+        let total: usize = open.values().sum();
+        if total >= self.total {
+            return Err(Error::ResourceExhausted {
+                reason: "TOO_MANY_STREAMS",
+                message: format!(
+                    "this hub serves at most {} event streams at once; retry later",
+                    self.total
+                ),
+            });
+        }
+        let mine = open.entry(organization_id.to_owned()).or_default();
+        if *mine >= self.per_organization {
+            return Err(Error::ResourceExhausted {
+                reason: "TOO_MANY_STREAMS_FOR_ORGANIZATION",
+                message: format!(
+                    "your organization already has {} open event streams, the most allowed; \
+                     close one first",
+                    self.per_organization
+                ),
+            });
+        }
+        *mine += 1;
+        Ok(StreamSlot {
+            limits: self.clone(),
+            organization_id: organization_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().expect("stream limits lock");
+        if let Some(n) = open.get_mut(&self.organization_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.organization_id);
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EventApi {
+    hub: Hub,
+    heartbeat: Duration,
+    limits: Arc<StreamLimits>,
+    /// Becomes true when the hub shuts down; streams then end.
+    stopping: watch::Receiver<bool>,
+}
+
+impl EventApi {
+    pub fn new(hub: Hub, config: &EventsConfig, stopping: watch::Receiver<bool>) -> Self {
+        Self {
+            hub,
+            heartbeat: Duration::from_secs(config.heartbeat_secs),
+            limits: Arc::new(StreamLimits {
+                per_organization: config.max_streams_per_organization as usize,
+                total: config.max_streams as usize,
+                open: Mutex::default(),
+            }),
+            stopping,
+        }
+    }
+}
+
+/// Refuses a start position the feed cannot serve from: older than what is kept, or
+/// newer than the feed's head. 0 means "from the oldest event kept".
+async fn start_position(store: &Store, organization_id: &str, after: i64) -> Result<(i64, i64)> {
+    if after < 0 {
+        return Err(Error::invalid("after_sequence", "must not be negative"));
+    }
+    let head = store.feed_head(organization_id).await?;
+    let oldest = store.feed_oldest(organization_id, head).await?;
+    if after == 0 {
+        return Ok((oldest - 1, head));
+    }
+    if after < oldest - 1 {
+        return Err(Error::OutOfRange {
+            reason: "EVENTS_PRUNED",
+            message: format!(
+                "events up to sequence {} were pruned; the oldest kept is {oldest}",
+                oldest - 1
+            ),
+            metadata: vec![("oldest_sequence", oldest.to_string())],
+        });
+    }
+    if after > head {
+        return Err(Error::OutOfRange {
+            reason: "SEQUENCE_AHEAD_OF_FEED",
+            message: format!("after_sequence {after} is beyond the newest event, {head}"),
+            metadata: vec![("oldest_sequence", oldest.to_string())],
+        });
+    }
+    Ok((after, head))
+}
+
+fn decode(stored: StoredEvent) -> Result<pb::Event> {
+    let mut event = pb::Event::decode(stored.body.as_slice())
+        .map_err(|e| anyhow::anyhow!("stored event {} does not decode: {e}", stored.sequence))?;
+    event.sequence = stored.sequence;
+    Ok(event)
+}
+
+type Sink = mpsc::Sender<Result<pb::WatchEventsResponse, Status>>;
+
+/// One stream's loop: catch up from the store, then wait for the feed to grow.
+struct Pump {
+    store: Store,
+    organization_id: String,
+    types: Vec<String>,
+    position: i64,
+    heartbeat: Duration,
+    sink: Sink,
+    stopping: watch::Receiver<bool>,
+    _slot: StreamSlot,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        let mut signal = self.store.feed_signal().subscribe(&self.organization_id);
+        let mut idle = false;
+        loop {
+            // Mark the signal seen before reading: a commit after this point wakes us
+            // again, one before it is in what we read.
+            signal.borrow_and_update();
+            match self.catch_up().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    let _ = self.sink.send(Err(error.into())).await;
+                    return;
+                }
+            }
+            if idle {
+                let progress = Out::Progress(pb::Progress {
+                    sequence: self.position,
+                });
+                if !self.send(progress).await {
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = signal.changed() => {
+                    idle = false;
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(self.heartbeat) => idle = true,
+                () = self.sink.closed() => return,
+                _ = self.stopping.changed() => {
+                    let _ = self.sink.send(Err(self.shutting_down())).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn shutting_down(&self) -> Status {
+        Error::Unavailable(format!(
+            "the hub is shutting down; reconnect with after_sequence {}",
+            self.position
+        ))
+        .into()
+    }
+
+    /// Sends everything after the position up to the feed's head; false if the
+    /// consumer is gone.
+    async fn catch_up(&mut self) -> Result<bool> {
+        loop {
+            let head = self.store.feed_head(&self.organization_id).await?;
+            if head <= self.position {
+                return Ok(true);
+            }
+            let batch = self
+                .store
+                .events(&EventQuery {
+                    organization_id: &self.organization_id,
+                    after: self.position,
+                    through: head,
+                    types: &self.types,
+                    resource: None,
+                    limit: STREAM_PAGE,
+                })
+                .await?;
+            let full = batch.len() == STREAM_PAGE;
+            for stored in batch {
+                let event = decode(stored)?;
+                let sequence = event.sequence;
+                if !self.send(Out::Event(event)).await {
+                    return Ok(false);
+                }
+                self.position = sequence;
+            }
+            if !full {
+                self.position = head;
+            }
+        }
+    }
+
+    /// Sends one message, waiting while the consumer is slow; false if it is gone or
+    /// the hub is stopping.
+    async fn send(&mut self, message: Out) -> bool {
+        let response = pb::WatchEventsResponse {
+            message: Some(message),
+        };
+        tokio::select! {
+            sent = self.sink.send(Ok(response)) => sent.is_ok(),
+            _ = self.stopping.changed() => {
+                let _ = self.sink.try_send(Err(self.shutting_down()));
+                false
+            }
+        }
+    }
+}
+
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EventService for EventApi {
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require(Scope::Read)?;
+        let org = caller.organization()?.clone();
+        let r = request.into_inner();
+        let types = parse_type_filter(&r.event_types).map_err(|list| {
+            Error::InvalidArgument(list.into_iter().map(|v| v.under("event_types")).collect())
+        })?;
+        if *self.stopping.borrow() {
+            return Err(Error::Unavailable("the hub is shutting down".into()).into());
+        }
+        let slot = self.limits.acquire(&org.id)?;
+        let (position, _) = start_position(&self.hub.store, &org.id, r.after_sequence).await?;
+        let (sink, stream) = mpsc::channel(STREAM_BUFFER);
+        let pump = Pump {
+            store: self.hub.store.clone(),
+            organization_id: org.id.clone(),
+            types,
+            position,
+            heartbeat: self.heartbeat,
+            sink,
+            stopping: self.stopping.clone(),
+            _slot: slot,
+        };
+        tracing::info!(organization = %org.slug, after = position, "event stream opened");
+        tokio::spawn(pump.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require(Scope::Read)?;
+        let org = caller.organization()?;
+        let r = request.get_ref();
+        let types = parse_type_filter(&r.event_types).map_err(|list| {
+            Error::InvalidArgument(list.into_iter().map(|v| v.under("event_types")).collect())
+        })?;
+        let limit = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        if r.resource.len() > 300 {
+            return Err(Error::invalid("resource", "must be at most 300 characters").into());
+        }
+        let (after, head) = start_position(&self.hub.store, &org.id, r.after_sequence).await?;
+        let through = head.min(after.saturating_add(LIST_SCAN_WINDOW));
+        let found = self
+            .hub
+            .store
+            .events(&EventQuery {
+                organization_id: &org.id,
+                after,
+                through,
+                types: &types,
+                resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
+                limit,
+            })
+            .await?;
+        let full = found.len() == limit;
+        let events = found.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let next_after_sequence = match events.last() {
+            Some(last) if full => last.sequence,
+            _ => through,
+        };
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_after_sequence,
+            head_sequence: head,
+        }))
+    }
+}

@@ -1,0 +1,449 @@
+//! Per-organization event feeds: the transactional outbox and the signal that wakes
+//! open streams.
+//!
+//! # How sequences stay gapless and in commit order
+//!
+//! A transaction collects its events in memory ([`Tx::emit`]) and writes them in
+//! [`Tx::commit`], just before the commit. For each organization, in ascending id
+//! order, it bumps that organization's row in `event_feeds` (an upsert that returns
+//! the new `last_sequence`) and inserts its events with the numbers just taken.
+//!
+//! The upsert takes the row's lock, held until the transaction ends. A second
+//! transaction emitting to the same organization waits on that lock; when the first
+//! commits, the second reads the committed number and continues from it. When the
+//! first rolls back, the second continues from the number before it. So numbers go up
+//! by exactly one. On PostgreSQL a transaction's row locks are released only after
+//! its commit is visible to other sessions, and the second transaction's commit
+//! necessarily comes later, so a reader can never see sequence `n + 1` without `n`:
+//! the visible part of every feed is a prefix. This holds across any number of
+//! writers and hub replicas because the lock lives in the database. Locks are taken
+//! last and in id order, so two transactions cannot deadlock on feeds. On SQLite there
+//! is one writer at a time and all of this is trivially true.
+//!
+//! The lock is held only from the feed update to the commit, so writers of one
+//! organization queue only for the commit itself.
+//!
+//! # Waking streams
+//!
+//! After a commit the writer signals [`FeedSignal`] in-process. On PostgreSQL the
+//! transaction also sends `NOTIFY liaison_events` (delivered at commit), so streams
+//! on other replicas wake too ([`Store::listen_for_events`]). A signal carries only
+//! "organization X reached sequence N"; streams read the events themselves from the
+//! store, so a missed or duplicated signal costs latency, never an event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sqlx::FromRow;
+use tokio::sync::watch;
+
+use super::{Dialect, Store, Tx, micros};
+use crate::error::Result;
+
+/// The PostgreSQL channel commits announce new events on.
+const CHANNEL: &str = "liaison_events";
+/// NOTIFY payloads must stay under 8,000 bytes; longer announcements are split.
+const MAX_PAYLOAD: usize = 7_000;
+/// Rows per multi-row INSERT (7 parameters each, far below either backend's limit).
+const INSERT_CHUNK: usize = 500;
+
+/// An event on its way into one organization's feed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub organization_id: String,
+    pub id: String,
+    pub event_type: String,
+    pub resource: String,
+    pub create_time: Timestamp,
+    /// The encoded event, without its sequence number.
+    pub body: Vec<u8>,
+}
+
+/// An event read back from a feed.
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredEvent {
+    pub sequence: i64,
+    pub body: Vec<u8>,
+}
+
+/// What a feed read selects.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery<'a> {
+    pub organization_id: &'a str,
+    pub after: i64,
+    /// Read nothing past this sequence.
+    pub through: i64,
+    /// Exact types and `prefix.` wildcards (`customer.*` arrives as `customer.`);
+    /// empty: all.
+    pub types: &'a [String],
+    pub resource: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// Who caused the changes of a transaction, stamped on its events.
+#[derive(Debug, Clone, Default)]
+pub struct Cause {
+    /// The acting organization's slug; `None` for the hub operator.
+    pub organization: Option<String>,
+    pub key_id: String,
+    pub request_id: String,
+}
+
+/// Wakes the streams of an organization when its feed grows. One watch channel per
+/// organization with an open stream; a write never waits on a stream.
+#[derive(Debug, Default)]
+pub struct FeedSignal {
+    feeds: Mutex<HashMap<String, watch::Sender<i64>>>,
+}
+
+impl FeedSignal {
+    /// A receiver whose value is the newest sequence announced for `organization_id`.
+    pub fn subscribe(&self, organization_id: &str) -> watch::Receiver<i64> {
+        let mut feeds = self.feeds.lock().expect("feed signal lock");
+        feeds
+            .entry(organization_id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Announces that `organization_id`'s feed reached `sequence`.
+    pub fn publish(&self, organization_id: &str, sequence: i64) {
+        let mut feeds = self.feeds.lock().expect("feed signal lock");
+        if let Some(sender) = feeds.get(organization_id) {
+            if sender.receiver_count() == 0 {
+                feeds.remove(organization_id);
+                return;
+            }
+            sender.send_if_modified(|newest| {
+                let newer = sequence > *newest;
+                if newer {
+                    *newest = sequence;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Wakes every stream (announcements may have been lost, e.g. while reconnecting
+    /// to PostgreSQL); each re-reads its feed.
+    pub fn wake_all(&self) {
+        let mut feeds = self.feeds.lock().expect("feed signal lock");
+        feeds.retain(|_, sender| sender.receiver_count() > 0);
+        for sender in feeds.values() {
+            sender.send_modify(|_| {});
+        }
+    }
+}
+
+impl Tx {
+    /// Queues `event` for its organization's feed; written at commit.
+    pub fn emit(&mut self, event: NewEvent) {
+        self.events.push(event);
+    }
+
+    /// Who caused this transaction's changes.
+    pub fn cause(&self) -> &Cause {
+        &self.cause
+    }
+
+    pub fn set_cause(&mut self, cause: Cause) {
+        self.cause = cause;
+    }
+
+    /// Writes the queued events (see the module docs for why this order matters) and
+    /// returns each organization's new newest sequence.
+    pub(super) async fn write_events(&mut self) -> Result<Vec<(String, i64)>> {
+        let mut events = std::mem::take(&mut self.events);
+        if events.is_empty() {
+            return Ok(vec![]);
+        }
+        // Stable: an organization's events keep the order they were emitted in.
+        events.sort_by(|a, b| a.organization_id.cmp(&b.organization_id));
+        let mut heads = vec![];
+        let mut numbered = Vec::with_capacity(events.len());
+        let mut rest = events.as_slice();
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|e| e.organization_id == first.organization_id)
+                .count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let (last,): (i64,) = sqlx::query_as(
+                "INSERT INTO event_feeds (organization_id, last_sequence) VALUES ($1, $2) \
+                 ON CONFLICT (organization_id) \
+                 DO UPDATE SET last_sequence = event_feeds.last_sequence + excluded.last_sequence \
+                 RETURNING last_sequence",
+            )
+            .bind(&first.organization_id)
+            .bind(n as i64)
+            .fetch_one(self.conn())
+            .await?;
+            let start = last - n as i64 + 1;
+            numbered.extend(group.iter().zip(start..));
+            heads.push((first.organization_id.clone(), last));
+        }
+        for chunk in numbered.chunks(INSERT_CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO events (organization_id, sequence, id, type, resource, create_time, body) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 7;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            let mut query = sqlx::query(&sql);
+            for (e, sequence) in chunk {
+                query = query
+                    .bind(&e.organization_id)
+                    .bind(*sequence)
+                    .bind(&e.id)
+                    .bind(&e.event_type)
+                    .bind(&e.resource)
+                    .bind(micros(e.create_time))
+                    .bind(&e.body);
+            }
+            query.execute(self.conn()).await?;
+        }
+        if self.dialect == Dialect::Postgres {
+            for payload in announcements(&heads) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(payload)
+                    .execute(self.conn())
+                    .await?;
+            }
+        }
+        Ok(heads)
+    }
+}
+
+/// `org:seq` pairs joined by spaces, split to fit NOTIFY's payload limit.
+fn announcements(heads: &[(String, i64)]) -> Vec<String> {
+    let mut out = vec![];
+    let mut current = String::new();
+    for (org, sequence) in heads {
+        let item = format!("{org}:{sequence}");
+        if !current.is_empty() && current.len() + 1 + item.len() > MAX_PAYLOAD {
+            out.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(&item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+fn parse_announcement(payload: &str) -> impl Iterator<Item = (&str, i64)> {
+    payload.split(' ').filter_map(|item| {
+        let (org, sequence) = item.rsplit_once(':')?;
+        Some((org, sequence.parse().ok()?))
+    })
+}
+
+impl Store {
+    /// The signal streams of this process wait on.
+    pub fn feed_signal(&self) -> &Arc<FeedSignal> {
+        &self.feeds
+    }
+
+    /// The newest sequence of `organization_id`'s feed (0 if it has none).
+    pub async fn feed_head(&self, organization_id: &str) -> Result<i64> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT last_sequence FROM event_feeds WHERE organization_id = $1")
+                .bind(organization_id)
+                .fetch_optional(self.reader())
+                .await?;
+        Ok(row.map_or(0, |r| r.0))
+    }
+
+    /// The oldest sequence still kept, or `head + 1` if every event was pruned.
+    pub async fn feed_oldest(&self, organization_id: &str, head: i64) -> Result<i64> {
+        let row: (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(sequence) FROM events WHERE organization_id = $1")
+                .bind(organization_id)
+                .fetch_one(self.reader())
+                .await?;
+        Ok(row.0.unwrap_or(head + 1))
+    }
+
+    /// Events of a feed in sequence order.
+    pub async fn events(&self, q: &EventQuery<'_>) -> Result<Vec<StoredEvent>> {
+        let mut sql = String::from(
+            "SELECT sequence, body FROM events \
+             WHERE organization_id = $1 AND sequence > $2 AND sequence <= $3",
+        );
+        let mut n = 3;
+        let mut conditions = vec![];
+        for t in q.types {
+            n += 1;
+            conditions.push(if t.ends_with('.') {
+                format!("type LIKE ${n}")
+            } else {
+                format!("type = ${n}")
+            });
+        }
+        if !conditions.is_empty() {
+            sql.push_str(&format!(" AND ({})", conditions.join(" OR ")));
+        }
+        if q.resource.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND resource = ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY sequence LIMIT {}", q.limit));
+        let mut query = sqlx::query_as::<_, StoredEvent>(&sql)
+            .bind(q.organization_id)
+            .bind(q.after)
+            .bind(q.through);
+        for t in q.types {
+            query = query.bind(if t.ends_with('.') {
+                // Event types hold no LIKE wildcards, so only the suffix is one.
+                format!("{t}%")
+            } else {
+                t.clone()
+            });
+        }
+        if let Some(resource) = q.resource {
+            query = query.bind(resource);
+        }
+        Ok(query.fetch_all(self.reader()).await?)
+    }
+
+    /// Deletes events created before `cutoff`, oldest first per feed, so what remains
+    /// of each feed is always an unbroken run of sequences. Returns how many went.
+    pub async fn prune_events(&self, cutoff: Timestamp) -> Result<u64> {
+        const BATCH: i64 = 1_000;
+        let feeds: Vec<(String,)> = sqlx::query_as("SELECT organization_id FROM event_feeds")
+            .fetch_all(self.reader())
+            .await?;
+        let mut pruned = 0;
+        for (org,) in feeds {
+            loop {
+                let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
+                    "SELECT sequence, create_time FROM events WHERE organization_id = $1 \
+                     ORDER BY sequence LIMIT {BATCH}"
+                ))
+                .bind(&org)
+                .fetch_all(self.reader())
+                .await?;
+                let old = rows
+                    .iter()
+                    .take_while(|(_, time)| *time < micros(cutoff))
+                    .count();
+                let Some((through, _)) = old.checked_sub(1).map(|i| rows[i]) else {
+                    break;
+                };
+                let mut tx = self.begin().await?;
+                let done =
+                    sqlx::query("DELETE FROM events WHERE organization_id = $1 AND sequence <= $2")
+                        .bind(&org)
+                        .bind(through)
+                        .execute(tx.conn())
+                        .await?;
+                tx.commit().await?;
+                pruned += done.rows_affected();
+                if old < rows.len() || (rows.len() as i64) < BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// On PostgreSQL, relays other replicas' commit announcements to this process's
+    /// streams, forever. A lost connection is re-established and every stream woken,
+    /// since announcements may have been missed meanwhile. On SQLite there is nothing
+    /// to listen to (one process writes) and this just never completes.
+    pub async fn listen_for_events(&self) {
+        let Some(url) = self
+            .url
+            .clone()
+            .filter(|_| self.dialect == Dialect::Postgres)
+        else {
+            return std::future::pending().await;
+        };
+        loop {
+            match relay(&url, &self.feeds).await {
+                Ok(never) => match never {},
+                Err(error) => {
+                    tracing::warn!(%error, "lost the event announcement channel; reconnecting");
+                    self.feeds.wake_all();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn relay(url: &str, feeds: &FeedSignal) -> Result<std::convert::Infallible> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    // Anything committed while we were not listening is found by this wake-up.
+    feeds.wake_all();
+    loop {
+        match listener.try_recv().await? {
+            Some(notification) => {
+                for (org, sequence) in parse_announcement(notification.payload()) {
+                    feeds.publish(org, sequence);
+                }
+            }
+            // The connection dropped and is re-established on the next call.
+            None => feeds.wake_all(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_round_trip_and_fit_the_notify_limit() {
+        let heads: Vec<(String, i64)> = (0..400)
+            .map(|i| (format!("0198e1f2-7c3a-7def-8000-{i:012}"), i * 1_000_003))
+            .collect();
+        let payloads = announcements(&heads);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        let back: Vec<(String, i64)> = payloads
+            .iter()
+            .flat_map(|p| parse_announcement(p).map(|(o, s)| (o.to_owned(), s)))
+            .collect();
+        assert_eq!(back, heads);
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_subscribers_only_when_the_feed_grows() {
+        let signal = FeedSignal::default();
+        let mut rx = signal.subscribe("a");
+        signal.publish("a", 3);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 3);
+        signal.publish("a", 2);
+        assert!(!rx.has_changed().unwrap());
+        signal.publish("b", 9);
+        assert!(!rx.has_changed().unwrap());
+        signal.wake_all();
+        assert!(rx.has_changed().unwrap());
+        drop(rx);
+        signal.publish("a", 4);
+        assert!(signal.feeds.lock().unwrap().is_empty());
+    }
+}
