@@ -95,6 +95,10 @@ fn select(grant_join: &str) -> String {
     )
 }
 
+/// A grantee's grant on a customer: grantee, level, fields, partnership state and the
+/// grantee's external id.
+type AudienceGrantRow = (String, String, String, Option<String>, Option<String>);
+
 #[derive(FromRow)]
 struct CustomerRow {
     id: String,
@@ -736,7 +740,7 @@ impl Tx {
         let Some(owner) = by_id(self.conn(), &owner_id, id).await? else {
             return Ok(vec![]);
         };
-        let grants: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        let grants: Vec<AudienceGrantRow> = sqlx::query_as(
             "SELECT g.grantee_id, g.level, g.fields, p.state, x.external_id \
                  FROM customer_grants g LEFT JOIN partnerships p ON p.id = g.partnership_id \
                  LEFT JOIN customer_external_ids x ON x.customer_id = g.customer_id \
