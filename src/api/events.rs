@@ -20,7 +20,7 @@ use super::{Caller, Hub};
 use crate::config::EventsConfig;
 use crate::domain::Scope;
 use crate::domain::event::parse_type_filter;
-use crate::error::{Error, Result};
+use crate::error::{Error, FieldViolation, Result};
 use crate::pb::{self, event_service_server::EventService, watch_events_response::Message as Out};
 use crate::store::{EventQuery, Store, StoredEvent};
 
@@ -145,6 +145,17 @@ async fn start_position(store: &Store, organization_id: &str, after: i64) -> Res
         });
     }
     Ok((after, head))
+}
+
+/// The request's `event_types`, checked.
+fn event_types(raw: &[String]) -> Result<Vec<String>> {
+    parse_type_filter(raw).map_err(|list| {
+        Error::InvalidArgument(
+            list.into_iter()
+                .map(|v| FieldViolation::new(format!("event_types{}", v.field), v.description))
+                .collect(),
+        )
+    })
 }
 
 fn decode(stored: StoredEvent) -> Result<pb::Event> {
@@ -282,9 +293,7 @@ impl EventService for EventApi {
         caller.require(Scope::Read)?;
         let org = caller.organization()?.clone();
         let r = request.into_inner();
-        let types = parse_type_filter(&r.event_types).map_err(|list| {
-            Error::InvalidArgument(list.into_iter().map(|v| v.under("event_types")).collect())
-        })?;
+        let types = event_types(&r.event_types)?;
         if *self.stopping.borrow() {
             return Err(Error::Unavailable("the hub is shutting down".into()).into());
         }
@@ -314,9 +323,7 @@ impl EventService for EventApi {
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let r = request.get_ref();
-        let types = parse_type_filter(&r.event_types).map_err(|list| {
-            Error::InvalidArgument(list.into_iter().map(|v| v.under("event_types")).collect())
-        })?;
+        let types = event_types(&r.event_types)?;
         let limit = match r.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),

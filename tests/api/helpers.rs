@@ -15,6 +15,7 @@ use tonic_types::StatusExt;
 
 pub use pb::admin_service_client::AdminServiceClient;
 pub use pb::customer_service_client::CustomerServiceClient;
+pub use pb::event_service_client::EventServiceClient;
 pub use pb::interaction_service_client::InteractionServiceClient;
 pub use pb::member_service_client::MemberServiceClient;
 pub use pb::partnership_service_client::PartnershipServiceClient;
@@ -154,9 +155,12 @@ pub struct TestApp {
     pub store: Store,
     /// The hub operator's admin key.
     pub operator_key: String,
+    /// The configuration the hub runs with.
+    pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _database: TestDatabase,
+    /// `None` for a replica, which shares the first hub's database.
+    _database: Option<TestDatabase>,
 }
 
 pub fn test_config(database_url: String) -> Config {
@@ -171,8 +175,22 @@ pub fn test_config(database_url: String) -> Config {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// A hub whose configuration `adjust` changes first.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let (database, url) = TestDatabase::create(&backend).await;
-    let app = Application::build(test_config(url))
+    let mut config = test_config(url);
+    adjust(&mut config);
+    let mut app = start(config, String::new()).await;
+    app.operator_key = issue_key(&app.store, "operator", &[pb::ApiKeyScope::Admin]).await;
+    app._database = Some(database);
+    app
+}
+
+async fn start(config: Config, operator_key: String) -> TestApp {
+    let app = Application::build(config.clone())
         .await
         .expect("the hub starts");
     let addr = app.local_addr();
@@ -186,15 +204,22 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         .connect()
         .await
         .expect("connect");
-    let operator_key = issue_key(&store, "operator", &[pb::ApiKeyScope::Admin]).await;
     TestApp {
         channel,
         addr,
         store,
         operator_key,
+        config,
         stop: Some(stop),
         server: Some(server),
-        _database: database,
+        _database: None,
+    }
+}
+
+impl TestApp {
+    /// A second hub on the same database (a replica behind a load balancer).
+    pub async fn replica(&self) -> TestApp {
+        start(self.config.clone(), self.operator_key.clone()).await
     }
 }
 
@@ -263,6 +288,10 @@ impl TestApp {
 
     pub fn sharing(&self, key: &str) -> SharingServiceClient<Authed> {
         SharingServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn events(&self, key: &str) -> EventServiceClient<Authed> {
+        EventServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
     }
 
     pub fn interactions(&self, key: &str) -> InteractionServiceClient<Authed> {
