@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{check_etag, etag, timestamp, update_paths};
-use super::fanout::{CustomerChange, Draft, customer_changed, customer_viewers, emit};
+use super::fanout::{CustomerChange, Draft, customer_changed, customer_viewers, emit, tell};
 use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
@@ -536,20 +536,19 @@ async fn insert_new(
         String::new(),
     );
     tx.insert_history(&e).await?;
-    customer_changed(
-        tx,
-        CustomerChange {
-            event_type: "customer.created",
-            id: &customer.id,
-            before: None,
-            merged_customers: vec![],
-            saw_before: vec![],
-        },
-    )
-    .await?;
-    tx.customer(&customer.owner.id, &customer.id)
+    let seen = tx
+        .customer(&customer.owner.id, &customer.id)
         .await?
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("customer vanished in its transaction")))
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("customer vanished in its transaction")))?;
+    let change = CustomerChange {
+        event_type: "customer.created",
+        id: &customer.id,
+        before: None,
+        merged_customers: vec![],
+        saw_before: vec![],
+    };
+    tell(tx, change, std::slice::from_ref(&seen));
+    Ok(seen)
 }
 
 fn new_customer(owner: &OrgRef, kind: CustomerKind, profile: Profile) -> Customer {

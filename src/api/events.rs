@@ -9,14 +9,14 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Hub};
+use super::{Authenticator, Caller, Hub};
 use crate::config::EventsConfig;
 use crate::domain::Scope;
 use crate::domain::event::parse_type_filter;
@@ -170,6 +170,10 @@ type Sink = mpsc::Sender<Result<pb::WatchEventsResponse, Status>>;
 /// One stream's loop: catch up from the store, then wait for the feed to grow.
 struct Pump {
     store: Store,
+    /// The stream's credentials, checked again every heartbeat so a revoked key or a
+    /// suspended organization stops receiving.
+    auth: Arc<Authenticator>,
+    authorization: Option<Vec<u8>>,
     organization_id: String,
     types: Vec<String>,
     position: i64,
@@ -183,7 +187,15 @@ impl Pump {
     async fn run(mut self) {
         let mut signal = self.store.feed_signal().subscribe(&self.organization_id);
         let mut idle = false;
+        let mut checked = Instant::now();
         loop {
+            if checked.elapsed() >= self.heartbeat {
+                if let Err(error) = self.auth.authenticate(self.authorization.as_deref()).await {
+                    let _ = self.sink.send(Err(error.into())).await;
+                    return;
+                }
+                checked = Instant::now();
+            }
             // Mark the signal seen before reading: a commit after this point wakes us
             // again, one before it is in what we read.
             signal.borrow_and_update();
@@ -292,6 +304,10 @@ impl EventService for EventApi {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?.clone();
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
         let r = request.into_inner();
         let types = event_types(&r.event_types)?;
         if *self.stopping.borrow() {
@@ -302,6 +318,8 @@ impl EventService for EventApi {
         let (sink, stream) = mpsc::channel(STREAM_BUFFER);
         let pump = Pump {
             store: self.hub.store.clone(),
+            auth: self.hub.auth.clone(),
+            authorization,
             organization_id: org.id.clone(),
             types,
             position,

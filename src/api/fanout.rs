@@ -15,7 +15,7 @@ use crate::domain::visibility::CustomerView;
 use crate::domain::{OrgRef, Slug, now};
 use crate::error::Result;
 use crate::pb::{self, event::Payload};
-use crate::store::{NewEvent, Tx};
+use crate::store::{NewEvent, SeenCustomer, Tx};
 
 /// One event before it is addressed to an organization.
 pub(crate) struct Draft {
@@ -120,9 +120,16 @@ pub(crate) async fn customer_viewers(tx: &mut Tx, id: &str) -> Result<Vec<String
 /// that sees none of the changed fields of an update hears nothing of it.
 pub(crate) async fn customer_changed(tx: &mut Tx, change: CustomerChange<'_>) -> Result<()> {
     let audience = tx.customer_audience(change.id).await?;
+    tell(tx, change, &audience);
+    Ok(())
+}
+
+/// [`customer_changed`] for a caller that already holds the audience (a new record's
+/// is its owner alone).
+pub(crate) fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) {
     let mut told = HashSet::new();
     let mut last_state = None;
-    for seen in &audience {
+    for seen in audience {
         last_state = Some(seen.customer.state);
         let Some(access) = seen.access() else {
             continue;
@@ -172,5 +179,4 @@ pub(crate) async fn customer_changed(tx: &mut Tx, change: CustomerChange<'_>) ->
         draft.merged_customers = change.merged_customers.clone();
         emit(tx, org, draft);
     }
-    Ok(())
 }

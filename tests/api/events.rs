@@ -725,7 +725,7 @@ async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {
         "TOO_MANY_STREAMS_FOR_ORGANIZATION",
     );
     // Other organizations are not affected.
-    let _other = watch(&app, &dist.read_key, 0, &[]).await;
+    let mut other = watch(&app, &dist.read_key, 0, &[]).await;
     // Closing a stream frees its place (the hub notices the reset promptly).
     drop(second);
     let deadline = Instant::now() + PATIENCE;
@@ -744,6 +744,26 @@ async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {
             Err(status) => panic!("the freed place was not reusable: {status:?}"),
         }
     }
+    // A suspended organization's streams end at the next check of their key.
+    app.operator()
+        .suspend_organization(pb::SuspendOrganizationRequest {
+            name: dist.name.clone(),
+            reason: "unpaid invoices".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("suspend");
+    let ended = loop {
+        match tokio::time::timeout(PATIENCE, other.message())
+            .await
+            .expect("stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     // Shutdown ends open streams with UNAVAILABLE, naming where to resume.
     app.trigger_shutdown();
     let ended = loop {
