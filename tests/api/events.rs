@@ -15,6 +15,7 @@ use crate::helpers::*;
 crate::on_both_backends!(
     each_organization_hears_exactly_what_it_may_see,
     a_failed_transaction_leaves_no_event,
+    merges_and_erasures_reach_those_who_saw_the_records,
     watchers_see_every_event_once_in_order_under_concurrent_writers,
     pruned_positions_are_out_of_range,
     streams_are_limited_and_idle_ones_hear_a_heartbeat,
@@ -398,6 +399,56 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
         "INVALID_ARGUMENT",
     );
     assert_eq!(violated_fields(&status), ["event_types[1]"]);
+}
+
+async fn merges_and_erasures_reach_those_who_saw_the_records(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    app.partner(&vendor, &dist).await;
+    let survivor = create(&app, &vendor, person("Ada", "Lovelace", "ada@example.com")).await;
+    let loser = create(&app, &vendor, person("Ada", "King", "ada@example.com")).await;
+    grant(&app, &vendor, &loser.name, &dist, &["family_name"]).await;
+    let seen = feed(&app, &dist.read_key).await.len();
+
+    // The loser's grant moves to the survivor, so dist hears of the merge.
+    app.customers(&vendor.admin_key)
+        .merge_customers(pb::MergeCustomersRequest {
+            name: survivor.name.clone(),
+            merged: vec![loser.name.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("merge");
+    let dist_feed = feed(&app, &dist.read_key).await;
+    let merged = &dist_feed[seen..];
+    assert_eq!(types(merged), ["customer.merged"]);
+    assert_eq!(merged[0].resource, survivor.name);
+    assert_eq!(merged[0].merged_customers, [loser.name.clone()]);
+    let c = customer_of(&merged[0]);
+    assert_eq!(c.family_name, "Lovelace");
+    assert!(c.given_name.is_empty() && c.emails.is_empty());
+    let owner_merge = feed(&app, &vendor.read_key).await.pop().unwrap();
+    assert_eq!(owner_merge.r#type, "customer.merged");
+
+    // Erasure: the owner and the grantee that saw it get customer.erased, with no data.
+    app.customers(&vendor.admin_key)
+        .erase_customer(pb::EraseCustomerRequest {
+            name: survivor.name.clone(),
+            reason: "GDPR article 17 request".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("erase");
+    for key in [&vendor.read_key, &dist.read_key] {
+        let last = feed(&app, key).await.pop().unwrap();
+        assert_eq!(last.r#type, "customer.erased");
+        let c = customer_of(&last);
+        assert_eq!(c.state, pb::customer::State::Erased as i32);
+        assert!(c.family_name.is_empty() && c.emails.is_empty());
+    }
 }
 
 async fn a_failed_transaction_leaves_no_event(backend: Backend) {
