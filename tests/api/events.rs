@@ -426,7 +426,10 @@ async fn merges_and_erasures_reach_those_who_saw_the_records(backend: Backend) {
     let merged = &dist_feed[seen..];
     assert_eq!(types(merged), ["customer.merged"]);
     assert_eq!(merged[0].resource, survivor.name);
-    assert_eq!(merged[0].merged_customers, [loser.name.clone()]);
+    assert_eq!(
+        merged[0].merged_customers,
+        std::slice::from_ref(&loser.name)
+    );
     let c = customer_of(&merged[0]);
     assert_eq!(c.family_name, "Lovelace");
     assert!(c.given_name.is_empty() && c.emails.is_empty());
