@@ -12,6 +12,7 @@ pub mod organization;
 pub mod partnership;
 pub mod text;
 pub mod visibility;
+pub mod webhook;
 
 pub use api_key::{ApiKey, ApiKeySecret, KeyHash, Principal, Scope, Scopes};
 pub use member::{EmailAddress, Member, MemberRole, TimeZoneName};
