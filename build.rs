@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "liaison/v1/sharing.proto",
     "liaison/v1/interactions.proto",
     "liaison/v1/events.proto",
+    "liaison/v1/webhooks.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -25,6 +25,39 @@ pub struct Config {
     pub server: ServerConfig,
     pub customers: CustomersConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allow `http://` endpoint URLs (otherwise `https://` only).
+    pub allow_http: bool,
+    /// Allow endpoints on loopback, private, link-local, CGNAT and multicast addresses.
+    pub allow_private_networks: bool,
+    /// An attempt without a response in this time fails and is retried.
+    pub timeout_secs: u64,
+    /// Seconds before each attempt: the first, then each retry. After the last, a
+    /// delivery is dead (it can still be redelivered).
+    pub retry_schedule_secs: Vec<u64>,
+    /// Events larger than this as JSON are not sent (the attempt records why).
+    pub max_payload_bytes: u64,
+    /// Deliveries in flight at once on this replica.
+    pub concurrency: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            allow_private_networks: false,
+            timeout_secs: 15,
+            // Immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+            retry_schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+            max_payload_bytes: 256 * 1024,
+            concurrency: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,6 +172,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             customers: CustomersConfig::default(),
             events: EventsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -245,7 +279,25 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
         crate::store::Dialect::of_url(&self.database.url).context("database.url")?;
-        let ranges: [(&str, u64, u64, u64); 11] = [
+        if self.webhooks.retry_schedule_secs.is_empty()
+            || self.webhooks.retry_schedule_secs.len() > 20
+            || self
+                .webhooks
+                .retry_schedule_secs
+                .iter()
+                .any(|s| *s > 7 * 24 * 3600)
+        {
+            bail!("webhooks.retry_schedule_secs must hold 1 to 20 delays of at most a week");
+        }
+        let ranges: [(&str, u64, u64, u64); 14] = [
+            ("webhooks.timeout_secs", self.webhooks.timeout_secs, 1, 300),
+            (
+                "webhooks.max_payload_bytes",
+                self.webhooks.max_payload_bytes,
+                1024,
+                16 * 1024 * 1024,
+            ),
+            ("webhooks.concurrency", self.webhooks.concurrency, 1, 10_000),
             ("events.retention_days", self.events.retention_days, 1, 3650),
             ("events.heartbeat_secs", self.events.heartbeat_secs, 1, 3600),
             (
@@ -385,11 +437,23 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 /// Sets a dotted key from text: as a TOML number or boolean where it reads as one, else
 /// as a string, so `LIAISON_DATABASE_MAX_CONNECTIONS=8` is a number.
 fn set(table: &mut toml::Table, path: &str, raw: &str) {
-    let value = raw
-        .parse::<i64>()
-        .map(toml::Value::Integer)
-        .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
-        .unwrap_or_else(|_| toml::Value::String(raw.to_owned()));
+    // `0,5,300`: a list of integers (e.g. `webhooks.retry_schedule_secs`).
+    let numbers: Option<Vec<toml::Value>> = raw
+        .contains(',')
+        .then(|| {
+            raw.split(',')
+                .map(|p| p.trim().parse::<i64>().ok().map(toml::Value::Integer))
+                .collect()
+        })
+        .flatten();
+    let value = if let Some(list) = numbers {
+        toml::Value::Array(list)
+    } else {
+        raw.parse::<i64>()
+            .map(toml::Value::Integer)
+            .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
+            .unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
+    };
     let mut parts: Vec<&str> = path.split('.').collect();
     let leaf = parts.pop().expect("non-empty path");
     let mut current = table;

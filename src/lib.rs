@@ -3,6 +3,7 @@
 //! - [`domain`] — validated values and state machines; knows nothing of gRPC or SQL.
 //! - [`store`] — the database (SQLite or PostgreSQL) behind one API.
 //! - [`api`] — the gRPC services, authentication and the edge every RPC passes.
+//! - [`outbound`] — webhook (and later email) workers over the durable delivery queue.
 //! - [`config`] — layered configuration (defaults < file < environment < flags).
 //! - [`startup`] — builds the server from a configuration and runs it until shutdown.
 //! - [`telemetry`] — logging.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod import;
+pub mod outbound;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

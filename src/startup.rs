@@ -16,8 +16,10 @@ use tonic_health::ServingStatus;
 use crate::api::edge::EdgeLayer;
 use crate::api::{
     AdminApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi, PartnershipApi, SharingApi,
+    WebhookApi,
 };
 use crate::config::{Config, redact_url};
+use crate::outbound::webhooks::WebhookWorker;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
@@ -25,6 +27,7 @@ use crate::pb::interaction_service_server::InteractionServiceServer;
 use crate::pb::member_service_server::MemberServiceServer;
 use crate::pb::partnership_service_server::PartnershipServiceServer;
 use crate::pb::sharing_service_server::SharingServiceServer;
+use crate::pb::webhook_service_server::WebhookServiceServer;
 use crate::store::Store;
 
 /// How long a `request_id` is remembered: long enough for a partner system to retry
@@ -42,6 +45,7 @@ const SERVICE_NAMES: &[&str] = &[
     "liaison.v1.SharingService",
     "liaison.v1.InteractionService",
     "liaison.v1.EventService",
+    "liaison.v1.WebhookService",
 ];
 
 pub struct Application {
@@ -142,6 +146,12 @@ impl Application {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
 
+        let webhooks =
+            WebhookServiceServer::new(WebhookApi::new(hub.clone(), config.webhooks.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+        let webhook_worker = WebhookWorker::new(hub.store.clone(), config.webhooks.clone())?;
+
         let stopping = Arc::new(Notify::new());
         let signal = {
             let stopping = stopping.clone();
@@ -180,6 +190,7 @@ impl Application {
             .add_service(sharing)
             .add_service(interactions)
             .add_service(events)
+            .add_service(webhooks)
             .serve_with_incoming_shutdown(incoming(listener), signal);
 
         let retention = SignedDuration::from_hours(config.events.retention_days as i64 * 24);
@@ -196,6 +207,7 @@ impl Application {
             }
             () = sweep(hub.store.clone(), retention) => Ok(()),
             () = hub.store.listen_for_events() => Ok(()),
+            () = webhook_worker.run() => Ok(()),
         };
         hub.store.close().await;
         tracing::info!("stopped");

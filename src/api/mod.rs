@@ -16,6 +16,7 @@ mod interactions;
 mod members;
 mod partnerships;
 mod sharing;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub use interactions::InteractionApi;
 pub use members::MemberApi;
 pub use partnerships::PartnershipApi;
 pub use sharing::SharingApi;
+pub use webhooks::WebhookApi;
 
 use crate::store::Store;
 

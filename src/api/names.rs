@@ -13,6 +13,16 @@ pub fn member(org: &Slug, id: &str) -> String {
     format!("organizations/{org}/members/{id}")
 }
 
+pub fn webhook_endpoint(org: &Slug, id: &str) -> String {
+    format!("organizations/{org}/webhookEndpoints/{id}")
+}
+
+/// `organizations/{org}/webhookEndpoints/{endpoint}`.
+pub fn parse_webhook_endpoint(name: &str) -> Result<(Slug, String), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/webhookEndpoints/{endpoint}";
+    parse_child(name, "webhookEndpoints", FORM)
+}
+
 pub fn partnership(id: &str) -> String {
     format!("partnerships/{id}")
 }

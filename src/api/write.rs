@@ -43,7 +43,9 @@ replay_as_is!(
     pb::CustomerOverlay,
     pb::Grant,
     pb::AccessRequest,
-    pb::Interaction
+    pb::Interaction,
+    pb::WebhookEndpoint,
+    pb::DeleteWebhookEndpointResponse
 );
 
 impl Replayable for pb::CreateApiKeyResponse {

@@ -37,13 +37,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use sqlx::FromRow;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::{Dialect, Store, Tx, micros};
 use crate::error::Result;
 
 /// The PostgreSQL channel commits announce new events on.
 const CHANNEL: &str = "liaison_events";
+/// The PostgreSQL channel commits announce new webhook deliveries on.
+const DELIVERY_CHANNEL: &str = "liaison_deliveries";
 /// NOTIFY payloads must stay under 8,000 bytes; longer announcements are split.
 const MAX_PAYLOAD: usize = 7_000;
 /// Rows per multi-row INSERT (7 parameters each, far below either backend's limit).
@@ -218,7 +220,31 @@ impl Tx {
             }
             query.execute(self.conn()).await?;
         }
+        let mut queued = false;
+        let mut rest = numbered.as_slice();
+        while let Some((first, _)) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|(e, _)| e.organization_id == first.organization_id)
+                .count();
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let events: Vec<(&str, &str, i64)> = group
+                .iter()
+                .map(|(e, sequence)| (e.id.as_str(), e.event_type.as_str(), *sequence))
+                .collect();
+            queued |= self
+                .queue_deliveries(&first.organization_id, &events)
+                .await?;
+        }
+        self.deliveries_queued = queued;
         if self.dialect == Dialect::Postgres {
+            if queued {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(DELIVERY_CHANNEL)
+                    .execute(self.conn())
+                    .await?;
+            }
             for payload in announcements(&heads) {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
@@ -259,6 +285,11 @@ fn parse_announcement(payload: &str) -> impl Iterator<Item = (&str, i64)> {
 }
 
 impl Store {
+    /// Signalled when deliveries are queued (here, or on another replica).
+    pub fn deliveries_signal(&self) -> &Arc<Notify> {
+        &self.deliveries
+    }
+
     /// The signal streams of this process wait on.
     pub fn feed_signal(&self) -> &Arc<FeedSignal> {
         &self.feeds
@@ -380,7 +411,7 @@ impl Store {
             return std::future::pending().await;
         };
         loop {
-            match relay(&url, &self.feeds).await {
+            match relay(&url, &self.feeds, &self.deliveries).await {
                 Ok(never) => match never {},
                 Err(error) => {
                     tracing::warn!(%error, "lost the event announcement channel; reconnecting");
@@ -392,20 +423,31 @@ impl Store {
     }
 }
 
-async fn relay(url: &str, feeds: &FeedSignal) -> Result<std::convert::Infallible> {
+async fn relay(
+    url: &str,
+    feeds: &FeedSignal,
+    deliveries: &Notify,
+) -> Result<std::convert::Infallible> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, DELIVERY_CHANNEL]).await?;
     // Anything committed while we were not listening is found by this wake-up.
     feeds.wake_all();
+    deliveries.notify_one();
     loop {
         match listener.try_recv().await? {
+            Some(notification) if notification.channel() == DELIVERY_CHANNEL => {
+                deliveries.notify_one();
+            }
             Some(notification) => {
                 for (org, sequence) in parse_announcement(notification.payload()) {
                     feeds.publish(org, sequence);
                 }
             }
             // The connection dropped and is re-established on the next call.
-            None => feeds.wake_all(),
+            None => {
+                feeds.wake_all();
+                deliveries.notify_one();
+            }
         }
     }
 }

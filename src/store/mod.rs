@@ -15,6 +15,7 @@ mod members;
 mod organizations;
 mod partnerships;
 mod sharing;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use idempotency::Claim;
 pub use interactions::InteractionFilter;
 pub use partnerships::PartnershipFilter;
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
+pub use webhooks::{AttemptRecord, ClaimedDelivery, Endpoint};
 
 use crate::error::{Error, Result};
 
@@ -97,6 +99,7 @@ pub struct Store {
     /// The PostgreSQL URL, for the connection that listens for other replicas' events.
     url: Option<String>,
     feeds: Arc<FeedSignal>,
+    deliveries: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -148,6 +151,7 @@ impl Store {
                     dialect,
                     url: None,
                     feeds: Arc::default(),
+                    deliveries: Arc::default(),
                 }
             }
             Dialect::Postgres => {
@@ -163,6 +167,7 @@ impl Store {
                     dialect,
                     url: Some(options.url.clone()),
                     feeds: Arc::default(),
+                    deliveries: Arc::default(),
                 }
             }
         };
@@ -206,6 +211,8 @@ impl Store {
             events: vec![],
             cause: Cause::default(),
             feeds: self.feeds.clone(),
+            deliveries: self.deliveries.clone(),
+            deliveries_queued: false,
         })
     }
 
@@ -224,6 +231,9 @@ pub struct Tx {
     events: Vec<NewEvent>,
     cause: Cause,
     feeds: Arc<FeedSignal>,
+    deliveries: Arc<tokio::sync::Notify>,
+    /// Whether committing queues webhook deliveries (the worker is then woken).
+    deliveries_queued: bool,
 }
 
 impl Tx {
@@ -234,6 +244,9 @@ impl Tx {
         self.inner.commit().await?;
         for (org, sequence) in heads {
             self.feeds.publish(&org, sequence);
+        }
+        if self.deliveries_queued {
+            self.deliveries.notify_one();
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ pub use pb::interaction_service_client::InteractionServiceClient;
 pub use pb::member_service_client::MemberServiceClient;
 pub use pb::partnership_service_client::PartnershipServiceClient;
 pub use pb::sharing_service_client::SharingServiceClient;
+pub use pb::webhook_service_client::WebhookServiceClient;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone)]
@@ -288,6 +289,10 @@ impl TestApp {
 
     pub fn sharing(&self, key: &str) -> SharingServiceClient<Authed> {
         SharingServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn webhooks(&self, key: &str) -> WebhookServiceClient<Authed> {
+        WebhookServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
     }
 
     pub fn events(&self, key: &str) -> EventServiceClient<Authed> {

@@ -14,3 +14,4 @@ mod partnerships;
 mod scale;
 mod server;
 mod sharing;
+mod webhooks;
