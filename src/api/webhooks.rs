@@ -11,7 +11,7 @@ use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::config::WebhooksConfig;
 use crate::domain::event::parse_type_filter;
-use crate::domain::webhook::{WebhookSecret, is_public, parse_url};
+use crate::domain::webhook::{WebhookSecret, parse_url, refused_literal_host};
 use crate::domain::{Organization, Scope, Slug, now};
 use crate::error::{Error, Result, Violations};
 use crate::pb::{self, webhook_service_server::WebhookService};
@@ -100,17 +100,11 @@ impl WebhookService for WebhookApi {
             "webhook_endpoint.url",
             parse_url(&input.url, self.config.allow_http),
         );
-        if let Some(url) = &url
-            && let Some(ip) = url
-                .host_str()
-                .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
-            && !self.config.allow_private_networks
-            && !is_public(ip)
+        if let Some(why) = url
+            .as_ref()
+            .and_then(|u| refused_literal_host(u, self.config.allow_private_networks))
         {
-            v.add(
-                "webhook_endpoint.url",
-                format!("{ip} is a private or special-purpose address"),
-            );
+            v.add("webhook_endpoint.url", why);
         }
         if input.description.chars().count() > MAX_DESCRIPTION_CHARS {
             v.add(

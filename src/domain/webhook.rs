@@ -157,6 +157,14 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// Why the hub must not call `url` when private networks are not allowed, for a host
+/// written as an IP address. (Names are checked when resolved, on every connection.)
+pub fn refused_literal_host(url: &reqwest::Url, allow_private: bool) -> Option<String> {
+    let ip: IpAddr = url.host_str()?.trim_matches(['[', ']']).parse().ok()?;
+    (!allow_private && !is_public(ip))
+        .then(|| format!("{ip} is a private or special-purpose address"))
+}
+
 /// A webhook destination: `https://` (or `http://` where allowed), with a host, no
 /// credentials, at most 2,000 characters.
 pub fn parse_url(raw: &str, allow_http: bool) -> Result<reqwest::Url, FieldViolation> {
@@ -314,5 +322,13 @@ mod tests {
         assert!(parse_url("ftp://example.com", true).is_err());
         assert!(parse_url("https://user:pw@example.com", false).is_err());
         assert!(parse_url("not a url", false).is_err());
+        let local = parse_url("https://[::1]:8443/x", false).unwrap();
+        assert!(refused_literal_host(&local, false).is_some());
+        assert!(refused_literal_host(&local, true).is_none());
+        let named = parse_url("https://localhost/x", false).unwrap();
+        assert!(
+            refused_literal_host(&named, false).is_none(),
+            "names are checked on resolution"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::api::convert::event_json;
 use crate::config::WebhooksConfig;
 use crate::domain::now;
-use crate::domain::webhook::{WebhookSecret, is_public, signature_header};
+use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, signature_header};
 use crate::error::Result;
 use crate::pb;
 use crate::store::{AttemptRecord, ClaimedDelivery, Store};
@@ -303,15 +303,8 @@ impl WebhookWorker {
         }
         let url = reqwest::Url::parse(&endpoint.url)
             .map_err(|e| Prepare::Final(format!("the endpoint URL does not parse: {e}")))?;
-        if let Some(ip) = url
-            .host_str()
-            .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
-            && !self.config.allow_private_networks
-            && !is_public(ip)
-        {
-            return Err(Prepare::Final(format!(
-                "{ip} is a private or special-purpose address"
-            )));
+        if let Some(why) = refused_literal_host(&url, self.config.allow_private_networks) {
+            return Err(Prepare::Final(why));
         }
         let stored = self
             .store

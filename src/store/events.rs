@@ -164,6 +164,7 @@ impl Tx {
         // Stable: an organization's events keep the order they were emitted in.
         events.sort_by(|a, b| a.organization_id.cmp(&b.organization_id));
         let mut heads = vec![];
+        let mut queued = false;
         let mut numbered = Vec::with_capacity(events.len());
         let mut rest = events.as_slice();
         while let Some(first) = rest.first() {
@@ -184,6 +185,14 @@ impl Tx {
             .fetch_one(self.conn())
             .await?;
             let start = last - n as i64 + 1;
+            let deliveries: Vec<(&str, &str, i64)> = group
+                .iter()
+                .zip(start..)
+                .map(|(e, sequence)| (e.id.as_str(), e.event_type.as_str(), sequence))
+                .collect();
+            queued |= self
+                .queue_deliveries(&first.organization_id, &deliveries)
+                .await?;
             numbered.extend(group.iter().zip(start..));
             heads.push((first.organization_id.clone(), last));
         }
@@ -219,23 +228,6 @@ impl Tx {
                     .bind(&e.body);
             }
             query.execute(self.conn()).await?;
-        }
-        let mut queued = false;
-        let mut rest = numbered.as_slice();
-        while let Some((first, _)) = rest.first() {
-            let n = rest
-                .iter()
-                .take_while(|(e, _)| e.organization_id == first.organization_id)
-                .count();
-            let (group, tail) = rest.split_at(n);
-            rest = tail;
-            let events: Vec<(&str, &str, i64)> = group
-                .iter()
-                .map(|(e, sequence)| (e.id.as_str(), e.event_type.as_str(), *sequence))
-                .collect();
-            queued |= self
-                .queue_deliveries(&first.organization_id, &events)
-                .await?;
         }
         self.deliveries_queued = queued;
         if self.dialect == Dialect::Postgres {

@@ -11,6 +11,7 @@ use tonic_types::StatusExt;
 
 use crate::customers::{create, person};
 use crate::helpers::*;
+use crate::sharing::{grant, log, update};
 
 crate::on_both_backends!(
     each_organization_hears_exactly_what_it_may_see,
@@ -120,53 +121,6 @@ async fn update_tags(app: &TestApp, key: &str, name: &str, tags: &[&str], reques
         .expect("update tags");
 }
 
-async fn update_field(
-    app: &TestApp,
-    key: &str,
-    customer: pb::Customer,
-    path: &str,
-) -> pb::Customer {
-    // Last writer wins: these tests are about events, not etags.
-    let customer = pb::Customer {
-        etag: String::new(),
-        ..customer
-    };
-    app.customers(key)
-        .update_customer(pb::UpdateCustomerRequest {
-            customer: Some(customer),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![path.into()],
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .expect("update")
-        .into_inner()
-}
-
-async fn grant(
-    app: &TestApp,
-    owner: &Org,
-    customer: &str,
-    grantee: &Org,
-    fields: &[&str],
-) -> pb::Grant {
-    app.sharing(&owner.admin_key)
-        .create_grant(pb::CreateGrantRequest {
-            parent: customer.into(),
-            grant: Some(pb::Grant {
-                grantee: grantee.name.clone(),
-                level: pb::AccessLevel::Read as i32,
-                fields: fields.iter().map(|f| f.to_string()).collect(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .expect("grant")
-        .into_inner()
-}
-
 fn assert_gapless(events: &[pb::Event]) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(
@@ -201,32 +155,36 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
     }];
     let c = create(&app, &vendor, input).await;
     // dist sees only the given name; shop has no grant at all.
-    grant(&app, &vendor, &c.name, &dist, &["given_name"]).await;
+    grant(
+        &app,
+        &vendor,
+        &c.name,
+        &dist,
+        pb::AccessLevel::Read,
+        &["given_name"],
+    )
+    .await
+    .expect("grant");
     update_tags(&app, &vendor.admin_key, &c.name, &["vip"], "req-tags").await;
     let mut renamed = c.clone();
     renamed.given_name = "Augusta".into();
-    update_field(&app, &vendor.admin_key, renamed, "given_name").await;
+    renamed.etag.clear();
+    update(&app, &vendor.admin_key, renamed, &["given_name"])
+        .await
+        .expect("rename");
     for (visibility, summary) in [
         (pb::InteractionVisibility::Shared, "shared call"),
         (pb::InteractionVisibility::Organization, "private note"),
     ] {
-        app.interactions(&vendor.admin_key)
-            .log_interaction(pb::LogInteractionRequest {
-                parent: c.name.clone(),
-                interaction: Some(pb::Interaction {
-                    r#type: pb::InteractionType::Call as i32,
-                    occur_time: Some(prost_types::Timestamp {
-                        seconds: 1_790_000_000,
-                        nanos: 0,
-                    }),
-                    summary: summary.into(),
-                    visibility: visibility as i32,
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            })
-            .await
-            .expect("log interaction");
+        log(
+            &app,
+            &vendor,
+            &c.name,
+            pb::InteractionType::Call,
+            visibility,
+            summary,
+        )
+        .await;
     }
 
     let owner_feed = feed(&app, &vendor.read_key).await;
@@ -309,7 +267,10 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
         .expect("revoke");
     let mut again = c.clone();
     again.given_name = "Ada".into();
-    update_field(&app, &vendor.admin_key, again, "given_name").await;
+    again.etag.clear();
+    update(&app, &vendor.admin_key, again, &["given_name"])
+        .await
+        .expect("rename back");
     let after_revoke = since(
         &feed(&app, &dist.read_key).await,
         dist_feed.last().unwrap().sequence,
@@ -318,7 +279,9 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
     assert_eq!(after_revoke[0].resource, grant_name);
 
     // A full grant: deletion reaches the grantee as a last event with the state only.
-    grant(&app, &vendor, &c.name, &shop, &[]).await;
+    grant(&app, &vendor, &c.name, &shop, pb::AccessLevel::Read, &[])
+        .await
+        .expect("grant");
     let before_delete = feed(&app, &shop.read_key).await.len();
     app.customers(&vendor.admin_key)
         .delete_customer(pb::DeleteCustomerRequest {
@@ -410,7 +373,16 @@ async fn merges_and_erasures_reach_those_who_saw_the_records(backend: Backend) {
     app.partner(&vendor, &dist).await;
     let survivor = create(&app, &vendor, person("Ada", "Lovelace", "ada@example.com")).await;
     let loser = create(&app, &vendor, person("Ada", "King", "ada@example.com")).await;
-    grant(&app, &vendor, &loser.name, &dist, &["family_name"]).await;
+    grant(
+        &app,
+        &vendor,
+        &loser.name,
+        &dist,
+        pb::AccessLevel::Read,
+        &["family_name"],
+    )
+    .await
+    .expect("grant");
     let seen = feed(&app, &dist.read_key).await.len();
 
     // The loser's grant moves to the survivor, so dist hears of the merge.
@@ -560,7 +532,9 @@ async fn watchers_see_every_event_once_in_order_under_concurrent_writers(backend
     let mut shared = vec![];
     for i in 0..5 {
         let c = create(&app, &a, person("Shared", &format!("Customer{i}"), "")).await;
-        grant(&app, &a, &c.name, &b, &[]).await;
+        grant(&app, &a, &c.name, &b, pb::AccessLevel::Read, &[])
+            .await
+            .expect("grant");
         shared.push(c.name);
     }
     let start_a = feed(&app, &a.read_key).await.len() as i64;

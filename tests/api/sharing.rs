@@ -23,7 +23,7 @@ fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     })
 }
 
-async fn grant(
+pub(crate) async fn grant(
     app: &TestApp,
     owner: &Org,
     customer: &str,
@@ -53,7 +53,7 @@ async fn get(app: &TestApp, key: &str, name: &str) -> Result<pb::Customer, Statu
         .map(|r| r.into_inner())
 }
 
-async fn update(
+pub(crate) async fn update(
     app: &TestApp,
     key: &str,
     customer: pb::Customer,
@@ -99,7 +99,7 @@ async fn interactions(
         .map(|r| r.into_inner().interactions)
 }
 
-async fn log(
+pub(crate) async fn log(
     app: &TestApp,
     org: &Org,
     customer: &str,
