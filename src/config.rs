@@ -44,6 +44,13 @@ pub struct WebhooksConfig {
     pub max_payload_bytes: u64,
     /// Deliveries in flight at once on this replica.
     pub concurrency: u64,
+    /// Deliveries in flight at once to one endpoint, per replica (an `ordered`
+    /// endpoint has one in all).
+    pub max_in_flight_per_endpoint: u64,
+    /// How long a rotated-out secret keeps signing, unless the rotation says otherwise.
+    pub secret_overlap_secs: u64,
+    /// An endpoint whose attempts have all failed for this long is disabled.
+    pub disable_after_failing_secs: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -55,7 +62,10 @@ impl Default for WebhooksConfig {
             // Immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
             retry_schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
             max_payload_bytes: 256 * 1024,
-            concurrency: 64,
+            concurrency: 256,
+            max_in_flight_per_endpoint: 8,
+            secret_overlap_secs: 24 * 3600,
+            disable_after_failing_secs: 5 * 24 * 3600,
         }
     }
 }
@@ -289,7 +299,7 @@ impl Config {
         {
             bail!("webhooks.retry_schedule_secs must hold 1 to 20 delays of at most a week");
         }
-        let ranges: [(&str, u64, u64, u64); 14] = [
+        let ranges: [(&str, u64, u64, u64); 17] = [
             ("webhooks.timeout_secs", self.webhooks.timeout_secs, 1, 300),
             (
                 "webhooks.max_payload_bytes",
@@ -298,6 +308,24 @@ impl Config {
                 16 * 1024 * 1024,
             ),
             ("webhooks.concurrency", self.webhooks.concurrency, 1, 10_000),
+            (
+                "webhooks.max_in_flight_per_endpoint",
+                self.webhooks.max_in_flight_per_endpoint,
+                1,
+                1000,
+            ),
+            (
+                "webhooks.secret_overlap_secs",
+                self.webhooks.secret_overlap_secs,
+                0,
+                7 * 24 * 3600,
+            ),
+            (
+                "webhooks.disable_after_failing_secs",
+                self.webhooks.disable_after_failing_secs,
+                1,
+                365 * 24 * 3600,
+            ),
             ("events.retention_days", self.events.retention_days, 1, 3650),
             ("events.heartbeat_secs", self.events.heartbeat_secs, 1, 3600),
             (

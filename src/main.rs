@@ -70,12 +70,43 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Tools for partners writing a webhook receiver.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Operator tasks, run directly against the database.
     Admin {
         #[command(flatten)]
         common: Common,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Checks a received webhook (its body and Standard Webhooks headers) against the
+    /// endpoint's signing secret. Exits 0 if it verifies, 1 with the reason if not.
+    Verify {
+        /// The endpoint's secret, `whsec_…`.
+        #[arg(long, env = "LIAISON_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The `webhook-id` header.
+        #[arg(long)]
+        id: String,
+        /// The `webhook-timestamp` header (unix seconds).
+        #[arg(long)]
+        timestamp: String,
+        /// The `webhook-signature` header (`v1,…`, several separated by spaces).
+        #[arg(long)]
+        signature: String,
+        /// The file holding the exact body received; `-` (the default) reads stdin.
+        #[arg(long, default_value = "-")]
+        body: PathBuf,
+        /// Accept a timestamp more than 5 minutes from now (checking an old payload).
+        #[arg(long)]
+        ignore_timestamp: bool,
     },
 }
 
@@ -163,6 +194,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(config.log_format);
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Webhook {
+            command:
+                WebhookCommand::Verify {
+                    secret,
+                    id,
+                    timestamp,
+                    signature,
+                    body,
+                    ignore_timestamp,
+                },
+        } => {
+            use liaison::domain::webhook::{WebhookSecret, verify};
+            use std::io::Read;
+            let secret = WebhookSecret::parse(secret.trim())
+                .map_err(|v| anyhow::anyhow!("--secret {}", v.description))?;
+            let payload = if body.as_os_str() == "-" {
+                let mut buf = vec![];
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("cannot read the body from stdin")?;
+                buf
+            } else {
+                std::fs::read(&body)
+                    .with_context(|| format!("cannot read the body from {}", body.display()))?
+            };
+            let now = match (ignore_timestamp, timestamp.trim().parse::<i64>()) {
+                (true, Ok(sent)) => sent,
+                _ => jiff::Timestamp::now().as_second(),
+            };
+            verify(&secret, &id, &timestamp, &signature, &payload, now)
+                .map_err(|e| anyhow::anyhow!("the webhook does not verify: {e}"))?;
+            println!("valid: webhook {id} was signed with this secret");
+            Ok(())
         }
         Command::Migrate { common } => {
             let config = load(&common, None)?;

@@ -19,7 +19,7 @@ use crate::api::{
     WebhookApi,
 };
 use crate::config::{Config, redact_url};
-use crate::outbound::webhooks::WebhookWorker;
+use crate::outbound::webhooks::{Sender, WebhookWorker};
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
@@ -146,11 +146,15 @@ impl Application {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
 
-        let webhooks =
-            WebhookServiceServer::new(WebhookApi::new(hub.clone(), config.webhooks.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max);
-        let webhook_worker = WebhookWorker::new(hub.store.clone(), config.webhooks.clone())?;
+        let sender = Arc::new(Sender::new(hub.store.clone(), config.webhooks.clone())?);
+        let webhooks = WebhookServiceServer::new(WebhookApi::new(
+            hub.clone(),
+            config.webhooks.clone(),
+            sender.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+        let webhook_worker = WebhookWorker::new(sender);
 
         let stopping = Arc::new(Notify::new());
         let signal = {
@@ -255,6 +259,14 @@ async fn sweep(store: Store, event_retention: SignedDuration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "pruned events past their retention"),
             Err(error) => tracing::warn!(%error, "failed to prune old events"),
+        }
+        match store
+            .prune_deliveries(Timestamp::now() - event_retention)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "pruned finished webhook deliveries"),
+            Err(error) => tracing::warn!(%error, "failed to prune old webhook deliveries"),
         }
     }
 }

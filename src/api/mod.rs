@@ -4,7 +4,7 @@
 pub mod auth;
 pub mod convert;
 pub mod edge;
-mod fanout;
+pub(crate) mod fanout;
 mod names;
 mod paging;
 mod write;
@@ -16,7 +16,7 @@ mod interactions;
 mod members;
 mod partnerships;
 mod sharing;
-mod webhooks;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 

@@ -40,6 +40,8 @@ replay_as_is!(
     pb::Partnership,
     pb::Customer,
     pb::BatchUpsertCustomersResponse,
+    pb::WebhookDelivery,
+    pb::RedeliverFailedWebhookDeliveriesResponse,
     pb::CustomerOverlay,
     pb::Grant,
     pb::AccessRequest,
@@ -47,6 +49,14 @@ replay_as_is!(
     pb::WebhookEndpoint,
     pb::DeleteWebhookEndpointResponse
 );
+
+impl Replayable for pb::WebhookEndpointSecret {
+    /// Secrets are not kept with request ids; a retried rotation reads the secret with
+    /// GetWebhookEndpointSecret.
+    fn for_replay(&self) -> Self {
+        Self::default()
+    }
+}
 
 impl Replayable for pb::CreateApiKeyResponse {
     /// The secret is never stored, so a retry cannot show it again.

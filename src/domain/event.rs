@@ -26,7 +26,11 @@ pub const EVENT_TYPES: &[&str] = &[
     "member.created",
     "member.updated",
     "member.deleted",
+    "webhook_endpoint.disabled",
 ];
+
+/// The type of test events sent to one webhook endpoint on request; never in a feed.
+pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
 /// Most entries in one type filter.
 pub const MAX_TYPE_FILTERS: usize = 50;

@@ -1,8 +1,9 @@
 //! The webhook worker: signed POSTs of events to partner endpoints (Standard Webhooks),
 //! at least once, retried on a schedule.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
@@ -11,16 +12,20 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::api::convert::event_json;
+use crate::api::fanout::{Draft, emit};
+use crate::api::webhooks::endpoint_to_pb;
 use crate::config::WebhooksConfig;
+use crate::domain::event::TEST_EVENT_TYPE;
 use crate::domain::now;
 use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, signature_header};
 use crate::error::Result;
 use crate::pb;
-use crate::store::{AttemptRecord, ClaimedDelivery, Store};
+use crate::pb::event::Payload;
+use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store};
 
 /// A claimed delivery belongs to its worker this long; then another may take it.
 /// Well above the longest attempt (timeout plus recording).
-const LEASE: SignedDuration = SignedDuration::from_secs(120);
+pub const LEASE: SignedDuration = SignedDuration::from_secs(120);
 /// Deliveries claimed per query.
 const CLAIM_BATCH: usize = 32;
 /// The longest the worker sleeps without looking at the queue.
@@ -32,10 +37,18 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Sends due webhook deliveries, forever.
 pub struct WebhookWorker {
+    sender: Arc<Sender>,
+    slots: Arc<Semaphore>,
+    /// Deliveries in flight on this replica, by endpoint.
+    busy: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Makes one attempt at a delivery and records it; shared by the worker and the API's
+/// test events.
+pub struct Sender {
     store: Store,
     client: reqwest::Client,
     config: Arc<WebhooksConfig>,
-    slots: Arc<Semaphore>,
 }
 
 /// Resolves endpoint hosts, dropping addresses the hub must not call. Checking here,
@@ -103,34 +116,45 @@ fn verdict(status: reqwest::StatusCode, retry_after: Option<Duration>) -> Verdic
 }
 
 impl WebhookWorker {
-    pub fn new(store: Store, config: WebhooksConfig) -> anyhow::Result<Self> {
-        let client = client(&config)?;
-        Ok(Self {
-            store,
-            client,
-            slots: Arc::new(Semaphore::new(config.concurrency as usize)),
-            config: Arc::new(config),
-        })
+    pub fn new(sender: Arc<Sender>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(sender.config.concurrency as usize)),
+            busy: Arc::default(),
+            sender,
+        }
     }
 
     pub async fn run(self) {
-        let signal = self.store.deliveries_signal().clone();
-        let this = Arc::new(self);
+        let store = self.sender.store.clone();
+        let signal = store.deliveries_signal().clone();
+        let per_endpoint = self.sender.config.max_in_flight_per_endpoint as usize;
         loop {
-            let free = this.slots.available_permits().min(CLAIM_BATCH);
+            let free = self.slots.available_permits().min(CLAIM_BATCH);
             if free == 0 {
                 // Wait for a slot to free up, then look again.
-                drop(this.slots.acquire().await);
+                drop(self.slots.acquire().await);
                 continue;
             }
             let at = now();
-            match this.store.claim_deliveries(at, at + LEASE, free).await {
+            let busy = self.busy.lock().expect("busy map").clone();
+            let limits = ClaimLimits {
+                total: free,
+                per_endpoint,
+                busy: &busy,
+            };
+            match store.claim_deliveries(at, at + LEASE, limits).await {
                 Ok(claimed) if !claimed.is_empty() => {
                     for delivery in claimed {
-                        let Ok(slot) = this.slots.clone().acquire_owned().await else {
+                        let Ok(slot) = self.slots.clone().acquire_owned().await else {
                             return;
                         };
-                        let worker = this.clone();
+                        *self
+                            .busy
+                            .lock()
+                            .expect("busy map")
+                            .entry(delivery.endpoint_id.clone())
+                            .or_default() += 1;
+                        let (sender, busy) = (self.sender.clone(), self.busy.clone());
                         let span = tracing::info_span!(
                             "webhook",
                             delivery = %delivery.id,
@@ -139,10 +163,20 @@ impl WebhookWorker {
                         );
                         tokio::spawn(
                             async move {
-                                if let Err(error) = worker.deliver(&delivery).await {
+                                if let Err(error) = sender.deliver(&delivery).await {
                                     tracing::warn!(%error, "delivery not recorded; it is retried when its lease ends");
                                 }
+                                let mut busy = busy.lock().expect("busy map");
+                                if let Some(n) = busy.get_mut(&delivery.endpoint_id) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        busy.remove(&delivery.endpoint_id);
+                                    }
+                                }
+                                drop(busy);
                                 drop(slot);
+                                // Its endpoint has room again.
+                                sender.store.deliveries_signal().notify_one();
                             }
                             .instrument(span),
                         );
@@ -156,7 +190,7 @@ impl WebhookWorker {
                     continue;
                 }
             }
-            let wait = match this.store.next_delivery_due().await {
+            let wait = match store.next_delivery_due(now()).await {
                 Ok(Some(due)) => due
                     .duration_since(now())
                     .try_into()
@@ -166,13 +200,24 @@ impl WebhookWorker {
             };
             tokio::select! {
                 () = signal.notified() => {}
-                () = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
             }
         }
     }
+}
 
-    /// One attempt at `d`, recorded.
-    async fn deliver(&self, d: &ClaimedDelivery) -> Result<()> {
+impl Sender {
+    pub fn new(store: Store, config: WebhooksConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: client(&config)?,
+            store,
+            config: Arc::new(config),
+        })
+    }
+
+    /// One attempt at `d`, recorded; an endpoint it disables is announced in its
+    /// organization's feed.
+    pub async fn deliver(&self, d: &ClaimedDelivery) -> Result<AttemptRecord> {
         let attempt = self.attempt(d).await;
         match &attempt {
             a if a.succeeded => tracing::info!(status = a.status, "webhook delivered"),
@@ -180,17 +225,25 @@ impl WebhookWorker {
                 tracing::warn!(status = a.status, error = %a.error, retry = a.retry_at.is_some(), "webhook attempt failed")
             }
         }
-        self.store.record_attempt(d, &attempt).await?;
+        let disable_after =
+            SignedDuration::from_secs(self.config.disable_after_failing_secs as i64);
+        let mut tx = self.store.begin().await?;
+        if let Some(endpoint) = tx.record_attempt(d, &attempt, disable_after).await? {
+            tracing::warn!(reason = %endpoint.disabled_reason, "webhook endpoint disabled");
+            announce_disabled(&mut tx, &endpoint).await?;
+        }
+        tx.commit().await?;
         if attempt.retry_at.is_some() {
-            // The worker may be sleeping on this delivery's lease; let it look again.
+            // The worker may be sleeping past this retry; let it look again.
             self.store.deliveries_signal().notify_one();
         }
-        Ok(())
+        Ok(attempt)
     }
 
     async fn attempt(&self, d: &ClaimedDelivery) -> AttemptRecord {
         let started = now();
         let mut record = AttemptRecord {
+            id: uuid::Uuid::now_v7().to_string(),
             time: started,
             status: 0,
             latency_micros: 0,
@@ -208,7 +261,7 @@ impl WebhookWorker {
             }
             Err(Prepare::Later(reason)) => {
                 record.error = reason;
-                record.retry_at = self.retry_at(d.attempts + 1, None);
+                record.retry_at = self.retry_at(d, None);
                 return record;
             }
         };
@@ -247,7 +300,7 @@ impl WebhookWorker {
                     Verdict::Success => record.succeeded = true,
                     Verdict::Retry(after) => {
                         record.error = format!("the receiver answered {status}");
-                        record.retry_at = self.retry_at(d.attempts + 1, after);
+                        record.retry_at = self.retry_at(d, after);
                     }
                     Verdict::Fail => {
                         record.error = format!("the receiver answered {status}; not retried")
@@ -261,18 +314,21 @@ impl WebhookWorker {
             Err(error) => {
                 record.latency_micros = clock.elapsed().as_micros() as i64;
                 record.error = describe(&error);
-                record.retry_at = self.retry_at(d.attempts + 1, None);
+                record.retry_at = self.retry_at(d, None);
             }
         }
         record
     }
 
-    /// When to try again after `attempts` attempts, or `None` if that was the last.
-    /// The schedule's delay gets ±10% jitter so retries of a burst spread out; a
-    /// receiver's `Retry-After` replaces it.
-    fn retry_at(&self, attempts: i64, retry_after: Option<Duration>) -> Option<Timestamp> {
+    /// When to try `d` again after this attempt, or `None` if that was the last (test
+    /// events get one attempt). The schedule's delay gets ±10% jitter so retries of a
+    /// burst spread out; a receiver's `Retry-After` replaces it.
+    fn retry_at(&self, d: &ClaimedDelivery, retry_after: Option<Duration>) -> Option<Timestamp> {
+        if d.payload.is_some() && d.event_type == TEST_EVENT_TYPE {
+            return None;
+        }
         let schedule = &self.config.retry_schedule_secs;
-        let delay = *schedule.get(attempts as usize)?;
+        let delay = *schedule.get(d.attempts as usize + 1)?;
         let delay = match retry_after {
             Some(after) => after,
             None => {
@@ -306,12 +362,17 @@ impl WebhookWorker {
         if let Some(why) = refused_literal_host(&url, self.config.allow_private_networks) {
             return Err(Prepare::Final(why));
         }
-        let stored = self
-            .store
-            .event_body(&d.organization_id, d.sequence)
-            .await
-            .map_err(later)?
-            .ok_or_else(|| Prepare::Final("the event was pruned before it could be sent".into()))?;
+        let stored = match &d.payload {
+            Some(payload) => payload.clone(),
+            None => self
+                .store
+                .event_body(&d.organization_id, d.sequence)
+                .await
+                .map_err(later)?
+                .ok_or_else(|| {
+                    Prepare::Final("the event was pruned before it could be sent".into())
+                })?,
+        };
         let mut event = pb::Event::decode(stored.as_slice())
             .map_err(|e| Prepare::Final(format!("the stored event does not decode: {e}")))?;
         event.sequence = d.sequence;
@@ -322,10 +383,15 @@ impl WebhookWorker {
                 body.len()
             )));
         }
-        let secret = WebhookSecret::parse(&endpoint.secret)
+        let sent_at = Timestamp::now();
+        let secrets = endpoint
+            .signing_secrets(sent_at)
+            .into_iter()
+            .map(WebhookSecret::parse)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| Prepare::Final("the endpoint's stored secret is malformed".into()))?;
-        let timestamp = Timestamp::now().as_second();
-        let signature = signature_header(&[secret], &d.event_id, timestamp, &body);
+        let timestamp = sent_at.as_second();
+        let signature = signature_header(&secrets, &d.event_id, timestamp, &body);
         Ok(Prepared {
             url,
             body,
@@ -370,4 +436,19 @@ fn describe(error: &reqwest::Error) -> String {
     } else {
         format!("{kind}: {detail}")
     }
+}
+
+/// Tells the organization (its feed, so its other endpoints and streams) that the hub
+/// disabled one of its endpoints.
+async fn announce_disabled(tx: &mut crate::store::Tx, endpoint: &Endpoint) -> Result<()> {
+    let org = tx.org_ref(&endpoint.organization_id).await?;
+    let pb = endpoint_to_pb(&org.slug, endpoint);
+    let mut draft = Draft::new(
+        "webhook_endpoint.disabled",
+        pb.name.clone(),
+        Payload::WebhookEndpoint(pb),
+    );
+    draft.changed_fields = vec!["enabled".into(), "disabled_reason".into()];
+    emit(tx, &endpoint.organization_id, draft);
+    Ok(())
 }

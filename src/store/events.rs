@@ -154,6 +154,23 @@ impl Tx {
         self.cause = cause;
     }
 
+    /// Wakes the webhook workers of every replica once this transaction commits.
+    pub fn wake_deliveries(&mut self) {
+        self.deliveries_queued = true;
+    }
+
+    /// Announces queued deliveries to other replicas (PostgreSQL), inside the
+    /// transaction so the announcement is sent only if it commits.
+    pub(super) async fn announce_deliveries(&mut self) -> Result<()> {
+        if self.deliveries_queued && self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(DELIVERY_CHANNEL)
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Writes the queued events (see the module docs for why this order matters) and
     /// returns each organization's new newest sequence.
     pub(super) async fn write_events(&mut self) -> Result<Vec<(String, i64)>> {
@@ -229,14 +246,8 @@ impl Tx {
             }
             query.execute(self.conn()).await?;
         }
-        self.deliveries_queued = queued;
+        self.deliveries_queued |= queued;
         if self.dialect == Dialect::Postgres {
-            if queued {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(DELIVERY_CHANNEL)
-                    .execute(self.conn())
-                    .await?;
-            }
             for payload in announcements(&heads) {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)

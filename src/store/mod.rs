@@ -34,7 +34,9 @@ pub use idempotency::Claim;
 pub use interactions::InteractionFilter;
 pub use partnerships::PartnershipFilter;
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
-pub use webhooks::{AttemptRecord, ClaimedDelivery, Endpoint};
+pub use webhooks::{
+    Attempt, AttemptQuery, AttemptRecord, ClaimLimits, ClaimedDelivery, Delivery, Endpoint,
+};
 
 use crate::error::{Error, Result};
 
@@ -241,6 +243,7 @@ impl Tx {
     /// of the organizations whose feeds grew.
     pub async fn commit(mut self) -> Result<()> {
         let heads = self.write_events().await?;
+        self.announce_deliveries().await?;
         self.inner.commit().await?;
         for (org, sequence) in heads {
             self.feeds.publish(&org, sequence);

@@ -3,10 +3,23 @@
 //! A delivery row per (event, matching endpoint) is written by [`Tx::commit`] in the
 //! event's own transaction. Workers claim due rows by setting a lease
 //! ([`Store::claim_deliveries`]); the HTTP call happens with no transaction or
-//! connection held, and its outcome is written in a short transaction afterwards. A
-//! worker that dies leaves its lease to expire; the row is then due again.
+//! connection held, and its outcome is written in a short transaction afterwards
+//! ([`Tx::record_attempt`]). A worker that dies leaves its lease to expire; the row is
+//! then due again.
+//!
+//! Claiming is fair: due deliveries are ranked round-robin, first across
+//! organizations, then across each organization's endpoints, so one backlog never
+//! starves another. Per endpoint at most `per_endpoint` are taken (less what this
+//! replica already has in flight); an `ordered` endpoint only ever offers its
+//! lowest-sequence pending delivery, and only while none of its deliveries is leased,
+//! which keeps it to one in flight across replicas. A rate-limited endpoint reserves a
+//! send slot per delivery on its row (GCRA: `pace_time` is when the next request may
+//! go); deliveries whose slot lies ahead are put back with that slot as their due
+//! time, so replicas together keep to the limit.
 
-use jiff::Timestamp;
+use std::collections::HashMap;
+
+use jiff::{SignedDuration, Timestamp};
 use sqlx::FromRow;
 use uuid::Uuid;
 
@@ -26,11 +39,32 @@ pub struct Endpoint {
     pub enabled: bool,
     pub disabled_reason: String,
     pub secret: String,
+    /// A rotated-out secret that still signs until `previous_secret_expire_time`.
+    pub previous_secret: String,
+    pub previous_secret_expire_time: Option<Timestamp>,
+    pub ordered: bool,
+    /// Requests per second; 0: unlimited.
+    pub rate_limit_per_second: i64,
     pub consecutive_failures: i64,
     pub last_success_time: Option<Timestamp>,
+    pub failing_since: Option<Timestamp>,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     pub revision: i64,
+}
+
+impl Endpoint {
+    /// The secrets that sign a request sent at `at`: the current one, and the previous
+    /// one while its overlap lasts.
+    pub fn signing_secrets(&self, at: Timestamp) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if !self.previous_secret.is_empty()
+            && self.previous_secret_expire_time.is_some_and(|t| t > at)
+        {
+            secrets.push(&self.previous_secret);
+        }
+        secrets
+    }
 }
 
 #[derive(FromRow)]
@@ -43,15 +77,22 @@ struct EndpointRow {
     enabled: i64,
     disabled_reason: String,
     secret: String,
+    previous_secret: String,
+    previous_secret_expire_time: Option<i64>,
+    ordered: i64,
+    rate_limit_per_second: i64,
     consecutive_failures: i64,
     last_success_time: Option<i64>,
+    failing_since: Option<i64>,
     create_time: i64,
     update_time: i64,
     revision: i64,
 }
 
 const ENDPOINT_COLUMNS: &str = "id, organization_id, url, description, event_types, enabled, \
-     disabled_reason, secret, consecutive_failures, last_success_time, create_time, update_time, revision";
+     disabled_reason, secret, previous_secret, previous_secret_expire_time, ordered, \
+     rate_limit_per_second, consecutive_failures, last_success_time, failing_since, \
+     create_time, update_time, revision";
 
 impl TryFrom<EndpointRow> for Endpoint {
     type Error = crate::error::Error;
@@ -70,8 +111,16 @@ impl TryFrom<EndpointRow> for Endpoint {
             enabled: r.enabled != 0,
             disabled_reason: r.disabled_reason,
             secret: r.secret,
+            previous_secret: r.previous_secret,
+            previous_secret_expire_time: r
+                .previous_secret_expire_time
+                .map(timestamp)
+                .transpose()?,
+            ordered: r.ordered != 0,
+            rate_limit_per_second: r.rate_limit_per_second,
             consecutive_failures: r.consecutive_failures,
             last_success_time: r.last_success_time.map(timestamp).transpose()?,
+            failing_since: r.failing_since.map(timestamp).transpose()?,
             create_time: timestamp(r.create_time)?,
             update_time: timestamp(r.update_time)?,
             revision: r.revision,
@@ -86,13 +135,33 @@ pub struct ClaimedDelivery {
     pub endpoint_id: String,
     pub organization_id: String,
     pub event_id: String,
+    pub event_type: String,
     pub sequence: i64,
     pub attempts: i64,
+    /// The body of an event outside the feed (a test event); else read from the feed.
+    pub payload: Option<Vec<u8>>,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, endpoint_id, organization_id, event_id, event_type, sequence, attempts, payload";
+
+/// A delivery's state, as callers see it.
+#[derive(Debug, Clone, FromRow)]
+pub struct Delivery {
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// pending, succeeded or dead.
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_time: i64,
 }
 
 /// What one attempt came to.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
+    /// UUID v7, made when the attempt starts.
+    pub id: String,
     pub time: Timestamp,
     /// HTTP status; 0 if no response came.
     pub status: u16,
@@ -104,6 +173,66 @@ pub struct AttemptRecord {
     pub succeeded: bool,
     /// Disable the endpoint with this reason (e.g. the receiver answered 410 Gone).
     pub disable: Option<String>,
+}
+
+impl AttemptRecord {
+    /// `succeeded`, `retrying` or `failed`, as stored.
+    pub fn outcome(&self) -> &'static str {
+        match (self.succeeded, self.retry_at) {
+            (true, _) => "succeeded",
+            (false, Some(_)) => "retrying",
+            (false, None) => "failed",
+        }
+    }
+}
+
+/// An attempt as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct Attempt {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub attempt_time: i64,
+    pub status: i64,
+    pub latency_micros: i64,
+    pub response_excerpt: String,
+    pub error: String,
+    pub outcome: String,
+}
+
+/// Which attempts to list.
+pub struct AttemptQuery<'a> {
+    pub organization_id: &'a str,
+    /// One endpoint, or all the organization's.
+    pub endpoint_id: Option<&'a str>,
+    pub event_id: Option<&'a str>,
+    /// Continue with attempts older than this id (ids are UUID v7: time-ordered).
+    pub before: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// How the worker wants a claim shaped.
+pub struct ClaimLimits<'a> {
+    /// Deliveries to claim at most.
+    pub total: usize,
+    /// In flight per endpoint at most.
+    pub per_endpoint: usize,
+    /// In flight on this replica now, by endpoint id.
+    pub busy: &'a HashMap<String, usize>,
+}
+
+/// A rate-limited endpoint may reserve slots this far ahead of now at claim time.
+const PACE_LOOKAHEAD: SignedDuration = SignedDuration::from_secs(1);
+/// A reserved slot this close to now is taken as now.
+const PACE_SLACK: SignedDuration = SignedDuration::from_millis(5);
+
+#[derive(FromRow)]
+struct Candidate {
+    id: String,
+    endpoint_id: String,
+    rate: i64,
+    paced: i64,
 }
 
 impl Store {
@@ -141,40 +270,153 @@ impl Store {
         Ok(super::Page::from_rows(items, limit, |e| e.id.clone()))
     }
 
-    /// Claims up to `limit` due deliveries for `lease_until`. On PostgreSQL rows
-    /// another replica is claiming right now are skipped, not waited for.
+    /// Pending deliveries of each of `endpoint_ids`.
+    pub async fn pending_deliveries(&self, endpoint_ids: &[&str]) -> Result<HashMap<String, i64>> {
+        if endpoint_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT endpoint_id, COUNT(*) FROM webhook_deliveries \
+             WHERE state = 'pending' AND endpoint_id IN ({}) GROUP BY endpoint_id",
+            placeholders(1, endpoint_ids.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+        for id in endpoint_ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_all(self.reader()).await?.into_iter().collect())
+    }
+
+    /// Claims due deliveries until `lease_until` (see the module docs for the rules).
+    /// On PostgreSQL rows another replica is claiming right now are skipped, not
+    /// waited for.
     pub async fn claim_deliveries(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
-        limit: usize,
+        limits: ClaimLimits<'_>,
     ) -> Result<Vec<ClaimedDelivery>> {
+        let busy_total: usize = limits.busy.values().sum();
+        let candidates: Vec<Candidate> = sqlx::query_as(
+            "SELECT id, endpoint_id, rate, paced FROM (\
+               SELECT id, endpoint_id, rate, paced, next_attempt_time, ROW_NUMBER() OVER (\
+                 PARTITION BY organization_id ORDER BY rn, next_attempt_time) AS fair \
+               FROM (\
+                 SELECT d.id, d.endpoint_id, d.organization_id, d.next_attempt_time, d.paced, \
+                   e.rate_limit_per_second AS rate, ROW_NUMBER() OVER (\
+                     PARTITION BY d.endpoint_id ORDER BY d.sequence, d.id) AS rn \
+                 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+                 WHERE d.state = 'pending' AND d.next_attempt_time <= $1 \
+                   AND (d.lease_until IS NULL OR d.lease_until < $1) AND e.enabled = 1 \
+                   AND (e.rate_limit_per_second = 0 OR d.paced = 1 OR e.pace_time <= $2) \
+                   AND (e.ordered = 0 OR d.sequence = (SELECT MIN(p.sequence) \
+                     FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id \
+                     AND p.state = 'pending'))\
+               ) due WHERE rn <= $3\
+             ) ranked ORDER BY fair, next_attempt_time LIMIT $4",
+        )
+        .bind(micros(now))
+        .bind(micros(now + PACE_LOOKAHEAD))
+        .bind(limits.per_endpoint as i64)
+        .bind((limits.total + busy_total) as i64)
+        .fetch_all(self.reader())
+        .await?;
+        // Leave room for what this replica already has in flight to each endpoint.
+        let mut room: HashMap<&str, usize> = HashMap::new();
+        let mut chosen = vec![];
+        for c in &candidates {
+            let left = room.entry(&c.endpoint_id).or_insert_with(|| {
+                limits
+                    .per_endpoint
+                    .saturating_sub(limits.busy.get(&c.endpoint_id).copied().unwrap_or(0))
+            });
+            if *left > 0 && chosen.len() < limits.total {
+                *left -= 1;
+                chosen.push(c);
+            }
+        }
+        if chosen.is_empty() {
+            return Ok(vec![]);
+        }
         let lock = match self.dialect {
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
+        // The conditions are checked again under the row locks: a row another replica
+        // claimed since the read above is left alone.
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_until = $1 WHERE id IN (\
-             SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_time <= $2 \
-             AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_time LIMIT {limit} {lock}) \
-             RETURNING id, endpoint_id, organization_id, event_id, sequence, attempts"
+             SELECT id FROM webhook_deliveries WHERE id IN ({}) AND state = 'pending' \
+             AND next_attempt_time <= $2 AND (lease_until IS NULL OR lease_until < $2) {lock}) \
+             RETURNING {DELIVERY_COLUMNS}",
+            placeholders(3, chosen.len())
         );
         let mut tx = self.begin().await?;
-        let claimed: Vec<ClaimedDelivery> = sqlx::query_as(&sql)
+        let mut query = sqlx::query_as::<_, ClaimedDelivery>(&sql)
             .bind(micros(lease_until))
+            .bind(micros(now));
+        for c in &chosen {
+            query = query.bind(&c.id);
+        }
+        let mut claimed = query.fetch_all(tx.conn()).await?;
+        // Rate limits: reserve a slot per newly claimed delivery of a limited endpoint.
+        let mut unpaced: HashMap<&str, (i64, Vec<&str>)> = HashMap::new();
+        for c in &chosen {
+            if c.rate > 0 && c.paced == 0 && claimed.iter().any(|d| d.id == c.id) {
+                let entry = unpaced.entry(&c.endpoint_id).or_insert((c.rate, vec![]));
+                entry.1.push(&c.id);
+            }
+        }
+        let mut deferred: Vec<String> = vec![];
+        for (endpoint_id, (rate, ids)) in unpaced {
+            let interval = 1_000_000 / rate.max(1);
+            let n = ids.len() as i64;
+            let (end,): (i64,) = sqlx::query_as(
+                "UPDATE webhook_endpoints SET pace_time = \
+                 (CASE WHEN pace_time > $1 THEN pace_time ELSE $1 END) + $2 \
+                 WHERE id = $3 RETURNING pace_time",
+            )
             .bind(micros(now))
-            .fetch_all(tx.conn())
+            .bind(interval * n)
+            .bind(endpoint_id)
+            .fetch_one(tx.conn())
             .await?;
+            let start = end - interval * n;
+            for (i, id) in ids.into_iter().enumerate() {
+                let slot = start + interval * i as i64;
+                if slot > micros(now + PACE_SLACK) {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET lease_until = NULL, \
+                         next_attempt_time = $1, paced = 1 WHERE id = $2",
+                    )
+                    .bind(slot)
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                    deferred.push(id.to_owned());
+                }
+            }
+        }
         tx.commit().await?;
+        claimed.retain(|d| !deferred.contains(&d.id));
         Ok(claimed)
     }
 
-    /// When the next pending delivery falls due, if any.
-    pub async fn next_delivery_due(&self) -> Result<Option<Timestamp>> {
+    /// The next moment something may become claimable that no notification announces:
+    /// a retry or a reserved rate-limit slot falling due, or a lease running out.
+    pub async fn next_delivery_due(&self, now: Timestamp) -> Result<Option<Timestamp>> {
         let row: (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(COALESCE(lease_until, next_attempt_time)) FROM webhook_deliveries \
-             WHERE state = 'pending'",
+            "SELECT MIN(t) FROM (\
+               SELECT MIN(next_attempt_time) AS t FROM webhook_deliveries \
+                 WHERE state = 'pending' AND next_attempt_time > $1 \
+               UNION ALL SELECT MIN(lease_until) AS t FROM webhook_deliveries \
+                 WHERE state = 'pending' AND lease_until > $1 \
+               UNION ALL SELECT MIN(pace_time) - $2 AS t FROM webhook_endpoints \
+                 WHERE rate_limit_per_second > 0 AND pace_time - $2 > $1\
+             ) due",
         )
+        .bind(micros(now))
+        .bind(PACE_LOOKAHEAD.as_micros() as i64)
         .fetch_one(self.reader())
         .await?;
         row.0.map(timestamp).transpose()
@@ -195,76 +437,78 @@ impl Store {
         Ok(row.map(|r| r.0))
     }
 
-    /// Writes an attempt's outcome, releases the lease and updates the endpoint's
-    /// health, in one short transaction.
-    pub async fn record_attempt(&self, d: &ClaimedDelivery, a: &AttemptRecord) -> Result<()> {
+    /// Attempts, newest first.
+    pub async fn attempts(&self, q: &AttemptQuery<'_>) -> Result<super::Page<Attempt>> {
+        let mut sql = String::from(
+            "SELECT id, endpoint_id, event_id, event_type, attempt_time, status, latency_micros, \
+             response_excerpt, error, outcome FROM webhook_attempts WHERE organization_id = $1",
+        );
+        let mut binds: Vec<&str> = vec![q.organization_id];
+        for (column, op, value) in [
+            ("endpoint_id", "=", q.endpoint_id),
+            ("event_id", "=", q.event_id),
+            ("id", "<", q.before),
+        ] {
+            if let Some(value) = value {
+                binds.push(value);
+                sql.push_str(&format!(" AND {column} {op} ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit + 1));
+        let mut query = sqlx::query_as::<_, Attempt>(&sql);
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(self.reader()).await?;
+        Ok(super::Page::from_rows(rows, q.limit, |a| a.id.clone()))
+    }
+
+    /// Deletes finished deliveries, and their attempts, created before `cutoff`;
+    /// returns how many deliveries went.
+    pub async fn prune_deliveries(&self, cutoff: Timestamp) -> Result<u64> {
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, event_id, attempt_time, \
-             status, latency_micros, response_excerpt, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries \
+             WHERE state <> 'pending' AND create_time < $1)",
         )
-        .bind(Uuid::now_v7().to_string())
-        .bind(&d.id)
-        .bind(&d.endpoint_id)
-        .bind(&d.event_id)
-        .bind(micros(a.time))
-        .bind(i64::from(a.status))
-        .bind(a.latency_micros)
-        .bind(&a.response_excerpt)
-        .bind(&a.error)
+        .bind(micros(cutoff))
         .execute(tx.conn())
         .await?;
-        let state = match (a.succeeded, a.retry_at) {
-            (true, _) => "succeeded",
-            (false, Some(_)) => "pending",
-            (false, None) => "dead",
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
-             next_attempt_time = $2, lease_until = NULL WHERE id = $3",
+        let done = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND create_time < $1",
         )
-        .bind(state)
-        .bind(micros(a.retry_at.unwrap_or(a.time)))
-        .bind(&d.id)
+        .bind(micros(cutoff))
         .execute(tx.conn())
         .await?;
-        if a.succeeded {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET consecutive_failures = 0, last_success_time = $1 \
-                 WHERE id = $2",
-            )
-            .bind(micros(a.time))
-            .bind(&d.endpoint_id)
-            .execute(tx.conn())
-            .await?;
-        } else {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1 \
-                 WHERE id = $1",
-            )
-            .bind(&d.endpoint_id)
-            .execute(tx.conn())
-            .await?;
-        }
-        if let Some(reason) = &a.disable {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = $1, \
-                 revision = revision + 1 WHERE id = $2",
-            )
-            .bind(reason)
-            .bind(&d.endpoint_id)
-            .execute(tx.conn())
-            .await?;
-        }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 }
 
+/// `$first, $first+1, …` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Tx {
+    pub async fn endpoint(&mut self, organization_id: &str, id: &str) -> Result<Option<Endpoint>> {
+        let row: Option<EndpointRow> = sqlx::query_as(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 AND id = $2"
+        ))
+        .bind(organization_id)
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await?;
+        row.map(Endpoint::try_from).transpose()
+    }
+
     pub async fn insert_endpoint(&mut self, e: &Endpoint) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES ({})",
+            placeholders(1, 18)
         ))
         .bind(&e.id)
         .bind(&e.organization_id)
@@ -274,11 +518,66 @@ impl Tx {
         .bind(i64::from(e.enabled))
         .bind(&e.disabled_reason)
         .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_expire_time.map(micros))
+        .bind(i64::from(e.ordered))
+        .bind(e.rate_limit_per_second)
         .bind(e.consecutive_failures)
         .bind(e.last_success_time.map(micros))
+        .bind(e.failing_since.map(micros))
         .bind(micros(e.create_time))
         .bind(micros(e.update_time))
         .bind(e.revision)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Writes the caller-settable fields, the secrets and the failure record of `e` if
+    /// its revision is still current, and bumps the revision; false if it was not.
+    /// Disabling ends the endpoint's pending deliveries as failed.
+    pub async fn update_endpoint(&mut self, e: &mut Endpoint) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, \
+             enabled = $4, disabled_reason = $5, secret = $6, previous_secret = $7, \
+             previous_secret_expire_time = $8, ordered = $9, rate_limit_per_second = $10, \
+             consecutive_failures = $11, failing_since = $12, update_time = $13, \
+             revision = revision + 1 WHERE id = $14 AND revision = $15",
+        )
+        .bind(&e.url)
+        .bind(&e.description)
+        .bind(e.event_types.join(" "))
+        .bind(i64::from(e.enabled))
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_expire_time.map(micros))
+        .bind(i64::from(e.ordered))
+        .bind(e.rate_limit_per_second)
+        .bind(e.consecutive_failures)
+        .bind(e.failing_since.map(micros))
+        .bind(micros(e.update_time))
+        .bind(&e.id)
+        .bind(e.revision)
+        .execute(self.conn())
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        e.revision += 1;
+        if !e.enabled {
+            self.end_pending_deliveries(&e.id).await?;
+        }
+        Ok(true)
+    }
+
+    /// Pending deliveries of a disabled endpoint fail; they can be redelivered later.
+    async fn end_pending_deliveries(&mut self, endpoint_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'dead', lease_until = NULL, paced = 0 \
+             WHERE endpoint_id = $1 AND state = 'pending'",
+        )
+        .bind(endpoint_id)
         .execute(self.conn())
         .await?;
         Ok(())
@@ -322,22 +621,261 @@ impl Tx {
                 if !type_matches(&filter, event_type) {
                     continue;
                 }
-                sqlx::query(
-                    "INSERT INTO webhook_deliveries (id, endpoint_id, organization_id, event_id, \
-                     sequence, state, attempts, next_attempt_time, lease_until, create_time) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, NULL, $6)",
+                self.insert_delivery(
+                    endpoint_id,
+                    organization_id,
+                    (event_id, event_type, *sequence),
+                    None,
+                    now,
                 )
-                .bind(Uuid::now_v7().to_string())
-                .bind(endpoint_id)
-                .bind(organization_id)
-                .bind(*event_id)
-                .bind(*sequence)
-                .bind(now)
-                .execute(self.conn())
                 .await?;
                 queued = true;
             }
         }
         Ok(queued)
+    }
+
+    async fn insert_delivery(
+        &mut self,
+        endpoint_id: &str,
+        organization_id: &str,
+        (event_id, event_type, sequence): (&str, &str, i64),
+        payload: Option<&[u8]>,
+        now: i64,
+    ) -> Result<String> {
+        let id = Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, organization_id, event_id, \
+             event_type, sequence, state, attempts, next_attempt_time, lease_until, create_time, \
+             payload, paced) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, NULL, $7, $8, 0)",
+        )
+        .bind(&id)
+        .bind(endpoint_id)
+        .bind(organization_id)
+        .bind(event_id)
+        .bind(event_type)
+        .bind(sequence)
+        .bind(now)
+        .bind(payload)
+        .execute(self.conn())
+        .await?;
+        Ok(id)
+    }
+
+    /// A test delivery of `payload`, leased to the caller (who sends it at once) until
+    /// `lease_until`.
+    pub async fn insert_test_delivery(
+        &mut self,
+        endpoint: &Endpoint,
+        event_id: &str,
+        event_type: &str,
+        payload: &[u8],
+        lease_until: Timestamp,
+    ) -> Result<ClaimedDelivery> {
+        let now = micros(crate::domain::now());
+        let id = self
+            .insert_delivery(
+                &endpoint.id,
+                &endpoint.organization_id,
+                (event_id, event_type, 0),
+                Some(payload),
+                now,
+            )
+            .await?;
+        sqlx::query("UPDATE webhook_deliveries SET lease_until = $1 WHERE id = $2")
+            .bind(micros(lease_until))
+            .bind(&id)
+            .execute(self.conn())
+            .await?;
+        Ok(ClaimedDelivery {
+            id,
+            endpoint_id: endpoint.id.clone(),
+            organization_id: endpoint.organization_id.clone(),
+            event_id: event_id.to_owned(),
+            event_type: event_type.to_owned(),
+            sequence: 0,
+            attempts: 0,
+            payload: Some(payload.to_vec()),
+        })
+    }
+
+    /// Queues `event_id` for the endpoint again, or for the first time if it never
+    /// was; a delivery still pending is left as it is. `None` if the organization has
+    /// no such event (in its feed, or as an earlier test delivery).
+    pub async fn redeliver_event(
+        &mut self,
+        endpoint: &Endpoint,
+        event_id: &str,
+    ) -> Result<Option<Delivery>> {
+        let now = micros(crate::domain::now());
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT id, state FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+        )
+        .bind(&endpoint.id)
+        .bind(event_id)
+        .fetch_optional(self.conn())
+        .await?;
+        match existing {
+            Some((id, state)) => {
+                if state != "pending" {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
+                         next_attempt_time = $1, lease_until = NULL, paced = 0 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(&id)
+                    .execute(self.conn())
+                    .await?;
+                }
+            }
+            None => {
+                let event: Option<(String, i64)> = sqlx::query_as(
+                    "SELECT type, sequence FROM events WHERE organization_id = $1 AND id = $2",
+                )
+                .bind(&endpoint.organization_id)
+                .bind(event_id)
+                .fetch_optional(self.conn())
+                .await?;
+                let Some((event_type, sequence)) = event else {
+                    return Ok(None);
+                };
+                self.insert_delivery(
+                    &endpoint.id,
+                    &endpoint.organization_id,
+                    (event_id, &event_type, sequence),
+                    None,
+                    now,
+                )
+                .await?;
+            }
+        }
+        self.wake_deliveries();
+        let delivery: Delivery = sqlx::query_as(
+            "SELECT endpoint_id, event_id, event_type, state, attempts, next_attempt_time \
+             FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+        )
+        .bind(&endpoint.id)
+        .bind(event_id)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(Some(delivery))
+    }
+
+    /// Queues again every failed delivery to the endpoint created at or after `since`.
+    pub async fn redeliver_failed(&mut self, endpoint_id: &str, since: Timestamp) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
+             next_attempt_time = $1, lease_until = NULL, paced = 0 \
+             WHERE endpoint_id = $2 AND state = 'dead' AND create_time >= $3",
+        )
+        .bind(micros(crate::domain::now()))
+        .bind(endpoint_id)
+        .bind(micros(since))
+        .execute(self.conn())
+        .await?;
+        if done.rows_affected() > 0 {
+            self.wake_deliveries();
+        }
+        Ok(done.rows_affected())
+    }
+
+    /// Writes an attempt's outcome, releases the lease and updates the endpoint's
+    /// health. Returns the endpoint if this attempt disabled it: its receiver answered
+    /// 410, or every attempt has failed for `disable_after`.
+    pub async fn record_attempt(
+        &mut self,
+        d: &ClaimedDelivery,
+        a: &AttemptRecord,
+        disable_after: SignedDuration,
+    ) -> Result<Option<Endpoint>> {
+        let state = match a.outcome() {
+            "succeeded" => "succeeded",
+            "retrying" => "pending",
+            _ => "dead",
+        };
+        let updated = sqlx::query(
+            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
+             next_attempt_time = $2, lease_until = NULL, paced = 0 WHERE id = $3",
+        )
+        .bind(state)
+        .bind(micros(a.retry_at.unwrap_or(a.time)))
+        .bind(&d.id)
+        .execute(self.conn())
+        .await?;
+        if updated.rows_affected() == 0 {
+            // The endpoint was deleted meanwhile, and its queue with it.
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, organization_id, \
+             event_id, event_type, attempt_time, status, latency_micros, response_excerpt, \
+             error, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&a.id)
+        .bind(&d.id)
+        .bind(&d.endpoint_id)
+        .bind(&d.organization_id)
+        .bind(&d.event_id)
+        .bind(&d.event_type)
+        .bind(micros(a.time))
+        .bind(i64::from(a.status))
+        .bind(a.latency_micros)
+        .bind(&a.response_excerpt)
+        .bind(&a.error)
+        .bind(a.outcome())
+        .execute(self.conn())
+        .await?;
+        let Some(mut endpoint) = self.endpoint(&d.organization_id, &d.endpoint_id).await? else {
+            return Ok(None);
+        };
+        if a.succeeded {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET consecutive_failures = 0, last_success_time = $1, \
+                 failing_since = NULL WHERE id = $2",
+            )
+            .bind(micros(a.time))
+            .bind(&d.endpoint_id)
+            .execute(self.conn())
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, \
+                 failing_since = COALESCE(failing_since, $1) WHERE id = $2",
+            )
+            .bind(micros(a.time))
+            .bind(&d.endpoint_id)
+            .execute(self.conn())
+            .await?;
+        }
+        if endpoint.ordered && state != "pending" {
+            // The next delivery in order may go now, from whichever replica.
+            self.wake_deliveries();
+        }
+        if !endpoint.enabled {
+            return Ok(None);
+        }
+        let failing_since = endpoint.failing_since.unwrap_or(a.time);
+        let reason = match &a.disable {
+            Some(reason) => reason.clone(),
+            None if !a.succeeded && a.time.duration_since(failing_since) >= disable_after => {
+                format!(
+                    "every attempt has failed since {}",
+                    failing_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+                )
+            }
+            None => return Ok(None),
+        };
+        let updated = self
+            .endpoint(&d.organization_id, &d.endpoint_id)
+            .await?
+            .unwrap_or(endpoint.clone());
+        endpoint = updated;
+        endpoint.enabled = false;
+        endpoint.disabled_reason = reason;
+        endpoint.update_time = a.time;
+        if !self.update_endpoint(&mut endpoint).await? {
+            return Ok(None);
+        }
+        Ok(Some(endpoint))
     }
 }

@@ -155,7 +155,7 @@ async fn deliveries_are_signed_retried_until_accepted_and_filtered(backend: Back
         .await
         .expect("create endpoint");
     assert_eq!(endpoint.event_types, ["customer.*"]);
-    assert!(endpoint.enabled);
+    assert_eq!(endpoint.enabled, Some(true));
     let secret = app
         .webhooks(&vendor.admin_key)
         .get_webhook_endpoint_secret(pb::GetWebhookEndpointSecretRequest {
@@ -268,7 +268,7 @@ async fn gone_disables_the_endpoint(backend: Backend) {
             .await
             .unwrap()
             .into_inner();
-        if !e.enabled {
+        if e.enabled == Some(false) {
             disabled = Some(e);
             break;
         }
