@@ -16,7 +16,7 @@ use crate::domain::event::{TEST_EVENT_TYPE, parse_type_filter};
 use crate::domain::webhook::{WebhookSecret, parse_url, refused_literal_host};
 use crate::domain::{Organization, Scope, Slug, now};
 use crate::error::{Error, Result, Violations};
-use crate::outbound::webhooks::{LEASE, Sender};
+use crate::outbound::webhooks::Sender;
 use crate::pb::{self, webhook_service_server::WebhookService};
 use crate::store::{Attempt, AttemptQuery, AttemptRecord, Delivery, Endpoint};
 
@@ -602,7 +602,7 @@ impl WebhookService for WebhookApi {
                 &id,
                 TEST_EVENT_TYPE,
                 &prost::Message::encode_to_vec(&event),
-                now() + LEASE,
+                now() + self.sender.lease(),
             )
             .await?;
         tx.commit().await?;

@@ -23,9 +23,9 @@ use crate::pb;
 use crate::pb::event::Payload;
 use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store};
 
-/// A claimed delivery belongs to its worker this long; then another may take it.
-/// Well above the longest attempt (timeout plus recording).
-pub const LEASE: SignedDuration = SignedDuration::from_secs(120);
+/// A claimed delivery belongs to its worker for twice the attempt timeout plus this;
+/// then another may take it (after a crash, say). Well above the longest attempt.
+const LEASE_MARGIN: SignedDuration = SignedDuration::from_secs(10);
 /// Deliveries claimed per query.
 const CLAIM_BATCH: usize = 32;
 /// The longest the worker sleeps without looking at the queue.
@@ -142,7 +142,10 @@ impl WebhookWorker {
                 per_endpoint,
                 busy: &busy,
             };
-            match store.claim_deliveries(at, at + LEASE, limits).await {
+            match store
+                .claim_deliveries(at, at + self.sender.lease(), limits)
+                .await
+            {
                 Ok(claimed) if !claimed.is_empty() => {
                     for delivery in claimed {
                         let Ok(slot) = self.slots.clone().acquire_owned().await else {
@@ -213,6 +216,11 @@ impl Sender {
             store,
             config: Arc::new(config),
         })
+    }
+
+    /// How long a claimed delivery stays with its worker.
+    pub fn lease(&self) -> SignedDuration {
+        SignedDuration::from_secs(2 * self.config.timeout_secs as i64) + LEASE_MARGIN
     }
 
     /// One attempt at `d`, recorded; an endpoint it disables is announced in its

@@ -1,12 +1,13 @@
 //! Webhooks end to end: a real HTTP receiver on 127.0.0.1 checks each delivery with an
 //! independent Standard Webhooks implementation (the `standardwebhooks` crate).
 
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use liaison::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
 use crate::customers::{create, person};
@@ -16,6 +17,15 @@ crate::on_both_backends!(
     deliveries_are_signed_retried_until_accepted_and_filtered,
     gone_disables_the_endpoint,
     unsafe_destinations_are_refused,
+    timeouts_and_retry_after_are_retried_and_logged,
+    a_dead_endpoint_does_not_hold_up_a_healthy_one,
+    ordered_endpoints_keep_sequence_order_under_retries,
+    rotated_secrets_sign_alongside_until_the_overlap_ends,
+    test_events_updates_and_redelivery,
+    endpoints_failing_for_the_period_are_disabled_and_announced,
+    rate_limits_space_the_requests,
+    two_replicas_deliver_a_burst_once,
+    a_killed_hub_delivers_everything_after_restart,
 );
 
 /// One request as the receiver saw it.
@@ -23,101 +33,187 @@ crate::on_both_backends!(
 struct Received {
     headers: http::HeaderMap,
     body: Vec<u8>,
+    at: Instant,
 }
 
-/// A minimal HTTP/1.1 server that answers each request with the next scripted status
-/// (the last one repeats) and records what it got.
+impl Received {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    fn id(&self) -> String {
+        self.headers["webhook-id"].to_str().unwrap().to_owned()
+    }
+
+    fn sequence(&self) -> i64 {
+        self.json()["sequence"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    status: u16,
+    delay: Duration,
+    retry_after: Option<u64>,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        status,
+        delay: Duration::ZERO,
+        retry_after: None,
+    }
+}
+
+/// Decides the reply to a request, given the requests so far (this one last).
+type Script = Arc<dyn Fn(&[Received]) -> Reply + Send + Sync>;
+
+/// A minimal HTTP/1.1 server that answers as its script says and records what it got
+/// (each request as it arrives, before the reply).
 #[derive(Clone)]
 struct Receiver {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Most requests it was ever answering at once.
+    max_in_flight: Arc<AtomicUsize>,
 }
 
 impl Receiver {
+    /// Answers each request with the next of `statuses` (the last one repeats).
     async fn start(statuses: &[u16]) -> Self {
+        let statuses = statuses.to_vec();
+        Self::scripted(move |got| reply(statuses[(got.len() - 1).min(statuses.len() - 1)])).await
+    }
+
+    async fn scripted(script: impl Fn(&[Received]) -> Reply + Send + Sync + 'static) -> Self {
+        let script: Script = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(vec![]));
-        let script = Arc::new(Mutex::new(statuses.to_vec()));
-        let log = received.clone();
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (log, max) = (received.clone(), max_in_flight.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
-                let (log, script) = (log.clone(), script.clone());
+                let (log, script, max, in_flight) =
+                    (log.clone(), script.clone(), max.clone(), in_flight.clone());
                 tokio::spawn(async move {
-                    let mut buf = vec![];
-                    let mut chunk = [0u8; 8192];
-                    let (head_len, content_length) = loop {
-                        let n = socket.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                            let length = head
-                                .lines()
-                                .find_map(|l| {
-                                    let (k, v) = l.split_once(':')?;
-                                    k.eq_ignore_ascii_case("content-length")
-                                        .then(|| v.trim().parse::<usize>().ok())?
-                                })
-                                .unwrap_or(0);
-                            break (end + 4, length);
-                        }
+                    let Some((headers, body)) = read_request(&mut socket).await else {
+                        return;
                     };
-                    while buf.len() < head_len + content_length {
-                        let n = socket.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let head = String::from_utf8_lossy(&buf[..head_len]).to_string();
-                    let mut headers = http::HeaderMap::new();
-                    for line in head.lines().skip(1) {
-                        if let Some((k, v)) = line.split_once(':')
-                            && let (Ok(k), Ok(v)) = (
-                                http::HeaderName::from_bytes(k.trim().as_bytes()),
-                                http::HeaderValue::from_str(v.trim()),
-                            )
-                        {
-                            headers.insert(k, v);
-                        }
-                    }
-                    let body = buf[head_len..head_len + content_length].to_vec();
-                    log.lock().unwrap().push(Received { headers, body });
-                    let status = {
-                        let mut s = script.lock().unwrap();
-                        if s.len() > 1 { s.remove(0) } else { s[0] }
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(now, Ordering::SeqCst);
+                    let answer = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Received {
+                            headers,
+                            body,
+                            at: Instant::now(),
+                        });
+                        script(&log)
                     };
+                    tokio::time::sleep(answer.delay).await;
+                    let retry_after = answer
+                        .retry_after
+                        .map(|s| format!("retry-after: {s}\r\n"))
+                        .unwrap_or_default();
                     let reply = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                        "HTTP/1.1 {} X\r\ncontent-length: 2\r\n{retry_after}connection: close\r\n\r\nok",
+                        answer.status
                     );
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                     let _ = socket.write_all(reply.as_bytes()).await;
                     let _ = socket.shutdown().await;
                 });
             }
         });
-        Self { url, received }
+        Self {
+            url,
+            received,
+            max_in_flight,
+        }
+    }
+
+    fn got(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
     }
 
     /// Waits until `n` requests have arrived.
     async fn wait_for(&self, n: usize) -> Vec<Received> {
-        for _ in 0..400 {
-            let got = self.received.lock().unwrap().clone();
+        self.wait_for_within(n, Duration::from_secs(10)).await
+    }
+
+    async fn wait_for_within(&self, n: usize, limit: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let got = self.got();
             if got.len() >= n {
                 return got;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!(
-            "expected {n} requests, got {}",
-            self.received.lock().unwrap().len()
-        );
+        panic!("expected {n} requests, got {}", self.got().len());
     }
+}
+
+/// Reads one HTTP/1.1 request with a content-length body.
+async fn read_request(socket: &mut TcpStream) -> Option<(http::HeaderMap, Vec<u8>)> {
+    let mut buf = vec![];
+    let mut chunk = [0u8; 8192];
+    let (head_len, content_length) = loop {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    while buf.len() < head_len + content_length {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf[..head_len]).to_string();
+    let mut headers = http::HeaderMap::new();
+    for line in head.lines().skip(1) {
+        if let Some((k, v)) = line.split_once(':')
+            && let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.trim().as_bytes()),
+                http::HeaderValue::from_str(v.trim()),
+            )
+        {
+            headers.insert(k, v);
+        }
+    }
+    Some((headers, buf[head_len..head_len + content_length].to_vec()))
+}
+
+/// Polls `check` until it yields a value (10 s at most).
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..400 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
 }
 
 fn test_webhooks(config: &mut liaison::config::Config) {
@@ -321,4 +417,787 @@ async fn unsafe_destinations_are_refused(backend: Backend) {
         .get_webhook_endpoint(pb::GetWebhookEndpointRequest { name: mine.name })
         .await;
     assert_error(result, Code::NotFound, "NOT_FOUND");
+}
+
+async fn get_endpoint(app: &TestApp, org: &Org, name: &str) -> pb::WebhookEndpoint {
+    app.webhooks(&org.read_key)
+        .get_webhook_endpoint(pb::GetWebhookEndpointRequest { name: name.into() })
+        .await
+        .expect("get endpoint")
+        .into_inner()
+}
+
+async fn secret_of(app: &TestApp, org: &Org, name: &str) -> pb::WebhookEndpointSecret {
+    app.webhooks(&org.admin_key)
+        .get_webhook_endpoint_secret(pb::GetWebhookEndpointSecretRequest { name: name.into() })
+        .await
+        .expect("get secret")
+        .into_inner()
+}
+
+async fn attempts(
+    app: &TestApp,
+    org: &Org,
+    parent: &str,
+    event_id: &str,
+) -> Vec<pb::WebhookAttempt> {
+    app.webhooks(&org.read_key)
+        .list_webhook_attempts(pb::ListWebhookAttemptsRequest {
+            parent: parent.into(),
+            event_id: event_id.into(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list attempts")
+        .into_inner()
+        .webhook_attempts
+}
+
+fn verifies(secret: &str, r: &Received) -> bool {
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .is_ok()
+}
+
+async fn timeouts_and_retry_after_are_retried_and_logged(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        test_webhooks(c);
+        c.webhooks.timeout_secs = 1;
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    // No answer within the timeout; then 429 with Retry-After: 2; then accepted.
+    let receiver = Receiver::scripted(|got| match got.len() {
+        1 => Reply {
+            delay: Duration::from_millis(2500),
+            ..reply(200)
+        },
+        2 => Reply {
+            retry_after: Some(2),
+            ..reply(429)
+        },
+        _ => reply(200),
+    })
+    .await;
+    let endpoint = create_endpoint(&app, &vendor, &receiver.url, &[])
+        .await
+        .unwrap();
+    create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let got = receiver.wait_for(3).await;
+    let id = got[0].id();
+    assert!(got.iter().all(|r| r.id() == id), "one event, retried");
+    // The schedule says 1 s (±10%); the receiver asked for 2.
+    let waited = got[2].at - got[1].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "Retry-After honoured: {waited:?}"
+    );
+
+    let log = eventually("three attempts logged", async || {
+        let log = attempts(&app, &vendor, &endpoint.name, "").await;
+        (log.len() == 3).then_some(log)
+    })
+    .await;
+    use pb::webhook_attempt::Outcome;
+    // Newest first.
+    assert_eq!(log[0].outcome, Outcome::Succeeded as i32);
+    assert_eq!(
+        (log[0].http_status, log[0].response_body_excerpt.as_str()),
+        (200, "ok")
+    );
+    assert_eq!(
+        (log[1].outcome, log[1].http_status),
+        (Outcome::Retrying as i32, 429)
+    );
+    assert_eq!(
+        (log[2].outcome, log[2].http_status),
+        (Outcome::Retrying as i32, 0)
+    );
+    assert!(log[2].error.contains("timed out"), "{:?}", log[2].error);
+    assert!(log[2].latency.unwrap().seconds >= 1);
+    assert!(
+        log.iter()
+            .all(|a| a.event_id == id && a.event_type == "customer.created")
+    );
+    assert!(
+        log[0]
+            .name
+            .starts_with(&format!("{}/attempts/", endpoint.name))
+    );
+
+    // Across the organization's endpoints, narrowed to the event; paged.
+    let all = format!("{}/webhookEndpoints/-", vendor.name);
+    assert_eq!(attempts(&app, &vendor, &all, &id).await, log);
+    let mut client = app.webhooks(&vendor.read_key);
+    let first = client
+        .list_webhook_attempts(pb::ListWebhookAttemptsRequest {
+            parent: all.clone(),
+            event_id: id.clone(),
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.webhook_attempts, log[..2]);
+    let second = client
+        .list_webhook_attempts(pb::ListWebhookAttemptsRequest {
+            parent: all.clone(),
+            event_id: id.clone(),
+            page_size: 2,
+            page_token: first.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.webhook_attempts, log[2..]);
+    assert!(second.next_page_token.is_empty());
+    let bad = client
+        .list_webhook_attempts(pb::ListWebhookAttemptsRequest {
+            parent: all,
+            event_id: "nope".into(),
+            ..Default::default()
+        })
+        .await;
+    let status = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(violated_fields(&status), ["event_id"]);
+
+    let health = get_endpoint(&app, &vendor, &endpoint.name).await;
+    assert_eq!(health.consecutive_failures, 0);
+    assert!(health.last_success_time.is_some() && health.failing_since_time.is_none());
+    assert_eq!(health.pending_deliveries, 0);
+}
+
+async fn a_dead_endpoint_does_not_hold_up_a_healthy_one(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        test_webhooks(c);
+        c.webhooks.timeout_secs = 30;
+        c.webhooks.concurrency = 6;
+        c.webhooks.max_in_flight_per_endpoint = 3;
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    // Accepts connections and never answers (within the test).
+    let dead = Receiver::scripted(|_| Reply {
+        delay: Duration::from_secs(120),
+        ..reply(200)
+    })
+    .await;
+    let healthy = Receiver::start(&[200]).await;
+    let dead_endpoint = create_endpoint(&app, &vendor, &dead.url, &[])
+        .await
+        .unwrap();
+    create_endpoint(&app, &vendor, &healthy.url, &[])
+        .await
+        .unwrap();
+    for i in 0..20 {
+        create(&app, &vendor, person(&format!("P{i}"), "Hopper", "")).await;
+    }
+    let got = healthy.wait_for(20).await;
+    let ids: std::collections::HashSet<String> = got.iter().map(Received::id).collect();
+    assert_eq!(ids.len(), 20, "every event reached the healthy endpoint");
+    // The dead endpoint holds no more than its share of the worker.
+    assert!(
+        dead.got().len() <= 3,
+        "{} requests in flight to one endpoint",
+        dead.got().len()
+    );
+    let stuck = get_endpoint(&app, &vendor, &dead_endpoint.name).await;
+    assert_eq!(stuck.pending_deliveries, 20);
+}
+
+async fn ordered_endpoints_keep_sequence_order_under_retries(backend: Backend) {
+    let app = spawn_app_with(backend, test_webhooks).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    // Sequences 2 and 4 are refused the first time; every answer takes a moment, so
+    // overlapping requests would be seen.
+    let receiver = Receiver::scripted(|got| {
+        let last = got.last().unwrap().sequence();
+        let first_time = got.iter().filter(|r| r.sequence() == last).count() == 1;
+        Reply {
+            delay: Duration::from_millis(20),
+            ..reply(if first_time && (last == 2 || last == 4) {
+                500
+            } else {
+                200
+            })
+        }
+    })
+    .await;
+    let endpoint = app
+        .webhooks(&vendor.admin_key)
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            parent: vendor.name.clone(),
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                url: receiver.url.clone(),
+                ordered: true,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(endpoint.ordered);
+    for i in 0..6 {
+        create(&app, &vendor, person(&format!("P{i}"), "Hopper", "")).await;
+    }
+    let got = receiver.wait_for(8).await;
+    let order: Vec<i64> = got.iter().map(Received::sequence).collect();
+    assert_eq!(order, [1, 2, 2, 3, 4, 4, 5, 6]);
+    assert_eq!(
+        receiver.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "one at a time"
+    );
+}
+
+async fn rotated_secrets_sign_alongside_until_the_overlap_ends(backend: Backend) {
+    let app = spawn_app_with(backend, test_webhooks).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let receiver = Receiver::start(&[200]).await;
+    let endpoint = create_endpoint(&app, &vendor, &receiver.url, &[])
+        .await
+        .unwrap();
+    let first = secret_of(&app, &vendor, &endpoint.name).await;
+    assert!(first.previous_secret.is_empty());
+    create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let got = receiver.wait_for(1).await;
+    assert!(
+        !got[0].headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .contains(' ')
+    );
+    assert!(verifies(&first.secret, &got[0]));
+
+    let rotate = |overlap: Option<prost_types::Duration>, request_id: &str| {
+        let mut client = app.webhooks(&vendor.admin_key);
+        let request = pb::RotateWebhookEndpointSecretRequest {
+            name: endpoint.name.clone(),
+            overlap,
+            request_id: request_id.into(),
+        };
+        async move { client.rotate_webhook_endpoint_secret(request).await }
+    };
+    // The default overlap: both secrets sign.
+    let second = rotate(None, "").await.unwrap().into_inner();
+    assert_ne!(second.secret, first.secret);
+    assert_eq!(second.previous_secret, first.secret);
+    let expires = second.previous_secret_expire_time.unwrap().seconds;
+    let in_a_day = jiff::Timestamp::now().as_second() + 24 * 3600;
+    assert!((expires - in_a_day).abs() < 60, "24 h overlap");
+    assert_eq!(secret_of(&app, &vendor, &endpoint.name).await, second);
+    create(&app, &vendor, person("Grace", "Hopper", "")).await;
+    let got = receiver.wait_for(2).await;
+    let signatures = got[1].headers["webhook-signature"].to_str().unwrap();
+    assert_eq!(signatures.split(' ').count(), 2, "{signatures}");
+    assert!(
+        verifies(&first.secret, &got[1]),
+        "the old secret still verifies"
+    );
+    assert!(verifies(&second.secret, &got[1]), "the new secret verifies");
+
+    // No overlap: the old secret stops at once.
+    let zero = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 0,
+    });
+    let third = rotate(zero, "rotate-3").await.unwrap().into_inner();
+    assert!(third.previous_secret.is_empty() && third.previous_secret_expire_time.is_none());
+    // A retried rotation does not rotate again, and does not replay the secret.
+    let replay = rotate(zero, "rotate-3").await.unwrap().into_inner();
+    assert_eq!(replay, pb::WebhookEndpointSecret::default());
+    assert_eq!(
+        secret_of(&app, &vendor, &endpoint.name).await.secret,
+        third.secret
+    );
+    create(&app, &vendor, person("Alan", "Turing", "")).await;
+    let got = receiver.wait_for(3).await;
+    assert!(verifies(&third.secret, &got[2]));
+    assert!(!verifies(&second.secret, &got[2]));
+
+    let week = Some(prost_types::Duration {
+        seconds: 8 * 24 * 3600,
+        nanos: 0,
+    });
+    let status = assert_error(
+        rotate(week, "").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(violated_fields(&status), ["overlap"]);
+    let denied = app
+        .webhooks(&vendor.read_key)
+        .rotate_webhook_endpoint_secret(pb::RotateWebhookEndpointSecretRequest {
+            name: endpoint.name.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(denied, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
+}
+
+async fn test_events_updates_and_redelivery(backend: Backend) {
+    let app = spawn_app_with(backend, test_webhooks).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let status = Arc::new(AtomicU16::new(200));
+    let answer = status.clone();
+    let receiver = Receiver::scripted(move |_| reply(answer.load(Ordering::SeqCst))).await;
+    let endpoint = create_endpoint(&app, &vendor, &receiver.url, &["customer.created"])
+        .await
+        .unwrap();
+    let secret = secret_of(&app, &vendor, &endpoint.name).await.secret;
+    let mut admin = app.webhooks(&vendor.admin_key);
+
+    // A test event, sent now; the answer is the attempt.
+    let attempt = admin
+        .send_test_webhook_event(pb::SendTestWebhookEventRequest {
+            name: endpoint.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        attempt.outcome,
+        pb::webhook_attempt::Outcome::Succeeded as i32
+    );
+    assert_eq!(
+        (attempt.http_status, attempt.event_type.as_str()),
+        (200, "webhook.test")
+    );
+    let got = receiver.wait_for(1).await;
+    assert!(verifies(&secret, &got[0]));
+    let test = got[0].json();
+    assert_eq!(test["type"], "webhook.test");
+    assert_eq!(test["webhookEndpoint"]["name"], endpoint.name);
+    assert_eq!(test["id"], attempt.event_id);
+    assert_eq!(attempts(&app, &vendor, &endpoint.name, "").await, [attempt]);
+
+    // Updates: checked field by field, etag-guarded.
+    let update = |e: pb::WebhookEndpoint, paths: &[&str]| {
+        let mut client = app.webhooks(&vendor.admin_key);
+        let request = pb::UpdateWebhookEndpointRequest {
+            webhook_endpoint: Some(e),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            request_id: String::new(),
+        };
+        async move {
+            client
+                .update_webhook_endpoint(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let bad = update(
+        pb::WebhookEndpoint {
+            name: endpoint.name.clone(),
+            rate_limit_per_second: 20_000,
+            url: "ftp://example.com".into(),
+            ..Default::default()
+        },
+        &["rate_limit_per_second", "url"],
+    )
+    .await;
+    let status_ = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(
+        violated_fields(&status_),
+        [
+            "webhook_endpoint.rate_limit_per_second",
+            "webhook_endpoint.url"
+        ]
+    );
+    let updated = update(
+        pb::WebhookEndpoint {
+            name: endpoint.name.clone(),
+            description: "ERP v2".into(),
+            event_types: vec!["customer.*".into()],
+            etag: endpoint.etag.clone(),
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated.description, "ERP v2");
+    assert_eq!(updated.event_types, ["customer.*"]);
+    assert_ne!(updated.etag, endpoint.etag);
+    let stale = update(
+        pb::WebhookEndpoint {
+            name: endpoint.name.clone(),
+            description: "ERP v3".into(),
+            etag: endpoint.etag.clone(),
+            ..Default::default()
+        },
+        &["description"],
+    )
+    .await;
+    assert_error(stale, Code::Aborted, "STALE_ETAG");
+
+    // A refusal (400) fails the delivery at once; redelivering the failed ones sends it.
+    status.store(400, Ordering::SeqCst);
+    create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let got = receiver.wait_for(2).await;
+    let event_id = got[1].id();
+    let failed = eventually("the failure logged", async || {
+        let log = attempts(&app, &vendor, &endpoint.name, &event_id).await;
+        (log.len() == 1).then_some(log)
+    })
+    .await;
+    assert_eq!(
+        failed[0].outcome,
+        pb::webhook_attempt::Outcome::Failed as i32
+    );
+    assert_eq!(failed[0].http_status, 400);
+    status.store(200, Ordering::SeqCst);
+    let since = prost_types::Timestamp {
+        seconds: jiff::Timestamp::now().as_second() - 60,
+        nanos: 0,
+    };
+    let redone = admin
+        .redeliver_failed_webhook_deliveries(pb::RedeliverFailedWebhookDeliveriesRequest {
+            name: endpoint.name.clone(),
+            since: Some(since),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(redone.redelivered, 1);
+    let got = receiver.wait_for(3).await;
+    assert_eq!(got[2].id(), event_id);
+
+    // One event again, on request.
+    let delivery = admin
+        .redeliver_webhook_event(pb::RedeliverWebhookEventRequest {
+            name: endpoint.name.clone(),
+            event_id: event_id.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(delivery.state, pb::webhook_delivery::State::Pending as i32);
+    assert_eq!(
+        (delivery.event_type.as_str(), delivery.endpoint.as_str()),
+        ("customer.created", endpoint.name.as_str())
+    );
+    let got = receiver.wait_for(4).await;
+    assert_eq!(got[3].id(), event_id);
+    let unknown = admin
+        .redeliver_webhook_event(pb::RedeliverWebhookEventRequest {
+            name: endpoint.name.clone(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id: String::new(),
+        })
+        .await;
+    assert_error(unknown, Code::NotFound, "NOT_FOUND");
+    let no_since = admin
+        .redeliver_failed_webhook_deliveries(pb::RedeliverFailedWebhookDeliveriesRequest {
+            name: endpoint.name.clone(),
+            ..Default::default()
+        })
+        .await;
+    let status_ = assert_error(no_since, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(violated_fields(&status_), ["since"]);
+
+    // Disabled by an admin: nothing is sent or queued until it is enabled again.
+    let off = update(
+        pb::WebhookEndpoint {
+            name: endpoint.name.clone(),
+            enabled: Some(false),
+            ..Default::default()
+        },
+        &["enabled"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(off.enabled, Some(false));
+    assert_eq!(off.disabled_reason, "disabled by an administrator");
+    let refused = admin
+        .send_test_webhook_event(pb::SendTestWebhookEventRequest {
+            name: endpoint.name.clone(),
+        })
+        .await;
+    assert_error(refused, Code::FailedPrecondition, "ENDPOINT_DISABLED");
+    create(&app, &vendor, person("Grace", "Hopper", "")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.got().len(), 4);
+    let on = update(
+        pb::WebhookEndpoint {
+            name: endpoint.name.clone(),
+            enabled: Some(true),
+            ..Default::default()
+        },
+        &["enabled"],
+    )
+    .await
+    .unwrap();
+    assert_eq!((on.enabled, on.disabled_reason.as_str()), (Some(true), ""));
+}
+
+async fn endpoints_failing_for_the_period_are_disabled_and_announced(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        test_webhooks(c);
+        c.webhooks.retry_schedule_secs = vec![0, 1, 1, 1, 1, 1];
+        c.webhooks.disable_after_failing_secs = 1;
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let failing = Receiver::start(&[500]).await;
+    let watcher = Receiver::start(&[200]).await;
+    let broken = create_endpoint(&app, &vendor, &failing.url, &["customer.*"])
+        .await
+        .unwrap();
+    create_endpoint(&app, &vendor, &watcher.url, &["webhook_endpoint.*"])
+        .await
+        .unwrap();
+    create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let got = watcher.wait_for(1).await;
+    let announced = got[0].json();
+    assert_eq!(announced["type"], "webhook_endpoint.disabled");
+    assert_eq!(announced["webhookEndpoint"]["name"], broken.name);
+    assert_eq!(announced["webhookEndpoint"]["enabled"], false);
+    let e = get_endpoint(&app, &vendor, &broken.name).await;
+    assert_eq!(e.enabled, Some(false));
+    assert!(e.disabled_reason.contains("failed since"), "{e:?}");
+    assert!(e.consecutive_failures >= 2 && e.failing_since_time.is_some());
+    let tries = failing.got().len();
+    assert!(tries >= 2, "{tries}");
+    // In the feed too, for streams and batch readers.
+    let feed = app
+        .events(&vendor.read_key)
+        .list_events(pb::ListEventsRequest {
+            event_types: vec!["webhook_endpoint.disabled".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(feed.events.len(), 1);
+    // Nothing more goes to it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(failing.got().len(), tries);
+}
+
+async fn rate_limits_space_the_requests(backend: Backend) {
+    let app = spawn_app_with(backend, test_webhooks).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let receiver = Receiver::start(&[200]).await;
+    let endpoint = app
+        .webhooks(&vendor.admin_key)
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            parent: vendor.name.clone(),
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                url: receiver.url.clone(),
+                rate_limit_per_second: 5,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(endpoint.rate_limit_per_second, 5);
+    for i in 0..8 {
+        create(&app, &vendor, person(&format!("P{i}"), "Hopper", "")).await;
+    }
+    let got = receiver.wait_for(8).await;
+    // Seven intervals of 200 ms at least (the first request may itself be late).
+    let span = got[7].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(1200),
+        "8 requests in {span:?}"
+    );
+    let ids: std::collections::HashSet<String> = got.iter().map(Received::id).collect();
+    assert_eq!(ids.len(), 8, "each event once");
+}
+
+async fn two_replicas_deliver_a_burst_once(backend: Backend) {
+    let app = spawn_app_with(backend, test_webhooks).await;
+    let replica = app.replica().await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let receiver = Receiver::start(&[200]).await;
+    create_endpoint(&app, &vendor, &receiver.url, &[])
+        .await
+        .unwrap();
+    let writes = (0..100).map(|i| {
+        let hub = if i % 2 == 0 { &app } else { &replica };
+        create(hub, &vendor, person(&format!("P{i}"), "Hopper", ""))
+    });
+    futures_util::future::join_all(writes).await;
+    receiver.wait_for(100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.got();
+    let ids: std::collections::HashSet<String> = got.iter().map(Received::id).collect();
+    assert_eq!(ids.len(), 100, "none missed");
+    assert_eq!(got.len(), 100, "none sent twice");
+}
+
+/// `liaison serve` as a separate process, so it can be killed outright.
+async fn serve(url: &str) -> (tokio::process::Child, tonic::transport::Channel) {
+    use tokio::io::AsyncBufReadExt;
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+        .args(["--log-format", "json"])
+        .env("LIAISON_LOG", "info")
+        .env("LIAISON_WEBHOOKS_ALLOW_HTTP", "true")
+        .env("LIAISON_WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "true")
+        .env("LIAISON_WEBHOOKS_TIMEOUT_SECS", "1")
+        .env("LIAISON_WEBHOOKS_RETRY_SCHEDULE_SECS", "0,1,1,1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+            if entry["message"] == "hub ready" {
+                return entry["listen"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the hub exited before it was ready");
+    })
+    .await
+    .expect("ready in time");
+    // Keep draining the log so the hub never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (server, channel)
+}
+
+async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
+    use liaison::pb::admin_service_client::AdminServiceClient;
+    use liaison::pb::customer_service_client::CustomerServiceClient;
+    use liaison::pb::webhook_service_client::WebhookServiceClient;
+
+    let (_db, url) = TestDatabase::create(&backend).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(args)
+            .env("LIAISON_DATABASE_URL", &url)
+            .env("LIAISON_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(&["migrate"]);
+    let operator = cli(&["admin", "bootstrap"])
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    // Slow answers, so that deliveries are in flight when the hub dies.
+    let receiver = Receiver::scripted(|_| Reply {
+        delay: Duration::from_millis(300),
+        ..reply(200)
+    })
+    .await;
+
+    let (mut hub, channel) = serve(&url).await;
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator));
+    let org = admin
+        .create_organization(pb::CreateOrganizationRequest {
+            organization: Some(pb::Organization {
+                slug: "vendor".into(),
+                display_name: "Vendor".into(),
+                kind: pb::OrganizationKind::Vendor as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            parent: org.name.clone(),
+            api_key: Some(pb::ApiKey {
+                scopes: vec![pb::ApiKeyScope::Admin as i32],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let mut webhooks = WebhookServiceClient::with_interceptor(channel.clone(), Bearer(key.clone()));
+    let endpoint = webhooks
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            parent: org.name.clone(),
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                url: receiver.url.clone(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = webhooks
+        .get_webhook_endpoint_secret(pb::GetWebhookEndpointSecretRequest {
+            name: endpoint.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let mut customers = CustomerServiceClient::with_interceptor(channel, Bearer(key.clone()));
+    for i in 0..30 {
+        customers
+            .create_customer(pb::CreateCustomerRequest {
+                customer: Some(person(&format!("P{i}"), "Hopper", "")),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    // Some delivered, the rest queued or in flight: SIGKILL.
+    receiver.wait_for(3).await;
+    let pid = hub.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    hub.wait().await.unwrap();
+    let before = receiver.got().len();
+    assert!(
+        before < 30,
+        "the kill came before the end ({before} delivered)"
+    );
+
+    // Restarted: queued deliveries go at once, the killed ones once their lease ends.
+    let (_hub, _channel) = serve(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = receiver.got();
+        let ids: std::collections::HashSet<String> = got.iter().map(Received::id).collect();
+        if ids.len() == 30 {
+            assert!(got.iter().all(|r| verifies(&secret, r)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 30 events delivered",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
