@@ -1201,3 +1201,56 @@ async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `liaison webhook verify` against the Standard Webhooks reference vector.
+#[test]
+fn the_cli_verifies_a_received_webhook() {
+    let verify = |body: &str, extra: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["webhook", "verify", "--id", "msg_p5jXN8AQM9LWM0D4loKWxJek"])
+            .args(["--timestamp", "1614265330"])
+            .args([
+                "--signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ])
+            .args(extra)
+            .env(
+                "LIAISON_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let body = r#"{"test": 2432232314}"#;
+    let (ok, text) = verify(body, &["--ignore-timestamp"]);
+    assert!(ok && text.contains("valid"), "{text}");
+    // The reference timestamp is years old: refused unless told otherwise.
+    let (ok, text) = verify(body, &[]);
+    assert!(!ok && text.contains("5 minutes"), "{text}");
+    let (ok, text) = verify(r#"{"test": 2432232315}"#, &["--ignore-timestamp"]);
+    assert!(!ok && text.contains("no v1 signature"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let (ok, text) = verify(
+        "",
+        &["--ignore-timestamp", "--body", file.to_str().unwrap()],
+    );
+    assert!(ok, "{text}");
+}
