@@ -26,6 +26,77 @@ pub struct Config {
     pub customers: CustomersConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
+    pub email: EmailConfig,
+    pub smtp: SmtpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The sender of every email: `Name <address>` or an address.
+    pub from: String,
+    /// Without `smtp.url`, each email is written here as an `.eml` file.
+    pub outbox_dir: String,
+    /// A directory whose templates (same names as the built-in ones) replace them.
+    pub templates_dir: String,
+    /// Events about one case or customer within this window become one email.
+    pub coalesce_secs: u64,
+    /// Emails sent per second at most, per replica.
+    pub max_per_second: u64,
+    /// Seconds before each attempt; SMTP 4xx and connection failures retry, 5xx fail
+    /// at once (a bounce, shown on the member).
+    pub retry_schedule_secs: Vec<u64>,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            from: "Liaison <liaison@localhost>".into(),
+            outbox_dir: "mail".into(),
+            templates_dir: String::new(),
+            coalesce_secs: 120,
+            max_per_second: 10,
+            retry_schedule_secs: vec![0, 60, 300, 1800, 7200, 21600],
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `smtps://host[:465]` (TLS), `smtp://host:587?tls=required` (STARTTLS required)
+    /// or `smtp://host[:25]` (plain, for a local relay). Empty: write `.eml` files.
+    pub url: String,
+    pub username: String,
+    pub password: String,
+    /// Pooled connections to the server.
+    pub max_connections: u32,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            username: String::new(),
+            password: String::new(),
+            max_connections: 4,
+        }
+    }
+}
+
+/// Debug output masks the password.
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,6 +254,8 @@ impl Default for Config {
             customers: CustomersConfig::default(),
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            email: EmailConfig::default(),
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -299,7 +372,38 @@ impl Config {
         {
             bail!("webhooks.retry_schedule_secs must hold 1 to 20 delays of at most a week");
         }
-        let ranges: [(&str, u64, u64, u64); 17] = [
+        if self.email.retry_schedule_secs.is_empty()
+            || self.email.retry_schedule_secs.len() > 20
+            || self
+                .email
+                .retry_schedule_secs
+                .iter()
+                .any(|s| *s > 7 * 24 * 3600)
+        {
+            bail!("email.retry_schedule_secs must hold 1 to 20 delays of at most a week");
+        }
+        self.email
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| anyhow::anyhow!("email.from is not an address: {e}"))?;
+        if !self.smtp.url.is_empty()
+            && !["smtp://", "smtps://"]
+                .iter()
+                .any(|p| self.smtp.url.starts_with(p))
+        {
+            bail!("smtp.url must start with smtp:// or smtps://");
+        }
+        if self.smtp.url.is_empty() && self.email.outbox_dir.is_empty() {
+            bail!("email.outbox_dir is required when smtp.url is not set");
+        }
+        let ranges: [(&str, u64, u64, u64); 19] = [
+            (
+                "email.coalesce_secs",
+                self.email.coalesce_secs,
+                0,
+                24 * 3600,
+            ),
+            ("email.max_per_second", self.email.max_per_second, 1, 10_000),
             ("webhooks.timeout_secs", self.webhooks.timeout_secs, 1, 300),
             (
                 "webhooks.max_payload_bytes",

@@ -70,6 +70,13 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Email checks.
+    Email {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: EmailCommand,
+    },
     /// Tools for partners writing a webhook receiver.
     Webhook {
         #[command(subcommand)]
@@ -81,6 +88,17 @@ enum Command {
         common: Common,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EmailCommand {
+    /// Sends a test message through the configured transport (SMTP, or `.eml` files)
+    /// and prints what the server answered.
+    Test {
+        /// The recipient.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -194,6 +212,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(config.log_format);
             let app = Application::build(config).await?;
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Email {
+            common,
+            command: EmailCommand::Test { to },
+        } => {
+            let config = load(&common, None)?;
+            telemetry::init(config.log_format);
+            let said =
+                liaison::outbound::email::send_test(&config.email, &config.smtp, &to).await?;
+            println!("sent: {said}");
+            Ok(())
         }
         Command::Webhook {
             command:

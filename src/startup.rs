@@ -19,6 +19,7 @@ use crate::api::{
     WebhookApi,
 };
 use crate::config::{Config, redact_url};
+use crate::outbound::email::EmailWorker;
 use crate::outbound::webhooks::{Sender, WebhookWorker};
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
@@ -155,6 +156,7 @@ impl Application {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
         let webhook_worker = WebhookWorker::new(sender);
+        let email_worker = EmailWorker::new(hub.store.clone(), &config.email, &config.smtp)?;
 
         let stopping = Arc::new(Notify::new());
         let signal = {
@@ -212,6 +214,7 @@ impl Application {
             () = sweep(hub.store.clone(), retention) => Ok(()),
             () = hub.store.listen_for_events() => Ok(()),
             () = webhook_worker.run() => Ok(()),
+            () = email_worker.run() => Ok(()),
         };
         hub.store.close().await;
         tracing::info!("stopped");

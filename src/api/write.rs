@@ -41,6 +41,7 @@ replay_as_is!(
     pb::Customer,
     pb::BatchUpsertCustomersResponse,
     pb::WebhookDelivery,
+    pb::NotificationPreferences,
     pb::RedeliverFailedWebhookDeliveriesResponse,
     pb::CustomerOverlay,
     pb::Grant,

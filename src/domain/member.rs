@@ -141,6 +141,10 @@ pub struct Member {
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     pub revision: i64,
+    /// Why the last email to `email` was refused for good; empty if none was. No
+    /// email goes to a bounced address until the address changes.
+    pub email_bounce: String,
+    pub email_bounce_time: Option<Timestamp>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod filter;
 pub mod interaction;
 pub mod match_key;
 pub mod member;
+pub mod notify;
 pub mod organization;
 pub mod partnership;
 pub mod text;

@@ -46,6 +46,8 @@ use crate::error::Result;
 const CHANNEL: &str = "liaison_events";
 /// The PostgreSQL channel commits announce new webhook deliveries on.
 const DELIVERY_CHANNEL: &str = "liaison_deliveries";
+/// The PostgreSQL channel commits announce new notifications and emails on.
+const EMAIL_CHANNEL: &str = "liaison_emails";
 /// NOTIFY payloads must stay under 8,000 bytes; longer announcements are split.
 const MAX_PAYLOAD: usize = 7_000;
 /// Rows per multi-row INSERT (7 parameters each, far below either backend's limit).
@@ -162,13 +164,26 @@ impl Tx {
     /// Announces queued deliveries to other replicas (PostgreSQL), inside the
     /// transaction so the announcement is sent only if it commits.
     pub(super) async fn announce_deliveries(&mut self) -> Result<()> {
-        if self.deliveries_queued && self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(DELIVERY_CHANNEL)
-                .execute(self.conn())
-                .await?;
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        for (queued, channel) in [
+            (self.deliveries_queued, DELIVERY_CHANNEL),
+            (self.emails_queued, EMAIL_CHANNEL),
+        ] {
+            if queued {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(channel)
+                    .execute(self.conn())
+                    .await?;
+            }
         }
         Ok(())
+    }
+
+    /// Wakes the email workers of every replica once this transaction commits.
+    pub fn wake_emails(&mut self) {
+        self.emails_queued = true;
     }
 
     /// Writes the queued events (see the module docs for why this order matters) and
@@ -209,6 +224,13 @@ impl Tx {
                 .collect();
             queued |= self
                 .queue_deliveries(&first.organization_id, &deliveries)
+                .await?;
+            let notifiable: Vec<(&str, &str, i64)> = group
+                .iter()
+                .zip(start..)
+                .map(|(e, sequence)| (e.event_type.as_str(), e.resource.as_str(), sequence))
+                .collect();
+            self.queue_notifications(&first.organization_id, &notifiable)
                 .await?;
             numbered.extend(group.iter().zip(start..));
             heads.push((first.organization_id.clone(), last));
@@ -291,6 +313,14 @@ impl Store {
     /// Signalled when deliveries are queued (here, or on another replica).
     pub fn deliveries_signal(&self) -> &Arc<Notify> {
         &self.deliveries
+    }
+
+    pub fn emails_signal(&self) -> &Arc<Notify> {
+        &self.emails
+    }
+
+    pub fn clock(&self) -> &crate::domain::notify::Clock {
+        &self.clock
     }
 
     /// The signal streams of this process wait on.
@@ -414,7 +444,7 @@ impl Store {
             return std::future::pending().await;
         };
         loop {
-            match relay(&url, &self.feeds, &self.deliveries).await {
+            match relay(&url, &self.feeds, &self.deliveries, &self.emails).await {
                 Ok(never) => match never {},
                 Err(error) => {
                     tracing::warn!(%error, "lost the event announcement channel; reconnecting");
@@ -430,16 +460,23 @@ async fn relay(
     url: &str,
     feeds: &FeedSignal,
     deliveries: &Notify,
+    emails: &Notify,
 ) -> Result<std::convert::Infallible> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-    listener.listen_all([CHANNEL, DELIVERY_CHANNEL]).await?;
+    listener
+        .listen_all([CHANNEL, DELIVERY_CHANNEL, EMAIL_CHANNEL])
+        .await?;
     // Anything committed while we were not listening is found by this wake-up.
     feeds.wake_all();
     deliveries.notify_one();
+    emails.notify_one();
     loop {
         match listener.try_recv().await? {
             Some(notification) if notification.channel() == DELIVERY_CHANNEL => {
                 deliveries.notify_one();
+            }
+            Some(notification) if notification.channel() == EMAIL_CHANNEL => {
+                emails.notify_one();
             }
             Some(notification) => {
                 for (org, sequence) in parse_announcement(notification.payload()) {
@@ -450,6 +487,7 @@ async fn relay(
             None => {
                 feeds.wake_all();
                 deliveries.notify_one();
+                emails.notify_one();
             }
         }
     }

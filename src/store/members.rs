@@ -7,8 +7,8 @@ use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
 use crate::domain::{DisplayName, EmailAddress, Member, MemberRole, TimeZoneName};
 use crate::error::{Error, Result};
 
-const COLUMNS: &str =
-    "id, organization_id, display_name, email, role, time_zone, create_time, update_time, revision";
+const COLUMNS: &str = "id, organization_id, display_name, email, role, time_zone, create_time, \
+     update_time, revision, email_bounce, email_bounce_time";
 
 #[derive(FromRow)]
 struct MemberRow {
@@ -21,6 +21,8 @@ struct MemberRow {
     create_time: i64,
     update_time: i64,
     revision: i64,
+    email_bounce: String,
+    email_bounce_time: Option<i64>,
 }
 
 impl TryFrom<MemberRow> for Member {
@@ -37,6 +39,8 @@ impl TryFrom<MemberRow> for Member {
             create_time: timestamp(row.create_time)?,
             update_time: timestamp(row.update_time)?,
             revision: row.revision,
+            email_bounce: row.email_bounce,
+            email_bounce_time: row.email_bounce_time.map(timestamp).transpose()?,
             id: row.id,
             organization_id: row.organization_id,
         })
@@ -148,6 +152,7 @@ impl Tx {
 
     /// Deletes the member if it is still at `revision`; false if it changed since.
     pub async fn delete_member(&mut self, org_id: &str, id: &str, revision: i64) -> Result<bool> {
+        self.forget_member_email(id).await?;
         let done = sqlx::query(
             "DELETE FROM members WHERE organization_id = $1 AND id = $2 AND revision = $3",
         )

@@ -8,6 +8,7 @@
 
 mod api_keys;
 mod customers;
+mod email;
 mod events;
 mod idempotency;
 mod interactions;
@@ -29,6 +30,7 @@ use sqlx::{Any, AnyPool, Executor};
 pub use customers::{
     CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, OrderKey, Overlay, Reach, SeenCustomer,
 };
+pub use email::{EmailOutcome, EmailToSend, NewEmail, PendingNotification};
 pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
 pub use idempotency::Claim;
 pub use interactions::InteractionFilter;
@@ -102,6 +104,10 @@ pub struct Store {
     url: Option<String>,
     feeds: Arc<FeedSignal>,
     deliveries: Arc<tokio::sync::Notify>,
+    /// Wakes the email worker when notifications or emails are queued.
+    emails: Arc<tokio::sync::Notify>,
+    /// The email worker's time (tests move it forward).
+    clock: crate::domain::notify::Clock,
 }
 
 impl Store {
@@ -154,6 +160,8 @@ impl Store {
                     url: None,
                     feeds: Arc::default(),
                     deliveries: Arc::default(),
+                    emails: Arc::default(),
+                    clock: Default::default(),
                 }
             }
             Dialect::Postgres => {
@@ -170,6 +178,8 @@ impl Store {
                     url: Some(options.url.clone()),
                     feeds: Arc::default(),
                     deliveries: Arc::default(),
+                    emails: Arc::default(),
+                    clock: Default::default(),
                 }
             }
         };
@@ -215,6 +225,9 @@ impl Store {
             feeds: self.feeds.clone(),
             deliveries: self.deliveries.clone(),
             deliveries_queued: false,
+            emails: self.emails.clone(),
+            emails_queued: false,
+            clock: self.clock.clone(),
         })
     }
 
@@ -236,6 +249,10 @@ pub struct Tx {
     deliveries: Arc<tokio::sync::Notify>,
     /// Whether committing queues webhook deliveries (the worker is then woken).
     deliveries_queued: bool,
+    emails: Arc<tokio::sync::Notify>,
+    /// Whether committing queues notifications or emails.
+    emails_queued: bool,
+    clock: crate::domain::notify::Clock,
 }
 
 impl Tx {
@@ -250,6 +267,9 @@ impl Tx {
         }
         if self.deliveries_queued {
             self.deliveries.notify_one();
+        }
+        if self.emails_queued {
+            self.emails.notify_one();
         }
         Ok(())
     }

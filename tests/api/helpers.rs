@@ -172,6 +172,10 @@ pub fn test_config(database_url: String) -> Config {
     config.database.url = database_url;
     config.database.max_connections = 5;
     config.server.shutdown_grace_secs = 2;
+    config.email.outbox_dir = std::env::temp_dir()
+        .join("liaison-test-mail")
+        .display()
+        .to_string();
     config
 }
 

@@ -1,0 +1,222 @@
+//! What members hear about by email, and when: categories of events, each member's
+//! mode per category (falling back to the organization's defaults, then to the hub's),
+//! the thread an event belongs to, and when a daily digest falls due.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use jiff::{SignedDuration, Timestamp, ToSpan, tz::TimeZone};
+
+/// Kinds of news a member chooses a mode for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// Work for the member's organization: access requests to decide, partnerships
+    /// proposed, tasks and cases handed to it.
+    Work,
+    /// SLA warnings and breaches on the organization's cases.
+    Sla,
+    /// Changes to customer records the member follows.
+    Customers,
+    /// The organization's integrations: webhook endpoints disabled.
+    Integration,
+}
+
+impl Category {
+    pub const ALL: [Category; 4] = [
+        Category::Work,
+        Category::Sla,
+        Category::Customers,
+        Category::Integration,
+    ];
+
+    /// The category of an event type, if members hear about it at all.
+    pub fn of(event_type: &str) -> Option<Category> {
+        match event_type {
+            "access_request.created" | "partnership.proposed" => Some(Category::Work),
+            t if t.starts_with("task.") || t.starts_with("case.") => {
+                if t.starts_with("case.sla_") {
+                    Some(Category::Sla)
+                } else {
+                    Some(Category::Work)
+                }
+            }
+            t if t.starts_with("customer.")
+                || t == "customer_overlay.updated"
+                || t == "interaction.logged" =>
+            {
+                Some(Category::Customers)
+            }
+            "webhook_endpoint.disabled" => Some(Category::Integration),
+            _ => None,
+        }
+    }
+}
+
+/// How a member hears about a category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Immediate,
+    DailyDigest,
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Immediate => "immediate",
+            Mode::DailyDigest => "digest",
+            Mode::Off => "off",
+        }
+    }
+
+    /// `None` for the empty string (inherit) or anything unknown.
+    pub fn parse(raw: &str) -> Option<Mode> {
+        match raw {
+            "immediate" => Some(Mode::Immediate),
+            "digest" => Some(Mode::DailyDigest),
+            "off" => Some(Mode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// A member's or an organization's settings; `None` inherits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preferences {
+    pub work: Option<Mode>,
+    pub sla: Option<Mode>,
+    pub customers: Option<Mode>,
+    pub integration: Option<Mode>,
+    /// Local hour (0–23) of the daily digest.
+    pub digest_hour: Option<u8>,
+}
+
+/// Digests go out at this local hour unless someone chose another.
+pub const DEFAULT_DIGEST_HOUR: u8 = 8;
+
+impl Preferences {
+    pub fn mode(&self, category: Category) -> Option<Mode> {
+        match category {
+            Category::Work => self.work,
+            Category::Sla => self.sla,
+            Category::Customers => self.customers,
+            Category::Integration => self.integration,
+        }
+    }
+
+    /// The member's mode: theirs, else the organization's, else immediate.
+    pub fn effective_mode(&self, defaults: &Preferences, category: Category) -> Mode {
+        self.mode(category)
+            .or(defaults.mode(category))
+            .unwrap_or(Mode::Immediate)
+    }
+
+    pub fn effective_digest_hour(&self, defaults: &Preferences) -> u8 {
+        self.digest_hour
+            .or(defaults.digest_hour)
+            .unwrap_or(DEFAULT_DIGEST_HOUR)
+    }
+}
+
+/// The thread an event's email belongs to: its case, else its customer, else the
+/// resource itself. Every email about one thread replies to the same root.
+pub fn thread_key(resource: &str) -> String {
+    let mut parts = resource.split('/');
+    match (parts.next(), parts.next()) {
+        (Some(kind @ ("customers" | "cases")), Some(id)) => format!("{kind}/{id}"),
+        _ => resource.to_owned(),
+    }
+}
+
+/// The first `hour`:00 in `time_zone` strictly after `after`.
+pub fn next_digest_time(after: Timestamp, time_zone: &str, hour: u8) -> Timestamp {
+    let tz = TimeZone::get(time_zone).unwrap_or(TimeZone::UTC);
+    let local = after.to_zoned(tz);
+    let mut day = local.date();
+    for _ in 0..3 {
+        if let Ok(at) = day
+            .at(hour as i8, 0, 0, 0)
+            .to_zoned(local.time_zone().clone())
+            && at.timestamp() > after
+        {
+            return at.timestamp();
+        }
+        day = day.checked_add(1.day()).unwrap_or(day);
+    }
+    after + SignedDuration::from_hours(24)
+}
+
+/// The time as the email worker sees it. The system clock, shifted by an offset that
+/// tests move forward to reach digest hours and coalescing windows without waiting.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_micros: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> Timestamp {
+        super::now() + SignedDuration::from_micros(self.offset_micros.load(Ordering::SeqCst))
+    }
+
+    /// Moves this clock (and every copy of it) forward by `by`.
+    pub fn advance(&self, by: SignedDuration) {
+        self.offset_micros
+            .fetch_add(by.as_micros() as i64, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_and_threads() {
+        assert_eq!(Category::of("access_request.created"), Some(Category::Work));
+        assert_eq!(Category::of("case.sla_breached"), Some(Category::Sla));
+        assert_eq!(Category::of("customer.updated"), Some(Category::Customers));
+        assert_eq!(Category::of("member.created"), None);
+        assert_eq!(thread_key("customers/c1/interactions/i9"), "customers/c1");
+        assert_eq!(thread_key("cases/k1/tasks/t1"), "cases/k1");
+        assert_eq!(thread_key("partnerships/p1"), "partnerships/p1");
+    }
+
+    #[test]
+    fn modes_fall_back_to_the_organization_then_immediate() {
+        let member = Preferences {
+            work: Some(Mode::Off),
+            ..Default::default()
+        };
+        let org = Preferences {
+            work: Some(Mode::DailyDigest),
+            customers: Some(Mode::DailyDigest),
+            digest_hour: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(member.effective_mode(&org, Category::Work), Mode::Off);
+        assert_eq!(
+            member.effective_mode(&org, Category::Customers),
+            Mode::DailyDigest
+        );
+        assert_eq!(member.effective_mode(&org, Category::Sla), Mode::Immediate);
+        assert_eq!(member.effective_digest_hour(&org), 7);
+        assert_eq!(
+            Preferences::default().effective_digest_hour(&Preferences::default()),
+            8
+        );
+    }
+
+    #[test]
+    fn digests_fall_due_at_the_local_hour() {
+        // 2026-03-28 10:00 UTC is 11:00 in Berlin: the next 08:00 there is the next
+        // day, after the switch to summer time (06:00 UTC).
+        let after: Timestamp = "2026-03-28T10:00:00Z".parse().unwrap();
+        let due = next_digest_time(after, "Europe/Berlin", 8);
+        assert_eq!(due, "2026-03-29T06:00:00Z".parse::<Timestamp>().unwrap());
+        // Before the hour: the same day.
+        let early: Timestamp = "2026-03-28T05:00:00Z".parse().unwrap();
+        assert_eq!(
+            next_digest_time(early, "Asia/Tokyo", 18),
+            "2026-03-28T09:00:00Z".parse::<Timestamp>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,658 @@
+//! Email to account coordinators: composes due notifications into emails (rendered
+//! from templates, threaded per case or customer), then sends the outbox over SMTP
+//! (rustls, pooled connections, a send rate) or writes `.eml` files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+use lettre::address::Envelope;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use prost::Message as _;
+use serde::Serialize;
+
+use crate::config::{EmailConfig, SmtpConfig};
+use crate::domain::Member;
+use crate::domain::notify::Clock;
+use crate::error::Result;
+use crate::pb::{self, event::Payload};
+use crate::store::{EmailOutcome, EmailToSend, NewEmail, PendingNotification, Store};
+
+/// Built-in templates; a file of the same name in `email.templates_dir` replaces one.
+const TEMPLATES: [(&str, &str); 4] = [
+    (
+        "notification.txt",
+        include_str!("templates/notification.txt"),
+    ),
+    (
+        "notification.html",
+        include_str!("templates/notification.html"),
+    ),
+    ("digest.txt", include_str!("templates/digest.txt")),
+    ("digest.html", include_str!("templates/digest.html")),
+];
+/// Immediate news waits this long for more of the same thread before it is composed.
+const SETTLE: SignedDuration = SignedDuration::from_secs(2);
+/// A claimed email belongs to its worker this long.
+const LEASE: SignedDuration = SignedDuration::from_secs(120);
+/// Emails and threads handled per pass.
+const BATCH: usize = 32;
+/// The longest the worker sleeps without looking.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
+/// Longest subject, in characters.
+const MAX_SUBJECT: usize = 180;
+
+/// Where emails go: an SMTP server, or `.eml` files in a directory.
+#[derive(Clone)]
+pub enum Mailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Files(AsyncFileTransport<Tokio1Executor>, String),
+}
+
+/// Why a send failed.
+#[derive(Debug)]
+pub struct SendError {
+    /// The server refused for good (5xx): do not retry.
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl Mailer {
+    pub fn from_config(email: &EmailConfig, smtp: &SmtpConfig) -> anyhow::Result<Self> {
+        if smtp.url.is_empty() {
+            return Ok(Mailer::Files(
+                AsyncFileTransport::<Tokio1Executor>::new(&email.outbox_dir),
+                email.outbox_dir.clone(),
+            ));
+        }
+        // Every TLS user in the process shares the ring provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&smtp.url)
+            .context("smtp.url is not a valid SMTP URL")?
+            .pool_config(PoolConfig::new().max_size(smtp.max_connections.max(1)))
+            .timeout(Some(Duration::from_secs(30)));
+        if !smtp.username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                smtp.username.clone(),
+                smtp.password.clone(),
+            ));
+        }
+        Ok(Mailer::Smtp(builder.build()))
+    }
+
+    /// Sends a formatted message; on success says what the server (or disk) said.
+    pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<String, SendError> {
+        match self {
+            Mailer::Smtp(smtp) => match smtp.send_raw(envelope, message).await {
+                Ok(response) => Ok(format!(
+                    "{} {}",
+                    response.code(),
+                    response.message().collect::<Vec<_>>().join(" ")
+                )),
+                Err(e) => Err(SendError {
+                    permanent: e.is_permanent(),
+                    message: describe(&e),
+                }),
+            },
+            Mailer::Files(files, dir) => match async {
+                // Made on first use, so a hub that never emails leaves no directory.
+                tokio::fs::create_dir_all(dir).await?;
+                files
+                    .send_raw(envelope, message)
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+            .await
+            {
+                Ok(id) => Ok(format!("written to {dir}/{id}.eml")),
+                Err(e) => Err(SendError {
+                    permanent: false,
+                    message: format!("cannot write the message: {e}"),
+                }),
+            },
+        }
+    }
+}
+
+/// An SMTP error in words (lettre's Display plus its cause), without credentials.
+fn describe(e: &lettre::transport::smtp::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
+/// The templates, parsed once at start.
+pub struct Renderer {
+    env: minijinja::Environment<'static>,
+}
+
+impl Renderer {
+    /// The built-in templates, each replaced by a file of the same name in `dir` if
+    /// there is one. A template that does not parse stops the start, naming the file.
+    pub fn new(dir: &str) -> anyhow::Result<Self> {
+        let mut env = minijinja::Environment::new();
+        for (name, builtin) in TEMPLATES {
+            let source = if dir.is_empty() {
+                builtin.to_owned()
+            } else {
+                let path = Path::new(dir).join(name);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => builtin.to_owned(),
+                    Err(e) => return Err(e).with_context(|| format!("cannot read {path:?}")),
+                }
+            };
+            env.add_template_owned(name, source)
+                .with_context(|| format!("email template {name} does not parse"))?;
+        }
+        Ok(Self { env })
+    }
+
+    fn render(&self, name: &str, context: &impl Serialize) -> anyhow::Result<String> {
+        self.env
+            .get_template(name)?
+            .render(context)
+            .with_context(|| format!("cannot render email template {name}"))
+    }
+}
+
+#[derive(Serialize)]
+struct Detail {
+    label: &'static str,
+    value: String,
+}
+
+/// An event as an email shows it: only what the member's organization may see (the
+/// event is read from that organization's own feed).
+#[derive(Serialize)]
+struct EventView {
+    time: String,
+    summary: String,
+    actor: String,
+    details: Vec<Detail>,
+}
+
+#[derive(Serialize)]
+struct ThreadView {
+    title: String,
+    resource: String,
+    events: Vec<EventView>,
+}
+
+#[derive(Serialize)]
+struct MemberView {
+    display_name: String,
+    email: String,
+}
+
+fn customer_name(c: &pb::Customer) -> Option<String> {
+    let name = if !c.display_name.is_empty() {
+        c.display_name.clone()
+    } else if !c.legal_name.is_empty() {
+        c.legal_name.clone()
+    } else {
+        format!("{} {}", c.given_name, c.family_name)
+            .trim()
+            .to_owned()
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// What the email calls the thread: the customer's name where the event shows it.
+fn thread_title(event: &pb::Event, thread: &str) -> String {
+    match &event.payload {
+        Some(Payload::Customer(c)) => customer_name(c),
+        _ => None,
+    }
+    .unwrap_or_else(|| thread.to_owned())
+}
+
+fn event_view(event: &pb::Event, tz: &TimeZone) -> EventView {
+    let time = event
+        .create_time
+        .as_ref()
+        .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
+        .map(|t| {
+            t.to_zoned(tz.clone())
+                .strftime("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let what = event.r#type.replace(['.', '_'], " ");
+    let mut summary = what[..1].to_uppercase() + &what[1..];
+    if !event.changed_fields.is_empty() {
+        summary = format!("{summary}: {}", event.changed_fields.join(", "));
+    }
+    let mut details = vec![];
+    match &event.payload {
+        Some(Payload::Customer(c)) => {
+            if let Some(name) = customer_name(c) {
+                details.push(Detail {
+                    label: "Name",
+                    value: name,
+                });
+            }
+            let emails: Vec<&str> = c.emails.iter().map(|e| e.address.as_str()).collect();
+            if !emails.is_empty() {
+                details.push(Detail {
+                    label: "Email",
+                    value: emails.join(", "),
+                });
+            }
+            let phones: Vec<&str> = c.phones.iter().map(|p| p.number.as_str()).collect();
+            if !phones.is_empty() {
+                details.push(Detail {
+                    label: "Phone",
+                    value: phones.join(", "),
+                });
+            }
+        }
+        Some(Payload::Interaction(i)) => details.push(Detail {
+            label: "Summary",
+            value: i.summary.clone(),
+        }),
+        Some(Payload::AccessRequest(r)) => details.push(Detail {
+            label: "Request",
+            value: r.name.clone(),
+        }),
+        Some(Payload::Partnership(p)) => details.push(Detail {
+            label: "Partnership",
+            value: p.name.clone(),
+        }),
+        Some(Payload::WebhookEndpoint(e)) => {
+            details.push(Detail {
+                label: "Endpoint",
+                value: e.url.clone(),
+            });
+            details.push(Detail {
+                label: "Reason",
+                value: e.disabled_reason.clone(),
+            });
+        }
+        _ => {}
+    }
+    EventView {
+        time,
+        summary,
+        actor: event
+            .actor
+            .as_ref()
+            .map(|a| a.organization.clone())
+            .unwrap_or_default(),
+        details,
+    }
+}
+
+/// A header value that cannot break out of its header: control characters become
+/// spaces, and it is cut to `max` characters.
+fn header_text(raw: &str, max: usize) -> String {
+    let clean: String = raw
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let clean = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    if clean.chars().count() > max {
+        clean.chars().take(max - 1).collect::<String>() + "…"
+    } else {
+        clean
+    }
+}
+
+/// Sends email, forever.
+pub struct EmailWorker {
+    store: Store,
+    mailer: Mailer,
+    renderer: Renderer,
+    config: EmailConfig,
+    from: Mailbox,
+    clock: Clock,
+}
+
+impl EmailWorker {
+    pub fn new(store: Store, email: &EmailConfig, smtp: &SmtpConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            mailer: Mailer::from_config(email, smtp)?,
+            renderer: Renderer::new(&email.templates_dir)?,
+            from: email.from.parse().context("email.from is not an address")?,
+            config: email.clone(),
+            clock: store.clock().clone(),
+            store,
+        })
+    }
+
+    fn window(&self) -> SignedDuration {
+        SignedDuration::from_secs(self.config.coalesce_secs as i64)
+    }
+
+    pub async fn run(self) {
+        let signal = self.store.emails_signal().clone();
+        let pace = Duration::from_secs_f64(1.0 / self.config.max_per_second.max(1) as f64);
+        loop {
+            let busy = match self.pass(pace).await {
+                Ok(busy) => busy,
+                Err(error) => {
+                    tracing::warn!(%error, "email pass failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if busy {
+                continue;
+            }
+            let wait = match self.store.next_email_work(SETTLE, self.window()).await {
+                Ok(Some(due)) => due
+                    .duration_since(self.clock.now())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE_RECHECK),
+                _ => IDLE_RECHECK,
+            };
+            tokio::select! {
+                () = signal.notified() => {}
+                () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+            }
+        }
+    }
+
+    /// Composes what is due and sends what is due; true if there was anything.
+    async fn pass(&self, pace: Duration) -> Result<bool> {
+        let now = self.clock.now();
+        let threads = self
+            .store
+            .due_threads(now, SETTLE, self.window(), BATCH)
+            .await?;
+        for (member_id, thread) in &threads {
+            if let Err(error) = self.compose(member_id, Some(thread)).await {
+                tracing::warn!(%error, member = %member_id, thread = %thread, "cannot compose an email");
+            }
+        }
+        let digests = self.store.due_digests(now, BATCH).await?;
+        for member_id in &digests {
+            if let Err(error) = self.compose(member_id, None).await {
+                tracing::warn!(%error, member = %member_id, "cannot compose a digest");
+            }
+        }
+        let claimed = self.store.claim_emails(now, now + LEASE, BATCH).await?;
+        for email in &claimed {
+            let span = tracing::info_span!("email", email = %email.id, member = %email.member_id);
+            let _enter = span.enter();
+            let outcome = self.send(email).await;
+            self.store
+                .record_email(email, &outcome, self.clock.now())
+                .await?;
+            tokio::time::sleep(pace).await;
+        }
+        Ok(!threads.is_empty() || !digests.is_empty() || !claimed.is_empty())
+    }
+
+    async fn send(&self, email: &EmailToSend) -> EmailOutcome {
+        let envelope = match email
+            .to_address
+            .parse()
+            .map_err(|e| format!("{e}"))
+            .and_then(|to| {
+                Envelope::new(Some(self.from.email.clone()), vec![to]).map_err(|e| format!("{e}"))
+            }) {
+            Ok(e) => e,
+            Err(error) => {
+                return EmailOutcome::Bounced {
+                    error: format!("the address cannot be used: {error}"),
+                };
+            }
+        };
+        match self.mailer.send(&envelope, &email.message).await {
+            Ok(said) => {
+                tracing::info!(outcome = %said, "email sent");
+                EmailOutcome::Sent
+            }
+            Err(e) if e.permanent => {
+                tracing::warn!(error = %e.message, "email refused for good; recorded on the member");
+                EmailOutcome::Bounced { error: e.message }
+            }
+            Err(e) => {
+                let schedule = &self.config.retry_schedule_secs;
+                match schedule.get(email.attempts as usize + 1) {
+                    Some(delay) => {
+                        tracing::warn!(error = %e.message, "email not sent; retried");
+                        EmailOutcome::Retry {
+                            at: self.clock.now() + SignedDuration::from_secs(*delay as i64),
+                            error: e.message,
+                        }
+                    }
+                    None => EmailOutcome::Dead { error: e.message },
+                }
+            }
+        }
+    }
+
+    /// Turns a member's due notifications (one thread, or the digest) into one email.
+    async fn compose(&self, member_id: &str, thread: Option<&str>) -> Result<()> {
+        let now = self.clock.now();
+        let email_id = uuid::Uuid::now_v7().to_string();
+        let mut tx = self.store.begin().await?;
+        let taken = tx
+            .take_notifications(member_id, thread, now, &email_id)
+            .await?;
+        let Some(first) = taken.first() else {
+            return Ok(());
+        };
+        let org_id = first.organization_id.clone();
+        let Some(member) = tx.member(&org_id, member_id).await? else {
+            // Deleted meanwhile: the notifications stay composed into nothing.
+            return tx.commit().await;
+        };
+        let org = tx.org_ref(&org_id).await?;
+        let sequences: Vec<i64> = taken.iter().map(|n| n.sequence).collect();
+        let bodies = tx.event_bodies(&org_id, &sequences).await?;
+        let tz = TimeZone::get(member.time_zone.as_str()).unwrap_or(TimeZone::UTC);
+        let domain = self.from.email.domain().to_owned();
+        let rendered = self.render(&member, org.slug.as_str(), &taken, &bodies, &tz, thread)?;
+        let message_id = format!("<{email_id}@{domain}>");
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(
+                Some(header_text(member.display_name.as_str(), 100)),
+                member
+                    .email
+                    .as_str()
+                    .parse()
+                    .map_err(|e| crate::error::Error::Internal(anyhow::anyhow!("{e}")))?,
+            ))
+            .subject(&rendered.subject)
+            .message_id(Some(message_id.clone()))
+            .date(now.into());
+        if let Some(thread) = thread {
+            // Every email of a thread replies to its first one, so mail clients show
+            // one conversation per case or customer.
+            let root = match tx.thread_root(member_id, thread).await? {
+                Some(root) => {
+                    builder = builder.in_reply_to(root.clone()).references(root.clone());
+                    root
+                }
+                None => message_id.clone(),
+            };
+            tx.touch_thread(member_id, thread, &root, now).await?;
+        }
+        let message = builder
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
+            .map_err(|e| crate::error::Error::Internal(anyhow::anyhow!("{e}")))?;
+        tx.insert_email(
+            &NewEmail {
+                id: &email_id,
+                organization_id: &org_id,
+                member_id,
+                to_address: member.email.as_str(),
+                message_id: &message_id,
+                kind: if thread.is_some() {
+                    "immediate"
+                } else {
+                    "digest"
+                },
+                subject: &rendered.subject,
+                message: &message.formatted(),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(member = %member_id, events = taken.len(), email = %email_id, "email composed");
+        Ok(())
+    }
+
+    fn render(
+        &self,
+        member: &Member,
+        organization: &str,
+        taken: &[PendingNotification],
+        bodies: &std::collections::HashMap<i64, Vec<u8>>,
+        tz: &TimeZone,
+        thread: Option<&str>,
+    ) -> Result<Rendered> {
+        // Threads in order of their first event; events oldest first.
+        let mut threads: BTreeMap<(i64, String), ThreadView> = BTreeMap::new();
+        let mut order: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        let mut count = 0;
+        for n in taken {
+            let Some(event) = bodies
+                .get(&n.sequence)
+                .and_then(|b| pb::Event::decode(b.as_slice()).ok())
+            else {
+                continue; // pruned meanwhile
+            };
+            count += 1;
+            let first = *order.entry(n.thread_key.clone()).or_insert(n.sequence);
+            let view = threads
+                .entry((first, n.thread_key.clone()))
+                .or_insert_with(|| ThreadView {
+                    title: thread_title(&event, &n.thread_key),
+                    resource: n.thread_key.clone(),
+                    events: vec![],
+                });
+            if view.title == n.thread_key {
+                view.title = thread_title(&event, &n.thread_key);
+            }
+            view.events.push(event_view(&event, tz));
+        }
+        let threads: Vec<ThreadView> = threads.into_values().collect();
+        let member_view = MemberView {
+            display_name: member.display_name.as_str().to_owned(),
+            email: member.email.as_str().to_owned(),
+        };
+        let internal = |e: anyhow::Error| crate::error::Error::Internal(e);
+        match (thread, threads.first()) {
+            (Some(_), Some(t)) => {
+                let context = minijinja::context! {
+                    member => member_view,
+                    organization => organization,
+                    thread => t,
+                    events => &t.events,
+                };
+                let subject = match t.events.as_slice() {
+                    [one] => format!("[Liaison] {}: {}", t.title, one.summary),
+                    many => format!("[Liaison] {}: {} updates", t.title, many.len()),
+                };
+                Ok(Rendered {
+                    subject: header_text(&subject, MAX_SUBJECT),
+                    text: self
+                        .renderer
+                        .render("notification.txt", &context)
+                        .map_err(internal)?,
+                    html: self
+                        .renderer
+                        .render("notification.html", &context)
+                        .map_err(internal)?,
+                })
+            }
+            _ => {
+                let date = self.clock.now().to_zoned(tz.clone()).date().to_string();
+                let context = minijinja::context! {
+                    member => member_view,
+                    organization => organization,
+                    date => date,
+                    count => count,
+                    threads => threads,
+                };
+                let subject = format!("[Liaison] Your digest for {date}: {count} updates");
+                Ok(Rendered {
+                    subject: header_text(&subject, MAX_SUBJECT),
+                    text: self
+                        .renderer
+                        .render("digest.txt", &context)
+                        .map_err(internal)?,
+                    html: self
+                        .renderer
+                        .render("digest.html", &context)
+                        .map_err(internal)?,
+                })
+            }
+        }
+    }
+}
+
+struct Rendered {
+    subject: String,
+    text: String,
+    html: String,
+}
+
+/// `liaison email test`: one message through the configured transport.
+pub async fn send_test(email: &EmailConfig, smtp: &SmtpConfig, to: &str) -> anyhow::Result<String> {
+    let mailer = Mailer::from_config(email, smtp)?;
+    let from: Mailbox = email.from.parse().context("email.from is not an address")?;
+    let to: Mailbox = to.parse().context("--to is not an email address")?;
+    let message = Message::builder()
+        .from(from.clone())
+        .to(to.clone())
+        .subject("[Liaison] Test message")
+        .multipart(MultiPart::alternative_plain_html(
+            "This is a test message from Liaison. Email works.".to_owned(),
+            "<p>This is a test message from Liaison. Email works.</p>".to_owned(),
+        ))
+        .context("cannot build the test message")?;
+    let envelope = Envelope::new(Some(from.email), vec![to.email]).context("envelope")?;
+    mailer
+        .send(&envelope, &message.formatted())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} failure: {}",
+                if e.permanent {
+                    "permanent"
+                } else {
+                    "temporary"
+                },
+                e.message
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_text_cannot_inject_headers() {
+        assert_eq!(
+            header_text("Ada\r\nBcc: evil@example.com", 100),
+            "Ada Bcc: evil@example.com"
+        );
+        assert_eq!(header_text(&"x".repeat(10), 5).chars().count(), 5);
+    }
+
+    #[test]
+    fn builtin_templates_parse() {
+        Renderer::new("").expect("built-in templates parse");
+    }
+}
