@@ -540,8 +540,10 @@ impl EmailWorker {
                     resource: n.thread_key.clone(),
                     events: vec![],
                 });
-            if view.title == n.thread_key {
-                view.title = thread_title(&event, &n.thread_key);
+            // The thread goes by its latest name.
+            let title = thread_title(&event, &n.thread_key);
+            if title != n.thread_key {
+                view.title = title;
             }
             view.events.push(event_view(&event, tz));
         }

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod cli;
 mod customers;
+mod email;
 mod events;
 mod members;
 mod partnerships;

@@ -1,0 +1,678 @@
+//! Email to members end to end: a real SMTP conversation with an in-process server on
+//! 127.0.0.1, whose received messages are parsed as MIME.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::SignedDuration;
+use liaison::domain::notify::next_digest_time;
+use liaison::pb;
+use mail_parser::MessageParser;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::customers::{create, person};
+use crate::helpers::*;
+use crate::sharing::{grant, update};
+
+crate::on_both_backends!(
+    emails_are_threaded_coalesced_and_show_only_what_the_organization_sees,
+    temporary_failures_retry_and_refusals_bounce,
+    digests_arrive_at_the_members_local_hour,
+    preferences_are_checked_and_inherited,
+);
+
+/// What the server was told to answer at the end of DATA, or to RCPT for an address.
+#[derive(Default)]
+struct Script {
+    /// Replies to the next DATA ends, before falling back to 250.
+    data_replies: Vec<&'static str>,
+    /// Recipients refused at RCPT with this reply.
+    refuse: HashMap<String, &'static str>,
+}
+
+/// One message as received: the envelope recipient and the raw message.
+#[derive(Clone, Debug)]
+struct Mail {
+    to: String,
+    raw: Vec<u8>,
+}
+
+impl Mail {
+    fn parsed(&self) -> mail_parser::Message<'_> {
+        MessageParser::default().parse(&self.raw).expect("MIME")
+    }
+}
+
+/// A minimal SMTP server (RFC 5321 without extensions).
+#[derive(Clone)]
+struct SmtpServer {
+    url: String,
+    received: Arc<Mutex<Vec<Mail>>>,
+    /// Every RCPT and DATA outcome, in order: `(recipient, reply code)`.
+    attempts: Arc<Mutex<Vec<(String, u16)>>>,
+    script: Arc<Mutex<Script>>,
+}
+
+impl SmtpServer {
+    async fn start(script: Script) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("smtp://{}", listener.local_addr().unwrap());
+        let server = SmtpServer {
+            url,
+            received: Arc::default(),
+            attempts: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+        };
+        let this = server.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let this = this.clone();
+                tokio::spawn(async move { this.session(socket).await });
+            }
+        });
+        server
+    }
+
+    async fn session(&self, socket: tokio::net::TcpStream) {
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read);
+        let _ = write.write_all(b"220 test.example ESMTP\r\n").await;
+        let mut to = String::new();
+        loop {
+            let mut line = String::new();
+            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let upper = line.to_ascii_uppercase();
+            let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                "250 test.example\r\n".into()
+            } else if upper.starts_with("RCPT TO:") {
+                to = line[8..]
+                    .trim()
+                    .trim_matches(|c| c == '<' || c == '>')
+                    .to_owned();
+                let refused = self.script.lock().unwrap().refuse.get(&to).copied();
+                match refused {
+                    Some(r) => {
+                        self.attempts
+                            .lock()
+                            .unwrap()
+                            .push((to.clone(), r[..3].parse().unwrap()));
+                        format!("{r}\r\n")
+                    }
+                    None => "250 ok\r\n".into(),
+                }
+            } else if upper.starts_with("DATA") {
+                let _ = write.write_all(b"354 go ahead\r\n").await;
+                let mut raw = vec![];
+                loop {
+                    let mut l = String::new();
+                    if lines.read_line(&mut l).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if l == ".\r\n" {
+                        break;
+                    }
+                    let l = l.strip_prefix('.').unwrap_or(&l);
+                    raw.extend_from_slice(l.as_bytes());
+                }
+                let scripted = {
+                    let mut s = self.script.lock().unwrap();
+                    (!s.data_replies.is_empty()).then(|| s.data_replies.remove(0))
+                };
+                let reply = scripted.unwrap_or("250 2.0.0 queued");
+                self.attempts
+                    .lock()
+                    .unwrap()
+                    .push((to.clone(), reply[..3].parse().unwrap()));
+                if reply.starts_with('2') {
+                    self.received.lock().unwrap().push(Mail {
+                        to: to.clone(),
+                        raw,
+                    });
+                }
+                format!("{reply}\r\n")
+            } else if upper.starts_with("QUIT") {
+                let _ = write.write_all(b"221 bye\r\n").await;
+                return;
+            } else {
+                // MAIL, RSET, NOOP.
+                "250 ok\r\n".into()
+            };
+            if write.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn mail(&self) -> Vec<Mail> {
+        self.received.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize) -> Vec<Mail> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let got = self.mail();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("expected {n} emails, got {}", self.mail().len());
+    }
+}
+
+fn smtp(server: &SmtpServer) -> impl FnOnce(&mut liaison::config::Config) {
+    let url = server.url.clone();
+    move |c| {
+        c.smtp.url = url;
+        c.email.from = "Liaison Hub <hub@liaison.example>".into();
+        c.email.retry_schedule_secs = vec![0, 1, 1];
+    }
+}
+
+async fn member(app: &TestApp, org: &Org, name: &str, email: &str, tz: &str) -> pb::Member {
+    app.members(&org.admin_key)
+        .create_member(pb::CreateMemberRequest {
+            parent: org.name.clone(),
+            member: Some(pb::Member {
+                display_name: name.into(),
+                email: email.into(),
+                role: pb::MemberRole::Coordinator as i32,
+                time_zone: tz.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("member")
+        .into_inner()
+}
+
+async fn set_preferences(
+    app: &TestApp,
+    org: &Org,
+    prefs: pb::NotificationPreferences,
+    paths: &[&str],
+) -> Result<pb::NotificationPreferences, tonic::Status> {
+    app.members(&org.admin_key)
+        .update_notification_preferences(pb::UpdateNotificationPreferencesRequest {
+            notification_preferences: Some(prefs),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn follow(app: &TestApp, org: &Org, m: &pb::Member, customers: &[&str]) {
+    set_preferences(
+        app,
+        org,
+        pb::NotificationPreferences {
+            name: format!("{}/notificationPreferences", m.name),
+            followed_customers: customers.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+        &["followed_customers"],
+    )
+    .await
+    .expect("follow");
+}
+
+fn header<'a>(m: &'a mail_parser::Message<'a>, name: &str) -> String {
+    m.header_raw(name).unwrap_or_default().trim().to_owned()
+}
+
+fn rename(c: &pb::Customer, given: &str) -> pb::Customer {
+    let mut c = c.clone();
+    c.etag.clear();
+    c.given_name = given.into();
+    c
+}
+
+async fn emails_are_threaded_coalesced_and_show_only_what_the_organization_sees(backend: Backend) {
+    let server = SmtpServer::start(Script::default()).await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&vendor, &shop).await;
+    let c = create(&app, &vendor, person("Ada", "Lovelace", "ada@example.com")).await;
+    // The shop sees the names, not the email address.
+    grant(
+        &app,
+        &vendor,
+        &c.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["given_name", "family_name"],
+    )
+    .await
+    .expect("grant");
+    let grace = member(
+        &app,
+        &shop,
+        "Grace <Ops>",
+        "grace@shop.example",
+        "Europe/Berlin",
+    )
+    .await;
+    follow(&app, &shop, &grace, &[&c.name]).await;
+
+    // Two changes in quick succession: one email.
+    let mut changed = rename(&c, "Augusta");
+    changed.emails[0].address = "augusta@example.com".into();
+    update(&app, &vendor.admin_key, changed, &["given_name", "emails"])
+        .await
+        .unwrap();
+    let mut changed = rename(&c, "Augusta");
+    changed.family_name = "King".into();
+    update(&app, &vendor.admin_key, changed, &["family_name"])
+        .await
+        .unwrap();
+    let got = server.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.mail().len(), 1, "coalesced into one email");
+    assert_eq!(got[0].to, "grace@shop.example");
+    let first = got[0].parsed();
+    let subject = first.subject().unwrap().to_owned();
+    assert!(subject.contains("Augusta King"), "{subject}");
+    assert!(subject.contains("2 updates"), "{subject}");
+    assert_eq!(first.text_body_count(), 1);
+    assert_eq!(first.html_body_count(), 1);
+    let text = first.body_text(0).unwrap().to_string();
+    let html = first.body_html(0).unwrap().to_string();
+    for part in [&text, &html] {
+        assert!(part.contains("Augusta"), "{part}");
+        assert!(
+            !part.contains("example.com"),
+            "no hidden field leaks: {part}"
+        );
+    }
+    assert!(
+        html.contains("Grace &lt;Ops&gt;"),
+        "HTML is escaped: {html}"
+    );
+    assert!(text.contains("Grace <Ops>"));
+    let root = header(&first, "Message-ID");
+    assert!(
+        root.starts_with('<') && root.ends_with("@liaison.example>"),
+        "{root}"
+    );
+    assert!(first.in_reply_to().is_empty());
+    assert!(header(&first, "From").contains("hub@liaison.example"));
+
+    // Another change inside the coalescing window waits for it to end, then replies
+    // in the same thread.
+    let mut changed = rename(&c, "Ada");
+    changed.family_name = "King".into();
+    update(&app, &vendor.admin_key, changed, &["given_name"])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(server.mail().len(), 1, "held back by the window");
+    app.store.clock().advance(SignedDuration::from_mins(2));
+    app.store.emails_signal().notify_one();
+    let got = server.wait_for(2).await;
+    let second = got[1].parsed();
+    assert_eq!(header(&second, "In-Reply-To"), root);
+    assert_eq!(header(&second, "References"), root);
+    assert_ne!(header(&second, "Message-ID"), root);
+    let subject = second.subject().unwrap();
+    assert!(
+        subject.contains("Ada King: Customer updated: given_name"),
+        "{subject}"
+    );
+}
+
+async fn temporary_failures_retry_and_refusals_bounce(backend: Backend) {
+    let server = SmtpServer::start(Script {
+        data_replies: vec!["451 4.3.0 try again later"],
+        refuse: HashMap::from([("gone@vendor.example".to_owned(), "550 5.1.1 no such user")]),
+    })
+    .await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let c = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let ok = member(&app, &vendor, "Ok", "ok@vendor.example", "UTC").await;
+    let gone = member(&app, &vendor, "Gone", "gone@vendor.example", "UTC").await;
+    follow(&app, &vendor, &ok, &[&c.name]).await;
+    follow(&app, &vendor, &gone, &[&c.name]).await;
+    update(
+        &app,
+        &vendor.admin_key,
+        rename(&c, "Augusta"),
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    // The 451 is retried; the 550 is not.
+    let got = server.wait_for(1).await;
+    assert_eq!(got[0].to, "ok@vendor.example");
+    let bounced = {
+        let mut found = None;
+        for _ in 0..200 {
+            let m = app
+                .members(&vendor.read_key)
+                .get_member(pb::GetMemberRequest {
+                    name: gone.name.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if !m.email_bounce.is_empty() {
+                found = Some(m);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        found.expect("the refusal is recorded on the member")
+    };
+    assert!(bounced.email_bounce.contains("550"), "{bounced:?}");
+    assert!(bounced.email_bounce_time.is_some());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let attempts = server.attempts.lock().unwrap().clone();
+    let to_gone = attempts
+        .iter()
+        .filter(|a| a.0 == "gone@vendor.example")
+        .count();
+    assert_eq!(
+        to_gone, 1,
+        "a permanent failure is not retried: {attempts:?}"
+    );
+    let to_ok: Vec<u16> = attempts
+        .iter()
+        .filter(|a| a.0 == "ok@vendor.example")
+        .map(|a| a.1)
+        .collect();
+    assert_eq!(to_ok, [451, 250]);
+    // The retry is the same message.
+    assert!(got[0].parsed().subject().unwrap().contains("Augusta"));
+
+    // No more mail to the bounced address until it changes.
+    app.store.clock().advance(SignedDuration::from_mins(5));
+    update(&app, &vendor.admin_key, rename(&c, "Ada"), &["given_name"])
+        .await
+        .unwrap();
+    server.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_gone = server
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.0 == "gone@vendor.example")
+        .count();
+    assert_eq!(to_gone, 1);
+    let mut fixed = bounced.clone();
+    fixed.email = "back@vendor.example".into();
+    fixed.etag.clear();
+    let fixed = app
+        .members(&vendor.admin_key)
+        .update_member(pb::UpdateMemberRequest {
+            member: Some(fixed),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["email".into()],
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fixed.email_bounce.is_empty() && fixed.email_bounce_time.is_none());
+}
+
+async fn digests_arrive_at_the_members_local_hour(backend: Backend) {
+    let server = SmtpServer::start(Script::default()).await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    // The organization's default: customer changes by digest. The member picks 09:00.
+    set_preferences(
+        &app,
+        &vendor,
+        pb::NotificationPreferences {
+            name: format!("{}/notificationPreferences", vendor.name),
+            customer_changes: pb::NotificationMode::DailyDigest as i32,
+            ..Default::default()
+        },
+        &["customer_changes"],
+    )
+    .await
+    .unwrap();
+    let kenji = member(&app, &vendor, "Kenji", "kenji@vendor.example", "Asia/Tokyo").await;
+    set_preferences(
+        &app,
+        &vendor,
+        pb::NotificationPreferences {
+            name: format!("{}/notificationPreferences", kenji.name),
+            digest_hour: Some(9),
+            ..Default::default()
+        },
+        &["digest_hour"],
+    )
+    .await
+    .unwrap();
+    let ada = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let alan = create(&app, &vendor, person("Alan", "Turing", "")).await;
+    follow(&app, &vendor, &kenji, &[&ada.name, &alan.name]).await;
+    let due = next_digest_time(app.store.clock().now(), "Asia/Tokyo", 9);
+    update(
+        &app,
+        &vendor.admin_key,
+        rename(&ada, "Augusta"),
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    update(
+        &app,
+        &vendor.admin_key,
+        rename(&alan, "Alan M."),
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    let mut again = rename(&ada, "Augusta");
+    again.family_name = "King".into();
+    update(&app, &vendor.admin_key, again, &["family_name"])
+        .await
+        .unwrap();
+
+    // A minute before 09:00 in Tokyo: nothing.
+    let clock = app.store.clock();
+    clock.advance(due.duration_since(clock.now()) - SignedDuration::from_mins(1));
+    app.store.emails_signal().notify_one();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(server.mail().is_empty(), "not before the hour");
+    // 09:00: one digest with all three changes, grouped by customer.
+    clock.advance(SignedDuration::from_mins(1) + SignedDuration::from_secs(1));
+    app.store.emails_signal().notify_one();
+    let got = server.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.mail().len(), 1);
+    let digest = got[0].parsed();
+    assert!(
+        digest.subject().unwrap().contains("digest"),
+        "{:?}",
+        digest.subject()
+    );
+    assert!(digest.subject().unwrap().contains("3 updates"));
+    let text = digest.body_text(0).unwrap().to_string();
+    let augusta = text.find("== Augusta King").expect("Ada's section");
+    let alan_m = text.find("== Alan M. Turing").expect("Alan's section");
+    assert!(
+        augusta < alan_m,
+        "threads in order of their first change: {text}"
+    );
+    assert_eq!(text.matches("Customer updated").count(), 3, "{text}");
+    assert!(text.contains("JST"), "times in the member's zone: {text}");
+}
+
+async fn preferences_are_checked_and_inherited(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let other = app
+        .create_org("other", pb::OrganizationKind::Retailer)
+        .await;
+    let hidden = create(&app, &other, person("Not", "Yours", "")).await;
+    let m = member(&app, &vendor, "Ann", "ann@vendor.example", "UTC").await;
+    let name = format!("{}/notificationPreferences", m.name);
+    let bad = set_preferences(
+        &app,
+        &vendor,
+        pb::NotificationPreferences {
+            name: name.clone(),
+            digest_hour: Some(24),
+            sla: 17,
+            followed_customers: vec![hidden.name.clone(), "nonsense".into()],
+            ..Default::default()
+        },
+        &["digest_hour", "sla", "followed_customers"],
+    )
+    .await;
+    let status = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(
+        violated_fields(&status),
+        [
+            "notification_preferences.digest_hour",
+            "notification_preferences.sla",
+            "notification_preferences.followed_customers[0]",
+            "notification_preferences.followed_customers[1]",
+        ]
+    );
+    let org_name = format!("{}/notificationPreferences", vendor.name);
+    let status = assert_error(
+        set_preferences(
+            &app,
+            &vendor,
+            pb::NotificationPreferences {
+                name: org_name.clone(),
+                followed_customers: vec![hidden.name.clone()],
+                ..Default::default()
+            },
+            &["followed_customers"],
+        )
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        violated_fields(&status),
+        ["notification_preferences.followed_customers"]
+    );
+    let saved = set_preferences(
+        &app,
+        &vendor,
+        pb::NotificationPreferences {
+            name: name.clone(),
+            work_for_my_organization: pb::NotificationMode::Off as i32,
+            ..Default::default()
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let read = app
+        .members(&vendor.read_key)
+        .get_notification_preferences(pb::GetNotificationPreferencesRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, saved);
+    assert_eq!(
+        read.work_for_my_organization,
+        pb::NotificationMode::Off as i32
+    );
+    assert_eq!(
+        read.sla,
+        pb::NotificationMode::Unspecified as i32,
+        "inherits"
+    );
+    assert_eq!(read.digest_hour, None);
+    // Another organization's member does not exist for the caller.
+    let denied = app
+        .members(&other.read_key)
+        .get_notification_preferences(pb::GetNotificationPreferencesRequest { name })
+        .await;
+    assert_error(denied, Code::NotFound, "NOT_FOUND");
+}
+
+/// No SMTP configured: each email is written as an `.eml` file. And `liaison email
+/// test` reports the server's answer.
+#[tokio::test]
+async fn without_smtp_emails_are_files_and_the_cli_tests_the_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.email.outbox_dir = outbox.display().to_string();
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let c = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let m = member(&app, &vendor, "Ann", "ann@vendor.example", "UTC").await;
+    follow(&app, &vendor, &m, &[&c.name]).await;
+    update(
+        &app,
+        &vendor.admin_key,
+        rename(&c, "Augusta"),
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let file = loop {
+        let found = std::fs::read_dir(&outbox)
+            .ok()
+            .and_then(|mut d| d.find_map(|e| e.ok()))
+            .map(|e| e.path());
+        if let Some(f) = found.filter(|f| f.extension().is_some_and(|x| x == "eml")) {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no .eml file written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let raw = std::fs::read(&file).unwrap();
+    let parsed = MessageParser::default().parse(&raw).unwrap();
+    assert!(parsed.subject().unwrap().contains("Augusta"));
+
+    let server = SmtpServer::start(Script {
+        refuse: HashMap::from([("nobody@example.com".to_owned(), "550 5.1.1 unknown")]),
+        ..Default::default()
+    })
+    .await;
+    let url = server.url.clone();
+    let cli = move |to: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["email", "test", "--to", to])
+            .env("LIAISON_SMTP_URL", &url)
+            .env("LIAISON_EMAIL_FROM", "hub@liaison.example")
+            .env("LIAISON_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out =
+        tokio::task::spawn_blocking(move || (cli("ops@example.com"), cli("nobody@example.com")))
+            .await
+            .unwrap();
+    assert!(
+        out.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.0.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.0.stdout).contains("sent: 250"));
+    assert!(!out.1.status.success());
+    assert!(String::from_utf8_lossy(&out.1.stderr).contains("permanent"));
+    assert_eq!(server.mail().len(), 1);
+    assert!(
+        server.mail()[0]
+            .parsed()
+            .subject()
+            .unwrap()
+            .contains("Test")
+    );
+}
