@@ -608,8 +608,17 @@ async fn preferences_are_checked_and_inherited(backend: Backend) {
 async fn without_smtp_emails_are_files_and_the_cli_tests_the_transport() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = dir.path().join("outbox");
+    // An operator's template replaces the built-in plain-text part.
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("notification.txt"),
+        "Dear {{ member.display_name }}: {{ thread.title }} changed.\n",
+    )
+    .unwrap();
     let app = spawn_app_with(Backend::Sqlite, |c| {
         c.email.outbox_dir = outbox.display().to_string();
+        c.email.templates_dir = templates.display().to_string();
     })
     .await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
@@ -639,6 +648,17 @@ async fn without_smtp_emails_are_files_and_the_cli_tests_the_transport() {
     let raw = std::fs::read(&file).unwrap();
     let parsed = MessageParser::default().parse(&raw).unwrap();
     assert!(parsed.subject().unwrap().contains("Augusta"));
+    let text = parsed.body_text(0).unwrap().to_string();
+    assert!(
+        text.starts_with("Dear Ann: Augusta Lovelace changed."),
+        "{text}"
+    );
+    assert!(
+        parsed
+            .body_html(0)
+            .unwrap()
+            .contains("<h2>Augusta Lovelace</h2>")
+    );
 
     let server = SmtpServer::start(Script {
         refuse: HashMap::from([("nobody@example.com".to_owned(), "550 5.1.1 unknown")]),
