@@ -202,10 +202,15 @@ impl WebhookApi {
 
     /// The endpoint as the API shows it, with its pending deliveries counted.
     async fn present(&self, org: &Slug, e: &Endpoint) -> Result<pb::WebhookEndpoint> {
-        let pending = self.hub.store.pending_deliveries(&[&e.id]).await?;
         let mut pb = endpoint_to_pb(org, e);
-        pb.pending_deliveries = pending.get(&e.id).copied().unwrap_or(0);
+        pb.pending_deliveries = self.pending(&e.id).await?;
         Ok(pb)
+    }
+
+    /// Deliveries waiting to be sent to the endpoint `id`.
+    async fn pending(&self, id: &str) -> Result<i64> {
+        let counts = self.hub.store.pending_deliveries(&[id]).await?;
+        Ok(counts.get(id).copied().unwrap_or(0))
     }
 
     /// The endpoint `name`, which must be enabled for what the caller asks.
@@ -514,8 +519,9 @@ impl WebhookService for WebhookApi {
         )
         .await?;
         tracing::info!(endpoint = %response.name, fields = ?paths, "webhook endpoint updated");
-        let (_, endpoint) = self.endpoint(&caller, &response.name).await?;
-        Ok(Response::new(self.present(&org.slug, &endpoint).await?))
+        let mut response = response;
+        response.pending_deliveries = self.pending(&id).await?;
+        Ok(Response::new(response))
     }
 
     async fn rotate_webhook_endpoint_secret(

@@ -42,8 +42,6 @@ const SETTLE: SignedDuration = SignedDuration::from_secs(2);
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
 /// Emails and threads handled per pass.
 const BATCH: usize = 32;
-/// The longest the worker sleeps without looking.
-const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Longest subject, in characters.
 const MAX_SUBJECT: usize = 180;
 
@@ -348,18 +346,13 @@ impl EmailWorker {
             if busy {
                 continue;
             }
-            let wait = match self.store.next_email_work(SETTLE, self.window()).await {
-                Ok(Some(due)) => due
-                    .duration_since(self.clock.now())
-                    .try_into()
-                    .unwrap_or(Duration::ZERO)
-                    .min(IDLE_RECHECK),
-                _ => IDLE_RECHECK,
-            };
-            tokio::select! {
-                () = signal.notified() => {}
-                () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
-            }
+            super::idle(
+                &signal,
+                self.store.next_email_work(SETTLE, self.window()).await,
+                self.clock.now(),
+                Duration::from_millis(10),
+            )
+            .await;
         }
     }
 

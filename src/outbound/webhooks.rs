@@ -28,8 +28,6 @@ use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store}
 const LEASE_MARGIN: SignedDuration = SignedDuration::from_secs(10);
 /// Deliveries claimed per query.
 const CLAIM_BATCH: usize = 32;
-/// The longest the worker sleeps without looking at the queue.
-const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Bytes of a receiver's response kept with the attempt.
 const EXCERPT_BYTES: usize = 1024;
 /// Bounds on a receiver's `Retry-After`.
@@ -193,18 +191,13 @@ impl WebhookWorker {
                     continue;
                 }
             }
-            let wait = match store.next_delivery_due(now()).await {
-                Ok(Some(due)) => due
-                    .duration_since(now())
-                    .try_into()
-                    .unwrap_or(Duration::ZERO)
-                    .min(IDLE_RECHECK),
-                _ => IDLE_RECHECK,
-            };
-            tokio::select! {
-                () = signal.notified() => {}
-                () = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
-            }
+            super::idle(
+                &signal,
+                store.next_delivery_due(now()).await,
+                now(),
+                Duration::from_millis(1),
+            )
+            .await;
         }
     }
 }

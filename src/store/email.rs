@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::{Dialect, Store, Tx, micros, timestamp};
+use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
 use crate::domain::notify::{Category, Mode, Preferences, next_digest_time, thread_key};
 use crate::error::Result;
 
@@ -374,10 +374,7 @@ impl Tx {
             let sql = format!(
                 "SELECT customer_id, member_id FROM member_follows \
                  WHERE organization_id = $1 AND customer_id IN ({})",
-                (2..ids.len() + 2)
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                placeholders(2, ids.len())
             );
             let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(organization_id);
             for id in ids {
@@ -559,10 +556,7 @@ impl Tx {
         for chunk in sequences.chunks(500) {
             let sql = format!(
                 "SELECT sequence, body FROM events WHERE organization_id = $1 AND sequence IN ({})",
-                (2..chunk.len() + 2)
-                    .map(|i| format!("${i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                placeholders(2, chunk.len())
             );
             let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(&sql).bind(organization_id);
             for s in chunk {

@@ -23,7 +23,9 @@ use jiff::{SignedDuration, Timestamp};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::{Dialect, Store, Tx, micros, timestamp};
+use sqlx::any::AnyExecutor;
+
+use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
 use crate::domain::event::type_matches;
 use crate::error::Result;
 
@@ -235,16 +237,24 @@ struct Candidate {
     paced: i64,
 }
 
+async fn endpoint_by_id<'c>(
+    db: impl AnyExecutor<'c>,
+    organization_id: &str,
+    id: &str,
+) -> Result<Option<Endpoint>> {
+    let row: Option<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 AND id = $2"
+    ))
+    .bind(organization_id)
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    row.map(Endpoint::try_from).transpose()
+}
+
 impl Store {
     pub async fn endpoint(&self, organization_id: &str, id: &str) -> Result<Option<Endpoint>> {
-        let row: Option<EndpointRow> = sqlx::query_as(&format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 AND id = $2"
-        ))
-        .bind(organization_id)
-        .bind(id)
-        .fetch_optional(self.reader())
-        .await?;
-        row.map(Endpoint::try_from).transpose()
+        endpoint_by_id(self.reader(), organization_id, id).await
     }
 
     /// An organization's endpoints in creation order, after the id `after`.
@@ -485,24 +495,9 @@ impl Store {
     }
 }
 
-/// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl Tx {
     pub async fn endpoint(&mut self, organization_id: &str, id: &str) -> Result<Option<Endpoint>> {
-        let row: Option<EndpointRow> = sqlx::query_as(&format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 AND id = $2"
-        ))
-        .bind(organization_id)
-        .bind(id)
-        .fetch_optional(self.conn())
-        .await?;
-        row.map(Endpoint::try_from).transpose()
+        endpoint_by_id(self.conn(), organization_id, id).await
     }
 
     pub async fn insert_endpoint(&mut self, e: &Endpoint) -> Result<()> {
@@ -825,9 +820,6 @@ impl Tx {
         .bind(a.outcome())
         .execute(self.conn())
         .await?;
-        let Some(mut endpoint) = self.endpoint(&d.organization_id, &d.endpoint_id).await? else {
-            return Ok(None);
-        };
         if a.succeeded {
             sqlx::query(
                 "UPDATE webhook_endpoints SET consecutive_failures = 0, last_success_time = $1, \
@@ -847,6 +839,10 @@ impl Tx {
             .execute(self.conn())
             .await?;
         }
+        // Read after the health update: `failing_since` is when this run of failures began.
+        let Some(mut endpoint) = self.endpoint(&d.organization_id, &d.endpoint_id).await? else {
+            return Ok(None);
+        };
         if endpoint.ordered && state != "pending" {
             // The next delivery in order may go now, from whichever replica.
             self.wake_deliveries();
@@ -854,22 +850,14 @@ impl Tx {
         if !endpoint.enabled {
             return Ok(None);
         }
-        let failing_since = endpoint.failing_since.unwrap_or(a.time);
-        let reason = match &a.disable {
-            Some(reason) => reason.clone(),
-            None if !a.succeeded && a.time.duration_since(failing_since) >= disable_after => {
-                format!(
-                    "every attempt has failed since {}",
-                    failing_since.strftime("%Y-%m-%dT%H:%M:%SZ")
-                )
-            }
-            None => return Ok(None),
+        let reason = match (&a.disable, endpoint.failing_since) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(since)) if a.time.duration_since(since) >= disable_after => format!(
+                "every attempt has failed since {}",
+                since.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            _ => return Ok(None),
         };
-        let updated = self
-            .endpoint(&d.organization_id, &d.endpoint_id)
-            .await?
-            .unwrap_or(endpoint.clone());
-        endpoint = updated;
         endpoint.enabled = false;
         endpoint.disabled_reason = reason;
         endpoint.update_time = a.time;

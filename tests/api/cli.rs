@@ -1,10 +1,9 @@
 //! The `liaison` binary as an operator uses it.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use liaison::pb;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 
 use crate::helpers::*;
@@ -133,33 +132,7 @@ async fn bootstrap_prints_a_working_key_on_its_last_line(backend: Backend) {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 
     // The key works against a hub started from the same binary and database.
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &url,
-            "--log-format",
-            "json",
-        ])
-        .env("LIAISON_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
-            if entry["message"] == "hub ready" {
-                return entry["listen"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the hub exited before it was ready");
-    })
-    .await
-    .expect("ready in time");
+    let (mut server, addr, mut lines) = serve_process(&url, &[]).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

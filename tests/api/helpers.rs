@@ -427,3 +427,44 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// The JSON log lines of a hub running as a child process.
+pub type HubLog = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// `liaison serve` as a separate process (so it can be signalled or killed) on
+/// `database_url` with extra environment; returns it once it logs "hub ready", with
+/// its address and the rest of its log.
+pub async fn serve_process(
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String, HubLog) {
+    use tokio::io::AsyncBufReadExt;
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+        ])
+        .args(["--log-format", "json"])
+        .env("LIAISON_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start liaison serve");
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+            if entry["message"] == "hub ready" {
+                return entry["listen"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the hub exited before it was ready");
+    })
+    .await
+    .expect("ready in time");
+    (server, addr, lines)
+}

@@ -290,23 +290,11 @@ async fn deliveries_are_signed_retried_until_accepted_and_filtered(backend: Back
     assert_eq!(body["customer"]["emails"][0]["address"], "ada@example.com");
 
     // The endpoint's health shows the success.
-    let mut healthy = false;
-    for _ in 0..100 {
-        let e = app
-            .webhooks(&vendor.read_key)
-            .get_webhook_endpoint(pb::GetWebhookEndpointRequest {
-                name: endpoint.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if e.last_success_time.is_some() && e.consecutive_failures == 0 {
-            healthy = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(healthy, "the success is recorded");
+    eventually("the success recorded", async || {
+        let e = get_endpoint(&app, &vendor, &endpoint.name).await;
+        (e.last_success_time.is_some() && e.consecutive_failures == 0).then_some(())
+    })
+    .await;
 
     // Filtered out: a member event is not sent.
     app.members(&vendor.admin_key)
@@ -354,23 +342,11 @@ async fn gone_disables_the_endpoint(backend: Backend) {
         .unwrap();
     create(&app, &vendor, person("Ada", "Lovelace", "")).await;
     receiver.wait_for(1).await;
-    let mut disabled = None;
-    for _ in 0..100 {
-        let e = app
-            .webhooks(&vendor.read_key)
-            .get_webhook_endpoint(pb::GetWebhookEndpointRequest {
-                name: endpoint.name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if e.enabled == Some(false) {
-            disabled = Some(e);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let e = disabled.expect("410 disables the endpoint");
+    let e = eventually("410 disables the endpoint", async || {
+        let e = get_endpoint(&app, &vendor, &endpoint.name).await;
+        (e.enabled == Some(false)).then_some(e)
+    })
+    .await;
     assert!(e.disabled_reason.contains("410"), "{e:?}");
     // Nothing more is sent to it.
     create(&app, &vendor, person("Grace", "Hopper", "")).await;
@@ -1039,31 +1015,16 @@ async fn two_replicas_deliver_a_burst_once(backend: Backend) {
 
 /// `liaison serve` as a separate process, so it can be killed outright.
 async fn serve(url: &str) -> (tokio::process::Child, tonic::transport::Channel) {
-    use tokio::io::AsyncBufReadExt;
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
-        .args(["--log-format", "json"])
-        .env("LIAISON_LOG", "info")
-        .env("LIAISON_WEBHOOKS_ALLOW_HTTP", "true")
-        .env("LIAISON_WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "true")
-        .env("LIAISON_WEBHOOKS_TIMEOUT_SECS", "1")
-        .env("LIAISON_WEBHOOKS_RETRY_SCHEDULE_SECS", "0,1,1,1")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
-            if entry["message"] == "hub ready" {
-                return entry["listen"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the hub exited before it was ready");
-    })
-    .await
-    .expect("ready in time");
+    let (server, addr, mut lines) = serve_process(
+        url,
+        &[
+            ("LIAISON_WEBHOOKS_ALLOW_HTTP", "true"),
+            ("LIAISON_WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("LIAISON_WEBHOOKS_TIMEOUT_SECS", "1"),
+            ("LIAISON_WEBHOOKS_RETRY_SCHEDULE_SECS", "0,1,1,1"),
+        ],
+    )
+    .await;
     // Keep draining the log so the hub never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
