@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "liaison/v1/interactions.proto",
     "liaison/v1/events.proto",
     "liaison/v1/webhooks.proto",
+    "liaison/v1/cases.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

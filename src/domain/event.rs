@@ -27,6 +27,18 @@ pub const EVENT_TYPES: &[&str] = &[
     "member.updated",
     "member.deleted",
     "webhook_endpoint.disabled",
+    "case.opened",
+    "case.transitioned",
+    "case.commented",
+    "case.participant_added",
+    "case.participant_removed",
+    "case.sla_warning",
+    "case.sla_breached",
+    "task.assigned",
+    "task.accepted",
+    "task.declined",
+    "task.completed",
+    "task.overdue",
 ];
 
 /// The type of test events sent to one webhook endpoint on request; never in a feed.

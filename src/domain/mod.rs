@@ -2,6 +2,8 @@
 //! Nothing here knows of tonic or sqlx; a value that exists here is valid.
 
 pub mod api_key;
+pub mod calendar;
+pub mod case;
 pub mod customer;
 pub mod event;
 pub mod filter;
@@ -11,9 +13,11 @@ pub mod member;
 pub mod notify;
 pub mod organization;
 pub mod partnership;
+pub mod sla;
 pub mod text;
 pub mod visibility;
 pub mod webhook;
+pub mod workflow;
 
 pub use api_key::{ApiKey, ApiKeySecret, KeyHash, Principal, Scope, Scopes};
 pub use member::{EmailAddress, Member, MemberRole, TimeZoneName};

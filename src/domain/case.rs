@@ -1,0 +1,283 @@
+//! Cases and their tasks: coordination between participant organizations, each in a
+//! role of the case's workflow template.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use super::OrgRef;
+use super::sla::SlaClock;
+
+/// Longest case or task title.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Longest description, comment body or reason.
+pub const MAX_BODY_CHARS: usize = 10_000;
+/// Most participant organizations on one case: a supply chain, not a mailing list.
+pub const MAX_PARTICIPANTS: usize = 20;
+/// Most escalation contacts named on one case.
+pub const MAX_ESCALATION_CONTACTS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+    Urgent,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Priority> {
+        Some(match raw {
+            "low" => Priority::Low,
+            "normal" => Priority::Normal,
+            "high" => Priority::High,
+            "urgent" => Priority::Urgent,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    pub organization: OrgRef,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Case {
+    pub id: String,
+    pub template: String,
+    pub state: String,
+    pub title: String,
+    pub description: String,
+    pub priority: Priority,
+    pub customer_id: String,
+    pub participants: Vec<Participant>,
+    pub fields: BTreeMap<String, String>,
+    /// Member resource names.
+    pub escalation_contacts: Vec<String>,
+    pub clocks: Vec<SlaClock>,
+    pub opened_by: OrgRef,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
+    pub state_time: Timestamp,
+    /// Bumped by every change the etag covers.
+    pub revision: i64,
+}
+
+impl Case {
+    pub fn participant(&self, org_id: &str) -> Option<&Participant> {
+        self.participants
+            .iter()
+            .find(|p| p.organization.id == org_id)
+    }
+
+    pub fn breached(&self) -> bool {
+        self.clocks.iter().any(|c| c.breach_time.is_some())
+    }
+}
+
+/// Who may read a comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommentVisibility {
+    Participants,
+    /// The author's organization only.
+    Organization,
+}
+
+impl CommentVisibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommentVisibility::Participants => "participants",
+            CommentVisibility::Organization => "organization",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "participants" => Some(CommentVisibility::Participants),
+            "organization" => Some(CommentVisibility::Organization),
+            _ => None,
+        }
+    }
+}
+
+/// One line of a case's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub id: String,
+    pub case_id: String,
+    /// The event type it matches (`case.transitioned`, …).
+    pub kind: String,
+    /// The acting organization; `None` when the hub acted.
+    pub organization: Option<OrgRef>,
+    pub member_id: Option<String>,
+    pub transition: String,
+    pub from_state: String,
+    pub to_state: String,
+    pub body: String,
+    pub visibility: CommentVisibility,
+    pub subject: String,
+    pub create_time: Timestamp,
+}
+
+impl HistoryEntry {
+    /// An entry every participant reads, with no details yet.
+    pub fn new(case_id: &str, kind: &str, organization: Option<OrgRef>, now: Timestamp) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            case_id: case_id.to_owned(),
+            kind: kind.to_owned(),
+            organization,
+            member_id: None,
+            transition: String::new(),
+            from_state: String::new(),
+            to_state: String::new(),
+            body: String::new(),
+            visibility: CommentVisibility::Participants,
+            subject: String::new(),
+            create_time: now,
+        }
+    }
+
+    pub fn visible_to(&self, org_id: &str) -> bool {
+        match self.visibility {
+            CommentVisibility::Participants => true,
+            CommentVisibility::Organization => {
+                self.organization.as_ref().is_some_and(|o| o.id == org_id)
+            }
+        }
+    }
+}
+
+/// Where a task stands. Declined and completed are the ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    Assigned,
+    Accepted,
+    Declined { reason: String },
+    Completed { note: String },
+}
+
+impl TaskState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Declined { .. } => "declined",
+            TaskState::Completed { .. } => "completed",
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self, TaskState::Assigned | TaskState::Accepted)
+    }
+}
+
+/// What the assignee does with a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskAction {
+    Accept,
+    Decline { reason: String },
+    Complete { note: String },
+}
+
+impl TaskAction {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            TaskAction::Accept => "task.accepted",
+            TaskAction::Decline { .. } => "task.declined",
+            TaskAction::Complete { .. } => "task.completed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub case_id: String,
+    pub title: String,
+    pub description: String,
+    pub assignee: OrgRef,
+    pub assignee_member_id: Option<String>,
+    pub due_time: Option<Timestamp>,
+    pub state: TaskState,
+    pub overdue: bool,
+    pub assigned_by: OrgRef,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
+}
+
+impl Task {
+    /// The state after `action`, or why it cannot happen.
+    pub fn apply(&self, action: TaskAction) -> Result<TaskState, String> {
+        match (&self.state, action) {
+            (TaskState::Assigned, TaskAction::Accept) => Ok(TaskState::Accepted),
+            (s, TaskAction::Decline { reason }) if s.is_open() => {
+                Ok(TaskState::Declined { reason })
+            }
+            (s, TaskAction::Complete { note }) if s.is_open() => Ok(TaskState::Completed { note }),
+            (s, action) => Err(format!(
+                "the task is {}; it cannot be {}",
+                s.name(),
+                match action {
+                    TaskAction::Accept => "accepted",
+                    TaskAction::Decline { .. } => "declined",
+                    TaskAction::Complete { .. } => "completed",
+                }
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_move_from_assigned_to_an_end_once() {
+        let org = OrgRef {
+            id: "o".into(),
+            slug: super::super::Slug::parse("acme").unwrap(),
+        };
+        let mut task = Task {
+            id: "t".into(),
+            case_id: "c".into(),
+            title: "Ship a replacement".into(),
+            description: String::new(),
+            assignee: org.clone(),
+            assignee_member_id: None,
+            due_time: None,
+            state: TaskState::Assigned,
+            overdue: false,
+            assigned_by: org,
+            create_time: Timestamp::UNIX_EPOCH,
+            update_time: Timestamp::UNIX_EPOCH,
+        };
+        task.state = task.apply(TaskAction::Accept).unwrap();
+        assert_eq!(
+            task.apply(TaskAction::Accept).unwrap_err(),
+            "the task is accepted; it cannot be accepted"
+        );
+        task.state = task
+            .apply(TaskAction::Complete {
+                note: "done".into(),
+            })
+            .unwrap();
+        assert!(
+            task.apply(TaskAction::Decline {
+                reason: "no".into()
+            })
+            .is_err()
+        );
+    }
+}
