@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused_by_position() {
-        let bad = parse(&["customer.updated", "customer.changed", "case.*"]).unwrap_err();
+        let bad = parse(&["customer.updated", "customer.changed", "kase.*"]).unwrap_err();
         let fields: Vec<&str> = bad.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["[1]", "[2]"]);
     }

@@ -641,7 +641,7 @@ mod tests {
         let w = built_in();
         let t = w.get("service_case").unwrap();
         assert_eq!(
-            t.fire("new", "resolve", Some(&["vendor"]), &fields(&[])),
+            t.fire("new", "resolve", Some(&["distributor"]), &fields(&[])),
             Err(Refusal::NotFromHere {
                 state: "new".into(),
                 allowed: vec!["triage".into()]
