@@ -48,6 +48,8 @@ const CHANNEL: &str = "liaison_events";
 const DELIVERY_CHANNEL: &str = "liaison_deliveries";
 /// The PostgreSQL channel commits announce new notifications and emails on.
 const EMAIL_CHANNEL: &str = "liaison_emails";
+/// The PostgreSQL channel commits announce new case timers on.
+const TIMER_CHANNEL: &str = "liaison_timers";
 /// NOTIFY payloads must stay under 8,000 bytes; longer announcements are split.
 const MAX_PAYLOAD: usize = 7_000;
 /// Rows per multi-row INSERT (7 parameters each, far below either backend's limit).
@@ -170,6 +172,7 @@ impl Tx {
         for (queued, channel) in [
             (self.deliveries_queued, DELIVERY_CHANNEL),
             (self.emails_queued, EMAIL_CHANNEL),
+            (self.timers_queued, TIMER_CHANNEL),
         ] {
             if queued {
                 sqlx::query("SELECT pg_notify($1, '')")
@@ -319,6 +322,11 @@ impl Store {
         &self.emails
     }
 
+    /// Wakes the case timer worker (tests: after moving the clock).
+    pub fn timers_signal(&self) -> &Arc<Notify> {
+        &self.timers
+    }
+
     pub fn clock(&self) -> &crate::domain::notify::Clock {
         &self.clock
     }
@@ -444,7 +452,13 @@ impl Store {
             return std::future::pending().await;
         };
         loop {
-            match relay(&url, &self.feeds, &self.deliveries, &self.emails).await {
+            match relay(&url, &self.feeds, &[
+                (DELIVERY_CHANNEL, &self.deliveries),
+                (EMAIL_CHANNEL, &self.emails),
+                (TIMER_CHANNEL, &self.timers),
+            ])
+            .await
+            {
                 Ok(never) => match never {},
                 Err(error) => {
                     tracing::warn!(%error, "lost the event announcement channel; reconnecting");
@@ -456,39 +470,39 @@ impl Store {
     }
 }
 
+/// Relays announcements: feed heads to the streams, and each work channel to the
+/// worker it wakes.
 async fn relay(
     url: &str,
     feeds: &FeedSignal,
-    deliveries: &Notify,
-    emails: &Notify,
+    workers: &[(&str, &Notify)],
 ) -> Result<std::convert::Infallible> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-    listener
-        .listen_all([CHANNEL, DELIVERY_CHANNEL, EMAIL_CHANNEL])
-        .await?;
+    let mut channels = vec![CHANNEL];
+    channels.extend(workers.iter().map(|(c, _)| *c));
+    listener.listen_all(channels).await?;
+    let wake_all = || {
+        feeds.wake_all();
+        for (_, worker) in workers {
+            worker.notify_one();
+        }
+    };
     // Anything committed while we were not listening is found by this wake-up.
-    feeds.wake_all();
-    deliveries.notify_one();
-    emails.notify_one();
+    wake_all();
     loop {
         match listener.try_recv().await? {
-            Some(notification) if notification.channel() == DELIVERY_CHANNEL => {
-                deliveries.notify_one();
-            }
-            Some(notification) if notification.channel() == EMAIL_CHANNEL => {
-                emails.notify_one();
-            }
-            Some(notification) => {
-                for (org, sequence) in parse_announcement(notification.payload()) {
+            Some(n) if n.channel() == CHANNEL => {
+                for (org, sequence) in parse_announcement(n.payload()) {
                     feeds.publish(org, sequence);
                 }
             }
-            // The connection dropped and is re-established on the next call.
-            None => {
-                feeds.wake_all();
-                deliveries.notify_one();
-                emails.notify_one();
+            Some(n) => {
+                if let Some((_, worker)) = workers.iter().find(|(c, _)| *c == n.channel()) {
+                    worker.notify_one();
+                }
             }
+            // The connection dropped and is re-established on the next call.
+            None => wake_all(),
         }
     }
 }

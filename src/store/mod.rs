@@ -7,6 +7,7 @@
 //! and BLOB/BYTEA.
 
 mod api_keys;
+mod cases;
 mod customers;
 mod email;
 mod events;
@@ -27,6 +28,7 @@ use jiff::Timestamp;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 
+pub use cases::{CaseQuery, Timer, TimerKind};
 pub use customers::{
     CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, OrderKey, Overlay, Reach, SeenCustomer,
 };
@@ -106,7 +108,9 @@ pub struct Store {
     deliveries: Arc<tokio::sync::Notify>,
     /// Wakes the email worker when notifications or emails are queued.
     emails: Arc<tokio::sync::Notify>,
-    /// The email worker's time (tests move it forward).
+    /// Wakes the case timer worker when timers are set.
+    timers: Arc<tokio::sync::Notify>,
+    /// The workers' time (tests move it forward).
     clock: crate::domain::notify::Clock,
 }
 
@@ -161,6 +165,7 @@ impl Store {
                     feeds: Arc::default(),
                     deliveries: Arc::default(),
                     emails: Arc::default(),
+                    timers: Arc::default(),
                     clock: Default::default(),
                 }
             }
@@ -179,6 +184,7 @@ impl Store {
                     feeds: Arc::default(),
                     deliveries: Arc::default(),
                     emails: Arc::default(),
+                    timers: Arc::default(),
                     clock: Default::default(),
                 }
             }
@@ -227,6 +233,8 @@ impl Store {
             deliveries_queued: false,
             emails: self.emails.clone(),
             emails_queued: false,
+            timers: self.timers.clone(),
+            timers_queued: false,
             clock: self.clock.clone(),
         })
     }
@@ -252,6 +260,9 @@ pub struct Tx {
     emails: Arc<tokio::sync::Notify>,
     /// Whether committing queues notifications or emails.
     emails_queued: bool,
+    timers: Arc<tokio::sync::Notify>,
+    /// Whether committing sets case timers.
+    timers_queued: bool,
     clock: crate::domain::notify::Clock,
 }
 
@@ -270,6 +281,9 @@ impl Tx {
         }
         if self.emails_queued {
             self.emails.notify_one();
+        }
+        if self.timers_queued {
+            self.timers.notify_one();
         }
         Ok(())
     }

@@ -1,0 +1,737 @@
+//! Cases, their participants, SLA clocks, history and tasks, and the durable timers
+//! that fire warnings, breaches, overdue tasks and automatic transitions.
+//!
+//! A timer row exists only while it is pending. Firing deletes it in the transaction
+//! that makes the change and emits the events, guarded by its due time; so a timer
+//! fires once whichever replica gets there first, and a timer moved by a concurrent
+//! transition is not fired at its old time.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use sqlx::{AnyConnection, FromRow};
+
+use super::{Dialect, Page, Store, Tx, corrupt, micros, timestamp};
+use crate::domain::case::{
+    Case, CommentVisibility, HistoryEntry, Participant, Priority, Task, TaskState,
+};
+use crate::domain::sla::{Phase, SlaClock};
+use crate::domain::{OrgRef, Slug};
+use crate::error::{Error, Result};
+
+const CASE_COLUMNS: &str = "c.id, c.template, c.state, c.title, c.description, c.priority, \
+     c.customer_id, c.fields, c.escalation_contacts, c.opened_by, o.slug AS opened_by_slug, \
+     c.create_time, c.update_time, c.state_time, c.revision";
+
+#[derive(FromRow)]
+struct CaseRow {
+    id: String,
+    template: String,
+    state: String,
+    title: String,
+    description: String,
+    priority: String,
+    customer_id: String,
+    fields: String,
+    escalation_contacts: String,
+    opened_by: String,
+    opened_by_slug: String,
+    create_time: i64,
+    update_time: i64,
+    state_time: i64,
+    revision: i64,
+}
+
+#[derive(FromRow)]
+struct ParticipantRow {
+    case_id: String,
+    organization_id: String,
+    slug: String,
+    role: String,
+}
+
+#[derive(FromRow)]
+struct ClockRow {
+    case_id: String,
+    policy: String,
+    target: i64,
+    warn_after: i64,
+    used: i64,
+    phase: String,
+    phase_time: i64,
+    warn_time: Option<i64>,
+    breach_time: Option<i64>,
+}
+
+fn org_ref(id: String, slug: &str) -> Result<OrgRef> {
+    Ok(OrgRef {
+        id,
+        slug: Slug::parse(slug).map_err(|_| corrupt("slug", slug))?,
+    })
+}
+
+impl TryFrom<ClockRow> for SlaClock {
+    type Error = Error;
+
+    fn try_from(r: ClockRow) -> Result<Self> {
+        let at = timestamp(r.phase_time)?;
+        Ok(SlaClock {
+            phase: match r.phase.as_str() {
+                "running" => Phase::Running { since: at },
+                "paused" => Phase::Paused { since: at },
+                "met" => Phase::Met { at },
+                other => return Err(corrupt("clock phase", other)),
+            },
+            policy: r.policy,
+            target: SignedDuration::from_micros(r.target),
+            warn_after: SignedDuration::from_micros(r.warn_after),
+            used: SignedDuration::from_micros(r.used),
+            warn_time: r.warn_time.map(timestamp).transpose()?,
+            breach_time: r.breach_time.map(timestamp).transpose()?,
+        })
+    }
+}
+
+fn phase_parts(phase: Phase) -> (&'static str, Timestamp) {
+    match phase {
+        Phase::Running { since } => ("running", since),
+        Phase::Paused { since } => ("paused", since),
+        Phase::Met { at } => ("met", at),
+    }
+}
+
+/// Reads the participants and clocks of the cases in `rows`.
+async fn assemble(conn: &mut AnyConnection, rows: Vec<CaseRow>) -> Result<Vec<Case>> {
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids = super::placeholders(1, rows.len());
+    let sql = format!(
+        "SELECT p.case_id, p.organization_id, o.slug, p.role FROM case_participants p \
+         JOIN organizations o ON o.id = p.organization_id WHERE p.case_id IN ({ids}) \
+         ORDER BY p.add_time, p.organization_id"
+    );
+    let mut q = sqlx::query_as::<_, ParticipantRow>(&sql);
+    for r in &rows {
+        q = q.bind(&r.id);
+    }
+    let mut participants: BTreeMap<String, Vec<Participant>> = BTreeMap::new();
+    for p in q.fetch_all(&mut *conn).await? {
+        participants.entry(p.case_id).or_default().push(Participant {
+            organization: org_ref(p.organization_id, &p.slug)?,
+            role: p.role,
+        });
+    }
+    let sql = format!(
+        "SELECT case_id, policy, target, warn_after, used, phase, phase_time, warn_time, \
+         breach_time FROM case_sla_clocks WHERE case_id IN ({ids}) ORDER BY case_id, policy"
+    );
+    let mut q = sqlx::query_as::<_, ClockRow>(&sql);
+    for r in &rows {
+        q = q.bind(&r.id);
+    }
+    let mut clocks: BTreeMap<String, Vec<SlaClock>> = BTreeMap::new();
+    for c in q.fetch_all(&mut *conn).await? {
+        clocks
+            .entry(c.case_id.clone())
+            .or_default()
+            .push(SlaClock::try_from(c)?);
+    }
+    rows.into_iter()
+        .map(|r| {
+            Ok(Case {
+                participants: participants.remove(&r.id).unwrap_or_default(),
+                clocks: clocks.remove(&r.id).unwrap_or_default(),
+                priority: Priority::parse(&r.priority)
+                    .ok_or_else(|| corrupt("priority", &r.priority))?,
+                fields: serde_json::from_str(&r.fields)
+                    .map_err(|_| corrupt("case fields", &r.fields))?,
+                escalation_contacts: serde_json::from_str(&r.escalation_contacts)
+                    .map_err(|_| corrupt("escalation contacts", &r.escalation_contacts))?,
+                opened_by: org_ref(r.opened_by, &r.opened_by_slug)?,
+                create_time: timestamp(r.create_time)?,
+                update_time: timestamp(r.update_time)?,
+                state_time: timestamp(r.state_time)?,
+                id: r.id,
+                template: r.template,
+                state: r.state,
+                title: r.title,
+                description: r.description,
+                customer_id: r.customer_id,
+                revision: r.revision,
+            })
+        })
+        .collect()
+}
+
+async fn case_by_id(conn: &mut AnyConnection, id: &str, lock: bool) -> Result<Option<Case>> {
+    let sql = format!(
+        "SELECT {CASE_COLUMNS} FROM cases c JOIN organizations o ON o.id = c.opened_by \
+         WHERE c.id = $1{}",
+        if lock { " FOR UPDATE OF c" } else { "" }
+    );
+    let row: Option<CaseRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(assemble(conn, row.into_iter().collect()).await?.pop())
+}
+
+/// Which cases to list.
+#[derive(Debug, Default, Clone)]
+pub struct CaseQuery {
+    pub viewer_id: String,
+    pub state: Option<String>,
+    pub template: Option<String>,
+    pub participant_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub priority: Option<Priority>,
+    pub breached: Option<bool>,
+    pub closed: Option<bool>,
+    /// A running clock falls due before this.
+    pub due_before: Option<Timestamp>,
+    /// Continue after this case id (newest first).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(FromRow)]
+struct HistoryRow {
+    id: String,
+    case_id: String,
+    kind: String,
+    organization_id: Option<String>,
+    slug: Option<String>,
+    member_id: Option<String>,
+    transition: String,
+    from_state: String,
+    to_state: String,
+    body: String,
+    visibility: String,
+    subject: String,
+    create_time: i64,
+}
+
+impl TryFrom<HistoryRow> for HistoryEntry {
+    type Error = Error;
+
+    fn try_from(r: HistoryRow) -> Result<Self> {
+        Ok(HistoryEntry {
+            organization: match (r.organization_id, r.slug) {
+                (Some(id), Some(slug)) => Some(org_ref(id, &slug)?),
+                _ => None,
+            },
+            visibility: CommentVisibility::parse(&r.visibility)
+                .ok_or_else(|| corrupt("visibility", &r.visibility))?,
+            create_time: timestamp(r.create_time)?,
+            id: r.id,
+            case_id: r.case_id,
+            kind: r.kind,
+            member_id: r.member_id,
+            transition: r.transition,
+            from_state: r.from_state,
+            to_state: r.to_state,
+            body: r.body,
+            subject: r.subject,
+        })
+    }
+}
+
+const TASK_SELECT: &str = "SELECT t.id, t.case_id, t.title, t.description, t.assignee_id, \
+     a.slug AS assignee_slug, t.assignee_member_id, t.due_time, t.state, t.state_note, \
+     t.overdue, t.assigned_by, b.slug AS assigned_by_slug, t.create_time, t.update_time \
+     FROM case_tasks t JOIN organizations a ON a.id = t.assignee_id \
+     JOIN organizations b ON b.id = t.assigned_by";
+
+#[derive(FromRow)]
+struct TaskRow {
+    id: String,
+    case_id: String,
+    title: String,
+    description: String,
+    assignee_id: String,
+    assignee_slug: String,
+    assignee_member_id: Option<String>,
+    due_time: Option<i64>,
+    state: String,
+    state_note: String,
+    overdue: i64,
+    assigned_by: String,
+    assigned_by_slug: String,
+    create_time: i64,
+    update_time: i64,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = Error;
+
+    fn try_from(r: TaskRow) -> Result<Self> {
+        Ok(Task {
+            state: match r.state.as_str() {
+                "assigned" => TaskState::Assigned,
+                "accepted" => TaskState::Accepted,
+                "declined" => TaskState::Declined {
+                    reason: r.state_note,
+                },
+                "completed" => TaskState::Completed { note: r.state_note },
+                other => return Err(corrupt("task state", other)),
+            },
+            assignee: org_ref(r.assignee_id, &r.assignee_slug)?,
+            assigned_by: org_ref(r.assigned_by, &r.assigned_by_slug)?,
+            due_time: r.due_time.map(timestamp).transpose()?,
+            create_time: timestamp(r.create_time)?,
+            update_time: timestamp(r.update_time)?,
+            overdue: r.overdue != 0,
+            id: r.id,
+            case_id: r.case_id,
+            title: r.title,
+            description: r.description,
+            assignee_member_id: r.assignee_member_id,
+        })
+    }
+}
+
+fn task_note(state: &TaskState) -> &str {
+    match state {
+        TaskState::Declined { reason } => reason,
+        TaskState::Completed { note } => note,
+        _ => "",
+    }
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    SlaWarning,
+    SlaBreach,
+    TaskOverdue,
+    /// A template transition the hub fires itself (a deal's expiry).
+    Automatic,
+}
+
+impl TimerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerKind::SlaWarning => "sla_warning",
+            TimerKind::SlaBreach => "sla_breach",
+            TimerKind::TaskOverdue => "task_overdue",
+            TimerKind::Automatic => "automatic",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "sla_warning" => TimerKind::SlaWarning,
+            "sla_breach" => TimerKind::SlaBreach,
+            "task_overdue" => TimerKind::TaskOverdue,
+            "automatic" => TimerKind::Automatic,
+            _ => return None,
+        })
+    }
+}
+
+/// A pending timer of a case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub case_id: String,
+    pub kind: TimerKind,
+    /// The SLA policy, task id or transition it is about.
+    pub subject: String,
+    pub due_time: Timestamp,
+}
+
+fn case_values(c: &Case) -> Result<(String, String)> {
+    let fields = serde_json::to_string(&c.fields).map_err(|e| Error::Internal(e.into()))?;
+    let contacts =
+        serde_json::to_string(&c.escalation_contacts).map_err(|e| Error::Internal(e.into()))?;
+    Ok((fields, contacts))
+}
+
+impl Store {
+    pub async fn case(&self, id: &str) -> Result<Option<Case>> {
+        let mut conn = self.reader().acquire().await?;
+        case_by_id(&mut conn, id, false).await
+    }
+
+    /// A page of the cases `query.viewer_id` participates in, newest first.
+    pub async fn cases(&self, query: &CaseQuery) -> Result<Page<Case>> {
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM cases c JOIN organizations o ON o.id = c.opened_by \
+             JOIN case_participants me ON me.case_id = c.id AND me.organization_id = $1 \
+             WHERE ($2 = '' OR c.state = $2) AND ($3 = '' OR c.template = $3) \
+             AND ($4 = '' OR EXISTS (SELECT 1 FROM case_participants p \
+                  WHERE p.case_id = c.id AND p.organization_id = $4)) \
+             AND ($5 = '' OR c.customer_id = $5) AND ($6 = '' OR c.priority = $6) \
+             AND ($7 < 0 OR c.breached = $7) AND ($8 < 0 OR c.closed = $8) \
+             AND ($9 = {max} OR c.due_time < $9) AND c.id < $10 \
+             ORDER BY c.id DESC LIMIT $11",
+            max = i64::MAX
+        );
+        let flag = |b: Option<bool>| b.map_or(-1_i64, i64::from);
+        let rows: Vec<CaseRow> = sqlx::query_as(&sql)
+            .bind(&query.viewer_id)
+            .bind(query.state.as_deref().unwrap_or(""))
+            .bind(query.template.as_deref().unwrap_or(""))
+            .bind(query.participant_id.as_deref().unwrap_or(""))
+            .bind(query.customer_id.as_deref().unwrap_or(""))
+            .bind(query.priority.map(Priority::as_str).unwrap_or(""))
+            .bind(flag(query.breached))
+            .bind(flag(query.closed))
+            .bind(query.due_before.map_or(i64::MAX, micros))
+            .bind(query.after.as_deref().unwrap_or("\u{10FFFF}"))
+            .bind(query.limit as i64 + 1)
+            .fetch_all(self.reader())
+            .await?;
+        let mut conn = self.reader().acquire().await?;
+        let items = assemble(&mut conn, rows).await?;
+        Ok(Page::from_rows(items, query.limit, |c| c.id.clone()))
+    }
+
+    /// A page of a case's history `viewer_id` may read, oldest first.
+    pub async fn case_history(
+        &self,
+        case_id: &str,
+        viewer_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<HistoryEntry>> {
+        let rows: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT h.id, h.case_id, h.kind, h.organization_id, o.slug, h.member_id, \
+             h.transition, h.from_state, h.to_state, h.body, h.visibility, h.subject, \
+             h.create_time FROM case_history h LEFT JOIN organizations o ON o.id = h.organization_id \
+             WHERE h.case_id = $1 AND (h.visibility = 'participants' OR h.organization_id = $2) \
+             AND h.id > $3 ORDER BY h.id LIMIT $4",
+        )
+        .bind(case_id)
+        .bind(viewer_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64 + 1)
+        .fetch_all(self.reader())
+        .await?;
+        let items = rows
+            .into_iter()
+            .map(HistoryEntry::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, limit, |h| h.id.clone()))
+    }
+
+    pub async fn task(&self, case_id: &str, id: &str) -> Result<Option<Task>> {
+        let sql = format!("{TASK_SELECT} WHERE t.case_id = $1 AND t.id = $2");
+        let row: Option<TaskRow> = sqlx::query_as(&sql)
+            .bind(case_id)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(Task::try_from).transpose()
+    }
+
+    /// A page of a case's tasks, oldest first.
+    pub async fn tasks(&self, case_id: &str, after: Option<&str>, limit: usize) -> Result<Page<Task>> {
+        let sql = format!("{TASK_SELECT} WHERE t.case_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3");
+        let rows: Vec<TaskRow> = sqlx::query_as(&sql)
+            .bind(case_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit as i64 + 1)
+            .fetch_all(self.reader())
+            .await?;
+        let items = rows
+            .into_iter()
+            .map(Task::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, limit, |t| t.id.clone()))
+    }
+
+    /// The earliest pending timer's due time.
+    pub async fn next_timer(&self) -> Result<Option<Timestamp>> {
+        let row: (Option<i64>,) = sqlx::query_as("SELECT MIN(due_time) FROM case_timers")
+            .fetch_one(self.reader())
+            .await?;
+        row.0.map(timestamp).transpose()
+    }
+
+    /// Up to `limit` timers due at `now`, earliest first.
+    pub async fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<Timer>> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT case_id, kind, subject, due_time FROM case_timers WHERE due_time <= $1 \
+             ORDER BY due_time LIMIT $2",
+        )
+        .bind(micros(now))
+        .bind(limit as i64)
+        .fetch_all(self.reader())
+        .await?;
+        rows.into_iter()
+            .map(|(case_id, kind, subject, due)| {
+                Ok(Timer {
+                    kind: TimerKind::parse(&kind).ok_or_else(|| corrupt("timer kind", &kind))?,
+                    due_time: timestamp(due)?,
+                    case_id,
+                    subject,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Tx {
+    /// The case, locked for the rest of the transaction (PostgreSQL; SQLite's write
+    /// transaction excludes other writers already).
+    pub async fn case(&mut self, id: &str) -> Result<Option<Case>> {
+        let lock = self.dialect == Dialect::Postgres;
+        case_by_id(self.conn(), id, lock).await
+    }
+
+    pub async fn insert_case(&mut self, c: &Case) -> Result<()> {
+        let (fields, contacts) = case_values(c)?;
+        sqlx::query(
+            "INSERT INTO cases (id, template, state, title, description, priority, customer_id, \
+             fields, escalation_contacts, opened_by, closed, breached, due_time, create_time, \
+             update_time, state_time, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, NULL, $11, $12, $13, $14)",
+        )
+        .bind(&c.id)
+        .bind(&c.template)
+        .bind(&c.state)
+        .bind(&c.title)
+        .bind(&c.description)
+        .bind(c.priority.as_str())
+        .bind(&c.customer_id)
+        .bind(fields)
+        .bind(contacts)
+        .bind(&c.opened_by.id)
+        .bind(micros(c.create_time))
+        .bind(micros(c.update_time))
+        .bind(micros(c.state_time))
+        .bind(c.revision)
+        .execute(self.conn())
+        .await?;
+        self.write_participants(c).await
+    }
+
+    /// Writes `c` over the stored case if the stored revision is `expected_revision`;
+    /// false if someone changed it first. `closed` and `due_time` are derived here
+    /// from the state and the clocks (`is_final`, `due_time` given by the caller).
+    pub async fn update_case(
+        &mut self,
+        c: &Case,
+        expected_revision: i64,
+        closed: bool,
+        due_time: Option<Timestamp>,
+    ) -> Result<bool> {
+        let (fields, contacts) = case_values(c)?;
+        let done = sqlx::query(
+            "UPDATE cases SET state = $1, title = $2, description = $3, priority = $4, \
+             fields = $5, escalation_contacts = $6, closed = $7, breached = $8, due_time = $9, \
+             update_time = $10, state_time = $11, revision = $12 \
+             WHERE id = $13 AND revision = $14",
+        )
+        .bind(&c.state)
+        .bind(&c.title)
+        .bind(&c.description)
+        .bind(c.priority.as_str())
+        .bind(fields)
+        .bind(contacts)
+        .bind(i64::from(closed))
+        .bind(i64::from(c.breached()))
+        .bind(due_time.map(micros))
+        .bind(micros(c.update_time))
+        .bind(micros(c.state_time))
+        .bind(c.revision)
+        .bind(&c.id)
+        .bind(expected_revision)
+        .execute(self.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            sqlx::query("DELETE FROM case_participants WHERE case_id = $1")
+                .bind(&c.id)
+                .execute(self.conn())
+                .await?;
+            sqlx::query("DELETE FROM case_sla_clocks WHERE case_id = $1")
+                .bind(&c.id)
+                .execute(self.conn())
+                .await?;
+            self.write_participants(c).await?;
+        }
+        Ok(done)
+    }
+
+    async fn write_participants(&mut self, c: &Case) -> Result<()> {
+        for (i, p) in c.participants.iter().enumerate() {
+            // add_time orders participants as listed; the offset keeps ties stable.
+            sqlx::query(
+                "INSERT INTO case_participants (case_id, organization_id, role, add_time) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&c.id)
+            .bind(&p.organization.id)
+            .bind(&p.role)
+            .bind(micros(c.create_time) + i as i64)
+            .execute(self.conn())
+            .await?;
+        }
+        for clock in &c.clocks {
+            let (phase, at) = phase_parts(clock.phase);
+            sqlx::query(
+                "INSERT INTO case_sla_clocks (case_id, policy, target, warn_after, used, phase, \
+                 phase_time, warn_time, breach_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&c.id)
+            .bind(&clock.policy)
+            .bind(clock.target.as_micros() as i64)
+            .bind(clock.warn_after.as_micros() as i64)
+            .bind(clock.used.as_micros() as i64)
+            .bind(phase)
+            .bind(micros(at))
+            .bind(clock.warn_time.map(micros))
+            .bind(clock.breach_time.map(micros))
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_case_history(&mut self, h: &HistoryEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO case_history (id, case_id, kind, organization_id, member_id, transition, \
+             from_state, to_state, body, visibility, subject, create_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&h.id)
+        .bind(&h.case_id)
+        .bind(&h.kind)
+        .bind(h.organization.as_ref().map(|o| o.id.as_str()))
+        .bind(h.member_id.as_deref())
+        .bind(&h.transition)
+        .bind(&h.from_state)
+        .bind(&h.to_state)
+        .bind(&h.body)
+        .bind(h.visibility.as_str())
+        .bind(&h.subject)
+        .bind(micros(h.create_time))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn task(&mut self, case_id: &str, id: &str) -> Result<Option<Task>> {
+        let lock = if self.dialect == Dialect::Postgres {
+            " FOR UPDATE OF t"
+        } else {
+            ""
+        };
+        let sql = format!("{TASK_SELECT} WHERE t.case_id = $1 AND t.id = $2{lock}");
+        let row: Option<TaskRow> = sqlx::query_as(&sql)
+            .bind(case_id)
+            .bind(id)
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(Task::try_from).transpose()
+    }
+
+    pub async fn insert_task(&mut self, t: &Task) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO case_tasks (id, case_id, title, description, assignee_id, \
+             assignee_member_id, due_time, state, state_note, overdue, assigned_by, create_time, \
+             update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&t.id)
+        .bind(&t.case_id)
+        .bind(&t.title)
+        .bind(&t.description)
+        .bind(&t.assignee.id)
+        .bind(t.assignee_member_id.as_deref())
+        .bind(t.due_time.map(micros))
+        .bind(t.state.name())
+        .bind(task_note(&t.state))
+        .bind(i64::from(t.overdue))
+        .bind(&t.assigned_by.id)
+        .bind(micros(t.create_time))
+        .bind(micros(t.update_time))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_task(&mut self, t: &Task) -> Result<()> {
+        sqlx::query(
+            "UPDATE case_tasks SET state = $1, state_note = $2, overdue = $3, update_time = $4 \
+             WHERE case_id = $5 AND id = $6",
+        )
+        .bind(t.state.name())
+        .bind(task_note(&t.state))
+        .bind(i64::from(t.overdue))
+        .bind(micros(t.update_time))
+        .bind(&t.case_id)
+        .bind(&t.id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces the case's timers of `kinds` with `timers`.
+    pub async fn replace_timers(
+        &mut self,
+        case_id: &str,
+        kinds: &[TimerKind],
+        timers: &[Timer],
+    ) -> Result<()> {
+        for kind in kinds {
+            sqlx::query("DELETE FROM case_timers WHERE case_id = $1 AND kind = $2")
+                .bind(case_id)
+                .bind(kind.as_str())
+                .execute(self.conn())
+                .await?;
+        }
+        for t in timers {
+            self.set_timer(t).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_timer(&mut self, t: &Timer) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO case_timers (case_id, kind, subject, due_time) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (case_id, kind, subject) DO UPDATE SET due_time = EXCLUDED.due_time",
+        )
+        .bind(&t.case_id)
+        .bind(t.kind.as_str())
+        .bind(&t.subject)
+        .bind(micros(t.due_time))
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_timer(&mut self, case_id: &str, kind: TimerKind, subject: &str) -> Result<()> {
+        sqlx::query("DELETE FROM case_timers WHERE case_id = $1 AND kind = $2 AND subject = $3")
+            .bind(case_id)
+            .bind(kind.as_str())
+            .bind(subject)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes `timer` if it is still pending and due by `now`: true means this
+    /// transaction fires it, and no other will.
+    pub async fn take_timer(&mut self, timer: &Timer, now: Timestamp) -> Result<bool> {
+        Ok(sqlx::query(
+            "DELETE FROM case_timers WHERE case_id = $1 AND kind = $2 AND subject = $3 \
+             AND due_time <= $4",
+        )
+        .bind(&timer.case_id)
+        .bind(timer.kind.as_str())
+        .bind(&timer.subject)
+        .bind(micros(now))
+        .execute(self.conn())
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Wakes the timer workers once this transaction commits.
+    pub fn wake_timers(&mut self) {
+        self.timers_queued = true;
+    }
+}
