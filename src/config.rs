@@ -28,6 +28,15 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub email: EmailConfig,
     pub smtp: SmtpConfig,
+    pub workflows: WorkflowsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowsConfig {
+    /// TOML files of workflow templates, loaded beside the built-in ones (a file that
+    /// names a built-in template replaces it). Invalid files stop the hub at start.
+    pub templates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -256,6 +265,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             email: EmailConfig::default(),
             smtp: SmtpConfig::default(),
+            workflows: WorkflowsConfig::default(),
         }
     }
 }
@@ -361,6 +371,8 @@ impl Config {
     /// Checks what types alone cannot; every message names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        crate::domain::workflow::Workflows::load(&self.workflows.templates)
+            .map_err(|e| anyhow::anyhow!("workflows.templates: {e}"))?;
         crate::store::Dialect::of_url(&self.database.url).context("database.url")?;
         if self.webhooks.retry_schedule_secs.is_empty()
             || self.webhooks.retry_schedule_secs.len() > 20
@@ -568,23 +580,39 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 /// Sets a dotted key from text: as a TOML number or boolean where it reads as one, else
 /// as a string, so `LIAISON_DATABASE_MAX_CONNECTIONS=8` is a number.
+/// The value at a dotted `path`, if any.
+fn lookup<'t>(table: &'t toml::Table, path: &str) -> Option<&'t toml::Value> {
+    let mut parts = path.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        let value = current.get(part)?;
+        if parts.peek().is_none() {
+            return Some(value);
+        }
+        current = value.as_table()?;
+    }
+    None
+}
+
 fn set(table: &mut toml::Table, path: &str, raw: &str) {
-    // `0,5,300`: a list of integers (e.g. `webhooks.retry_schedule_secs`).
-    let numbers: Option<Vec<toml::Value>> = raw
-        .contains(',')
-        .then(|| {
-            raw.split(',')
-                .map(|p| p.trim().parse::<i64>().ok().map(toml::Value::Integer))
-                .collect()
-        })
-        .flatten();
-    let value = if let Some(list) = numbers {
-        toml::Value::Array(list)
-    } else {
+    let scalar = |raw: &str| {
         raw.parse::<i64>()
             .map(toml::Value::Integer)
             .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
             .unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
+    };
+    // A key whose value is a list takes comma-separated items (`0,5,300` for
+    // `webhooks.retry_schedule_secs`, `a.toml,b.toml` for `workflows.templates`).
+    let value = if lookup(table, path).is_some_and(toml::Value::is_array) {
+        toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(scalar)
+                .collect(),
+        )
+    } else {
+        scalar(raw)
     };
     let mut parts: Vec<&str> = path.split('.').collect();
     let leaf = parts.pop().expect("non-empty path");

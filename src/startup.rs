@@ -15,13 +15,14 @@ use tonic_health::ServingStatus;
 
 use crate::api::edge::EdgeLayer;
 use crate::api::{
-    AdminApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi, PartnershipApi, SharingApi,
-    WebhookApi,
+    AdminApi, CaseApi, CaseTimers, CustomerApi, EventApi, Hub, InteractionApi, MemberApi,
+    PartnershipApi, SharingApi, WebhookApi,
 };
 use crate::config::{Config, redact_url};
 use crate::outbound::email::EmailWorker;
 use crate::outbound::webhooks::{Sender, WebhookWorker};
 use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::case_service_server::CaseServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
 use crate::pb::interaction_service_server::InteractionServiceServer;
@@ -47,6 +48,7 @@ const SERVICE_NAMES: &[&str] = &[
     "liaison.v1.InteractionService",
     "liaison.v1.EventService",
     "liaison.v1.WebhookService",
+    "liaison.v1.CaseService",
 ];
 
 pub struct Application {
@@ -141,6 +143,11 @@ impl Application {
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
 
+        let cases = CaseServiceServer::new(CaseApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let case_timers = CaseTimers::new(hub.clone());
+
         let (streams_stop, streams_stopping) = tokio::sync::watch::channel(false);
         let events =
             EventServiceServer::new(EventApi::new(hub.clone(), &config.events, streams_stopping))
@@ -197,6 +204,7 @@ impl Application {
             .add_service(interactions)
             .add_service(events)
             .add_service(webhooks)
+            .add_service(cases)
             .serve_with_incoming_shutdown(incoming(listener), signal);
 
         let retention = SignedDuration::from_hours(config.events.retention_days as i64 * 24);
@@ -215,6 +223,7 @@ impl Application {
             () = hub.store.listen_for_events() => Ok(()),
             () = webhook_worker.run() => Ok(()),
             () = email_worker.run() => Ok(()),
+            () = case_timers.run() => Ok(()),
         };
         hub.store.close().await;
         tracing::info!("stopped");

@@ -25,6 +25,9 @@ pub(crate) struct Draft {
     pub merged_customers: Vec<String>,
     /// The member the change names (an interaction's author), as a resource name.
     pub member: String,
+    /// Members of the receiving organization told at once whatever their
+    /// preferences (an SLA breach's escalation contacts), by id.
+    pub escalate_to: Vec<String>,
     pub payload: Payload,
 }
 
@@ -36,6 +39,7 @@ impl Draft {
             changed_fields: vec![],
             merged_customers: vec![],
             member: String::new(),
+            escalate_to: vec![],
             payload,
         }
     }
@@ -78,6 +82,7 @@ pub(crate) fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
         resource: draft.resource,
         create_time,
         body: event.encode_to_vec(),
+        escalate_to: draft.escalate_to,
     });
 }
 

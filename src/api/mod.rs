@@ -10,6 +10,7 @@ mod paging;
 mod write;
 
 mod admin;
+mod cases;
 pub mod customers;
 mod events;
 mod interactions;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 pub use admin::AdminApi;
 pub use auth::{Authenticator, Caller};
+pub use cases::{CaseApi, CaseTimers};
 pub use customers::{CustomerApi, CustomerSettings};
 pub use events::EventApi;
 pub use interactions::InteractionApi;
@@ -30,6 +32,7 @@ pub use partnerships::PartnershipApi;
 pub use sharing::SharingApi;
 pub use webhooks::WebhookApi;
 
+use crate::domain::workflow::Workflows;
 use crate::store::Store;
 
 /// What every service shares.
@@ -38,21 +41,29 @@ pub struct Hub {
     pub store: Store,
     pub auth: Arc<Authenticator>,
     pub customers: Arc<CustomerSettings>,
+    /// The workflow templates cases follow.
+    pub workflows: Arc<Workflows>,
 }
 
 impl Hub {
-    pub fn new(store: Store, customers: CustomerSettings) -> Self {
+    pub fn new(store: Store, customers: CustomerSettings, workflows: Workflows) -> Self {
         let auth = Arc::new(Authenticator::new(store.clone()));
         Self {
             store,
             auth,
             customers: Arc::new(customers),
+            workflows: Arc::new(workflows),
         }
     }
 
     /// A hub over `store` with the customer settings of `config`.
     pub async fn build(store: Store, config: &crate::config::Config) -> anyhow::Result<Self> {
         let customers = CustomerSettings::load(&store, &config.customers).await?;
-        Ok(Self::new(store, customers))
+        let workflows = Workflows::load(&config.workflows.templates)
+            .map_err(|e| anyhow::anyhow!("workflows.templates: {e}"))?;
+        for t in workflows.all().filter(|t| !t.built_in) {
+            tracing::info!(template = %t.name, "workflow template loaded");
+        }
+        Ok(Self::new(store, customers, workflows))
     }
 }

@@ -181,6 +181,35 @@ pub fn parse_customer_match(name: &str) -> Result<String, FieldViolation> {
     parse_top(name, "customerMatches", "customerMatches/{match}")
 }
 
+/// `cases/{case}`.
+pub fn parse_case(name: &str) -> Result<String, FieldViolation> {
+    parse_top(name, "cases", "cases/{case}")
+}
+
+/// `cases/{case}/tasks/{task}`: `(case, task)`.
+pub fn parse_task(name: &str) -> Result<(String, String), FieldViolation> {
+    const FORM: &str = "cases/{case}/tasks/{task}";
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    match name.split('/').collect::<Vec<_>>().as_slice() {
+        ["cases", c, "tasks", t] => Ok((id(c, FORM)?, id(t, FORM)?)),
+        _ => Err(bad(FORM)),
+    }
+}
+
+/// `workflowTemplates/{template}`: the template's name (not checked against the
+/// loaded templates here).
+pub fn parse_template(name: &str) -> Result<String, FieldViolation> {
+    if name.is_empty() {
+        return Err(FieldViolation::new("", "is required"));
+    }
+    name.strip_prefix("workflowTemplates/")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .map(str::to_owned)
+        .ok_or_else(|| bad("workflowTemplates/{template}"))
+}
+
 fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String), FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::new("", "is required"));

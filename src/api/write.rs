@@ -48,7 +48,10 @@ replay_as_is!(
     pb::AccessRequest,
     pb::Interaction,
     pb::WebhookEndpoint,
-    pb::DeleteWebhookEndpointResponse
+    pb::DeleteWebhookEndpointResponse,
+    pb::Case,
+    pb::CaseTask,
+    pb::CaseHistoryEntry
 );
 
 impl Replayable for pb::WebhookEndpointSecret {

@@ -7,6 +7,7 @@ use jiff::Timestamp;
 
 use super::OrgRef;
 use super::sla::SlaClock;
+use super::workflow::Template;
 
 /// Longest case or task title.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -83,6 +84,25 @@ impl Case {
 
     pub fn breached(&self) -> bool {
         self.clocks.iter().any(|c| c.breach_time.is_some())
+    }
+
+    /// The roles `org_id` holds on the case.
+    pub fn roles_of(&self, org_id: &str) -> Vec<&str> {
+        self.participants
+            .iter()
+            .filter(|p| p.organization.id == org_id)
+            .map(|p| p.role.as_str())
+            .collect()
+    }
+
+    /// Moves the case into state `to` at `now`; its SLA clocks follow.
+    pub fn enter_state(&mut self, template: &Template, to: &str, now: Timestamp) {
+        to.clone_into(&mut self.state);
+        self.state_time = now;
+        self.update_time = now;
+        for clock in &mut self.clocks {
+            clock.enter(template, to, now);
+        }
     }
 }
 

@@ -136,11 +136,15 @@ impl SlaClock {
         };
         if self.warn_time.is_none() && self.breach_time.is_none() {
             let left = self.warn_after - self.used;
-            return Some(Due::Warning(hours.add(since, left.max(SignedDuration::ZERO))));
+            return Some(Due::Warning(
+                hours.add(since, left.max(SignedDuration::ZERO)),
+            ));
         }
         if self.breach_time.is_none() {
             let left = self.target - self.used;
-            return Some(Due::Breach(hours.add(since, left.max(SignedDuration::ZERO))));
+            return Some(Due::Breach(
+                hours.add(since, left.max(SignedDuration::ZERO)),
+            ));
         }
         None
     }
@@ -148,10 +152,9 @@ impl SlaClock {
     /// When the target is breached if the clock keeps running (while running).
     pub fn due_time(&self, hours: &Hours) -> Option<Timestamp> {
         match self.phase {
-            Phase::Running { since } => Some(hours.add(
-                since,
-                (self.target - self.used).max(SignedDuration::ZERO),
-            )),
+            Phase::Running { since } => {
+                Some(hours.add(since, (self.target - self.used).max(SignedDuration::ZERO)))
+            }
             _ => None,
         }
     }
@@ -200,10 +203,7 @@ mod tests {
         assert_eq!(resolution.next_due(&hours), None);
         assert_eq!(resolution.used, SignedDuration::from_hours(2));
         resolution.enter(sc, "in_progress", t("2026-01-05T15:00:00Z"));
-        assert_eq!(
-            resolution.due_time(&hours),
-            Some(t("2026-01-06T13:00:00Z"))
-        );
+        assert_eq!(resolution.due_time(&hours), Some(t("2026-01-06T13:00:00Z")));
         // Resolved: met; a reopen resumes it (resume_on_reopen), with the time used.
         resolution.enter(sc, "resolved", t("2026-01-05T16:00:00Z"));
         assert_eq!(
@@ -214,10 +214,7 @@ mod tests {
         );
         assert_eq!(resolution.used, SignedDuration::from_hours(3));
         resolution.enter(sc, "in_progress", t("2026-01-06T16:00:00Z"));
-        assert_eq!(
-            resolution.due_time(&hours),
-            Some(t("2026-01-07T13:00:00Z"))
-        );
+        assert_eq!(resolution.due_time(&hours), Some(t("2026-01-07T13:00:00Z")));
         // First response is met by triage and stays met.
         let first = &mut clocks[0];
         first.enter(sc, "triaged", t("2026-01-05T10:30:00Z"));
@@ -270,16 +267,23 @@ mod tests {
         // Opened Friday 27 March 2026 at 13:00 CET (12:00 UTC); clocks go forward on
         // Sunday. 4 h used on Friday (warning at 17:00 CET = 16:00 UTC), the other 4
         // on Monday from 09:00 CEST (07:00 UTC): breach at 11:00 UTC.
-        let mut clocks = SlaClock::start_all(&tpl, Priority::Normal, "open", t("2026-03-27T12:00:00Z"));
+        let mut clocks =
+            SlaClock::start_all(&tpl, Priority::Normal, "open", t("2026-03-27T12:00:00Z"));
         let c = &mut clocks[0];
         let hours = c.hours(&tpl).clone();
-        assert_eq!(c.next_due(&hours), Some(Due::Warning(t("2026-03-27T16:00:00Z"))));
+        assert_eq!(
+            c.next_due(&hours),
+            Some(Due::Warning(t("2026-03-27T16:00:00Z")))
+        );
         assert_eq!(c.due_time(&hours), Some(t("2026-03-30T11:00:00Z")));
         // Paused from Monday 08:00 UTC (1 h of Monday used) until Tuesday 08:00 UTC.
         c.warn_time = Some(t("2026-03-27T16:00:00Z"));
         c.enter(&tpl, "waiting", t("2026-03-30T08:00:00Z"));
         assert_eq!(c.used, SignedDuration::from_hours(5));
         c.enter(&tpl, "open", t("2026-03-31T08:00:00Z"));
-        assert_eq!(c.next_due(&hours), Some(Due::Breach(t("2026-03-31T11:00:00Z"))));
+        assert_eq!(
+            c.next_due(&hours),
+            Some(Due::Breach(t("2026-03-31T11:00:00Z")))
+        );
     }
 }

@@ -291,7 +291,9 @@ impl Template {
             }
             for r in &t.roles {
                 if !roles.contains(r.as_str()) {
-                    problem(format!("{at}: role {r:?} is not one of the template's roles"));
+                    problem(format!(
+                        "{at}: role {r:?} is not one of the template's roles"
+                    ));
                 }
             }
             for f in &t.required_fields {
@@ -314,7 +316,11 @@ impl Template {
             if !reached.insert(s) {
                 continue;
             }
-            for t in raw.transitions.iter().filter(|t| t.from.iter().any(|f| f == s)) {
+            for t in raw
+                .transitions
+                .iter()
+                .filter(|t| t.from.iter().any(|f| f == s))
+            {
                 queue.push_back(&t.to);
             }
         }
@@ -359,7 +365,9 @@ impl Template {
                 problem(format!("{at}: warn_at_percent must be 1 to 99"));
             }
             if p.stop_states.is_empty() {
-                problem(format!("{at}: stop_states must name where the target is met"));
+                problem(format!(
+                    "{at}: stop_states must name where the target is met"
+                ));
             }
             for s in &p.stop_states {
                 if !states.contains_key(s.as_str()) {
@@ -568,10 +576,10 @@ impl Workflows {
     pub fn load(paths: &[String]) -> Result<Workflows, String> {
         let mut templates = BTreeMap::new();
         for (name, text) in BUILT_IN {
-            let raw: RawTemplate = toml::from_str(text)
-                .map_err(|e| format!("built-in template {name}: {e}"))?;
-            let t = Template::check(raw, true)
-                .map_err(|e| format!("built-in template {name}: {e}"))?;
+            let raw: RawTemplate =
+                toml::from_str(text).map_err(|e| format!("built-in template {name}: {e}"))?;
+            let t =
+                Template::check(raw, true).map_err(|e| format!("built-in template {name}: {e}"))?;
             templates.insert(t.name.clone(), t);
         }
         let mut problems = vec![];
@@ -745,7 +753,11 @@ mod tests {
         assert!(w.get("tiny").is_some() && w.get("service_case").is_some());
         assert!(!w.get("tiny").unwrap().built_in);
         let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, MINIMAL.replace("roles = [\"vendor\"]\n", "roles = []\n")).unwrap();
+        std::fs::write(
+            &bad,
+            MINIMAL.replace("roles = [\"vendor\"]\n", "roles = []\n"),
+        )
+        .unwrap();
         let err = Workflows::load(&[bad.display().to_string()]).unwrap_err();
         assert!(err.contains("bad.toml"), "{err}");
     }

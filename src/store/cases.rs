@@ -117,10 +117,13 @@ async fn assemble(conn: &mut AnyConnection, rows: Vec<CaseRow>) -> Result<Vec<Ca
     }
     let mut participants: BTreeMap<String, Vec<Participant>> = BTreeMap::new();
     for p in q.fetch_all(&mut *conn).await? {
-        participants.entry(p.case_id).or_default().push(Participant {
-            organization: org_ref(p.organization_id, &p.slug)?,
-            role: p.role,
-        });
+        participants
+            .entry(p.case_id)
+            .or_default()
+            .push(Participant {
+                organization: org_ref(p.organization_id, &p.slug)?,
+                role: p.role,
+            });
     }
     let sql = format!(
         "SELECT case_id, policy, target, warn_after, used, phase, phase_time, warn_time, \
@@ -426,8 +429,14 @@ impl Store {
     }
 
     /// A page of a case's tasks, oldest first.
-    pub async fn tasks(&self, case_id: &str, after: Option<&str>, limit: usize) -> Result<Page<Task>> {
-        let sql = format!("{TASK_SELECT} WHERE t.case_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3");
+    pub async fn tasks(
+        &self,
+        case_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Task>> {
+        let sql =
+            format!("{TASK_SELECT} WHERE t.case_id = $1 AND t.id > $2 ORDER BY t.id LIMIT $3");
         let rows: Vec<TaskRow> = sqlx::query_as(&sql)
             .bind(case_id)
             .bind(after.unwrap_or(""))
@@ -703,7 +712,12 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn clear_timer(&mut self, case_id: &str, kind: TimerKind, subject: &str) -> Result<()> {
+    pub async fn clear_timer(
+        &mut self,
+        case_id: &str,
+        kind: TimerKind,
+        subject: &str,
+    ) -> Result<()> {
         sqlx::query("DELETE FROM case_timers WHERE case_id = $1 AND kind = $2 AND subject = $3")
             .bind(case_id)
             .bind(kind.as_str())

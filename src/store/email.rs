@@ -349,11 +349,11 @@ impl Tx {
     pub(super) async fn queue_notifications(
         &mut self,
         organization_id: &str,
-        events: &[(&str, &str, i64)],
+        events: &[(&str, &str, i64, &[String])],
     ) -> Result<()> {
-        let relevant: Vec<(Category, &str, &str, i64)> = events
+        let relevant: Vec<(Category, &str, &str, i64, &[String])> = events
             .iter()
-            .filter_map(|(t, r, s)| Category::of(t).map(|c| (c, *t, *r, *s)))
+            .filter_map(|(t, r, s, e)| Category::of(t).map(|c| (c, *t, *r, *s, *e)))
             .collect();
         if relevant.is_empty() {
             return Ok(());
@@ -415,7 +415,7 @@ impl Tx {
         let defaults = by_member.remove("").unwrap_or_default();
         let now = self.clock.now();
         let mut queued = false;
-        for (category, event_type, resource, sequence) in &relevant {
+        for (category, event_type, resource, sequence, escalate_to) in &relevant {
             let thread = thread_key(resource);
             if *category == Category::Work && own_work {
                 continue;
@@ -434,7 +434,13 @@ impl Tx {
                     .get(member_id.as_str())
                     .cloned()
                     .unwrap_or_default();
-                let (mode, due) = match mine.effective_mode(&defaults, *category) {
+                // An escalation contact hears at once, whatever they chose.
+                let mode = if escalate_to.contains(member_id) {
+                    Mode::Immediate
+                } else {
+                    mine.effective_mode(&defaults, *category)
+                };
+                let (mode, due) = match mode {
                     Mode::Off => continue,
                     Mode::Immediate => ("immediate", now),
                     Mode::DailyDigest => (

@@ -65,6 +65,9 @@ pub struct NewEvent {
     pub create_time: Timestamp,
     /// The encoded event, without its sequence number.
     pub body: Vec<u8>,
+    /// Members (ids, of this organization) to alert at once whatever their
+    /// preferences: an SLA breach's escalation contacts.
+    pub escalate_to: Vec<String>,
 }
 
 /// An event read back from a feed.
@@ -228,10 +231,17 @@ impl Tx {
             queued |= self
                 .queue_deliveries(&first.organization_id, &deliveries)
                 .await?;
-            let notifiable: Vec<(&str, &str, i64)> = group
+            let notifiable: Vec<(&str, &str, i64, &[String])> = group
                 .iter()
                 .zip(start..)
-                .map(|(e, sequence)| (e.event_type.as_str(), e.resource.as_str(), sequence))
+                .map(|(e, sequence)| {
+                    (
+                        e.event_type.as_str(),
+                        e.resource.as_str(),
+                        sequence,
+                        e.escalate_to.as_slice(),
+                    )
+                })
                 .collect();
             self.queue_notifications(&first.organization_id, &notifiable)
                 .await?;
@@ -452,11 +462,15 @@ impl Store {
             return std::future::pending().await;
         };
         loop {
-            match relay(&url, &self.feeds, &[
-                (DELIVERY_CHANNEL, &self.deliveries),
-                (EMAIL_CHANNEL, &self.emails),
-                (TIMER_CHANNEL, &self.timers),
-            ])
+            match relay(
+                &url,
+                &self.feeds,
+                &[
+                    (DELIVERY_CHANNEL, &self.deliveries),
+                    (EMAIL_CHANNEL, &self.emails),
+                    (TIMER_CHANNEL, &self.timers),
+                ],
+            )
             .await
             {
                 Ok(never) => match never {},
