@@ -205,10 +205,12 @@ fn customer_name(c: &pb::Customer) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// What the email calls the thread: the customer's name where the event shows it.
+/// What the email calls the thread: the customer's name or the case's title where
+/// the event shows it.
 fn thread_title(event: &pb::Event, thread: &str) -> String {
     match &event.payload {
         Some(Payload::Customer(c)) => customer_name(c),
+        Some(Payload::Case(c)) if !c.title.is_empty() => Some(format!("Case: {}", c.title)),
         _ => None,
     }
     .unwrap_or_else(|| thread.to_owned())
@@ -265,6 +267,32 @@ fn event_view(event: &pb::Event, tz: &TimeZone) -> EventView {
         Some(Payload::Partnership(p)) => details.push(Detail {
             label: "Partnership",
             value: p.name.clone(),
+        }),
+        Some(Payload::Case(c)) => {
+            details.push(Detail {
+                label: "State",
+                value: c.state.clone(),
+            });
+            for clock in c.sla_clocks.iter().filter(|k| k.breach_time.is_some()) {
+                details.push(Detail {
+                    label: "SLA breached",
+                    value: clock.policy.clone(),
+                });
+            }
+        }
+        Some(Payload::Task(t)) => {
+            details.push(Detail {
+                label: "Task",
+                value: t.title.clone(),
+            });
+            details.push(Detail {
+                label: "Assignee",
+                value: t.assignee.clone(),
+            });
+        }
+        Some(Payload::CaseHistoryEntry(h)) => details.push(Detail {
+            label: "Comment",
+            value: h.body.clone(),
         }),
         Some(Payload::WebhookEndpoint(e)) => {
             details.push(Detail {

@@ -174,7 +174,13 @@ fn smtp(server: &SmtpServer) -> impl FnOnce(&mut liaison::config::Config) {
     }
 }
 
-async fn member(app: &TestApp, org: &Org, name: &str, email: &str, tz: &str) -> pb::Member {
+pub(crate) async fn member(
+    app: &TestApp,
+    org: &Org,
+    name: &str,
+    email: &str,
+    tz: &str,
+) -> pb::Member {
     app.members(&org.admin_key)
         .create_member(pb::CreateMemberRequest {
             parent: org.name.clone(),
@@ -192,7 +198,7 @@ async fn member(app: &TestApp, org: &Org, name: &str, email: &str, tz: &str) -> 
         .into_inner()
 }
 
-async fn set_preferences(
+pub(crate) async fn set_preferences(
     app: &TestApp,
     org: &Org,
     prefs: pb::NotificationPreferences,

@@ -26,7 +26,7 @@ crate::on_both_backends!(
 const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The whole feed of the organization behind `key`, page by page.
-async fn feed(app: &TestApp, key: &str) -> Vec<pb::Event> {
+pub(crate) async fn feed(app: &TestApp, key: &str) -> Vec<pb::Event> {
     let mut out: Vec<pb::Event> = vec![];
     let mut after = 0;
     loop {
@@ -56,7 +56,7 @@ fn since(feed: &[pb::Event], after: i64) -> Vec<pb::Event> {
         .collect()
 }
 
-fn types(events: &[pb::Event]) -> Vec<&str> {
+pub(crate) fn types(events: &[pb::Event]) -> Vec<&str> {
     events.iter().map(|e| e.r#type.as_str()).collect()
 }
 

@@ -14,6 +14,7 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
 pub use pb::admin_service_client::AdminServiceClient;
+pub use pb::case_service_client::CaseServiceClient;
 pub use pb::customer_service_client::CustomerServiceClient;
 pub use pb::event_service_client::EventServiceClient;
 pub use pb::interaction_service_client::InteractionServiceClient;
@@ -195,9 +196,16 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
 }
 
 async fn start(config: Config, operator_key: String) -> TestApp {
+    start_at(config, operator_key, jiff::SignedDuration::ZERO).await
+}
+
+/// Starts a hub whose clock runs `ahead` of the system clock from the first moment,
+/// before any worker looks at its queue.
+async fn start_at(config: Config, operator_key: String, ahead: jiff::SignedDuration) -> TestApp {
     let app = Application::build(config.clone())
         .await
         .expect("the hub starts");
+    app.store().clock().advance(ahead);
     let addr = app.local_addr();
     let store = app.store().clone();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -225,6 +233,26 @@ impl TestApp {
     /// A second hub on the same database (a replica behind a load balancer).
     pub async fn replica(&self) -> TestApp {
         start(self.config.clone(), self.operator_key.clone()).await
+    }
+
+    /// Stops this hub and starts a new one on the same database, its clock `ahead`
+    /// of the system clock from the start (time that passed while it was down).
+    pub async fn restart(mut self, ahead: jiff::SignedDuration) -> TestApp {
+        let database = self._database.take();
+        let (config, key) = (self.config.clone(), self.operator_key.clone());
+        self.stop_now().await;
+        let mut app = start_at(config, key, ahead).await;
+        app._database = database;
+        app
+    }
+
+    async fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
     }
 }
 
@@ -301,6 +329,10 @@ impl TestApp {
 
     pub fn events(&self, key: &str) -> EventServiceClient<Authed> {
         EventServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn cases(&self, key: &str) -> CaseServiceClient<Authed> {
+        CaseServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
     }
 
     pub fn interactions(&self, key: &str) -> InteractionServiceClient<Authed> {

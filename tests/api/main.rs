@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod auth;
+mod cases;
 mod cli;
 mod customers;
 mod email;

@@ -206,7 +206,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<(http::HeaderMap, Vec<u8
 }
 
 /// Polls `check` until it yields a value (10 s at most).
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..400 {
         if let Some(value) = check().await {
             return value;
