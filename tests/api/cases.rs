@@ -979,12 +979,11 @@ async fn sla_clocks_warn_breach_pause_and_escalate_at_the_right_moments(backend:
         ts(&clock(breached, "first_response").breach_time),
         t0 + h(4)
     );
-    assert_eq!(
+    assert!(
         get(&app, &c.distributor, &case.name)
             .await
             .unwrap()
-            .breached,
-        true
+            .breached
     );
 
     // The escalation contact hears of the breach by email; Dan, with SLA mail off,
