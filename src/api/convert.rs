@@ -203,4 +203,30 @@ mod json_tests {
         assert_eq!(json["customer"]["givenName"], "Ada");
         assert_eq!(json["customer"]["kind"], "PERSON");
     }
+
+    #[test]
+    fn case_events_become_protobuf_json_with_durations() {
+        let event = pb::Event {
+            r#type: "case.sla_warning".into(),
+            payload: Some(pb::event::Payload::Case(pb::Case {
+                name: "cases/x".into(),
+                priority: pb::CasePriority::High as i32,
+                sla_clocks: vec![pb::SlaClock {
+                    policy: "resolution".into(),
+                    state: pb::SlaClockState::Running as i32,
+                    target: Some(prost_types::Duration {
+                        seconds: 86_400,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let json: serde_json::Value = serde_json::from_slice(&event_json(&event).unwrap()).unwrap();
+        assert_eq!(json["case"]["priority"], "HIGH");
+        assert_eq!(json["case"]["slaClocks"][0]["target"], "86400s");
+        assert_eq!(json["case"]["slaClocks"][0]["state"], "RUNNING");
+    }
 }
