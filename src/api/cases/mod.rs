@@ -31,8 +31,8 @@ use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, case_service_server::CaseService};
 use crate::store::{CaseQuery, Timer, TimerKind, Tx};
 use show::{
-    case_name, case_to_pb, history_to_pb, save_case, task_to_pb, tell_case, tell_comment,
-    tell_task, template_to_pb,
+    case_name, case_to_pb, history_to_pb, record_change, save_case, task_to_pb, tell_case,
+    tell_comment, tell_task, template_to_pb, view_in,
 };
 pub use timers::CaseTimers;
 
@@ -650,34 +650,13 @@ impl CaseService for CaseApi {
                 let (name, from, to) = (t.name.clone(), case.state.clone(), t.to.clone());
                 case.fields = merged;
                 case.enter_state(template, &to, now);
-                let expected = case.revision;
-                if !save_case(tx, &mut case, template, expected, true).await? {
-                    return Err(Error::StaleEtag(request.name.clone()));
-                }
                 let mut entry = HistoryEntry::new(&id, "case.transitioned", Some(org.clone()), now);
                 entry.transition = name;
                 entry.from_state = from;
                 entry.to_state = to;
                 entry.body.clone_from(&comment);
-                tx.insert_case_history(&entry).await?;
-                tell_case(
-                    tx,
-                    &case,
-                    Some(template),
-                    "case.transitioned",
-                    &[],
-                    &HashMap::new(),
-                    now,
-                )
-                .await?;
-                let seen = tx.customer(&org.id, &case.customer_id).await?;
-                Ok(case_to_pb(
-                    &case,
-                    Some(template),
-                    &org.id,
-                    seen.as_ref(),
-                    now,
-                ))
+                record_change(tx, &mut case, template, &entry, &[], now).await?;
+                view_in(tx, &case, template, &org, now).await
             },
         )
         .await?;
@@ -805,33 +784,12 @@ impl CaseService for CaseApi {
                     role: input.role.clone(),
                 });
                 case.update_time = now;
-                let expected = case.revision;
-                if !save_case(tx, &mut case, template, expected, true).await? {
-                    return Err(Error::StaleEtag(request.name.clone()));
-                }
                 let mut entry =
                     HistoryEntry::new(&id, "case.participant_added", Some(org.clone()), now);
                 entry.subject.clone_from(&input.organization);
                 entry.body.clone_from(&input.role);
-                tx.insert_case_history(&entry).await?;
-                tell_case(
-                    tx,
-                    &case,
-                    Some(template),
-                    "case.participant_added",
-                    &[],
-                    &HashMap::new(),
-                    now,
-                )
-                .await?;
-                let seen = tx.customer(&org.id, &case.customer_id).await?;
-                Ok(case_to_pb(
-                    &case,
-                    Some(template),
-                    &org.id,
-                    seen.as_ref(),
-                    now,
-                ))
+                record_change(tx, &mut case, template, &entry, &[], now).await?;
+                view_in(tx, &case, template, &org, now).await
             },
         )
         .await?;
@@ -893,32 +851,19 @@ impl CaseService for CaseApi {
                 let prefix = format!("{}/", names::organization(&gone.slug));
                 case.escalation_contacts.retain(|m| !m.starts_with(&prefix));
                 case.update_time = now;
-                let expected = case.revision;
-                if !save_case(tx, &mut case, template, expected, true).await? {
-                    return Err(Error::StaleEtag(request.name.clone()));
-                }
                 let mut entry =
                     HistoryEntry::new(&id, "case.participant_removed", Some(org.clone()), now);
                 entry.subject.clone_from(&request.organization);
-                tx.insert_case_history(&entry).await?;
-                tell_case(
+                record_change(
                     tx,
-                    &case,
-                    Some(template),
-                    "case.participant_removed",
+                    &mut case,
+                    template,
+                    &entry,
                     std::slice::from_ref(&gone),
-                    &HashMap::new(),
                     now,
                 )
                 .await?;
-                let seen = tx.customer(&org.id, &case.customer_id).await?;
-                Ok(case_to_pb(
-                    &case,
-                    Some(template),
-                    &org.id,
-                    seen.as_ref(),
-                    now,
-                ))
+                view_in(tx, &case, template, &org, now).await
             },
         )
         .await?;

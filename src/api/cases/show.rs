@@ -12,6 +12,7 @@ use super::super::fanout::{Draft, emit};
 use super::super::names;
 use crate::domain::OrgRef;
 use crate::domain::case::{Case, CommentVisibility, HistoryEntry, Priority, Task, TaskState};
+use crate::domain::event::EVENT_TYPES;
 use crate::domain::sla::Phase;
 use crate::domain::workflow::{FieldKind, Template};
 use crate::error::Result;
@@ -391,4 +392,55 @@ pub async fn save_case(
     .await?;
     tx.wake_timers();
     Ok(true)
+}
+
+/// Records a change the etag covers: saves the case with its revision bumped (ABORTED
+/// if someone changed it meanwhile), writes `entry` to its history, and tells every
+/// participant (and `also`) with `event_type`.
+pub async fn record_change(
+    tx: &mut Tx,
+    c: &mut Case,
+    template: &Template,
+    entry: &HistoryEntry,
+    also: &[OrgRef],
+    now: Timestamp,
+) -> Result<()> {
+    let expected = c.revision;
+    if !save_case(tx, c, template, expected, true).await? {
+        return Err(crate::error::Error::StaleEtag(case_name(&c.id)));
+    }
+    tx.insert_case_history(entry).await?;
+    let event_type = EVENT_TYPES
+        .iter()
+        .find(|t| **t == entry.kind)
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("{} is not an event type", entry.kind))?;
+    tell_case(
+        tx,
+        c,
+        Some(template),
+        event_type,
+        also,
+        &HashMap::new(),
+        now,
+    )
+    .await
+}
+
+/// The case as `viewer` sees it, read inside `tx`.
+pub async fn view_in(
+    tx: &mut Tx,
+    c: &Case,
+    template: &Template,
+    viewer: &OrgRef,
+    now: Timestamp,
+) -> Result<pb::Case> {
+    let seen = tx.customer(&viewer.id, &c.customer_id).await?;
+    Ok(case_to_pb(
+        c,
+        Some(template),
+        &viewer.id,
+        seen.as_ref(),
+        now,
+    ))
 }

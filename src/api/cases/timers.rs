@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::show::{save_case, task_name, tell_case, tell_task};
+use super::show::{record_change, save_case, task_name, tell_case, tell_task};
 use crate::api::Hub;
 use crate::api::names;
 use crate::domain::case::HistoryEntry;
@@ -156,23 +156,11 @@ impl CaseTimers {
                 };
                 let from = case.state.clone();
                 case.enter_state(template, &to, now);
-                let revision = case.revision;
-                save_case(&mut tx, &mut case, template, revision, true).await?;
                 entry.kind = "case.transitioned".into();
                 entry.transition.clone_from(&timer.subject);
                 entry.from_state = from;
                 entry.to_state = to;
-                tx.insert_case_history(&entry).await?;
-                tell_case(
-                    &mut tx,
-                    &case,
-                    Some(template),
-                    "case.transitioned",
-                    &[],
-                    &HashMap::new(),
-                    now,
-                )
-                .await?;
+                record_change(&mut tx, &mut case, template, &entry, &[], now).await?;
             }
         }
         tx.commit().await
