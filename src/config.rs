@@ -578,8 +578,6 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Sets a dotted key from text: as a TOML number or boolean where it reads as one, else
-/// as a string, so `LIAISON_DATABASE_MAX_CONNECTIONS=8` is a number.
 /// The value at a dotted `path`, if any.
 fn lookup<'t>(table: &'t toml::Table, path: &str) -> Option<&'t toml::Value> {
     let mut parts = path.split('.').peekable();
@@ -594,6 +592,8 @@ fn lookup<'t>(table: &'t toml::Table, path: &str) -> Option<&'t toml::Value> {
     None
 }
 
+/// Sets a dotted key from text: as a TOML number or boolean where it reads as one, else
+/// as a string, so `LIAISON_DATABASE_MAX_CONNECTIONS=8` is a number.
 fn set(table: &mut toml::Table, path: &str, raw: &str) {
     let scalar = |raw: &str| {
         raw.parse::<i64>()

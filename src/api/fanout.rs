@@ -19,7 +19,7 @@ use crate::store::{NewEvent, SeenCustomer, Tx};
 
 /// One event before it is addressed to an organization.
 pub(crate) struct Draft {
-    pub event_type: &'static str,
+    pub event_type: String,
     pub resource: String,
     pub changed_fields: Vec<String>,
     pub merged_customers: Vec<String>,
@@ -32,9 +32,9 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
-    pub fn new(event_type: &'static str, resource: String, payload: Payload) -> Self {
+    pub fn new(event_type: &str, resource: String, payload: Payload) -> Self {
         Self {
-            event_type,
+            event_type: event_type.to_owned(),
             resource,
             changed_fields: vec![],
             merged_customers: vec![],
@@ -66,7 +66,7 @@ pub(crate) fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
     let event = pb::Event {
         id: id.clone(),
         sequence: 0,
-        r#type: draft.event_type.to_owned(),
+        r#type: draft.event_type.clone(),
         create_time: timestamp(create_time),
         actor: Some(actor),
         request_id: cause.request_id.clone(),
@@ -78,7 +78,7 @@ pub(crate) fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
     tx.emit(NewEvent {
         organization_id: organization_id.to_owned(),
         id,
-        event_type: draft.event_type.to_owned(),
+        event_type: draft.event_type,
         resource: draft.resource,
         create_time,
         body: event.encode_to_vec(),

@@ -489,13 +489,19 @@ impl Tx {
         case_by_id(self.conn(), id, lock).await
     }
 
-    pub async fn insert_case(&mut self, c: &Case) -> Result<()> {
+    /// Inserts a new case; `closed` and `due_time` as for [`Tx::update_case`].
+    pub async fn insert_case(
+        &mut self,
+        c: &Case,
+        closed: bool,
+        due_time: Option<Timestamp>,
+    ) -> Result<()> {
         let (fields, contacts) = case_values(c)?;
         sqlx::query(
             "INSERT INTO cases (id, template, state, title, description, priority, customer_id, \
              fields, escalation_contacts, opened_by, closed, breached, due_time, create_time, \
              update_time, state_time, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, NULL, $11, $12, $13, $14)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&c.id)
         .bind(&c.template)
@@ -507,6 +513,9 @@ impl Tx {
         .bind(fields)
         .bind(contacts)
         .bind(&c.opened_by.id)
+        .bind(i64::from(closed))
+        .bind(i64::from(c.breached()))
+        .bind(due_time.map(micros))
         .bind(micros(c.create_time))
         .bind(micros(c.update_time))
         .bind(micros(c.state_time))

@@ -31,7 +31,7 @@ use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, case_service_server::CaseService};
 use crate::store::{CaseQuery, Timer, TimerKind, Tx};
 use show::{
-    case_name, case_to_pb, history_to_pb, record_change, save_case, task_to_pb, tell_case,
+    case_name, case_to_pb, history_to_pb, insert_case, record_change, task_to_pb, tell_case,
     tell_comment, tell_task, template_to_pb, view_in,
 };
 pub use timers::CaseTimers;
@@ -507,7 +507,7 @@ impl CaseService for CaseApi {
                         ));
                     }
                 }
-                let mut case = Case {
+                let case = Case {
                     id: id.clone(),
                     template: template.name.clone(),
                     state: template.initial.clone(),
@@ -528,8 +528,7 @@ impl CaseService for CaseApi {
                     state_time: now,
                     revision: 1,
                 };
-                tx.insert_case(&case).await?;
-                save_case(tx, &mut case, template, 1, false).await?;
+                insert_case(tx, &case, template).await?;
                 let mut entry = HistoryEntry::new(&id, "case.opened", Some(org.clone()), now);
                 entry.to_state.clone_from(&case.state);
                 tx.insert_case_history(&entry).await?;

@@ -265,7 +265,7 @@ pub async fn tell_case(
     tx: &mut Tx,
     c: &Case,
     template: Option<&Template>,
-    event_type: &'static str,
+    event_type: &str,
     also: &[OrgRef],
     escalate: &HashMap<String, Vec<String>>,
     now: Timestamp,
@@ -297,7 +297,7 @@ pub fn tell_comment(tx: &mut Tx, c: &Case, entry: &HistoryEntry) {
 }
 
 /// Tells every participant of a change to a task.
-pub fn tell_task(tx: &mut Tx, c: &Case, task: &Task, event_type: &'static str) {
+pub fn tell_task(tx: &mut Tx, c: &Case, task: &Task, event_type: &str) {
     let pb = task_to_pb(task);
     for org in audience(c, &[]) {
         emit(
@@ -361,6 +361,17 @@ pub fn schedule(c: &Case, template: &Template) -> (Vec<Timer>, Option<Timestamp>
     (timers, earliest)
 }
 
+/// Writes a new case with its SLA and automatic timers.
+pub async fn insert_case(tx: &mut Tx, c: &Case, template: &Template) -> Result<()> {
+    let (timers, due) = schedule(c, template);
+    tx.insert_case(c, template.is_final(&c.state), due).await?;
+    for timer in &timers {
+        tx.set_timer(timer).await?;
+    }
+    tx.wake_timers();
+    Ok(())
+}
+
 /// Writes the case after a change (bumping its revision if `bump`), with fresh SLA
 /// and automatic timers. False if the stored revision is no longer `expected`.
 pub async fn save_case(
@@ -396,7 +407,7 @@ pub async fn save_case(
 
 /// Records a change the etag covers: saves the case with its revision bumped (ABORTED
 /// if someone changed it meanwhile), writes `entry` to its history, and tells every
-/// participant (and `also`) with `event_type`.
+/// participant (and `also`) with the entry's kind as the event type.
 pub async fn record_change(
     tx: &mut Tx,
     c: &mut Case,
