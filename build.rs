@@ -19,12 +19,15 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migrations; a new file must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     let descriptors = protox::Compiler::new(["proto"])?
         .include_imports(true)
         .include_source_info(true)
         .open_files(PROTOS)?
         .file_descriptor_set();
 
+    build_info()?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("liaison_descriptor.bin"),
@@ -35,5 +38,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
+    Ok(())
+}
+
+/// What `liaison --version` says of the build: target, profile, compiler, and the
+/// commit when the builder names it in `LIAISON_BUILD_COMMIT` (the Dockerfile does).
+fn build_info() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-env-changed=LIAISON_BUILD_COMMIT");
+    let commit = env::var("LIAISON_BUILD_COMMIT").unwrap_or_default();
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| "rustc (unknown)".into());
+    let features: Vec<String> = env::vars()
+        .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase()))
+        .filter(|f| f != "default")
+        .collect();
+    let info = format!(
+        "{} (commit {}, {}, {} build, {}, features: {})",
+        env::var("CARGO_PKG_VERSION")?,
+        if commit.is_empty() {
+            "unknown"
+        } else {
+            commit.as_str()
+        },
+        env::var("TARGET")?,
+        env::var("PROFILE")?,
+        rustc_version,
+        if features.is_empty() {
+            "none".to_owned()
+        } else {
+            features.join(",")
+        },
+    );
+    println!("cargo:rustc-env=HUB_BUILD_INFO={info}");
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! Every key has an environment variable: the key's path joined by `_` and upper-cased
 //! behind `LIAISON_` (`database.url` → `LIAISON_DATABASE_URL`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -29,6 +30,106 @@ pub struct Config {
     pub email: EmailConfig,
     pub smtp: SmtpConfig,
     pub workflows: WorkflowsConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the gRPC server. Empty: plaintext gRPC.
+    pub cert: String,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM certificates of the CA(s) that issue client certificates. Set: mutual TLS;
+    /// a client certificate registered to an organization authenticates as it.
+    pub client_ca: String,
+    /// Refuse connections without a client certificate (otherwise an API key will do).
+    pub require_client_cert: bool,
+    /// A TLS handshake that takes longer than this is dropped.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: String::new(),
+            key: String::new(),
+            client_ca: String::new(),
+            require_client_cert: false,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+/// Token buckets per API key and per organization, on each replica. A rate of 0
+/// turns that bucket off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second one API key (or client certificate) may sustain.
+    pub key_requests_per_second: f64,
+    /// Requests one key may make at once after a quiet spell.
+    pub key_burst: u64,
+    /// Requests per second all keys of one organization may sustain together.
+    pub organization_requests_per_second: f64,
+    pub organization_burst: u64,
+    /// Overrides for single organizations, by slug (`[limits.organizations.acme]`).
+    pub organizations: BTreeMap<String, OrganizationLimits>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            key_requests_per_second: 500.0,
+            key_burst: 1000,
+            organization_requests_per_second: 1000.0,
+            organization_burst: 2000,
+            organizations: BTreeMap::new(),
+        }
+    }
+}
+
+/// One organization's own limits; what is not set follows the defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrganizationLimits {
+    pub key_requests_per_second: Option<f64>,
+    pub key_burst: Option<u64>,
+    pub organization_requests_per_second: Option<f64>,
+    pub organization_burst: Option<u64>,
+    /// Open WatchEvents streams (instead of `events.max_streams_per_organization`).
+    pub max_streams: Option<u64>,
+    /// Largest request message (at most `server.max_message_bytes`).
+    pub max_request_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`). Empty: off.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector for trace export (`http://127.0.0.1:4317`). Needs a build
+    /// with `--features otlp`. Empty: off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "liaison".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -266,6 +367,10 @@ impl Default for Config {
             email: EmailConfig::default(),
             smtp: SmtpConfig::default(),
             workflows: WorkflowsConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -328,6 +433,8 @@ impl Config {
             if name == "LIAISON_CONFIG"
                 || name.starts_with("LIAISON_TEST_")
                 || name == "LIAISON_LOG"
+                // Read by the build script only (`liaison --version`).
+                || name == "LIAISON_BUILD_COMMIT"
                 // Read by `liaison import`, a client of the hub.
                 || name == "LIAISON_SERVER"
                 || name == "LIAISON_API_KEY"
@@ -499,6 +606,7 @@ impl Config {
                 bail!("{key} must be between {min} and {max} (got {value})");
             }
         }
+        self.validate_operations()?;
         if self.server.shutdown_grace_secs > 3600 {
             bail!("server.shutdown_grace_secs must be at most 3600");
         }
@@ -509,6 +617,106 @@ impl Config {
                 .context("customers.match_secret")?;
         }
         Ok(())
+    }
+
+    /// TLS, limits, metrics and telemetry.
+    fn validate_operations(&self) -> anyhow::Result<()> {
+        let tls = &self.tls;
+        if tls.cert.is_empty() != tls.key.is_empty() {
+            bail!("tls.cert and tls.key must be set together");
+        }
+        if tls.cert.is_empty() && (!tls.client_ca.is_empty() || tls.require_client_cert) {
+            bail!("tls.client_ca and tls.require_client_cert need tls.cert and tls.key");
+        }
+        if tls.require_client_cert && tls.client_ca.is_empty() {
+            bail!("tls.require_client_cert needs tls.client_ca");
+        }
+        if !(1..=300).contains(&tls.handshake_timeout_secs) {
+            bail!(
+                "tls.handshake_timeout_secs must be between 1 and 300 (got {})",
+                tls.handshake_timeout_secs
+            );
+        }
+        if !tls.cert.is_empty() {
+            crate::tls::server_config(tls).context("tls")?;
+        }
+        let limits = &self.limits;
+        check_rate(
+            "limits.key_requests_per_second",
+            limits.key_requests_per_second,
+        )?;
+        check_rate(
+            "limits.organization_requests_per_second",
+            limits.organization_requests_per_second,
+        )?;
+        check_burst("limits.key_burst", limits.key_burst)?;
+        check_burst("limits.organization_burst", limits.organization_burst)?;
+        for (slug, o) in &limits.organizations {
+            let at = |key: &str| format!("limits.organizations.{slug}.{key}");
+            crate::domain::Slug::parse(slug)
+                .map_err(|v| anyhow::anyhow!("limits.organizations.{slug}: {}", v.description))?;
+            if let Some(rate) = o.key_requests_per_second {
+                check_rate(&at("key_requests_per_second"), rate)?;
+            }
+            if let Some(rate) = o.organization_requests_per_second {
+                check_rate(&at("organization_requests_per_second"), rate)?;
+            }
+            if let Some(burst) = o.key_burst {
+                check_burst(&at("key_burst"), burst)?;
+            }
+            if let Some(burst) = o.organization_burst {
+                check_burst(&at("organization_burst"), burst)?;
+            }
+            if o.max_streams.is_some_and(|n| !(1..=1_000_000).contains(&n)) {
+                bail!("{} must be between 1 and 1000000", at("max_streams"));
+            }
+            let max = self.server.max_message_bytes as u64;
+            if o.max_request_bytes
+                .is_some_and(|n| !(1024..=max).contains(&n))
+            {
+                bail!(
+                    "{} must be between 1024 and server.max_message_bytes ({max})",
+                    at("max_request_bytes")
+                );
+            }
+        }
+        if !self.metrics.listen.is_empty() {
+            self.metrics.listen.parse::<SocketAddr>().with_context(|| {
+                format!(
+                    "metrics.listen must be an address such as 127.0.0.1:9090 (got {:?})",
+                    self.metrics.listen
+                )
+            })?;
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !otlp.is_empty() {
+            if !(otlp.starts_with("http://") || otlp.starts_with("https://")) {
+                bail!("telemetry.otlp_endpoint must be an http:// or https:// URL");
+            }
+            if !cfg!(feature = "otlp") {
+                bail!(
+                    "telemetry.otlp_endpoint is set, but this build has no OTLP export \
+                     (build with --features otlp)"
+                );
+            }
+        }
+        if self.telemetry.service_name.is_empty() {
+            bail!("telemetry.service_name must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with every secret masked, for `liaison config check`.
+    pub fn to_masked_toml(&self) -> anyhow::Result<String> {
+        let mut shown = self.clone();
+        shown.database.url = redact_url(&shown.database.url);
+        shown.smtp.url = redact_url(&shown.smtp.url);
+        for secret in [&mut shown.smtp.password, &mut shown.customers.match_secret] {
+            if !secret.is_empty() {
+                *secret = "***".into();
+            }
+        }
+        toml::to_string(&shown).context("Failed to encode the configuration")
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -527,6 +735,20 @@ impl Config {
             acquire_timeout: Duration::from_secs(self.database.acquire_timeout_secs),
         }
     }
+}
+
+fn check_rate(key: &str, rate: f64) -> anyhow::Result<()> {
+    if !(rate.is_finite() && (0.0..=1_000_000.0).contains(&rate)) {
+        bail!("{key} must be between 0 (off) and 1000000 requests per second (got {rate})");
+    }
+    Ok(())
+}
+
+fn check_burst(key: &str, burst: u64) -> anyhow::Result<()> {
+    if !(1..=10_000_000).contains(&burst) {
+        bail!("{key} must be between 1 and 10000000 (got {burst})");
+    }
+    Ok(())
 }
 
 /// `url` with any password replaced by `***`, for logs.
@@ -548,6 +770,13 @@ pub fn redact_url(url: &str) -> String {
         Some(tail) => format!("{scheme}://{authority}/{tail}"),
         None => format!("{scheme}://{authority}"),
     }
+}
+
+/// Every environment variable the configuration reads (`LIAISON_…`), besides
+/// `LIAISON_CONFIG` and `LIAISON_LOG`.
+pub fn known_env_names() -> Vec<String> {
+    let table = toml::Table::try_from(Config::default()).expect("the defaults encode");
+    leaf_paths(&table).iter().map(|p| env_name(p)).collect()
 }
 
 fn env_name(path: &str) -> String {
@@ -599,6 +828,13 @@ fn set(table: &mut toml::Table, path: &str, raw: &str) {
         raw.parse::<i64>()
             .map(toml::Value::Integer)
             .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
+            .or_else(|_| {
+                raw.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(toml::Value::Float)
+                    .ok_or(())
+            })
             .unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
     };
     // A key whose value is a list takes comma-separated items (`0,5,300` for

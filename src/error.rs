@@ -81,6 +81,13 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// The caller is over its rate limit; it may retry after `retry_after` (sent as
+    /// `google.rpc.RetryInfo`).
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A position outside what the hub keeps; `metadata` says what is available.
     #[error("{message}")]
     OutOfRange {
@@ -136,6 +143,7 @@ impl Error {
             | Error::PermissionDenied { reason, .. }
             | Error::ResourceExhausted { reason, .. }
             | Error::OutOfRange { reason, .. } => reason,
+            Error::Throttled { .. } => "RATE_LIMITED",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::StaleEtag(_) => "STALE_ETAG",
             Error::Internal(_) => "INTERNAL",
@@ -151,7 +159,7 @@ impl Error {
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
-            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Error::ResourceExhausted { .. } | Error::Throttled { .. } => Code::ResourceExhausted,
             Error::OutOfRange { .. } => Code::OutOfRange,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
@@ -240,6 +248,13 @@ impl From<Error> for Status {
                 for (k, v) in m {
                     metadata.insert((*k).to_owned(), v.clone());
                 }
+            }
+            Error::Throttled { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+                metadata.insert(
+                    "retry_after_ms".to_owned(),
+                    retry_after.as_millis().to_string(),
+                );
             }
             _ => {}
         }

@@ -6,7 +6,9 @@
 //! - [`outbound`] — webhook (and later email) workers over the durable delivery queue.
 //! - [`config`] — layered configuration (defaults < file < environment < flags).
 //! - [`startup`] — builds the server from a configuration and runs it until shutdown.
-//! - [`telemetry`] — logging.
+//! - [`telemetry`] — logging, and trace export over OTLP with the `otlp` feature.
+//! - [`tls`] — TLS and mutual TLS for the gRPC server, reloaded on SIGHUP.
+//! - [`metrics`] — Prometheus metrics and their endpoint.
 //! - [`error`] — the crate's error type and its conversion to gRPC statuses.
 #![forbid(unsafe_code)]
 
@@ -15,10 +17,12 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod import;
+pub mod metrics;
 pub mod outbound;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/liaison/v1` (package `liaison.v1`).
 pub mod pb {

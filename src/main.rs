@@ -15,7 +15,11 @@ use liaison::store::Store;
 use liaison::telemetry;
 
 #[derive(Parser)]
-#[command(name = "liaison", version, about = "Collaborative-CRM integration hub")]
+#[command(
+    name = "liaison",
+    version = env!("HUB_BUILD_INFO"),
+    about = "Collaborative-CRM integration hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,6 +81,26 @@ enum Command {
         #[command(subcommand)]
         command: EmailCommand,
     },
+    /// Configuration checks.
+    Config {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Asks a running hub's `grpc.health.v1` service; exits 0 if it is SERVING (for
+    /// container health checks).
+    Health {
+        /// The hub's gRPC address.
+        #[arg(long, env = "LIAISON_SERVER", default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// PEM CA certificate to trust, for a hub that speaks TLS (`https://…`).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// A service name to ask about instead of the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Tools for partners writing a webhook receiver.
     Webhook {
         #[command(subcommand)]
@@ -100,6 +124,14 @@ enum EmailCommand {
         #[arg(long)]
         to: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Loads the configuration (defaults, file, environment, flags) the way `serve`
+    /// does, checks it, and prints the effective configuration with secrets masked.
+    /// Exits 1 naming the first problem.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +214,9 @@ enum AdminCommand {
     },
     /// Revokes an API key by resource name.
     RevokeKey { name: String },
+    /// Takes a consistent copy of the SQLite database into PATH (`VACUUM INTO`) while
+    /// the hub keeps serving. PATH must not exist.
+    Backup { path: PathBuf },
 }
 
 fn load(common: &Common, listen: Option<String>) -> anyhow::Result<Config> {
@@ -209,16 +244,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { common, listen } => {
             let config = load(&common, listen)?;
-            telemetry::init(config.log_format);
+            telemetry::init(config.log_format, &config.telemetry)?;
             let app = Application::build(config).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            let result = app.run_until_stopped(shutdown_signal()).await;
+            telemetry::shutdown();
+            result
         }
+        Command::Config {
+            common,
+            command: ConfigCommand::Check,
+        } => {
+            let config = load(&common, None)?;
+            print!("{}", config.to_masked_toml()?);
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Health {
+            server,
+            ca,
+            service,
+        } => health(&server, ca.as_deref(), service).await,
         Command::Email {
             common,
             command: EmailCommand::Test { to },
         } => {
             let config = load(&common, None)?;
-            telemetry::init(config.log_format);
+            telemetry::init(config.log_format, &config.telemetry)?;
             let said =
                 liaison::outbound::email::send_test(&config.email, &config.smtp, &to).await?;
             println!("sent: {said}");
@@ -260,7 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { common } => {
             let config = load(&common, None)?;
-            telemetry::init(config.log_format);
+            telemetry::init(config.log_format, &config.telemetry)?;
             let store = Store::connect(&config.store_options()).await?;
             store.migrate().await?;
             store.close().await;
@@ -293,11 +344,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin { common, command } => {
             let config = load(&common, None)?;
-            telemetry::init(config.log_format);
+            telemetry::init(config.log_format, &config.telemetry)?;
             let store = Store::connect(&config.store_options()).await?;
             store.migrate().await?;
             let hub = Hub::build(store.clone(), &config).await?;
-            let result = admin(AdminApi::new(hub), &store, command).await;
+            let result = match command {
+                AdminCommand::Backup { path } => store.backup(&path).await.map(|()| {
+                    println!("backed up into {}", path.display());
+                }),
+                command => admin(AdminApi::new(hub), &store, command).await,
+            };
             store.close().await;
             result
         }
@@ -542,6 +598,41 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
                 .into_inner();
             println!("{}\tREVOKED", key.name);
         }
+        AdminCommand::Backup { .. } => unreachable!("handled before the admin API is needed"),
+    }
+    Ok(())
+}
+
+/// One `grpc.health.v1.Health/Check`; an error unless the answer is SERVING.
+async fn health(server: &str, ca: Option<&std::path::Path>, service: String) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a URL"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .context("--ca")?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest { service })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+    println!("{}", status.as_str_name());
+    if status != ServingStatus::Serving {
+        anyhow::bail!("the hub is not serving");
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ use crate::pb::partnership_service_server::PartnershipServiceServer;
 use crate::pb::sharing_service_server::SharingServiceServer;
 use crate::pb::webhook_service_server::WebhookServiceServer;
 use crate::store::Store;
+use crate::tls::TlsServer;
 
 /// How long a `request_id` is remembered: long enough for a partner system to retry
 /// across a weekend outage.
@@ -54,6 +55,9 @@ const SERVICE_NAMES: &[&str] = &[
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+    tls: Option<Arc<TlsServer>>,
     hub: Hub,
     config: Config,
 }
@@ -70,16 +74,29 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .context("Failed to read the bound address")?;
+        let tls = TlsServer::load(&config.tls)?;
+        let metrics_listener = crate::metrics::bind(&config.metrics.listen).await?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .context("Failed to read the metrics address")?;
+        let hub = Hub::build(store, &config).await?;
         tracing::info!(
             listen = %local_addr,
+            tls = tls.is_some(),
+            mutual_tls = !config.tls.client_ca.is_empty(),
+            metrics = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
             database = %redact_url(&config.database.url),
-            backend = store.dialect().name(),
+            backend = hub.store.dialect().name(),
             "hub ready"
         );
-        let hub = Hub::build(store, &config).await?;
         Ok(Self {
             listener,
             local_addr,
+            metrics_listener,
+            metrics_addr,
+            tls,
             hub,
             config,
         })
@@ -87,6 +104,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the Prometheus endpoint listens, if `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn store(&self) -> &Store {
@@ -101,6 +123,8 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
+            tls,
             hub,
             config,
             ..
@@ -186,13 +210,13 @@ impl Application {
                 stopping.notify_one();
             }
         };
-        let server = Server::builder()
+        let router = Server::builder()
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
             .timeout(Duration::from_secs(limits.request_timeout_secs))
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
             .tcp_nodelay(true)
-            .layer(EdgeLayer::new(hub.auth.clone()))
+            .layer(EdgeLayer::new(hub.auth.clone(), hub.limits.clone()))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -204,8 +228,14 @@ impl Application {
             .add_service(interactions)
             .add_service(events)
             .add_service(webhooks)
-            .add_service(cases)
-            .serve_with_incoming_shutdown(incoming(listener), signal);
+            .add_service(cases);
+        let server: futures_util::future::BoxFuture<'_, Result<(), tonic::transport::Error>> =
+            match tls.clone() {
+                Some(tls) => {
+                    Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal))
+                }
+                None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), signal)),
+            };
 
         let retention = SignedDuration::from_hours(config.events.retention_days as i64 * 24);
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
@@ -224,6 +254,8 @@ impl Application {
             () = webhook_worker.run() => Ok(()),
             () = email_worker.run() => Ok(()),
             () = case_timers.run() => Ok(()),
+            () = crate::metrics::serve(metrics_listener, hub.store.clone()) => Ok(()),
+            () = crate::tls::reload_on_hangup(tls) => Ok(()),
         };
         hub.store.close().await;
         tracing::info!("stopped");

@@ -26,6 +26,10 @@ impl AdminApi {
     pub fn new(hub: Hub) -> Self {
         Self { hub }
     }
+
+    pub(super) fn hub(&self) -> &Hub {
+        &self.hub
+    }
 }
 
 pub(super) fn organization_to_pb(o: &Organization) -> pb::Organization {
@@ -64,7 +68,7 @@ fn key_to_pb(k: &ApiKey) -> pb::ApiKey {
     }
 }
 
-fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
+pub(super) fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
     let scopes = raw
         .iter()
         .map(|&s| scope_from_pb(s))
@@ -75,7 +79,7 @@ fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
 impl AdminApi {
     /// The organization named `name` if the caller may act for it; otherwise
     /// NOT_FOUND, exactly as if it did not exist.
-    async fn visible_organization(
+    pub(super) async fn visible_organization(
         &self,
         caller: &Caller,
         field: &str,
@@ -463,6 +467,27 @@ impl AdminService for AdminApi {
         self.hub.auth.forget_all();
         tracing::info!(key = %response.name, "API key revoked");
         Ok(Response::new(response))
+    }
+
+    async fn register_client_certificate(
+        &self,
+        request: Request<pb::RegisterClientCertificateRequest>,
+    ) -> Result<Response<pb::ClientCertificate>, Status> {
+        Ok(Response::new(self.register_certificate(request).await?))
+    }
+
+    async fn list_client_certificates(
+        &self,
+        request: Request<pb::ListClientCertificatesRequest>,
+    ) -> Result<Response<pb::ListClientCertificatesResponse>, Status> {
+        Ok(Response::new(self.list_certificates(request).await?))
+    }
+
+    async fn revoke_client_certificate(
+        &self,
+        request: Request<pb::RevokeClientCertificateRequest>,
+    ) -> Result<Response<pb::ClientCertificate>, Status> {
+        Ok(Response::new(self.revoke_certificate(request).await?))
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::domain::{ApiKeySecret, KeyHash, OrgRef, Principal, Scope, Scopes, now};
+use crate::domain::client_cert::PresentedCertificate;
+use crate::domain::{ApiKeySecret, OrgRef, Principal, Scope, Scopes, now};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -115,7 +116,8 @@ struct Cached {
 
 pub struct Authenticator {
     store: Store,
-    cache: Mutex<HashMap<KeyHash, Cached>>,
+    /// By `key:{hash}` for API keys and `cert:{fingerprint}` for client certificates.
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 fn unauthenticated(reason: &'static str, message: &str) -> Error {
@@ -158,15 +160,8 @@ impl Authenticator {
             .ok_or_else(|| unauthenticated("INVALID_KEY", "the API key is not valid"))?;
         let hash = secret.hash();
         let now = now();
-
-        let cached = {
-            let cache = self.cache.lock().expect("key cache poisoned");
-            cache
-                .get(&hash)
-                .filter(|c| c.fetched.elapsed() < CACHE_TTL)
-                .map(|c| (c.caller.clone(), c.expire_time))
-        };
-        let (caller, expire_time) = match cached {
+        let cache_key = format!("key:{}", hash.0);
+        let (caller, expire_time) = match self.cached(&cache_key) {
             Some(hit) => hit,
             None => {
                 let record =
@@ -190,16 +185,7 @@ impl Authenticator {
                     principal: record.key.principal,
                     scopes: record.key.scopes,
                 };
-                let mut cache = self.cache.lock().expect("key cache poisoned");
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-                let entry = Cached {
-                    caller: caller.clone(),
-                    expire_time: record.key.expire_time,
-                    fetched: Instant::now(),
-                };
-                cache.insert(hash, entry);
+                self.remember(cache_key, &caller, record.key.expire_time);
                 (caller, record.key.expire_time)
             }
         };
@@ -207,6 +193,62 @@ impl Authenticator {
             return Err(unauthenticated("KEY_EXPIRED", "the API key has expired"));
         }
         Ok(caller)
+    }
+
+    /// Authenticates the leaf certificate (DER) a mutual TLS client presented; the TLS
+    /// layer has already checked it against `tls.client_ca`, including its validity
+    /// period. It must match a live registration of an active organization.
+    pub async fn authenticate_certificate(&self, der: &[u8]) -> Result<Caller> {
+        let presented = PresentedCertificate::of(der);
+        let cache_key = format!("cert:{}", presented.fingerprint);
+        if let Some((caller, _)) = self.cached(&cache_key) {
+            return Ok(caller);
+        }
+        let record = self
+            .store
+            .client_certificate_for(&presented)
+            .await?
+            .ok_or_else(|| {
+                unauthenticated(
+                    "UNKNOWN_CERTIFICATE",
+                    "the client certificate is not registered to an organization",
+                )
+            })?;
+        if !record.owner_active {
+            return Err(unauthenticated(
+                "ORGANIZATION_SUSPENDED",
+                "the certificate's organization is suspended",
+            ));
+        }
+        let certificate = record.certificate;
+        let caller = Caller {
+            key_id: format!("cert:{}", certificate.id),
+            principal: Principal::Organization(certificate.organization),
+            scopes: certificate.scopes,
+        };
+        self.remember(cache_key, &caller, None);
+        Ok(caller)
+    }
+
+    fn cached(&self, key: &str) -> Option<(Caller, Option<Timestamp>)> {
+        let cache = self.cache.lock().expect("key cache poisoned");
+        cache
+            .get(key)
+            .filter(|c| c.fetched.elapsed() < CACHE_TTL)
+            .map(|c| (c.caller.clone(), c.expire_time))
+    }
+
+    fn remember(&self, key: String, caller: &Caller, expire_time: Option<Timestamp>) {
+        let mut cache = self.cache.lock().expect("key cache poisoned");
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        let entry = Cached {
+            caller: caller.clone(),
+            expire_time,
+            fetched: Instant::now(),
+        };
+        cache.insert(key, entry);
     }
 
     /// Forgets every cached key: call after revoking a key or suspending an organization.

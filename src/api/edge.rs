@@ -1,28 +1,42 @@
-//! The edge every RPC passes: authenticate the caller, then log one line with the
-//! method, the organization, the status code and the latency.
+//! The edge every RPC passes: give it a request id, authenticate the caller (API key,
+//! or a registered client certificate under mutual TLS), apply the caller's rate and
+//! size limits, then log one line and count it in the metrics.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use super::Authenticator;
+use super::{Authenticator, Caller, Limiter};
+use crate::error::{Error, Result};
 
 /// Services anyone may call: load balancers and `grpcurl` need them without a key.
 const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];
+/// The header that carries a request id in and out; clients may set their own.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest request id taken from a client; a UUID needs 36.
+const MAX_REQUEST_ID_LEN: usize = 64;
+/// gRPC frames each message with 5 bytes (flag and length).
+const GRPC_FRAME_HEADER: usize = 5;
 
 #[derive(Clone)]
 pub struct EdgeLayer {
     auth: Arc<Authenticator>,
+    limits: Arc<Limiter>,
 }
 
 impl EdgeLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    pub fn new(auth: Arc<Authenticator>, limits: Arc<Limiter>) -> Self {
+        Self { auth, limits }
     }
 }
 
@@ -33,6 +47,7 @@ impl<S> Layer<S> for EdgeLayer {
         Edge {
             inner,
             auth: self.auth.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -41,13 +56,61 @@ impl<S> Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    limits: Arc<Limiter>,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Edge<S>
+/// The client's request id if it is sensible, else a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
+/// The leaf certificate a mutual TLS client presented, if any.
+fn client_certificate<B>(request: &http::Request<B>) -> Option<Vec<u8>> {
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    certs.first().map(|c| c.as_ref().to_vec())
+}
+
+/// What the caller presented: the `authorization` header, else the certificate of
+/// a mutual TLS connection. An API key wins over a client certificate, so a partner
+/// can act with a narrower key on a certificate-authenticated connection.
+enum Presented {
+    Key(Option<Vec<u8>>),
+    Certificate(Vec<u8>),
+}
+
+impl Presented {
+    fn of<B>(request: &http::Request<B>) -> Self {
+        let header = request.headers().get(http::header::AUTHORIZATION);
+        match (header, client_certificate(request)) {
+            (None, Some(der)) => Presented::Certificate(der),
+            (header, _) => Presented::Key(header.map(|v| v.as_bytes().to_vec())),
+        }
+    }
+
+    async fn authenticate(self, auth: &Authenticator) -> Result<Caller> {
+        match self {
+            Presented::Certificate(der) => auth.authenticate_certificate(&der).await,
+            Presented::Key(header) => auth.authenticate(header.as_deref()).await,
+        }
+    }
+}
+
+impl<S, ResBody> Service<http::Request<Body>> for Edge<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -58,43 +121,100 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         // The clone takes the place of the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let limits = self.limits.clone();
         let method = request.uri().path().to_owned();
-        let span = tracing::info_span!("rpc", %method);
+        let request_id = request_id(request.headers());
+        let span = tracing::info_span!("rpc", %method, %request_id);
         Box::pin(
             async move {
                 let started = Instant::now();
-                if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p)) {
-                    return inner.call(request).await;
+                let (mut response, organization) =
+                    if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p)) {
+                        (inner.call(request).await?, "-".to_owned())
+                    } else {
+                        let admitted = match Presented::of(&request).authenticate(&auth).await {
+                            Ok(caller) => limits.admit(&caller).map(|()| caller),
+                            Err(error) => Err(error),
+                        };
+                        match admitted {
+                            Ok(caller) => {
+                                let organization = caller.label().to_owned();
+                                let limit = limits.max_request_bytes(&caller) + GRPC_FRAME_HEADER;
+                                request.extensions_mut().insert(caller);
+                                let request = request.map(|body| {
+                                    Body::new(Capped {
+                                        inner: body,
+                                        left: limit,
+                                    })
+                                });
+                                (inner.call(request).await?, organization)
+                            }
+                            Err(error) => (Status::from(error).into_http(), "-".to_owned()),
+                        }
+                    };
+                if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }
-                let header = request
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .map(|v| v.as_bytes());
-                let (response, organization) = match auth.authenticate(header).await {
-                    Ok(caller) => {
-                        let organization = caller.label().to_owned();
-                        request.extensions_mut().insert(caller);
-                        (inner.call(request).await?, organization)
-                    }
-                    Err(error) => (Status::from(error).into_http(), "-".to_owned()),
-                };
                 let code = response
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
                     .map_or(Code::Ok, Code::from);
+                let elapsed = started.elapsed().as_secs_f64();
+                crate::metrics::metrics().record_rpc(&method, code, elapsed);
                 // Two decimals: microsecond resolution is noise at this level.
-                let latency_ms = (started.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
+                let latency_ms = (elapsed * 100_000.0).round() / 100.0;
                 tracing::info!(%organization, code = ?code, latency_ms, "rpc finished");
                 Ok(response)
             }
             .instrument(span),
         )
+    }
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED once it passes the caller's
+/// limit, before the message is buffered whole.
+struct Capped {
+    inner: Body,
+    left: usize,
+}
+
+impl HttpBody for Capped {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            if data.len() > self.left {
+                self.left = 0;
+                return Poll::Ready(Some(Err(Error::ResourceExhausted {
+                    reason: "REQUEST_TOO_LARGE",
+                    message: "the request is larger than your organization may send".into(),
+                }
+                .into())));
+            }
+            self.left -= data.len();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

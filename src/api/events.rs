@@ -49,7 +49,13 @@ struct StreamSlot {
 }
 
 impl StreamLimits {
-    fn acquire(self: &Arc<Self>, organization_id: &str) -> Result<StreamSlot> {
+    /// `own_limit`: the organization's configured cap, instead of the default.
+    fn acquire(
+        self: &Arc<Self>,
+        organization_id: &str,
+        own_limit: Option<usize>,
+    ) -> Result<StreamSlot> {
+        let per_organization = own_limit.unwrap_or(self.per_organization);
         let mut open = self.open.lock().expect("stream limits lock");
         let total: usize = open.values().sum();
         if total >= self.total {
@@ -62,17 +68,18 @@ impl StreamLimits {
             });
         }
         let mine = open.entry(organization_id.to_owned()).or_default();
-        if *mine >= self.per_organization {
+        if *mine >= per_organization {
             return Err(Error::ResourceExhausted {
                 reason: "TOO_MANY_STREAMS_FOR_ORGANIZATION",
                 message: format!(
                     "your organization already has {} open event streams, the most allowed; \
                      close one first",
-                    self.per_organization
+                    per_organization
                 ),
             });
         }
         *mine += 1;
+        crate::metrics::metrics().open_streams.inc();
         Ok(StreamSlot {
             limits: self.clone(),
             organization_id: organization_id.to_owned(),
@@ -82,6 +89,7 @@ impl StreamLimits {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        crate::metrics::metrics().open_streams.dec();
         let mut open = self.limits.open.lock().expect("stream limits lock");
         if let Some(n) = open.get_mut(&self.organization_id) {
             *n -= 1;
@@ -167,13 +175,21 @@ fn decode(stored: StoredEvent) -> Result<pb::Event> {
 
 type Sink = mpsc::Sender<Result<pb::WatchEventsResponse, Status>>;
 
+/// How a stream's caller authenticated.
+enum Credential {
+    /// The `authorization` metadata.
+    Key(Option<Vec<u8>>),
+    /// The DER of a mutual TLS client's certificate.
+    Certificate(Vec<u8>),
+}
+
 /// One stream's loop: catch up from the store, then wait for the feed to grow.
 struct Pump {
     store: Store,
     /// The stream's credentials, checked again every heartbeat so a revoked key or a
     /// suspended organization stops receiving.
     auth: Arc<Authenticator>,
-    authorization: Option<Vec<u8>>,
+    credential: Credential,
     organization_id: String,
     types: Vec<String>,
     position: i64,
@@ -190,7 +206,11 @@ impl Pump {
         let mut checked = Instant::now();
         loop {
             if checked.elapsed() >= self.heartbeat {
-                if let Err(error) = self.auth.authenticate(self.authorization.as_deref()).await {
+                let checked_again = match &self.credential {
+                    Credential::Key(header) => self.auth.authenticate(header.as_deref()).await,
+                    Credential::Certificate(der) => self.auth.authenticate_certificate(der).await,
+                };
+                if let Err(error) = checked_again {
                     let _ = self.sink.send(Err(error.into())).await;
                     return;
                 }
@@ -263,6 +283,13 @@ impl Pump {
             for stored in batch {
                 let event = decode(stored)?;
                 let sequence = event.sequence;
+                if let Some(t) = &event.create_time {
+                    let lag = jiff::Timestamp::now().as_microsecond()
+                        - (t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+                    crate::metrics::metrics()
+                        .feed_lag_seconds
+                        .observe(lag.max(0) as f64 / 1e6);
+                }
                 if !self.send(Out::Event(event)).await {
                     return Ok(false);
                 }
@@ -304,22 +331,31 @@ impl EventService for EventApi {
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?.clone();
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes().to_vec());
+        // What the stream re-checks every heartbeat: the key, or the certificate of a
+        // mutual TLS connection that came without one (as the edge decided).
+        let credential = match (
+            request.metadata().get("authorization"),
+            request.peer_certs(),
+        ) {
+            (None, Some(certs)) if !certs.is_empty() => {
+                Credential::Certificate(certs[0].as_ref().to_vec())
+            }
+            (header, _) => Credential::Key(header.map(|v| v.as_bytes().to_vec())),
+        };
         let r = request.into_inner();
         let types = event_types(&r.event_types)?;
         if *self.stopping.borrow() {
             return Err(Error::Unavailable("the hub is shutting down".into()).into());
         }
-        let slot = self.limits.acquire(&org.id)?;
+        let slot = self
+            .limits
+            .acquire(&org.id, self.hub.limits.max_streams(org.slug.as_str()))?;
         let (position, _) = start_position(&self.hub.store, &org.id, r.after_sequence).await?;
         let (sink, stream) = mpsc::channel(STREAM_BUFFER);
         let pump = Pump {
             store: self.hub.store.clone(),
             auth: self.hub.auth.clone(),
-            authorization,
+            credential,
             organization_id: org.id.clone(),
             types,
             position,

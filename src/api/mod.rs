@@ -11,9 +11,11 @@ mod write;
 
 mod admin;
 mod cases;
+mod client_certs;
 pub mod customers;
 mod events;
 mod interactions;
+pub mod limits;
 mod members;
 mod partnerships;
 mod sharing;
@@ -27,6 +29,7 @@ pub use cases::{CaseApi, CaseTimers};
 pub use customers::{CustomerApi, CustomerSettings};
 pub use events::EventApi;
 pub use interactions::InteractionApi;
+pub use limits::Limiter;
 pub use members::MemberApi;
 pub use partnerships::PartnershipApi;
 pub use sharing::SharingApi;
@@ -43,16 +46,24 @@ pub struct Hub {
     pub customers: Arc<CustomerSettings>,
     /// The workflow templates cases follow.
     pub workflows: Arc<Workflows>,
+    /// Rate limits and per-organization request and stream limits.
+    pub limits: Arc<Limiter>,
 }
 
 impl Hub {
-    pub fn new(store: Store, customers: CustomerSettings, workflows: Workflows) -> Self {
+    pub fn new(
+        store: Store,
+        customers: CustomerSettings,
+        workflows: Workflows,
+        limits: Limiter,
+    ) -> Self {
         let auth = Arc::new(Authenticator::new(store.clone()));
         Self {
             store,
             auth,
             customers: Arc::new(customers),
             workflows: Arc::new(workflows),
+            limits: Arc::new(limits),
         }
     }
 
@@ -64,6 +75,7 @@ impl Hub {
         for t in workflows.all().filter(|t| !t.built_in) {
             tracing::info!(template = %t.name, "workflow template loaded");
         }
-        Ok(Self::new(store, customers, workflows))
+        let limits = Limiter::new(&config.limits, config.server.max_message_bytes);
+        Ok(Self::new(store, customers, workflows, limits))
     }
 }

@@ -23,6 +23,16 @@ pub fn parse_webhook_endpoint(name: &str) -> Result<(Slug, String), FieldViolati
     parse_child(name, "webhookEndpoints", FORM)
 }
 
+pub fn client_certificate(org: &Slug, id: &str) -> String {
+    format!("organizations/{org}/clientCertificates/{id}")
+}
+
+/// `organizations/{org}/clientCertificates/{certificate}`.
+pub fn parse_client_certificate(name: &str) -> Result<(Slug, String), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/clientCertificates/{certificate}";
+    parse_child(name, "clientCertificates", FORM)
+}
+
 pub fn partnership(id: &str) -> String {
     format!("partnerships/{id}")
 }

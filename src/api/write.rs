@@ -35,6 +35,7 @@ macro_rules! replay_as_is {
 replay_as_is!(
     pb::Organization,
     pb::ApiKey,
+    pb::ClientCertificate,
     pb::Member,
     pb::DeleteMemberResponse,
     pb::Partnership,

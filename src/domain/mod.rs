@@ -4,6 +4,7 @@
 pub mod api_key;
 pub mod calendar;
 pub mod case;
+pub mod client_cert;
 pub mod customer;
 pub mod event;
 pub mod filter;

@@ -15,6 +15,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use prost::Message as _;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::config::{EmailConfig, SmtpConfig};
 use crate::domain::Member;
@@ -405,8 +406,13 @@ impl EmailWorker {
         let claimed = self.store.claim_emails(now, now + LEASE, BATCH).await?;
         for email in &claimed {
             let span = tracing::info_span!("email", email = %email.id, member = %email.member_id);
-            let _enter = span.enter();
-            let outcome = self.send(email).await;
+            let outcome = self.send(email).instrument(span).await;
+            crate::metrics::metrics().smtp_outcome(match &outcome {
+                EmailOutcome::Sent => "sent",
+                EmailOutcome::Bounced { .. } => "bounced",
+                EmailOutcome::Retry { .. } => "retrying",
+                EmailOutcome::Dead { .. } => "dead",
+            });
             self.store
                 .record_email(email, &outcome, self.clock.now())
                 .await?;

@@ -220,6 +220,11 @@ impl Sender {
     /// organization's feed.
     pub async fn deliver(&self, d: &ClaimedDelivery) -> Result<AttemptRecord> {
         let attempt = self.attempt(d).await;
+        crate::metrics::metrics().webhook_attempt(match &attempt {
+            a if a.succeeded => "succeeded",
+            a if a.retry_at.is_some() => "retrying",
+            _ => "dead",
+        });
         match &attempt {
             a if a.succeeded => tracing::info!(status = a.status, "webhook delivered"),
             a => {

@@ -8,12 +8,14 @@
 
 mod api_keys;
 mod cases;
+mod client_certs;
 mod customers;
 mod email;
 mod events;
 mod idempotency;
 mod interactions;
 mod members;
+mod operations;
 mod organizations;
 mod partnerships;
 mod sharing;
@@ -29,6 +31,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 
 pub use cases::{CaseQuery, Timer, TimerKind};
+pub use client_certs::CertificateRecord;
 pub use customers::{
     CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, OrderKey, Overlay, Reach, SeenCustomer,
 };
@@ -36,6 +39,7 @@ pub use email::{EmailOutcome, EmailToSend, NewEmail, PendingNotification};
 pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
 pub use idempotency::Claim;
 pub use interactions::InteractionFilter;
+pub use operations::OperationalCounts;
 pub use partnerships::PartnershipFilter;
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{

@@ -154,6 +154,8 @@ impl Drop for TestDatabase {
 pub struct TestApp {
     pub channel: Channel,
     pub addr: std::net::SocketAddr,
+    /// The Prometheus endpoint, when `metrics.listen` is set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub store: Store,
     /// The hub operator's admin key.
     pub operator_key: String,
@@ -207,19 +209,28 @@ async fn start_at(config: Config, operator_key: String, ahead: jiff::SignedDurat
         .expect("the hub starts");
     app.store().clock().advance(ahead);
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let store = app.store().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    // A TLS hub gets a plaintext channel that never connects; TLS tests make their own.
+    let channel = if config.tls.cert.is_empty() {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    } else {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
     TestApp {
         channel,
         addr,
+        metrics_addr,
         store,
         operator_key,
         config,
