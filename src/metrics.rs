@@ -327,3 +327,37 @@ pub async fn serve(listener: Option<TcpListener>, store: Store) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        let m = Metrics::new();
+        m.record_rpc(
+            "/liaison.v1.AdminService/GetOrganization",
+            tonic::Code::Ok,
+            0.01,
+        );
+        for i in 0..3 {
+            m.record_rpc(
+                &format!("/evil.Service/Probe{i}"),
+                tonic::Code::Unimplemented,
+                0.0,
+            );
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &m.registry).unwrap();
+        assert!(text.contains(
+            r#"liaison_rpcs_total{method="liaison.v1.AdminService/GetOrganization",code="Ok"} 1"#
+        ));
+        assert!(text.contains(r#"liaison_rpcs_total{method="unknown",code="Unimplemented"} 3"#));
+        assert!(!text.contains("evil"), "{text}");
+        assert!(
+            m.known_methods
+                .contains("/liaison.v1.CaseService/TransitionCase")
+        );
+        assert!(m.known_methods.contains("/grpc.health.v1.Health/Check"));
+    }
+}

@@ -562,3 +562,103 @@ async fn liaison_health_reports_serving() {
         .unwrap();
     assert!(!nobody.status.success());
 }
+
+/// API keys, the SMTP password and database passwords appear in no log line, however
+/// the hub is used, and not in the CLI's errors either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("liaison.db").display());
+    let bootstrap = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["admin", "bootstrap", "--database-url", &url])
+        .output()
+        .unwrap();
+    let operator = String::from_utf8(bootstrap.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let smtp = [
+        ("LIAISON_SMTP_URL", "smtp://hub:url-secret-7@127.0.0.1:1"),
+        ("LIAISON_SMTP_PASSWORD", "smtp-secret-42"),
+        ("LIAISON_LOG", "info,liaison=debug"),
+    ];
+    let (mut server, addr, mut log) = serve_process(&url, &smtp).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator.clone()));
+    admin
+        .create_organization(pb::CreateOrganizationRequest {
+            organization: Some(pb::Organization {
+                slug: "acme".into(),
+                display_name: "Acme".into(),
+                kind: pb::OrganizationKind::Vendor as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let created = admin
+        .create_api_key(pb::CreateApiKeyRequest {
+            parent: "organizations/acme".into(),
+            api_key: Some(pb::ApiKey {
+                scopes: vec![pb::ApiKeyScope::Admin as i32],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let guessed = format!("lsk_{}", "Q".repeat(43));
+    let refused = AdminServiceClient::with_interceptor(channel, Bearer(guessed.clone()))
+        .get_organization(pb::GetOrganizationRequest {
+            name: "organizations/acme".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(!refused.message().contains(&guessed));
+
+    server.start_kill().unwrap();
+    let mut lines = vec![];
+    while let Ok(Some(line)) = log.next_line().await {
+        lines.push(line);
+    }
+    let log = lines.join("\n");
+    assert!(log.contains("rpc finished"), "{log}");
+    for secret in [
+        operator.as_str(),
+        created.key.as_str(),
+        guessed.as_str(),
+        "url-secret-7",
+        "smtp-secret-42",
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+
+    // `liaison email test` fails (nothing listens there) without naming the secrets.
+    let failed = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args([
+            "email",
+            "test",
+            "--to",
+            "ops@example.com",
+            "--database-url",
+            &url,
+        ])
+        .envs(smtp)
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !said.contains("url-secret-7") && !said.contains("smtp-secret-42"),
+        "{said}"
+    );
+}

@@ -109,6 +109,18 @@ pub async fn tls_channel(
         .await
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One health check over a new TLS connection: an error if the handshake or the
+/// call fails.
+async fn health_over_tls(port: u16, ca: &str, client: Option<&Leaf>) -> Result<(), BoxError> {
+    let channel = tls_channel(port, ca, client).await?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await?;
+    Ok(())
+}
+
 /// Whether `client` gets an answer from GetOrganization(`org`) without an API key:
 /// the error if not (a refused handshake shows up at connect or at the first call).
 async fn call_as_certificate(
@@ -264,9 +276,8 @@ async fn registered_client_certificates_authenticate_and_others_are_refused(back
             .await?;
         HealthClient::new(channel)
             .check(HealthCheckRequest::default())
-            .await
-            .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            .await?;
+        Ok::<_, BoxError>(())
     })
     .await
     .expect("plaintext fails promptly");
@@ -441,15 +452,8 @@ async fn certificates_reload_on_sighup_without_dropping_connections() {
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
 
     // Required: no certificate, no connection (health needs no key, so only TLS refuses).
-    let without = async {
-        let channel = tls_channel(port, &old_ca.pem(), None).await?;
-        HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    };
-    assert!(without.await.is_err(), "a client certificate is required");
+    let without = health_over_tls(port, &old_ca.pem(), None).await;
+    assert!(without.is_err(), "a client certificate is required");
 
     let old_client = old_ca.client("any", false);
     let open = tls_channel(port, &old_ca.pem(), Some(&old_client))
@@ -490,23 +494,12 @@ async fn certificates_reload_on_sighup_without_dropping_connections() {
         .await
         .expect("the open connection survives the reload");
     let new_client = new_ca.client("any", false);
-    let fresh = tls_channel(port, &new_ca.pem(), Some(&new_client))
+    health_over_tls(port, &new_ca.pem(), Some(&new_client))
         .await
         .expect("connects with the new CA");
-    HealthClient::new(fresh)
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap();
-    let stale = async {
-        let channel = tls_channel(port, &old_ca.pem(), Some(&old_client)).await?;
-        HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    };
+    let stale = health_over_tls(port, &old_ca.pem(), Some(&old_client)).await;
     assert!(
-        stale.await.is_err(),
+        stale.is_err(),
         "the old server certificate is no longer served"
     );
 
@@ -525,12 +518,8 @@ async fn certificates_reload_on_sighup_without_dropping_connections() {
     })
     .await
     .expect("the failed reload is logged");
-    let still = tls_channel(port, &new_ca.pem(), Some(&new_client))
+    health_over_tls(port, &new_ca.pem(), Some(&new_client))
         .await
         .expect("still serving the last good certificates");
-    HealthClient::new(still)
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap();
     drop(server_process);
 }
