@@ -384,15 +384,7 @@ impl TestApp {
     pub async fn create_org(&self, slug: &str, kind: pb::OrganizationKind) -> Org {
         let org = self
             .operator()
-            .create_organization(pb::CreateOrganizationRequest {
-                organization: Some(pb::Organization {
-                    slug: slug.into(),
-                    display_name: format!("{slug} Ltd"),
-                    kind: kind as i32,
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            })
+            .create_organization(new_organization(slug, kind))
             .await
             .expect("create organization")
             .into_inner();
@@ -443,6 +435,19 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.trigger_shutdown();
+    }
+}
+
+/// A request to create organization `slug` named "{slug} Ltd".
+pub fn new_organization(slug: &str, kind: pb::OrganizationKind) -> pb::CreateOrganizationRequest {
+    pb::CreateOrganizationRequest {
+        organization: Some(pb::Organization {
+            slug: slug.into(),
+            display_name: format!("{slug} Ltd"),
+            kind: kind as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
     }
 }
 

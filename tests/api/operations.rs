@@ -592,15 +592,7 @@ async fn secrets_never_reach_the_logs() {
         .unwrap();
     let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator.clone()));
     admin
-        .create_organization(pb::CreateOrganizationRequest {
-            organization: Some(pb::Organization {
-                slug: "acme".into(),
-                display_name: "Acme".into(),
-                kind: pb::OrganizationKind::Vendor as i32,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
+        .create_organization(new_organization("acme", pb::OrganizationKind::Vendor))
         .await
         .unwrap();
     let created = admin

@@ -1071,15 +1071,7 @@ async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
     let (mut hub, channel) = serve(&url).await;
     let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator));
     let org = admin
-        .create_organization(pb::CreateOrganizationRequest {
-            organization: Some(pb::Organization {
-                slug: "vendor".into(),
-                display_name: "Vendor".into(),
-                kind: pb::OrganizationKind::Vendor as i32,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
+        .create_organization(new_organization("vendor", pb::OrganizationKind::Vendor))
         .await
         .unwrap()
         .into_inner();
