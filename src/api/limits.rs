@@ -37,6 +37,9 @@ impl Rate {
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// When it will be full again if nothing is taken; from then on it is the same
+    /// as no bucket and may be dropped.
+    full_at: Instant,
 }
 
 impl Bucket {
@@ -44,7 +47,14 @@ impl Bucket {
         Self {
             tokens: rate.burst,
             updated: now,
+            full_at: now,
         }
+    }
+
+    fn take(&mut self, rate: Rate) {
+        self.tokens -= 1.0;
+        self.full_at =
+            self.updated + Duration::from_secs_f64((rate.burst - self.tokens) / rate.per_second);
     }
 
     fn refill(&mut self, rate: Rate, now: Instant) {
@@ -124,9 +134,7 @@ impl Limiter {
         }
         let mut buckets = self.buckets.lock().expect("rate limit lock");
         if buckets.len() >= MAX_BUCKETS {
-            // A full bucket is the same as no bucket.
-            buckets
-                .retain(|_, b| now.saturating_duration_since(b.updated) < Duration::from_secs(60));
+            buckets.retain(|_, b| b.full_at > now);
         }
         let (mut wait, mut limited) = (Duration::ZERO, "key");
         for (key, rate) in &wanted {
@@ -153,9 +161,9 @@ impl Limiter {
                 retry_after: wait,
             });
         }
-        for (key, _) in &wanted {
+        for (key, rate) in &wanted {
             if let Some(bucket) = buckets.get_mut(key) {
-                bucket.tokens -= 1.0;
+                bucket.take(*rate);
             }
         }
         Ok(())
@@ -237,6 +245,21 @@ mod tests {
         let refused = limiter.admit_at(&caller("k3", "acme"), t0).unwrap_err();
         assert!(refused.to_string().contains("organization"), "{refused}");
         limiter.admit_at(&caller("k4", "bigshop"), t0).unwrap();
+    }
+
+    #[test]
+    fn only_buckets_that_are_full_again_are_dropped() {
+        let limiter = Limiter::new(&config(), 1024);
+        let t0 = Instant::now();
+        limiter.admit_at(&caller("k1", "acme"), t0).unwrap();
+        let buckets = limiter.buckets.lock().unwrap();
+        // One token taken at 2 per second: full again after half a second.
+        assert_eq!(buckets["key:k1"].full_at, t0 + Duration::from_millis(500));
+        // The organization's bucket: one of 5 at 4 per second.
+        assert_eq!(
+            buckets["org:id-acme"].full_at,
+            t0 + Duration::from_millis(250)
+        );
     }
 
     #[test]
