@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::domain::client_cert::PresentedCertificate;
+use crate::domain::client_cert::{PresentedCertificate, common_name, fingerprint};
 use crate::domain::{ApiKeySecret, OrgRef, Principal, Scope, Scopes, now};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -199,11 +199,16 @@ impl Authenticator {
     /// layer has already checked it against `tls.client_ca`, including its validity
     /// period. It must match a live registration of an active organization.
     pub async fn authenticate_certificate(&self, der: &[u8]) -> Result<Caller> {
-        let presented = PresentedCertificate::of(der);
-        let cache_key = format!("cert:{}", presented.fingerprint);
+        let fingerprint = fingerprint(der);
+        let cache_key = format!("cert:{fingerprint}");
         if let Some((caller, _)) = self.cached(&cache_key) {
             return Ok(caller);
         }
+        // The subject is read only on a miss; a hit costs one hash.
+        let presented = PresentedCertificate {
+            fingerprint,
+            common_name: common_name(der),
+        };
         let record = self
             .store
             .client_certificate_for(&presented)

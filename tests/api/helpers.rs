@@ -399,14 +399,7 @@ impl TestApp {
 
     pub async fn create_key(&self, parent: &str, scopes: &[pb::ApiKeyScope]) -> String {
         self.operator()
-            .create_api_key(pb::CreateApiKeyRequest {
-                parent: parent.into(),
-                api_key: Some(pb::ApiKey {
-                    scopes: scopes.iter().map(|&s| s as i32).collect(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            })
+            .create_api_key(new_api_key(parent, scopes))
             .await
             .expect("create key")
             .into_inner()
@@ -445,6 +438,18 @@ pub fn new_organization(slug: &str, kind: pb::OrganizationKind) -> pb::CreateOrg
             slug: slug.into(),
             display_name: format!("{slug} Ltd"),
             kind: kind as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
+/// A request for a key of `parent` with `scopes`.
+pub fn new_api_key(parent: &str, scopes: &[pb::ApiKeyScope]) -> pb::CreateApiKeyRequest {
+    pb::CreateApiKeyRequest {
+        parent: parent.into(),
+        api_key: Some(pb::ApiKey {
+            scopes: scopes.iter().map(|&s| s as i32).collect(),
             ..Default::default()
         }),
         request_id: String::new(),

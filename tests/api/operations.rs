@@ -596,14 +596,7 @@ async fn secrets_never_reach_the_logs() {
         .await
         .unwrap();
     let created = admin
-        .create_api_key(pb::CreateApiKeyRequest {
-            parent: "organizations/acme".into(),
-            api_key: Some(pb::ApiKey {
-                scopes: vec![pb::ApiKeyScope::Admin as i32],
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
+        .create_api_key(new_api_key("organizations/acme", &[pb::ApiKeyScope::Admin]))
         .await
         .unwrap()
         .into_inner();

@@ -240,14 +240,7 @@ async fn registered_client_certificates_authenticate_and_others_are_refused(back
     // Read scope only: a write is refused.
     let channel = tls_channel(port, &ca, Some(&by_fingerprint)).await.unwrap();
     let write = AdminServiceClient::new(channel)
-        .create_api_key(pb::CreateApiKeyRequest {
-            parent: acme.name.clone(),
-            api_key: Some(pb::ApiKey {
-                scopes: vec![pb::ApiKeyScope::Read as i32],
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
+        .create_api_key(new_api_key(&acme.name, &[pb::ApiKeyScope::Read]))
         .await;
     assert_error(write, Code::PermissionDenied, "INSUFFICIENT_SCOPE");
 

@@ -1076,14 +1076,7 @@ async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
         .unwrap()
         .into_inner();
     let key = admin
-        .create_api_key(pb::CreateApiKeyRequest {
-            parent: org.name.clone(),
-            api_key: Some(pb::ApiKey {
-                scopes: vec![pb::ApiKeyScope::Admin as i32],
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
+        .create_api_key(new_api_key(&org.name, &[pb::ApiKeyScope::Admin]))
         .await
         .unwrap()
         .into_inner()
