@@ -14,6 +14,7 @@ mod events;
 mod members;
 mod operations;
 mod partnerships;
+mod replicas;
 mod scale;
 mod server;
 mod sharing;

@@ -30,10 +30,10 @@ crate::on_both_backends!(
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
-struct Received {
-    headers: http::HeaderMap,
-    body: Vec<u8>,
-    at: Instant,
+pub(crate) struct Received {
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Vec<u8>,
+    pub(crate) at: Instant,
 }
 
 impl Received {
@@ -41,7 +41,7 @@ impl Received {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 
-    fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         self.headers["webhook-id"].to_str().unwrap().to_owned()
     }
 
@@ -52,13 +52,13 @@ impl Received {
 
 /// How the receiver answers one request.
 #[derive(Debug, Clone, Copy)]
-struct Reply {
-    status: u16,
-    delay: Duration,
-    retry_after: Option<u64>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) delay: Duration,
+    pub(crate) retry_after: Option<u64>,
 }
 
-fn reply(status: u16) -> Reply {
+pub(crate) fn reply(status: u16) -> Reply {
     Reply {
         status,
         delay: Duration::ZERO,
@@ -67,13 +67,13 @@ fn reply(status: u16) -> Reply {
 }
 
 /// Decides the reply to a request, given the requests so far (this one last).
-type Script = Arc<dyn Fn(&[Received]) -> Reply + Send + Sync>;
+pub(crate) type Script = Arc<dyn Fn(&[Received]) -> Reply + Send + Sync>;
 
 /// A minimal HTTP/1.1 server that answers as its script says and records what it got
 /// (each request as it arrives, before the reply).
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     received: Arc<Mutex<Vec<Received>>>,
     /// Most requests it was ever answering at once.
     max_in_flight: Arc<AtomicUsize>,
@@ -86,7 +86,7 @@ impl Receiver {
         Self::scripted(move |got| reply(statuses[(got.len() - 1).min(statuses.len() - 1)])).await
     }
 
-    async fn scripted(script: impl Fn(&[Received]) -> Reply + Send + Sync + 'static) -> Self {
+    pub(crate) async fn scripted(script: impl Fn(&[Received]) -> Reply + Send + Sync + 'static) -> Self {
         let script: Script = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());
@@ -138,7 +138,7 @@ impl Receiver {
         }
     }
 
-    fn got(&self) -> Vec<Received> {
+    pub(crate) fn got(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 

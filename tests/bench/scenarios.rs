@@ -1,0 +1,601 @@
+//! One function per scenario; each returns a row of the report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use liaison::pb;
+use serde::Serialize;
+use tonic::Status;
+
+use crate::load::{Meter, Samples, Spent, XorShift, closed_loop, open_loop};
+use crate::peers::{Hit, Receiver};
+use crate::seed::{self, Conns, Fixture, Org};
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    /// What `throughput` counts per second.
+    pub unit: &'static str,
+    pub operations: u64,
+    pub seconds: f64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub errors: u64,
+    #[serde(flatten)]
+    pub spent: Spent,
+    pub note: String,
+}
+
+impl Row {
+    pub fn new(
+        scenario: &str,
+        unit: &'static str,
+        mut samples: Samples,
+        operations: u64,
+        seconds: f64,
+        spent: Spent,
+        note: String,
+    ) -> Row {
+        samples.micros.sort_unstable();
+        let s = &samples.micros;
+        let note = match samples.first_error.take() {
+            Some(e) => format!("{note}; first error: {e}"),
+            None => note,
+        };
+        Row {
+            scenario: scenario.into(),
+            unit,
+            operations,
+            seconds,
+            throughput: operations as f64 / seconds.max(1e-9),
+            p50_ms: samples.quantile_ms(s, 0.50),
+            p99_ms: samples.quantile_ms(s, 0.99),
+            p999_ms: samples.quantile_ms(s, 0.999),
+            max_ms: s.last().map_or(0.0, |m| *m as f64 / 1000.0),
+            errors: samples.errors,
+            spent,
+            note,
+        }
+    }
+}
+
+/// What the scenarios share.
+pub struct Ctx {
+    pub fx: Fixture,
+    pub receiver: Receiver,
+    pub hub_pid: u32,
+    pub hub_addr: String,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+impl Ctx {
+    fn conns(&self) -> Conns {
+        self.fx.conns.clone()
+    }
+
+    /// Waits until the vendor's endpoint has nothing left to deliver, so that one
+    /// scenario's deliveries do not run into the next.
+    pub async fn drain(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while seed::pending(&self.fx.conns, &self.fx.vendor, &self.fx.vendor_endpoint).await? > 0 {
+            if Instant::now() > deadline {
+                anyhow::bail!("webhook deliveries did not drain within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.receiver.settle(Duration::from_millis(300)).await;
+        Ok(())
+    }
+}
+
+fn get(name: String) -> pb::GetCustomerRequest {
+    pb::GetCustomerRequest { name }
+}
+
+/// GetCustomer against `conns` (the hub, or the echo server) as `key`.
+async fn gets(ctx: &Ctx, conns: Conns, key: &str, pid: u32, scenario: &str) -> Row {
+    let names = Arc::new(ctx.fx.customers[..ctx.fx.granted.max(1)].to_vec());
+    let clients: Vec<_> = (0..ctx.concurrency)
+        .map(|w| Mutex::new(conns.customers(w, key)))
+        .collect();
+    let clients = Arc::new(clients);
+    let rngs = Arc::new(
+        (0..ctx.concurrency)
+            .map(|w| Mutex::new(XorShift::new(w as u64 + 1)))
+            .collect::<Vec<_>>(),
+    );
+    let meter = Meter::start(Some(pid));
+    let (samples, secs) = closed_loop(ctx.concurrency, ctx.warmup, ctx.duration, move |w, _| {
+        let name = names[rngs[w].lock().unwrap().below(names.len())].clone();
+        let mut client = clients[w].lock().unwrap().clone();
+        async move { client.get_customer(get(name)).await.map(|_| ()) }
+    })
+    .await;
+    let n = samples.micros.len() as u64;
+    Row::new(
+        scenario,
+        "req/s",
+        samples,
+        n,
+        secs,
+        meter.finish(),
+        format!("concurrency {}, {} connections", ctx.concurrency, crate::seed::CONNECTIONS),
+    )
+}
+
+pub async fn baseline_echo(ctx: &Ctx, echo_addr: &str, echo_pid: u32) -> anyhow::Result<Row> {
+    let conns = Conns::open(echo_addr, crate::seed::CONNECTIONS).await?;
+    let mut row = gets(ctx, conns, "echo", echo_pid, "baseline_echo").await;
+    row.note = format!("{}; a bare tonic server, no auth or database", row.note);
+    Ok(row)
+}
+
+pub async fn get_customer(ctx: &Ctx) -> anyhow::Result<Row> {
+    let mut row = gets(ctx, ctx.conns(), &ctx.fx.retail.read_key, ctx.hub_pid, "get_customer").await;
+    row.note = format!("{}; the retailer reads granted customers", row.note);
+    Ok(row)
+}
+
+pub async fn list_customers(ctx: &Ctx) -> anyhow::Result<Row> {
+    let conns = ctx.conns();
+    let key = ctx.fx.vendor.read_key.clone();
+    let state: Arc<Vec<Mutex<(_, String)>>> = Arc::new(
+        (0..ctx.concurrency)
+            .map(|w| Mutex::new((conns.customers(w, &key), String::new())))
+            .collect(),
+    );
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let (samples, secs) = closed_loop(ctx.concurrency, ctx.warmup, ctx.duration, move |w, _| {
+        let state = state.clone();
+        async move {
+            let (mut client, token) = state[w].lock().unwrap().clone();
+            let page = client
+                .list_customers(pb::ListCustomersRequest {
+                    page_size: 50,
+                    page_token: token,
+                    filter: "tag = vip".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            state[w].lock().unwrap().1 = page.next_page_token;
+            Ok::<_, Status>(())
+        }
+    })
+    .await;
+    let n = samples.micros.len() as u64;
+    Ok(Row::new(
+        "list_customers",
+        "req/s",
+        samples,
+        n,
+        secs,
+        meter.finish(),
+        "filter `tag = vip` (1 in 100), pages of 50, each worker pages through and restarts".into(),
+    ))
+}
+
+/// Updates customers from disjoint sets per worker, sending the etag of the last
+/// answer; returns the samples and seconds.
+async fn updates(
+    conns: Conns,
+    vendor: &Org,
+    customers: &[String],
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> (Samples, f64) {
+    let names = Arc::new(customers.to_vec());
+    let etags: Arc<Vec<Mutex<String>>> =
+        Arc::new(names.iter().map(|_| Mutex::new(String::new())).collect());
+    let clients: Arc<Vec<_>> = Arc::new(
+        (0..concurrency)
+            .map(|w| conns.customers(w, &vendor.admin_key))
+            .collect(),
+    );
+    let per_worker = (names.len() / concurrency).max(1);
+    closed_loop(concurrency, warmup, duration, move |w, i| {
+        let index = (w + concurrency * (i as usize % per_worker)) % names.len();
+        let (name, etag) = (names[index].clone(), etags[index].lock().unwrap().clone());
+        let (mut client, etags) = (clients[w].clone(), etags.clone());
+        async move {
+            let updated = client
+                .update_customer(update(name, etag, format!("U{w}x{i}")))
+                .await?
+                .into_inner();
+            *etags[index].lock().unwrap() = updated.etag;
+            Ok::<_, Status>(())
+        }
+    })
+    .await
+}
+
+fn update(name: String, etag: String, given_name: String) -> pb::UpdateCustomerRequest {
+    pb::UpdateCustomerRequest {
+        customer: Some(pb::Customer {
+            name,
+            etag,
+            given_name,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["given_name".into()],
+        }),
+        request_id: String::new(),
+    }
+}
+
+pub async fn update_customer(ctx: &Ctx) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let (samples, secs) = updates(
+        ctx.conns(),
+        &ctx.fx.vendor,
+        &ctx.fx.customers[..ctx.fx.granted.max(1)],
+        ctx.concurrency,
+        ctx.warmup,
+        ctx.duration,
+    )
+    .await;
+    let spent = meter.finish();
+    let n = samples.micros.len() as u64;
+    Ok(Row::new(
+        "update_customer",
+        "upd/s",
+        samples,
+        n,
+        secs,
+        spent,
+        format!(
+            "concurrency {}, etag sent; each commit writes the customer, 2 events \
+             (vendor, retailer) and 1 delivery, which the webhook worker sends meanwhile",
+            ctx.concurrency
+        ),
+    ))
+}
+
+pub async fn batch_upsert(ctx: &Ctx) -> anyhow::Result<Row> {
+    const BATCH: usize = 100;
+    const WRITERS: usize = 4;
+    let conns = ctx.conns();
+    let key = ctx.fx.vendor.admin_key.clone();
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let (samples, secs) = closed_loop(WRITERS, ctx.warmup, ctx.duration, move |w, i| {
+        let mut client = conns.customers(w, &key);
+        let customers = (0..BATCH)
+            .map(|k| seed::person(&format!("B{w}x{i}"), k))
+            .collect();
+        async move {
+            client
+                .batch_upsert_customers(pb::BatchUpsertCustomersRequest {
+                    customers,
+                    request_id: String::new(),
+                })
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let spent = meter.finish();
+    let n = samples.micros.len() as u64 * BATCH as u64;
+    let row = Row::new(
+        "batch_upsert",
+        "customers/s",
+        samples,
+        n,
+        secs,
+        spent,
+        format!("{WRITERS} writers, {BATCH} new customers a call; latency is per call"),
+    );
+    ctx.drain().await?;
+    Ok(row)
+}
+
+/// Updates granted customers at `rate` per second for the run's duration, each to a
+/// name no earlier round used (an unchanged record makes no event).
+async fn paced_updates(ctx: &Ctx, rate: u64) -> Samples {
+    static ROUND: AtomicU64 = AtomicU64::new(0);
+    let round = ROUND.fetch_add(1, Ordering::SeqCst);
+    let conns = ctx.conns();
+    let names = Arc::new(ctx.fx.customers[..ctx.fx.granted.max(1)].to_vec());
+    let key = ctx.fx.vendor.admin_key.clone();
+    open_loop(rate, ctx.duration, 512, move |i| {
+        let mut client = conns.customers(i as usize, &key);
+        let name = names[i as usize % names.len()].clone();
+        async move {
+            client
+                .update_customer(update(name, String::new(), format!("P{round}x{i}")))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await
+}
+
+/// Reads a stream until it has `want` customer.updated events after `after` or
+/// `limit` passes; returns each one's latency from its create_time.
+async fn watch(
+    conns: &Conns,
+    i: usize,
+    key: &str,
+    after: i64,
+) -> anyhow::Result<tonic::Streaming<pb::WatchEventsResponse>> {
+    Ok(conns
+        .events(i, key)
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: after,
+            event_types: vec!["customer.updated".into()],
+        })
+        .await?
+        .into_inner())
+}
+
+fn latency_micros(event: &pb::Event) -> u64 {
+    let created = event.create_time.clone().unwrap_or_default();
+    let created = jiff::Timestamp::new(created.seconds, created.nanos).unwrap_or_default();
+    jiff::Timestamp::now()
+        .duration_since(created)
+        .as_micros()
+        .max(0) as u64
+}
+
+async fn collect(
+    mut stream: tonic::Streaming<pb::WatchEventsResponse>,
+    want: usize,
+    limit: Duration,
+) -> Samples {
+    let mut samples = Samples::default();
+    let deadline = tokio::time::Instant::now() + limit;
+    while samples.micros.len() < want {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(m))) => {
+                if let Some(pb::watch_events_response::Message::Event(e)) = m.message {
+                    samples.micros.push(latency_micros(&e));
+                }
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(status)) => {
+                samples.errors += 1;
+                samples.first_error = Some(status.to_string());
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    samples
+}
+
+pub async fn watch_latency(ctx: &Ctx, rate: u64) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let conns = ctx.conns();
+    let key = &ctx.fx.retail.read_key;
+    let stream = watch(&conns, 0, key, seed::head(&conns, key).await?).await?;
+    let want = (rate * ctx.duration.as_secs()) as usize;
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let reader = tokio::spawn(collect(stream, want, ctx.duration + Duration::from_secs(30)));
+    let writes = paced_updates(ctx, rate).await;
+    let mut samples = reader.await?;
+    let spent = meter.finish();
+    let missing = want.saturating_sub(samples.micros.len() + writes.errors as usize);
+    samples.errors += writes.errors + missing as u64;
+    let n = samples.micros.len() as u64;
+    let mut writes = writes;
+    writes.micros.sort_unstable();
+    Ok(Row::new(
+        "watch_latency",
+        "events/s",
+        samples,
+        n,
+        ctx.duration.as_secs_f64(),
+        spent,
+        format!(
+            "{rate} updates/s offered; latency is event create_time (in the commit) to \
+             receipt by the retailer's stream; update p99 {:.1} ms; {missing} missing",
+            writes.quantile_ms(&writes.micros, 0.99)
+        ),
+    ))
+}
+
+fn latencies(hits: &[Hit]) -> Samples {
+    Samples {
+        micros: hits.iter().map(|h| h.latency_micros).collect(),
+        ..Default::default()
+    }
+}
+
+pub async fn webhook_latency(ctx: &Ctx, rate: u64) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let from = ctx.receiver.len();
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let writes = paced_updates(ctx, rate).await;
+    let want = (rate * ctx.duration.as_secs()) as usize - writes.errors as usize;
+    ctx.receiver.wait_for(from + want, Duration::from_secs(60)).await;
+    let spent = meter.finish();
+    let hits: Vec<Hit> = ctx
+        .receiver
+        .since(from)
+        .into_iter()
+        .filter(|h| h.path == "/hooks/vendor" && h.event_type == "customer.updated")
+        .collect();
+    let mut samples = latencies(&hits);
+    let missing = want.saturating_sub(hits.len());
+    samples.errors = writes.errors + missing as u64;
+    Ok(Row::new(
+        "webhook_latency",
+        "deliveries/s",
+        samples,
+        hits.len() as u64,
+        ctx.duration.as_secs_f64(),
+        spent,
+        format!(
+            "{rate} updates/s offered; latency is event create_time to the signed POST \
+             arriving at the receiver; {missing} missing"
+        ),
+    ))
+}
+
+pub async fn webhook_throughput(ctx: &Ctx, endpoints: usize, events: usize) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let conns = ctx.conns();
+    let vendor = &ctx.fx.vendor;
+    let mut names = vec![];
+    for k in 0..endpoints {
+        names.push(seed::endpoint(&conns, vendor, &ctx.receiver.url(&format!("t{k}")), true).await?);
+    }
+    let from = ctx.receiver.len();
+    // Every created customer is one event, delivered to each endpoint and the
+    // vendor's own.
+    let want = events * (endpoints + 1);
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let start = Instant::now();
+    let mut client = conns.customers(0, &vendor.admin_key);
+    for b in 0..events.div_ceil(100) {
+        let customers = (b * 100..((b + 1) * 100).min(events))
+            .map(|k| seed::person("W", k))
+            .collect();
+        client
+            .batch_upsert_customers(pb::BatchUpsertCustomersRequest {
+                customers,
+                request_id: String::new(),
+            })
+            .await?;
+    }
+    let written = start.elapsed().as_secs_f64();
+    let all = ctx.receiver.wait_for(from + want, Duration::from_secs(120)).await;
+    let spent = meter.finish();
+    let hits = ctx.receiver.since(from);
+    let secs = hits
+        .last()
+        .map_or(0.0, |h| h.at.duration_since(start).as_secs_f64());
+    let mut samples = latencies(&hits);
+    samples.errors = want.saturating_sub(hits.len()) as u64;
+    for name in &names {
+        seed::set_enabled(&conns, vendor, name, false).await?;
+    }
+    Ok(Row::new(
+        "webhook_throughput",
+        "deliveries/s",
+        samples,
+        hits.len() as u64,
+        secs,
+        spent,
+        format!(
+            "{events} events (written in {written:.1} s by BatchUpsert) to {} endpoints; \
+             from the first write to the last delivery{}; latency from create_time",
+            endpoints + 1,
+            if all { "" } else { "; NOT ALL DELIVERED within 120 s" }
+        ),
+    ))
+}
+
+pub async fn fan_out(ctx: &Ctx, orgs: usize, rounds: usize) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let conns = ctx.conns();
+    let vendor = &ctx.fx.vendor;
+    let customer = conns
+        .customers(0, &vendor.admin_key)
+        .batch_upsert_customers(pb::BatchUpsertCustomersRequest {
+            customers: vec![seed::person("FAN", 0)],
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .customers
+        .remove(0)
+        .name;
+    for k in 0..orgs {
+        let org = seed::create_org(&conns, &ctx.fx.operator, &format!("fan{k:03}")).await?;
+        seed::partner(&conns, vendor, &org).await?;
+        seed::grant(&conns, 0, vendor, &customer, &org).await?;
+        seed::endpoint(&conns, &org, &ctx.receiver.url(&format!("fan{k:03}")), true).await?;
+    }
+    ctx.receiver.settle(Duration::from_millis(500)).await;
+    let mut client = conns.customers(0, &vendor.admin_key);
+    let mut samples = Samples::default();
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let start = Instant::now();
+    for r in 0..rounds {
+        let from = ctx.receiver.len();
+        let began = Instant::now();
+        client
+            .update_customer(update(customer.clone(), String::new(), format!("F{r}")))
+            .await?;
+        // Each partner's endpoint, and the vendor's own.
+        if ctx.receiver.wait_for(from + orgs + 1, Duration::from_secs(30)).await {
+            let hits = ctx.receiver.since(from);
+            let last = hits
+                .iter()
+                .filter(|h| h.path.starts_with("/hooks/fan"))
+                .map(|h| h.at)
+                .max()
+                .unwrap_or(began);
+            samples.micros.push(last.duration_since(began).as_micros() as u64);
+        } else {
+            samples.errors += 1;
+        }
+        ctx.receiver.settle(Duration::from_millis(100)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let spent = meter.finish();
+    Ok(Row::new(
+        "fan_out",
+        "rounds/s",
+        samples,
+        rounds as u64,
+        secs,
+        spent,
+        format!(
+            "one update of a customer granted to {orgs} organizations, each with an \
+             endpoint; latency is the update call to the last of the {orgs} deliveries"
+        ),
+    ))
+}
+
+pub async fn streams(ctx: &Ctx, n: usize, rate: u64) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    // At most 100 streams per connection, below the hub's per-connection limit.
+    let conns = Conns::open(&ctx.hub_addr, n.div_ceil(100)).await?;
+    let key = ctx.fx.retail.read_key.clone();
+    let after = seed::head(&conns, &key).await?;
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let mut opened = vec![];
+    for i in 0..n {
+        opened.push(watch(&conns, i, &key, after).await?);
+    }
+    let open_rss = crate::load::status_mb(ctx.hub_pid, "VmRSS:");
+    let want = (rate * ctx.duration.as_secs()) as usize;
+    let readers: Vec<_> = opened
+        .into_iter()
+        .map(|s| tokio::spawn(collect(s, want, ctx.duration + Duration::from_secs(30))))
+        .collect();
+    let writes = paced_updates(ctx, rate).await;
+    let mut samples = Samples::default();
+    for r in readers {
+        samples.merge(r.await?);
+    }
+    let spent = meter.finish();
+    let delivered = samples.micros.len();
+    let missing = (want * n).saturating_sub(delivered + writes.errors as usize * n);
+    samples.errors += writes.errors + missing as u64;
+    Ok(Row::new(
+        "streams",
+        "events/s",
+        samples,
+        delivered as u64,
+        ctx.duration.as_secs_f64(),
+        spent,
+        format!(
+            "{n} WatchEvents streams of the retailer over {} connections, {rate} updates/s \
+             (each to every stream); hub RSS {open_rss:.0} MB with the streams open; \
+             {missing} missing",
+            n.div_ceil(100)
+        ),
+    ))
+}
