@@ -12,6 +12,7 @@ mod client_certs;
 mod customers;
 mod email;
 mod events;
+mod group;
 mod idempotency;
 mod interactions;
 mod members;
@@ -116,6 +117,9 @@ pub struct Store {
     timers: Arc<tokio::sync::Notify>,
     /// The workers' time (tests move it forward).
     clock: crate::domain::notify::Clock,
+    /// SQLite: concurrent write transactions that commit together.
+    group: Option<Arc<group::Group>>,
+    acquire_timeout: Duration,
 }
 
 impl Store {
@@ -171,6 +175,8 @@ impl Store {
                     emails: Arc::default(),
                     timers: Arc::default(),
                     clock: Default::default(),
+                    group: Some(Arc::default()),
+                    acquire_timeout: options.acquire_timeout,
                 }
             }
             Dialect::Postgres => {
@@ -190,6 +196,8 @@ impl Store {
                     emails: Arc::default(),
                     timers: Arc::default(),
                     clock: Default::default(),
+                    group: None,
+                    acquire_timeout: options.acquire_timeout,
                 }
             }
         };
@@ -219,16 +227,26 @@ impl Store {
         &self.reader
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction. On SQLite it is a member of the group transaction
+    /// on the one writer connection (see [`group`]).
     pub async fn begin(&self) -> Result<Tx> {
-        let inner = match self.dialect {
-            // IMMEDIATE takes the write lock now rather than on the first write, so two
-            // processes that both read then write cannot deadlock on the upgrade.
-            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.writer.begin().await?,
+        let (inner, member) = match &self.group {
+            Some(group) => {
+                let (inner, member) = group
+                    .join(self.acquire_timeout, async || {
+                        // IMMEDIATE takes the write lock now rather than on the first
+                        // write, so two processes that both read then write cannot
+                        // deadlock on the upgrade.
+                        self.writer.begin_with("BEGIN IMMEDIATE").await
+                    })
+                    .await?;
+                (inner, Some(member))
+            }
+            None => (self.writer.begin().await?, None),
         };
         Ok(Tx {
-            inner,
+            inner: Some(inner),
+            member,
             dialect: self.dialect,
             events: vec![],
             cause: Cause::default(),
@@ -252,7 +270,10 @@ impl Store {
 /// A write transaction: everything done through it commits together or not at all.
 /// Dropping it without [`Tx::commit`] rolls back.
 pub struct Tx {
-    inner: sqlx::Transaction<'static, Any>,
+    /// The database transaction; on SQLite the group's, lent to this member.
+    inner: Option<sqlx::Transaction<'static, Any>>,
+    /// SQLite: this transaction's place in the group (its savepoint is open).
+    member: Option<group::Member>,
     dialect: Dialect,
     /// Events emitted so far, written at commit (see `events`).
     events: Vec<NewEvent>,
@@ -276,7 +297,11 @@ impl Tx {
     pub async fn commit(mut self) -> Result<()> {
         let heads = self.write_events().await?;
         self.announce_deliveries().await?;
-        self.inner.commit().await?;
+        let inner = self.inner.take().expect("an open transaction");
+        match self.member.take() {
+            Some(member) => member.commit(inner).await?,
+            None => inner.commit().await?,
+        }
         for (org, sequence) in heads {
             self.feeds.publish(&org, sequence);
         }
@@ -293,7 +318,17 @@ impl Tx {
     }
 
     fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        &mut self.inner
+        self.inner.as_mut().expect("an open transaction")
+    }
+}
+
+impl Drop for Tx {
+    /// A group member that ends without committing hands the transaction back to be
+    /// rolled back to its savepoint; on PostgreSQL sqlx rolls back on drop.
+    fn drop(&mut self) {
+        if let (Some(member), Some(inner)) = (self.member.take(), self.inner.take()) {
+            member.abandon(inner);
+        }
     }
 }
 

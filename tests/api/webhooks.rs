@@ -86,7 +86,9 @@ impl Receiver {
         Self::scripted(move |got| reply(statuses[(got.len() - 1).min(statuses.len() - 1)])).await
     }
 
-    pub(crate) async fn scripted(script: impl Fn(&[Received]) -> Reply + Send + Sync + 'static) -> Self {
+    pub(crate) async fn scripted(
+        script: impl Fn(&[Received]) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let script: Script = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());

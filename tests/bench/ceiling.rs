@@ -210,7 +210,11 @@ pub async fn db_ceiling(
         spent,
         format!(
             "raw sqlx, concurrency {concurrency} on {}; the CPU column is this process",
-            if sqlite { "one SQLite writer (WAL, synchronous = FULL)" } else { "a pool of 16" }
+            if sqlite {
+                "one SQLite writer (WAL, synchronous = FULL)"
+            } else {
+                "a pool of 16"
+            }
         ),
     ))
 }

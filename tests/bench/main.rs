@@ -54,7 +54,11 @@ struct Args {
     #[arg(long, value_enum, default_value = "sqlite")]
     backend: Backend,
     /// The PostgreSQL server; each run creates (and drops) a database of its own.
-    #[arg(long, env = "LIAISON_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "LIAISON_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     postgres_url: String,
     /// Customers seeded before the scenarios.
     #[arg(long, default_value_t = 10_000)]
@@ -148,11 +152,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(
-    args: &Args,
-    url: &str,
-    logs: &std::path::Path,
-) -> anyhow::Result<Report> {
+async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Result<Report> {
     progress(args, &format!("hub {} on {:?}", procs::HUB, args.backend));
     let operator = procs::bootstrap(url).await?;
     let hub = procs::Hub::start(url, &args.hub_log, logs.join("hub.log"), &[]).await?;
@@ -196,9 +196,15 @@ async fn measure(
     scenario!("batch_upsert", scenarios::batch_upsert(&ctx));
     scenario!("watch_latency", scenarios::watch_latency(&ctx, 1000));
     scenario!("webhook_latency", scenarios::webhook_latency(&ctx, 500));
-    scenario!("webhook_throughput", scenarios::webhook_throughput(&ctx, 9, 2000));
+    scenario!(
+        "webhook_throughput",
+        scenarios::webhook_throughput(&ctx, 9, 2000)
+    );
     scenario!("fan_out", scenarios::fan_out(&ctx, args.fan_out, 20));
-    scenario!("streams", scenarios::streams(&ctx, args.streams, args.stream_rate));
+    scenario!(
+        "streams",
+        scenarios::streams(&ctx, args.streams, args.stream_rate)
+    );
     let granted = ctx.fx.granted;
     let seed_seconds = ctx.fx.seed_seconds;
     drop(ctx);
@@ -230,13 +236,23 @@ async fn measure(
 
 /// The ratios the targets are stated in, from this run's rows.
 fn ratios(rows: &[Row]) -> Vec<(String, f64)> {
-    let rate = |name: &str| rows.iter().find(|r| r.scenario == name).map(|r| r.throughput);
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|r| r.scenario == name)
+            .map(|r| r.throughput)
+    };
     let mut out = vec![];
     if let (Some(get), Some(echo)) = (rate("get_customer"), rate("baseline_echo")) {
-        out.push(("get_customer / baseline_echo (target ≥ 0.6)".into(), get / echo));
+        out.push((
+            "get_customer / baseline_echo (target ≥ 0.6)".into(),
+            get / echo,
+        ));
     }
     if let (Some(update), Some(ceiling)) = (rate("update_customer"), rate("db_ceiling")) {
-        out.push(("update_customer / db_ceiling (target ≥ 1.0)".into(), update / ceiling));
+        out.push((
+            "update_customer / db_ceiling (target ≥ 1.0)".into(),
+            update / ceiling,
+        ));
     }
     out
 }
@@ -253,7 +269,17 @@ fn print_table(report: &Report) {
     );
     println!(
         "{:<19} {:>9} {:>13} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>7}",
-        "scenario", "ops", "throughput", "p50 ms", "p99 ms", "p999 ms", "max ms", "errors", "hub CPU", "hub RSS", "gen CPU"
+        "scenario",
+        "ops",
+        "throughput",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "max ms",
+        "errors",
+        "hub CPU",
+        "hub RSS",
+        "gen CPU"
     );
     for r in &report.rows {
         println!(

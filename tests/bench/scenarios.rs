@@ -126,7 +126,11 @@ async fn gets(ctx: &Ctx, conns: Conns, key: &str, pid: u32, scenario: &str) -> R
         n,
         secs,
         meter.finish(),
-        format!("concurrency {}, {} connections", ctx.concurrency, crate::seed::CONNECTIONS),
+        format!(
+            "concurrency {}, {} connections",
+            ctx.concurrency,
+            crate::seed::CONNECTIONS
+        ),
     )
 }
 
@@ -138,7 +142,14 @@ pub async fn baseline_echo(ctx: &Ctx, echo_addr: &str, echo_pid: u32) -> anyhow:
 }
 
 pub async fn get_customer(ctx: &Ctx) -> anyhow::Result<Row> {
-    let mut row = gets(ctx, ctx.conns(), &ctx.fx.retail.read_key, ctx.hub_pid, "get_customer").await;
+    let mut row = gets(
+        ctx,
+        ctx.conns(),
+        &ctx.fx.retail.read_key,
+        ctx.hub_pid,
+        "get_customer",
+    )
+    .await;
     row.note = format!("{}; the retailer reads granted customers", row.note);
     Ok(row)
 }
@@ -379,7 +390,11 @@ pub async fn watch_latency(ctx: &Ctx, rate: u64) -> anyhow::Result<Row> {
     let stream = watch(&conns, 0, key, seed::head(&conns, key).await?).await?;
     let want = (rate * ctx.duration.as_secs()) as usize;
     let meter = Meter::start(Some(ctx.hub_pid));
-    let reader = tokio::spawn(collect(stream, want, ctx.duration + Duration::from_secs(30)));
+    let reader = tokio::spawn(collect(
+        stream,
+        want,
+        ctx.duration + Duration::from_secs(30),
+    ));
     let writes = paced_updates(ctx, rate).await;
     let mut samples = reader.await?;
     let spent = meter.finish();
@@ -416,7 +431,9 @@ pub async fn webhook_latency(ctx: &Ctx, rate: u64) -> anyhow::Result<Row> {
     let meter = Meter::start(Some(ctx.hub_pid));
     let writes = paced_updates(ctx, rate).await;
     let want = (rate * ctx.duration.as_secs()) as usize - writes.errors as usize;
-    ctx.receiver.wait_for(from + want, Duration::from_secs(60)).await;
+    ctx.receiver
+        .wait_for(from + want, Duration::from_secs(60))
+        .await;
     let spent = meter.finish();
     let hits: Vec<Hit> = ctx
         .receiver
@@ -447,7 +464,8 @@ pub async fn webhook_throughput(ctx: &Ctx, endpoints: usize, events: usize) -> a
     let vendor = &ctx.fx.vendor;
     let mut names = vec![];
     for k in 0..endpoints {
-        names.push(seed::endpoint(&conns, vendor, &ctx.receiver.url(&format!("t{k}")), true).await?);
+        names
+            .push(seed::endpoint(&conns, vendor, &ctx.receiver.url(&format!("t{k}")), true).await?);
     }
     let from = ctx.receiver.len();
     // Every created customer is one event, delivered to each endpoint and the
@@ -468,7 +486,10 @@ pub async fn webhook_throughput(ctx: &Ctx, endpoints: usize, events: usize) -> a
             .await?;
     }
     let written = start.elapsed().as_secs_f64();
-    let all = ctx.receiver.wait_for(from + want, Duration::from_secs(120)).await;
+    let all = ctx
+        .receiver
+        .wait_for(from + want, Duration::from_secs(120))
+        .await;
     let spent = meter.finish();
     let hits = ctx.receiver.since(from);
     let secs = hits
@@ -490,7 +511,11 @@ pub async fn webhook_throughput(ctx: &Ctx, endpoints: usize, events: usize) -> a
             "{events} events (written in {written:.1} s by BatchUpsert) to {} endpoints; \
              from the first write to the last delivery{}; latency from create_time",
             endpoints + 1,
-            if all { "" } else { "; NOT ALL DELIVERED within 120 s" }
+            if all {
+                ""
+            } else {
+                "; NOT ALL DELIVERED within 120 s"
+            }
         ),
     ))
 }
@@ -528,7 +553,11 @@ pub async fn fan_out(ctx: &Ctx, orgs: usize, rounds: usize) -> anyhow::Result<Ro
             .update_customer(update(customer.clone(), String::new(), format!("F{r}")))
             .await?;
         // Each partner's endpoint, and the vendor's own.
-        if ctx.receiver.wait_for(from + orgs + 1, Duration::from_secs(30)).await {
+        if ctx
+            .receiver
+            .wait_for(from + orgs + 1, Duration::from_secs(30))
+            .await
+        {
             let hits = ctx.receiver.since(from);
             let last = hits
                 .iter()
@@ -536,7 +565,9 @@ pub async fn fan_out(ctx: &Ctx, orgs: usize, rounds: usize) -> anyhow::Result<Ro
                 .map(|h| h.at)
                 .max()
                 .unwrap_or(began);
-            samples.micros.push(last.duration_since(began).as_micros() as u64);
+            samples
+                .micros
+                .push(last.duration_since(began).as_micros() as u64);
         } else {
             samples.errors += 1;
         }

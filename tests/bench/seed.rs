@@ -153,7 +153,13 @@ pub async fn partner(conns: &Conns, a: &Org, b: &Org) -> anyhow::Result<()> {
 }
 
 /// Grants `customer` to `grantee`, every field, read only.
-pub async fn grant(conns: &Conns, i: usize, owner: &Org, customer: &str, grantee: &Org) -> Result<(), Status> {
+pub async fn grant(
+    conns: &Conns,
+    i: usize,
+    owner: &Org,
+    customer: &str,
+    grantee: &Org,
+) -> Result<(), Status> {
     conns
         .sharing(i, &owner.admin_key)
         .create_grant(pb::CreateGrantRequest {
@@ -170,7 +176,12 @@ pub async fn grant(conns: &Conns, i: usize, owner: &Org, customer: &str, grantee
 }
 
 /// A webhook endpoint of `org` at `url` for every event type; returns its name.
-pub async fn endpoint(conns: &Conns, org: &Org, url: &str, enabled: bool) -> anyhow::Result<String> {
+pub async fn endpoint(
+    conns: &Conns,
+    org: &Org,
+    url: &str,
+    enabled: bool,
+) -> anyhow::Result<String> {
     Ok(conns
         .webhooks(0, &org.admin_key)
         .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
@@ -188,7 +199,12 @@ pub async fn endpoint(conns: &Conns, org: &Org, url: &str, enabled: bool) -> any
 }
 
 /// Turns an endpoint on or off.
-pub async fn set_enabled(conns: &Conns, org: &Org, name: &str, enabled: bool) -> anyhow::Result<()> {
+pub async fn set_enabled(
+    conns: &Conns,
+    org: &Org,
+    name: &str,
+    enabled: bool,
+) -> anyhow::Result<()> {
     conns
         .webhooks(0, &org.admin_key)
         .update_webhook_endpoint(pb::UpdateWebhookEndpointRequest {
@@ -299,7 +315,14 @@ pub async fn seed(
                     })
                     .await?
                     .into_inner();
-                names.push((batch, created.customers.into_iter().map(|c| c.name).collect::<Vec<_>>()));
+                names.push((
+                    batch,
+                    created
+                        .customers
+                        .into_iter()
+                        .map(|c| c.name)
+                        .collect::<Vec<_>>(),
+                ));
             }
             Ok::<_, Status>(names)
         }));
@@ -314,7 +337,8 @@ pub async fn seed(
     let names = Arc::new(customers.clone());
     let mut tasks = vec![];
     for w in 0..16usize {
-        let (conns, names, vendor, retail) = (conns.clone(), names.clone(), vendor.clone(), retail.clone());
+        let (conns, names, vendor, retail) =
+            (conns.clone(), names.clone(), vendor.clone(), retail.clone());
         tasks.push(tokio::spawn(async move {
             for i in (w..granted).step_by(16) {
                 grant(&conns, w, &vendor, &names[i], &retail).await?;
@@ -325,7 +349,8 @@ pub async fn seed(
     for t in tasks {
         t.await??;
     }
-    let vendor_endpoint = endpoint(&conns, &vendor, &format!("{receiver_url}/vendor"), true).await?;
+    let vendor_endpoint =
+        endpoint(&conns, &vendor, &format!("{receiver_url}/vendor"), true).await?;
     Ok(Fixture {
         conns,
         operator,

@@ -1,0 +1,242 @@
+//! Group commit on SQLite: write transactions that arrive while another is running
+//! share one database transaction, and so one fsync.
+//!
+//! SQLite has one writer at a time and, with `synchronous = FULL`, every commit waits
+//! for the disk. Committing each API write on its own caps the hub at the disk's
+//! flush rate. Here each [`Tx`](super::Tx) is a *member* of the group transaction
+//! open on the writer connection:
+//!
+//! - A member takes the group's lock, opens `SAVEPOINT member` and does its work
+//!   alone on the connection, exactly as if it were the only transaction: reads see
+//!   the members before it, etags and idempotency records are checked as usual.
+//! - Committing releases the savepoint. If no other transaction is queued for the
+//!   lock (or the group is full), the member commits the group; otherwise it leaves
+//!   the group open for the next one. Either way it returns only once the group has
+//!   committed, with the group's result: a member never reports a write that is not
+//!   on disk.
+//! - A member that fails or is dropped is rolled back to its savepoint; the others
+//!   are unaffected.
+//! - A member left waiting (the transaction it counted on to commit was cancelled,
+//!   say) commits the group itself after [`STALL`].
+//!
+//! Under no contention a group has one member and nothing changes. Under load the
+//! group grows to the number of writers queued, up to [`MAX_MEMBERS`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::Any;
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+
+use crate::error::{Error, Result};
+
+/// Members per group at most: bounds how long the first one waits for the commit.
+const MAX_MEMBERS: usize = 64;
+/// How long a finished member waits for another to commit the group before doing it.
+const STALL: Duration = Duration::from_millis(20);
+
+type Transaction = sqlx::Transaction<'static, Any>;
+/// A group's outcome: `None` until it commits (or fails to).
+type Outcome = Option<std::result::Result<(), String>>;
+
+/// The writer connection's group transaction.
+#[derive(Default)]
+pub struct Group {
+    state: Arc<Mutex<State>>,
+    /// Transactions waiting for the lock.
+    queued: AtomicUsize,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("queued", &self.queued.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// The open transaction, while no member holds it.
+    tx: Option<Transaction>,
+    /// A member ended without committing; its savepoint is still open.
+    abandoned: bool,
+    /// Members committed into the open transaction, waiting for it.
+    members: usize,
+    /// Counts groups, so a late helper does not commit a newer one.
+    generation: u64,
+    done: Option<watch::Sender<Outcome>>,
+}
+
+/// A transaction's place in the group: it holds the lock until it ends.
+pub struct Member {
+    guard: OwnedMutexGuard<State>,
+    group: Arc<Group>,
+}
+
+/// Counts a transaction as queued until it gets the lock or gives up.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Group {
+    /// Joins the open group, or opens one with `begin`; returns the transaction, with
+    /// this member's savepoint open, and the membership.
+    pub async fn join(
+        self: &Arc<Self>,
+        wait: Duration,
+        begin: impl AsyncFnOnce() -> std::result::Result<Transaction, sqlx::Error>,
+    ) -> Result<(Transaction, Member)> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let queued = Queued(&self.queued);
+        let mut guard = tokio::time::timeout(wait, self.state.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        drop(queued);
+        if guard.abandoned {
+            if let Err(e) = settle(&mut guard).await {
+                finish(&mut guard, Err(e.to_string()));
+                return Err(e.into());
+            }
+        }
+        if guard.tx.is_none() {
+            guard.tx = Some(begin().await?);
+            guard.done = Some(watch::channel(None).0);
+        }
+        let mut tx = guard.tx.take().expect("the open transaction");
+        if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut *tx).await {
+            guard.tx = Some(tx);
+            fail(&mut guard, &e).await;
+            return Err(e.into());
+        }
+        Ok((
+            tx,
+            Member {
+                guard,
+                group: self.clone(),
+            },
+        ))
+    }
+}
+
+impl Member {
+    /// Keeps this member's work and waits until the group is on disk.
+    pub async fn commit(self, mut tx: Transaction) -> Result<()> {
+        let Member { mut guard, group } = self;
+        if let Err(e) = sqlx::query("RELEASE SAVEPOINT member")
+            .execute(&mut *tx)
+            .await
+        {
+            guard.tx = Some(tx);
+            fail(&mut guard, &e).await;
+            return Err(e.into());
+        }
+        guard.tx = Some(tx);
+        guard.members += 1;
+        let generation = guard.generation;
+        let mut done = guard
+            .done
+            .as_ref()
+            .expect("an open group has an outcome")
+            .subscribe();
+        if group.queued.load(Ordering::SeqCst) == 0 || guard.members >= MAX_MEMBERS {
+            flush(&mut guard).await;
+        }
+        drop(guard);
+        loop {
+            if let Some(outcome) = done.borrow_and_update().clone() {
+                return outcome
+                    .map_err(|e| Error::Internal(anyhow::anyhow!("group commit failed: {e}")));
+            }
+            match tokio::time::timeout(STALL, done.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "the group transaction ended without an outcome"
+                    )));
+                }
+                // Nobody committed the group in time: do it.
+                Err(_) => {
+                    let mut state = group.state.clone().lock_owned().await;
+                    if state.generation == generation {
+                        flush(&mut state).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands the transaction back with this member's savepoint open, to be rolled
+    /// back by the next member or, if none comes first, by a task that finishes the
+    /// group (so SQLite's write lock is not held while nothing happens).
+    pub fn abandon(self, tx: Transaction) {
+        let Member { mut guard, group } = self;
+        guard.tx = Some(tx);
+        guard.abandoned = true;
+        let generation = guard.generation;
+        drop(guard);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut state = group.state.clone().lock_owned().await;
+                if state.generation == generation && state.tx.is_some() {
+                    flush(&mut state).await;
+                }
+            });
+        }
+    }
+}
+
+/// Rolls back an abandoned member's work.
+async fn settle(state: &mut State) -> std::result::Result<(), sqlx::Error> {
+    if let Some(tx) = state.tx.as_mut() {
+        sqlx::query("ROLLBACK TO SAVEPOINT member")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("RELEASE SAVEPOINT member")
+            .execute(&mut **tx)
+            .await?;
+    }
+    state.abandoned = false;
+    Ok(())
+}
+
+/// Commits the open group (rolls it back if no member committed) and tells its
+/// members.
+async fn flush(state: &mut State) {
+    let outcome = async {
+        if state.abandoned {
+            settle(state).await?;
+        }
+        let tx = state.tx.take().expect("an open group");
+        if state.members == 0 {
+            tx.rollback().await
+        } else {
+            tx.commit().await
+        }
+    }
+    .await;
+    finish(state, outcome.map_err(|e| e.to_string()));
+}
+
+/// The group cannot go on: roll it back and fail its members.
+async fn fail(state: &mut State, error: &sqlx::Error) {
+    if let Some(tx) = state.tx.take() {
+        let _ = tx.rollback().await;
+    }
+    finish(state, Err(error.to_string()));
+}
+
+fn finish(state: &mut State, outcome: std::result::Result<(), String>) {
+    state.tx = None;
+    state.abandoned = false;
+    state.members = 0;
+    state.generation += 1;
+    if let Some(done) = state.done.take() {
+        done.send_replace(Some(outcome));
+    }
+}
