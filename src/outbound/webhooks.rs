@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use prost::Message;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::Instrument;
 
 use crate::api::convert::event_json;
@@ -27,7 +27,9 @@ use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store}
 /// then another may take it (after a crash, say). Well above the longest attempt.
 const LEASE_MARGIN: SignedDuration = SignedDuration::from_secs(10);
 /// Deliveries claimed per query.
-const CLAIM_BATCH: usize = 32;
+const CLAIM_BATCH: usize = 128;
+/// Successful attempts recorded per transaction at most.
+const RECORD_BATCH: usize = 256;
 /// Bytes of a receiver's response kept with the attempt.
 const EXCERPT_BYTES: usize = 1024;
 /// Bounds on a receiver's `Retry-After`.
@@ -36,6 +38,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Sends due webhook deliveries, forever.
 pub struct WebhookWorker {
     sender: Arc<Sender>,
+    recorder: Recorder,
     slots: Arc<Semaphore>,
     /// Deliveries in flight on this replica, by endpoint.
     busy: Arc<Mutex<HashMap<String, usize>>>,
@@ -118,6 +121,7 @@ impl WebhookWorker {
         Self {
             slots: Arc::new(Semaphore::new(sender.config.concurrency as usize)),
             busy: Arc::default(),
+            recorder: Recorder::start(sender.store.clone()),
             sender,
         }
     }
@@ -155,7 +159,11 @@ impl WebhookWorker {
                             .expect("busy map")
                             .entry(delivery.endpoint_id.clone())
                             .or_default() += 1;
-                        let (sender, busy) = (self.sender.clone(), self.busy.clone());
+                        let (sender, busy, recorder) = (
+                            self.sender.clone(),
+                            self.busy.clone(),
+                            self.recorder.clone(),
+                        );
                         let span = tracing::info_span!(
                             "webhook",
                             delivery = %delivery.id,
@@ -164,7 +172,14 @@ impl WebhookWorker {
                         );
                         tokio::spawn(
                             async move {
-                                if let Err(error) = sender.deliver(&delivery).await {
+                                let attempt = sender.attempt(&delivery).await;
+                                observe(&attempt);
+                                let recorded = if attempt.succeeded {
+                                    recorder.record(delivery.clone(), attempt).await
+                                } else {
+                                    sender.record(&delivery, &attempt).await
+                                };
+                                if let Err(error) = recorded {
                                     tracing::warn!(%error, "delivery not recorded; it is retried when its lease ends");
                                 }
                                 let mut busy = busy.lock().expect("busy map");
@@ -220,21 +235,17 @@ impl Sender {
     /// organization's feed.
     pub async fn deliver(&self, d: &ClaimedDelivery) -> Result<AttemptRecord> {
         let attempt = self.attempt(d).await;
-        crate::metrics::metrics().webhook_attempt(match &attempt {
-            a if a.succeeded => "succeeded",
-            a if a.retry_at.is_some() => "retrying",
-            _ => "dead",
-        });
-        match &attempt {
-            a if a.succeeded => tracing::info!(status = a.status, "webhook delivered"),
-            a => {
-                tracing::warn!(status = a.status, error = %a.error, retry = a.retry_at.is_some(), "webhook attempt failed")
-            }
-        }
+        observe(&attempt);
+        self.record(d, &attempt).await?;
+        Ok(attempt)
+    }
+
+    /// Records one attempt in a transaction of its own.
+    async fn record(&self, d: &ClaimedDelivery, attempt: &AttemptRecord) -> Result<()> {
         let disable_after =
             SignedDuration::from_secs(self.config.disable_after_failing_secs as i64);
         let mut tx = self.store.begin().await?;
-        if let Some(endpoint) = tx.record_attempt(d, &attempt, disable_after).await? {
+        if let Some(endpoint) = tx.record_attempt(d, attempt, disable_after).await? {
             tracing::warn!(reason = %endpoint.disabled_reason, "webhook endpoint disabled");
             announce_disabled(&mut tx, &endpoint).await?;
         }
@@ -243,7 +254,7 @@ impl Sender {
             // The worker may be sleeping past this retry; let it look again.
             self.store.deliveries_signal().notify_one();
         }
-        Ok(attempt)
+        Ok(())
     }
 
     async fn attempt(&self, d: &ClaimedDelivery) -> AttemptRecord {
@@ -404,6 +415,75 @@ impl Sender {
             timestamp,
             signature,
         })
+    }
+}
+
+/// Counts and logs an attempt.
+fn observe(attempt: &AttemptRecord) {
+    crate::metrics::metrics().webhook_attempt(match attempt {
+        a if a.succeeded => "succeeded",
+        a if a.retry_at.is_some() => "retrying",
+        _ => "dead",
+    });
+    match attempt {
+        a if a.succeeded => tracing::info!(status = a.status, "webhook delivered"),
+        a => {
+            tracing::warn!(status = a.status, error = %a.error, retry = a.retry_at.is_some(), "webhook attempt failed")
+        }
+    }
+}
+
+/// Records successful attempts in batches: whatever finished while the last batch
+/// was being written goes into the next transaction. An attempt's task waits for its
+/// batch to commit, so its slot and lease are held until the record is durable.
+#[derive(Clone)]
+struct Recorder {
+    queue: tokio::sync::mpsc::Sender<(ClaimedDelivery, AttemptRecord, oneshot::Sender<Result<()>>)>,
+}
+
+impl Recorder {
+    fn start(store: Store) -> Self {
+        let (queue, mut incoming) = tokio::sync::mpsc::channel::<(
+            ClaimedDelivery,
+            AttemptRecord,
+            oneshot::Sender<Result<()>>,
+        )>(RECORD_BATCH * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(RECORD_BATCH);
+            while incoming.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+                let (done, waiters): (Vec<_>, Vec<_>) = batch
+                    .drain(..)
+                    .map(|(d, a, waiter)| ((d, a), waiter))
+                    .unzip();
+                let result = async {
+                    let mut tx = store.begin().await?;
+                    tx.record_successes(&done).await?;
+                    tx.commit().await
+                }
+                .await;
+                let failure = result.err().map(|e| e.to_string());
+                for waiter in waiters {
+                    let _ = waiter.send(match &failure {
+                        None => Ok(()),
+                        Some(e) => Err(crate::error::Error::Internal(anyhow::anyhow!(
+                            "recording a batch of attempts failed: {e}"
+                        ))),
+                    });
+                }
+            }
+        });
+        Recorder { queue }
+    }
+
+    async fn record(&self, d: ClaimedDelivery, attempt: AttemptRecord) -> Result<()> {
+        let (done, recorded) = oneshot::channel();
+        self.queue
+            .send((d, attempt, done))
+            .await
+            .map_err(|_| anyhow::anyhow!("the attempt recorder stopped"))?;
+        recorded
+            .await
+            .map_err(|_| anyhow::anyhow!("the attempt recorder stopped"))?
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
+use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, placeholders, timestamp};
 use crate::domain::customer::{Customer, CustomerKind, FieldChange, FieldSet, Profile};
 use crate::domain::filter::{CustomerCondition, NameMatch, Op};
 use crate::domain::match_key::MatchSecret;
@@ -846,16 +846,21 @@ impl Tx {
         if c.state != RecordState::Active && c.state != RecordState::Deleted {
             return Ok(());
         }
-        for (kind, key) in lookup_keys(c, secret) {
-            sqlx::query(
-                "INSERT INTO customer_keys (kind, key, owner_id, customer_id) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(kind)
-            .bind(&key)
-            .bind(&c.owner.id)
-            .bind(&c.id)
-            .execute(self.conn())
-            .await?;
+        let keys: Vec<(&str, String)> = lookup_keys(c, secret).into_iter().collect();
+        // One multi-row insert (a profile has a handful of keys; 4 parameters each).
+        for chunk in keys.chunks(100) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 4 + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO customer_keys (kind, key, owner_id, customer_id) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (kind, key) in chunk {
+                query = query.bind(*kind).bind(key).bind(&c.owner.id).bind(&c.id);
+            }
+            query.execute(self.conn()).await?;
         }
         Ok(())
     }
