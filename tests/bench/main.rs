@@ -84,6 +84,10 @@ struct Args {
     /// Organizations in `fan_out`.
     #[arg(long, default_value_t = 100)]
     fan_out: usize,
+    /// Extra hub settings, `LIAISON_…=VALUE` (repeatable), e.g.
+    /// `--hub-env LIAISON_WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT=32`.
+    #[arg(long, value_parser = parse_env)]
+    hub_env: Vec<(String, String)>,
     /// The hub's log level (`LIAISON_LOG`); its log goes to a file.
     #[arg(long, default_value = "info")]
     hub_log: String,
@@ -123,6 +127,13 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if k.starts_with("LIAISON_") => Ok((k.into(), v.into())),
+        _ => Err(format!("expected LIAISON_NAME=VALUE, got {s:?}")),
+    }
+}
+
 fn wanted(args: &Args, scenario: &str) -> bool {
     args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == scenario)
 }
@@ -155,7 +166,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Result<Report> {
     progress(args, &format!("hub {} on {:?}", procs::HUB, args.backend));
     let operator = procs::bootstrap(url).await?;
-    let hub = procs::Hub::start(url, &args.hub_log, logs.join("hub.log"), &[]).await?;
+    let hub = procs::Hub::start(
+        url,
+        &args.hub_log,
+        logs.join("hub.log"),
+        &args
+            .hub_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    ).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let hub_idle_rss_mb = load::status_mb(hub.pid, "VmRSS:");
     let receiver = peers::Receiver::start().await?;
