@@ -175,7 +175,8 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect::<Vec<_>>(),
-    ).await?;
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let hub_idle_rss_mb = load::status_mb(hub.pid, "VmRSS:");
     let receiver = peers::Receiver::start().await?;
