@@ -98,11 +98,11 @@ impl Group {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?;
         drop(queued);
-        if guard.abandoned {
-            if let Err(e) = settle(&mut guard).await {
-                finish(&mut guard, Err(e.to_string()));
-                return Err(e.into());
-            }
+        if guard.abandoned
+            && let Err(e) = settle(&mut guard).await
+        {
+            finish(&mut guard, Err(e.to_string()));
+            return Err(e.into());
         }
         if guard.tx.is_none() {
             guard.tx = Some(begin().await?);

@@ -123,9 +123,12 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The sequences a stream has seen, in order.
+type Seen = Arc<Mutex<Vec<i64>>>;
+
 /// Follows `org`'s feed from the start on replica `home`, as a client would: when the
 /// stream breaks it resumes after the last sequence it saw, on the next replica.
-fn follow(channels: Arc<Vec<Channel>>, home: usize, key: String) -> Arc<Mutex<Vec<i64>>> {
+fn follow(channels: Arc<Vec<Channel>>, home: usize, key: String) -> Seen {
     let seen = Arc::new(Mutex::new(vec![]));
     let out = seen.clone();
     tokio::spawn(async move {
@@ -369,7 +372,7 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
     }
 
     // A stream of each organization's feed on each replica.
-    let streams: Vec<(usize, &Org, Arc<Mutex<Vec<i64>>>)> = (0..3)
+    let streams: Vec<(usize, &Org, Seen)> = (0..3)
         .flat_map(|home| [(home, &vendor), (home, &retail)])
         .map(|(home, org)| {
             (

@@ -59,12 +59,12 @@ impl Database {
     }
 
     pub async fn drop_now(self) {
-        if let Database::Postgres { server, name } = self {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
-                let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
+        if let Database::Postgres { server, name } = self
+            && let Ok(mut conn) = sqlx::PgConnection::connect(&server).await
+        {
+            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
         }
     }
 }

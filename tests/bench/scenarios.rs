@@ -349,7 +349,7 @@ async fn watch(
 }
 
 fn latency_micros(event: &pb::Event) -> u64 {
-    let created = event.create_time.clone().unwrap_or_default();
+    let created = event.create_time.unwrap_or_default();
     let created = jiff::Timestamp::new(created.seconds, created.nanos).unwrap_or_default();
     jiff::Timestamp::now()
         .duration_since(created)
