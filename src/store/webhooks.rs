@@ -923,32 +923,8 @@ impl Tx {
             if rows.is_empty() {
                 continue;
             }
-            let values: Vec<String> = (0..rows.len())
-                .map(|i| format!("({})", placeholders(i * 12 + 1, 12)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, organization_id, \
-                 event_id, event_type, attempt_time, status, latency_micros, response_excerpt, \
-                 error, outcome) VALUES {}",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for (d, a) in &rows {
-                query = query
-                    .bind(&a.id)
-                    .bind(&d.id)
-                    .bind(&d.endpoint_id)
-                    .bind(&d.organization_id)
-                    .bind(&d.event_id)
-                    .bind(&d.event_type)
-                    .bind(micros(a.time))
-                    .bind(i64::from(a.status))
-                    .bind(a.latency_micros)
-                    .bind(&a.response_excerpt)
-                    .bind(&a.error)
-                    .bind(a.outcome());
-            }
-            query.execute(self.conn()).await?;
+            self.insert_attempts(rows.iter().map(|(d, a)| (d, a)))
+                .await?;
             let mut endpoints: HashMap<&str, Timestamp> = HashMap::new();
             for (d, a) in &rows {
                 let t = endpoints.entry(&d.endpoint_id).or_insert(a.time);
@@ -969,6 +945,41 @@ impl Tx {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Inserts attempts (at most 50, 12 parameters each) in one statement.
+    async fn insert_attempts<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = (&'a ClaimedDelivery, &'a AttemptRecord)>,
+    ) -> Result<()> {
+        let rows: Vec<_> = rows.into_iter().collect();
+        let values: Vec<String> = (0..rows.len())
+            .map(|i| format!("({})", placeholders(i * 12 + 1, 12)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, organization_id, \
+             event_id, event_type, attempt_time, status, latency_micros, response_excerpt, \
+             error, outcome) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (d, a) in rows {
+            query = query
+                .bind(&a.id)
+                .bind(&d.id)
+                .bind(&d.endpoint_id)
+                .bind(&d.organization_id)
+                .bind(&d.event_id)
+                .bind(&d.event_type)
+                .bind(micros(a.time))
+                .bind(i64::from(a.status))
+                .bind(a.latency_micros)
+                .bind(&a.response_excerpt)
+                .bind(&a.error)
+                .bind(a.outcome());
+        }
+        query.execute(self.conn()).await?;
         Ok(())
     }
 
@@ -996,25 +1007,7 @@ impl Tx {
             // The endpoint was deleted meanwhile, and its queue with it.
             return Ok(None);
         }
-        sqlx::query(
-            "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, organization_id, \
-             event_id, event_type, attempt_time, status, latency_micros, response_excerpt, \
-             error, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&a.id)
-        .bind(&d.id)
-        .bind(&d.endpoint_id)
-        .bind(&d.organization_id)
-        .bind(&d.event_id)
-        .bind(&d.event_type)
-        .bind(micros(a.time))
-        .bind(i64::from(a.status))
-        .bind(a.latency_micros)
-        .bind(&a.response_excerpt)
-        .bind(&a.error)
-        .bind(a.outcome())
-        .execute(self.conn())
-        .await?;
+        self.insert_attempts([(d, a)]).await?;
         if a.succeeded {
             sqlx::query(
                 "UPDATE webhook_endpoints SET consecutive_failures = 0, last_success_time = $1, \

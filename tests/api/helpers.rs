@@ -481,6 +481,28 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Runs `liaison admin bootstrap` on `database_url` (migrating it first); returns
+/// the operator key it prints.
+pub fn bootstrap_operator(database_url: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["admin", "bootstrap"])
+        .env("LIAISON_DATABASE_URL", database_url)
+        .env("LIAISON_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
 /// The JSON log lines of a hub running as a child process.
 pub type HubLog = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
 

@@ -290,24 +290,7 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
     )
     .unwrap();
     let config = config.display().to_string();
-    let operator = {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
-            .args(["admin", "bootstrap", "--database-url", &url])
-            .env("LIAISON_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned()
-    };
+    let operator = bootstrap_operator(&url);
     let mut replicas = vec![];
     for _ in 0..3 {
         replicas.push(replica(&url, &config).await);

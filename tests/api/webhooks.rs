@@ -1043,26 +1043,7 @@ async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
     use liaison::pb::webhook_service_client::WebhookServiceClient;
 
     let (_db, url) = TestDatabase::create(&backend).await;
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
-            .args(args)
-            .env("LIAISON_DATABASE_URL", &url)
-            .env("LIAISON_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    cli(&["migrate"]);
-    let operator = cli(&["admin", "bootstrap"])
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let operator = bootstrap_operator(&url);
     // Slow answers, so that deliveries are in flight when the hub dies.
     let receiver = Receiver::scripted(|_| Reply {
         delay: Duration::from_millis(300),
