@@ -9,6 +9,7 @@ use tonic::Code;
 use crate::helpers::*;
 
 crate::on_both_backends!(
+    concurrent_writes_commit_or_fail_each_on_its_own,
     a_customer_is_created_normalized_and_read_back,
     updates_follow_the_mask_and_the_etag,
     bad_input_names_every_bad_field,
@@ -767,4 +768,104 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
     let result = upsert(&app, &acme, too_many, "").await;
     let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(violated_fields(&status), vec!["customers"]);
+}
+
+/// Many writes at once (on SQLite they commit in groups, each in a savepoint of its
+/// own): the ones with a stale etag fail alone, a retried request id is answered from
+/// its record, and every write that succeeded is there with its event.
+async fn concurrent_writes_commit_or_fail_each_on_its_own(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let mut customers = vec![];
+    for i in 0..20 {
+        customers.push(create(&app, &acme, person(&format!("G{i}"), "Group", "")).await);
+    }
+    let update = |c: &pb::Customer, etag: &str, given: String, request_id: String| {
+        let mut client = app.customers(&acme.admin_key);
+        let request = pb::UpdateCustomerRequest {
+            customer: Some(pb::Customer {
+                name: c.name.clone(),
+                etag: etag.into(),
+                given_name: given,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["given_name".into()],
+            }),
+            request_id,
+        };
+        async move { client.update_customer(request).await }
+    };
+    // Even customers get a current etag, odd ones a stale one; every call at once.
+    let calls = customers.iter().enumerate().map(|(i, c)| {
+        let etag = if i % 2 == 0 {
+            c.etag.clone()
+        } else {
+            "\"999\"".into()
+        };
+        update(c, &etag, format!("Now{i}"), format!("req-{i}"))
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for (i, result) in results.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(
+                result.as_ref().unwrap().get_ref().given_name,
+                format!("Now{i}")
+            );
+        } else {
+            assert_eq!(
+                result.as_ref().unwrap_err().code(),
+                Code::Aborted,
+                "call {i}"
+            );
+        }
+    }
+    // The same request ids again: answered from their records, not applied twice.
+    let retries = customers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(i, c)| update(c, &c.etag, format!("Now{i}"), format!("req-{i}")));
+    for (retry, first) in futures_util::future::join_all(retries)
+        .await
+        .into_iter()
+        .zip(results.iter().step_by(2))
+    {
+        assert_eq!(
+            retry.unwrap().into_inner(),
+            first.as_ref().unwrap().get_ref().clone()
+        );
+    }
+    let events = app
+        .events(&acme.admin_key)
+        .list_events(pb::ListEventsRequest {
+            event_types: vec!["customer.updated".into()],
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(
+        events.len(),
+        10,
+        "one event per successful update, none for the stale ones"
+    );
+    for (i, c) in customers.iter().enumerate() {
+        let now = app
+            .customers(&acme.read_key)
+            .get_customer(pb::GetCustomerRequest {
+                name: c.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let expected = if i % 2 == 0 {
+            format!("Now{i}")
+        } else {
+            format!("G{i}")
+        };
+        assert_eq!(now.given_name, expected);
+    }
 }
