@@ -37,6 +37,7 @@ const ALL: &[&str] = &[
     "webhook_throughput",
     "fan_out",
     "streams",
+    "replicas",
     "db_ceiling",
 ];
 
@@ -226,6 +227,10 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         "streams",
         scenarios::streams(&ctx, args.streams, args.stream_rate)
     );
+    if wanted(args, "replicas") && matches!(args.backend, Backend::Postgres) {
+        progress(args, "replicas");
+        rows.push(scenarios::replicas(&ctx, url, logs).await?);
+    }
     let granted = ctx.fx.granted;
     let seed_seconds = ctx.fx.seed_seconds;
     drop(ctx);

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 pub struct Hit {
     /// The endpoint's path (`/hooks/NAME`).
     pub path: String,
+    pub event_id: String,
     pub event_type: String,
     pub at: Instant,
     /// From the event's `createTime` (stamped by the hub in the writing transaction)
@@ -85,6 +86,7 @@ impl Receiver {
                     .unwrap_or(now);
                 let hit = Hit {
                     path,
+                    event_id: event["id"].as_str().unwrap_or_default().to_owned(),
                     event_type: event["type"].as_str().unwrap_or_default().to_owned(),
                     at: Instant::now(),
                     latency_micros: now.duration_since(created).as_micros().max(0) as u64,

@@ -1,5 +1,6 @@
 //! One function per scenario; each returns a row of the report.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -627,6 +628,134 @@ pub async fn streams(ctx: &Ctx, n: usize, rate: u64) -> anyhow::Result<Row> {
              (each to every stream); hub RSS {open_rss:.0} MB with the streams open; \
              {missing} missing",
             n.div_ceil(100)
+        ),
+    ))
+}
+
+/// Three hubs on one PostgreSQL database: `concurrency` updaters spread round-robin
+/// over them, the third killed with SIGKILL halfway; a call that fails on a dead hub
+/// is retried on the next with the same request id. Then checks the vendor's feed is
+/// gapless and every event of the run reached the vendor's endpoint.
+pub async fn replicas(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let mut extra = vec![];
+    for i in 2..=3 {
+        extra.push(
+            crate::procs::Hub::start(url, "info", logs.join(format!("replica{i}.log")), &[])
+                .await?,
+        );
+    }
+    let mut all = vec![Conns::open(&ctx.hub_addr, 2).await?];
+    for hub in &extra {
+        all.push(Conns::open(&hub.addr, 2).await?);
+    }
+    let all = Arc::new(all);
+    let key = ctx.fx.vendor.admin_key.clone();
+    let before = seed::head(&ctx.fx.conns, &key).await?;
+    let from = ctx.receiver.len();
+    let names = Arc::new(ctx.fx.customers[..ctx.fx.granted.max(1)].to_vec());
+    let concurrency = ctx.concurrency;
+    let per_worker = (names.len() / concurrency).max(1);
+    let retried = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (all, retried) = (all.clone(), retried.clone());
+        closed_loop(concurrency, Duration::ZERO, ctx.duration, move |w, i| {
+            let (all, key, retried) = (all.clone(), key.clone(), retried.clone());
+            let name = names[(w + concurrency * (i as usize % per_worker)) % names.len()].clone();
+            async move {
+                let request_id = uuid::Uuid::new_v4().to_string();
+                let mut last = None;
+                for k in 0..all.len() {
+                    let conns = &all[(w + i as usize + k) % all.len()];
+                    let mut request = update(name.clone(), String::new(), format!("R{w}x{i}"));
+                    request.request_id = request_id.clone();
+                    match conns.customers(w, &key).update_customer(request).await {
+                        Ok(_) => return Ok(()),
+                        Err(s) => {
+                            retried.fetch_add(1, Ordering::SeqCst);
+                            last = Some(s);
+                        }
+                    }
+                }
+                Err(last.expect("a failure"))
+            }
+        })
+    };
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let victim = extra.pop().expect("a third hub");
+    let kill = async {
+        tokio::time::sleep(ctx.duration / 2).await;
+        let mut child = victim.child;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    };
+    let ((samples, secs), ()) = tokio::join!(load, kill);
+    let spent = meter.finish();
+    // The feed: gapless from before the run to its head.
+    let mut sequences = vec![];
+    let mut after = before;
+    loop {
+        let page = ctx
+            .fx
+            .conns
+            .events(0, &ctx.fx.vendor.admin_key)
+            .list_events(pb::ListEventsRequest {
+                after_sequence: after,
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if page.events.is_empty() {
+            break;
+        }
+        after = page.events.last().map_or(after, |e| e.sequence);
+        sequences.extend(page.events.into_iter().map(|e| (e.sequence, e.id)));
+    }
+    let gapless = sequences
+        .iter()
+        .enumerate()
+        .all(|(k, (s, _))| *s == before + 1 + k as i64);
+    // Deliveries: every event of the run at least once (the dead hub's leases run
+    // out first, 40 s with the default timeout).
+    let want: std::collections::HashSet<&str> =
+        sequences.iter().map(|(_, id)| id.as_str()).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (delivered, twice) = loop {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for h in ctx
+            .receiver
+            .since(from)
+            .iter()
+            .filter(|h| h.path == "/hooks/vendor")
+        {
+            *seen.entry(h.event_id.clone()).or_default() += 1;
+        }
+        let delivered = want.iter().filter(|id| seen.contains_key(**id)).count();
+        if delivered == want.len() || Instant::now() > deadline {
+            break (delivered, seen.values().filter(|n| **n > 1).count());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for hub in extra {
+        hub.stop().await;
+    }
+    let n = samples.micros.len() as u64;
+    Ok(Row::new(
+        "replicas",
+        "upd/s",
+        samples,
+        n,
+        secs,
+        spent,
+        format!(
+            "3 hubs on one database, round-robin, the third SIGKILLed after {:.1} s; \
+             {} calls moved to another hub; vendor feed {} ({} events); {delivered} of \
+             them delivered, {twice} twice; the CPU column is the first hub only",
+            ctx.duration.as_secs_f64() / 2.0,
+            retried.load(Ordering::SeqCst),
+            if gapless { "gapless" } else { "HAS GAPS" },
+            sequences.len(),
         ),
     ))
 }
