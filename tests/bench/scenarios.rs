@@ -331,8 +331,8 @@ async fn paced_updates(ctx: &Ctx, rate: u64) -> Samples {
     .await
 }
 
-/// Reads a stream until it has `want` customer.updated events after `after` or
-/// `limit` passes; returns each one's latency from its create_time.
+/// Opens a WatchEvents stream of customer.updated events after `after` (see
+/// [`collect`] for reading it).
 async fn watch(
     conns: &Conns,
     i: usize,
@@ -358,6 +358,8 @@ fn latency_micros(event: &pb::Event) -> u64 {
         .max(0) as u64
 }
 
+/// Reads `stream` until it has `want` events or `limit` passes; returns each one's
+/// latency from its create_time.
 async fn collect(
     mut stream: tonic::Streaming<pb::WatchEventsResponse>,
     want: usize,
