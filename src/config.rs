@@ -352,6 +352,25 @@ pub struct ServerConfig {
     pub keepalive_timeout_secs: u64,
     /// On SIGINT/SIGTERM, in-flight requests get this long to finish.
     pub shutdown_grace_secs: u64,
+    /// Largest header list (names and values) of one request; a request over it fails
+    /// alone (other streams on its connection carry on).
+    pub max_header_list_bytes: u32,
+    /// Keys that seal page tokens (base64, 32 bytes each; the first seals, all open, so
+    /// a rotation lists the new key first and keeps the old one for an hour). Empty:
+    /// keys kept in the database, shared by every replica
+    /// (`liaison admin rotate-page-token-key`).
+    pub page_token_keys: SecretList,
+}
+
+/// A list of secrets; debug output shows how many, not what.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct SecretList(pub Vec<String>);
+
+impl std::fmt::Debug for SecretList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} secret(s)]", self.0.len())
+    }
 }
 
 impl Default for Config {
@@ -395,6 +414,9 @@ impl Default for ServerConfig {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             shutdown_grace_secs: 30,
+            // 16 KiB: what HTTP/2 peers commonly advertise; metadata beyond it is abuse.
+            max_header_list_bytes: 16 * 1024,
+            page_token_keys: SecretList::default(),
         }
     }
 }
@@ -415,8 +437,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> anyhow::Result<Self> {
-        let mut table =
+        let defaults =
             toml::Table::try_from(Config::default()).context("Failed to encode the defaults")?;
+        let mut table = defaults.clone();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("Failed to read the config file {}", path.display()))?;
@@ -428,7 +451,7 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
-        let known = leaf_paths(&table);
+        let known = leaf_paths(&defaults);
         for (name, value) in &env {
             if name == "LIAISON_CONFIG"
                 || name.starts_with("LIAISON_TEST_")
@@ -451,13 +474,16 @@ impl Config {
                         .join(", ")
                 );
             };
-            set(&mut table, path, value);
+            let like = lookup(&defaults, path).expect("known paths come from the defaults");
+            set(&mut table, path, value, like)
+                .with_context(|| format!("environment variable {name}"))?;
         }
+        let text = toml::Value::String(String::new());
         if let Some(listen) = &overrides.listen {
-            set(&mut table, "listen", listen);
+            set(&mut table, "listen", listen, &text)?;
         }
         if let Some(url) = &overrides.database_url {
-            set(&mut table, "database.url", url);
+            set(&mut table, "database.url", url, &text)?;
         }
         if let Some(format) = overrides.log_format {
             set(
@@ -468,7 +494,8 @@ impl Config {
                 } else {
                     "text"
                 },
-            );
+                &text,
+            )?;
         }
         let config: Config = table.try_into().context("Invalid configuration")?;
         config.validate()?;
@@ -612,6 +639,16 @@ impl Config {
         }
         crate::domain::customer::PhoneRegion::parse(&self.customers.default_phone_region)
             .map_err(|v| anyhow::anyhow!("customers.default_phone_region: {}", v.description))?;
+        for (i, key) in self.server.page_token_keys.0.iter().enumerate() {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(key.trim());
+            if bytes.map(|b| b.len()) != Ok(32) {
+                bail!(
+                    "server.page_token_keys: key {} must be 32 bytes in base64",
+                    i + 1
+                );
+            }
+        }
         if !self.customers.match_secret.is_empty() {
             crate::api::customers::decode_secret(&self.customers.match_secret)
                 .context("customers.match_secret")?;
@@ -711,6 +748,9 @@ impl Config {
         let mut shown = self.clone();
         shown.database.url = redact_url(&shown.database.url);
         shown.smtp.url = redact_url(&shown.smtp.url);
+        for secret in shown.server.page_token_keys.0.iter_mut() {
+            *secret = "***".into();
+        }
         for secret in [&mut shown.smtp.password, &mut shown.customers.match_secret] {
             if !secret.is_empty() {
                 *secret = "***".into();
@@ -821,34 +861,46 @@ fn lookup<'t>(table: &'t toml::Table, path: &str) -> Option<&'t toml::Value> {
     None
 }
 
-/// Sets a dotted key from text: as a TOML number or boolean where it reads as one, else
-/// as a string, so `LIAISON_DATABASE_MAX_CONNECTIONS=8` is a number.
-fn set(table: &mut toml::Table, path: &str, raw: &str) {
-    let scalar = |raw: &str| {
-        raw.parse::<i64>()
-            .map(toml::Value::Integer)
-            .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
-            .or_else(|_| {
-                raw.parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite())
-                    .map(toml::Value::Float)
-                    .ok_or(())
-            })
-            .unwrap_or_else(|_| toml::Value::String(raw.to_owned()))
+/// Sets a dotted key from text, typed like the setting's default (`like`): a number
+/// setting takes a number, a text setting any text (so `LIAISON_SMTP_PASSWORD=123456`
+/// stays a password). A list takes comma-separated items of its items' type (`0,5,300`
+/// for `webhooks.retry_schedule_secs`, `a.toml,b.toml` for `workflows.templates`).
+fn set(table: &mut toml::Table, path: &str, raw: &str, like: &toml::Value) -> anyhow::Result<()> {
+    fn typed(raw: &str, like: &toml::Value) -> Option<toml::Value> {
+        Some(match like {
+            toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
+            toml::Value::Float(_) => {
+                toml::Value::Float(raw.trim().parse::<f64>().ok().filter(|f| f.is_finite())?)
+            }
+            toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
+            _ => toml::Value::String(raw.to_owned()),
+        })
+    }
+    let what = |like: &toml::Value| match like {
+        toml::Value::Integer(_) => "a whole number",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        _ => "text",
     };
-    // A key whose value is a list takes comma-separated items (`0,5,300` for
-    // `webhooks.retry_schedule_secs`, `a.toml,b.toml` for `workflows.templates`).
-    let value = if lookup(table, path).is_some_and(toml::Value::is_array) {
-        toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(scalar)
-                .collect(),
-        )
-    } else {
-        scalar(raw)
+    let value = match like {
+        toml::Value::Array(items) => {
+            let item = items
+                .first()
+                .cloned()
+                .unwrap_or_else(|| toml::Value::String(String::new()));
+            let parts = raw.split(',').map(str::trim).filter(|p| !p.is_empty());
+            let mut out = Vec::new();
+            for part in parts {
+                out.push(
+                    typed(part, &item)
+                        .with_context(|| format!("{path}: {part:?} is not {}", what(&item)))?,
+                );
+            }
+            toml::Value::Array(out)
+        }
+        like => {
+            typed(raw, like).with_context(|| format!("{path}: {raw:?} is not {}", what(like)))?
+        }
     };
     let mut parts: Vec<&str> = path.split('.').collect();
     let leaf = parts.pop().expect("non-empty path");
@@ -861,6 +913,7 @@ fn set(table: &mut toml::Table, path: &str, raw: &str) {
             .expect("config sections are tables");
     }
     current.insert(leaf.to_owned(), value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -929,6 +982,37 @@ mod tests {
         std::fs::write(&file, "[server]\nmax_mesage_bytes = 1\n").unwrap();
         let err = Config::load(Some(&file), vec![], &Overrides::default()).unwrap_err();
         assert!(format!("{err:#}").contains("max_mesage_bytes"), "{err:#}");
+    }
+
+    #[test]
+    fn environment_values_take_the_type_of_their_setting() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("LIAISON_SMTP_PASSWORD", "123456"),
+                ("LIAISON_SMTP_USERNAME", "true"),
+                ("LIAISON_EMAIL_OUTBOX_DIR", "1.5"),
+                ("LIAISON_LIMITS_KEY_REQUESTS_PER_SECOND", "7"),
+                ("LIAISON_WEBHOOKS_RETRY_SCHEDULE_SECS", "0, 5,300"),
+                ("LIAISON_WORKFLOWS_TEMPLATES", ""),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.smtp.password, "123456");
+        assert_eq!(config.smtp.username, "true");
+        assert_eq!(config.email.outbox_dir, "1.5");
+        assert_eq!(config.limits.key_requests_per_second, 7.0);
+        assert_eq!(config.webhooks.retry_schedule_secs, vec![0, 5, 300]);
+        let err = Config::load(
+            None,
+            env(&[("LIAISON_DATABASE_MAX_CONNECTIONS", "eight")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("LIAISON_DATABASE_MAX_CONNECTIONS"), "{text}");
+        assert!(text.contains("not a whole number"), "{text}");
     }
 
     #[test]

@@ -217,6 +217,9 @@ enum AdminCommand {
     /// Takes a consistent copy of the SQLite database into PATH (`VACUUM INTO`) while
     /// the hub keeps serving. PATH must not exist.
     Backup { path: PathBuf },
+    /// Seals new page tokens with a fresh key kept in the database; tokens sealed with
+    /// the previous keys keep working for a day. Not for keys given in the config.
+    RotatePageTokenKey,
 }
 
 fn load(common: &Common, listen: Option<String>) -> anyhow::Result<Config> {
@@ -352,6 +355,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 AdminCommand::Backup { path } => store.backup(&path).await.map(|()| {
                     println!("backed up into {}", path.display());
                 }),
+                AdminCommand::RotatePageTokenKey => {
+                    if config.server.page_token_keys.0.is_empty() {
+                        liaison::api::paging::rotate_stored_key(&store)
+                            .await
+                            .map(|()| println!("page tokens are sealed with a new key"))
+                    } else {
+                        Err(anyhow::anyhow!(
+                            "the page-token keys are given in the config \
+                             (server.page_token_keys): rotate them there"
+                        ))
+                    }
+                }
                 command => admin(AdminApi::new(hub), &store, command).await,
             };
             store.close().await;
@@ -598,7 +613,9 @@ async fn admin(api: AdminApi, store: &Store, command: AdminCommand) -> anyhow::R
                 .into_inner();
             println!("{}\tREVOKED", key.name);
         }
-        AdminCommand::Backup { .. } => unreachable!("handled before the admin API is needed"),
+        AdminCommand::Backup { .. } | AdminCommand::RotatePageTokenKey => {
+            unreachable!("handled before the admin API is needed")
+        }
     }
     Ok(())
 }

@@ -7,7 +7,6 @@ use super::convert::{
     check_etag, etag, kind_from_pb, kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb,
     timestamp, update_paths,
 };
-use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::domain::{
@@ -194,7 +193,16 @@ impl AdminService for AdminApi {
         let caller = Caller::of(&request)?;
         caller.require_operator()?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token, "organizations")?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                request.page_size,
+                &request.page_token,
+                "organizations",
+            )
+            .await?;
         let found = self
             .hub
             .store
@@ -405,7 +413,11 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let owner = self.key_owner(&caller, &request.parent).await?;
         let query = format!("apiKeys:{}:{}", request.parent, request.show_revoked);
-        let page = PageRequest::parse(request.page_size, &request.page_token, &query)?;
+        let page = self
+            .hub
+            .pages
+            .open(&caller, request.page_size, &request.page_token, &query)
+            .await?;
         let found = self
             .hub
             .store

@@ -5,7 +5,6 @@ use tonic::Request;
 use uuid::Uuid;
 
 use super::convert::{scope_to_pb, timestamp};
-use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{AdminApi, Caller, names};
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
@@ -126,7 +125,11 @@ impl AdminApi {
             "clientCertificates:{}:{}",
             request.parent, request.show_revoked
         );
-        let page = PageRequest::parse(request.page_size, &request.page_token, &query)?;
+        let page = self
+            .hub()
+            .pages
+            .open(&caller, request.page_size, &request.page_token, &query)
+            .await?;
         let found = self
             .hub()
             .store

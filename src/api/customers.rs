@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::convert::{check_etag, etag, timestamp, update_paths};
 use super::fanout::{CustomerChange, Draft, customer_changed, customer_viewers, emit, tell};
-use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::config::CustomersConfig;
@@ -795,7 +794,11 @@ impl CustomerService for CustomerApi {
         let filter = CustomerFilter::parse(&r.filter, self.hub.customers.region)?;
         let order = order_from(&r.order_by)?;
         let query = format!("customers:{}:{}:{}", r.filter, r.order_by, r.show_deleted);
-        let page = PageRequest::parse(r.page_size, &r.page_token, &query)?;
+        let page = self
+            .hub
+            .pages
+            .open(&caller, r.page_size, &r.page_token, &query)
+            .await?;
         let mut reach = Reach::All;
         for condition in &filter.conditions {
             let only = match condition {
@@ -1241,7 +1244,16 @@ impl CustomerService for CustomerApi {
         let r = request.get_ref();
         let id = names::parse_customer(&r.parent).map_err(|v| v.under("parent"))?;
         let (_, access) = visible(&self.hub.store, org, &id, &r.parent).await?;
-        let page = PageRequest::parse(r.page_size, &r.page_token, &format!("history:{id}"))?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("history:{id}"),
+            )
+            .await?;
         let found = self
             .hub
             .store

@@ -7,7 +7,6 @@ use uuid::Uuid;
 use super::convert::{parse_timestamp, timestamp};
 use super::customers::{attributes_from_pb, visible, visible_in};
 use super::fanout::{Draft, customer_viewers, emit};
-use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::customer::{MAX_LABEL_CHARS, text};
@@ -367,11 +366,16 @@ impl InteractionService for InteractionApi {
         let customer_id = names::parse_customer(&r.parent).map_err(|v| v.under("parent"))?;
         let filter = parse_filter(&r.filter)?;
         visible(&self.hub.store, org, &customer_id, &r.parent).await?;
-        let page = PageRequest::parse(
-            r.page_size,
-            &r.page_token,
-            &format!("interactions:{customer_id}:{}", r.filter),
-        )?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("interactions:{customer_id}:{}", r.filter),
+            )
+            .await?;
         let after = match page.after.as_deref() {
             None => None,
             Some(cursor) => {

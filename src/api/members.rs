@@ -5,7 +5,6 @@ use uuid::Uuid;
 
 use super::convert::{check_etag, etag, role_from_pb, role_to_pb, timestamp, update_paths};
 use super::fanout::{Draft, emit};
-use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::notify::{Mode, Preferences};
@@ -257,11 +256,16 @@ impl MemberService for MemberApi {
         caller.require(Scope::Read)?;
         let request = request.into_inner();
         let slug = names::parse_organization(&request.parent).map_err(|v| v.under("parent"))?;
-        let page = PageRequest::parse(
-            request.page_size,
-            &request.page_token,
-            &format!("members:{}", request.parent),
-        )?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                request.page_size,
+                &request.page_token,
+                &format!("members:{}", request.parent),
+            )
+            .await?;
         let org = self.organization(&caller, &slug).await?;
         let found = self
             .hub

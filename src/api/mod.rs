@@ -6,7 +6,7 @@ pub mod convert;
 pub mod edge;
 pub(crate) mod fanout;
 mod names;
-mod paging;
+pub mod paging;
 mod write;
 
 mod admin;
@@ -48,6 +48,8 @@ pub struct Hub {
     pub workflows: Arc<Workflows>,
     /// Rate limits and per-organization request and stream limits.
     pub limits: Arc<Limiter>,
+    /// Seals and opens every List's page tokens.
+    pub pages: Arc<paging::PageTokens>,
 }
 
 impl Hub {
@@ -56,6 +58,7 @@ impl Hub {
         customers: CustomerSettings,
         workflows: Workflows,
         limits: Limiter,
+        pages: paging::PageTokens,
     ) -> Self {
         let auth = Arc::new(Authenticator::new(store.clone()));
         Self {
@@ -64,6 +67,7 @@ impl Hub {
             customers: Arc::new(customers),
             workflows: Arc::new(workflows),
             limits: Arc::new(limits),
+            pages: Arc::new(pages),
         }
     }
 
@@ -76,6 +80,7 @@ impl Hub {
             tracing::info!(template = %t.name, "workflow template loaded");
         }
         let limits = Limiter::new(&config.limits, config.server.max_message_bytes);
-        Ok(Self::new(store, customers, workflows, limits))
+        let pages = paging::PageTokens::load(&store, &config.server.page_token_keys.0).await?;
+        Ok(Self::new(store, customers, workflows, limits, pages))
     }
 }

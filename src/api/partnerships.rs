@@ -5,7 +5,6 @@ use uuid::Uuid;
 
 use super::convert::{check_etag, etag, relationship_from_pb, relationship_to_pb, timestamp};
 use super::fanout::{Draft, emit_to};
-use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Scope, now};
@@ -235,7 +234,11 @@ impl PartnershipService for PartnershipApi {
             state: state_filter(request.state)?,
         };
         let query = format!("partnerships:{}", request.state);
-        let page = PageRequest::parse(request.page_size, &request.page_token, &query)?;
+        let page = self
+            .hub
+            .pages
+            .open(&caller, request.page_size, &request.page_token, &query)
+            .await?;
         let found = self
             .hub
             .store

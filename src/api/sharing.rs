@@ -7,7 +7,6 @@ use uuid::Uuid;
 use super::convert::timestamp;
 use super::customers::{visible, visible_in};
 use super::fanout::{Draft, emit, emit_to};
-use super::paging::PageRequest;
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::domain::customer::{FieldSet, PhoneNumber};
@@ -336,11 +335,16 @@ impl SharingService for SharingApi {
         let r = request.get_ref();
         let id = names::parse_customer(&r.parent).map_err(|v| v.under("parent"))?;
         let (_, access) = visible(&self.hub.store, org, &id, &r.parent).await?;
-        let page = PageRequest::parse(
-            r.page_size,
-            &r.page_token,
-            &format!("grants:{id}:{}", r.show_revoked),
-        )?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("grants:{id}:{}", r.show_revoked),
+            )
+            .await?;
         let only = (!access.is_owner()).then_some(org.id.as_str());
         let found = self
             .hub
@@ -565,11 +569,16 @@ impl SharingService for SharingApi {
             Ok(pb::access_request::State::Declined) => Some(RequestState::Declined),
             Err(_) => return Err(Error::invalid("state", "is not a known state").into()),
         };
-        let page = PageRequest::parse(
-            r.page_size,
-            &r.page_token,
-            &format!("access_requests:{incoming}:{}", r.state),
-        )?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("access_requests:{incoming}:{}", r.state),
+            )
+            .await?;
         let found = self
             .hub
             .store

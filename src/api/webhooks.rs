@@ -8,7 +8,6 @@ use uuid::Uuid;
 use jiff::{SignedDuration, Timestamp};
 
 use super::convert::{check_etag, etag, parse_timestamp, timestamp, update_paths};
-use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::config::WebhooksConfig;
@@ -384,8 +383,16 @@ impl WebhookService for WebhookApi {
         let r = request.get_ref();
         let slug = names::parse_organization(&r.parent).map_err(|v| v.under("parent"))?;
         let org = self.organization(&caller, &slug, &r.parent).await?;
-        let page =
-            PageRequest::parse(r.page_size, &r.page_token, &format!("endpoints:{}", org.id))?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("endpoints:{}", org.id),
+            )
+            .await?;
         let found = self
             .hub
             .store
@@ -637,11 +644,16 @@ impl WebhookService for WebhookApi {
         {
             return Err(Error::NotFound(format!("webhook endpoint {:?}", r.parent)).into());
         }
-        let page = PageRequest::parse(
-            r.page_size,
-            &r.page_token,
-            &format!("attempts:{}:{}", r.parent, r.event_id),
-        )?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("attempts:{}:{}", r.parent, r.event_id),
+            )
+            .await?;
         let found = self
             .hub
             .store

@@ -722,6 +722,34 @@ impl Store {
         tx.commit().await?;
         Ok(stored)
     }
+
+    /// Replaces a setting with `change(current)`, read and written in one write
+    /// transaction so two changes at once do not lose one.
+    pub async fn update_setting(
+        &self,
+        name: &str,
+        change: impl FnOnce(Option<&str>) -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        let current: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(tx.conn())
+                .await
+                .map_err(Error::from)?;
+        let value = change(current.as_ref().map(|(v,)| v.as_str()))?;
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(tx.conn())
+        .await
+        .map_err(Error::from)?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 impl Tx {

@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use super::convert::{check_etag, parse_timestamp};
 use super::customers::visible_in;
-use super::paging::PageRequest;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::case::{
@@ -588,7 +587,16 @@ impl CaseService for CaseApi {
                     .map_or_else(|| "-".to_owned(), |o| o.id),
             );
         }
-        let page = PageRequest::parse(r.page_size, &r.page_token, &format!("cases:{}", r.filter))?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("cases:{}", r.filter),
+            )
+            .await?;
         query.after = page.after.clone();
         query.limit = page.size;
         let found = self.hub.store.cases(&query).await?;
@@ -879,7 +887,16 @@ impl CaseService for CaseApi {
         let r = request.get_ref();
         let id = names::parse_case(&r.name).map_err(|v| v.under("name"))?;
         self.read_case(org, &id, &r.name).await?;
-        let page = PageRequest::parse(r.page_size, &r.page_token, &format!("history:{id}"))?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("history:{id}"),
+            )
+            .await?;
         let found = self
             .hub
             .store
@@ -1051,7 +1068,16 @@ impl CaseService for CaseApi {
         let r = request.get_ref();
         let case_id = names::parse_case(&r.parent).map_err(|v| v.under("parent"))?;
         self.read_case(org, &case_id, &r.parent).await?;
-        let page = PageRequest::parse(r.page_size, &r.page_token, &format!("tasks:{case_id}"))?;
+        let page = self
+            .hub
+            .pages
+            .open(
+                &caller,
+                r.page_size,
+                &r.page_token,
+                &format!("tasks:{case_id}"),
+            )
+            .await?;
         let found = self
             .hub
             .store
