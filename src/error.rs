@@ -15,11 +15,15 @@ const MAX_SENT_VIOLATIONS: usize = 50;
 /// The `ErrorInfo.domain` of every error the hub returns.
 pub const ERROR_DOMAIN: &str = "liaison";
 
-/// One invalid field of a request: its path (`organization.slug`) and why.
+/// One invalid field of a request: its path (`organization.slug`), why, and a stable
+/// reason a client can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     pub field: String,
     pub description: String,
+    /// Set where the failure has a reason of its own; otherwise the field's path
+    /// decides (see [`FieldViolation::reason`]).
+    reason: Option<&'static str>,
 }
 
 impl FieldViolation {
@@ -27,6 +31,38 @@ impl FieldViolation {
         Self {
             field: field.into(),
             description: description.into(),
+            reason: None,
+        }
+    }
+
+    /// A field that must be given and was not.
+    pub fn required(field: impl Into<String>) -> Self {
+        Self::new(field, "is required").because("FIELD_REQUIRED")
+    }
+
+    /// The same violation with its own reason.
+    pub fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The stable reason of this violation: its own, or the one of the request field
+    /// it is about (`INVALID_PAGE_TOKEN`, `INVALID_FILTER`, `INVALID_RESOURCE_NAME`, …).
+    pub fn reason(&self) -> &'static str {
+        if let Some(reason) = self.reason {
+            return reason;
+        }
+        let leaf = self.field.rsplit('.').next().unwrap_or_default();
+        match leaf {
+            "page_token" => "INVALID_PAGE_TOKEN",
+            "page_size" => "INVALID_PAGE_SIZE",
+            "filter" => "INVALID_FILTER",
+            "order_by" => "INVALID_ORDER_BY",
+            "update_mask" => "INVALID_UPDATE_MASK",
+            "request_id" => "INVALID_REQUEST_ID",
+            "etag" => "INVALID_ETAG",
+            "name" | "parent" => "INVALID_RESOURCE_NAME",
+            _ => "INVALID_FIELD_VALUE",
         }
     }
 
@@ -134,7 +170,9 @@ impl Error {
     /// The stable reason sent in `ErrorInfo`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::InvalidArgument(violations) => violations
+                .first()
+                .map_or("INVALID_ARGUMENT", FieldViolation::reason),
             Error::NotFound(_) => "NOT_FOUND",
             Error::Merged { .. } => "CUSTOMER_MERGED",
             Error::AlreadyExists { reason, .. }
@@ -174,6 +212,16 @@ pub struct Violations(Vec<FieldViolation>);
 impl Violations {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records that `field` is required and missing.
+    pub fn required(&mut self, field: impl Into<String>) {
+        self.0.push(FieldViolation::required(field));
+    }
+
+    /// Records `violation` as it is.
+    pub fn push(&mut self, violation: FieldViolation) {
+        self.0.push(violation);
     }
 
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {

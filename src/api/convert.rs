@@ -19,7 +19,7 @@ macro_rules! enum_mapping {
         pub fn $from(raw: i32) -> Result<$domain, FieldViolation> {
             match <$pb>::try_from(raw) {
                 $(Ok($p) => Ok($d),)+
-                Ok(_) => Err(FieldViolation::new("", "is required")),
+                Ok(_) => Err(FieldViolation::required("")),
                 Err(_) => Err(FieldViolation::new("", format!("{raw} is not a known {}", $what))),
             }
         }

@@ -205,7 +205,7 @@ fn kind_from_pb(raw: i32) -> Result<CustomerKind, FieldViolation> {
     match pb::CustomerKind::try_from(raw) {
         Ok(pb::CustomerKind::Person) => Ok(CustomerKind::Person),
         Ok(pb::CustomerKind::Company) => Ok(CustomerKind::Company),
-        Ok(pb::CustomerKind::Unspecified) => Err(FieldViolation::new("", "is required")),
+        Ok(pb::CustomerKind::Unspecified) => Err(FieldViolation::required("")),
         Err(_) => Err(FieldViolation::new(
             "",
             format!("{raw} is not a customer kind; use PERSON or COMPANY"),
@@ -830,8 +830,8 @@ impl CustomerService for CustomerApi {
                 &self.hub.customers.secret,
             )
             .await?;
-        // SQL narrowed the rows; visibility and the filter on the viewer's masked view
-        // decide. A page may come out short; the token still continues after it.
+        // SQL filtered on the viewer's view already; visibility and the filter on the
+        // masked view have the final word on each row.
         let customers = found
             .items
             .iter()
@@ -1237,7 +1237,6 @@ impl CustomerService for CustomerApi {
         &self,
         request: Request<pb::ListCustomerHistoryRequest>,
     ) -> Result<Response<pb::ListCustomerHistoryResponse>, Status> {
-        use pb::customer_history_entry::Action;
         let caller = Caller::of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
@@ -1254,64 +1253,40 @@ impl CustomerService for CustomerApi {
                 &format!("history:{id}"),
             )
             .await?;
-        let found = self
-            .hub
-            .store
-            .customer_history(&id, page.after.as_deref(), page.size)
-            .await?;
-        let entries = found
-            .items
-            .into_iter()
-            .filter(|e| e.private_to.as_ref().is_none_or(|p| *p == org.id))
-            .filter_map(|e| {
-                let private = e.private_to.is_some();
-                let changes: Vec<pb::FieldChange> = e
-                    .changes
-                    .into_iter()
-                    .filter(|c| {
-                        private || CustomerField::parse(&c.field).is_some_and(|f| access.sees(f))
-                    })
-                    .map(|c| pb::FieldChange {
-                        field: c.field,
-                        old_value: c.old.map(|v| v.to_string()).unwrap_or_default(),
-                        new_value: c.new.map(|v| v.to_string()).unwrap_or_default(),
-                    })
-                    .collect();
-                let action = match e.action {
-                    "created" => Action::Created,
-                    "updated" => Action::Updated,
-                    "deleted" => Action::Deleted,
-                    "undeleted" => Action::Undeleted,
-                    "merged" => Action::Merged,
-                    "erased" => Action::Erased,
-                    _ => Action::OverlayUpdated,
+        // An entry this viewer may not read is skipped; pages are filled from the next
+        // rows, and a token only ever holds the id of an entry the viewer was shown.
+        let mut entries = Vec::with_capacity(page.size);
+        let mut after = page.after.clone();
+        let mut next_after = None;
+        'pages: loop {
+            let found = self
+                .hub
+                .store
+                .customer_history(&id, &org.id, after.as_deref(), page.size)
+                .await?;
+            let more = found.next_after.is_some();
+            let count = found.items.len();
+            for (i, e) in found.items.into_iter().enumerate() {
+                let entry_id = e.id.clone();
+                after = Some(entry_id.clone());
+                let Some(shown) = history_entry_to_pb(e, &org.id, access) else {
+                    continue;
                 };
-                // An update of fields this viewer may not see tells it nothing.
-                if action == Action::Updated && changes.is_empty() {
-                    return None;
+                entries.push(shown);
+                if entries.len() == page.size {
+                    if more || i + 1 < count {
+                        next_after = Some(entry_id);
+                    }
+                    break 'pages;
                 }
-                Some(pb::CustomerHistoryEntry {
-                    time: timestamp(e.time),
-                    action: action as i32,
-                    organization: e
-                        .org
-                        .as_ref()
-                        .map(|o| names::organization(&o.slug))
-                        .unwrap_or_else(|| "operator".into()),
-                    api_key: names::api_key(e.org.as_ref().map(|o| &o.slug), &e.key_id),
-                    changes,
-                    // Notes name merged records and erasure reasons: the owner's business.
-                    note: if access.is_owner() || private {
-                        e.note
-                    } else {
-                        String::new()
-                    },
-                })
-            })
-            .collect();
+            }
+            if !more {
+                break;
+            }
+        }
         Ok(Response::new(pb::ListCustomerHistoryResponse {
             entries,
-            next_page_token: page.next_token(found.next_after),
+            next_page_token: page.next_token(next_after),
         }))
     }
 
@@ -1603,4 +1578,58 @@ impl CustomerApi {
         tracing::info!(customer = %response.name, deleted = delete, "customer state changed");
         Ok(response)
     }
+}
+
+/// A history entry as `viewer_id` (with `access` to the customer) may read it; `None`
+/// if it tells the viewer nothing it may know.
+fn history_entry_to_pb(
+    e: HistoryEntry,
+    viewer_id: &str,
+    access: Access,
+) -> Option<pb::CustomerHistoryEntry> {
+    use pb::customer_history_entry::Action;
+    if e.private_to.as_ref().is_some_and(|p| p != viewer_id) {
+        return None;
+    }
+    let private = e.private_to.is_some();
+    let changes: Vec<pb::FieldChange> = e
+        .changes
+        .into_iter()
+        .filter(|c| private || CustomerField::parse(&c.field).is_some_and(|f| access.sees(f)))
+        .map(|c| pb::FieldChange {
+            field: c.field,
+            old_value: c.old.map(|v| v.to_string()).unwrap_or_default(),
+            new_value: c.new.map(|v| v.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    let action = match e.action {
+        "created" => Action::Created,
+        "updated" => Action::Updated,
+        "deleted" => Action::Deleted,
+        "undeleted" => Action::Undeleted,
+        "merged" => Action::Merged,
+        "erased" => Action::Erased,
+        _ => Action::OverlayUpdated,
+    };
+    // An update of fields this viewer may not see tells it nothing.
+    if action == Action::Updated && changes.is_empty() {
+        return None;
+    }
+    Some(pb::CustomerHistoryEntry {
+        time: timestamp(e.time),
+        action: action as i32,
+        organization: e
+            .org
+            .as_ref()
+            .map(|o| names::organization(&o.slug))
+            .unwrap_or_else(|| "operator".into()),
+        api_key: names::api_key(e.org.as_ref().map(|o| &o.slug), &e.key_id),
+        changes,
+        // Notes name merged records and erasure reasons: the owner's business.
+        note: if access.is_owner() || private {
+            e.note
+        } else {
+            String::new()
+        },
+    })
 }

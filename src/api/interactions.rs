@@ -44,7 +44,7 @@ fn type_from_pb(raw: i32) -> Result<InteractionType, FieldViolation> {
         Ok(P::Complaint) => InteractionType::Complaint,
         Ok(P::Incident) => InteractionType::Incident,
         Ok(P::Note) => InteractionType::Note,
-        Ok(P::Unspecified) => return Err(FieldViolation::new("", "is required")),
+        Ok(P::Unspecified) => return Err(FieldViolation::required("")),
         Err(_) => {
             return Err(FieldViolation::new(
                 "",
@@ -183,7 +183,7 @@ impl InteractionService for InteractionApi {
         let kind = v.check("interaction.type", type_from_pb(input.r#type));
         let occur_time = match &input.occur_time {
             None => {
-                v.add("interaction.occur_time", "is required");
+                v.required("interaction.occur_time");
                 None
             }
             Some(t) => v
@@ -228,7 +228,7 @@ impl InteractionService for InteractionApi {
             )
             .unwrap_or_default();
         if summary.is_empty() {
-            v.add("interaction.summary", "is required");
+            v.required("interaction.summary");
         }
         if input.body.chars().count() > MAX_BODY_CHARS {
             v.add(

@@ -63,7 +63,7 @@ fn id(raw: &str, expected: &str) -> Result<String, FieldViolation> {
 pub fn parse_organization(name: &str) -> Result<Slug, FieldViolation> {
     const FORM: &str = "organizations/{organization}";
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     let slug = name
         .strip_prefix("organizations/")
@@ -91,7 +91,7 @@ pub fn parse_api_key(name: &str) -> Result<(Option<Slug>, String), FieldViolatio
 pub fn parse_partnership(name: &str) -> Result<String, FieldViolation> {
     const FORM: &str = "partnerships/{partnership}";
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     id(
         name.strip_prefix("partnerships/")
@@ -127,7 +127,7 @@ pub fn customer_match(id: &str) -> String {
 /// `{collection}/{id}` with a server-assigned id.
 fn parse_top(name: &str, collection: &str, form: &str) -> Result<String, FieldViolation> {
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     let rest = name
         .strip_prefix(collection)
@@ -146,7 +146,7 @@ pub fn parse_overlay(name: &str) -> Result<String, FieldViolation> {
     const FORM: &str = "customers/{customer}/overlay";
     let customer = name.strip_suffix("/overlay").ok_or_else(|| {
         if name.is_empty() {
-            FieldViolation::new("", "is required")
+            FieldViolation::required("")
         } else {
             bad(FORM)
         }
@@ -161,7 +161,7 @@ fn parse_under_customer(
     form: &str,
 ) -> Result<(String, String), FieldViolation> {
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     match name.split('/').collect::<Vec<_>>().as_slice() {
         ["customers", c, coll, child] if *coll == collection => {
@@ -200,7 +200,7 @@ pub fn parse_case(name: &str) -> Result<String, FieldViolation> {
 pub fn parse_task(name: &str) -> Result<(String, String), FieldViolation> {
     const FORM: &str = "cases/{case}/tasks/{task}";
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     match name.split('/').collect::<Vec<_>>().as_slice() {
         ["cases", c, "tasks", t] => Ok((id(c, FORM)?, id(t, FORM)?)),
@@ -212,7 +212,7 @@ pub fn parse_task(name: &str) -> Result<(String, String), FieldViolation> {
 /// loaded templates here).
 pub fn parse_template(name: &str) -> Result<String, FieldViolation> {
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     name.strip_prefix("workflowTemplates/")
         .filter(|t| !t.is_empty() && !t.contains('/'))
@@ -222,7 +222,7 @@ pub fn parse_template(name: &str) -> Result<String, FieldViolation> {
 
 fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String), FieldViolation> {
     if name.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     let parts: Vec<&str> = name.split('/').collect();
     match parts.as_slice() {

@@ -34,7 +34,7 @@ fn level_from_pb(raw: i32) -> Result<AccessLevel, FieldViolation> {
     match pb::AccessLevel::try_from(raw) {
         Ok(pb::AccessLevel::Read) => Ok(AccessLevel::Read),
         Ok(pb::AccessLevel::ReadWrite) => Ok(AccessLevel::ReadWrite),
-        Ok(pb::AccessLevel::Unspecified) => Err(FieldViolation::new("", "is required")),
+        Ok(pb::AccessLevel::Unspecified) => Err(FieldViolation::required("")),
         _ => Err(FieldViolation::new(
             "",
             "must be ACCESS_LEVEL_READ or ACCESS_LEVEL_READ_WRITE",

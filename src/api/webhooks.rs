@@ -716,7 +716,7 @@ impl WebhookService for WebhookApi {
         caller.require(Scope::Write)?;
         let r = request.into_inner();
         let since = match &r.since {
-            None => return Err(Error::invalid("since", "is required").into()),
+            None => return Err(crate::error::FieldViolation::required("since").into()),
             Some(t) => parse_timestamp(t).map_err(|v| v.under("since"))?,
         };
         let (_, endpoint) = self.enabled_endpoint(&caller, &r.name).await?;

@@ -113,7 +113,7 @@ impl PhoneNumber {
     pub fn parse(raw: &str, region: PhoneRegion) -> Result<Self, FieldViolation> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err(FieldViolation::new("", "is required"));
+            return Err(FieldViolation::required(""));
         }
         let parsed = phonenumber::parse(Some(region.0), raw)
             .map_err(|_| FieldViolation::new("", format!("{raw:?} is not a phone number")))?;

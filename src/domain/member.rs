@@ -38,7 +38,7 @@ impl EmailAddress {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         let value = raw.trim().to_lowercase();
         if value.is_empty() {
-            return Err(FieldViolation::new("", "is required"));
+            return Err(FieldViolation::required(""));
         }
         let invalid = |why: &str| {
             Err(FieldViolation::new(
@@ -89,7 +89,7 @@ impl TimeZoneName {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         let value = raw.trim();
         if value.is_empty() {
-            return Err(FieldViolation::new("", "is required"));
+            return Err(FieldViolation::required(""));
         }
         match jiff::tz::TimeZone::get(value) {
             Ok(tz) => Ok(Self(tz.iana_name().unwrap_or(value).to_owned())),

@@ -24,7 +24,7 @@ pub use api_key::{ApiKey, ApiKeySecret, KeyHash, Principal, Scope, Scopes};
 pub use member::{EmailAddress, Member, MemberRole, TimeZoneName};
 pub use organization::{OrgRef, Organization, OrganizationKind, OrganizationState, Slug};
 pub use partnership::{Partnership, PartnershipAction, PartnershipState, Relationship};
-pub use text::{DisplayName, Reason};
+pub use text::{DisplayName, Lines, Reason};
 
 /// An organization's internal id (a UUIDv7). Resource names use the slug instead.
 pub type OrganizationId = String;

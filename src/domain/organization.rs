@@ -19,7 +19,7 @@ impl Slug {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let ok_ends = raw.starts_with(|c: char| c.is_ascii_lowercase()) && !raw.ends_with('-');
         if raw.is_empty() {
-            return Err(FieldViolation::new("", "is required"));
+            return Err(FieldViolation::required(""));
         }
         if !(ok_len && ok_chars && ok_ends) {
             return Err(FieldViolation::new(

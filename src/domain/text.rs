@@ -7,7 +7,7 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
 /// Longest reason or note attached to a state change, in characters.
 pub const MAX_REASON_CHARS: usize = 2000;
 
-/// A human-readable name: trimmed, 1 to 200 characters, no control characters.
+/// A human-readable name: trimmed, 1 to 200 characters, one line (see [`check`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
@@ -15,10 +15,9 @@ impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
         let value = raw.trim();
         if value.is_empty() {
-            return Err(FieldViolation::new("", "is required"));
+            return Err(FieldViolation::required(""));
         }
-        check_text(value, MAX_DISPLAY_NAME_CHARS)?;
-        Ok(Self(value.to_owned()))
+        Ok(Self(check(value, MAX_DISPLAY_NAME_CHARS, Lines::One)?))
     }
 
     pub fn as_str(&self) -> &str {
@@ -33,16 +32,14 @@ pub struct Reason(String);
 
 impl Reason {
     pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
-        let value = raw.trim();
-        check_text(value, MAX_REASON_CHARS)?;
-        Ok(Self(value.to_owned()))
+        Ok(Self(paragraph(raw, MAX_REASON_CHARS)?))
     }
 
     /// Like `parse`, but empty is an error.
     pub fn parse_required(raw: &str) -> Result<Self, FieldViolation> {
         let reason = Self::parse(raw)?;
         if reason.0.is_empty() {
-            return Err(FieldViolation::new("", "is required"));
+            return Err(FieldViolation::required(""));
         }
         Ok(reason)
     }
@@ -52,24 +49,62 @@ impl Reason {
     }
 }
 
-fn check_text(value: &str, max_chars: usize) -> Result<(), FieldViolation> {
+/// How a free-text field may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// Names, labels, tags, ids, subjects: no control characters at all, and no
+    /// bidirectional overrides (which make a name read differently than it sorts and
+    /// matches).
+    One,
+    /// Notes, bodies, descriptions: tab and newline allowed (CRLF is stored as LF).
+    Many,
+}
+
+/// The one rule for free text, shared by every field: at most `max_chars` characters,
+/// no NUL, no C0 or C1 control characters (but tab and newline in multi-line text), no
+/// bidirectional overrides or isolates in single-line text. Returns the text as stored:
+/// CRLF becomes LF in multi-line text; nothing else is changed (callers trim where the
+/// field's type says so).
+pub fn check(value: &str, max_chars: usize, lines: Lines) -> Result<String, FieldViolation> {
+    let value = match lines {
+        Lines::Many if value.contains("\r\n") => value.replace("\r\n", "\n"),
+        _ => value.to_owned(),
+    };
     if value.chars().count() > max_chars {
         return Err(FieldViolation::new(
             "",
             format!("must be at most {max_chars} characters"),
-        ));
+        )
+        .because("TEXT_TOO_LONG"));
     }
-    // Newlines are fine in a reason; other control characters only break logs and mail.
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(FieldViolation::new(
-            "",
-            "must not contain control characters",
-        ));
+    for c in value.chars() {
+        let bad = match c {
+            '\0' => Some("must not contain NUL characters"),
+            '\t' | '\n' if lines == Lines::Many => None,
+            c if c.is_control() => Some(match lines {
+                Lines::One => "must be one line without control characters",
+                Lines::Many => "must not contain control characters other than tab and newline",
+            }),
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' if lines == Lines::One => {
+                Some("must not contain bidirectional overrides")
+            }
+            _ => None,
+        };
+        if let Some(description) = bad {
+            return Err(FieldViolation::new("", description).because("INVALID_TEXT"));
+        }
     }
-    Ok(())
+    Ok(value)
+}
+
+/// Single-line text of at most `max_chars`, trimmed; empty allowed.
+pub fn line(raw: &str, max_chars: usize) -> Result<String, FieldViolation> {
+    check(raw.trim(), max_chars, Lines::One)
+}
+
+/// Multi-line text of at most `max_chars`, trimmed; empty allowed.
+pub fn paragraph(raw: &str, max_chars: usize) -> Result<String, FieldViolation> {
+    check(raw.trim(), max_chars, Lines::Many)
 }
 
 #[cfg(test)]
@@ -86,6 +121,29 @@ mod tests {
         assert!(DisplayName::parse(&"x".repeat(201)).is_err());
         assert!(DisplayName::parse("a\u{7}b").is_err());
         assert!(DisplayName::parse(&"ü".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn one_rule_for_every_text() {
+        let reason = |r: Result<String, FieldViolation>| r.unwrap_err().reason();
+        assert_eq!(reason(line("a\0b", 10)), "INVALID_TEXT");
+        assert_eq!(reason(paragraph("a\0b", 10)), "INVALID_TEXT");
+        assert_eq!(reason(line("a\nb", 10)), "INVALID_TEXT");
+        assert_eq!(reason(line("a\tb", 10)), "INVALID_TEXT");
+        assert_eq!(paragraph("a\r\nb\tc", 10).unwrap(), "a\nb\tc");
+        assert_eq!(reason(paragraph("a\rb", 10)), "INVALID_TEXT");
+        // C1 controls (NEL, CSI) and DEL.
+        for c in ['\u{85}', '\u{9b}', '\u{7f}', '\u{1b}'] {
+            assert_eq!(reason(paragraph(&format!("a{c}b"), 10)), "INVALID_TEXT");
+        }
+        // Right-to-left override: not in a name, fine in a note (quoted Arabic text).
+        assert_eq!(reason(line("abc\u{202E}fdp.exe", 20)), "INVALID_TEXT");
+        assert_eq!(reason(line("a\u{2067}b", 20)), "INVALID_TEXT");
+        assert!(paragraph("abc\u{202E}def", 20).is_ok());
+        // Limits count characters, not bytes.
+        assert!(line(&"ü".repeat(10), 10).is_ok());
+        assert_eq!(reason(line(&"ü".repeat(11), 10)), "TEXT_TOO_LONG");
+        assert_eq!(line("  Jane  ", 10).unwrap(), "Jane");
     }
 
     #[test]

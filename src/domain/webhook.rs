@@ -169,7 +169,7 @@ pub fn refused_literal_host(url: &reqwest::Url, allow_private: bool) -> Option<S
 /// credentials, at most 2,000 characters.
 pub fn parse_url(raw: &str, allow_http: bool) -> Result<reqwest::Url, FieldViolation> {
     if raw.is_empty() {
-        return Err(FieldViolation::new("", "is required"));
+        return Err(FieldViolation::required(""));
     }
     if raw.len() > 2_000 {
         return Err(FieldViolation::new("", "must be at most 2000 characters"));

@@ -2,8 +2,10 @@
 //!
 //! Every read joins the viewer's grant (and the partnership it rests on) and the
 //! viewer's external id, so the caller can decide visibility with
-//! `domain::visibility::access` from one row. SQL only narrows rows; the visibility
-//! function and `CustomerFilter::matches` have the final word.
+//! `domain::visibility::access` from one row. Lists filter and sort in SQL on the
+//! record as the viewer sees it (a condition on a field its grant hides matches
+//! nothing), so pages are full and never shaped by a hidden value; the visibility
+//! function and `CustomerFilter::matches` still have the final word on each row.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +15,9 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, placeholders, timestamp};
-use crate::domain::customer::{Customer, CustomerKind, FieldChange, FieldSet, Profile};
+use crate::domain::customer::{
+    Customer, CustomerField, CustomerKind, FieldChange, FieldSet, Profile,
+};
 use crate::domain::filter::{CustomerCondition, NameMatch, Op};
 use crate::domain::match_key::MatchSecret;
 use crate::domain::visibility::{Access, AccessLevel, GrantStanding, RecordState, access};
@@ -279,26 +283,56 @@ enum SortValue {
 struct Cursor(SortValue, String);
 
 impl CustomerOrder {
-    fn column(self) -> Option<&'static str> {
+    /// The SQL the order sorts by in the owned or the granted branch; `None`: by id.
+    /// A grantee that may not see the display name sorts it as empty, so neither the
+    /// order nor a page boundary tells it anything of the hidden name.
+    fn column(self, owned: bool) -> Option<String> {
         match self.key {
             OrderKey::Id => None,
-            OrderKey::UpdateTime => Some("c.update_time"),
-            OrderKey::DisplayName => Some("c.sort_name"),
+            OrderKey::UpdateTime => Some("c.update_time".into()),
+            OrderKey::DisplayName if owned => Some("c.sort_name".into()),
+            OrderKey::DisplayName => Some(format!(
+                "(CASE WHEN {} THEN c.sort_name ELSE '' END)",
+                grant_shows(CustomerField::DisplayName)
+            )),
         }
     }
 
+    /// Where a page ends after `seen`, in values the viewer may read.
     fn cursor(self, seen: &SeenCustomer, sort_name: &str) -> Cursor {
         let value = match self.key {
             OrderKey::Id => SortValue::None,
             OrderKey::UpdateTime => SortValue::Int(micros(seen.customer.update_time)),
-            OrderKey::DisplayName => SortValue::Text(sort_name.to_owned()),
+            OrderKey::DisplayName => SortValue::Text(
+                if seen
+                    .access()
+                    .is_some_and(|a| a.sees(CustomerField::DisplayName))
+                {
+                    sort_name.to_owned()
+                } else {
+                    String::new()
+                },
+            ),
         };
         Cursor(value, seen.customer.id.clone())
     }
 }
 
-/// Adds the SQL that narrows rows to those that may meet `condition`.
-fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret) {
+/// SQL true where the viewer's grant (`g`) shows `field`. Field names are fixed
+/// identifiers (letters and `_`), so the pattern matches exactly one entry of the list.
+fn grant_shows(field: CustomerField) -> String {
+    format!("(',' || g.fields || ',') LIKE '%,{},%'", field.as_str())
+}
+
+/// Adds the SQL that keeps only rows meeting `condition` as the viewer sees them: in
+/// the granted branch a condition on a field the grant hides matches nothing, so which
+/// rows come back (and where a page ends) never depends on a hidden value.
+fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, owned: bool) {
+    let shown = |q: &mut Query, field: CustomerField| {
+        if !owned {
+            q.push(&format!(" AND {}", grant_shows(field)));
+        }
+    };
     let key_in = |q: &mut Query, kind: &str, key: String| {
         let k = q.arg(Bind::Text(key));
         q.push(&format!(
@@ -307,19 +341,30 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret) {
     };
     match condition {
         CustomerCondition::DisplayName(NameMatch::Exact(name)) => {
+            shown(q, CustomerField::DisplayName);
             let a = q.arg(Bind::Text(name.clone()));
             q.push(&format!(" AND c.sort_name = {a}"));
         }
         CustomerCondition::DisplayName(NameMatch::Prefix(prefix)) => {
+            shown(q, CustomerField::DisplayName);
             // Byte order in both dialects: every name with the prefix lies in
             // [prefix, prefix + U+10FFFF).
             let lo = q.arg(Bind::Text(prefix.clone()));
             let hi = q.arg(Bind::Text(format!("{prefix}\u{10FFFF}")));
             q.push(&format!(" AND c.sort_name >= {lo} AND c.sort_name < {hi}"));
         }
-        CustomerCondition::Email(e) => key_in(q, "email", secret.email_key(e)),
-        CustomerCondition::Phone(p) => key_in(q, "phone", secret.phone_key(p)),
-        CustomerCondition::Tag(t) => key_in(q, "tag", t.clone()),
+        CustomerCondition::Email(e) => {
+            shown(q, CustomerField::Emails);
+            key_in(q, "email", secret.email_key(e))
+        }
+        CustomerCondition::Phone(p) => {
+            shown(q, CustomerField::Phones);
+            key_in(q, "phone", secret.phone_key(p))
+        }
+        CustomerCondition::Tag(t) => {
+            shown(q, CustomerField::Tags);
+            key_in(q, "tag", t.clone())
+        }
         CustomerCondition::ExternalId(x) => {
             let a = q.arg(Bind::Text(x.clone()));
             q.push(&format!(
@@ -382,16 +427,17 @@ async fn list_branch(
         )
     };
     for condition in query.conditions {
-        narrow(&mut q, condition, secret);
+        narrow(&mut q, condition, secret, owned);
     }
     let (gt, dir) = if query.order.descending {
         ("<", "DESC")
     } else {
         (">", "ASC")
     };
+    let column = query.order.column(owned);
     if let Some(Cursor(value, id)) = after {
         let id = q.arg(Bind::Text(id.clone()));
-        match (query.order.column(), value) {
+        match (&column, value) {
             (None, _) => q.push(&format!(" AND c.id {gt} {id}")),
             (Some(col), value) => {
                 let v = q.arg(match value {
@@ -405,7 +451,7 @@ async fn list_branch(
             }
         }
     }
-    let order = match query.order.column() {
+    let order = match &column {
         None => format!(" ORDER BY c.id {dir}"),
         Some(col) => format!(" ORDER BY {col} {dir}, c.id {dir}"),
     };
@@ -627,10 +673,12 @@ impl Store {
         })
     }
 
-    /// History entries of a customer, newest first, before id `before`.
+    /// History entries of a customer, newest first, before id `before`, without the
+    /// entries private to organizations other than `viewer_id`.
     pub async fn customer_history(
         &self,
         customer_id: &str,
+        viewer_id: &str,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Page<HistoryEntry>> {
@@ -638,11 +686,13 @@ impl Store {
             "SELECT h.id, h.customer_id, h.time, h.org_id, o.slug AS org_slug, h.key_id, h.action, \
              h.private_to, h.changes, h.note FROM customer_history h \
              LEFT JOIN organizations o ON o.id = h.org_id \
-             WHERE h.customer_id = $1 AND ($2 = '' OR h.id < $2) ORDER BY h.id DESC LIMIT $3",
+             WHERE h.customer_id = $1 AND ($2 = '' OR h.id < $2) \
+             AND (h.private_to IS NULL OR h.private_to = $4) ORDER BY h.id DESC LIMIT $3",
         )
         .bind(customer_id)
         .bind(before.unwrap_or(""))
         .bind(limit as i64 + 1)
+        .bind(viewer_id)
         .fetch_all(self.reader())
         .await?;
         let items = rows

@@ -92,7 +92,7 @@ async fn case_in(tx: &mut Tx, org: &OrgRef, id: &str, name: &str) -> Result<Case
 fn text(v: &mut Violations, field: &str, value: &str, max: usize, required: bool) -> String {
     let trimmed = value.trim();
     if required && trimmed.is_empty() {
-        v.add(field, "is required");
+        v.required(field);
     }
     if trimmed.chars().count() > max {
         v.add(field, format!("must be at most {max} characters"));
@@ -621,7 +621,7 @@ impl CaseService for CaseApi {
         let mut v = Violations::new();
         let id = v.check("name", names::parse_case(&request.name));
         if request.transition.is_empty() {
-            v.add("transition", "is required");
+            v.required("transition");
         }
         if request.etag.is_empty() {
             v.add(
