@@ -37,6 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, but an undecodable request is INVALID_ARGUMENT (src/api/codec.rs).
+        .codec_path("crate::api::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -542,7 +542,13 @@ impl Config {
         if self.smtp.url.is_empty() && self.email.outbox_dir.is_empty() {
             bail!("email.outbox_dir is required when smtp.url is not set");
         }
-        let ranges: [(&str, u64, u64, u64); 19] = [
+        let ranges: [(&str, u64, u64, u64); 20] = [
+            (
+                "server.max_header_list_bytes",
+                self.server.max_header_list_bytes.into(),
+                1024,
+                1024 * 1024,
+            ),
             (
                 "email.coalesce_secs",
                 self.email.coalesce_secs,

@@ -134,6 +134,22 @@ pub enum Error {
     /// The hub is shutting down or cannot reach a dependency; retrying later helps.
     #[error("{0}")]
     Unavailable(String),
+    /// The database is overloaded or unreachable (pool exhausted, connection lost);
+    /// retrying after `retry_after` helps.
+    #[error("{message}")]
+    DatabaseUnavailable {
+        reason: &'static str,
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// A concurrent write won (deadlock, serialization failure, a race on an internal
+    /// row); the same request, retried, is expected to succeed.
+    #[error("{message}")]
+    Contention {
+        reason: &'static str,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -183,6 +199,7 @@ impl Error {
             | Error::OutOfRange { reason, .. } => reason,
             Error::Throttled { .. } => "RATE_LIMITED",
             Error::Unavailable(_) => "UNAVAILABLE",
+            Error::DatabaseUnavailable { reason, .. } | Error::Contention { reason, .. } => reason,
             Error::StaleEtag(_) => "STALE_ETAG",
             Error::Internal(_) => "INTERNAL",
         }
@@ -199,7 +216,8 @@ impl Error {
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::ResourceExhausted { .. } | Error::Throttled { .. } => Code::ResourceExhausted,
             Error::OutOfRange { .. } => Code::OutOfRange,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::DatabaseUnavailable { .. } => Code::Unavailable,
+            Error::Contention { .. } => Code::Aborted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -297,7 +315,9 @@ impl From<Error> for Status {
                     metadata.insert((*k).to_owned(), v.clone());
                 }
             }
-            Error::Throttled { retry_after, .. } => {
+            Error::Throttled { retry_after, .. }
+            | Error::Contention { retry_after, .. }
+            | Error::DatabaseUnavailable { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));
                 metadata.insert(
                     "retry_after_ms".to_owned(),
@@ -311,9 +331,99 @@ impl From<Error> for Status {
     }
 }
 
+/// How long a client waits before retrying a write that lost a race: long enough for
+/// the winner to commit.
+const CONTENTION_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a client waits when the database is saturated or unreachable.
+const DATABASE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<sqlx::Error> for Error {
+    /// Sorts a database failure by what the caller can do about it: contention is
+    /// ABORTED (retry), an exhausted pool or a lost database UNAVAILABLE (retry later),
+    /// text the database cannot store INVALID_ARGUMENT; the rest is INTERNAL.
     fn from(error: sqlx::Error) -> Self {
-        Error::Internal(anyhow::Error::new(error).context("database error"))
+        Error::classify(&error)
+            .unwrap_or_else(|| Error::Internal(anyhow::Error::new(error).context("database error")))
+    }
+}
+
+impl Error {
+    /// The error a database failure means to the caller, unless it is INTERNAL.
+    pub fn classify(error: &sqlx::Error) -> Option<Error> {
+        let contention = |message: &str| Error::Contention {
+            reason: "CONCURRENT_WRITE",
+            message: format!("{message}; retry the request"),
+            retry_after: CONTENTION_RETRY,
+        };
+        let unavailable = |reason, message: &str| Error::DatabaseUnavailable {
+            reason,
+            message: format!("{message}; retry shortly"),
+            retry_after: DATABASE_RETRY,
+        };
+        match &error {
+            sqlx::Error::PoolTimedOut => {
+                tracing::warn!("no database connection free within the acquire timeout");
+                return Some(unavailable("DATABASE_BUSY", "the hub's database is busy"));
+            }
+            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                tracing::warn!(error = %error, "database unreachable");
+                return Some(unavailable(
+                    "DATABASE_UNAVAILABLE",
+                    "the hub cannot reach its database",
+                ));
+            }
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                match code.as_ref() {
+                    // PostgreSQL: serialization failure, deadlock, lock not available.
+                    "40001" | "40P01" | "55P03"
+                    // SQLite: BUSY (and its extended codes), LOCKED.
+                    | "5" | "261" | "517" | "773" | "6" | "262" => {
+                        tracing::info!(code = %code, "write lost to a concurrent one");
+                        return Some(contention("a concurrent change to the same records won"));
+                    }
+                    // PostgreSQL: too many connections, shutting down, cannot connect now.
+                    "53300" | "57P01" | "57P02" | "57P03" => {
+                        tracing::warn!(code = %code, error = %db, "database unavailable");
+                        return Some(unavailable(
+                            "DATABASE_UNAVAILABLE",
+                            "the hub's database is unavailable",
+                        ));
+                    }
+                    c if c.starts_with("08") => {
+                        tracing::warn!(code = %code, error = %db, "database connection lost");
+                        return Some(unavailable(
+                            "DATABASE_UNAVAILABLE",
+                            "the hub lost its database connection",
+                        ));
+                    }
+                    // PostgreSQL refuses NUL in text; validation refuses it first, so
+                    // this only guards a field that escaped it.
+                    "22021" | "22P05" => {
+                        tracing::error!(error = %db, "text the database cannot store got past validation");
+                        return Some(Error::InvalidArgument(vec![
+                            FieldViolation::new("", "contains characters that cannot be stored")
+                                .because("INVALID_TEXT"),
+                        ]));
+                    }
+                    _ => {}
+                }
+                if matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation) {
+                    // A duplicate the client made is caught where the store knows the
+                    // constraint (ALREADY_EXISTS); one reaching here is a race on an
+                    // internal row (a sequence, a lookup key) between two writers.
+                    tracing::info!(error = %db, "unique violation between concurrent writes");
+                    return Some(contention("a concurrent change to the same records won"));
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Whether running the same request again may well succeed (a lost race).
+    pub fn is_contention(&self) -> bool {
+        matches!(self, Error::Contention { .. })
     }
 }
 

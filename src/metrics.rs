@@ -72,7 +72,15 @@ pub struct Metrics {
     pub db_connections: Family<StateLabels, Gauge>,
     pub sla_timers_due: Gauge,
     pub rate_limited: Counter,
+    /// Results of webhook attempts and emails dropped because the worker no longer
+    /// held the lease (another took the work over).
+    pub late_results: Family<QueueLabels, Counter>,
     known_methods: HashSet<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: &'static str,
 }
 
 impl Metrics {
@@ -147,6 +155,15 @@ impl Metrics {
             "Requests refused with RESOURCE_EXHAUSTED by a rate limit",
             rate_limited.clone(),
         );
+        let late_results = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "late_results_dropped",
+            "Webhook attempts and emails whose result was dropped because their lease had passed to another worker",
+            late_results.clone(),
+        );
+        for queue in ["webhooks", "email"] {
+            let _ = late_results.get_or_create(&QueueLabels { queue });
+        }
         // Every outcome from the start, at 0, so rates and alerts see the series
         // before the first event of each kind.
         for outcome in ["succeeded", "retrying", "dead"] {
@@ -168,6 +185,7 @@ impl Metrics {
             db_connections,
             sla_timers_due,
             rate_limited,
+            late_results,
             known_methods: known_methods(),
         }
     }
@@ -194,6 +212,17 @@ impl Metrics {
     pub fn webhook_attempt(&self, outcome: &'static str) {
         self.webhook_attempts
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a result dropped because its worker had lost the lease.
+    pub fn late_result(&self, queue: &'static str) {
+        tracing::warn!(
+            queue,
+            "a result came after its lease passed to another worker; dropped"
+        );
+        self.late_results
+            .get_or_create(&QueueLabels { queue })
             .inc();
     }
 

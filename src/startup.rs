@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use jiff::{SignedDuration, Timestamp};
@@ -19,6 +19,7 @@ use crate::api::{
     PartnershipApi, SharingApi, WebhookApi,
 };
 use crate::config::{Config, redact_url};
+use crate::outbound::Shutdown;
 use crate::outbound::email::EmailWorker;
 use crate::outbound::webhooks::{Sender, WebhookWorker};
 use crate::pb::admin_service_server::AdminServiceServer;
@@ -36,6 +37,9 @@ use crate::tls::TlsServer;
 /// How long a `request_id` is remembered: long enough for a partner system to retry
 /// across a weekend outage.
 const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(7 * 24);
+/// After the shutdown grace, how long workers get to release the leases of what they
+/// cut short: a few statements each.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// How often forgotten `request_id`s are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -190,10 +194,18 @@ impl Application {
         let email_worker = EmailWorker::new(hub.store.clone(), &config.email, &config.smtp)?;
 
         let stopping = Arc::new(Notify::new());
+        let workers_shutdown = Shutdown::default();
+        let signalled_at = Arc::new(std::sync::OnceLock::new());
         let signal = {
             let stopping = stopping.clone();
+            let workers_shutdown = workers_shutdown.clone();
+            let signalled_at = signalled_at.clone();
             async move {
                 shutdown.await;
+                let _ = signalled_at.set(Instant::now());
+                // Workers take no new work; what they have in flight may finish within
+                // the grace.
+                workers_shutdown.stop.cancel();
                 // Open event streams end now; their clients resume on another replica.
                 let _ = streams_stop.send(true);
                 tracing::info!(
@@ -216,7 +228,14 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
             .tcp_nodelay(true)
-            .layer(EdgeLayer::new(hub.auth.clone(), hub.limits.clone()))
+            // h2 ends a whole connection for a header block past this; the edge holds
+            // each request to `max_header_list_bytes`, failing that request alone.
+            .http2_max_header_list_size(crate::api::edge::HTTP2_HEADER_LIST_CEILING)
+            .layer(EdgeLayer::new(
+                hub.auth.clone(),
+                hub.limits.clone(),
+                limits.max_header_list_bytes as usize,
+            ))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -243,20 +262,71 @@ impl Application {
             stopping.notified().await;
             tokio::time::sleep(grace).await;
         };
-        let result = tokio::select! {
-            result = server => result.context("The gRPC server failed"),
-            () = grace_expired => {
-                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway");
-                Ok(())
+        let serving = async {
+            tokio::select! {
+                result = server => result.context("The gRPC server failed"),
+                () = grace_expired => {
+                    tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway");
+                    Ok(())
+                }
             }
-            () = sweep(hub.store.clone(), retention) => Ok(()),
-            () = hub.store.listen_for_events() => Ok(()),
-            () = webhook_worker.run() => Ok(()),
-            () = email_worker.run() => Ok(()),
-            () = case_timers.run() => Ok(()),
-            () = crate::metrics::serve(metrics_listener, hub.store.clone()) => Ok(()),
-            () = crate::tls::reload_on_hangup(tls) => Ok(()),
         };
+        let background = async {
+            tokio::select! {
+                () = sweep(hub.store.clone(), retention) => {}
+                () = hub.store.listen_for_events() => {}
+                () = hub.store.follow_credentials() => {}
+                () = crate::metrics::serve(metrics_listener, hub.store.clone()) => {}
+                () = crate::tls::reload_on_hangup(tls) => {}
+            }
+        };
+        let workers = async {
+            let stop = workers_shutdown.stop.clone();
+            tokio::join!(
+                webhook_worker.run(workers_shutdown.clone()),
+                email_worker.run(workers_shutdown.clone()),
+                async {
+                    tokio::select! {
+                        () = case_timers.run() => {}
+                        () = stop.cancelled() => {}
+                    }
+                },
+            );
+        };
+        // Boxed so each can be dropped (its connections returned) before the store closes.
+        let (mut serving, mut background, mut workers) =
+            (Box::pin(serving), Box::pin(background), Box::pin(workers));
+        let mut workers_done = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut serving => break result,
+                () = &mut background => break Ok(()),
+                () = &mut workers, if !workers_done => workers_done = true,
+            }
+        };
+        // Requests are done; webhook attempts and emails in flight get what is left of
+        // the grace, then are cut short with their leases released.
+        workers_shutdown.stop.cancel();
+        if !workers_done {
+            let left = grace.saturating_sub(
+                signalled_at
+                    .get()
+                    .map_or(Duration::ZERO, |at: &Instant| at.elapsed()),
+            );
+            if tokio::time::timeout(left, &mut workers).await.is_err() {
+                tracing::warn!(
+                    "deliveries in flight did not finish within the grace; releasing them"
+                );
+                workers_shutdown.abort.cancel();
+                if tokio::time::timeout(RELEASE_WAIT, &mut workers)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("workers did not stop; their leases expire on their own");
+                }
+            }
+        }
+        drop((serving, background, workers));
         hub.store.close().await;
         tracing::info!("stopped");
         result

@@ -9,6 +9,7 @@ use super::convert::{
 };
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
+use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationState, Principal, Reason,
     Scope, Scopes, Slug, now,
@@ -353,9 +354,13 @@ impl AdminService for AdminApi {
         let now = now();
         let mut v = Violations::new();
         let scopes = v.check("api_key.scopes", scopes_from_pb(&input.scopes));
-        if input.display_name.chars().count() > crate::domain::text::MAX_DISPLAY_NAME_CHARS {
-            v.add("api_key.display_name", "must be at most 200 characters");
-        }
+        // Optional, unlike an organization's or a member's display name.
+        let display_name = v
+            .check(
+                "api_key.display_name",
+                text::line(&input.display_name, MAX_DISPLAY_NAME_CHARS),
+            )
+            .unwrap_or_default();
         let expire_time = match &input.expire_time {
             None => None,
             Some(t) => match parse_timestamp(t) {
@@ -378,7 +383,7 @@ impl AdminService for AdminApi {
         let key = ApiKey {
             id: Uuid::now_v7().to_string(),
             principal,
-            display_name: input.display_name.trim().to_owned(),
+            display_name,
             scopes,
             prefix: secret.visible_prefix(),
             create_time: now,

@@ -2,8 +2,10 @@
 //!
 //! A key is looked up by the SHA-256 of its secret (fast; see [`ApiKeySecret::hash`]),
 //! and the result is cached for [`CACHE_TTL`] so a busy partner does not cost a
-//! database read per RPC. Revoking a key or suspending an organization clears this
-//! replica's cache at once; other replicas notice within [`CACHE_TTL`].
+//! database read per RPC. A cached entry holds only while the credential generation
+//! it was read at is current (`Store::credentials`): revoking a key or a certificate,
+//! or suspending an organization, on any replica or from `liaison admin`, empties
+//! every replica's cache within a second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -112,6 +114,8 @@ struct Cached {
     caller: Caller,
     expire_time: Option<Timestamp>,
     fetched: Instant,
+    /// The credential generation current before the record was read.
+    generation: u64,
 }
 
 pub struct Authenticator {
@@ -161,6 +165,7 @@ impl Authenticator {
         let hash = secret.hash();
         let now = now();
         let cache_key = format!("key:{}", hash.0);
+        let generation = self.store.credential_generation();
         let (caller, expire_time) = match self.cached(&cache_key) {
             Some(hit) => hit,
             None => {
@@ -185,7 +190,7 @@ impl Authenticator {
                     principal: record.key.principal,
                     scopes: record.key.scopes,
                 };
-                self.remember(cache_key, &caller, record.key.expire_time);
+                self.remember(cache_key, &caller, record.key.expire_time, generation);
                 (caller, record.key.expire_time)
             }
         };
@@ -201,6 +206,7 @@ impl Authenticator {
     pub async fn authenticate_certificate(&self, der: &[u8]) -> Result<Caller> {
         let fingerprint = fingerprint(der);
         let cache_key = format!("cert:{fingerprint}");
+        let generation = self.store.credential_generation();
         if let Some((caller, _)) = self.cached(&cache_key) {
             return Ok(caller);
         }
@@ -231,19 +237,26 @@ impl Authenticator {
             principal: Principal::Organization(certificate.organization),
             scopes: certificate.scopes,
         };
-        self.remember(cache_key, &caller, None);
+        self.remember(cache_key, &caller, None, generation);
         Ok(caller)
     }
 
     fn cached(&self, key: &str) -> Option<(Caller, Option<Timestamp>)> {
+        let generation = self.store.credential_generation();
         let cache = self.cache.lock().expect("key cache poisoned");
         cache
             .get(key)
-            .filter(|c| c.fetched.elapsed() < CACHE_TTL)
+            .filter(|c| c.fetched.elapsed() < CACHE_TTL && c.generation == generation)
             .map(|c| (c.caller.clone(), c.expire_time))
     }
 
-    fn remember(&self, key: String, caller: &Caller, expire_time: Option<Timestamp>) {
+    fn remember(
+        &self,
+        key: String,
+        caller: &Caller,
+        expire_time: Option<Timestamp>,
+        generation: u64,
+    ) {
         let mut cache = self.cache.lock().expect("key cache poisoned");
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
@@ -252,6 +265,7 @@ impl Authenticator {
             caller: caller.clone(),
             expire_time,
             fetched: Instant::now(),
+            generation,
         };
         cache.insert(key, entry);
     }

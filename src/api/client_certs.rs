@@ -8,6 +8,7 @@ use super::convert::{scope_to_pb, timestamp};
 use super::write::idempotent;
 use super::{AdminApi, Caller, names};
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
+use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{OrgRef, Scope, now};
 use crate::error::{Error, Result, Violations};
 use crate::pb;
@@ -73,12 +74,13 @@ impl AdminApi {
             "client_certificate.scopes",
             super::admin::scopes_from_pb(&input.scopes),
         );
-        if input.display_name.chars().count() > crate::domain::text::MAX_DISPLAY_NAME_CHARS {
-            v.add(
+        // Optional, unlike an organization's or a member's display name.
+        let display_name = v
+            .check(
                 "client_certificate.display_name",
-                "must be at most 200 characters",
-            );
-        }
+                text::line(&input.display_name, MAX_DISPLAY_NAME_CHARS),
+            )
+            .unwrap_or_default();
         let organization = self
             .certificate_owner(&caller, "parent", &request.parent)
             .await;
@@ -90,7 +92,7 @@ impl AdminApi {
             id: Uuid::now_v7().to_string(),
             organization: organization?,
             matches,
-            display_name: input.display_name.trim().to_owned(),
+            display_name,
             scopes,
             create_time: now(),
             revoke_time: None,

@@ -37,9 +37,6 @@ pub const MAX_BATCH: usize = 1000;
 const MAX_MERGED: usize = 20;
 /// Most duplicate candidates returned.
 const MAX_CANDIDATES: usize = 100;
-const MAX_EXTERNAL_ID_CHARS: usize = 100;
-const MAX_ACCOUNT_NUMBER_CHARS: usize = 100;
-const MAX_NOTES_CHARS: usize = 10_000;
 
 /// How customers are read and matched on this hub.
 pub struct CustomerSettings {
@@ -292,55 +289,21 @@ pub(crate) fn customer_to_pb(seen: &SeenCustomer, access: Access) -> pb::Custome
     }
 }
 
-fn text_field(v: &mut Violations, field: &str, raw: &str, max: usize) -> String {
-    v.check(field, customer::text(raw, max)).unwrap_or_default()
+/// The text `checked` by its field's rule (`customer::name`, `customer::label`, …), or
+/// empty after recording why not under `field`.
+fn text(v: &mut Violations, field: &str, checked: Result<String, FieldViolation>) -> String {
+    v.check(field, checked).unwrap_or_default()
 }
 
-/// Attributes: up to 50, keys of letters, digits, `_`, `-`, `.`, values of text.
-pub(crate) fn attributes_from_pb(
-    v: &mut Violations,
-    field: &str,
-    raw: &std::collections::HashMap<String, String>,
-) -> BTreeMap<String, String> {
-    if raw.len() > customer::MAX_ATTRIBUTES {
-        v.add(
-            field,
-            format!("may hold at most {} entries", customer::MAX_ATTRIBUTES),
-        );
-    }
-    let mut out = BTreeMap::new();
-    for (key, value) in raw {
-        let key_ok = !key.is_empty()
-            && key.chars().count() <= customer::MAX_ATTRIBUTE_KEY_CHARS
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !key_ok {
-            v.add(
-                format!("{field}[{key:?}]"),
-                "keys must be 1 to 100 letters, digits, '_', '-' or '.'",
-            );
-            continue;
-        }
-        let value = text_field(
-            v,
-            &format!("{field}[{key:?}]"),
-            value,
-            customer::MAX_ATTRIBUTE_VALUE_CHARS,
-        );
-        out.insert(key.clone(), value);
-    }
-    out
-}
-
-/// Validates every profile field of `c`, recording violations under `at`.
+/// Validates every profile field of `c`, recording violations under `at`; each text
+/// goes through its field's rule in `domain::customer`.
 fn profile_from_pb(c: &pb::Customer, region: PhoneRegion, v: &mut Violations, at: &str) -> Profile {
     use customer::*;
     let f = |name: &str| format!("{at}.{name}");
     let mut profile = Profile {
-        given_name: text_field(v, &f("given_name"), &c.given_name, MAX_NAME_CHARS),
-        family_name: text_field(v, &f("family_name"), &c.family_name, MAX_NAME_CHARS),
-        legal_name: text_field(v, &f("legal_name"), &c.legal_name, MAX_NAME_CHARS),
+        given_name: text(v, &f("given_name"), name(&c.given_name)),
+        family_name: text(v, &f("family_name"), name(&c.family_name)),
+        legal_name: text(v, &f("legal_name"), name(&c.legal_name)),
         ..Default::default()
     };
     let limit = |v: &mut Violations, name: &str, len: usize, max: usize| {
@@ -355,7 +318,7 @@ fn profile_from_pb(c: &pb::Customer, region: PhoneRegion, v: &mut Violations, at
     for (i, e) in c.emails.iter().enumerate() {
         let at = f(&format!("emails[{i}]"));
         let address = v.check(&format!("{at}.address"), EmailAddress::parse(&e.address));
-        let label = text_field(v, &format!("{at}.label"), &e.label, MAX_LABEL_CHARS);
+        let label = text(v, &format!("{at}.label"), label(&e.label));
         if let Some(address) = address {
             if profile.emails.iter().any(|x| x.address == address) {
                 v.add(format!("{at}.address"), "is listed twice");
@@ -373,7 +336,7 @@ fn profile_from_pb(c: &pb::Customer, region: PhoneRegion, v: &mut Violations, at
             &format!("{at}.number"),
             PhoneNumber::parse(&p.number, region),
         );
-        let label = text_field(v, &format!("{at}.label"), &p.label, MAX_LABEL_CHARS);
+        let label = text(v, &format!("{at}.label"), label(&p.label));
         if let Some(number) = number {
             if profile.phones.iter().any(|x| x.number == number) {
                 v.add(format!("{at}.number"), "is listed twice");
@@ -394,10 +357,10 @@ fn profile_from_pb(c: &pb::Customer, region: PhoneRegion, v: &mut Violations, at
             );
         }
         let part = |v: &mut Violations, name: &str, raw: &str| {
-            text_field(v, &format!("{at}.{name}"), raw, MAX_ADDRESS_PART_CHARS)
+            text(v, &format!("{at}.{name}"), address_part(raw))
         };
         let address = PostalAddress {
-            label: text_field(v, &format!("{at}.label"), &a.label, MAX_LABEL_CHARS),
+            label: text(v, &format!("{at}.label"), label(&a.label)),
             lines: a
                 .lines
                 .iter()
@@ -420,13 +383,8 @@ fn profile_from_pb(c: &pb::Customer, region: PhoneRegion, v: &mut Violations, at
             profile.tags.push(t);
         }
     }
-    profile.attributes = attributes_from_pb(v, &f("attributes"), &c.attributes);
+    profile.attributes = attributes(v, &f("attributes"), &c.attributes);
     profile
-}
-
-fn external_id(raw: &str) -> Result<Option<String>, FieldViolation> {
-    let value = customer::text(raw, MAX_EXTERNAL_ID_CHARS)?;
-    Ok((!value.is_empty()).then_some(value))
 }
 
 /// The profile fields `c` populates, for an update without a mask (AIP-134).
@@ -740,7 +698,10 @@ impl CustomerService for CustomerApi {
         let mut v = Violations::new();
         let kind = v.check("customer.kind", kind_from_pb(input.kind));
         let profile = profile_from_pb(&input, self.hub.customers.region, &mut v, "customer");
-        let external = v.check("customer.external_id", external_id(&input.external_id));
+        let external = v.check(
+            "customer.external_id",
+            customer::external_id(&input.external_id),
+        );
         let (Some(kind), Some(external)) = (kind, external) else {
             return Err(v.into_error().into());
         };
@@ -986,7 +947,10 @@ impl CustomerService for CustomerApi {
         for (i, c) in request.customers.iter().enumerate() {
             let at = format!("customers[{i}]");
             let kind = v.check(&format!("{at}.kind"), kind_from_pb(c.kind));
-            let external = v.check(&format!("{at}.external_id"), external_id(&c.external_id));
+            let external = v.check(
+                &format!("{at}.external_id"),
+                customer::external_id(&c.external_id),
+            );
             let profile = profile_from_pb(c, self.hub.customers.region, &mut v, &at);
             match external {
                 Some(None) => v.add(
@@ -1107,7 +1071,21 @@ impl CustomerService for CustomerApi {
             &request.request_id,
             &request,
             async |tx| {
-                let (survivor, access) = visible_in(tx, &org, &survivor_id, &name).await?;
+                let mut ids = vec![survivor_id.as_str()];
+                ids.extend(losers.iter().map(String::as_str));
+                tx.lock_customers(&ids).await?;
+                // A record merged away while this merge waited for its lock: the other
+                // merge won.
+                let lost = |e: Error| match e {
+                    Error::Merged { name, survivor } => Error::failed_precondition(
+                        "CUSTOMER_MERGED",
+                        format!("{name} was merged into {survivor}"),
+                    ),
+                    other => other,
+                };
+                let (survivor, access) = visible_in(tx, &org, &survivor_id, &name)
+                    .await
+                    .map_err(lost)?;
                 only_owner(access, "merge it")?;
                 must_be_active(&survivor.customer, &name)?;
                 check_etag(&request.etag, survivor.customer.revision, &name)?;
@@ -1118,7 +1096,7 @@ impl CustomerService for CustomerApi {
                         .await
                         .map_err(|e| match e {
                             Error::NotFound(m) => Error::NotFound(format!("merged[{i}]: {m}")),
-                            other => other,
+                            other => lost(other),
                         })?;
                     only_owner(access, "merge it")?;
                     must_be_active(&loser.customer, &loser_name)?;
@@ -1340,23 +1318,20 @@ impl CustomerService for CustomerApi {
         let paths = update_paths(request.update_mask.as_ref(), UPDATABLE, &populated)?;
         let mut v = Violations::new();
         let external = v
-            .check("overlay.external_id", external_id(&input.external_id))
+            .check(
+                "overlay.external_id",
+                customer::external_id(&input.external_id),
+            )
             .flatten();
         let wanted = Overlay {
-            account_number: text_field(
+            account_number: text(
                 &mut v,
                 "overlay.account_number",
-                &input.account_number,
-                MAX_ACCOUNT_NUMBER_CHARS,
+                customer::account_number(&input.account_number),
             ),
-            status: text_field(
-                &mut v,
-                "overlay.status",
-                &input.status,
-                customer::MAX_LABEL_CHARS,
-            ),
-            notes: notes(&mut v, &input.notes),
-            attributes: attributes_from_pb(&mut v, "overlay.attributes", &input.attributes),
+            status: text(&mut v, "overlay.status", customer::label(&input.status)),
+            notes: text(&mut v, "overlay.notes", customer::notes(&input.notes)),
+            attributes: customer::attributes(&mut v, "overlay.attributes", &input.attributes),
             ..Default::default()
         };
         v.finish()?;
@@ -1448,16 +1423,6 @@ impl CustomerService for CustomerApi {
         .await?;
         Ok(Response::new(response))
     }
-}
-
-fn notes(v: &mut Violations, raw: &str) -> String {
-    if raw.chars().count() > MAX_NOTES_CHARS {
-        v.add(
-            "overlay.notes",
-            format!("must be at most {MAX_NOTES_CHARS} characters"),
-        );
-    }
-    raw.to_owned()
 }
 
 fn overlay_to_pb(

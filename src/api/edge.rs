@@ -28,16 +28,36 @@ const MAX_REQUEST_ID_LEN: usize = 64;
 /// gRPC frames each message with 5 bytes (flag and length).
 const GRPC_FRAME_HEADER: usize = 5;
 
+/// HTTP/2's own bound on a header block, far above any sensible metadata: h2 ends the
+/// whole connection (GOAWAY) for a block it cannot even buffer, so the hub's real
+/// limit (`server.max_header_list_bytes`) is applied here, per request, below it.
+pub const HTTP2_HEADER_LIST_CEILING: u32 = 1024 * 1024;
+
 #[derive(Clone)]
 pub struct EdgeLayer {
     auth: Arc<Authenticator>,
     limits: Arc<Limiter>,
+    max_header_bytes: usize,
 }
 
 impl EdgeLayer {
-    pub fn new(auth: Arc<Authenticator>, limits: Arc<Limiter>) -> Self {
-        Self { auth, limits }
+    /// `max_header_bytes`: the largest header list (RFC 9113 size: names, values and
+    /// 32 bytes an entry) one request may carry.
+    pub fn new(auth: Arc<Authenticator>, limits: Arc<Limiter>, max_header_bytes: usize) -> Self {
+        Self {
+            auth,
+            limits,
+            max_header_bytes,
+        }
     }
+}
+
+/// The size HTTP/2 counts for a header list (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).
+fn header_list_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 impl<S> Layer<S> for EdgeLayer {
@@ -48,6 +68,7 @@ impl<S> Layer<S> for EdgeLayer {
             inner,
             auth: self.auth.clone(),
             limits: self.limits.clone(),
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -57,6 +78,7 @@ pub struct Edge<S> {
     inner: S,
     auth: Arc<Authenticator>,
     limits: Arc<Limiter>,
+    max_header_bytes: usize,
 }
 
 /// The client's request id if it is sensible, else a new one.
@@ -127,36 +149,46 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         let limits = self.limits.clone();
+        let max_header_bytes = self.max_header_bytes;
         let method = request.uri().path().to_owned();
         let request_id = request_id(request.headers());
         let span = tracing::info_span!("rpc", %method, %request_id);
         Box::pin(
             async move {
                 let started = Instant::now();
-                let (mut response, organization) =
-                    if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p)) {
-                        (inner.call(request).await?, "-".to_owned())
-                    } else {
-                        let admitted = match Presented::of(&request).authenticate(&auth).await {
-                            Ok(caller) => limits.admit(&caller).map(|()| caller),
-                            Err(error) => Err(error),
-                        };
-                        match admitted {
-                            Ok(caller) => {
-                                let organization = caller.label().to_owned();
-                                let limit = limits.max_request_bytes(&caller) + GRPC_FRAME_HEADER;
-                                request.extensions_mut().insert(caller);
-                                let request = request.map(|body| {
-                                    Body::new(Capped {
-                                        inner: body,
-                                        left: limit,
-                                    })
-                                });
-                                (inner.call(request).await?, organization)
-                            }
-                            Err(error) => (Status::from(error).into_http(), "-".to_owned()),
-                        }
+                let header_bytes = header_list_size(request.headers());
+                let (mut response, organization) = if header_bytes > max_header_bytes {
+                    let error = Error::ResourceExhausted {
+                        reason: "METADATA_TOO_LARGE",
+                        message: format!(
+                            "the request's metadata is {header_bytes} bytes; at most \
+                             {max_header_bytes} are accepted"
+                        ),
                     };
+                    (Status::from(error).into_http(), "-".to_owned())
+                } else if PUBLIC_PREFIXES.iter().any(|p| method.starts_with(p)) {
+                    (inner.call(request).await?, "-".to_owned())
+                } else {
+                    let admitted = match Presented::of(&request).authenticate(&auth).await {
+                        Ok(caller) => limits.admit(&caller).map(|()| caller),
+                        Err(error) => Err(error),
+                    };
+                    match admitted {
+                        Ok(caller) => {
+                            let organization = caller.label().to_owned();
+                            let limit = limits.max_request_bytes(&caller) + GRPC_FRAME_HEADER;
+                            request.extensions_mut().insert(caller);
+                            let request = request.map(|body| {
+                                Body::new(Capped {
+                                    inner: body,
+                                    left: limit,
+                                })
+                            });
+                            (inner.call(request).await?, organization)
+                        }
+                        Err(error) => (Status::from(error).into_http(), "-".to_owned()),
+                    }
+                };
                 if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }

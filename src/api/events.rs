@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Authenticator, Caller, Hub};
 use crate::config::EventsConfig;
-use crate::domain::Scope;
 use crate::domain::event::parse_type_filter;
+use crate::domain::{Lines, Scope, text};
 use crate::error::{Error, FieldViolation, Result};
 use crate::pb::{self, event_service_server::EventService, watch_events_response::Message as Out};
 use crate::store::{EventQuery, Store, StoredEvent};
@@ -33,6 +33,8 @@ const MAX_PAGE_SIZE: usize = 1_000;
 /// Sequences one ListEvents call looks through at most, so a narrow filter over a
 /// long feed costs a bounded amount; the caller continues from `next_after_sequence`.
 const LIST_SCAN_WINDOW: i64 = 10_000;
+/// Longest resource name ListEvents filters on: longer than any name the hub makes.
+const MAX_RESOURCE_CHARS: usize = 300;
 
 /// Counts open streams against the configured limits.
 #[derive(Debug)]
@@ -186,10 +188,12 @@ enum Credential {
 /// One stream's loop: catch up from the store, then wait for the feed to grow.
 struct Pump {
     store: Store,
-    /// The stream's credentials, checked again every heartbeat so a revoked key or a
-    /// suspended organization stops receiving.
+    /// The stream's credentials, checked again whenever credentials change anywhere
+    /// (a revoked key or certificate, a suspended organization: see
+    /// `Store::credentials`) and every heartbeat.
     auth: Arc<Authenticator>,
     credential: Credential,
+    credentials: watch::Receiver<u64>,
     organization_id: String,
     types: Vec<String>,
     position: i64,
@@ -204,8 +208,13 @@ impl Pump {
         let mut signal = self.store.feed_signal().subscribe(&self.organization_id);
         let mut idle = false;
         let mut checked = Instant::now();
+        // Credentials changed somewhere since the stream last checked its own.
+        let mut recheck = false;
         loop {
-            if checked.elapsed() >= self.heartbeat {
+            recheck |= self.credentials.has_changed().unwrap_or(false);
+            if recheck || checked.elapsed() >= self.heartbeat {
+                recheck = false;
+                self.credentials.borrow_and_update();
                 let checked_again = match &self.credential {
                     Credential::Key(header) => self.auth.authenticate(header.as_deref()).await,
                     Credential::Certificate(der) => self.auth.authenticate_certificate(der).await,
@@ -243,6 +252,7 @@ impl Pump {
                     }
                 }
                 () = tokio::time::sleep(self.heartbeat) => idle = true,
+                _ = self.credentials.changed() => recheck = true,
                 () = self.sink.closed() => return,
                 _ = self.stopping.changed() => {
                     let _ = self.sink.send(Err(self.shutting_down())).await;
@@ -280,6 +290,10 @@ impl Pump {
                 })
                 .await?;
             let full = batch.len() == STREAM_PAGE;
+            if self.credentials.has_changed().unwrap_or(false) {
+                // Check the credentials before sending more (the caller loops back).
+                return Ok(true);
+            }
             for stored in batch {
                 let event = decode(stored)?;
                 let sequence = event.sequence;
@@ -342,6 +356,10 @@ impl EventService for EventApi {
             }
             (header, _) => Credential::Key(header.map(|v| v.as_bytes().to_vec())),
         };
+        // Checked once more as the stream starts (from the cache unless credentials
+        // changed since the edge looked), so a revocation in between is not missed.
+        let mut credentials = self.hub.store.credentials();
+        credentials.mark_changed();
         let r = request.into_inner();
         let types = event_types(&r.event_types)?;
         if *self.stopping.borrow() {
@@ -356,6 +374,7 @@ impl EventService for EventApi {
             store: self.hub.store.clone(),
             auth: self.hub.auth.clone(),
             credential,
+            credentials,
             organization_id: org.id.clone(),
             types,
             position,
@@ -383,9 +402,10 @@ impl EventService for EventApi {
             n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
-        if r.resource.len() > 300 {
-            return Err(Error::invalid("resource", "must be at most 300 characters").into());
-        }
+        // Compared as written (not trimmed), but never with a NUL or a control
+        // character, which PostgreSQL would refuse.
+        text::check(&r.resource, MAX_RESOURCE_CHARS, Lines::One)
+            .map_err(|v| v.under("resource"))?;
         let (after, head) = start_position(&self.hub.store, &org.id, r.after_sequence).await?;
         let through = head.min(after.saturating_add(LIST_SCAN_WINDOW));
         let found = self

@@ -5,15 +5,14 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{parse_timestamp, timestamp};
-use super::customers::{attributes_from_pb, visible, visible_in};
+use super::customers::{visible, visible_in};
 use super::fanout::{Draft, customer_viewers, emit};
 use super::write::idempotent;
 use super::{Caller, Hub, names};
-use crate::domain::customer::{MAX_LABEL_CHARS, text};
+use crate::domain::customer;
 use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::interaction::{
-    Direction, Interaction, InteractionType, InteractionVisibility, MAX_BODY_CHARS,
-    MAX_SUMMARY_CHARS, Money,
+    self, Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
 use crate::domain::{Scope, now};
 use crate::error::{Error, FieldViolation, Result, Violations};
@@ -218,24 +217,15 @@ impl InteractionService for InteractionApi {
             }
         };
         let channel = v
-            .check("interaction.channel", text(&input.channel, MAX_LABEL_CHARS))
+            .check("interaction.channel", interaction::channel(&input.channel))
             .unwrap_or_default();
         let direction = v.check("interaction.direction", direction_from_pb(input.direction));
         let summary = v
-            .check(
-                "interaction.summary",
-                text(&input.summary, MAX_SUMMARY_CHARS),
-            )
+            .check("interaction.summary", interaction::summary(&input.summary))
             .unwrap_or_default();
-        if summary.is_empty() {
-            v.required("interaction.summary");
-        }
-        if input.body.chars().count() > MAX_BODY_CHARS {
-            v.add(
-                "interaction.body",
-                format!("must be at most {MAX_BODY_CHARS} characters"),
-            );
-        }
+        let body = v
+            .check("interaction.body", interaction::body(&input.body))
+            .unwrap_or_default();
         let amount = match &input.amount {
             None => Some(None),
             Some(m) => v
@@ -245,7 +235,7 @@ impl InteractionService for InteractionApi {
                 )
                 .map(Some),
         };
-        let attributes = attributes_from_pb(&mut v, "interaction.attributes", &input.attributes);
+        let attributes = customer::attributes(&mut v, "interaction.attributes", &input.attributes);
         let visibility = v.check(
             "interaction.visibility",
             visibility_from_pb(input.visibility),
@@ -286,7 +276,7 @@ impl InteractionService for InteractionApi {
             channel,
             direction,
             summary,
-            body: input.body.clone(),
+            body,
             amount,
             attributes,
             visibility,

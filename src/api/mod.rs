@@ -2,6 +2,7 @@
 //! the caller, call the store, encode the answer.
 
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod edge;
 pub(crate) mod fanout;

@@ -69,18 +69,18 @@ impl EndpointFields {
                         .as_ref()
                         .and_then(|u| refused_literal_host(u, config.allow_private_networks))
                     {
-                        v.add(&field, why);
+                        v.push(
+                            crate::error::FieldViolation::new(&field, why)
+                                .because("UNSAFE_DESTINATION"),
+                        );
                     }
                     out.url = url.map(|u| u.to_string());
                 }
                 "description" => {
-                    if input.description.chars().count() > MAX_DESCRIPTION_CHARS {
-                        v.add(
-                            &field,
-                            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-                        );
-                    }
-                    out.description = Some(input.description.clone());
+                    out.description = v.check(
+                        &field,
+                        crate::domain::text::paragraph(&input.description, MAX_DESCRIPTION_CHARS),
+                    );
                 }
                 "event_types" => match parse_type_filter(&input.event_types) {
                     Ok(t) => out.event_types = Some(t),
@@ -300,8 +300,9 @@ impl WebhookService for WebhookApi {
         let fields = match EndpointFields::parse(&input, UPDATABLE, &self.config) {
             Ok(f) => Some(f),
             Err(Error::InvalidArgument(list)) => {
+                // As they are: each keeps its own reason (INVALID_TEXT, …).
                 for x in list {
-                    v.add(x.field, x.description);
+                    v.push(x);
                 }
                 None
             }

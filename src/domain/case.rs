@@ -7,7 +7,9 @@ use jiff::Timestamp;
 
 use super::OrgRef;
 use super::sla::SlaClock;
+use super::text;
 use super::workflow::Template;
+use crate::error::FieldViolation;
 
 /// Longest case or task title.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -17,6 +19,17 @@ pub const MAX_BODY_CHARS: usize = 10_000;
 pub const MAX_PARTICIPANTS: usize = 20;
 /// Most escalation contacts named on one case.
 pub const MAX_ESCALATION_CONTACTS: usize = 20;
+
+/// A case or task title: one line of 1 to 200 characters, trimmed.
+pub fn title(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_TITLE_CHARS).and_then(text::required)
+}
+
+/// A description, comment, reason or note: at most 10,000 characters over any number
+/// of lines, trimmed; may be empty (chain [`text::required`] where it must be given).
+pub fn body(raw: &str) -> Result<String, FieldViolation> {
+    text::paragraph(raw, MAX_BODY_CHARS)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
@@ -262,6 +275,22 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn titles_are_one_line_and_bodies_may_span_lines() {
+        let reason = |r: Result<String, FieldViolation>| r.unwrap_err().reason();
+        assert_eq!(title(" Broken jar ").unwrap(), "Broken jar");
+        assert_eq!(reason(title("")), "FIELD_REQUIRED");
+        assert_eq!(reason(title("Broken\njar")), "INVALID_TEXT");
+        assert_eq!(reason(title("jar\u{202E}gpj.exe")), "INVALID_TEXT");
+        assert_eq!(
+            reason(title(&"ß".repeat(MAX_TITLE_CHARS + 1))),
+            "TEXT_TOO_LONG"
+        );
+        assert_eq!(body("one\r\ntwo").unwrap(), "one\ntwo");
+        assert_eq!(reason(body("one\0two")), "INVALID_TEXT");
+        assert_eq!(body("").unwrap(), "");
+    }
 
     #[test]
     fn tasks_move_from_assigned_to_an_end_once() {

@@ -8,7 +8,7 @@
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
-use super::{OrgRef, Scopes};
+use super::{OrgRef, Scopes, text};
 use crate::error::FieldViolation;
 
 /// Longest subject common name accepted (RFC 5280's upper bound is 64; some CAs
@@ -42,21 +42,13 @@ impl CertificateMatch {
         Ok(Self::Fingerprint(hex))
     }
 
+    /// A common name: one line of 1 to 200 characters, trimmed.
     pub fn subject(raw: &str) -> Result<Self, FieldViolation> {
-        let name = raw.trim();
-        if name.is_empty() || name.chars().count() > MAX_COMMON_NAME {
-            return Err(FieldViolation::new(
-                "",
-                format!("must be a common name of 1 to {MAX_COMMON_NAME} characters"),
-            ));
+        let name = text::line(raw, MAX_COMMON_NAME)?;
+        if name.is_empty() {
+            return Err(FieldViolation::required(""));
         }
-        if name.chars().any(char::is_control) {
-            return Err(FieldViolation::new(
-                "",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self::Subject(name.to_owned()))
+        Ok(Self::Subject(name))
     }
 }
 
@@ -178,7 +170,16 @@ mod tests {
         assert!(CertificateMatch::fingerprint("abc").is_err());
         assert!(CertificateMatch::fingerprint(&"zz".repeat(32)).is_err());
         assert!(CertificateMatch::subject("  ").is_err());
-        assert!(CertificateMatch::subject("a\nb").is_err());
+        assert_eq!(
+            CertificateMatch::subject("a\nb").unwrap_err().reason(),
+            "INVALID_TEXT"
+        );
+        assert_eq!(
+            CertificateMatch::subject("a\u{202E}b")
+                .unwrap_err()
+                .reason(),
+            "INVALID_TEXT"
+        );
         assert_eq!(
             CertificateMatch::subject(" erp.acme.example ").unwrap(),
             CertificateMatch::Subject("erp.acme.example".into())

@@ -3,11 +3,12 @@
 //!
 //! Profiles are stored as JSON (serde) and served by `api::customers`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::text::{self, Lines};
 use super::visibility::RecordState;
 use super::{EmailAddress, OrgRef};
 use crate::error::{FieldViolation, Violations};
@@ -24,6 +25,12 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_ADDRESS_PART_CHARS: usize = 200;
 pub const MAX_ATTRIBUTE_KEY_CHARS: usize = 100;
 pub const MAX_ATTRIBUTE_VALUE_CHARS: usize = 1000;
+/// An organization's own id for a customer: enough for any CRM's key or a URN.
+pub const MAX_EXTERNAL_ID_CHARS: usize = 100;
+/// An organization's account number for a customer.
+pub const MAX_ACCOUNT_NUMBER_CHARS: usize = 100;
+/// An organization's private notes on a customer: a few pages, not a document store.
+pub const MAX_NOTES_CHARS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CustomerKind {
@@ -208,27 +215,50 @@ impl Profile {
     }
 }
 
-/// Trims `raw` and checks it is at most `max` characters with no control characters.
-pub fn text(raw: &str, max: usize) -> Result<String, FieldViolation> {
-    let value = raw.trim();
-    if value.chars().count() > max {
-        return Err(FieldViolation::new(
-            "",
-            format!("must be at most {max} characters"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            "",
-            "must not contain control characters",
-        ));
-    }
-    Ok(value.to_owned())
+// Every free-text value of a profile or an overlay goes through the one text rule
+// (`text::check`): trimmed, within its limit, no control characters, and names,
+// labels and ids on one line without bidirectional overrides.
+
+/// A given, family or legal name: one line of at most 200 characters, trimmed; may be
+/// empty (the profile check says which name each kind needs).
+pub fn name(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_NAME_CHARS)
+}
+
+/// The label of a contact point or address (`work`), or an overlay's status: one line
+/// of at most 50 characters, trimmed; may be empty.
+pub fn label(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_LABEL_CHARS)
+}
+
+/// A line, locality, region or postal code of a postal address: one line of at most
+/// 200 characters, trimmed; may be empty.
+pub fn address_part(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_ADDRESS_PART_CHARS)
+}
+
+/// An organization's own id for a customer: one line of at most 100 characters,
+/// trimmed; `None` when empty.
+pub fn external_id(raw: &str) -> Result<Option<String>, FieldViolation> {
+    let value = text::line(raw, MAX_EXTERNAL_ID_CHARS)?;
+    Ok((!value.is_empty()).then_some(value))
+}
+
+/// An organization's account number for a customer: one line of at most 100
+/// characters, trimmed; may be empty.
+pub fn account_number(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_ACCOUNT_NUMBER_CHARS)
+}
+
+/// An organization's notes on a customer: at most 10,000 characters over any number
+/// of lines, trimmed; may be empty.
+pub fn notes(raw: &str) -> Result<String, FieldViolation> {
+    text::paragraph(raw, MAX_NOTES_CHARS)
 }
 
 /// A tag: 1 to 50 lower-case letters, digits, `-`, `_` or `:`; input is lower-cased.
 pub fn tag(raw: &str) -> Result<String, FieldViolation> {
-    let value = raw.trim().to_lowercase();
+    let value = text::line(raw, MAX_LABEL_CHARS)?.to_lowercase();
     let ok = !value.is_empty()
         && value.chars().count() <= MAX_LABEL_CHARS
         && value
@@ -242,6 +272,51 @@ pub fn tag(raw: &str) -> Result<String, FieldViolation> {
             "must be 1 to 50 letters, digits, '-', '_' or ':'",
         ))
     }
+}
+
+/// An attribute key: 1 to 100 ASCII letters, digits, `_`, `-` or `.`, as written.
+pub fn attribute_key(raw: &str) -> Result<String, FieldViolation> {
+    let key = text::check(raw, MAX_ATTRIBUTE_KEY_CHARS, Lines::One)?;
+    let ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(key)
+    } else {
+        Err(FieldViolation::new(
+            "",
+            "keys must be 1 to 100 letters, digits, '_', '-' or '.'",
+        ))
+    }
+}
+
+/// An attribute value: one line of at most 1000 characters, trimmed; may be empty.
+pub fn attribute_value(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_ATTRIBUTE_VALUE_CHARS)
+}
+
+/// Attributes (of a profile, an overlay or an interaction): at most 50, each key and
+/// value checked; violations are recorded under `field[<key>]`.
+pub fn attributes(
+    v: &mut Violations,
+    field: &str,
+    raw: &HashMap<String, String>,
+) -> BTreeMap<String, String> {
+    if raw.len() > MAX_ATTRIBUTES {
+        v.add(field, format!("may hold at most {MAX_ATTRIBUTES} entries"));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in raw {
+        let at = format!("{field}[{key:?}]");
+        let Some(key) = v.check(&at, attribute_key(key)) else {
+            continue;
+        };
+        if let Some(value) = v.check(&at, attribute_value(value)) {
+            out.insert(key, value);
+        }
+    }
+    out
 }
 
 /// An ISO 3166-1 alpha-2 country code, upper-cased; empty stays empty.
@@ -618,8 +693,48 @@ mod tests {
         assert!(tag("two words").is_err());
         assert_eq!(country_code("de").unwrap(), "DE");
         assert!(country_code("DEU").is_err());
-        assert!(text(&"x".repeat(MAX_NAME_CHARS + 1), MAX_NAME_CHARS).is_err());
-        assert!(text("a\nb", MAX_NAME_CHARS).is_err());
+    }
+
+    #[test]
+    fn profile_texts_follow_the_one_text_rule() {
+        let reason = |r: Result<String, FieldViolation>| r.unwrap_err().reason();
+        assert_eq!(name(" Jane ").unwrap(), "Jane");
+        assert_eq!(
+            reason(name(&"ü".repeat(MAX_NAME_CHARS + 1))),
+            "TEXT_TOO_LONG"
+        );
+        assert!(name(&"ü".repeat(MAX_NAME_CHARS)).is_ok());
+        for bad in ["a\0b", "a\nb", "a\u{1b}b", "a\u{202E}b"] {
+            assert_eq!(reason(name(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(reason(label(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(reason(address_part(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(reason(account_number(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(reason(tag(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(reason(attribute_key(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(reason(attribute_value(bad)), "INVALID_TEXT", "{bad:?}");
+            assert_eq!(
+                external_id(bad).unwrap_err().reason(),
+                "INVALID_TEXT",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(external_id("  ").unwrap(), None);
+        assert_eq!(notes(" one\r\ntwo\n").unwrap(), "one\ntwo");
+        assert_eq!(reason(notes("a\0b")), "INVALID_TEXT");
+        assert_eq!(reason(attribute_key("tier level")), "INVALID_FIELD_VALUE");
+
+        let mut v = Violations::new();
+        let raw: HashMap<String, String> = [
+            ("tier".to_owned(), " gold ".to_owned()),
+            ("note".to_owned(), "a\0b".to_owned()),
+        ]
+        .into();
+        let kept = attributes(&mut v, "attributes", &raw);
+        assert_eq!(kept, [("tier".to_owned(), "gold".to_owned())].into());
+        let Err(crate::error::Error::InvalidArgument(found)) = v.finish() else {
+            panic!("a NUL in a value is a violation");
+        };
+        assert_eq!(found[0].field, r#"attributes["note"]"#);
     }
 
     #[test]

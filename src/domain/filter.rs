@@ -13,6 +13,7 @@
 use jiff::Timestamp;
 
 use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
+use super::text::{self, Lines};
 use super::visibility::CustomerView;
 use super::{EmailAddress, Slug};
 use crate::error::FieldViolation;
@@ -62,13 +63,11 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || "_.-+@*/".contains(c)
 }
 
-/// Splits `filter` into comparisons; empty means no filter.
+/// Splits `filter` into comparisons; empty means no filter. The filter is one line of
+/// text under the one text rule, so no value taken from it (a name, an external id)
+/// holds a control character.
 pub fn parse(filter: &str) -> Result<Vec<Comparison>, FieldViolation> {
-    if filter.chars().count() > MAX_FILTER_CHARS {
-        return Err(bad(format!(
-            "must be at most {MAX_FILTER_CHARS} characters"
-        )));
-    }
+    text::check(filter, MAX_FILTER_CHARS, Lines::One).map_err(|v| v.under("filter"))?;
     let tokens = tokenize(filter)?;
     let mut comparisons = vec![];
     let mut rest = tokens.as_slice();
@@ -399,6 +398,50 @@ mod tests {
             );
         }
         assert!(parse("tag = a AND ".repeat(21).trim_end_matches(" AND ")).is_err());
+    }
+
+    #[test]
+    fn filters_are_one_line_of_text() {
+        for filter in [
+            "external_id = \"C\0-1\"",
+            "tag = vip\nAND kind = PERSON",
+            "display_name = \"\u{202E}enaJ\"",
+            "display_name = \"\u{1b}[31mJane\"",
+        ] {
+            let err = parse(filter).unwrap_err();
+            assert_eq!(
+                (err.field.as_str(), err.reason()),
+                ("filter", "INVALID_TEXT"),
+                "{filter:?}"
+            );
+        }
+        let long = format!("external_id = \"{}\"", "ü".repeat(MAX_FILTER_CHARS));
+        assert_eq!(parse(&long).unwrap_err().reason(), "TEXT_TOO_LONG");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Never a panic, whatever arrives: NULs, deep nesting, stray quotes and escapes.
+        #[test]
+        fn customer_filters_never_panic(
+            filter in r#"(display_name|email|phone|tag|external_id|owner|kind|granted|update_time|[ a-z_=!<>:*"\\()\x00\n\u{202E}]|\PC|AND|OR|NOT|"[^"]{0,8}"){0,64}"#,
+        ) {
+            let _ = CustomerFilter::parse(&filter, de());
+            if let Ok(comparisons) = parse(&filter) {
+                for c in comparisons {
+                    proptest::prop_assert!(!c.value.chars().any(char::is_control), "{c:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn deep_nesting_and_long_quotes_never_panic(depth in 0usize..5_000, quotes in 0usize..5_000) {
+            let nested = format!("{}tag = a{}", "(".repeat(depth), ")".repeat(depth));
+            let _ = CustomerFilter::parse(&nested, de());
+            let quoted = format!("display_name = {}", "\"\\".repeat(quotes));
+            let _ = CustomerFilter::parse(&quoted, de());
+        }
     }
 
     #[test]

@@ -5,11 +5,29 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 
 use super::OrgRef;
+use super::text;
 use crate::error::FieldViolation;
 
 pub const MAX_SUMMARY_CHARS: usize = 200;
 pub const MAX_BODY_CHARS: usize = 10_000;
 pub const MAX_CHANNEL_CHARS: usize = 50;
+
+/// What happened, in brief: 1 to 200 characters, trimmed; it may span lines.
+pub fn summary(raw: &str) -> Result<String, FieldViolation> {
+    text::paragraph(raw, MAX_SUMMARY_CHARS).and_then(text::required)
+}
+
+/// The full account: at most 10,000 characters over any number of lines, trimmed;
+/// may be empty.
+pub fn body(raw: &str) -> Result<String, FieldViolation> {
+    text::paragraph(raw, MAX_BODY_CHARS)
+}
+
+/// Where it happened (`phone`, `web shop`): one line of at most 50 characters,
+/// trimmed; may be empty.
+pub fn channel(raw: &str) -> Result<String, FieldViolation> {
+    text::line(raw, MAX_CHANNEL_CHARS)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InteractionType {
@@ -151,6 +169,25 @@ mod tests {
             CURRENCIES.windows(2).all(|w| w[0] < w[1]),
             "sorted, no duplicates"
         );
+    }
+
+    #[test]
+    fn texts_follow_the_one_text_rule() {
+        let reason = |r: Result<String, FieldViolation>| r.unwrap_err().reason();
+        assert_eq!(summary(" Called\r\nback ").unwrap(), "Called\nback");
+        assert_eq!(reason(summary("  ")), "FIELD_REQUIRED");
+        assert_eq!(reason(summary("a\0b")), "INVALID_TEXT");
+        assert_eq!(reason(body("a\u{1b}[2Jb")), "INVALID_TEXT");
+        assert_eq!(
+            body(&"é".repeat(MAX_BODY_CHARS)).unwrap().chars().count(),
+            MAX_BODY_CHARS
+        );
+        assert_eq!(
+            reason(body(&"é".repeat(MAX_BODY_CHARS + 1))),
+            "TEXT_TOO_LONG"
+        );
+        assert_eq!(reason(channel("web\nshop")), "INVALID_TEXT");
+        assert_eq!(channel(" phone ").unwrap(), "phone");
     }
 
     #[test]

@@ -71,11 +71,10 @@ pub fn check(value: &str, max_chars: usize, lines: Lines) -> Result<String, Fiel
         _ => value.to_owned(),
     };
     if value.chars().count() > max_chars {
-        return Err(FieldViolation::new(
-            "",
-            format!("must be at most {max_chars} characters"),
-        )
-        .because("TEXT_TOO_LONG"));
+        return Err(
+            FieldViolation::new("", format!("must be at most {max_chars} characters"))
+                .because("TEXT_TOO_LONG"),
+        );
     }
     for c in value.chars() {
         let bad = match c {
@@ -105,6 +104,16 @@ pub fn line(raw: &str, max_chars: usize) -> Result<String, FieldViolation> {
 /// Multi-line text of at most `max_chars`, trimmed; empty allowed.
 pub fn paragraph(raw: &str, max_chars: usize) -> Result<String, FieldViolation> {
     check(raw.trim(), max_chars, Lines::Many)
+}
+
+/// `value` unless it is empty, for fields that must be given: chain it after
+/// [`line`] or [`paragraph`] (`line(raw, max).and_then(required)`).
+pub fn required(value: String) -> Result<String, FieldViolation> {
+    if value.is_empty() {
+        Err(FieldViolation::required(""))
+    } else {
+        Ok(value)
+    }
 }
 
 #[cfg(test)]
@@ -151,5 +160,43 @@ mod tests {
         assert_eq!(Reason::parse("").unwrap().as_str(), "");
         assert!(Reason::parse_required(" ").is_err());
         assert!(Reason::parse("line one\nline two").is_ok());
+        assert_eq!(
+            line(" ", 10).and_then(required).unwrap_err().reason(),
+            "FIELD_REQUIRED"
+        );
+    }
+
+    /// Whether `c` may never be stored in text written `lines`.
+    fn forbidden(c: char, lines: Lines) -> bool {
+        match lines {
+            Lines::One => {
+                c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            }
+            Lines::Many => c.is_control() && !matches!(c, '\t' | '\n'),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn accepted_text_never_holds_a_forbidden_character(
+            // Any char, weighted towards the ones the rule is about.
+            value in r"(\PC|[\x00-\x1f\x7f-\x9f\u{202A}-\u{202E}\u{2066}-\u{2069}\r\n\t]){0,40}",
+            max in 0usize..48,
+        ) {
+            for lines in [Lines::One, Lines::Many] {
+                match check(&value, max, lines) {
+                    Ok(stored) => {
+                        proptest::prop_assert!(!stored.chars().any(|c| forbidden(c, lines)), "{stored:?}");
+                        proptest::prop_assert!(stored.chars().count() <= max);
+                    }
+                    Err(v) => proptest::prop_assert!(
+                        matches!(v.reason(), "INVALID_TEXT" | "TEXT_TOO_LONG"),
+                        "{v:?}"
+                    ),
+                }
+            }
+        }
     }
 }

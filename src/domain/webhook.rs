@@ -1,11 +1,12 @@
 //! Webhooks as the Standard Webhooks specification defines them: secrets, signatures,
 //! and which destinations a hub may call.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::Sha256;
 
 use crate::error::FieldViolation;
@@ -127,42 +128,144 @@ pub fn verify(
     }
 }
 
-/// Whether the hub may send to `ip` when private networks are not allowed: loopback,
-/// private, link-local, CGNAT (100.64/10), multicast, broadcast and unspecified
-/// addresses are refused, as are their IPv6 counterparts and IPv4-mapped forms.
-pub fn is_public(ip: IpAddr) -> bool {
+/// IPv4 ranges the hub never calls unless private networks are allowed: every entry of
+/// the IANA IPv4 Special-Purpose Address Registry that is not globally reachable (as of
+/// its 2024 revision), all of 192.0.0.0/24, the deprecated 6to4 relay anycast, and
+/// multicast (RFC 5771), which the registry leaves to its own.
+const REFUSED_V4: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "this network (RFC 791)"),
+    ("10.0.0.0/8", "private use (RFC 1918)"),
+    ("100.64.0.0/10", "shared address space (RFC 6598)"),
+    ("127.0.0.0/8", "loopback (RFC 1122)"),
+    ("169.254.0.0/16", "link local (RFC 3927)"),
+    ("172.16.0.0/12", "private use (RFC 1918)"),
+    ("192.0.0.0/24", "IETF protocol assignments (RFC 6890)"),
+    ("192.0.2.0/24", "documentation, TEST-NET-1 (RFC 5737)"),
+    ("192.88.99.0/24", "deprecated 6to4 relay anycast (RFC 7526)"),
+    ("192.168.0.0/16", "private use (RFC 1918)"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("198.51.100.0/24", "documentation, TEST-NET-2 (RFC 5737)"),
+    ("203.0.113.0/24", "documentation, TEST-NET-3 (RFC 5737)"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("240.0.0.0/4", "reserved (RFC 1112)"),
+    ("255.255.255.255/32", "limited broadcast (RFC 919)"),
+];
+
+/// IPv6 ranges refused outright: the entries of the IANA IPv6 Special-Purpose Address
+/// Registry that are not globally reachable, the deprecated site-local and
+/// IPv4-compatible forms, multicast, and every address outside global unicast
+/// (2000::/3). Forms that embed an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4)
+/// are judged by that address instead; Teredo (2001::/32) lies in 2001::/23 and is
+/// refused whole.
+const REFUSED_V6: &[(&str, &str)] = &[
+    (
+        "::/96",
+        "unspecified, loopback and IPv4-compatible (RFC 4291)",
+    ),
+    (
+        "64:ff9b:1::/48",
+        "local-use IPv4/IPv6 translation (RFC 8215)",
+    ),
+    ("100::/64", "discard-only (RFC 6666)"),
+    ("100:0:0:1::/64", "dummy prefix (RFC 9780)"),
+    (
+        "2001::/23",
+        "IETF protocol assignments, Teredo, benchmarking (RFC 2928)",
+    ),
+    ("2001:db8::/32", "documentation (RFC 3849)"),
+    ("3fff::/20", "documentation (RFC 9637)"),
+    ("5f00::/16", "segment routing SIDs (RFC 9602)"),
+    ("fc00::/7", "unique local (RFC 4193)"),
+    ("fe80::/10", "link local (RFC 4291)"),
+    ("fec0::/10", "deprecated site local (RFC 3879)"),
+    ("ff00::/8", "multicast (RFC 4291)"),
+];
+
+/// Registry entries inside the refused IPv6 ranges that are globally reachable.
+const GLOBAL_V6: &[&str] = &[
+    "2001:1::1/128",   // Port Control Protocol anycast (RFC 7723)
+    "2001:1::2/128",   // TURN anycast (RFC 8155)
+    "2001:3::/32",     // AMT (RFC 7450)
+    "2001:4:112::/48", // AS112-v6 (RFC 7535)
+    "2001:20::/28",    // ORCHIDv2 (RFC 7343)
+    "2001:30::/28",    // Drone remote ID (RFC 9374)
+];
+
+fn within<N: std::str::FromStr>(
+    table: &[(&str, &'static str)],
+    contains: impl Fn(&N) -> bool,
+) -> Option<&'static str>
+where
+    N::Err: std::fmt::Debug,
+{
+    table.iter().find_map(|(net, why)| {
+        let net: N = net.parse().expect("the tables hold valid networks");
+        contains(&net).then_some(*why)
+    })
+}
+
+/// Why the hub must not call `ip` when private networks are not allowed, or `None` if
+/// it is a globally reachable address.
+pub fn refusal(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_unspecified()
-                || (a == 100 && (64..128).contains(&b))
-                || a == 0)
-        }
+        IpAddr::V4(v4) => within::<Ipv4Net>(REFUSED_V4, |n| n.contains(&v4)),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            if let Some(v4) = embedded_v4(v6) {
+                return refusal(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+            let global = |net: &&str| {
+                net.parse::<Ipv6Net>()
+                    .expect("the table holds valid networks")
+                    .contains(&v6)
+            };
+            if GLOBAL_V6.iter().any(global) {
+                return None;
+            }
+            if let Some(why) = within::<Ipv6Net>(REFUSED_V6, |n| n.contains(&v6)) {
+                return Some(why);
+            }
+            let unicast: Ipv6Net = "2000::/3".parse().expect("valid");
+            (!unicast.contains(&v6)).then_some("not global unicast (RFC 4291)")
         }
     }
+}
+
+/// The IPv4 address an IPv6 address stands for: IPv4-mapped (`::ffff:a.b.c.d`), the
+/// well-known NAT64 prefix (`64:ff9b::a.b.c.d`, RFC 6052) and 6to4 (`2002:AABB:CCDD::`,
+/// RFC 3056). (IPv4-compatible `::a.b.c.d` and Teredo are refused whatever they hold.)
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let low = || Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low());
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    None
+}
+
+/// Whether the hub may send to `ip` when private networks are not allowed.
+pub fn is_public(ip: IpAddr) -> bool {
+    refusal(ip).is_none()
 }
 
 /// Why the hub must not call `url` when private networks are not allowed, for a host
 /// written as an IP address. (Names are checked when resolved, on every connection.)
 pub fn refused_literal_host(url: &reqwest::Url, allow_private: bool) -> Option<String> {
     let ip: IpAddr = url.host_str()?.trim_matches(['[', ']']).parse().ok()?;
-    (!allow_private && !is_public(ip))
-        .then(|| format!("{ip} is a private or special-purpose address"))
+    if allow_private {
+        return None;
+    }
+    refusal(ip).map(|why| format!("{ip} is a private or special-purpose address: {why}"))
 }
 
 /// A webhook destination: `https://` (or `http://` where allowed), with a host, no
@@ -289,8 +392,53 @@ mod tests {
     }
 
     #[test]
-    fn private_and_special_addresses_are_not_public() {
+    fn every_refused_range_is_refused_from_end_to_end() {
+        // The first and last address of every range, and the neighbours just outside
+        // where those are public.
+        for (net, _) in REFUSED_V4 {
+            let net: Ipv4Net = net.parse().unwrap();
+            for ip in [net.network(), net.broadcast()] {
+                assert!(!is_public(ip.into()), "{ip} in {net}");
+                // The same address in every IPv6 form that embeds it.
+                let [a, b, c, d] = ip.octets();
+                for form in [
+                    format!("::ffff:{ip}"),
+                    format!("64:ff9b::{ip}"),
+                    format!("2002:{:02x}{:02x}:{:02x}{:02x}::1", a, b, c, d),
+                ] {
+                    let v6: IpAddr = form.parse().unwrap();
+                    assert!(!is_public(v6), "{form} embeds {ip}");
+                }
+            }
+        }
+        for (net, _) in REFUSED_V6 {
+            let net: Ipv6Net = net.parse().unwrap();
+            for ip in [net.network(), net.broadcast()] {
+                let inside_global = GLOBAL_V6
+                    .iter()
+                    .any(|g| g.parse::<Ipv6Net>().unwrap().contains(&ip));
+                assert!(inside_global || !is_public(ip.into()), "{ip} in {net}");
+            }
+        }
         for ip in [
+            // Named by the issue that found the gaps.
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.9",
+            "240.0.0.1",
+            "192.0.2.55",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "::ffff:169.254.169.254",
+            // And the old ones.
             "127.0.0.1",
             "10.1.2.3",
             "172.16.0.1",
@@ -301,15 +449,31 @@ mod tests {
             "0.0.0.0",
             "255.255.255.255",
             "::1",
+            "::",
             "fd00::1",
             "fe80::1",
             "ff02::1",
-            "::ffff:127.0.0.1",
-            "::",
+            "4000::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "100.128.0.1", "2606:2800:220:1::1"] {
+        for ip in [
+            "93.184.216.34",
+            "100.128.0.1",
+            "100.63.255.255",
+            "198.17.255.255",
+            "198.20.0.0",
+            "192.0.1.255",
+            "192.0.3.0",
+            "223.255.255.255",
+            "8.8.8.8",
+            "2606:2800:220:1::1",
+            "64:ff9b::8.8.8.8",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::1",
+            "2001:4:112::1",
+            "2001:200::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

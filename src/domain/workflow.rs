@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use super::calendar::{Calendar, Hours};
 use super::case::Priority;
+use super::text::{self, Lines};
+use crate::error::FieldViolation;
 
 /// The templates compiled into the hub.
 const BUILT_IN: &[(&str, &str)] = &[
@@ -535,31 +537,34 @@ impl Template {
         Ok(t)
     }
 
-    /// Checks one field value against its declaration.
-    pub fn check_field(&self, name: &str, value: &str) -> Result<(), String> {
+    /// Checks one field value against its declaration; returns the value as stored
+    /// (trimmed, CRLF as LF). Every value passes the one text rule first; a text field
+    /// may span lines, as templates do not say which fields are one line and some
+    /// (`rejection_reason`) are prose.
+    pub fn check_field(&self, name: &str, raw: &str) -> Result<String, FieldViolation> {
         let Some(field) = self.fields.iter().find(|f| f.name == name) else {
             let known: Vec<&str> = self.fields.iter().map(|f| f.name.as_str()).collect();
-            return Err(format!(
-                "is not a field of {}; its fields are: {}",
-                self.name,
-                if known.is_empty() {
-                    "(none)".to_owned()
-                } else {
-                    known.join(", ")
-                }
+            return Err(FieldViolation::new(
+                "",
+                format!(
+                    "is not a field of {}; its fields are: {}",
+                    self.name,
+                    if known.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
             ));
         };
-        if value.chars().count() > MAX_FIELD_CHARS {
-            return Err(format!("must be at most {MAX_FIELD_CHARS} characters"));
-        }
+        let value = text::check(raw.trim(), MAX_FIELD_CHARS, Lines::Many)?;
+        let wrong = |why: String| Err(FieldViolation::new("", why));
         match &field.kind {
-            FieldKind::Text => Ok(()),
-            FieldKind::Date => value
-                .parse::<Date>()
-                .map(|_| ())
-                .map_err(|_| "must be a date such as 2026-12-31".to_owned()),
-            FieldKind::Choice(choices) if choices.iter().any(|c| c == value) => Ok(()),
-            FieldKind::Choice(choices) => Err(format!("must be one of {}", choices.join(", "))),
+            FieldKind::Text => Ok(value),
+            FieldKind::Date if value.parse::<Date>().is_ok() => Ok(value),
+            FieldKind::Date => wrong("must be a date such as 2026-12-31".to_owned()),
+            FieldKind::Choice(choices) if choices.contains(&value) => Ok(value),
+            FieldKind::Choice(choices) => wrong(format!("must be one of {}", choices.join(", "))),
         }
     }
 }
@@ -677,8 +682,24 @@ mod tests {
             .is_ok()
         );
         assert_eq!(
-            t.check_field("resolution_code", "magic").unwrap_err(),
+            t.check_field("resolution_code", "magic")
+                .unwrap_err()
+                .description,
             "must be one of repaired, replaced, refunded, no_fault_found, workaround"
+        );
+        assert_eq!(
+            t.check_field("product", " Blender\r\nBX-1 ").unwrap(),
+            "Blender\nBX-1"
+        );
+        assert_eq!(
+            t.check_field("product", "Blender\0").unwrap_err().reason(),
+            "INVALID_TEXT"
+        );
+        assert_eq!(
+            t.check_field("resolution_code", &"x".repeat(MAX_FIELD_CHARS + 1))
+                .unwrap_err()
+                .reason(),
+            "TEXT_TOO_LONG"
         );
     }
 

@@ -17,6 +17,8 @@ use prost::Message as _;
 use serde::Serialize;
 use tracing::Instrument;
 
+use super::Shutdown;
+
 use crate::config::{EmailConfig, SmtpConfig};
 use crate::domain::Member;
 use crate::domain::notify::Clock;
@@ -360,22 +362,28 @@ impl EmailWorker {
         SignedDuration::from_secs(self.config.coalesce_secs as i64)
     }
 
-    pub async fn run(self) {
+    /// Composes and sends until `shutdown.stop`; an email being sent then may finish
+    /// until `shutdown.abort`, which drops it unsent with its lease released.
+    pub async fn run(self, shutdown: Shutdown) {
         let signal = self.store.emails_signal().clone();
         let pace = Duration::from_secs_f64(1.0 / self.config.max_per_second.max(1) as f64);
-        loop {
-            let busy = match self.pass(pace).await {
+        while !shutdown.stop.is_cancelled() {
+            let busy = match self.pass(pace, &shutdown).await {
                 Ok(busy) => busy,
                 Err(error) => {
                     tracing::warn!(%error, "email pass failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.stop.cancelled() => {}
+                    }
                     continue;
                 }
             };
             if busy {
                 continue;
             }
-            super::idle(
+            super::idle_until_stopped(
+                &shutdown.stop,
                 &signal,
                 self.store.next_email_work(SETTLE, self.window()).await,
                 self.clock.now(),
@@ -386,7 +394,7 @@ impl EmailWorker {
     }
 
     /// Composes what is due and sends what is due; true if there was anything.
-    async fn pass(&self, pace: Duration) -> Result<bool> {
+    async fn pass(&self, pace: Duration, shutdown: &Shutdown) -> Result<bool> {
         let now = self.clock.now();
         let threads = self
             .store
@@ -404,9 +412,21 @@ impl EmailWorker {
             }
         }
         let claimed = self.store.claim_emails(now, now + LEASE, BATCH).await?;
-        for email in &claimed {
+        for (i, email) in claimed.iter().enumerate() {
+            if shutdown.stop.is_cancelled() {
+                // Not started: back to the queue for another worker at once.
+                self.store.release_emails(&claimed[i..]).await?;
+                return Ok(true);
+            }
             let span = tracing::info_span!("email", email = %email.id, member = %email.member_id);
-            let outcome = self.send(email).instrument(span).await;
+            let outcome = tokio::select! {
+                outcome = self.send(email).instrument(span) => outcome,
+                () = shutdown.abort.cancelled() => {
+                    tracing::info!(email = %email.id, "sending cut short by shutdown; lease released");
+                    self.store.release_emails(&claimed[i..]).await?;
+                    return Ok(true);
+                }
+            };
             crate::metrics::metrics().smtp_outcome(match &outcome {
                 EmailOutcome::Sent => "sent",
                 EmailOutcome::Bounced { .. } => "bounced",
@@ -416,7 +436,10 @@ impl EmailWorker {
             self.store
                 .record_email(email, &outcome, self.clock.now())
                 .await?;
-            tokio::time::sleep(pace).await;
+            tokio::select! {
+                () = tokio::time::sleep(pace) => {}
+                () = shutdown.stop.cancelled() => {}
+            }
         }
         Ok(!threads.is_empty() || !digests.is_empty() || !claimed.is_empty())
     }

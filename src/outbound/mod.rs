@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How the hub stops its workers: first `stop` (take no new work, finish what is in
+/// flight), then, when the shutdown grace is over, `abort` (drop what is still in
+/// flight unrecorded and release its lease, so another replica or the restarted hub
+/// takes it up at once).
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub stop: CancellationToken,
+    pub abort: CancellationToken,
+}
 
 /// The longest a worker sleeps without looking at its queue.
 const IDLE_RECHECK: Duration = Duration::from_secs(30);
@@ -32,5 +43,19 @@ pub(crate) async fn idle(
     tokio::select! {
         () = signal.notified() => {}
         () = tokio::time::sleep(wait.max(floor)) => {}
+    }
+}
+
+/// [`idle`], cut short when the hub stops.
+pub(crate) async fn idle_until_stopped(
+    stop: &CancellationToken,
+    signal: &Notify,
+    due: crate::error::Result<Option<Timestamp>>,
+    now: Timestamp,
+    floor: Duration,
+) {
+    tokio::select! {
+        () = idle(signal, due, now, floor) => {}
+        () = stop.cancelled() => {}
     }
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use prost::Message;
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use super::Shutdown;
 
 use crate::api::convert::event_json;
 use crate::api::fanout::{Draft, emit};
@@ -126,15 +129,21 @@ impl WebhookWorker {
         }
     }
 
-    pub async fn run(self) {
+    /// Claims and sends due deliveries until `shutdown.stop`; then waits for the
+    /// attempts in flight, which `shutdown.abort` cuts short (their leases released).
+    pub async fn run(self, shutdown: Shutdown) {
         let store = self.sender.store.clone();
         let signal = store.deliveries_signal().clone();
         let per_endpoint = self.sender.config.max_in_flight_per_endpoint as usize;
-        loop {
+        let in_flight = TaskTracker::new();
+        while !shutdown.stop.is_cancelled() {
             let free = self.slots.available_permits().min(CLAIM_BATCH);
             if free == 0 {
                 // Wait for a slot to free up, then look again.
-                drop(self.slots.acquire().await);
+                tokio::select! {
+                    slot = self.slots.acquire() => drop(slot),
+                    () = shutdown.stop.cancelled() => break,
+                }
                 continue;
             }
             let at = now();
@@ -159,10 +168,11 @@ impl WebhookWorker {
                             .expect("busy map")
                             .entry(delivery.endpoint_id.clone())
                             .or_default() += 1;
-                        let (sender, busy, recorder) = (
+                        let (sender, busy, recorder, abort) = (
                             self.sender.clone(),
                             self.busy.clone(),
                             self.recorder.clone(),
+                            shutdown.abort.clone(),
                         );
                         let span = tracing::info_span!(
                             "webhook",
@@ -170,14 +180,27 @@ impl WebhookWorker {
                             endpoint = %delivery.endpoint_id,
                             event = %delivery.event_id,
                         );
-                        tokio::spawn(
+                        in_flight.spawn(
                             async move {
-                                let attempt = sender.attempt(&delivery).await;
-                                observe(&attempt);
-                                let recorded = if attempt.succeeded {
-                                    recorder.record(delivery.clone(), attempt).await
-                                } else {
-                                    sender.record(&delivery, &attempt).await
+                                let attempt = tokio::select! {
+                                    attempt = sender.attempt(&delivery) => Some(attempt),
+                                    () = abort.cancelled() => None,
+                                };
+                                let recorded = match attempt {
+                                    Some(attempt) => {
+                                        observe(&attempt);
+                                        if attempt.succeeded {
+                                            recorder.record(delivery.clone(), attempt).await
+                                        } else {
+                                            sender.record(&delivery, &attempt).await
+                                        }
+                                    }
+                                    // The grace is over: nothing is recorded, and the
+                                    // delivery is due again at once for another worker.
+                                    None => {
+                                        tracing::info!("attempt cut short by shutdown; lease released");
+                                        sender.release(&delivery).await
+                                    }
                                 };
                                 if let Err(error) = recorded {
                                     tracing::warn!(%error, "delivery not recorded; it is retried when its lease ends");
@@ -202,11 +225,15 @@ impl WebhookWorker {
                 Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim webhook deliveries");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.stop.cancelled() => {}
+                    }
                     continue;
                 }
             }
-            super::idle(
+            super::idle_until_stopped(
+                &shutdown.stop,
                 &signal,
                 store.next_delivery_due(now()).await,
                 now(),
@@ -214,6 +241,14 @@ impl WebhookWorker {
             )
             .await;
         }
+        in_flight.close();
+        if !in_flight.is_empty() {
+            tracing::info!(
+                attempts = in_flight.len(),
+                "waiting for webhook attempts in flight"
+            );
+        }
+        in_flight.wait().await;
     }
 }
 
@@ -238,6 +273,13 @@ impl Sender {
         observe(&attempt);
         self.record(d, &attempt).await?;
         Ok(attempt)
+    }
+
+    /// Gives an unattempted delivery back (see [`Tx::release_delivery`]).
+    async fn release(&self, d: &ClaimedDelivery) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        tx.release_delivery(d).await?;
+        tx.commit().await
     }
 
     /// Records one attempt in a transaction of its own.

@@ -172,6 +172,6 @@ impl Tx {
         .bind(id)
         .execute(self.conn())
         .await?;
-        Ok(())
+        self.credentials_changed().await
     }
 }

@@ -803,6 +803,29 @@ impl Store {
 }
 
 impl Tx {
+    /// Locks the rows of `ids` until the transaction ends, in id order, so two
+    /// transactions that change the same customers (opposite merges) queue instead of
+    /// deadlocking; the second then reads what the first committed. (SQLite runs one
+    /// write transaction at a time already.)
+    pub async fn lock_customers(&mut self, ids: &[&str]) -> Result<()> {
+        if self.dialect != super::Dialect::Postgres || ids.is_empty() {
+            return Ok(());
+        }
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let sql = format!(
+            "SELECT id FROM customers WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            placeholders(1, ids.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(self.conn()).await?;
+        Ok(())
+    }
+
     pub async fn customer(&mut self, viewer_id: &str, id: &str) -> Result<Option<SeenCustomer>> {
         by_id(self.conn(), viewer_id, id).await
     }

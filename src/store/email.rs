@@ -39,6 +39,8 @@ pub struct EmailToSend {
     pub to_address: String,
     pub message: Vec<u8>,
     pub attempts: i64,
+    /// The lease this claim holds; the outcome is recorded only while it is held.
+    pub lease_until: Option<i64>,
 }
 
 /// A rendered email on its way into the outbox.
@@ -211,7 +213,7 @@ impl Store {
             "UPDATE emails SET lease_until = $1 WHERE id IN (\
              SELECT id FROM emails WHERE state = 'pending' AND next_attempt_time <= $2 \
              AND (lease_until IS NULL OR lease_until < $2) ORDER BY next_attempt_time LIMIT {limit} {lock}) \
-             RETURNING id, organization_id, member_id, to_address, message, attempts"
+             RETURNING id, organization_id, member_id, to_address, message, attempts, lease_until"
         );
         let mut tx = self.begin().await?;
         let claimed = sqlx::query_as(&sql)
@@ -221,6 +223,24 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// Gives claimed emails back unsent (the hub is stopping): due at once for
+    /// whichever worker looks next, here or on another replica.
+    pub async fn release_emails(&self, emails: &[EmailToSend]) -> Result<()> {
+        if emails.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for email in emails {
+            sqlx::query("UPDATE emails SET lease_until = NULL WHERE id = $1 AND lease_until = $2")
+                .bind(&email.id)
+                .bind(email.lease_until)
+                .execute(tx.conn())
+                .await?;
+        }
+        tx.wake_emails();
+        tx.commit().await
     }
 
     /// Records what became of sending `email`.
@@ -238,17 +258,23 @@ impl Store {
                 ("dead", now, error.as_str())
             }
         };
-        sqlx::query(
+        let recorded = sqlx::query(
             "UPDATE emails SET state = $1, attempts = attempts + 1, next_attempt_time = $2, \
-             lease_until = NULL, last_error = $3, sent_time = $4 WHERE id = $5",
+             lease_until = NULL, last_error = $3, sent_time = $4 WHERE id = $5 AND lease_until = $6",
         )
         .bind(state)
         .bind(micros(next))
         .bind(error)
         .bind((state == "sent").then_some(micros(now)))
         .bind(&email.id)
+        .bind(email.lease_until)
         .execute(tx.conn())
         .await?;
+        if recorded.rows_affected() == 0 {
+            // Another worker took the email over; its outcome stands.
+            crate::metrics::metrics().late_result("email");
+            return Ok(());
+        }
         if let EmailOutcome::Bounced { error } = outcome {
             // Only if the address is still the one that bounced.
             sqlx::query(

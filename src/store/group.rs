@@ -38,7 +38,7 @@ const STALL: Duration = Duration::from_millis(20);
 
 type Transaction = sqlx::Transaction<'static, Any>;
 /// A group's outcome: `None` until it commits (or fails to).
-type Outcome = Option<std::result::Result<(), String>>;
+type Outcome = Option<std::result::Result<(), Arc<sqlx::Error>>>;
 
 /// The writer connection's group transaction.
 #[derive(Default)]
@@ -101,8 +101,9 @@ impl Group {
         if guard.abandoned
             && let Err(e) = settle(&mut guard).await
         {
-            finish(&mut guard, Err(e.to_string()));
-            return Err(e.into());
+            let e = Arc::new(e);
+            finish(&mut guard, Err(e.clone()));
+            return Err(failed(&e));
         }
         if guard.tx.is_none() {
             guard.tx = Some(begin().await?);
@@ -111,8 +112,7 @@ impl Group {
         let mut tx = guard.tx.take().expect("the open transaction");
         if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut *tx).await {
             guard.tx = Some(tx);
-            fail(&mut guard, &e).await;
-            return Err(e.into());
+            return Err(fail(&mut guard, e).await);
         }
         Ok((
             tx,
@@ -133,8 +133,7 @@ impl Member {
             .await
         {
             guard.tx = Some(tx);
-            fail(&mut guard, &e).await;
-            return Err(e.into());
+            return Err(fail(&mut guard, e).await);
         }
         guard.tx = Some(tx);
         guard.members += 1;
@@ -150,8 +149,7 @@ impl Member {
         drop(guard);
         loop {
             if let Some(outcome) = done.borrow_and_update().clone() {
-                return outcome
-                    .map_err(|e| Error::Internal(anyhow::anyhow!("group commit failed: {e}")));
+                return outcome.map_err(|e| failed(&e));
             }
             match tokio::time::timeout(STALL, done.changed()).await {
                 Ok(Ok(())) => {}
@@ -220,18 +218,27 @@ async fn flush(state: &mut State) {
         }
     }
     .await;
-    finish(state, outcome.map_err(|e| e.to_string()));
+    finish(state, outcome.map_err(Arc::new));
 }
 
 /// The group cannot go on: roll it back and fail its members.
-async fn fail(state: &mut State, error: &sqlx::Error) {
+async fn fail(state: &mut State, error: sqlx::Error) -> Error {
     if let Some(tx) = state.tx.take() {
         let _ = tx.rollback().await;
     }
-    finish(state, Err(error.to_string()));
+    let error = Arc::new(error);
+    finish(state, Err(error.clone()));
+    failed(&error)
 }
 
-fn finish(state: &mut State, outcome: std::result::Result<(), String>) {
+/// What a failed group means to each of its members: contention and an unavailable
+/// database keep their meaning (ABORTED, UNAVAILABLE); anything else is INTERNAL.
+fn failed(error: &sqlx::Error) -> Error {
+    Error::classify(error)
+        .unwrap_or_else(|| Error::Internal(anyhow::anyhow!("group commit failed: {error}")))
+}
+
+fn finish(state: &mut State, outcome: std::result::Result<(), Arc<sqlx::Error>>) {
     state.tx = None;
     state.abandoned = false;
     state.members = 0;

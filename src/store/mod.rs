@@ -9,6 +9,7 @@
 mod api_keys;
 mod cases;
 mod client_certs;
+mod credentials;
 mod customers;
 mod email;
 mod events;
@@ -115,6 +116,8 @@ pub struct Store {
     emails: Arc<tokio::sync::Notify>,
     /// Wakes the case timer worker when timers are set.
     timers: Arc<tokio::sync::Notify>,
+    /// Counts credential changes seen (see `credentials`).
+    credentials: Arc<tokio::sync::watch::Sender<u64>>,
     /// The workers' time (tests move it forward).
     clock: crate::domain::notify::Clock,
     /// SQLite: concurrent write transactions that commit together.
@@ -174,6 +177,7 @@ impl Store {
                     deliveries: Arc::default(),
                     emails: Arc::default(),
                     timers: Arc::default(),
+                    credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
                     group: Some(Arc::default()),
                     acquire_timeout: options.acquire_timeout,
@@ -195,6 +199,7 @@ impl Store {
                     deliveries: Arc::default(),
                     emails: Arc::default(),
                     timers: Arc::default(),
+                    credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
                     group: None,
                     acquire_timeout: options.acquire_timeout,
@@ -257,6 +262,8 @@ impl Store {
             emails_queued: false,
             timers: self.timers.clone(),
             timers_queued: false,
+            credentials: self.credentials.clone(),
+            credentials_changed: false,
             clock: self.clock.clone(),
         })
     }
@@ -288,6 +295,9 @@ pub struct Tx {
     timers: Arc<tokio::sync::Notify>,
     /// Whether committing sets case timers.
     timers_queued: bool,
+    credentials: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Whether committing revokes credentials (see `credentials`).
+    credentials_changed: bool,
     clock: crate::domain::notify::Clock,
 }
 
@@ -313,6 +323,9 @@ impl Tx {
         }
         if self.timers_queued {
             self.timers.notify_one();
+        }
+        if self.credentials_changed {
+            self.credentials.send_modify(|g| *g += 1);
         }
         Ok(())
     }

@@ -156,6 +156,8 @@ impl Tx {
         .await?;
         if done.rows_affected() == 1 {
             org.revision += 1;
+            // Suspending or reactivating changes what its keys may do.
+            self.credentials_changed().await?;
             Ok(true)
         } else {
             Ok(false)

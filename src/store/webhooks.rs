@@ -142,10 +142,13 @@ pub struct ClaimedDelivery {
     pub attempts: i64,
     /// The body of an event outside the feed (a test event); else read from the feed.
     pub payload: Option<Vec<u8>>,
+    /// The lease this claim holds: its result is recorded only while the delivery
+    /// still carries it (a worker that outlived its lease is fenced off).
+    pub lease_until: Option<i64>,
 }
 
-const DELIVERY_COLUMNS: &str =
-    "id, endpoint_id, organization_id, event_id, event_type, sequence, attempts, payload";
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, organization_id, event_id, event_type, sequence, \
+     attempts, payload, lease_until";
 
 /// A delivery's state, as callers see it.
 #[derive(Debug, Clone, FromRow)]
@@ -801,6 +804,7 @@ impl Tx {
             sequence: 0,
             attempts: 0,
             payload: Some(payload.to_vec()),
+            lease_until: Some(micros(lease_until)),
         })
     }
 
@@ -902,15 +906,19 @@ impl Tx {
             let Some(last) = chunk.iter().map(|(_, a)| a.time).max() else {
                 continue;
             };
+            // Each only while it still holds the lease it was claimed with.
+            let held: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(id = ${} AND lease_until = ${})", 2 * i + 2, 2 * i + 3))
+                .collect();
             let sql = format!(
                 "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
-                 next_attempt_time = $1, lease_until = NULL, paced = 0 WHERE id IN ({}) \
+                 next_attempt_time = $1, lease_until = NULL, paced = 0 WHERE {} \
                  RETURNING id",
-                placeholders(2, chunk.len())
+                held.join(" OR ")
             );
             let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(micros(last));
             for (d, _) in chunk {
-                query = query.bind(&d.id);
+                query = query.bind(&d.id).bind(d.lease_until);
             }
             let kept: HashSet<String> = query
                 .fetch_all(self.conn())
@@ -918,6 +926,12 @@ impl Tx {
                 .into_iter()
                 .map(|(id,)| id)
                 .collect();
+            let missed: Vec<&ClaimedDelivery> = chunk
+                .iter()
+                .map(|(d, _)| d)
+                .filter(|d| !kept.contains(&d.id))
+                .collect();
+            self.count_lost_leases(&missed).await?;
             let rows: Vec<&(ClaimedDelivery, AttemptRecord)> =
                 chunk.iter().filter(|(d, _)| kept.contains(&d.id)).collect();
             if rows.is_empty() {
@@ -943,6 +957,36 @@ impl Tx {
                     // The next delivery in order may go now, from whichever replica.
                     self.wake_deliveries();
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a claimed delivery back unattempted (the hub is stopping): due at once
+    /// for whichever worker looks next, here or on another replica.
+    pub async fn release_delivery(&mut self, d: &ClaimedDelivery) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET lease_until = NULL WHERE id = $1 AND lease_until = $2",
+        )
+        .bind(&d.id)
+        .bind(d.lease_until)
+        .execute(self.conn())
+        .await?;
+        self.wake_deliveries();
+        Ok(())
+    }
+
+    /// Counts the deliveries of `missed` that still exist: their lease passed to
+    /// another worker, whose result stands. (One that is gone went with its endpoint.)
+    async fn count_lost_leases(&mut self, missed: &[&ClaimedDelivery]) -> Result<()> {
+        for d in missed {
+            let exists: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM webhook_deliveries WHERE id = $1")
+                    .bind(&d.id)
+                    .fetch_optional(self.conn())
+                    .await?;
+            if exists.is_some() {
+                crate::metrics::metrics().late_result("webhooks");
             }
         }
         Ok(())
@@ -996,15 +1040,19 @@ impl Tx {
         };
         let updated = sqlx::query(
             "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
-             next_attempt_time = $2, lease_until = NULL, paced = 0 WHERE id = $3",
+             next_attempt_time = $2, lease_until = NULL, paced = 0 \
+             WHERE id = $3 AND lease_until = $4",
         )
         .bind(state)
         .bind(micros(a.retry_at.unwrap_or(a.time)))
         .bind(&d.id)
+        .bind(d.lease_until)
         .execute(self.conn())
         .await?;
         if updated.rows_affected() == 0 {
-            // The endpoint was deleted meanwhile, and its queue with it.
+            // Another worker took the delivery over, or the endpoint was deleted
+            // meanwhile (and its queue with it).
+            self.count_lost_leases(&[d]).await?;
             return Ok(None);
         }
         self.insert_attempts([(d, a)]).await?;

@@ -80,7 +80,7 @@ async fn invalid_organizations_are_refused_field_by_field(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(
         violated_fields(&status),
         [
@@ -94,7 +94,7 @@ async fn invalid_organizations_are_refused_field_by_field(backend: Backend) {
         .operator()
         .create_organization(pb::CreateOrganizationRequest::default())
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "FIELD_REQUIRED");
     assert!(violated_fields(&status).contains(&"organization.slug".to_owned()));
 
     let result = app
@@ -103,7 +103,7 @@ async fn invalid_organizations_are_refused_field_by_field(backend: Backend) {
             name: "orgs/acme".into(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_RESOURCE_NAME");
     assert_eq!(violated_fields(&status), ["name"]);
 
     // Nothing was written by any of these.
@@ -166,7 +166,7 @@ async fn a_retried_request_id_returns_the_first_result(backend: Backend) {
     let status = assert_error(
         app.operator().create_organization(different).await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "INVALID_REQUEST_ID",
     );
     assert_eq!(violated_fields(&status), ["request_id"]);
 
@@ -295,7 +295,7 @@ async fn updates_honour_the_mask_and_the_etag(backend: Backend) {
         .operator()
         .update_organization(update("x", pb::OrganizationKind::Vendor, "", &["slug"]))
         .await;
-    let status = assert_error(slug, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(slug, Code::InvalidArgument, "INVALID_UPDATE_MASK");
     assert_eq!(violated_fields(&status), ["update_mask"]);
 
     let after = app
@@ -366,7 +366,7 @@ async fn listing_pages_through_every_organization_once(backend: Backend) {
         violated_fields(&assert_error(
             bad,
             Code::InvalidArgument,
-            "INVALID_ARGUMENT"
+            "INVALID_PAGE_TOKEN"
         )),
         ["page_token"]
     );
@@ -381,7 +381,7 @@ async fn listing_pages_through_every_organization_once(backend: Backend) {
         violated_fields(&assert_error(
             negative,
             Code::InvalidArgument,
-            "INVALID_ARGUMENT"
+            "INVALID_PAGE_SIZE"
         )),
         ["page_size"]
     );

@@ -156,7 +156,7 @@ async fn an_expired_key_is_rejected(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), ["api_key.expire_time"]);
 }
 
@@ -209,7 +209,7 @@ async fn a_suspended_organizations_keys_stop_working_until_reactivated(backend: 
         violated_fields(&assert_error(
             no_reason,
             Code::InvalidArgument,
-            "INVALID_ARGUMENT"
+            "FIELD_REQUIRED"
         )),
         ["reason"]
     );

@@ -445,7 +445,7 @@ async fn participants_see_the_case_by_their_share_and_roles_fields_and_etags_are
             ..Default::default()
         })
         .await;
-    assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_error(bad, Code::InvalidArgument, "INVALID_FILTER");
 
     // Roles: the retailer may not start work; the vendor may not triage.
     let denied = fire(&app, &c.vendor, &case.name, "triage", &[]).await;
@@ -467,7 +467,7 @@ async fn participants_see_the_case_by_their_share_and_roles_fields_and_etags_are
 
     // Required and checked fields.
     let missing = fire(&app, &c.vendor, &case.name, "resolve", &[]).await;
-    let status = assert_error(missing, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(missing, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), ["fields.resolution_code"]);
     let wrong = fire(
         &app,

@@ -8,7 +8,7 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn liaison(database_url: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn liaison(database_url: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_liaison"))
         .args(args)
         .env("LIAISON_DATABASE_URL", database_url)
@@ -17,7 +17,7 @@ fn liaison(database_url: &str, args: &[&str]) -> std::process::Output {
         .expect("run liaison")
 }
 
-fn stdout(output: &std::process::Output) -> String {
+pub(crate) fn stdout(output: &std::process::Output) -> String {
     assert!(
         output.status.success(),
         "failed: {}",

@@ -193,7 +193,7 @@ async fn updates_follow_the_mask_and_the_etag(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_UPDATE_MASK");
     assert_eq!(violated_fields(&status), vec!["update_mask"]);
 
     // Clearing the only name of a person is refused.
@@ -209,7 +209,7 @@ async fn updates_follow_the_mask_and_the_etag(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["customer.given_name"]);
 
     // History records who changed what, old and new.
@@ -261,7 +261,7 @@ async fn bad_input_names_every_bad_field(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "TEXT_TOO_LONG");
     let fields: HashSet<String> = violated_fields(&status).into_iter().collect();
     for expected in [
         "customer.given_name",
@@ -288,7 +288,7 @@ async fn bad_input_names_every_bad_field(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "FIELD_REQUIRED");
     assert_eq!(violated_fields(&status), vec!["customer.kind"]);
 
     for (filter, order_by) in [
@@ -305,7 +305,12 @@ async fn bad_input_names_every_bad_field(backend: Backend) {
                 ..Default::default()
             })
             .await;
-        let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+        let reason = if filter.is_empty() {
+            "INVALID_ORDER_BY"
+        } else {
+            "INVALID_FILTER"
+        };
+        let status = assert_error(result, Code::InvalidArgument, reason);
         let expected = if filter.is_empty() {
             "order_by"
         } else {
@@ -318,7 +323,7 @@ async fn bad_input_names_every_bad_field(backend: Backend) {
         .customers(&acme.read_key)
         .get_customer(get("customers/nope"))
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_RESOURCE_NAME");
     assert_eq!(violated_fields(&status), vec!["name"]);
 }
 
@@ -581,7 +586,7 @@ async fn lists_filter_order_and_page_without_skipping(backend: Backend) {
             ..Default::default()
         })
         .await;
-    assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_error(result, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
 }
 
 async fn concurrent_updates_with_one_etag_let_exactly_one_win(backend: Backend) {
@@ -674,7 +679,7 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
         ..Default::default()
     }];
     let result = upsert(&app, &acme, vec![keyed("B-1", "Al"), bad], "").await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(
         violated_fields(&status),
         vec!["customers[1].emails[0].address"]
@@ -696,7 +701,7 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
         "",
     )
     .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["customers[1].kind"]);
     assert_eq!(
         list(&app, &acme.read_key, "").await.len(),
@@ -712,10 +717,10 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
         "",
     )
     .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["customers[1].external_id"]);
     let result = upsert(&app, &acme, vec![], "").await;
-    assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
 
     // A good batch, retried with the same request id: one answer, no duplicates.
     let batch = vec![keyed("B-1", "Al"), keyed("B-2", "Ann"), keyed("B-3", "Bo")];
@@ -726,7 +731,7 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
     assert_eq!(list(&app, &acme.read_key, "").await.len(), 4);
     // The same id for different content is a mistake, not a replay.
     let result = upsert(&app, &acme, vec![keyed("B-4", "Di")], "batch-1").await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_REQUEST_ID");
     assert_eq!(violated_fields(&status), vec!["request_id"]);
 
     // Upserting again updates by external id; unchanged records stay as they are.
@@ -756,7 +761,7 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
         })
         .collect();
     let result = upsert(&app, &acme, all_bad, "").await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status).len(), 50);
     assert!(
         status.message().ends_with("(and 950 more)"),
@@ -766,7 +771,7 @@ async fn batch_upsert_is_atomic_and_idempotent(backend: Backend) {
 
     let too_many: Vec<pb::Customer> = (0..1001).map(|i| keyed(&format!("M-{i}"), "M")).collect();
     let result = upsert(&app, &acme, too_many, "").await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["customers"]);
 }
 

@@ -541,7 +541,7 @@ async fn preferences_are_checked_and_inherited(backend: Backend) {
         &["digest_hour", "sla", "followed_customers"],
     )
     .await;
-    let status = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(bad, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(
         violated_fields(&status),
         [
@@ -565,7 +565,7 @@ async fn preferences_are_checked_and_inherited(backend: Backend) {
         )
         .await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "INVALID_FIELD_VALUE",
     );
     assert_eq!(
         violated_fields(&status),

@@ -359,7 +359,7 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
             })
             .await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "INVALID_FIELD_VALUE",
     );
     assert_eq!(violated_fields(&status), ["event_types[1]"]);
 }
@@ -482,7 +482,7 @@ async fn a_failed_transaction_leaves_no_event(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), ["customers[1].kind"]);
     let events = feed(&app, &vendor.read_key).await;
     assert_eq!(
@@ -716,7 +716,7 @@ async fn pruned_positions_are_out_of_range(backend: Backend) {
             ..Default::default()
         })
         .await;
-    assert_error(negative, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_error(negative, Code::InvalidArgument, "INVALID_FIELD_VALUE");
 }
 
 async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {

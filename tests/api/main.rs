@@ -18,5 +18,7 @@ mod replicas;
 mod scale;
 mod server;
 mod sharing;
+mod text;
 mod tls;
+mod walls;
 mod webhooks;

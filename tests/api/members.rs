@@ -101,7 +101,7 @@ async fn invalid_members_are_refused_field_by_field(backend: Backend) {
     let status = assert_error(
         create(&app, &acme, bad).await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "FIELD_REQUIRED",
     );
     assert_eq!(
         violated_fields(&status),
@@ -297,7 +297,7 @@ async fn members_are_listed_page_by_page(backend: Backend) {
                 page_token: page.next_page_token.clone(),
             })
             .await;
-        assert_error(elsewhere, Code::InvalidArgument, "INVALID_ARGUMENT");
+        assert_error(elsewhere, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
         token = page.next_page_token;
     }
     assert_eq!(seen, created);

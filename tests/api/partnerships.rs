@@ -268,7 +268,7 @@ async fn bad_proposals_are_refused(backend: Backend) {
         violated_fields(&assert_error(
             to_self,
             Code::InvalidArgument,
-            "INVALID_ARGUMENT"
+            "INVALID_FIELD_VALUE"
         )),
         ["partnership.recipient"]
     );
@@ -281,7 +281,7 @@ async fn bad_proposals_are_refused(backend: Backend) {
         violated_fields(&assert_error(
             unspecified,
             Code::InvalidArgument,
-            "INVALID_ARGUMENT"
+            "FIELD_REQUIRED"
         )),
         ["partnership.relationship"]
     );

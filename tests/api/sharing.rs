@@ -464,7 +464,7 @@ async fn every_customer_rpc_shows_each_caller_exactly_its_share(backend: Backend
     let result = grant(&app, &acme, &c.name, &reader, Read, &[]).await;
     assert_error(result, Code::AlreadyExists, "GRANT_EXISTS");
     let result = grant(&app, &acme, &c.name, &masked, Read, &["phone"]).await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["grant.fields"]);
 }
 
@@ -528,7 +528,7 @@ async fn a_partner_finds_a_holder_and_asks_for_access(backend: Backend) {
         .sharing(&shop.read_key)
         .match_customer(pb::MatchCustomerRequest::default())
         .await;
-    assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
 
     let request = |reason: &str| pb::CreateAccessRequestRequest {
         access_request: Some(pb::AccessRequest {
@@ -544,7 +544,7 @@ async fn a_partner_finds_a_holder_and_asks_for_access(backend: Backend) {
         .sharing(&shop.admin_key)
         .create_access_request(request(""))
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["access_request.reason"]);
     // A handle is only good for the organization it was given to.
     let result = app
@@ -765,7 +765,7 @@ async fn overlays_and_organization_interactions_stay_private(backend: Backend) {
             request_id: String::new(),
         })
         .await;
-    let status = assert_error(result, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     let mut fields = violated_fields(&status);
     fields.sort();
     assert_eq!(
@@ -838,7 +838,7 @@ async fn overlays_and_organization_interactions_stay_private(backend: Backend) {
     assert_error(
         interactions(&app, &shop.read_key, &c.name, "summary = x").await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "INVALID_FILTER",
     );
 }
 
@@ -958,7 +958,7 @@ async fn duplicates_are_found_and_merged_into_a_survivor(backend: Backend) {
     let h = history(&app, &acme.read_key, &survivor.name).await.unwrap();
     assert_eq!(h[0].action, Action::Merged as i32);
     assert!(h[0].note.contains(&by_email.name));
-    // A merged record cannot be merged again.
+    // A merged record cannot be merged again: the merge that took it won.
     let result = app
         .customers(&acme.admin_key)
         .merge_customers(pb::MergeCustomersRequest {
@@ -967,7 +967,7 @@ async fn duplicates_are_found_and_merged_into_a_survivor(backend: Backend) {
             ..Default::default()
         })
         .await;
-    assert_error(result, Code::NotFound, "CUSTOMER_MERGED");
+    assert_error(result, Code::FailedPrecondition, "CUSTOMER_MERGED");
 }
 
 async fn erasure_removes_personal_data_everywhere(backend: Backend) {

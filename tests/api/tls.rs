@@ -328,7 +328,7 @@ async fn certificate_registrations_are_validated_and_operator_only(backend: Back
             vec![],
         ))
         .await;
-    let status = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(bad, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(
         violated_fields(&status),
         [
@@ -340,7 +340,7 @@ async fn certificate_registrations_are_validated_and_operator_only(backend: Back
         .operator()
         .register_client_certificate(request(None, vec![pb::ApiKeyScope::Read as i32]))
         .await;
-    let status = assert_error(none, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(none, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(
         violated_fields(&status),
         ["client_certificate.fingerprint_sha256"]

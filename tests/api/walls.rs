@@ -3,8 +3,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::time::Duration;
+
 use liaison::pb;
+use sqlx::Connection;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::customers::{create, person};
 use crate::helpers::*;
@@ -13,7 +17,21 @@ use crate::sharing::grant;
 crate::on_both_backends!(
     page_tokens_are_sealed_and_bound_to_caller_and_query,
     filters_and_order_on_hidden_fields_tell_nothing,
+    opposite_merges_at_once_end_in_one_merge_and_a_precondition,
+    a_request_that_does_not_decode_is_the_clients_mistake,
+    history_pages_are_full_and_end_on_entries_the_caller_sees,
+    revocation_ends_streams_on_every_replica_without_waiting_for_a_heartbeat,
+    an_oversized_header_fails_its_request_and_spares_the_connection,
 );
+
+/// Pool saturation needs a lock only PostgreSQL offers from outside the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_answers_unavailable_on_postgres() {
+    match Backend::postgres() {
+        Some(backend) => a_saturated_pool_answers_unavailable(backend).await,
+        None => eprintln!("LIAISON_TEST_POSTGRES_URL is not set; PostgreSQL test not run"),
+    }
+}
 
 async fn list_page(
     app: &TestApp,
@@ -46,7 +64,12 @@ async fn vendor_and_retailer(app: &TestApp) -> (Org, Org, Vec<pb::Customer>) {
         ("Zelda", "Hidden", "zelda@example.com", &["emails"][..]),
         ("Alma", "Hidden", "alma@example.com", &["emails"][..]),
         ("Alba", "Hidden", "alba@example.com", &["emails"][..]),
-        ("Olga", "Shown", "olga@example.com", &["display_name", "emails"][..]),
+        (
+            "Olga",
+            "Shown",
+            "olga@example.com",
+            &["display_name", "emails"][..],
+        ),
     ] {
         let c = create(app, &acme, person(given, family, email)).await;
         grant(app, &acme, &c.name, &shop, pb::AccessLevel::Read, fields)
@@ -60,7 +83,9 @@ async fn vendor_and_retailer(app: &TestApp) -> (Org, Org, Vec<pb::Customer>) {
 async fn page_tokens_are_sealed_and_bound_to_caller_and_query(backend: Backend) {
     let app = spawn_app(backend).await;
     let (acme, shop, _) = vendor_and_retailer(&app).await;
-    let other = app.create_org("other", pb::OrganizationKind::Retailer).await;
+    let other = app
+        .create_org("other", pb::OrganizationKind::Retailer)
+        .await;
 
     // Shop pages by display name; the token after "Alba"/"Alma" must hold nothing of
     // the names (hidden from Shop) or anything else readable.
@@ -70,9 +95,18 @@ async fn page_tokens_are_sealed_and_bound_to_caller_and_query(backend: Backend) 
     assert_eq!(first.customers.len(), 1);
     let token = first.next_page_token;
     assert!(!token.is_empty());
-    let bytes = URL_SAFE_NO_PAD.decode(&token).expect("tokens are base64url");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(&token)
+        .expect("tokens are base64url");
     let text = String::from_utf8_lossy(&bytes).to_lowercase();
-    for secret in ["zelda", "alma", "alba", "hidden", "customers", "display_name"] {
+    for secret in [
+        "zelda",
+        "alma",
+        "alba",
+        "hidden",
+        "customers",
+        "display_name",
+    ] {
         assert!(!text.contains(secret), "{secret:?} readable in the token");
     }
     // The owner's own token, with the names it may see, is as opaque.
@@ -80,7 +114,11 @@ async fn page_tokens_are_sealed_and_bound_to_caller_and_query(backend: Backend) 
         .await
         .unwrap();
     let owner_bytes = URL_SAFE_NO_PAD.decode(&owner.next_page_token).unwrap();
-    assert!(!String::from_utf8_lossy(&owner_bytes).to_lowercase().contains("alba"));
+    assert!(
+        !String::from_utf8_lossy(&owner_bytes)
+            .to_lowercase()
+            .contains("alba")
+    );
 
     // The token continues Shop's query, and only that.
     let second = list_page(&app, &shop.read_key, "", "display_name", 1, &token)
@@ -104,7 +142,15 @@ async fn page_tokens_are_sealed_and_bound_to_caller_and_query(backend: Backend) 
         .expect("another key of the same organization continues");
     // Another filter or order.
     refused(
-        list_page(&app, &shop.read_key, "kind = PERSON", "display_name", 1, &token).await,
+        list_page(
+            &app,
+            &shop.read_key,
+            "kind = PERSON",
+            "display_name",
+            1,
+            &token,
+        )
+        .await,
         "different query",
     );
     refused(
@@ -149,7 +195,10 @@ async fn filters_and_order_on_hidden_fields_tell_nothing(backend: Backend) {
             .await
             .unwrap();
         assert!(page.customers.is_empty(), "{page:?}");
-        assert!(page.next_page_token.is_empty(), "a token leaks a hidden match");
+        assert!(
+            page.next_page_token.is_empty(),
+            "a token leaks a hidden match"
+        );
     }
     // The owner, who sees the names, finds both.
     let own = list_page(&app, &acme.read_key, "display_name = \"al*\"", "", 50, "")
@@ -186,9 +235,334 @@ async fn filters_and_order_on_hidden_fields_tell_nothing(backend: Backend) {
     assert_eq!(seen, expected);
 
     // A filter on the emails Shop sees matches; pages of one are full.
-    let page = list_page(&app, &shop.read_key, "email = \"alma@example.com\"", "", 1, "")
-        .await
-        .unwrap();
+    let page = list_page(
+        &app,
+        &shop.read_key,
+        "email = \"alma@example.com\"",
+        "",
+        1,
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(page.customers.len(), 1);
     assert_eq!(page.customers[0].name, customers[1].name);
+}
+
+async fn opposite_merges_at_once_end_in_one_merge_and_a_precondition(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    for round in 0..8 {
+        let a = create(&app, &acme, person("Ann", &format!("A{round}"), "")).await;
+        let b = create(&app, &acme, person("Ann", &format!("B{round}"), "")).await;
+        let merge = |survivor: String, merged: String| {
+            let mut client = app.customers(&acme.admin_key);
+            async move {
+                client
+                    .merge_customers(pb::MergeCustomersRequest {
+                        name: survivor,
+                        merged: vec![merged],
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let (ab, ba) = tokio::join!(
+            merge(a.name.clone(), b.name.clone()),
+            merge(b.name.clone(), a.name.clone())
+        );
+        let (won, lost) = match (ab, ba) {
+            (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won.into_inner(), lost),
+            other => panic!("round {round}: exactly one merge must win: {other:?}"),
+        };
+        let info = lost.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(
+            lost.code(),
+            Code::FailedPrecondition,
+            "round {round}: {lost:?}"
+        );
+        assert_eq!(info.reason, "CUSTOMER_MERGED", "round {round}");
+        assert!(lost.message().contains(&won.name), "{lost:?}");
+        // The survivor is whole; the other record is merged into it.
+        let other = if won.name == a.name { &b.name } else { &a.name };
+        let gone = app
+            .customers(&acme.read_key)
+            .get_customer(pb::GetCustomerRequest {
+                name: other.clone(),
+            })
+            .await;
+        assert_error(gone, Code::NotFound, "CUSTOMER_MERGED");
+    }
+}
+
+/// A message of another shape on a real method: the wire types do not match.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAGetCustomerRequest {
+    #[prost(int64, tag = "1")]
+    name: i64,
+}
+
+async fn a_request_that_does_not_decode_is_the_clients_mistake(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(NotAGetCustomerRequest { name: 42 });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", acme.read_key).parse().unwrap(),
+    );
+    let result: Result<tonic::Response<pb::Customer>, _> = grpc
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static("/liaison.v1.CustomerService/GetCustomer"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = assert_error(result, Code::InvalidArgument, "UNDECODABLE_REQUEST");
+    assert!(
+        status.message().contains("GetCustomerRequest"),
+        "{status:?}"
+    );
+}
+
+async fn history_pages_are_full_and_end_on_entries_the_caller_sees(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&acme, &shop).await;
+    let mut customer = create(&app, &acme, person("Hedda", "Gabler", "hedda@example.com")).await;
+    grant(
+        &app,
+        &acme,
+        &customer.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["emails"],
+    )
+    .await
+    .expect("grant");
+    // Five changes Shop cannot see (the family name), then one it can (the email).
+    for i in 0..5 {
+        customer.family_name = format!("Gabler {i}");
+        customer = crate::sharing::update(&app, &acme.admin_key, customer, &["family_name"])
+            .await
+            .unwrap();
+    }
+    customer.emails[0].address = "hedda@new.example".into();
+    crate::sharing::update(&app, &acme.admin_key, customer.clone(), &["emails"])
+        .await
+        .unwrap();
+    let page = |token: String| {
+        let mut client = app.customers(&shop.read_key);
+        let parent = customer.name.clone();
+        async move {
+            client
+                .list_customer_history(pb::ListCustomerHistoryRequest {
+                    parent,
+                    page_size: 1,
+                    page_token: token,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Newest first: the email change; then, skipping the five hidden updates, the
+    // creation; then nothing.
+    let first = page(String::new()).await;
+    assert_eq!(first.entries.len(), 1);
+    assert_eq!(first.entries[0].changes[0].field, "emails");
+    assert!(!first.next_page_token.is_empty());
+    let second = page(first.next_page_token).await;
+    assert_eq!(second.entries.len(), 1, "{second:?}");
+    assert_eq!(
+        second.entries[0].action,
+        pb::customer_history_entry::Action::Created as i32
+    );
+    if !second.next_page_token.is_empty() {
+        let third = page(second.next_page_token).await;
+        assert!(third.entries.is_empty() && third.next_page_token.is_empty());
+    }
+}
+
+async fn a_saturated_pool_answers_unavailable(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.database.max_connections = 2;
+        c.database.acquire_timeout_secs = 1;
+    })
+    .await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let c = create(&app, &acme, person("Pia", "Pool", "")).await;
+    // Another client holds the customers table; the hub's connections queue behind it.
+    let mut blocker = sqlx::PgConnection::connect(&app.config.database.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = app.customers(&acme.read_key);
+            let name = c.name.clone();
+            tokio::spawn(async move { client.get_customer(pb::GetCustomerRequest { name }).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    let mut busy = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(found) => assert_eq!(found.into_inner().name, c.name),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                let info = status.get_details_error_info().unwrap();
+                assert_eq!(info.reason, "DATABASE_BUSY");
+                assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                busy += 1;
+            }
+        }
+    }
+    assert!(busy >= 1, "no call waited past the acquire timeout");
+}
+
+/// Waits for a stream to end; what it ended with.
+async fn end_of(mut stream: tonic::Streaming<pb::WatchEventsResponse>) -> tonic::Status {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
+async fn revocation_ends_streams_on_every_replica_without_waiting_for_a_heartbeat(
+    backend: Backend,
+) {
+    let on_postgres = matches!(backend, Backend::Postgres(_));
+    // An hour between heartbeats: only the revocation path can end a stream here.
+    let app = spawn_app_with(backend, |c| c.events.heartbeat_secs = 3600).await;
+    // Streams live on a second replica where there can be one; revocations go through
+    // the first hub and through `liaison admin` in a process of its own.
+    let other = if on_postgres {
+        Some(app.replica().await)
+    } else {
+        None
+    };
+    let streams_on = other.as_ref().unwrap_or(&app);
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    let new_key = async |org: &Org| {
+        app.operator()
+            .create_api_key(new_api_key(&org.name, &[pb::ApiKeyScope::Read]))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let by_rpc = new_key(&acme).await;
+    let by_cli = new_key(&acme).await;
+    let open = async |key: &str| {
+        streams_on
+            .events(key)
+            .watch_events(pb::WatchEventsRequest::default())
+            .await
+            .expect("stream opens")
+            .into_inner()
+    };
+    let rpc_stream = open(&by_rpc.key).await;
+    let cli_stream = open(&by_cli.key).await;
+    let shop_stream = open(&shop.read_key).await;
+    let untouched = open(&acme.read_key).await;
+
+    app.operator()
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            name: by_rpc.api_key.as_ref().unwrap().name.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let status = end_of(rpc_stream).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "KEY_REVOKED"
+    );
+
+    // Another process revokes, straight on the database.
+    let name = by_cli.api_key.as_ref().unwrap().name.clone();
+    let url = app.config.database.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::cli::liaison(&url, &["admin", "revoke-key", &name])
+    })
+    .await
+    .unwrap();
+    crate::cli::stdout(&out);
+    let status = end_of(cli_stream).await;
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "KEY_REVOKED"
+    );
+
+    app.operator()
+        .suspend_organization(pb::SuspendOrganizationRequest {
+            name: shop.name.clone(),
+            reason: "unpaid".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = end_of(shop_stream).await;
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "ORGANIZATION_SUSPENDED"
+    );
+
+    // A stream whose key nobody touched carries on: it hears the next change.
+    let mut untouched = untouched;
+    crate::customers::create(&app, &acme, person("Still", "Here", "")).await;
+    let next = tokio::time::timeout(Duration::from_secs(20), untouched.message())
+        .await
+        .expect("the untouched stream carries on")
+        .expect("no error")
+        .expect("a message");
+    assert!(matches!(
+        next.message,
+        Some(pb::watch_events_response::Message::Event(_))
+    ));
+}
+
+async fn an_oversized_header_fails_its_request_and_spares_the_connection(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    // One HTTP/2 connection carries a stream and the requests below.
+    let mut stream = app
+        .events(&acme.read_key)
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut request = tonic::Request::new(pb::ListCustomersRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-padding", "a".repeat(64 * 1024).parse().unwrap());
+    let refused = app.customers(&acme.read_key).list_customers(request).await;
+    let status = assert_error(refused, Code::ResourceExhausted, "METADATA_TOO_LARGE");
+    assert!(status.message().contains("at most 16384"), "{status:?}");
+    // The same connection carries on: a normal request, and the open stream hears
+    // the next change.
+    create(&app, &acme, person("Nora", "Helmer", "")).await;
+    let next = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the stream carries on")
+        .expect("no error on the stream")
+        .expect("a message");
+    assert!(matches!(
+        next.message,
+        Some(pb::watch_events_response::Message::Event(_))
+    ));
 }

@@ -359,17 +359,56 @@ async fn gone_disables_the_endpoint(backend: Backend) {
 async fn unsafe_destinations_are_refused(backend: Backend) {
     let app = spawn_app(backend).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
-    for (url, why) in [
-        ("http://example.com/hooks", "https"),
-        ("https://127.0.0.1/hooks", "private"),
-        ("https://[::1]/hooks", "private"),
-        ("https://169.254.169.254/latest", "private"),
-        ("https://user:pw@example.com/", "credentials"),
+    for (url, why, reason) in [
+        ("http://example.com/hooks", "https", "INVALID_FIELD_VALUE"),
+        (
+            "https://user:pw@example.com/",
+            "credentials",
+            "INVALID_FIELD_VALUE",
+        ),
+        ("https://127.0.0.1/hooks", "loopback", "UNSAFE_DESTINATION"),
+        ("https://[::1]/hooks", "loopback", "UNSAFE_DESTINATION"),
+        (
+            "https://169.254.169.254/latest",
+            "link local",
+            "UNSAFE_DESTINATION",
+        ),
+        // IPv4-compatible, NAT64 and 6to4 forms of private addresses.
+        (
+            "https://[::127.0.0.1]/",
+            "IPv4-compatible",
+            "UNSAFE_DESTINATION",
+        ),
+        (
+            "https://[64:ff9b::a00:1]/",
+            "private use",
+            "UNSAFE_DESTINATION",
+        ),
+        (
+            "https://[64:ff9b:1::1]/",
+            "translation",
+            "UNSAFE_DESTINATION",
+        ),
+        (
+            "https://[2002:c0a8:101::1]/",
+            "private use",
+            "UNSAFE_DESTINATION",
+        ),
+        (
+            "https://[2001:0:4136:e378::1]/",
+            "Teredo",
+            "UNSAFE_DESTINATION",
+        ),
+        ("https://[fec0::1]/", "site local", "UNSAFE_DESTINATION"),
+        ("https://198.18.0.1/", "benchmarking", "UNSAFE_DESTINATION"),
+        ("https://192.0.0.8/", "IETF", "UNSAFE_DESTINATION"),
+        ("https://240.0.0.1/", "reserved", "UNSAFE_DESTINATION"),
+        ("https://192.0.2.1/", "documentation", "UNSAFE_DESTINATION"),
     ] {
         let status = assert_error(
             create_endpoint(&app, &vendor, url, &[]).await,
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            reason,
         );
         assert_eq!(violated_fields(&status), ["webhook_endpoint.url"], "{url}");
         assert!(status.message().contains(why), "{url}: {status:?}");
@@ -377,7 +416,7 @@ async fn unsafe_destinations_are_refused(backend: Backend) {
     let status = assert_error(
         create_endpoint(&app, &vendor, "https://example.com/", &["customer.changed"]).await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "INVALID_FIELD_VALUE",
     );
     assert_eq!(
         violated_fields(&status),
@@ -390,6 +429,22 @@ async fn unsafe_destinations_are_refused(backend: Backend) {
     let mine = create_endpoint(&app, &vendor, "https://example.com/", &[])
         .await
         .unwrap();
+    // An update is held to the same rule.
+    let moved = app
+        .webhooks(&vendor.admin_key)
+        .update_webhook_endpoint(pb::UpdateWebhookEndpointRequest {
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                name: mine.name.clone(),
+                url: "https://[64:ff9b::c0a8:101]/".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["url".into()],
+            }),
+            request_id: String::new(),
+        })
+        .await;
+    assert_error(moved, Code::InvalidArgument, "UNSAFE_DESTINATION");
     let result = app
         .webhooks(&other.admin_key)
         .get_webhook_endpoint(pb::GetWebhookEndpointRequest { name: mine.name })
@@ -539,7 +594,7 @@ async fn timeouts_and_retry_after_are_retried_and_logged(backend: Backend) {
             ..Default::default()
         })
         .await;
-    let status = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = assert_error(bad, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), ["event_id"]);
 
     let health = get_endpoint(&app, &vendor, &endpoint.name).await;
@@ -704,7 +759,7 @@ async fn rotated_secrets_sign_alongside_until_the_overlap_ends(backend: Backend)
     let status = assert_error(
         rotate(week, "").await,
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        "INVALID_FIELD_VALUE",
     );
     assert_eq!(violated_fields(&status), ["overlap"]);
     let denied = app
@@ -780,7 +835,7 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
         &["rate_limit_per_second", "url"],
     )
     .await;
-    let status_ = assert_error(bad, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status_ = assert_error(bad, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(
         violated_fields(&status_),
         [
@@ -879,7 +934,7 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
             ..Default::default()
         })
         .await;
-    let status_ = assert_error(no_since, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status_ = assert_error(no_since, Code::InvalidArgument, "FIELD_REQUIRED");
     assert_eq!(violated_fields(&status_), ["since"]);
 
     // Disabled by an admin: nothing is sent or queued until it is enabled again.

@@ -18,11 +18,12 @@ use super::customers::visible_in;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::case::{
-    Case, CommentVisibility, HistoryEntry, MAX_BODY_CHARS, MAX_ESCALATION_CONTACTS,
-    MAX_PARTICIPANTS, MAX_TITLE_CHARS, Participant, Priority, Task, TaskAction, TaskState,
+    self, Case, CommentVisibility, HistoryEntry, MAX_ESCALATION_CONTACTS, MAX_PARTICIPANTS,
+    Participant, Priority, Task, TaskAction, TaskState,
 };
 use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::sla::SlaClock;
+use crate::domain::text::required;
 use crate::domain::visibility::RecordState;
 use crate::domain::workflow::{Refusal, Template};
 use crate::domain::{OrgRef, Scope, Slug};
@@ -89,15 +90,10 @@ async fn case_in(tx: &mut Tx, org: &OrgRef, id: &str, name: &str) -> Result<Case
         .ok_or_else(|| Error::NotFound(format!("case {name:?}")))
 }
 
-fn text(v: &mut Violations, field: &str, value: &str, max: usize, required: bool) -> String {
-    let trimmed = value.trim();
-    if required && trimmed.is_empty() {
-        v.required(field);
-    }
-    if trimmed.chars().count() > max {
-        v.add(field, format!("must be at most {max} characters"));
-    }
-    trimmed.to_owned()
+/// The text `checked` by its field's rule (`case::title`, `case::body`), or empty
+/// after recording why not under `field`.
+fn text(v: &mut Violations, field: &str, checked: Result<String, FieldViolation>) -> String {
+    v.check(field, checked).unwrap_or_default()
 }
 
 fn priority_from_pb(raw: i32) -> Result<Priority, FieldViolation> {
@@ -123,11 +119,8 @@ fn check_fields(
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (k, value) in fields {
-        match template.check_field(k, value.trim()) {
-            Ok(()) => {
-                out.insert(k.clone(), value.trim().to_owned());
-            }
-            Err(e) => v.add(format!("{at}.{k}"), e),
+        if let Some(value) = v.check(&format!("{at}.{k}"), template.check_field(k, value)) {
+            out.insert(k.clone(), value);
         }
     }
     out
@@ -380,14 +373,8 @@ impl CaseService for CaseApi {
             None => None,
         };
         let customer_id = v.check("case.customer", names::parse_customer(&input.customer));
-        let title = text(&mut v, "case.title", &input.title, MAX_TITLE_CHARS, true);
-        let description = text(
-            &mut v,
-            "case.description",
-            &input.description,
-            MAX_BODY_CHARS,
-            false,
-        );
+        let title = text(&mut v, "case.title", case::title(&input.title));
+        let description = text(&mut v, "case.description", case::body(&input.description));
         let priority = v.check("case.priority", priority_from_pb(input.priority));
         let mut participants: Vec<(Slug, String, String)> = vec![];
         if input.participants.is_empty() {
@@ -629,7 +616,7 @@ impl CaseService for CaseApi {
                 "is required: the etag of the case as you last read it",
             );
         }
-        let comment = text(&mut v, "comment", &request.comment, MAX_BODY_CHARS, false);
+        let comment = text(&mut v, "comment", case::body(&request.comment));
         let Some(id) = id else {
             return Err(v.into_error().into());
         };
@@ -681,7 +668,7 @@ impl CaseService for CaseApi {
         let request = request.into_inner();
         let mut v = Violations::new();
         let id = v.check("name", names::parse_case(&request.name));
-        let body = text(&mut v, "body", &request.body, MAX_BODY_CHARS, true);
+        let body = text(&mut v, "body", case::body(&request.body).and_then(required));
         let visibility = match pb::CommentVisibility::try_from(request.visibility) {
             Ok(pb::CommentVisibility::AllParticipants) => Some(CommentVisibility::Participants),
             Ok(pb::CommentVisibility::OwnOrganization) => Some(CommentVisibility::Organization),
@@ -919,14 +906,8 @@ impl CaseService for CaseApi {
         let input = request.task.clone().unwrap_or_default();
         let mut v = Violations::new();
         let case_id = v.check("parent", names::parse_case(&request.parent));
-        let title = text(&mut v, "task.title", &input.title, MAX_TITLE_CHARS, true);
-        let description = text(
-            &mut v,
-            "task.description",
-            &input.description,
-            MAX_BODY_CHARS,
-            false,
-        );
+        let title = text(&mut v, "task.title", case::title(&input.title));
+        let description = text(&mut v, "task.description", case::body(&input.description));
         let assignee = v.check("task.assignee", names::parse_organization(&input.assignee));
         let member_id = if input.assignee_member.is_empty() {
             None
@@ -1115,7 +1096,7 @@ impl CaseService for CaseApi {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let mut v = Violations::new();
-        let reason = text(&mut v, "reason", &r.reason, MAX_BODY_CHARS, true);
+        let reason = text(&mut v, "reason", case::body(&r.reason).and_then(required));
         v.finish()?;
         let task = self
             .act_on_task(
@@ -1137,7 +1118,7 @@ impl CaseService for CaseApi {
         let caller = Caller::of(&request)?;
         let r = request.get_ref();
         let mut v = Violations::new();
-        let note = text(&mut v, "note", &r.note, MAX_BODY_CHARS, false);
+        let note = text(&mut v, "note", case::body(&r.note));
         v.finish()?;
         let task = self
             .act_on_task(
