@@ -26,6 +26,8 @@ crate::on_both_backends!(
     rate_limits_space_the_requests,
     two_replicas_deliver_a_burst_once,
     a_killed_hub_delivers_everything_after_restart,
+    sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_once,
+    a_worker_that_lost_its_lease_cannot_overwrite_the_result,
 );
 
 /// One request as the receiver saw it.
@@ -1072,16 +1074,20 @@ async fn two_replicas_deliver_a_burst_once(backend: Backend) {
 
 /// `liaison serve` as a separate process, so it can be killed outright.
 async fn serve(url: &str) -> (tokio::process::Child, tonic::transport::Channel) {
-    let (server, addr, mut lines) = serve_process(
-        url,
-        &[
-            ("LIAISON_WEBHOOKS_ALLOW_HTTP", "true"),
-            ("LIAISON_WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "true"),
-            ("LIAISON_WEBHOOKS_TIMEOUT_SECS", "1"),
-            ("LIAISON_WEBHOOKS_RETRY_SCHEDULE_SECS", "0,1,1,1"),
-        ],
-    )
-    .await;
+    serve_with(url, &[("LIAISON_WEBHOOKS_TIMEOUT_SECS", "1")]).await
+}
+
+async fn serve_with(
+    url: &str,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, tonic::transport::Channel) {
+    let mut env = vec![
+        ("LIAISON_WEBHOOKS_ALLOW_HTTP", "true"),
+        ("LIAISON_WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "true"),
+        ("LIAISON_WEBHOOKS_RETRY_SCHEDULE_SECS", "0,1,1,1"),
+    ];
+    env.extend_from_slice(extra);
+    let (server, addr, mut lines) = serve_process(url, &env).await;
     // Keep draining the log so the hub never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -1237,4 +1243,183 @@ fn the_cli_verifies_a_received_webhook() {
         &["--ignore-timestamp", "--body", file.to_str().unwrap()],
     );
     assert!(ok, "{text}");
+}
+
+async fn sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_once(
+    backend: Backend,
+) {
+    use liaison::pb::admin_service_client::AdminServiceClient;
+    use liaison::pb::customer_service_client::CustomerServiceClient;
+    use liaison::pb::webhook_service_client::WebhookServiceClient;
+
+    let (_db, url) = TestDatabase::create(&backend).await;
+    let operator = bootstrap_operator(&url);
+    // The first request hangs far past the grace; later ones are answered at once.
+    let receiver = Receiver::scripted(|got| Reply {
+        delay: if got.len() == 1 {
+            Duration::from_secs(120)
+        } else {
+            Duration::ZERO
+        },
+        ..reply(200)
+    })
+    .await;
+    // A lease of a minute and more: only a released lease lets the restarted hub send
+    // again within the test's patience.
+    let settings = [
+        ("LIAISON_WEBHOOKS_TIMEOUT_SECS", "30"),
+        ("LIAISON_SERVER_SHUTDOWN_GRACE_SECS", "1"),
+    ];
+    let (mut hub, channel) = serve_with(&url, &settings).await;
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator));
+    let org = admin
+        .create_organization(new_organization("vendor", pb::OrganizationKind::Vendor))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = admin
+        .create_api_key(new_api_key(&org.name, &[pb::ApiKeyScope::Admin]))
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let mut webhooks = WebhookServiceClient::with_interceptor(channel.clone(), Bearer(key.clone()));
+    let endpoint = webhooks
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            parent: org.name.clone(),
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                url: receiver.url.clone(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    CustomerServiceClient::with_interceptor(channel, Bearer(key.clone()))
+        .create_customer(pb::CreateCustomerRequest {
+            customer: Some(person("Slow", "Receiver", "")),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let first = receiver.wait_for(1).await[0].clone();
+
+    // SIGTERM while the attempt hangs: the hub waits out the grace, cuts the attempt
+    // short and exits 0.
+    let pid = hub.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), hub.wait())
+        .await
+        .expect("the hub exits after its grace")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+
+    // Restarted, the hub sends the delivery again at once (its lease was released),
+    // with the same id, and records exactly one attempt: the cut-short one left none.
+    let (_hub, channel) = serve_with(&url, &settings).await;
+    let got = receiver.wait_for_within(2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].id(), first.id());
+    let mut webhooks = WebhookServiceClient::with_interceptor(channel, Bearer(key));
+    let recorded = eventually("the completed attempt is recorded", async || {
+        let attempts = webhooks
+            .list_webhook_attempts(pb::ListWebhookAttemptsRequest {
+                parent: endpoint.name.clone(),
+                event_id: first.id(),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .webhook_attempts;
+        (!attempts.is_empty()).then_some(attempts)
+    })
+    .await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].http_status, 200);
+}
+
+async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result(backend: Backend) {
+    use liaison::store::{AttemptRecord, ClaimLimits};
+
+    let app = spawn_app_with(backend, |c| {
+        test_webhooks(c);
+        c.webhooks.timeout_secs = 10;
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    // The hub's worker gets its answer (a failure) only after three seconds...
+    let receiver = Receiver::scripted(|_| Reply {
+        delay: Duration::from_secs(3),
+        ..reply(500)
+    })
+    .await;
+    let endpoint = create_endpoint(&app, &vendor, &receiver.url, &[])
+        .await
+        .unwrap();
+    create(&app, &vendor, person("Late", "Worker", "")).await;
+    let first = receiver.wait_for(1).await[0].clone();
+    let late_before = late_results("webhooks");
+
+    // ...by which time its lease has (as far as another worker can tell) run out, and
+    // that other worker took the delivery over and succeeded.
+    let later = liaison::domain::now() + jiff::SignedDuration::from_mins(5);
+    let taken = app
+        .store
+        .claim_deliveries(
+            later,
+            later + jiff::SignedDuration::from_mins(1),
+            ClaimLimits {
+                total: 10,
+                per_endpoint: 10,
+                busy: &Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "the expired lease is claimable");
+    let mut tx = app.store.begin().await.unwrap();
+    tx.record_attempt(
+        &taken[0],
+        &AttemptRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: later,
+            status: 200,
+            latency_micros: 1,
+            response_excerpt: "ok".into(),
+            error: String::new(),
+            retry_at: None,
+            succeeded: true,
+            disable: None,
+        },
+        jiff::SignedDuration::from_hours(1),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    // The first worker's failure arrives late and is dropped, counted.
+    eventually("the late result is counted", async || {
+        (late_results("webhooks") > late_before).then_some(())
+    })
+    .await;
+    let recorded = attempts(&app, &vendor, &endpoint.name, &first.id()).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].http_status, 200, "the taker's success stands");
+}
+
+/// The hub's count of results dropped for a lost lease on `queue`.
+fn late_results(queue: &'static str) -> u64 {
+    liaison::metrics::metrics()
+        .late_results
+        .get_or_create(&liaison::metrics::QueueLabels { queue })
+        .get()
 }
