@@ -290,11 +290,13 @@ impl Pump {
                 })
                 .await?;
             let full = batch.len() == STREAM_PAGE;
-            if self.credentials.has_changed().unwrap_or(false) {
-                // Check the credentials before sending more (the caller loops back).
-                return Ok(true);
-            }
             for stored in batch {
+                if self.credentials.has_changed().unwrap_or(false) {
+                    // A key, an organization or a partnership changed standing: check
+                    // the credentials and read the rest again as it may be seen now
+                    // (the caller loops back), rather than send what was read before.
+                    return Ok(true);
+                }
                 let event = decode(stored)?;
                 let sequence = event.sequence;
                 if let Some(t) = &event.create_time {

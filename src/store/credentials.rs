@@ -1,6 +1,6 @@
 //! The credential generation: a value every revocation (a key, a client certificate)
-//! and every change of an organization's standing (suspended, reactivated) replaces,
-//! in the same transaction. Each process follows it (its own commits at once, other
+//! and every change of an organization's or a partnership's standing (suspended,
+//! reactivated, ended) replaces, in the same transaction. Each process follows it (its own commits at once, other
 //! processes' within [`POLL`]), so cached credentials and open streams are checked
 //! again everywhere within a second, on every replica and beside `liaison admin`.
 

@@ -368,9 +368,22 @@ impl Store {
 
     /// Events of a feed in sequence order.
     pub async fn events(&self, q: &EventQuery<'_>) -> Result<Vec<StoredEvent>> {
-        let mut sql = String::from(
+        // A partner's feed carries another organization's customers only while a
+        // partnership between the two is active: suspending or ending it stops every
+        // stream and page from carrying that owner's records at once, events already
+        // queued in the feed included.
+        let id = match self.dialect {
+            Dialect::Postgres => "substr(resource, 11, 36) COLLATE \"C\"",
+            Dialect::Sqlite => "substr(resource, 11, 36)",
+        };
+        let mut sql = format!(
             "SELECT sequence, body FROM events \
-             WHERE organization_id = $1 AND sequence > $2 AND sequence <= $3",
+             WHERE organization_id = $1 AND sequence > $2 AND sequence <= $3 \
+             AND NOT (resource LIKE 'customers/%' AND EXISTS (\
+               SELECT 1 FROM customers c WHERE c.id = {id} AND c.owner_id <> $1 \
+               AND NOT EXISTS (SELECT 1 FROM partnerships p WHERE p.state = 'active' \
+                 AND ((p.proposer_id = c.owner_id AND p.recipient_id = $1) \
+                   OR (p.proposer_id = $1 AND p.recipient_id = c.owner_id)))))"
         );
         let mut n = 3;
         let mut conditions = vec![];

@@ -198,6 +198,8 @@ impl Tx {
         .await?;
         if done.rows_affected() == 1 {
             p.revision += 1;
+            // Open streams look again at what they may carry (see `events`).
+            self.credentials_changed().await?;
             Ok(true)
         } else {
             Ok(false)

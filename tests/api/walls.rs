@@ -22,6 +22,7 @@ crate::on_both_backends!(
     history_pages_are_full_and_end_on_entries_the_caller_sees,
     revocation_ends_streams_on_every_replica_without_waiting_for_a_heartbeat,
     an_oversized_header_fails_its_request_and_spares_the_connection,
+    a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once,
 );
 
 /// Pool saturation needs a lock only PostgreSQL offers from outside the hub.
@@ -565,4 +566,127 @@ async fn an_oversized_header_fails_its_request_and_spares_the_connection(backend
         next.message,
         Some(pb::watch_events_response::Message::Event(_))
     ));
+}
+
+/// The types of every event in `key`'s feed, in order.
+async fn feed_types(app: &TestApp, key: &str) -> Vec<(String, String)> {
+    app.events(key)
+        .list_events(pb::ListEventsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|e| (e.r#type, e.resource))
+        .collect()
+}
+
+async fn a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.events.heartbeat_secs = 3600).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    let partnership = app.partner(&acme, &shop).await;
+    let mut customer = create(
+        &app,
+        &acme,
+        person("Nils", "Holgersson", "nils@example.com"),
+    )
+    .await;
+    grant(
+        &app,
+        &acme,
+        &customer.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["display_name", "emails"],
+    )
+    .await
+    .unwrap();
+    customer.emails[0].address = "nils@goose.example".into();
+    customer = crate::sharing::update(&app, &acme.admin_key, customer, &["emails"])
+        .await
+        .unwrap();
+    let customer_name = customer.name.clone();
+    let is_customer = |(_, r): &(String, String)| r.starts_with(&customer_name);
+    // Shop's feed carries the customer while the partnership is active.
+    let before = feed_types(&app, &shop.read_key).await;
+    assert!(
+        before.iter().filter(|e| is_customer(e)).count() >= 2,
+        "{before:?}"
+    );
+
+    // A backlog of changes, and a stream of Shop's that has read none of it: the hub
+    // has pushed what the connection's buffers hold and waits with the rest.
+    const CHANGES: usize = 600;
+    for i in 0..CHANGES {
+        customer.emails[0].address = format!("nils{i}@goose.example");
+        customer = crate::sharing::update(&app, &acme.admin_key, customer, &["emails"])
+            .await
+            .unwrap();
+    }
+    // HTTP/2's smallest windows, so the transport holds little of it.
+    let small = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = EventServiceClient::with_interceptor(small, Bearer(shop.read_key.clone()))
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.partnerships(&acme.admin_key)
+        .suspend_partnership(pb::SuspendPartnershipRequest {
+            name: partnership.name.clone(),
+            reason: "audit".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // From now on nothing of Acme's customer is carried, events already in the feed
+    // included; the stream stays open and carries the partnership's own news.
+    let after = feed_types(&app, &shop.read_key).await;
+    assert!(!after.iter().any(|e| is_customer(e)), "{after:?}");
+    assert!(after.iter().any(|(t, _)| t == "partnership.suspended"));
+    let mut carried = 0;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream carries on")
+            .expect("no error")
+            .expect("a message");
+        if let Some(pb::watch_events_response::Message::Event(e)) = message.message {
+            if e.resource.starts_with(&customer_name) {
+                carried += 1;
+            }
+            if e.r#type == "partnership.suspended" {
+                break;
+            }
+        }
+    }
+    // What was already on its way (the send buffer and the connection's window) is
+    // gone; the rest of the backlog never left the hub.
+    assert!(
+        carried < CHANGES,
+        "the whole backlog was carried after the suspension"
+    );
+    // Resumed: the records are Shop's to read again.
+    app.partnerships(&acme.admin_key)
+        .resume_partnership(pb::ResumePartnershipRequest {
+            name: partnership.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let resumed = feed_types(&app, &shop.read_key).await;
+    assert!(
+        resumed.iter().filter(|e| is_customer(e)).count() >= 2,
+        "{resumed:?}"
+    );
 }
