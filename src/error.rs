@@ -101,6 +101,17 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// The resource is in a state where this change cannot happen; `allowed` lists the
+    /// changes that can (sent as `google.rpc.PreconditionFailure`, one violation of
+    /// type `ALLOWED_NOW` per change, and in ErrorInfo's `allowed` metadata).
+    #[error("{message}")]
+    WrongState {
+        reason: &'static str,
+        message: String,
+        /// The resource name.
+        subject: String,
+        allowed: Vec<String>,
+    },
     #[error("{message}")]
     Unauthenticated {
         reason: &'static str,
@@ -193,6 +204,7 @@ impl Error {
             Error::Merged { .. } => "CUSTOMER_MERGED",
             Error::AlreadyExists { reason, .. }
             | Error::FailedPrecondition { reason, .. }
+            | Error::WrongState { reason, .. }
             | Error::Unauthenticated { reason, .. }
             | Error::PermissionDenied { reason, .. }
             | Error::ResourceExhausted { reason, .. }
@@ -211,7 +223,7 @@ impl Error {
             Error::NotFound(_) | Error::Merged { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::StaleEtag(_) => Code::Aborted,
-            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::FailedPrecondition { .. } | Error::WrongState { .. } => Code::FailedPrecondition,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::ResourceExhausted { .. } | Error::Throttled { .. } => Code::ResourceExhausted,
@@ -309,6 +321,15 @@ impl From<Error> for Status {
         match &error {
             Error::Merged { survivor, .. } => {
                 metadata.insert("survivor".to_owned(), survivor.clone());
+            }
+            Error::WrongState {
+                subject, allowed, ..
+            } => {
+                details.add_precondition_failure_violation("STATE", subject, error.to_string());
+                for change in allowed {
+                    details.add_precondition_failure_violation("ALLOWED_NOW", subject, change);
+                }
+                metadata.insert("allowed".to_owned(), allowed.join(","));
             }
             Error::OutOfRange { metadata: m, .. } => {
                 for (k, v) in m {

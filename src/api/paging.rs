@@ -457,6 +457,44 @@ mod tests {
         assert!(err.to_string().contains("no longer holds"), "{err}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends as a token, and however a real one is mangled, the
+        /// answer is a page or INVALID_ARGUMENT: never a panic, never INTERNAL.
+        #[test]
+        fn no_token_panics_or_fails_inside(
+            raw in ".{0,200}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            flip in 0usize..200,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let pages = tokens(&[[7; 32]]);
+                let acme = caller("acme");
+                let real = pages
+                    .open(&acme, 1, "", "q")
+                    .await
+                    .unwrap()
+                    .next_token(Some("k".into()));
+                let mut mangled = URL_SAFE_NO_PAD.decode(&real).unwrap();
+                let at = flip % mangled.len();
+                mangled[at] ^= 0x5a;
+                for token in [
+                    raw.clone(),
+                    URL_SAFE_NO_PAD.encode(&bytes),
+                    URL_SAFE_NO_PAD.encode(&mangled),
+                    format!("{real}{raw}"),
+                ] {
+                    if let Err(e) = pages.open(&acme, 1, &token, "q").await {
+                        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+                        assert_eq!(e.reason(), "INVALID_PAGE_TOKEN");
+                    }
+                }
+            });
+        }
+    }
+
     #[tokio::test]
     async fn sizes_default_and_clamp() {
         let pages = tokens(&[[7; 32]]);

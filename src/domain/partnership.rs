@@ -165,24 +165,26 @@ impl Partnership {
         now: Timestamp,
     ) -> Result<(), Error> {
         let Some(next) = self.next_state(actor, action, reason) else {
-            let allowed: Vec<_> = self
+            let allowed: Vec<String> = self
                 .allowed_actions(actor)
                 .iter()
-                .map(|a| a.as_str())
+                .map(|a| a.as_str().to_owned())
                 .collect();
-            let allowed = if allowed.is_empty() {
+            let listed = if allowed.is_empty() {
                 "none".to_owned()
             } else {
                 allowed.join(", ")
             };
-            return Err(Error::failed_precondition(
-                "PARTNERSHIP_TRANSITION_NOT_ALLOWED",
-                format!(
-                    "cannot {} a partnership that is {} from your side; allowed now: {allowed}",
+            return Err(Error::WrongState {
+                reason: "PARTNERSHIP_TRANSITION_NOT_ALLOWED",
+                message: format!(
+                    "cannot {} a partnership that is {} from your side; allowed now: {listed}",
                     action.as_str(),
                     self.state.name().to_uppercase()
                 ),
-            ));
+                subject: format!("partnerships/{}", self.id),
+                allowed,
+            });
         };
         self.state = next;
         self.state_changed_by = actor.clone();

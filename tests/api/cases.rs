@@ -254,6 +254,23 @@ async fn walk(
                 status.message().contains(&format!("state {:?}", now.state)),
                 "{status:?}"
             );
+            // The transitions that can fire now, as PreconditionFailure violations.
+            let failure = tonic_types::StatusExt::get_details_precondition_failure(&status)
+                .expect("PreconditionFailure");
+            assert!(failure.violations.iter().all(|v| v.subject == case.name));
+            let allowed: Vec<&str> = failure
+                .violations
+                .iter()
+                .filter(|v| v.r#type == "ALLOWED_NOW")
+                .map(|v| v.description.as_str())
+                .collect();
+            for a in &allowed {
+                let fires_here = tpl
+                    .transitions
+                    .iter()
+                    .any(|x| x.name == *a && x.from.contains(&now.state));
+                assert!(fires_here, "{a} is listed as allowed in {:?}", now.state);
+            }
             illegal_tried += 1;
         }
         let Some((name, with)) = path.get(step) else {
@@ -467,7 +484,7 @@ async fn participants_see_the_case_by_their_share_and_roles_fields_and_etags_are
 
     // Required and checked fields.
     let missing = fire(&app, &c.vendor, &case.name, "resolve", &[]).await;
-    let status = assert_error(missing, Code::InvalidArgument, "INVALID_FIELD_VALUE");
+    let status = assert_error(missing, Code::InvalidArgument, "FIELD_REQUIRED");
     assert_eq!(violated_fields(&status), ["fields.resolution_code"]);
     let wrong = fire(
         &app,

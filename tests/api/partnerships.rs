@@ -130,6 +130,15 @@ async fn only_the_recipient_may_accept_or_decline(backend: Backend) {
         "{}",
         status.message()
     );
+    let failure = tonic_types::StatusExt::get_details_precondition_failure(&status)
+        .expect("PreconditionFailure");
+    let allowed: Vec<&str> = failure
+        .violations
+        .iter()
+        .filter(|v| v.r#type == "ALLOWED_NOW")
+        .map(|v| v.description.as_str())
+        .collect();
+    assert_eq!(allowed, ["end"]);
 
     let declined = app
         .partnerships(&shop.admin_key)

@@ -126,7 +126,13 @@ fn check_fields(
     out
 }
 
-fn refusal(r: Refusal, transition: &str, template: &Template, roles: &[&str]) -> Error {
+fn refusal(
+    r: Refusal,
+    case_name: &str,
+    transition: &str,
+    template: &Template,
+    roles: &[&str],
+) -> Error {
     let list = |a: &[String]| {
         if a.is_empty() {
             "none for your organization's role".to_owned()
@@ -143,13 +149,15 @@ fn refusal(r: Refusal, transition: &str, template: &Template, roles: &[&str]) ->
                 list(&allowed)
             ),
         ),
-        Refusal::NotFromHere { state, allowed } => Error::failed_precondition(
-            "TRANSITION_NOT_ALLOWED",
-            format!(
+        Refusal::NotFromHere { state, allowed } => Error::WrongState {
+            reason: "TRANSITION_NOT_ALLOWED",
+            message: format!(
                 "transition {transition:?} cannot fire in state {state:?}; allowed now: {}",
                 list(&allowed)
             ),
-        ),
+            subject: case_name.to_owned(),
+            allowed,
+        },
         Refusal::RoleNotAllowed { roles: needed } => Error::PermissionDenied {
             reason: "ROLE_NOT_ALLOWED",
             message: format!(
@@ -166,6 +174,7 @@ fn refusal(r: Refusal, transition: &str, template: &Template, roles: &[&str]) ->
                         format!("fields.{f}"),
                         format!("is required by transition {transition:?}"),
                     )
+                    .because("FIELD_REQUIRED")
                 })
                 .collect(),
         ),
@@ -640,7 +649,9 @@ impl CaseService for CaseApi {
                 merged.extend(fields.clone());
                 let t = template
                     .fire(&case.state, &request.transition, Some(&roles), &merged)
-                    .map_err(|r| refusal(r, &request.transition, template, &roles))?;
+                    .map_err(|r| {
+                        refusal(r, &request.name, &request.transition, template, &roles)
+                    })?;
                 let (name, from, to) = (t.name.clone(), case.state.clone(), t.to.clone());
                 case.fields = merged;
                 case.enter_state(template, &to, now);
