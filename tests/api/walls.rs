@@ -652,7 +652,7 @@ async fn a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once
     // From now on nothing of Acme's customer is carried, events already in the feed
     // included; the stream stays open and carries the partnership's own news.
     let after = feed_types(&app, &shop.read_key).await;
-    assert!(!after.iter().any(|e| is_customer(e)), "{after:?}");
+    assert!(!after.iter().any(is_customer), "{after:?}");
     assert!(after.iter().any(|(t, _)| t == "partnership.suspended"));
     let mut carried = 0;
     loop {
