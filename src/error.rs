@@ -40,6 +40,12 @@ impl FieldViolation {
         Self::new(field, "is required").because("FIELD_REQUIRED")
     }
 
+    /// The same violation, with `reason` unless it has one of its own.
+    pub fn or_because(mut self, reason: &'static str) -> Self {
+        self.reason.get_or_insert(reason);
+        self
+    }
+
     /// The same violation with its own reason.
     pub fn because(mut self, reason: &'static str) -> Self {
         self.reason = Some(reason);

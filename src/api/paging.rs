@@ -9,7 +9,8 @@
 //! The sealing keys are the hub's: given in config (`server.page_token_keys`), or kept in
 //! the database's settings so every replica shares them. The first key seals; every key
 //! listed opens, so a rotated-out key keeps its tokens working until it is dropped
-//! (`liaison admin rotate-page-token-key` keeps it for [`RETIRED_KEY_LIFETIME`]).
+//! (`liaison admin rotate-page-token-key` keeps it for [`RETIRED_KEY_LIFETIME`]; every
+//! replica seals with the new key within [`REFRESH_INTERVAL`]).
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -37,9 +38,12 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 pub const RETIRED_KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The settings row that holds the keys when the config names none.
 const SETTING: &str = "page_token_keys";
-/// At most this often a replica rereads the keys, when it meets a token sealed with a
-/// key it does not know (a rotation on another replica) or to pick up a new key.
+/// At most this often a replica rereads the keys when it meets a token sealed with a
+/// key it does not know (a rotation it has not picked up yet).
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a replica rereads the stored keys anyway, so a rotation reaches every
+/// replica's sealing within this long (tokens of the old key keep opening meanwhile).
+const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 const KEY_BYTES: usize = 32;
 const KEY_ID_BYTES: usize = 4;
 /// The first byte of every token: its format.
@@ -130,6 +134,9 @@ impl PageTokens {
             0 => DEFAULT_PAGE_SIZE,
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
+        if self.store.is_some() && self.loaded_before(REFRESH_INTERVAL) {
+            self.reload().await;
+        }
         let holder = holder_of(caller);
         let query = query_digest(query);
         let after = if page_token.is_empty() {
@@ -227,6 +234,10 @@ impl PageTokens {
             .expect("page keys lock")
             .iter()
             .any(|k| k.id == id)
+    }
+
+    fn loaded_before(&self, age: Duration) -> bool {
+        self.last_load.lock().expect("page keys lock").elapsed() >= age
     }
 
     /// Rereads the stored keys, at most once per [`RELOAD_INTERVAL`].

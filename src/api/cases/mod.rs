@@ -119,7 +119,12 @@ fn check_fields(
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (k, value) in fields {
-        if let Some(value) = v.check(&format!("{at}.{k}"), template.check_field(k, value)) {
+        // A template's field names are its own: `name` or `filter` here is no
+        // resource name or list filter.
+        let checked = template
+            .check_field(k, value)
+            .map_err(|e| e.or_because("INVALID_FIELD_VALUE"));
+        if let Some(value) = v.check(&format!("{at}.{k}"), checked) {
             out.insert(k.clone(), value);
         }
     }
@@ -433,7 +438,13 @@ impl CaseService for CaseApi {
                 let fields = check_fields(&mut v, "case.fields", t, &input.fields);
                 for f in t.fields.iter().filter(|f| f.required_at_open) {
                     if !fields.contains_key(&f.name) {
-                        v.add(format!("case.fields.{}", f.name), "is required at open");
+                        v.push(
+                            FieldViolation::new(
+                                format!("case.fields.{}", f.name),
+                                "is required at open",
+                            )
+                            .because("FIELD_REQUIRED"),
+                        );
                     }
                 }
                 fields
