@@ -16,7 +16,14 @@ use uuid::Uuid;
 
 use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
 use crate::domain::notify::{Category, Mode, Preferences, next_digest_time, thread_key};
+use crate::domain::visibility::CustomerView;
 use crate::error::Result;
+
+/// Values per `IN (…)` list, far below either backend's parameter limit.
+const IN_CHUNK: usize = 500;
+/// How much earlier than its event a transition's history entry may have been written:
+/// far more than any request lives.
+const TRANSITION_SLACK: SignedDuration = SignedDuration::from_mins(10);
 
 /// A notification taken for an email.
 #[derive(Debug, Clone, FromRow)]
@@ -93,6 +100,31 @@ impl PreferenceRow {
             digest_hour: u8::try_from(self.digest_hour).ok().filter(|h| *h < 24),
         }
     }
+}
+
+/// A `case.transitioned` history entry, as far as finding its comment needs.
+#[derive(FromRow)]
+struct TransitionRow {
+    id: String,
+    case_id: String,
+    to_state: String,
+    body: String,
+    visibility: String,
+    organization_id: Option<String>,
+}
+
+/// The lowest UUIDv7 (as text) of `slack` before the time in the UUIDv7 `id`: the
+/// bound of an index range over ids made from then on. `None` if `id` is no UUIDv7.
+fn uuid_floor(id: &str, slack: SignedDuration) -> Option<String> {
+    let (seconds, nanos) = Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    let millis = (seconds as i64 * 1000 + i64::from(nanos / 1_000_000))
+        .saturating_sub(slack.as_millis() as i64)
+        .max(0);
+    Some(format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        millis >> 16,
+        millis & 0xffff
+    ))
 }
 
 const PREFERENCE_COLUMNS: &str =
@@ -599,6 +631,138 @@ impl Tx {
         Ok(out)
     }
 
+    /// Display names of organizations, by slug, for an email that names them. Slugs
+    /// of no organization are left out.
+    pub async fn organization_names(
+        &mut self,
+        slugs: &[String],
+    ) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::new();
+        for chunk in slugs.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT slug, display_name FROM organizations WHERE slug IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for slug in chunk {
+                query = query.bind(slug);
+            }
+            out.extend(query.fetch_all(self.conn()).await?);
+        }
+        Ok(out)
+    }
+
+    /// The customers `ids` as `viewer_id` may see them, decided by the one visibility
+    /// function ([`SeenCustomer::access`](super::SeenCustomer::access), then
+    /// [`Access::view`](crate::domain::visibility::Access::view)): only the fields the
+    /// viewer's grant shows are filled in. Customers the viewer may not see at all are
+    /// left out.
+    pub async fn customer_views(
+        &mut self,
+        viewer_id: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, CustomerView>> {
+        let mut out = HashMap::new();
+        for id in ids {
+            let Some(seen) = self.customer(viewer_id, id).await? else {
+                continue;
+            };
+            if let Some(access) = seen.access() {
+                let view = access.view(seen.customer.kind, &seen.customer.profile);
+                out.insert(id.clone(), view);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The title and customer id of each of `ids` that `organization_id` takes part
+    /// in, by case id. Cases it does not take part in (any more) are left out.
+    pub async fn case_headings(
+        &mut self,
+        organization_id: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, (String, String)>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT c.id, c.title, c.customer_id FROM cases c \
+                 JOIN case_participants p ON p.case_id = c.id AND p.organization_id = $1 \
+                 WHERE c.id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut query =
+                sqlx::query_as::<_, (String, String, String)>(&sql).bind(organization_id);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for (id, title, customer_id) in query.fetch_all(self.conn()).await? {
+                out.insert(id, (title, customer_id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The comment given with each of `transitions` (case id, id of the
+    /// `case.transitioned` event, the state the case entered), by event id; only
+    /// comments `organization_id` may read, by the rule of the case's history
+    /// (the event itself reached it as a participant).
+    ///
+    /// The event does not carry the comment, so it is found in the case's history: the
+    /// newest `case.transitioned` entry into that state written before the event.
+    /// History entries and events are both UUIDv7 ids from the writing process, which
+    /// orders them as they were made, and a transition writes its entry before its
+    /// events; so the entry's id is below the event's, and at most
+    /// [`TRANSITION_SLACK`] earlier (one request's lifetime).
+    pub async fn transition_comments(
+        &mut self,
+        organization_id: &str,
+        transitions: &[(String, String, String)],
+    ) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::new();
+        let (Some(first), Some(last)) = (
+            transitions.iter().map(|t| &t.1).min(),
+            transitions.iter().map(|t| &t.1).max(),
+        ) else {
+            return Ok(out);
+        };
+        let Some(from) = uuid_floor(first, TRANSITION_SLACK) else {
+            return Ok(out);
+        };
+        let mut cases: Vec<&String> = transitions.iter().map(|t| &t.0).collect();
+        cases.sort();
+        cases.dedup();
+        let mut entries: Vec<TransitionRow> = vec![];
+        for chunk in cases.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT id, case_id, to_state, body, visibility, organization_id FROM case_history \
+                 WHERE case_id IN ({}) AND kind = 'case.transitioned' AND id >= $1 AND id < $2 \
+                 ORDER BY id",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, TransitionRow>(&sql)
+                .bind(&from)
+                .bind(last);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            entries.extend(query.fetch_all(self.conn()).await?);
+        }
+        for (case_id, event_id, state) in transitions {
+            let entry = entries
+                .iter()
+                .filter(|e| &e.case_id == case_id && &e.id < event_id && &e.to_state == state)
+                .max_by(|a, b| a.id.cmp(&b.id));
+            if let Some(e) = entry
+                && !e.body.is_empty()
+                && (e.visibility == "participants"
+                    || e.organization_id.as_deref() == Some(organization_id))
+            {
+                out.insert(event_id.clone(), e.body.clone());
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn insert_email(&mut self, e: &NewEmail<'_>, now: Timestamp) -> Result<()> {
         sqlx::query(
             "INSERT INTO emails (id, organization_id, member_id, to_address, message_id, kind, \
@@ -619,5 +783,30 @@ impl Tx {
         .await?;
         self.wake_emails();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uuid_floor_sorts_below_every_id_made_from_then_on() {
+        let at = Timestamp::from_second(1_790_000_000).unwrap();
+        let id = |t: Timestamp| {
+            Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                t.as_second() as u64,
+                t.subsec_nanosecond() as u32,
+            ))
+            .to_string()
+        };
+        let slack = SignedDuration::from_mins(10);
+        let floor = uuid_floor(&id(at), slack).unwrap();
+        assert!(floor.as_str() <= id(at - slack).as_str());
+        assert!(floor.as_str() > id(at - slack - SignedDuration::from_millis(1)).as_str());
+        assert!(floor.as_str() < id(at).as_str());
+        assert_eq!(uuid_floor("not a uuid", slack), None);
+        assert_eq!(uuid_floor(&Uuid::new_v4().to_string(), slack), None);
     }
 }

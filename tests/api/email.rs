@@ -15,13 +15,16 @@ use tonic::Code;
 
 use crate::customers::{create, person};
 use crate::helpers::*;
-use crate::sharing::{grant, update};
+use crate::sharing::{grant, log, update};
 
 crate::on_both_backends!(
     emails_are_threaded_coalesced_and_show_only_what_the_organization_sees,
     temporary_failures_retry_and_refusals_bounce,
     digests_arrive_at_the_members_local_hour,
     preferences_are_checked_and_inherited,
+    emails_name_organizations_customers_cases_and_tasks_in_words,
+    a_customer_whose_name_the_grant_hides_is_not_named_in_email,
+    names_that_look_encoded_or_are_not_ascii_reach_the_subject_exactly,
 );
 
 /// What the server was told to answer at the end of DATA, or to RCPT for an address.
@@ -233,6 +236,91 @@ async fn follow(app: &TestApp, org: &Org, m: &pb::Member, customers: &[&str]) {
 
 fn header<'a>(m: &'a mail_parser::Message<'a>, name: &str) -> String {
     m.header_raw(name).unwrap_or_default().trim().to_owned()
+}
+
+/// The one email to `to` whose subject contains `part`.
+fn mail_to<'a>(mails: &'a [Mail], to: &str, part: &str) -> &'a Mail {
+    let found: Vec<&Mail> = mails
+        .iter()
+        .filter(|m| m.to == to && m.parsed().subject().unwrap_or_default().contains(part))
+        .collect();
+    match found.as_slice() {
+        [one] => one,
+        _ => panic!(
+            "expected one email to {to} about {part:?}, got: {:?}",
+            mails
+                .iter()
+                .map(|m| (m.to.clone(), m.parsed().subject().map(str::to_owned)))
+                .collect::<Vec<_>>()
+        ),
+    }
+}
+
+/// Everything a reader can see of an email: its subject, its headers as decoded, and
+/// its text and HTML parts.
+fn readable(mail: &Mail) -> String {
+    let m = mail.parsed();
+    let mut all = vec![m.subject().unwrap_or_default().to_owned()];
+    for h in m.headers() {
+        all.push(format!("{}: {:?}", h.name(), h.value()));
+    }
+    all.push(m.body_text(0).unwrap_or_default().to_string());
+    all.push(m.body_html(0).unwrap_or_default().to_string());
+    all.push(String::from_utf8_lossy(&mail.raw).into_owned());
+    all.join("\n")
+}
+
+async fn open_case(
+    app: &TestApp,
+    by: &Org,
+    title: &str,
+    customer: &str,
+    who: &[(&Org, &str)],
+) -> pb::Case {
+    app.cases(&by.admin_key)
+        .open_case(pb::OpenCaseRequest {
+            case: Some(pb::Case {
+                template: "workflowTemplates/service_case".into(),
+                customer: customer.into(),
+                title: title.into(),
+                priority: pb::CasePriority::Normal as i32,
+                participants: who
+                    .iter()
+                    .map(|(o, role)| pb::CaseParticipant {
+                        organization: o.name.clone(),
+                        role: role.to_string(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("open case")
+        .into_inner()
+}
+
+async fn assign_task(app: &TestApp, by: &Org, case: &str, to: &Org, title: &str) -> pb::CaseTask {
+    app.cases(&by.admin_key)
+        .assign_task(pb::AssignTaskRequest {
+            parent: case.into(),
+            task: Some(pb::CaseTask {
+                title: title.into(),
+                assignee: to.name.clone(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("assign task")
+        .into_inner()
+}
+
+/// Lets the settling time and the coalescing window of every thread pass, and wakes
+/// the email worker.
+fn let_the_window_pass(app: &TestApp) {
+    app.store.clock().advance(SignedDuration::from_mins(2));
+    app.store.emails_signal().notify_one();
 }
 
 fn rename(c: &pb::Customer, given: &str) -> pb::Customer {
@@ -701,4 +789,274 @@ async fn without_smtp_emails_are_files_and_the_cli_tests_the_transport() {
             .unwrap()
             .contains("Test")
     );
+}
+
+async fn emails_name_organizations_customers_cases_and_tasks_in_words(backend: Backend) {
+    let server = SmtpServer::start(Script::default()).await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    member(&app, &vendor, "Vera", "vera@vendor.example", "UTC").await;
+    let sam = member(&app, &shop, "Sam", "sam@shop.example", "UTC").await;
+    // The vendor proposes a partnership to the shop: news for the shop.
+    app.partner(&vendor, &shop).await;
+    let ada = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    grant(
+        &app,
+        &vendor,
+        &ada.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["given_name", "family_name"],
+    )
+    .await
+    .expect("grant");
+    follow(&app, &shop, &sam, &[&ada.name]).await;
+    // The vendor opens a case with the shop on it: news for the shop.
+    let case = open_case(
+        &app,
+        &vendor,
+        "Fridge not cooling",
+        &ada.name,
+        &[(&vendor, "vendor"), (&shop, "retailer")],
+    )
+    .await;
+    // The shop triages it with a comment: news for the vendor.
+    let current = app
+        .cases(&shop.read_key)
+        .get_case(pb::GetCaseRequest {
+            name: case.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    app.cases(&shop.admin_key)
+        .transition_case(pb::TransitionCaseRequest {
+            name: case.name.clone(),
+            transition: "triage".into(),
+            etag: current.etag,
+            comment: "The customer confirmed the fault.\nPhotos follow.".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("triage");
+    // The vendor logs a call with Ada, whom Sam follows.
+    log(
+        &app,
+        &vendor,
+        &ada.name,
+        pb::InteractionType::Call,
+        pb::InteractionVisibility::Shared,
+        "Asked about the warranty",
+    )
+    .await;
+    let got = server.wait_for(4).await;
+
+    let partnership = mail_to(&got, "sam@shop.example", "Partnership");
+    let parsed = partnership.parsed();
+    assert_eq!(
+        parsed.subject().unwrap(),
+        "[Liaison] Partnership with vendor Ltd: Partnership proposed by vendor Ltd"
+    );
+    let text = parsed.body_text(0).unwrap().to_string();
+    assert!(text.contains("vendor Ltd supplies shop Ltd"), "{text}");
+    assert!(text.contains("notification settings in shop Ltd"), "{text}");
+
+    let opened = mail_to(&got, "sam@shop.example", "Fridge not cooling").parsed();
+    assert_eq!(
+        opened.subject().unwrap(),
+        "[Liaison] Case: Fridge not cooling: Case opened by vendor Ltd"
+    );
+    let text = opened.body_text(0).unwrap().to_string();
+    assert!(
+        text.contains(&format!("Case: Fridge not cooling ({})", case.name)),
+        "the case's name stays as a reference: {text}"
+    );
+    assert!(
+        text.contains(&format!("Customer: Ada Lovelace ({})", ada.name)),
+        "{text}"
+    );
+
+    let triaged = mail_to(&got, "vera@vendor.example", "Fridge not cooling");
+    let parsed = triaged.parsed();
+    assert_eq!(
+        parsed.subject().unwrap(),
+        "[Liaison] Case: Fridge not cooling: Moved to triaged by shop Ltd"
+    );
+    let text = parsed.body_text(0).unwrap().to_string();
+    let html = parsed.body_html(0).unwrap().to_string();
+    assert!(
+        text.replace("\r\n", "\n")
+            .contains("Comment: The customer confirmed the fault.\n      Photos follow."),
+        "the transition's comment, its lines indented: {text}"
+    );
+    assert!(html.contains("The customer confirmed the fault."), "{html}");
+    assert!(text.contains("Customer: Ada Lovelace"), "{text}");
+
+    let call = mail_to(&got, "sam@shop.example", "Ada Lovelace").parsed();
+    assert_eq!(
+        call.subject().unwrap(),
+        "[Liaison] Ada Lovelace: Call logged by vendor Ltd: Asked about the warranty"
+    );
+
+    // The shop hands the vendor a task: the vendor hears of it in the case's thread,
+    // once the thread's window has passed.
+    assign_task(&app, &shop, &case.name, &vendor, "Check the compressor").await;
+    let_the_window_pass(&app);
+    let got = server.wait_for(5).await;
+    let task = mail_to(&got, "vera@vendor.example", "Check the compressor").parsed();
+    assert_eq!(
+        task.subject().unwrap(),
+        "[Liaison] Case: Fridge not cooling: Task assigned to vendor Ltd: Check the compressor"
+    );
+    assert_eq!(
+        header(&task, "In-Reply-To"),
+        header(&triaged.parsed(), "Message-ID")
+    );
+    let text = task.body_text(0).unwrap().to_string();
+    assert!(text.contains("(by shop Ltd)"), "{text}");
+    assert!(
+        text.contains(&format!("Customer: Ada Lovelace ({})", ada.name)),
+        "a case no event here carries is read by its title and customer: {text}"
+    );
+
+    for mail in &got {
+        let parsed = mail.parsed();
+        let subject = parsed.subject().unwrap();
+        for id in ["organizations/", "customers/", "cases/", "partnerships/"] {
+            assert!(!subject.contains(id), "{subject}");
+        }
+        let text = parsed.body_text(0).unwrap();
+        assert!(!text.contains("organizations/"), "{text}");
+    }
+}
+
+async fn a_customer_whose_name_the_grant_hides_is_not_named_in_email(backend: Backend) {
+    let server = SmtpServer::start(Script::default()).await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&vendor, &shop).await;
+    let sam = member(&app, &shop, "Sam", "sam@shop.example", "UTC").await;
+    let mut zelda = person("Zelda", "Secretname", "");
+    zelda.tags = vec!["vip".into()];
+    let zelda = create(&app, &vendor, zelda).await;
+    // The shop sees Zelda's tags, not her name.
+    grant(
+        &app,
+        &vendor,
+        &zelda.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["tags"],
+    )
+    .await
+    .expect("grant");
+    follow(&app, &shop, &sam, &[&zelda.name]).await;
+    let case = open_case(
+        &app,
+        &vendor,
+        "Warranty claim",
+        &zelda.name,
+        &[(&vendor, "vendor"), (&shop, "retailer")],
+    )
+    .await;
+    log(
+        &app,
+        &vendor,
+        &zelda.name,
+        pb::InteractionType::Call,
+        pb::InteractionVisibility::Shared,
+        "Called back",
+    )
+    .await;
+    let got = server.wait_for(2).await;
+    let call = mail_to(&got, "sam@shop.example", "Call logged");
+    assert_eq!(
+        call.parsed().subject().unwrap(),
+        "[Liaison] A shared customer: Call logged by vendor Ltd: Called back"
+    );
+    let opened = mail_to(&got, "sam@shop.example", "Warranty claim");
+    let text = opened.parsed().body_text(0).unwrap().to_string();
+    assert!(
+        text.contains(&format!("Customer: a shared customer ({})", zelda.name)),
+        "{text}"
+    );
+    // A task only: the case and its customer are read from the store, through the
+    // shop's view.
+    assign_task(&app, &vendor, &case.name, &shop, "Collect the unit").await;
+    let_the_window_pass(&app);
+    let got = server.wait_for(3).await;
+    let task = mail_to(&got, "sam@shop.example", "Collect the unit");
+    let text = task.parsed().body_text(0).unwrap().to_string();
+    assert!(
+        text.contains(&format!("Customer: a shared customer ({})", zelda.name)),
+        "{text}"
+    );
+    for mail in &got {
+        let all = readable(mail).to_lowercase();
+        for hidden in ["zelda", "secretname"] {
+            assert!(!all.contains(hidden), "{hidden} named in: {all}");
+        }
+    }
+}
+
+async fn names_that_look_encoded_or_are_not_ascii_reach_the_subject_exactly(backend: Backend) {
+    let server = SmtpServer::start(Script::default()).await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let vera = member(
+        &app,
+        &vendor,
+        "Vera =?utf-8?B?SGVsbG8=?= Ørsted",
+        "vera@vendor.example",
+        "UTC",
+    )
+    .await;
+    // A name cannot carry a line break into a header: the text rule refuses it.
+    let refused = app
+        .customers(&vendor.admin_key)
+        .create_customer(pb::CreateCustomerRequest {
+            customer: Some(person("Ada\r\nBcc: x@y.example", "Lovelace", "")),
+            request_id: String::new(),
+        })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::InvalidArgument);
+    let encoded = create(&app, &vendor, person("=?utf-8?B?SGVsbG8=?=", "", "")).await;
+    let accented = create(&app, &vendor, person("Zoë", "Ångström", "")).await;
+    follow(&app, &vendor, &vera, &[&encoded.name, &accented.name]).await;
+    for c in [&encoded, &accented] {
+        let mut tagged = c.clone();
+        tagged.etag.clear();
+        tagged.tags = vec!["vip".into()];
+        update(&app, &vendor.admin_key, tagged, &["tags"])
+            .await
+            .unwrap();
+    }
+    let got = server.wait_for(2).await;
+    for (name, mail) in [
+        (
+            "=?utf-8?B?SGVsbG8=?=",
+            mail_to(&got, "vera@vendor.example", "SGVsbG8"),
+        ),
+        ("Zoë Ångström", mail_to(&got, "vera@vendor.example", "Zoë")),
+    ] {
+        let parsed = mail.parsed();
+        assert_eq!(
+            parsed.subject().unwrap(),
+            format!("[Liaison] {name}: Customer updated: tags")
+        );
+        let raw = header(&parsed, "Subject");
+        assert!(raw.starts_with("=?utf-8?b?"), "encoded on the wire: {raw}");
+        assert!(raw.is_ascii() && !raw.contains(name), "{raw}");
+        let to = parsed.to().and_then(|a| a.first()).unwrap();
+        assert_eq!(to.name(), Some("Vera =?utf-8?B?SGVsbG8=?= Ørsted"));
+        assert_eq!(to.address(), Some("vera@vendor.example"));
+        let head = String::from_utf8_lossy(&mail.raw);
+        let head = head.split("\r\n\r\n").next().unwrap();
+        assert!(
+            !head.contains("=?utf-8?B?SGVsbG8=?="),
+            "no header carries the look-alike as it is: {head}"
+        );
+    }
 }
