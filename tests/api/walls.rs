@@ -23,6 +23,7 @@ crate::on_both_backends!(
     revocation_ends_streams_on_every_replica_without_waiting_for_a_heartbeat,
     an_oversized_header_fails_its_request_and_spares_the_connection,
     a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once,
+    a_rotated_page_token_key_keeps_opening_its_tokens,
 );
 
 /// Pool saturation needs a lock only PostgreSQL offers from outside the hub.
@@ -689,4 +690,52 @@ async fn a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once
         resumed.iter().filter(|e| is_customer(e)).count() >= 2,
         "{resumed:?}"
     );
+}
+
+async fn a_rotated_page_token_key_keeps_opening_its_tokens(backend: Backend) {
+    use liaison::api::paging::{PageTokens, rotate_stored_key};
+    use std::sync::Arc;
+
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    for i in 0..3 {
+        create(&app, &acme, person("Page", &format!("P{i}"), "")).await;
+    }
+    let first = list_page(&app, &acme.read_key, "", "", 1, "")
+        .await
+        .unwrap();
+    assert!(!first.next_page_token.is_empty());
+
+    // The operator rotates (as `liaison admin rotate-page-token-key` does); a hub that
+    // loads the keys now seals with the new one and still opens the old one's tokens.
+    rotate_stored_key(&app.store).await.unwrap();
+    let reloaded = Arc::new(PageTokens::load(&app.store, &[]).await.unwrap());
+    let org = app
+        .store
+        .organization(&liaison::domain::Slug::parse("acme").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let caller = liaison::api::Caller {
+        key_id: "k".into(),
+        principal: liaison::domain::Principal::Organization(liaison::domain::OrgRef {
+            id: org.id.clone(),
+            slug: org.slug.clone(),
+        }),
+        scopes: liaison::domain::Scopes::new(vec![liaison::domain::Scope::Read]).unwrap(),
+    };
+    // The running hub's token (sealed with the old key) opens on the reloaded keys...
+    let query = "customers:::false";
+    let page = reloaded
+        .open(&caller, 1, &first.next_page_token, query)
+        .await
+        .expect("a token of the retired key opens");
+    // ...what they seal now is sealed with the new key, and opens too.
+    let fresh = page.next_token(page.after.clone());
+    let key_id = |t: &str| URL_SAFE_NO_PAD.decode(t).unwrap()[1..5].to_vec();
+    assert_ne!(key_id(&fresh), key_id(&first.next_page_token));
+    reloaded
+        .open(&caller, 1, &fresh, query)
+        .await
+        .expect("a token of the new key opens");
 }
