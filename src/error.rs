@@ -151,6 +151,10 @@ pub enum Error {
     /// The hub is shutting down or cannot reach a dependency; retrying later helps.
     #[error("{0}")]
     Unavailable(String),
+    /// The request ran past its deadline (the client's `grpc-timeout`, or the hub's
+    /// `server.request_timeout_secs`) and was abandoned.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The database is overloaded or unreachable (pool exhausted, connection lost);
     /// retrying after `retry_after` helps.
     #[error("{message}")]
@@ -217,6 +221,7 @@ impl Error {
             | Error::OutOfRange { reason, .. } => reason,
             Error::Throttled { .. } => "RATE_LIMITED",
             Error::Unavailable(_) => "UNAVAILABLE",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::DatabaseUnavailable { reason, .. } | Error::Contention { reason, .. } => reason,
             Error::StaleEtag(_) => "STALE_ETAG",
             Error::Internal(_) => "INTERNAL",
@@ -236,6 +241,7 @@ impl Error {
             Error::OutOfRange { .. } => Code::OutOfRange,
             Error::Unavailable(_) | Error::DatabaseUnavailable { .. } => Code::Unavailable,
             Error::Contention { .. } => Code::Aborted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Internal(_) => Code::Internal,
         }
     }

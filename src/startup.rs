@@ -224,7 +224,6 @@ impl Application {
         };
         let router = Server::builder()
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
-            .timeout(Duration::from_secs(limits.request_timeout_secs))
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
             .tcp_nodelay(true)
@@ -235,6 +234,7 @@ impl Application {
                 hub.auth.clone(),
                 hub.limits.clone(),
                 limits.max_header_list_bytes as usize,
+                Duration::from_secs(limits.request_timeout_secs),
             ))
             .add_service(health)
             .add_service(reflection_v1)

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -38,18 +38,46 @@ pub struct EdgeLayer {
     auth: Arc<Authenticator>,
     limits: Arc<Limiter>,
     max_header_bytes: usize,
+    request_timeout: Duration,
 }
 
 impl EdgeLayer {
     /// `max_header_bytes`: the largest header list (RFC 9113 size: names, values and
-    /// 32 bytes an entry) one request may carry.
-    pub fn new(auth: Arc<Authenticator>, limits: Arc<Limiter>, max_header_bytes: usize) -> Self {
+    /// 32 bytes an entry) one request may carry. `request_timeout`: how long a call may
+    /// run (until its response starts) before it ends with DEADLINE_EXCEEDED; a
+    /// client's shorter `grpc-timeout` wins.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        limits: Arc<Limiter>,
+        max_header_bytes: usize,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             auth,
             limits,
             max_header_bytes,
+            request_timeout,
         }
     }
+}
+
+/// The client's deadline from its `grpc-timeout` header (`100m`, `5S`, …), if any.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let raw = headers.get("grpc-timeout")?.to_str().ok()?;
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The size HTTP/2 counts for a header list (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).
@@ -69,6 +97,7 @@ impl<S> Layer<S> for EdgeLayer {
             auth: self.auth.clone(),
             limits: self.limits.clone(),
             max_header_bytes: self.max_header_bytes,
+            request_timeout: self.request_timeout,
         }
     }
 }
@@ -79,6 +108,7 @@ pub struct Edge<S> {
     auth: Arc<Authenticator>,
     limits: Arc<Limiter>,
     max_header_bytes: usize,
+    request_timeout: Duration,
 }
 
 /// The client's request id if it is sensible, else a new one.
@@ -150,6 +180,8 @@ where
         let auth = self.auth.clone();
         let limits = self.limits.clone();
         let max_header_bytes = self.max_header_bytes;
+        let timeout = grpc_timeout(request.headers())
+            .map_or(self.request_timeout, |t| t.min(self.request_timeout));
         let method = request.uri().path().to_owned();
         let request_id = request_id(request.headers());
         let span = tracing::info_span!("rpc", %method, %request_id);
@@ -184,7 +216,17 @@ where
                                     left: limit,
                                 })
                             });
-                            (inner.call(request).await?, organization)
+                            match tokio::time::timeout(timeout, inner.call(request)).await {
+                                Ok(response) => (response?, organization),
+                                Err(_) => {
+                                    let error = Error::DeadlineExceeded(format!(
+                                        "the call ran past its deadline of {} ms; it was \
+                                         abandoned, and a write in it was rolled back",
+                                        timeout.as_millis()
+                                    ));
+                                    (Status::from(error).into_http(), organization)
+                                }
+                            }
                         }
                         Err(error) => (Status::from(error).into_http(), "-".to_owned()),
                     }
