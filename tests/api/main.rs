@@ -11,6 +11,7 @@ mod cli;
 mod customers;
 mod email;
 mod events;
+mod matrix;
 mod members;
 mod operations;
 mod partnerships;
