@@ -194,6 +194,9 @@ struct Pump {
     auth: Arc<Authenticator>,
     credential: Credential,
     credentials: watch::Receiver<u64>,
+    /// Partners whose customers the feed no longer carries; read again whenever
+    /// credentials (or partnerships) change.
+    cut_off: Vec<String>,
     organization_id: String,
     types: Vec<String>,
     position: i64,
@@ -218,6 +221,14 @@ impl Pump {
                 let checked_again = match &self.credential {
                     Credential::Key(header) => self.auth.authenticate(header.as_deref()).await,
                     Credential::Certificate(der) => self.auth.authenticate_certificate(der).await,
+                };
+                let checked_again = match checked_again {
+                    Ok(_) => self
+                        .store
+                        .cut_off_partners(&self.organization_id)
+                        .await
+                        .map(|cut_off| self.cut_off = cut_off),
+                    Err(error) => Err(error),
                 };
                 if let Err(error) = checked_again {
                     let _ = self.sink.send(Err(error.into())).await;
@@ -287,6 +298,7 @@ impl Pump {
                     types: &self.types,
                     resource: None,
                     limit: STREAM_PAGE,
+                    cut_off: &self.cut_off,
                 })
                 .await?;
             let full = batch.len() == STREAM_PAGE;
@@ -377,6 +389,8 @@ impl EventService for EventApi {
             auth: self.hub.auth.clone(),
             credential,
             credentials,
+            // Read at the first check (the stream starts with one).
+            cut_off: vec![],
             organization_id: org.id.clone(),
             types,
             position,
@@ -420,6 +434,7 @@ impl EventService for EventApi {
                 types: &types,
                 resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
                 limit,
+                cut_off: &self.hub.store.cut_off_partners(&org.id).await?,
             })
             .await?;
         let full = found.len() == limit;

@@ -89,6 +89,9 @@ pub struct EventQuery<'a> {
     pub types: &'a [String],
     pub resource: Option<&'a str>,
     pub limit: usize,
+    /// Organizations whose customers the feed no longer carries: every partnership
+    /// with them is suspended or ended ([`Store::cut_off_partners`]).
+    pub cut_off: &'a [String],
 }
 
 /// Who caused the changes of a transaction, stamped on its events.
@@ -368,24 +371,27 @@ impl Store {
 
     /// Events of a feed in sequence order.
     pub async fn events(&self, q: &EventQuery<'_>) -> Result<Vec<StoredEvent>> {
+        let mut sql = String::from(
+            "SELECT sequence, body FROM events \
+             WHERE organization_id = $1 AND sequence > $2 AND sequence <= $3",
+        );
         // A partner's feed carries another organization's customers only while a
         // partnership between the two is active: suspending or ending it stops every
         // stream and page from carrying that owner's records at once, events already
-        // queued in the feed included.
-        let id = match self.dialect {
-            Dialect::Postgres => "substr(resource, 11, 36) COLLATE \"C\"",
-            Dialect::Sqlite => "substr(resource, 11, 36)",
-        };
-        let mut sql = format!(
-            "SELECT sequence, body FROM events \
-             WHERE organization_id = $1 AND sequence > $2 AND sequence <= $3 \
-             AND NOT (resource LIKE 'customers/%' AND EXISTS (\
-               SELECT 1 FROM customers c WHERE c.id = {id} AND c.owner_id <> $1 \
-               AND NOT EXISTS (SELECT 1 FROM partnerships p WHERE p.state = 'active' \
-                 AND ((p.proposer_id = c.owner_id AND p.recipient_id = $1) \
-                   OR (p.proposer_id = $1 AND p.recipient_id = c.owner_id)))))"
-        );
-        let mut n = 3;
+        // in the feed included. (One primary-key lookup per event, only for a feed
+        // with such partners.)
+        if !q.cut_off.is_empty() {
+            let id = match self.dialect {
+                Dialect::Postgres => "substr(resource, 11, 36) COLLATE \"C\"",
+                Dialect::Sqlite => "substr(resource, 11, 36)",
+            };
+            let owners = super::placeholders(4, q.cut_off.len());
+            sql.push_str(&format!(
+                " AND NOT (resource LIKE 'customers/%' AND EXISTS (SELECT 1 FROM customers c \
+                 WHERE c.id = {id} AND c.owner_id IN ({owners})))"
+            ));
+        }
+        let mut n = 3 + q.cut_off.len();
         let mut conditions = vec![];
         for t in q.types {
             n += 1;
@@ -407,6 +413,9 @@ impl Store {
             .bind(q.organization_id)
             .bind(q.after)
             .bind(q.through);
+        for owner in q.cut_off {
+            query = query.bind(owner);
+        }
         for t in q.types {
             query = query.bind(if t.ends_with('.') {
                 // Event types hold no LIKE wildcards, so only the suffix is one.
@@ -419,6 +428,23 @@ impl Store {
             query = query.bind(resource);
         }
         Ok(query.fetch_all(self.reader()).await?)
+    }
+
+    /// The organizations `organization_id` has partnerships with, none of them
+    /// active and one at least suspended or ended: their customers are not carried by
+    /// its feed (see [`EventQuery::cut_off`]). Usually none.
+    pub async fn cut_off_partners(&self, organization_id: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT other FROM (SELECT CASE WHEN proposer_id = $1 THEN recipient_id \
+             ELSE proposer_id END AS other, state FROM partnerships \
+             WHERE proposer_id = $1 OR recipient_id = $1) AS mine GROUP BY other \
+             HAVING SUM(CASE WHEN state = 'active' THEN 1 ELSE 0 END) = 0 \
+             AND SUM(CASE WHEN state IN ('suspended', 'ended') THEN 1 ELSE 0 END) > 0",
+        )
+        .bind(organization_id)
+        .fetch_all(self.reader())
+        .await?;
+        Ok(rows.into_iter().map(|(o,)| o).collect())
     }
 
     /// Deletes events created before `cutoff`, oldest first per feed, so what remains
