@@ -1098,8 +1098,43 @@ async fn serve_with(
     (server, channel)
 }
 
-async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
+/// Through a process hub's `channel`: a vendor, its admin key and an endpoint at `url`.
+async fn vendor_with_endpoint(
+    channel: &tonic::transport::Channel,
+    operator: String,
+    url: &str,
+) -> (String, pb::WebhookEndpoint) {
     use liaison::pb::admin_service_client::AdminServiceClient;
+    use liaison::pb::webhook_service_client::WebhookServiceClient;
+
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator));
+    let org = admin
+        .create_organization(new_organization("vendor", pb::OrganizationKind::Vendor))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = admin
+        .create_api_key(new_api_key(&org.name, &[pb::ApiKeyScope::Admin]))
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let endpoint = WebhookServiceClient::with_interceptor(channel.clone(), Bearer(key.clone()))
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            parent: org.name,
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                url: url.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (key, endpoint)
+}
+
+async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
     use liaison::pb::customer_service_client::CustomerServiceClient;
     use liaison::pb::webhook_service_client::WebhookServiceClient;
 
@@ -1113,31 +1148,8 @@ async fn a_killed_hub_delivers_everything_after_restart(backend: Backend) {
     .await;
 
     let (mut hub, channel) = serve(&url).await;
-    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator));
-    let org = admin
-        .create_organization(new_organization("vendor", pb::OrganizationKind::Vendor))
-        .await
-        .unwrap()
-        .into_inner();
-    let key = admin
-        .create_api_key(new_api_key(&org.name, &[pb::ApiKeyScope::Admin]))
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let (key, endpoint) = vendor_with_endpoint(&channel, operator, &receiver.url).await;
     let mut webhooks = WebhookServiceClient::with_interceptor(channel.clone(), Bearer(key.clone()));
-    let endpoint = webhooks
-        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
-            parent: org.name.clone(),
-            webhook_endpoint: Some(pb::WebhookEndpoint {
-                url: receiver.url.clone(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let secret = webhooks
         .get_webhook_endpoint_secret(pb::GetWebhookEndpointSecretRequest {
             name: endpoint.name.clone(),
@@ -1248,7 +1260,6 @@ fn the_cli_verifies_a_received_webhook() {
 async fn sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_once(
     backend: Backend,
 ) {
-    use liaison::pb::admin_service_client::AdminServiceClient;
     use liaison::pb::customer_service_client::CustomerServiceClient;
     use liaison::pb::webhook_service_client::WebhookServiceClient;
 
@@ -1271,31 +1282,7 @@ async fn sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_on
         ("LIAISON_SERVER_SHUTDOWN_GRACE_SECS", "1"),
     ];
     let (mut hub, channel) = serve_with(&url, &settings).await;
-    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer(operator));
-    let org = admin
-        .create_organization(new_organization("vendor", pb::OrganizationKind::Vendor))
-        .await
-        .unwrap()
-        .into_inner();
-    let key = admin
-        .create_api_key(new_api_key(&org.name, &[pb::ApiKeyScope::Admin]))
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
-    let mut webhooks = WebhookServiceClient::with_interceptor(channel.clone(), Bearer(key.clone()));
-    let endpoint = webhooks
-        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
-            parent: org.name.clone(),
-            webhook_endpoint: Some(pb::WebhookEndpoint {
-                url: receiver.url.clone(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (key, endpoint) = vendor_with_endpoint(&channel, operator, &receiver.url).await;
     CustomerServiceClient::with_interceptor(channel, Bearer(key.clone()))
         .create_customer(pb::CreateCustomerRequest {
             customer: Some(person("Slow", "Receiver", "")),
