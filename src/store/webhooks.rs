@@ -906,26 +906,35 @@ impl Tx {
             let Some(last) = chunk.iter().map(|(_, a)| a.time).max() else {
                 continue;
             };
-            // Each only while it still holds the lease it was claimed with.
-            let held: Vec<String> = (0..chunk.len())
-                .map(|i| format!("(id = ${} AND lease_until = ${})", 2 * i + 2, 2 * i + 3))
-                .collect();
-            let sql = format!(
-                "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
-                 next_attempt_time = $1, lease_until = NULL, paced = 0 WHERE {} \
-                 RETURNING id",
-                held.join(" OR ")
-            );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(micros(last));
+            // Each only while it still holds the lease it was claimed with. One claim
+            // leases its deliveries until one moment, so a batch holds a few leases:
+            // one indexed `IN` per lease.
+            let mut by_lease: HashMap<Option<i64>, Vec<&str>> = HashMap::new();
             for (d, _) in chunk {
-                query = query.bind(&d.id).bind(d.lease_until);
+                by_lease.entry(d.lease_until).or_default().push(&d.id);
             }
-            let kept: HashSet<String> = query
-                .fetch_all(self.conn())
-                .await?
-                .into_iter()
-                .map(|(id,)| id)
-                .collect();
+            let mut kept: HashSet<String> = HashSet::new();
+            for (lease, ids) in by_lease {
+                let sql = format!(
+                    "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
+                     next_attempt_time = $1, lease_until = NULL, paced = 0 \
+                     WHERE lease_until = $2 AND id IN ({}) RETURNING id",
+                    placeholders(3, ids.len())
+                );
+                let mut query = sqlx::query_as::<_, (String,)>(&sql)
+                    .bind(micros(last))
+                    .bind(lease);
+                for id in ids {
+                    query = query.bind(id);
+                }
+                kept.extend(
+                    query
+                        .fetch_all(self.conn())
+                        .await?
+                        .into_iter()
+                        .map(|(id,)| id),
+                );
+            }
             let missed: Vec<&ClaimedDelivery> = chunk
                 .iter()
                 .map(|(d, _)| d)
