@@ -134,6 +134,60 @@ fn client_certificate<B>(request: &http::Request<B>) -> Option<Vec<u8>> {
     certs.first().map(|c| c.as_ref().to_vec())
 }
 
+/// Methods not run again after a lost race: a stream, and a call with an effect outside
+/// the database (a test webhook already sent).
+const NOT_RUN_AGAIN: &[&str] = &[
+    "/liaison.v1.EventService/WatchEvents",
+    "/liaison.v1.WebhookService/SendTestWebhookEvent",
+];
+
+/// Calls `inner`; a call that lost a race on the database (ABORTED, `CONCURRENT_WRITE`:
+/// its transaction was rolled back, nothing of it stayed) is run once more with the
+/// same message before the client hears of it. A second loss reaches the client, with
+/// its RetryInfo.
+async fn call_once_more_on_contention<S, ResBody>(
+    mut inner: S,
+    request: http::Request<Body>,
+    method: &str,
+) -> Result<http::Response<ResBody>, S::Error>
+where
+    S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
+    ResBody: Default,
+{
+    use http_body_util::BodyExt;
+    use tonic_types::StatusExt;
+
+    if NOT_RUN_AGAIN.contains(&method) {
+        return inner.call(request).await;
+    }
+    // Unary requests are small (capped by the caller's limit); kept to send again.
+    let (parts, body) = request.into_parts();
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(status) => return Ok(status.into_http()),
+    };
+    let rebuild = |parts: http::request::Parts| {
+        http::Request::from_parts(
+            parts,
+            Body::new(http_body_util::Full::new(bytes.clone()).map_err(|never| match never {})),
+        )
+    };
+    let mut again = inner.clone();
+    let first = inner.call(rebuild(parts.clone())).await?;
+    let lost_race = Status::from_header_map(first.headers()).is_some_and(|status| {
+        status.code() == Code::Aborted
+            && status
+                .get_details_error_info()
+                .is_some_and(|info| info.reason == "CONCURRENT_WRITE")
+    });
+    if !lost_race {
+        return Ok(first);
+    }
+    tracing::info!("the call lost a race on the database; running it once more");
+    std::future::poll_fn(|cx| again.poll_ready(cx)).await?;
+    again.call(rebuild(parts)).await
+}
+
 /// What the caller presented: the `authorization` header, else the certificate of
 /// a mutual TLS connection. An API key wins over a client certificate, so a partner
 /// can act with a narrower key on a certificate-authenticated connection.
@@ -216,7 +270,8 @@ where
                                     left: limit,
                                 })
                             });
-                            match tokio::time::timeout(timeout, inner.call(request)).await {
+                            let call = call_once_more_on_contention(inner, request, &method);
+                            match tokio::time::timeout(timeout, call).await {
                                 Ok(response) => (response?, organization),
                                 Err(_) => {
                                     let error = Error::DeadlineExceeded(format!(
@@ -290,5 +345,110 @@ impl HttpBody for Capped {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Answers each call with the next of its statuses (OK when they run out) and keeps
+    /// the bodies it was sent.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        answers: Arc<Mutex<Vec<Error>>>,
+        bodies: Arc<Mutex<Vec<Bytes>>>,
+    }
+
+    impl Service<http::Request<Body>> for Scripted {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+            let this = self.clone();
+            Box::pin(async move {
+                use http_body_util::BodyExt;
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                this.bodies.lock().unwrap().push(body);
+                let next = {
+                    let mut answers = this.answers.lock().unwrap();
+                    (!answers.is_empty()).then(|| answers.remove(0))
+                };
+                Ok(match next {
+                    Some(error) => Status::from(error).into_http(),
+                    None => http::Response::new(Body::default()),
+                })
+            })
+        }
+    }
+
+    fn contention() -> Error {
+        Error::Contention {
+            reason: "CONCURRENT_WRITE",
+            message: "lost".into(),
+            retry_after: std::time::Duration::from_millis(50),
+        }
+    }
+
+    fn request() -> http::Request<Body> {
+        http::Request::new(Body::new(
+            http_body_util::Full::new(Bytes::from_static(b"message"))
+                .map_err(|never| match never {}),
+        ))
+    }
+
+    async fn run(answers: Vec<Error>, method: &str) -> (Option<Code>, Vec<Bytes>) {
+        let inner = Scripted::default();
+        *inner.answers.lock().unwrap() = answers;
+        let response = call_once_more_on_contention(inner.clone(), request(), method)
+            .await
+            .unwrap();
+        let code = Status::from_header_map(response.headers()).map(|s| s.code());
+        let bodies = inner.bodies.lock().unwrap().clone();
+        (code, bodies)
+    }
+
+    use http_body_util::BodyExt as _;
+
+    #[tokio::test]
+    async fn a_lost_race_is_run_once_more_with_the_same_message() {
+        let (code, bodies) = run(
+            vec![contention()],
+            "/liaison.v1.CustomerService/MergeCustomers",
+        )
+        .await;
+        assert_eq!(code, None, "the second run answered");
+        assert_eq!(bodies, vec![Bytes::from_static(b"message"); 2]);
+
+        // Twice lost: the client hears of it.
+        let (code, bodies) = run(
+            vec![contention(), contention()],
+            "/liaison.v1.CustomerService/MergeCustomers",
+        )
+        .await;
+        assert_eq!(code, Some(Code::Aborted));
+        assert_eq!(bodies.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_failures_and_outside_effects_are_not_run_again() {
+        let stale = Error::StaleEtag("customers/x".into());
+        let (code, bodies) = run(vec![stale], "/liaison.v1.CustomerService/UpdateCustomer").await;
+        assert_eq!(code, Some(Code::Aborted));
+        assert_eq!(bodies.len(), 1);
+        let (code, bodies) = run(
+            vec![contention()],
+            "/liaison.v1.WebhookService/SendTestWebhookEvent",
+        )
+        .await;
+        assert_eq!(code, Some(Code::Aborted));
+        assert_eq!(bodies.len(), 1);
     }
 }
