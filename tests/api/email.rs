@@ -25,6 +25,7 @@ crate::on_both_backends!(
     emails_name_organizations_customers_cases_and_tasks_in_words,
     a_customer_whose_name_the_grant_hides_is_not_named_in_email,
     names_that_look_encoded_or_are_not_ascii_reach_the_subject_exactly,
+    a_sender_that_lost_its_lease_cannot_overwrite_the_outcome,
 );
 
 /// What the server was told to answer at the end of DATA, or to RCPT for an address.
@@ -34,6 +35,8 @@ struct Script {
     data_replies: Vec<&'static str>,
     /// Recipients refused at RCPT with this reply.
     refuse: HashMap<String, &'static str>,
+    /// How long the server waits before its reply to the end of DATA.
+    data_delay: Duration,
 }
 
 /// One message as received: the envelope recipient and the raw message.
@@ -57,6 +60,8 @@ struct SmtpServer {
     /// Every RCPT and DATA outcome, in order: `(recipient, reply code)`.
     attempts: Arc<Mutex<Vec<(String, u16)>>>,
     script: Arc<Mutex<Script>>,
+    /// Messages whose DATA has begun.
+    data_started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpServer {
@@ -68,6 +73,7 @@ impl SmtpServer {
             received: Arc::default(),
             attempts: Arc::default(),
             script: Arc::new(Mutex::new(script)),
+            data_started: Arc::default(),
         };
         let this = server.clone();
         tokio::spawn(async move {
@@ -109,6 +115,8 @@ impl SmtpServer {
                     None => "250 ok\r\n".into(),
                 }
             } else if upper.starts_with("DATA") {
+                self.data_started
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = write.write_all(b"354 go ahead\r\n").await;
                 let mut raw = vec![];
                 loop {
@@ -122,10 +130,12 @@ impl SmtpServer {
                     let l = l.strip_prefix('.').unwrap_or(&l);
                     raw.extend_from_slice(l.as_bytes());
                 }
-                let scripted = {
+                let (scripted, delay) = {
                     let mut s = self.script.lock().unwrap();
-                    (!s.data_replies.is_empty()).then(|| s.data_replies.remove(0))
+                    let reply = (!s.data_replies.is_empty()).then(|| s.data_replies.remove(0));
+                    (reply, s.data_delay)
                 };
+                tokio::time::sleep(delay).await;
                 let reply = scripted.unwrap_or("250 2.0.0 queued");
                 self.attempts
                     .lock()
@@ -428,6 +438,7 @@ async fn temporary_failures_retry_and_refusals_bounce(backend: Backend) {
     let server = SmtpServer::start(Script {
         data_replies: vec!["451 4.3.0 try again later"],
         refuse: HashMap::from([("gone@vendor.example".to_owned(), "550 5.1.1 no such user")]),
+        ..Default::default()
     })
     .await;
     let app = spawn_app_with(backend, smtp(&server)).await;
@@ -1059,4 +1070,90 @@ async fn names_that_look_encoded_or_are_not_ascii_reach_the_subject_exactly(back
             "no header carries the look-alike as it is: {head}"
         );
     }
+}
+
+async fn a_sender_that_lost_its_lease_cannot_overwrite_the_outcome(backend: Backend) {
+    // The server takes three seconds to accept the message...
+    let server = SmtpServer::start(Script {
+        data_delay: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let app = spawn_app_with(backend, smtp(&server)).await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let c = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
+    let m = member(&app, &vendor, "Ok", "ok@vendor.example", "UTC").await;
+    follow(&app, &vendor, &m, &[&c.name]).await;
+    let late_before = late_results();
+    update(
+        &app,
+        &vendor.admin_key,
+        rename(&c, "Augusta"),
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    // ...so while the hub's worker waits for it, the email's lease can (as far as
+    // another worker can tell) run out: that other worker takes it over and records
+    // its own outcome.
+    for _ in 0..400 {
+        if server
+            .data_started
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        server
+            .data_started
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the hub's worker is sending"
+    );
+    let later = liaison::domain::now() + jiff::SignedDuration::from_mins(10);
+    let taken = eventually_claimed(&app, later).await;
+    app.store
+        .record_email(&taken, &liaison::store::EmailOutcome::Sent, later)
+        .await
+        .unwrap();
+    // The first worker's outcome comes late and is dropped, counted; the message
+    // went out once.
+    for _ in 0..400 {
+        if late_results() > late_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        late_results() > late_before,
+        "the late outcome was not dropped"
+    );
+    assert_eq!(server.wait_for(1).await.len(), 1);
+}
+
+/// Claims, as another worker at `at`, the email the hub's worker is sending.
+async fn eventually_claimed(app: &TestApp, at: jiff::Timestamp) -> liaison::store::EmailToSend {
+    for _ in 0..400 {
+        let claimed = app
+            .store
+            .claim_emails(at, at + jiff::SignedDuration::from_mins(2), 10)
+            .await
+            .unwrap();
+        if let Some(email) = claimed.into_iter().next() {
+            return email;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no email was queued");
+}
+
+/// The hub's count of email outcomes dropped for a lost lease.
+fn late_results() -> u64 {
+    liaison::metrics::metrics()
+        .late_results
+        .get_or_create(&liaison::metrics::QueueLabels { queue: "email" })
+        .get()
 }
