@@ -455,6 +455,9 @@ impl Config {
         for (name, value) in &env {
             if name == "LIAISON_CONFIG"
                 || name.starts_with("LIAISON_TEST_")
+                // Read by the benchmark harness (`cargo bench --bench hub`), whose
+                // environment the hub it starts inherits.
+                || name.starts_with("LIAISON_BENCH_")
                 || name == "LIAISON_LOG"
                 // Read by the build script only (`liaison --version`).
                 || name == "LIAISON_BUILD_COMMIT"
