@@ -906,35 +906,31 @@ impl Tx {
             let Some(last) = chunk.iter().map(|(_, a)| a.time).max() else {
                 continue;
             };
-            // Each only while it still holds the lease it was claimed with. One claim
-            // leases its deliveries until one moment, so a batch holds a few leases:
-            // one indexed `IN` per lease.
-            let mut by_lease: HashMap<Option<i64>, Vec<&str>> = HashMap::new();
+            // Each only while it still holds the lease it was claimed with: one
+            // statement joins the batch's (id, lease) pairs, each found by primary key.
+            // (Claims under load take a delivery or two at a time, so a batch holds
+            // many leases; a statement per lease cost PostgreSQL 40 % of its updates.)
+            let held: Vec<String> = (0..chunk.len())
+                .map(|i| format!("SELECT ${} AS id, ${} AS lease", 2 * i + 2, 2 * i + 3))
+                .collect();
+            let sql = format!(
+                "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
+                 next_attempt_time = $1, lease_until = NULL, paced = 0 \
+                 FROM ({}) AS held \
+                 WHERE webhook_deliveries.id = held.id AND webhook_deliveries.lease_until = held.lease \
+                 RETURNING webhook_deliveries.id",
+                held.join(" UNION ALL ")
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(micros(last));
             for (d, _) in chunk {
-                by_lease.entry(d.lease_until).or_default().push(&d.id);
+                query = query.bind(&d.id).bind(d.lease_until);
             }
-            let mut kept: HashSet<String> = HashSet::new();
-            for (lease, ids) in by_lease {
-                let sql = format!(
-                    "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
-                     next_attempt_time = $1, lease_until = NULL, paced = 0 \
-                     WHERE lease_until = $2 AND id IN ({}) RETURNING id",
-                    placeholders(3, ids.len())
-                );
-                let mut query = sqlx::query_as::<_, (String,)>(&sql)
-                    .bind(micros(last))
-                    .bind(lease);
-                for id in ids {
-                    query = query.bind(id);
-                }
-                kept.extend(
-                    query
-                        .fetch_all(self.conn())
-                        .await?
-                        .into_iter()
-                        .map(|(id,)| id),
-                );
-            }
+            let kept: HashSet<String> = query
+                .fetch_all(self.conn())
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
             let missed: Vec<&ClaimedDelivery> = chunk
                 .iter()
                 .map(|(d, _)| d)
