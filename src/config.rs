@@ -181,6 +181,9 @@ pub struct SmtpConfig {
     pub password: String,
     /// Pooled connections to the server.
     pub max_connections: u32,
+    /// A PEM file of CA certificates trusted for the server's certificate, besides
+    /// the public web roots (a private PKI). Needs a TLS `url`.
+    pub extra_ca_file: String,
 }
 
 impl Default for SmtpConfig {
@@ -190,6 +193,7 @@ impl Default for SmtpConfig {
             username: String::new(),
             password: String::new(),
             max_connections: 4,
+            extra_ca_file: String::new(),
         }
     }
 }
@@ -205,6 +209,7 @@ impl std::fmt::Debug for SmtpConfig {
                 &if self.password.is_empty() { "" } else { "***" },
             )
             .field("max_connections", &self.max_connections)
+            .field("extra_ca_file", &self.extra_ca_file)
             .finish()
     }
 }
@@ -232,6 +237,9 @@ pub struct WebhooksConfig {
     pub secret_overlap_secs: u64,
     /// An endpoint whose attempts have all failed for this long is disabled.
     pub disable_after_failing_secs: u64,
+    /// A PEM file of CA certificates trusted for receivers' certificates, besides the
+    /// public web roots (receivers under a private PKI).
+    pub extra_ca_file: String,
 }
 
 impl Default for WebhooksConfig {
@@ -247,6 +255,7 @@ impl Default for WebhooksConfig {
             max_in_flight_per_endpoint: 8,
             secret_overlap_secs: 24 * 3600,
             disable_after_failing_secs: 5 * 24 * 3600,
+            extra_ca_file: String::new(),
         }
     }
 }

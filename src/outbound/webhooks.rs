@@ -1,6 +1,7 @@
 //! The webhook worker: signed POSTs of events to partner endpoints (Standard Webhooks),
 //! at least once, retried on a schedule.
 
+use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, sig
 use crate::error::Result;
 use crate::pb;
 use crate::pb::event::Payload;
-use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store};
+use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store, Worker};
 
 /// A claimed delivery belongs to its worker for twice the attempt timeout plus this;
 /// then another may take it (after a crash, say). Well above the longest attempt.
@@ -88,7 +89,25 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub fn client(config: &WebhooksConfig) -> anyhow::Result<reqwest::Client> {
     // Every TLS user in the process shares the ring provider; a second install is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if !config.extra_ca_file.is_empty() {
+        let pem = std::fs::read(&config.extra_ca_file).with_context(|| {
+            format!("cannot read webhooks.extra_ca_file {}", config.extra_ca_file)
+        })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!("webhooks.extra_ca_file {} is not PEM certificates", config.extra_ca_file)
+        })?;
+        if certificates.is_empty() {
+            anyhow::bail!(
+                "webhooks.extra_ca_file {} holds no certificate",
+                config.extra_ca_file
+            );
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(config.timeout_secs))
@@ -220,9 +239,11 @@ impl WebhookWorker {
                             .instrument(span),
                         );
                     }
+                    store.looked(Worker::Webhooks, true);
                     continue;
                 }
-                Ok(_) => {}
+                // Attempts still in flight are work not yet done.
+                Ok(_) => store.looked(Worker::Webhooks, !in_flight.is_empty()),
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim webhook deliveries");
                     tokio::select! {

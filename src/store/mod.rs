@@ -20,6 +20,7 @@ mod members;
 mod operations;
 mod organizations;
 mod partnerships;
+mod pulse;
 mod sharing;
 mod webhooks;
 
@@ -43,6 +44,7 @@ pub use idempotency::Claim;
 pub use interactions::InteractionFilter;
 pub use operations::OperationalCounts;
 pub use partnerships::PartnershipFilter;
+pub use pulse::{Looks, Worker};
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{
     Attempt, AttemptQuery, AttemptRecord, ClaimLimits, ClaimedDelivery, Delivery, Endpoint,
@@ -120,6 +122,8 @@ pub struct Store {
     credentials: Arc<tokio::sync::watch::Sender<u64>>,
     /// The workers' time (tests move it forward).
     clock: crate::domain::notify::Clock,
+    /// The workers' reports of their looks at their queues (see `pulse`).
+    pulses: Arc<pulse::Pulses>,
     /// SQLite: concurrent write transactions that commit together.
     group: Option<Arc<group::Group>>,
     acquire_timeout: Duration,
@@ -179,6 +183,7 @@ impl Store {
                     timers: Arc::default(),
                     credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
+                    pulses: Arc::default(),
                     group: Some(Arc::default()),
                     acquire_timeout: options.acquire_timeout,
                 }
@@ -201,6 +206,7 @@ impl Store {
                     timers: Arc::default(),
                     credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
+                    pulses: Arc::default(),
                     group: None,
                     acquire_timeout: options.acquire_timeout,
                 }

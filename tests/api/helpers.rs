@@ -41,6 +41,33 @@ impl Backend {
     }
 }
 
+/// Counts the PostgreSQL variants that returned without running, and says so once,
+/// as the test process exits: without `LIAISON_TEST_POSTGRES_URL` they count as passed
+/// in the harness's summary, and the reader should not take that for a full run.
+pub fn postgres_not_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NOT_RUN: AtomicUsize = AtomicUsize::new(0);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    unsafe extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+    }
+    extern "C" fn report() {
+        let n = NOT_RUN.load(Ordering::SeqCst);
+        eprintln!(
+            "\nNOTE: {n} PostgreSQL variants did not run (LIAISON_TEST_POSTGRES_URL is not \
+             set); the summary above counts them as passed."
+        );
+    }
+    NOT_RUN.fetch_add(1, Ordering::SeqCst);
+    ONCE.call_once(|| {
+        // SAFETY: `report` is a plain function that only reads an atomic and writes to
+        // stderr; registering it has no other effect.
+        unsafe {
+            atexit(report);
+        }
+    });
+}
+
 /// Writes each test twice: once on SQLite, once on PostgreSQL (when configured).
 #[macro_export]
 macro_rules! on_both_backends {
@@ -61,7 +88,7 @@ macro_rules! on_both_backends {
                 async fn $name() {
                     match $crate::helpers::Backend::postgres() {
                         Some(backend) => super::$name(backend).await,
-                        None => eprintln!("LIAISON_TEST_POSTGRES_URL is not set; PostgreSQL variant not run"),
+                        None => $crate::helpers::postgres_not_run(),
                     }
                 }
             )*
@@ -241,6 +268,17 @@ async fn start_at(config: Config, operator_key: String, ahead: jiff::SignedDurat
 }
 
 impl TestApp {
+    /// Waits until this hub's workers have nothing due (see `Store::settle`): what
+    /// has not happened by then is not going to happen without more time passing.
+    pub async fn settle(&self) {
+        self.store.settle().await
+    }
+
+    /// Moves this hub's clock forward; its workers look again by the new time.
+    pub fn advance(&self, by: jiff::SignedDuration) {
+        self.store.advance_clock(by)
+    }
+
     /// A second hub on the same database (a replica behind a load balancer).
     pub async fn replica(&self) -> TestApp {
         start(self.config.clone(), self.operator_key.clone()).await

@@ -17,7 +17,7 @@ use crate::api::names;
 use crate::domain::case::HistoryEntry;
 use crate::domain::sla::Phase;
 use crate::error::{Error, Result};
-use crate::store::{Timer, TimerKind};
+use crate::store::{Timer, TimerKind, Worker};
 
 /// Timers taken per look; the rest wait for the next one, a moment later.
 const BATCH: usize = 100;
@@ -40,8 +40,10 @@ impl CaseTimers {
         loop {
             let now = store.clock().now();
             let mut failed = false;
+            let mut busy = false;
             match store.due_timers(now, BATCH).await {
                 Ok(due) => {
+                    busy = !due.is_empty();
                     for timer in &due {
                         if let Err(error) = self.fire(timer, now).await {
                             failed = true;
@@ -55,6 +57,7 @@ impl CaseTimers {
                         }
                     }
                     if due.len() == BATCH && !failed {
+                        store.looked(Worker::Timers, busy);
                         continue;
                     }
                 }
@@ -63,6 +66,7 @@ impl CaseTimers {
                     tracing::warn!(%error, "failed to read due case timers");
                 }
             }
+            store.looked(Worker::Timers, busy);
             let floor = if failed { BACKOFF } else { Duration::ZERO };
             crate::outbound::idle(store.timers_signal(), store.next_timer().await, now, floor)
                 .await;

@@ -13,6 +13,7 @@ use jiff::{SignedDuration, tz::TimeZone};
 use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use prost::Message as _;
@@ -30,7 +31,7 @@ use crate::domain::Member;
 use crate::domain::notify::Clock;
 use crate::error::Result;
 use crate::pb::{self, event::Payload};
-use crate::store::{EmailOutcome, EmailToSend, NewEmail, PendingNotification, Store, Tx};
+use crate::store::{EmailOutcome, EmailToSend, NewEmail, PendingNotification, Store, Tx, Worker};
 
 /// Built-in templates; a file of the same name in `email.templates_dir` replaces one.
 const TEMPLATES: [(&str, &str); 4] = [
@@ -83,6 +84,9 @@ impl Mailer {
             .context("smtp.url is not a valid SMTP URL")?
             .pool_config(PoolConfig::new().max_size(smtp.max_connections.max(1)))
             .timeout(Some(Duration::from_secs(30)));
+        if !smtp.extra_ca_file.is_empty() {
+            builder = builder.tls(tls_with_extra_roots(smtp)?);
+        }
         if !smtp.username.is_empty() {
             builder = builder.credentials(Credentials::new(
                 smtp.username.clone(),
@@ -123,6 +127,33 @@ impl Mailer {
                 }),
             },
         }
+    }
+}
+
+/// The TLS mode `smtp.url` asks for, trusting `smtp.extra_ca_file` besides the
+/// public web roots.
+fn tls_with_extra_roots(smtp: &SmtpConfig) -> anyhow::Result<Tls> {
+    let url = reqwest::Url::parse(&smtp.url).context("smtp.url is not a valid SMTP URL")?;
+    let host = url.host_str().context("smtp.url names no host")?.to_owned();
+    let pem = std::fs::read(&smtp.extra_ca_file)
+        .with_context(|| format!("cannot read smtp.extra_ca_file {}", smtp.extra_ca_file))?;
+    let parameters = TlsParameters::builder(host)
+        .add_root_certificate(Certificate::from_pem(&pem).with_context(|| {
+            format!("smtp.extra_ca_file {} is not PEM certificates", smtp.extra_ca_file)
+        })?)
+        .build_rustls()
+        .context("cannot set up TLS for SMTP")?;
+    let mode = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    match (url.scheme(), mode.as_deref()) {
+        ("smtps", _) => Ok(Tls::Wrapper(parameters)),
+        ("smtp", Some("required")) => Ok(Tls::Required(parameters)),
+        ("smtp", Some("opportunistic")) => Ok(Tls::Opportunistic(parameters)),
+        _ => anyhow::bail!(
+            "smtp.extra_ca_file is set but smtp.url uses no TLS (use smtps:// or ?tls=required)"
+        ),
     }
 }
 
@@ -215,6 +246,7 @@ impl EmailWorker {
                     continue;
                 }
             };
+            self.store.looked(Worker::Emails, busy);
             if busy {
                 continue;
             }
