@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set();
 
     build_info()?;
+    postgres_tests();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("liaison_descriptor.bin"),
@@ -41,6 +42,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::api::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// The end-to-end tests' PostgreSQL variants run when the server to test on is named
+/// at build time (`cargo test` builds and runs with the same environment); otherwise
+/// they are marked ignored, so a run without PostgreSQL says so in its summary.
+fn postgres_tests() {
+    println!("cargo::rustc-check-cfg=cfg(liaison_postgres_tests)");
+    println!("cargo:rerun-if-env-changed=LIAISON_TEST_POSTGRES_URL");
+    if env::var("LIAISON_TEST_POSTGRES_URL").is_ok_and(|url| !url.is_empty()) {
+        println!("cargo:rustc-cfg=liaison_postgres_tests");
+    }
 }
 
 /// What `liaison --version` says of the build: target, profile, compiler, and the

@@ -92,10 +92,16 @@ pub fn client(config: &WebhooksConfig) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder();
     if !config.extra_ca_file.is_empty() {
         let pem = std::fs::read(&config.extra_ca_file).with_context(|| {
-            format!("cannot read webhooks.extra_ca_file {}", config.extra_ca_file)
+            format!(
+                "cannot read webhooks.extra_ca_file {}",
+                config.extra_ca_file
+            )
         })?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-            format!("webhooks.extra_ca_file {} is not PEM certificates", config.extra_ca_file)
+            format!(
+                "webhooks.extra_ca_file {} is not PEM certificates",
+                config.extra_ca_file
+            )
         })?;
         if certificates.is_empty() {
             anyhow::bail!(

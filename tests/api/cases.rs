@@ -170,8 +170,7 @@ fn clock<'a>(case: &'a pb::Case, policy: &str) -> &'a pb::SlaClock {
 
 /// Moves the hub's clock forward and lets the timer worker look.
 fn advance(app: &TestApp, by: SignedDuration) {
-    app.store.clock().advance(by);
-    app.store.timers_signal().notify_one();
+    app.advance(by);
 }
 
 /// Waits until the feed of `org` holds an event of `event_type` about `resource`.

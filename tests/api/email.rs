@@ -329,8 +329,7 @@ async fn assign_task(app: &TestApp, by: &Org, case: &str, to: &Org, title: &str)
 /// Lets the settling time and the coalescing window of every thread pass, and wakes
 /// the email worker.
 fn let_the_window_pass(app: &TestApp) {
-    app.store.clock().advance(SignedDuration::from_mins(2));
-    app.store.emails_signal().notify_one();
+    app.advance(SignedDuration::from_mins(2));
 }
 
 fn rename(c: &pb::Customer, given: &str) -> pb::Customer {

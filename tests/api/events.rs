@@ -812,11 +812,12 @@ async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {
 /// LISTEN/NOTIFY. The heartbeat is set far beyond the test's patience, so only a push
 /// can deliver in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(liaison_postgres_tests),
+    ignore = "LIAISON_TEST_POSTGRES_URL is not set"
+)]
 async fn a_watcher_on_one_replica_sees_writes_through_another() {
-    let Some(backend) = Backend::postgres() else {
-        eprintln!("LIAISON_TEST_POSTGRES_URL is not set; replica test not run");
-        return;
-    };
+    let backend = Backend::postgres().expect("LIAISON_TEST_POSTGRES_URL");
     let one = spawn_app_with(backend, |c| c.events.heartbeat_secs = 3600).await;
     let two = one.replica().await;
     let vendor = one.create_org("vendor", pb::OrganizationKind::Vendor).await;

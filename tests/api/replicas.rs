@@ -267,11 +267,12 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(liaison_postgres_tests),
+    ignore = "LIAISON_TEST_POSTGRES_URL is not set"
+)]
 async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
-    let Some(backend) = Backend::postgres() else {
-        eprintln!("LIAISON_TEST_POSTGRES_URL is not set; the replica test needs PostgreSQL");
-        return;
-    };
+    let backend = Backend::postgres().expect("LIAISON_TEST_POSTGRES_URL");
     let (_db, url) = TestDatabase::create(&backend).await;
     let dir = tempfile::tempdir().unwrap();
     let template = dir.path().join("quick_case.toml");

@@ -13,10 +13,25 @@ use liaison::pb;
 
 use crate::helpers::*;
 
-crate::on_both_backends!(
+// A measurement run by hand (`--ignored`), so not through `on_both_backends!`, which
+// would ignore the PostgreSQL copy a second time when the server is not named.
+mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore]
-    million_customers
-);
+    async fn million_customers() {
+        super::million_customers(crate::helpers::Backend::Sqlite).await
+    }
+}
+
+mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn million_customers() {
+        let backend = crate::helpers::Backend::postgres()
+            .expect("LIAISON_TEST_POSTGRES_URL names the PostgreSQL server to measure on");
+        super::million_customers(backend).await
+    }
+}
 
 fn seeded(i: usize) -> pb::Customer {
     pb::Customer {

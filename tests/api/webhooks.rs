@@ -354,7 +354,7 @@ async fn gone_disables_the_endpoint(backend: Backend) {
     assert!(e.disabled_reason.contains("410"), "{e:?}");
     // Nothing more is sent to it.
     create(&app, &vendor, person("Grace", "Hopper", "")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle().await;
     assert_eq!(receiver.received.lock().unwrap().len(), 1);
 }
 
@@ -959,7 +959,7 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
         .await;
     assert_error(refused, Code::FailedPrecondition, "ENDPOINT_DISABLED");
     create(&app, &vendor, person("Grace", "Hopper", "")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle().await;
     assert_eq!(receiver.got().len(), 4);
     let on = update(
         pb::WebhookEndpoint {

@@ -13,8 +13,8 @@ use jiff::{SignedDuration, tz::TimeZone};
 use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use prost::Message as _;
 use serde::Serialize;
@@ -139,7 +139,10 @@ fn tls_with_extra_roots(smtp: &SmtpConfig) -> anyhow::Result<Tls> {
         .with_context(|| format!("cannot read smtp.extra_ca_file {}", smtp.extra_ca_file))?;
     let parameters = TlsParameters::builder(host)
         .add_root_certificate(Certificate::from_pem(&pem).with_context(|| {
-            format!("smtp.extra_ca_file {} is not PEM certificates", smtp.extra_ca_file)
+            format!(
+                "smtp.extra_ca_file {} is not PEM certificates",
+                smtp.extra_ca_file
+            )
         })?)
         .build_rustls()
         .context("cannot set up TLS for SMTP")?;
