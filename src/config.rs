@@ -116,8 +116,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// OTLP/gRPC collector for trace export (`http://127.0.0.1:4317`). Needs a build
-    /// with `--features otlp`. Empty: off.
+    /// OTLP/gRPC collector for trace export (`http://127.0.0.1:4317`; plaintext only).
+    /// Needs the `otlp` feature (on by default). Empty: off.
     pub otlp_endpoint: String,
     /// `service.name` of the exported spans.
     pub service_name: String,
@@ -745,13 +745,18 @@ impl Config {
         }
         let otlp = &self.telemetry.otlp_endpoint;
         if !otlp.is_empty() {
-            if !(otlp.starts_with("http://") || otlp.starts_with("https://")) {
-                bail!("telemetry.otlp_endpoint must be an http:// or https:// URL");
+            // The exporter is built without TLS: an https:// collector would fail at
+            // the first export with a less helpful message.
+            if !otlp.starts_with("http://") {
+                bail!(
+                    "telemetry.otlp_endpoint must be an http:// URL (OTLP export over TLS \
+                     is not supported; use a collector on a trusted network)"
+                );
             }
             if !cfg!(feature = "otlp") {
                 bail!(
                     "telemetry.otlp_endpoint is set, but this build has no OTLP export \
-                     (build with --features otlp)"
+                     (build with the default features)"
                 );
             }
         }

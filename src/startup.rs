@@ -63,6 +63,9 @@ pub struct Application {
     metrics_addr: Option<SocketAddr>,
     tls: Option<Arc<TlsServer>>,
     hub: Hub,
+    /// Sends webhooks (the worker's and the test-event RPC's HTTP client).
+    sender: Arc<Sender>,
+    email_worker: EmailWorker,
     config: Config,
 }
 
@@ -86,6 +89,10 @@ impl Application {
             .transpose()
             .context("Failed to read the metrics address")?;
         let hub = Hub::build(store, &config).await?;
+        // The outbound clients read their settings (and files, such as extra CA
+        // certificates) here, so a bad one stops the start before the hub serves.
+        let sender = Arc::new(Sender::new(hub.store.clone(), config.webhooks.clone())?);
+        let email_worker = EmailWorker::new(hub.store.clone(), &config.email, &config.smtp)?;
         tracing::info!(
             listen = %local_addr,
             tls = tls.is_some(),
@@ -102,6 +109,8 @@ impl Application {
             metrics_addr,
             tls,
             hub,
+            sender,
+            email_worker,
             config,
         })
     }
@@ -130,6 +139,8 @@ impl Application {
             metrics_listener,
             tls,
             hub,
+            sender,
+            email_worker,
             config,
             ..
         } = self;
@@ -182,7 +193,6 @@ impl Application {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
 
-        let sender = Arc::new(Sender::new(hub.store.clone(), config.webhooks.clone())?);
         let webhooks = WebhookServiceServer::new(WebhookApi::new(
             hub.clone(),
             config.webhooks.clone(),
@@ -191,7 +201,6 @@ impl Application {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
         let webhook_worker = WebhookWorker::new(sender);
-        let email_worker = EmailWorker::new(hub.store.clone(), &config.email, &config.smtp)?;
 
         let stopping = Arc::new(Notify::new());
         let workers_shutdown = Shutdown::default();

@@ -3,8 +3,8 @@
 //! standard error, so commands that print results keep standard output clean.
 //!
 //! Spans (`rpc` with method and request id, `webhook` per delivery, `email` per
-//! message) are exported over OTLP/gRPC when the binary is built with the `otlp`
-//! feature and `telemetry.otlp_endpoint` is set; the default build has no exporter.
+//! message) are exported over OTLP/gRPC when `telemetry.otlp_endpoint` is set, by a
+//! build with the `otlp` feature (the default); without an endpoint no exporter runs.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;

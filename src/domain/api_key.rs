@@ -180,4 +180,25 @@ mod tests {
             "read,write"
         );
     }
+
+    #[test]
+    fn stored_scopes_read_back_sorted_and_unknown_ones_are_refused() {
+        // The store keeps scopes as CSV; what it reads back is what was granted.
+        let scopes = Scopes::from_csv("admin,READ").unwrap();
+        assert_eq!(
+            scopes.iter().collect::<Vec<_>>(),
+            [Scope::Read, Scope::Admin]
+        );
+        assert_eq!(scopes.to_csv(), "read,admin");
+        assert_eq!(Scopes::from_csv("read,owner"), None);
+        assert_eq!(Scopes::from_csv(""), None);
+    }
+
+    #[test]
+    fn listings_show_only_the_prefix_and_six_characters_of_a_secret() {
+        let secret = ApiKeySecret::generate();
+        let shown = secret.visible_prefix();
+        assert_eq!(shown.len(), KEY_PREFIX.len() + 6);
+        assert!(secret.expose().starts_with(&shown), "{shown}");
+    }
 }

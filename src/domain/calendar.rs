@@ -239,6 +239,43 @@ mod tests {
             h.add(t("2026-01-17T12:00:00Z"), SignedDuration::from_hours(30)),
             t("2026-01-18T18:00:00Z")
         );
+        let (a, b) = (t("2026-01-19T10:00:00Z"), t("2026-01-19T12:30:00Z"));
+        assert_eq!(h.worked(a, b), SignedDuration::from_mins(150));
+        // A clock read before its phase began (the clocks of two hosts disagree) has
+        // used nothing, not a negative time that would hand back SLA time.
+        assert_eq!(h.worked(b, a), SignedDuration::ZERO);
+        assert_eq!(Hours::Business(berlin()).worked(b, a), SignedDuration::ZERO);
+    }
+
+    #[test]
+    fn a_target_more_than_a_year_of_working_days_away_is_still_found() {
+        // 2,400 working hours are 300 working days, 60 weeks: from Monday 5 January
+        // 2026 09:00 CET to the close of Friday 26 February 2027 (17:00 CET = 16:00
+        // UTC). Templates allow targets up to 87,600 hours, so the search must not
+        // give up after a year.
+        let c = berlin();
+        let start = t("2026-01-05T08:00:00Z");
+        let due = c.add(start, SignedDuration::from_hours(2400));
+        assert_eq!(due, t("2027-02-26T16:00:00Z"));
+        assert_eq!(c.worked(start, due), SignedDuration::from_hours(2400));
+    }
+
+    #[test]
+    fn every_weekday_is_read_by_its_short_or_full_name() {
+        use Weekday::*;
+        for (raw, day) in [
+            ("mon", Monday),
+            ("Tuesday", Tuesday),
+            ("WED", Wednesday),
+            ("thu", Thursday),
+            ("friday", Friday),
+            ("sat", Saturday),
+            ("Sun", Sunday),
+        ] {
+            assert_eq!(parse_weekday(raw), Some(day), "{raw}");
+        }
+        assert_eq!(parse_weekday("mo"), None);
+        assert_eq!(parse_weekday("holiday"), None);
     }
 
     #[test]

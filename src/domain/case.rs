@@ -292,12 +292,146 @@ mod tests {
         assert_eq!(body("").unwrap(), "");
     }
 
+    fn org(id: &str) -> OrgRef {
+        OrgRef {
+            id: id.into(),
+            slug: super::super::Slug::parse(&format!("org-{id}")).unwrap(),
+        }
+    }
+
+    fn case(participants: &[(&str, &str)], clocks: Vec<SlaClock>) -> Case {
+        Case {
+            id: "k".into(),
+            template: "service_case".into(),
+            state: "new".into(),
+            title: "Broken jar".into(),
+            description: String::new(),
+            priority: Priority::High,
+            customer_id: "c".into(),
+            participants: participants
+                .iter()
+                .map(|(id, role)| Participant {
+                    organization: org(id),
+                    role: (*role).into(),
+                })
+                .collect(),
+            fields: BTreeMap::new(),
+            escalation_contacts: vec![],
+            clocks,
+            opened_by: org("o1"),
+            create_time: Timestamp::UNIX_EPOCH,
+            update_time: Timestamp::UNIX_EPOCH,
+            state_time: Timestamp::UNIX_EPOCH,
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn an_organization_acts_on_a_case_in_every_role_it_holds_and_no_other() {
+        let c = case(
+            &[("o1", "retailer"), ("o2", "vendor"), ("o2", "distributor")],
+            vec![],
+        );
+        assert_eq!(
+            c.participant("o1").map(|p| p.role.as_str()),
+            Some("retailer")
+        );
+        assert_eq!(c.participant("o2").map(|p| p.role.as_str()), Some("vendor"));
+        assert_eq!(c.participant("o3"), None);
+        assert_eq!(c.roles_of("o2"), ["vendor", "distributor"]);
+        assert_eq!(c.roles_of("o1"), ["retailer"]);
+        assert!(c.roles_of("o3").is_empty());
+    }
+
+    #[test]
+    fn entering_a_state_moves_the_case_and_its_sla_clocks() {
+        use crate::domain::sla::Phase;
+        let workflows = crate::domain::workflow::Workflows::load(&[]).unwrap();
+        let template = workflows.get("service_case").unwrap();
+        let opened: Timestamp = "2026-01-05T10:00:00Z".parse().unwrap();
+        let clocks = SlaClock::start_all(template, Priority::High, "new", opened);
+        let mut c = case(&[("o1", "retailer")], clocks);
+        assert!(!c.breached());
+
+        let waiting: Timestamp = "2026-01-05T11:00:00Z".parse().unwrap();
+        c.enter_state(template, "waiting_on_customer", waiting);
+        assert_eq!(
+            (c.state.as_str(), c.state_time, c.update_time),
+            ("waiting_on_customer", waiting, waiting)
+        );
+        // Waiting on the customer meets the first response and pauses the resolution.
+        let phases: Vec<Phase> = c.clocks.iter().map(|k| k.phase).collect();
+        assert_eq!(
+            phases,
+            [Phase::Met { at: waiting }, Phase::Paused { since: waiting }]
+        );
+
+        c.clocks[1].breach_time = Some(waiting);
+        assert!(c.breached());
+    }
+
+    #[test]
+    fn an_organization_only_comment_is_read_by_its_author_alone() {
+        let now = Timestamp::UNIX_EPOCH;
+        let mut entry = HistoryEntry::new("k", "case.commented", Some(org("o1")), now);
+        assert!(entry.visible_to("o1") && entry.visible_to("o2"));
+        entry.visibility = CommentVisibility::Organization;
+        assert!(entry.visible_to("o1"));
+        assert!(!entry.visible_to("o2"));
+        // An entry the hub wrote has no author organization to share it with.
+        entry.organization = None;
+        assert!(!entry.visible_to("o1"));
+    }
+
+    #[test]
+    fn stored_names_read_back_as_the_same_values() {
+        // These strings are in the database and on the wire; renaming one breaks both.
+        for (p, name) in [
+            (Priority::Low, "low"),
+            (Priority::Normal, "normal"),
+            (Priority::High, "high"),
+            (Priority::Urgent, "urgent"),
+        ] {
+            assert_eq!(p.as_str(), name);
+            assert_eq!(Priority::parse(name), Some(p));
+        }
+        assert_eq!(Priority::parse("URGENT"), None);
+        for (v, name) in [
+            (CommentVisibility::Participants, "participants"),
+            (CommentVisibility::Organization, "organization"),
+        ] {
+            assert_eq!(v.as_str(), name);
+            assert_eq!(CommentVisibility::parse(name), Some(v));
+        }
+        assert_eq!(CommentVisibility::parse("public"), None);
+    }
+
+    #[test]
+    fn each_task_action_announces_its_own_event_type() {
+        let actions = [
+            (TaskAction::Accept, "task.accepted"),
+            (
+                TaskAction::Decline {
+                    reason: "busy".into(),
+                },
+                "task.declined",
+            ),
+            (
+                TaskAction::Complete {
+                    note: "done".into(),
+                },
+                "task.completed",
+            ),
+        ];
+        for (action, event_type) in actions {
+            assert_eq!(action.event_type(), event_type);
+            assert!(crate::domain::event::EVENT_TYPES.contains(&event_type));
+        }
+    }
+
     #[test]
     fn tasks_move_from_assigned_to_an_end_once() {
-        let org = OrgRef {
-            id: "o".into(),
-            slug: super::super::Slug::parse("acme").unwrap(),
-        };
+        let org = org("o");
         let mut task = Task {
             id: "t".into(),
             case_id: "c".into(),
@@ -328,5 +462,30 @@ mod tests {
             })
             .is_err()
         );
+        // Neither end is left again; both open states may end either way.
+        let declined = TaskState::Declined {
+            reason: "no".into(),
+        };
+        for end in [task.state.clone(), declined.clone()] {
+            task.state = end;
+            let again = TaskAction::Complete {
+                note: "again".into(),
+            };
+            assert!(task.apply(again).is_err(), "{:?}", task.state);
+        }
+        for open in [TaskState::Assigned, TaskState::Accepted] {
+            task.state = open;
+            let decline = TaskAction::Decline {
+                reason: "no".into(),
+            };
+            assert_eq!(task.apply(decline), Ok(declined.clone()));
+            let complete = TaskAction::Complete {
+                note: "done".into(),
+            };
+            assert!(matches!(
+                task.apply(complete),
+                Ok(TaskState::Completed { .. })
+            ));
+        }
     }
 }

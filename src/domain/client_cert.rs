@@ -187,6 +187,35 @@ mod tests {
     }
 
     #[test]
+    fn der_lengths_are_read_in_every_form_and_malformed_ones_refused() {
+        let ab = &b"ab"[..];
+        assert_eq!(
+            element(&[0x04, 0x02, b'a', b'b', 0xff]),
+            Some((0x04, ab, &[0xff][..]))
+        );
+        // Long form, with one to four length bytes.
+        assert_eq!(
+            element(&[0x04, 0x81, 0x02, b'a', b'b']),
+            Some((0x04, ab, &[][..]))
+        );
+        let four = [0x04, 0x84, 0, 0, 0, 2, b'a', b'b'];
+        assert_eq!(element(&four).map(|(_, content, _)| content), Some(ab));
+        let indefinite = [&[0x04, 0x80][..], &[0; 128]].concat();
+        for bad in [
+            // The indefinite length of BER is not DER.
+            &indefinite[..],
+            // More than four length bytes.
+            &[0x04, 0x85, 0, 0, 0, 0, 2, b'a', b'b'][..],
+            // Length bytes or content cut short.
+            &[0x04, 0x82, 0x00][..],
+            &[0x04, 0x03, b'a', b'b'][..],
+            &[0x04][..],
+        ] {
+            assert_eq!(element(bad), None, "{bad:02x?}");
+        }
+    }
+
+    #[test]
     fn the_common_name_is_read_from_a_real_certificate() {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["erp.acme.example".into()]).unwrap();

@@ -687,6 +687,49 @@ mod tests {
         assert!(v.finish().is_ok());
     }
 
+    /// The fields `check` finds fault with.
+    fn violated_fields(profile: &Profile, kind: CustomerKind) -> Vec<String> {
+        let mut v = Violations::new();
+        profile.check(kind, &mut v);
+        match v.finish() {
+            Ok(()) => vec![],
+            Err(crate::error::Error::InvalidArgument(found)) => {
+                found.into_iter().map(|f| f.field).collect()
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_person_needs_either_name_and_each_kind_of_contact_one_primary_at_most() {
+        use CustomerKind::Person;
+        let person = |given: &str, family: &str| Profile {
+            given_name: given.into(),
+            family_name: family.into(),
+            ..Default::default()
+        };
+        assert!(violated_fields(&person("", "Doe"), Person).is_empty());
+        assert!(violated_fields(&person("Jane", ""), Person).is_empty());
+        assert_eq!(violated_fields(&person("", ""), Person), ["given_name"]);
+
+        let de = PhoneRegion::parse("DE").unwrap();
+        let phone = |number: &str, primary| PhoneContact {
+            number: PhoneNumber::parse(number, de).unwrap(),
+            label: String::new(),
+            primary,
+        };
+        let one_primary = Profile {
+            phones: vec![phone("030 901820", true), phone("+16502530000", false)],
+            ..person("Jane", "")
+        };
+        assert!(violated_fields(&one_primary, Person).is_empty());
+        let two_primaries = Profile {
+            phones: vec![phone("030 901820", true), phone("+16502530000", true)],
+            ..person("Jane", "")
+        };
+        assert_eq!(violated_fields(&two_primaries, Person), ["phones"]);
+    }
+
     #[test]
     fn small_values_are_checked() {
         assert_eq!(tag(" VIP ").unwrap(), "vip");
@@ -735,6 +778,25 @@ mod tests {
             panic!("a NUL in a value is a violation");
         };
         assert_eq!(found[0].field, r#"attributes["note"]"#);
+    }
+
+    #[test]
+    fn a_profile_holds_at_most_fifty_attributes() {
+        let many = |n: usize| -> HashMap<String, String> {
+            (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect()
+        };
+        let mut v = Violations::new();
+        assert_eq!(
+            attributes(&mut v, "attributes", &many(MAX_ATTRIBUTES)).len(),
+            50
+        );
+        assert!(v.finish().is_ok());
+        let mut v = Violations::new();
+        attributes(&mut v, "attributes", &many(MAX_ATTRIBUTES + 1));
+        let Err(crate::error::Error::InvalidArgument(found)) = v.finish() else {
+            panic!("51 attributes are too many");
+        };
+        assert_eq!(found[0].field, "attributes");
     }
 
     #[test]
@@ -805,6 +867,18 @@ mod tests {
         let json = serde_json::to_string(&profile).unwrap();
         assert_eq!(serde_json::from_str::<Profile>(&json).unwrap(), profile);
         assert!(serde_json::from_str::<PhoneNumber>("\"0301\"").is_err());
+    }
+
+    #[test]
+    fn kinds_read_back_as_stored() {
+        for (kind, name) in [
+            (CustomerKind::Person, "person"),
+            (CustomerKind::Company, "company"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(CustomerKind::parse(name), Some(kind));
+        }
+        assert_eq!(CustomerKind::parse("PERSON"), None);
     }
 
     #[test]

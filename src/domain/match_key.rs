@@ -80,4 +80,24 @@ mod tests {
         assert!(MatchSecret::new(vec![1; 16]).is_none());
         assert!(format!("{secret:?}").contains("***"));
     }
+
+    #[test]
+    fn different_values_and_kinds_give_different_keys() {
+        // A key that ignored its value would make every customer a duplicate of all.
+        let secret = MatchSecret::new(vec![7; 32]).unwrap();
+        let de = PhoneRegion::parse("DE").unwrap();
+        let phone = |raw| secret.phone_key(&PhoneNumber::parse(raw, de).unwrap());
+        let (berlin, us) = (phone("030 901820"), phone("+16502530000"));
+        assert_ne!(berlin, us);
+        assert_eq!(berlin.len(), 64);
+        let jane = secret.name_postal_key("jane doe|GB|SW1A1AA");
+        assert_ne!(jane, secret.name_postal_key("john doe|GB|SW1A1AA"));
+        assert_eq!(jane.len(), 64);
+        // The same text as another kind of contact point is another key.
+        let email = EmailAddress::parse("jane@doe.example").unwrap();
+        assert_ne!(
+            secret.name_postal_key(email.as_str()),
+            secret.email_key(&email)
+        );
+    }
 }

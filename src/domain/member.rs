@@ -178,6 +178,32 @@ mod tests {
     }
 
     #[test]
+    fn an_address_may_be_as_long_as_smtp_carries_and_no_longer() {
+        // 64 + 1 + 189 = 254 octets, RFC 5321's limit.
+        let address = |last_label: usize| {
+            format!(
+                "{}@{}.{}.{}.com",
+                "a".repeat(64),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(last_label)
+            )
+        };
+        assert_eq!(address(57).len(), 254);
+        assert!(EmailAddress::parse(&address(57)).is_ok());
+        assert!(EmailAddress::parse(&address(58)).is_err());
+    }
+
+    #[test]
+    fn addresses_are_stored_as_plain_json_strings_and_checked_when_read() {
+        let email = EmailAddress::parse("Jane@Doe.example").unwrap();
+        let json = serde_json::to_string(&email).unwrap();
+        assert_eq!(json, r#""jane@doe.example""#);
+        assert_eq!(serde_json::from_str::<EmailAddress>(&json).unwrap(), email);
+        assert!(serde_json::from_str::<EmailAddress>(r#""jane""#).is_err());
+    }
+
+    #[test]
     fn time_zones_must_be_known() {
         assert_eq!(
             TimeZoneName::parse("Europe/Berlin").unwrap().as_str(),

@@ -35,3 +35,23 @@ pub fn now() -> jiff::Timestamp {
     let t = jiff::Timestamp::now();
     jiff::Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_is_the_current_time_at_the_stores_precision() {
+        let before = jiff::Timestamp::now();
+        let stored = now();
+        assert_eq!(stored.subsec_nanosecond() % 1_000, 0, "{stored}");
+        // Truncated, so at most a microsecond before the clock was first read.
+        let earliest = before
+            .checked_sub(jiff::SignedDuration::from_micros(1))
+            .unwrap();
+        assert!(
+            earliest <= stored && stored <= jiff::Timestamp::now(),
+            "{stored}"
+        );
+    }
+}

@@ -215,17 +215,30 @@ impl Store {
         Ok(store)
     }
 
-    /// Brings the schema up to date. Safe to run from several replicas at once on
-    /// PostgreSQL (sqlx takes an advisory lock).
+    /// Brings the schema up to date. Safe to run from several processes at once: on
+    /// PostgreSQL sqlx takes an advisory lock; on SQLite, which has none, the whole run
+    /// is one `BEGIN IMMEDIATE` transaction (each migration a savepoint in it), so a
+    /// second process waits for the write lock and then finds the work done.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Dialect::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        migrator
-            .run(&self.writer)
-            .await
-            .context("Failed to run database migrations")?;
+        let context = "Failed to run database migrations";
+        match self.dialect {
+            Dialect::Sqlite => {
+                let mut tx = self
+                    .writer
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .context(context)?;
+                sqlx::migrate!("migrations/sqlite")
+                    .run(&mut *tx)
+                    .await
+                    .context(context)?;
+                tx.commit().await.context(context)?;
+            }
+            Dialect::Postgres => sqlx::migrate!("migrations/postgres")
+                .run(&self.writer)
+                .await
+                .context(context)?,
+        }
         Ok(())
     }
 

@@ -5,7 +5,6 @@
 //! survive a restart and fire once across replicas.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use liaison::pb;
@@ -168,9 +167,51 @@ fn clock<'a>(case: &'a pb::Case, policy: &str) -> &'a pb::SlaClock {
         .unwrap_or_else(|| panic!("no {policy} clock on {case:?}"))
 }
 
-/// Moves the hub's clock forward and lets the timer worker look.
+/// Moves the hub's clock forward; its workers look again by the new time.
 fn advance(app: &TestApp, by: SignedDuration) {
     app.advance(by);
+}
+
+/// Moves the hub's clock to `at`.
+fn advance_to(app: &TestApp, at: Timestamp) {
+    app.advance(at.duration_since(app.store.clock().now()));
+}
+
+/// How far before a due time [`nothing_before`] looks: room for the moments the hub's
+/// clock runs on (it follows the system clock) while the workers settle.
+const JUST_BEFORE: SignedDuration = SignedDuration::from_secs(5);
+
+/// Moves the hub's clock to just before `at` and waits until every worker has looked
+/// by it and found nothing due; returns the feed of `org` then.
+async fn nothing_before(app: &TestApp, org: &Org, at: Timestamp) -> Vec<pb::Event> {
+    advance_to(app, at - JUST_BEFORE);
+    app.settle().await;
+    feed(app, &org.read_key).await
+}
+
+/// Moves the hub's clock to 1.5 s before `at`, then waits, without waking the timer
+/// worker again, for the `n`th event of `event_type` about `case`: the worker must
+/// wake by itself when `at` comes (it sleeps until the next timer falls due; a sleep
+/// of the 30 s idle recheck would miss the deadline). Returns that event.
+async fn on_its_own_schedule(
+    app: &TestApp,
+    org: &Org,
+    event_type: &str,
+    case: &str,
+    n: usize,
+    at: Timestamp,
+) -> pb::Event {
+    advance_to(app, at - SignedDuration::from_millis(1500));
+    eventually(event_type, async || {
+        let events = feed(app, &org.read_key).await;
+        (count(&events, event_type, case) == n).then(|| {
+            events
+                .into_iter()
+                .rfind(|e| e.r#type == event_type && e.resource == case)
+                .unwrap()
+        })
+    })
+    .await
 }
 
 /// Waits until the feed of `org` holds an event of `event_type` about `resource`.
@@ -874,6 +915,7 @@ async fn tasks_are_accepted_declined_completed_and_fall_overdue(backend: Backend
         Some(pb::event::Payload::Task(t)) => assert!(t.overdue),
         other => panic!("{other:?}"),
     }
+    app.settle().await;
     let all = feed(&app, &c.vendor.read_key).await;
     assert_eq!(count(&all, "task.overdue", &call.name), 1);
     assert_eq!(count(&all, "task.overdue", &swap.name), 0);
@@ -976,18 +1018,26 @@ async fn sla_clocks_warn_breach_pause_and_escalate_at_the_right_moments(backend:
     assert_eq!(ts(&first.due_time), t0 + h(4));
     assert_eq!(ts(&clock(&case, "resolution").due_time), t0 + h(24));
 
-    // Nothing before its time.
-    advance(&app, h(3) - SignedDuration::from_secs(5));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let early = feed(&app, &c.distributor.read_key).await;
+    // Nothing before its time; then the warning, with no nudge after the last move
+    // of the clock.
+    let early = nothing_before(&app, &c.distributor, t0 + h(3)).await;
     assert_eq!(count(&early, "case.sla_warning", &case.name), 0);
-    advance(&app, SignedDuration::from_secs(6));
-    let warned = event_about(&app, &c.distributor, "case.sla_warning", &case.name).await;
+    let warned = on_its_own_schedule(
+        &app,
+        &c.distributor,
+        "case.sla_warning",
+        &case.name,
+        1,
+        t0 + h(3),
+    )
+    .await;
     assert_eq!(
         ts(&clock(case_of(&warned), "first_response").warn_time),
         t0 + h(3)
     );
-    advance(&app, h(1));
+    let early = nothing_before(&app, &c.retailer, t0 + h(4)).await;
+    assert_eq!(count(&early, "case.sla_breached", &case.name), 0);
+    advance_to(&app, t0 + h(4) + SignedDuration::from_secs(1));
     let breached = event_about(&app, &c.retailer, "case.sla_breached", &case.name).await;
     let breached = case_of(&breached);
     assert!(breached.breached);
@@ -1003,21 +1053,26 @@ async fn sla_clocks_warn_breach_pause_and_escalate_at_the_right_moments(backend:
     );
 
     // The escalation contact hears of the breach by email; Dan, with SLA mail off,
-    // does not.
-    app.store.clock().advance(SignedDuration::from_secs(10));
-    app.store.emails_signal().notify_one();
-    let to_dora = eventually("an email to the escalation contact", async || {
-        let files: Vec<_> = std::fs::read_dir(outbox.path()).ok()?.flatten().collect();
-        let texts: Vec<String> = files
-            .iter()
+    // does not (once every worker has nothing due, no mail to him is on its way).
+    advance(&app, SignedDuration::from_secs(10));
+    let sent = || -> Vec<String> {
+        let Ok(files) = std::fs::read_dir(outbox.path()) else {
+            return vec![];
+        };
+        files
+            .flatten()
             .filter_map(|f| std::fs::read_to_string(f.path()).ok())
-            .collect();
-        texts
+            .collect()
+    };
+    eventually("an email to the escalation contact", async || {
+        sent()
             .iter()
             .any(|t| t.contains("dora@distributor.example"))
-            .then_some(texts)
+            .then_some(())
     })
     .await;
+    app.settle().await;
+    let to_dora = sent();
     let breach_mail = to_dora
         .iter()
         .find(|t| t.contains("dora@distributor.example"))
@@ -1055,16 +1110,29 @@ async fn sla_clocks_warn_breach_pause_and_escalate_at_the_right_moments(backend:
         pb::SlaClockState::Paused as i32
     );
     assert!(clock(&paused, "resolution").due_time.is_none());
+    // Well past the resolution's warning and due times had it run on: once every
+    // worker has looked by then, only the first response's warning and breach are
+    // there, and the clock still shows paused.
     advance(&app, h(30));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle().await;
+    let events = feed(&app, &c.retailer.read_key).await;
     assert_eq!(
-        count(
-            &feed(&app, &c.retailer.read_key).await,
-            "case.sla_warning",
-            &case.name
+        (
+            count(&events, "case.sla_warning", &case.name),
+            count(&events, "case.sla_breached", &case.name)
         ),
-        1,
+        (1, 1),
         "a paused clock neither warns nor breaches"
+    );
+    let still = clock(
+        &get(&app, &c.retailer, &case.name).await.unwrap(),
+        "resolution",
+    )
+    .clone();
+    assert_eq!(still.state, pb::SlaClockState::Paused as i32);
+    assert!(
+        still.warn_time.is_none() && still.breach_time.is_none(),
+        "{still:?}"
     );
     let resumed = fire(&app, &c.distributor, &case.name, "resume", &[])
         .await
@@ -1076,16 +1144,25 @@ async fn sla_clocks_warn_breach_pause_and_escalate_at_the_right_moments(backend:
         ts(&resolution.warn_time),
         t0 + SignedDuration::from_mins(19 * 60 + 12) + (p1 - p0)
     );
-    let due = ts(&resolution.due_time);
-    let behind = due.duration_since(app.store.clock().now()) + SignedDuration::from_secs(1);
-    advance(&app, behind);
-    eventually("the resolution breach", async || {
+    // Resumed, it warns and breaches at the moved times, not before.
+    let (warn, due) = (ts(&resolution.warn_time), ts(&resolution.due_time));
+    let early = nothing_before(&app, &c.retailer, warn).await;
+    assert_eq!(count(&early, "case.sla_warning", &case.name), 1);
+    advance_to(&app, warn + SignedDuration::from_secs(1));
+    eventually("the resolution warning", async || {
         let events = feed(&app, &c.retailer.read_key).await;
-        (count(&events, "case.sla_breached", &case.name) == 2).then_some(())
+        (count(&events, "case.sla_warning", &case.name) == 2).then_some(())
     })
     .await;
+    let early = nothing_before(&app, &c.retailer, due).await;
+    assert_eq!(count(&early, "case.sla_breached", &case.name), 1);
+    let breach =
+        on_its_own_schedule(&app, &c.retailer, "case.sla_breached", &case.name, 2, due).await;
+    assert_eq!(ts(&clock(case_of(&breach), "resolution").breach_time), due);
+    app.settle().await;
     let events = feed(&app, &c.retailer.read_key).await;
     assert_eq!(count(&events, "case.sla_warning", &case.name), 2);
+    assert_eq!(count(&events, "case.sla_breached", &case.name), 2);
     let h = history(&app, &c.retailer, &case.name).await.unwrap();
     let sla: Vec<(&str, &str)> = h
         .iter()
@@ -1180,26 +1257,18 @@ async fn business_hours_skip_the_weekend_and_follow_the_dst_change(backend: Back
     let at = |s: &str| s.parse::<Timestamp>().unwrap() + drift;
     assert_eq!(ts(&clock.warn_time), at("2026-03-30T07:00:00Z"));
     assert_eq!(ts(&clock.due_time), at("2026-03-30T11:00:00Z"));
-    // Saturday: nothing fires.
-    let to = |app: &TestApp, s: &str| {
-        let target = s.parse::<Timestamp>().unwrap() + drift;
-        app.store
-            .clock()
-            .advance(target.duration_since(app.store.clock().now()));
-        app.store.timers_signal().notify_one();
-    };
+    // Saturday noon, and Monday just before the office opens: nothing has fired.
+    let to = |app: &TestApp, s: &str| advance_to(app, at(s));
     to(&app, "2026-03-28T12:00:00Z");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        count(
-            &feed(&app, &c.vendor.read_key).await,
-            "case.sla_warning",
-            &case.name
-        ),
-        0
-    );
+    app.settle().await;
+    let saturday = feed(&app, &c.vendor.read_key).await;
+    assert_eq!(count(&saturday, "case.sla_warning", &case.name), 0);
+    let monday = nothing_before(&app, &c.vendor, at("2026-03-30T07:00:00Z")).await;
+    assert_eq!(count(&monday, "case.sla_warning", &case.name), 0);
     to(&app, "2026-03-30T07:00:01Z");
     event_about(&app, &c.vendor, "case.sla_warning", &case.name).await;
+    let noon = nothing_before(&app, &c.vendor, at("2026-03-30T11:00:00Z")).await;
+    assert_eq!(count(&noon, "case.sla_breached", &case.name), 0);
     to(&app, "2026-03-30T11:00:01Z");
     let breach = event_about(&app, &c.vendor, "case.sla_breached", &case.name).await;
     assert_eq!(
@@ -1235,22 +1304,20 @@ async fn timers_survive_a_restart_and_fire_once_across_replicas(backend: Backend
         (count(&events, "case.sla_breached", &case.name) == 1).then_some(())
     })
     .await;
+    // Both replicas' clocks pass the resolution warning (each hub keeps a clock of
+    // its own), so both find it due and race for it.
     let replica = app.replica().await;
+    let warn = ts(&case.create_time) + SignedDuration::from_mins(6 * 60 + 24);
     for hub in [&app, &replica] {
-        hub.store.clock().advance(SignedDuration::from_hours(5));
-    }
-    for _ in 0..3 {
-        for hub in [&app, &replica] {
-            hub.store.timers_signal().notify_one();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        advance_to(hub, warn + SignedDuration::from_secs(1));
     }
     eventually("the resolution warning", async || {
         let events = feed(&app, &c.vendor.read_key).await;
         (count(&events, "case.sla_warning", &case.name) == 2).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.settle().await;
+    replica.settle().await;
     for org in [&c.vendor, &c.retailer] {
         let events = feed(&app, &org.read_key).await;
         assert_eq!(count(&events, "case.sla_warning", &case.name), 2);

@@ -29,7 +29,8 @@ pub(crate) fn stdout(output: &std::process::Output) -> String {
 crate::on_both_backends!(
     bootstrap_prints_a_working_key_on_its_last_line,
     admin_commands_manage_organizations_and_keys,
-    import_loads_a_file_in_batches_and_names_bad_lines
+    import_loads_a_file_in_batches_and_names_bad_lines,
+    replicas_started_at_once_on_a_fresh_database_migrate_it_once_and_all_serve,
 );
 
 fn import(
@@ -265,4 +266,115 @@ async fn admin_commands_manage_organizations_and_keys(backend: Backend) {
     );
     let missing = liaison(&url, &["admin", "get-org", "nobody"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}
+
+/// `liaison serve` processes started at the same moment on `database_url`, once each
+/// logs "hub ready", with their addresses; a process that exits first fails the test
+/// with what it wrote.
+async fn serve_at_once(database_url: &str, n: usize) -> Vec<(tokio::process::Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    // All are started before any is waited for, so their migrations overlap.
+    let mut started = vec![];
+    for _ in 0..n {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("LIAISON_DATABASE_URL", database_url)
+            .env("LIAISON_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start liaison serve");
+        let stderr = child.stderr.take().unwrap();
+        started.push((child, tokio::io::BufReader::new(stderr).lines()));
+    }
+    let ready = started.into_iter().map(async |(child, mut lines)| {
+        let mut said = vec![];
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if entry["message"] == "hub ready" {
+                    return Some(entry["listen"].as_str().unwrap().to_owned());
+                }
+                said.push(line);
+            }
+            None
+        })
+        .await
+        .expect("ready in time");
+        let addr = addr
+            .unwrap_or_else(|| panic!("a hub exited before it was ready:\n{}", said.join("\n")));
+        // Keep draining the log, so the hub never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (child, addr)
+    });
+    futures_util::future::join_all(ready).await
+}
+
+/// Replicas behind a load balancer start together, each migrating the database first.
+/// Exactly one applies each migration; the others wait for it (an advisory lock on
+/// PostgreSQL) or find it done, and every replica serves afterwards.
+async fn replicas_started_at_once_on_a_fresh_database_migrate_it_once_and_all_serve(
+    backend: Backend,
+) {
+    let (_db, url) = TestDatabase::create(&backend).await;
+    let hubs = serve_at_once(&url, 3).await;
+
+    // Every migration recorded once, whole, and as the binary has it.
+    let (expected, applied): (sqlx::migrate::Migrator, Vec<(i64, bool, Vec<u8>)>) = {
+        use sqlx::Connection;
+        let query = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+        match backend {
+            Backend::Sqlite => (
+                sqlx::migrate!("migrations/sqlite"),
+                sqlx::query_as(query)
+                    .fetch_all(&mut sqlx::SqliteConnection::connect(&url).await.unwrap())
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Postgres(_) => (
+                sqlx::migrate!("migrations/postgres"),
+                sqlx::query_as(query)
+                    .fetch_all(&mut sqlx::PgConnection::connect(&url).await.unwrap())
+                    .await
+                    .unwrap(),
+            ),
+        }
+    };
+    let expected: Vec<(i64, bool, Vec<u8>)> = expected
+        .iter()
+        .map(|m| (m.version, true, m.checksum.to_vec()))
+        .collect();
+    assert_eq!(
+        applied, expected,
+        "each migration applied once, successfully"
+    );
+
+    // The schema works: what one replica writes, each reads.
+    let key = bootstrap_operator(&url);
+    let channel = async |addr: &str| {
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let operator = async |addr: &str| {
+        AdminServiceClient::with_interceptor(channel(addr).await, Bearer(key.clone()))
+    };
+    operator(&hubs[0].1)
+        .await
+        .create_organization(new_organization("acme", pb::OrganizationKind::Vendor))
+        .await
+        .expect("the first replica writes");
+    for (_, addr) in &hubs {
+        let got = operator(addr)
+            .await
+            .get_organization(pb::GetOrganizationRequest {
+                name: "organizations/acme".into(),
+            })
+            .await
+            .expect("every replica reads")
+            .into_inner();
+        assert_eq!(got.slug, "acme");
+    }
 }

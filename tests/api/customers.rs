@@ -165,11 +165,31 @@ async fn updates_follow_the_mask_and_the_etag(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(updated.display_name, "Jane Smith");
-    // Not in the mask: untouched.
-    assert_eq!(updated.emails, created.emails);
+    // family_name and what derives from it change; the emails, cleared in the
+    // message but not in the mask, and everything else stay as created.
+    let expected = pb::Customer {
+        family_name: "Smith".into(),
+        display_name: "Jane Smith".into(),
+        etag: updated.etag.clone(),
+        update_time: updated.update_time,
+        ..created.clone()
+    };
+    assert_eq!(updated, expected);
     assert_ne!(updated.etag, created.etag);
     assert_ne!(updated.update_time, created.update_time);
+    // And that is what the hub stored: Get and List read it back.
+    let stored = || async {
+        app.customers(&acme.read_key)
+            .get_customer(get(&created.name))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    assert_eq!(stored().await, expected);
+    assert_eq!(
+        list(&app, &acme.read_key, "").await,
+        std::slice::from_ref(&expected)
+    );
 
     // The old etag is stale now.
     let result = client
@@ -211,6 +231,8 @@ async fn updates_follow_the_mask_and_the_etag(backend: Backend) {
         .await;
     let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
     assert_eq!(violated_fields(&status), vec!["customer.given_name"]);
+    // None of the refused updates wrote anything.
+    assert_eq!(stored().await, expected);
 
     // History records who changed what, old and new.
     let history = client

@@ -1,21 +1,19 @@
-//! Email to members end to end: a real SMTP conversation with an in-process server on
-//! 127.0.0.1, whose received messages are parsed as MIME.
+//! Email to members end to end, through the SMTP server of `smtp.rs` on 127.0.0.1:
+//! who hears of what, when (coalescing, digests, retries, bounces) and in what words.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::SignedDuration;
 use liaison::domain::notify::next_digest_time;
 use liaison::pb;
 use mail_parser::MessageParser;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::customers::{create, person};
 use crate::helpers::*;
 use crate::sharing::{grant, log, update};
+use crate::smtp::{Mail, Script, SmtpServer, sending_to};
 
 crate::on_both_backends!(
     emails_are_threaded_coalesced_and_show_only_what_the_organization_sees,
@@ -26,166 +24,8 @@ crate::on_both_backends!(
     a_customer_whose_name_the_grant_hides_is_not_named_in_email,
     names_that_look_encoded_or_are_not_ascii_reach_the_subject_exactly,
     a_sender_that_lost_its_lease_cannot_overwrite_the_outcome,
+    work_and_integration_news_reach_only_the_members_of_the_organization_who_want_it,
 );
-
-/// What the server was told to answer at the end of DATA, or to RCPT for an address.
-#[derive(Default)]
-struct Script {
-    /// Replies to the next DATA ends, before falling back to 250.
-    data_replies: Vec<&'static str>,
-    /// Recipients refused at RCPT with this reply.
-    refuse: HashMap<String, &'static str>,
-    /// How long the server waits before its reply to the end of DATA.
-    data_delay: Duration,
-}
-
-/// One message as received: the envelope recipient and the raw message.
-#[derive(Clone, Debug)]
-struct Mail {
-    to: String,
-    raw: Vec<u8>,
-}
-
-impl Mail {
-    fn parsed(&self) -> mail_parser::Message<'_> {
-        MessageParser::default().parse(&self.raw).expect("MIME")
-    }
-}
-
-/// A minimal SMTP server (RFC 5321 without extensions).
-#[derive(Clone)]
-struct SmtpServer {
-    url: String,
-    received: Arc<Mutex<Vec<Mail>>>,
-    /// Every RCPT and DATA outcome, in order: `(recipient, reply code)`.
-    attempts: Arc<Mutex<Vec<(String, u16)>>>,
-    script: Arc<Mutex<Script>>,
-    /// Messages whose DATA has begun.
-    data_started: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl SmtpServer {
-    async fn start(script: Script) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("smtp://{}", listener.local_addr().unwrap());
-        let server = SmtpServer {
-            url,
-            received: Arc::default(),
-            attempts: Arc::default(),
-            script: Arc::new(Mutex::new(script)),
-            data_started: Arc::default(),
-        };
-        let this = server.clone();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let this = this.clone();
-                tokio::spawn(async move { this.session(socket).await });
-            }
-        });
-        server
-    }
-
-    async fn session(&self, socket: tokio::net::TcpStream) {
-        let (read, mut write) = socket.into_split();
-        let mut lines = BufReader::new(read);
-        let _ = write.write_all(b"220 test.example ESMTP\r\n").await;
-        let mut to = String::new();
-        loop {
-            let mut line = String::new();
-            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let upper = line.to_ascii_uppercase();
-            let reply: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                "250 test.example\r\n".into()
-            } else if upper.starts_with("RCPT TO:") {
-                to = line[8..]
-                    .trim()
-                    .trim_matches(|c| c == '<' || c == '>')
-                    .to_owned();
-                let refused = self.script.lock().unwrap().refuse.get(&to).copied();
-                match refused {
-                    Some(r) => {
-                        self.attempts
-                            .lock()
-                            .unwrap()
-                            .push((to.clone(), r[..3].parse().unwrap()));
-                        format!("{r}\r\n")
-                    }
-                    None => "250 ok\r\n".into(),
-                }
-            } else if upper.starts_with("DATA") {
-                self.data_started
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = write.write_all(b"354 go ahead\r\n").await;
-                let mut raw = vec![];
-                loop {
-                    let mut l = String::new();
-                    if lines.read_line(&mut l).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if l == ".\r\n" {
-                        break;
-                    }
-                    let l = l.strip_prefix('.').unwrap_or(&l);
-                    raw.extend_from_slice(l.as_bytes());
-                }
-                let (scripted, delay) = {
-                    let mut s = self.script.lock().unwrap();
-                    let reply = (!s.data_replies.is_empty()).then(|| s.data_replies.remove(0));
-                    (reply, s.data_delay)
-                };
-                tokio::time::sleep(delay).await;
-                let reply = scripted.unwrap_or("250 2.0.0 queued");
-                self.attempts
-                    .lock()
-                    .unwrap()
-                    .push((to.clone(), reply[..3].parse().unwrap()));
-                if reply.starts_with('2') {
-                    self.received.lock().unwrap().push(Mail {
-                        to: to.clone(),
-                        raw,
-                    });
-                }
-                format!("{reply}\r\n")
-            } else if upper.starts_with("QUIT") {
-                let _ = write.write_all(b"221 bye\r\n").await;
-                return;
-            } else {
-                // MAIL, RSET, NOOP.
-                "250 ok\r\n".into()
-            };
-            if write.write_all(reply.as_bytes()).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn mail(&self) -> Vec<Mail> {
-        self.received.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, n: usize) -> Vec<Mail> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let got = self.mail();
-            if got.len() >= n {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("expected {n} emails, got {}", self.mail().len());
-    }
-}
-
-fn smtp(server: &SmtpServer) -> impl FnOnce(&mut liaison::config::Config) {
-    let url = server.url.clone();
-    move |c| {
-        c.smtp.url = url;
-        c.email.from = "Liaison Hub <hub@liaison.example>".into();
-        c.email.retry_schedule_secs = vec![0, 1, 1];
-    }
-}
 
 pub(crate) async fn member(
     app: &TestApp,
@@ -229,7 +69,7 @@ pub(crate) async fn set_preferences(
         .map(|r| r.into_inner())
 }
 
-async fn follow(app: &TestApp, org: &Org, m: &pb::Member, customers: &[&str]) {
+pub(crate) async fn follow(app: &TestApp, org: &Org, m: &pb::Member, customers: &[&str]) {
     set_preferences(
         app,
         org,
@@ -341,7 +181,7 @@ fn rename(c: &pb::Customer, given: &str) -> pb::Customer {
 
 async fn emails_are_threaded_coalesced_and_show_only_what_the_organization_sees(backend: Backend) {
     let server = SmtpServer::start(Script::default()).await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
     app.partner(&vendor, &shop).await;
@@ -379,7 +219,7 @@ async fn emails_are_threaded_coalesced_and_show_only_what_the_organization_sees(
         .await
         .unwrap();
     let got = server.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.settle().await;
     assert_eq!(server.mail().len(), 1, "coalesced into one email");
     assert_eq!(got[0].to, "grace@shop.example");
     let first = got[0].parsed();
@@ -417,11 +257,15 @@ async fn emails_are_threaded_coalesced_and_show_only_what_the_organization_sees(
     update(&app, &vendor.admin_key, changed, &["given_name"])
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Past its settling time, but inside the window of the thread's first email.
+    app.advance(SignedDuration::from_secs(10));
+    app.settle().await;
     assert_eq!(server.mail().len(), 1, "held back by the window");
-    app.store.clock().advance(SignedDuration::from_mins(2));
-    app.store.emails_signal().notify_one();
+    let_the_window_pass(&app);
     let got = server.wait_for(2).await;
+    // Nothing else was waiting for the window: the first two changes were one email.
+    app.settle().await;
+    assert_eq!(server.mail().len(), 2);
     let second = got[1].parsed();
     assert_eq!(header(&second, "In-Reply-To"), root);
     assert_eq!(header(&second, "References"), root);
@@ -440,7 +284,7 @@ async fn temporary_failures_retry_and_refusals_bounce(backend: Backend) {
         ..Default::default()
     })
     .await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let c = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
     let ok = member(&app, &vendor, "Ok", "ok@vendor.example", "UTC").await;
@@ -479,8 +323,10 @@ async fn temporary_failures_retry_and_refusals_bounce(backend: Backend) {
     };
     assert!(bounced.email_bounce.contains("550"), "{bounced:?}");
     assert!(bounced.email_bounce_time.is_some());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let attempts = server.attempts.lock().unwrap().clone();
+    // Past every retry the schedule holds: a retry of the refusal would be due by now.
+    app.advance(SignedDuration::from_mins(1));
+    app.settle().await;
+    let attempts = server.attempts();
     let to_gone = attempts
         .iter()
         .filter(|a| a.0 == "gone@vendor.example")
@@ -489,30 +335,43 @@ async fn temporary_failures_retry_and_refusals_bounce(backend: Backend) {
         to_gone, 1,
         "a permanent failure is not retried: {attempts:?}"
     );
-    let to_ok: Vec<u16> = attempts
-        .iter()
-        .filter(|a| a.0 == "ok@vendor.example")
-        .map(|a| a.1)
+    let to_ok: Vec<Mail> = server
+        .transactions()
+        .into_iter()
+        .filter(|m| m.to == "ok@vendor.example")
         .collect();
-    assert_eq!(to_ok, [451, 250]);
-    // The retry is the same message.
-    assert!(got[0].parsed().subject().unwrap().contains("Augusta"));
+    assert_eq!(
+        to_ok.iter().map(|m| m.reply).collect::<Vec<_>>(),
+        [451, 250]
+    );
+    // The retry is the same message: the same Message-ID, the same bytes.
+    let (failed, retried) = (to_ok[0].parsed(), to_ok[1].parsed());
+    assert!(header(&failed, "Message-ID").ends_with("@liaison.example>"));
+    assert_eq!(
+        header(&failed, "Message-ID"),
+        header(&retried, "Message-ID")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&to_ok[0].raw),
+        String::from_utf8_lossy(&to_ok[1].raw)
+    );
+    assert!(retried.subject().unwrap().contains("Augusta"));
 
     // No more mail to the bounced address until it changes.
-    app.store.clock().advance(SignedDuration::from_mins(5));
+    app.advance(SignedDuration::from_mins(5));
     update(&app, &vendor.admin_key, rename(&c, "Ada"), &["given_name"])
         .await
         .unwrap();
     server.wait_for(2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let to_gone = server
-        .attempts
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|a| a.0 == "gone@vendor.example")
-        .count();
-    assert_eq!(to_gone, 1);
+    app.settle().await;
+    let to_gone = || {
+        server
+            .attempts()
+            .iter()
+            .filter(|a| a.0 == "gone@vendor.example")
+            .count()
+    };
+    assert_eq!(to_gone(), 1);
     let mut fixed = bounced.clone();
     fixed.email = "back@vendor.example".into();
     fixed.etag.clear();
@@ -529,11 +388,33 @@ async fn temporary_failures_retry_and_refusals_bounce(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(fixed.email_bounce.is_empty() && fixed.email_bounce_time.is_none());
+    // The member hears again, at the new address.
+    update(
+        &app,
+        &vendor.admin_key,
+        rename(&c, "Augusta"),
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    app.advance(SignedDuration::from_mins(5));
+    let got = server.wait_for(4).await;
+    let back = mail_to(&got, "back@vendor.example", "Augusta");
+    assert_eq!(
+        back.parsed()
+            .to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address()),
+        Some("back@vendor.example")
+    );
+    app.settle().await;
+    assert_eq!(to_gone(), 1, "nothing more to the old address");
+    assert_eq!(server.mail().len(), 4);
 }
 
 async fn digests_arrive_at_the_members_local_hour(backend: Backend) {
     let server = SmtpServer::start(Script::default()).await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     // The organization's default: customer changes by digest. The member picks 09:00.
     set_preferences(
@@ -587,19 +468,24 @@ async fn digests_arrive_at_the_members_local_hour(backend: Backend) {
         .await
         .unwrap();
 
+    let until_due = || due.duration_since(app.store.clock().now());
     // A minute before 09:00 in Tokyo: nothing.
-    let clock = app.store.clock();
-    clock.advance(due.duration_since(clock.now()) - SignedDuration::from_mins(1));
-    app.store.emails_signal().notify_one();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.advance(until_due() - SignedDuration::from_mins(1));
+    app.settle().await;
     assert!(server.mail().is_empty(), "not before the hour");
-    // 09:00: one digest with all three changes, grouped by customer.
-    clock.advance(SignedDuration::from_mins(1) + SignedDuration::from_secs(1));
-    app.store.emails_signal().notify_one();
+    // A second before, and no more nudges: the worker wakes at 09:00 by its own
+    // schedule (it would otherwise look again only after half a minute) and sends one
+    // digest with all three changes, grouped by customer.
+    app.advance(until_due() - SignedDuration::from_secs(1));
     let got = server.wait_for(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle().await;
     assert_eq!(server.mail().len(), 1);
     let digest = got[0].parsed();
+    let composed = digest.date().expect("a Date header").to_timestamp();
+    assert!(
+        composed >= due.as_second(),
+        "composed at {composed}, due at {due}"
+    );
     assert!(
         digest.subject().unwrap().contains("digest"),
         "{:?}",
@@ -803,7 +689,7 @@ async fn without_smtp_emails_are_files_and_the_cli_tests_the_transport() {
 
 async fn emails_name_organizations_customers_cases_and_tasks_in_words(backend: Backend) {
     let server = SmtpServer::start(Script::default()).await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
     member(&app, &vendor, "Vera", "vera@vendor.example", "UTC").await;
@@ -943,7 +829,7 @@ async fn emails_name_organizations_customers_cases_and_tasks_in_words(backend: B
 
 async fn a_customer_whose_name_the_grant_hides_is_not_named_in_email(backend: Backend) {
     let server = SmtpServer::start(Script::default()).await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
     app.partner(&vendor, &shop).await;
@@ -1013,7 +899,7 @@ async fn a_customer_whose_name_the_grant_hides_is_not_named_in_email(backend: Ba
 
 async fn names_that_look_encoded_or_are_not_ascii_reach_the_subject_exactly(backend: Backend) {
     let server = SmtpServer::start(Script::default()).await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let vera = member(
         &app,
@@ -1078,7 +964,7 @@ async fn a_sender_that_lost_its_lease_cannot_overwrite_the_outcome(backend: Back
         ..Default::default()
     })
     .await;
-    let app = spawn_app_with(backend, smtp(&server)).await;
+    let app = spawn_app_with(backend, sending_to(&server)).await;
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let c = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
     let m = member(&app, &vendor, "Ok", "ok@vendor.example", "UTC").await;
@@ -1095,23 +981,10 @@ async fn a_sender_that_lost_its_lease_cannot_overwrite_the_outcome(backend: Back
     // ...so while the hub's worker waits for it, the email's lease can (as far as
     // another worker can tell) run out: that other worker takes it over and records
     // its own outcome.
-    for _ in 0..400 {
-        if server
-            .data_started
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(
-        server
-            .data_started
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "the hub's worker is sending"
-    );
+    server
+        .wait_until("the hub's worker sending", |s| s.data_started() > 0)
+        .await;
+    assert_eq!(server.data_started(), 1, "the hub's worker is sending");
     let later = liaison::domain::now() + jiff::SignedDuration::from_mins(10);
     let taken = eventually_claimed(&app, later).await;
     app.store
@@ -1131,6 +1004,149 @@ async fn a_sender_that_lost_its_lease_cannot_overwrite_the_outcome(backend: Back
         "the late outcome was not dropped"
     );
     assert_eq!(server.wait_for(1).await.len(), 1);
+}
+
+/// Sets one notification category of `m` to `mode`.
+async fn choose(
+    app: &TestApp,
+    org: &Org,
+    m: &pb::Member,
+    category: &str,
+    mode: pb::NotificationMode,
+) {
+    let mut prefs = pb::NotificationPreferences {
+        name: format!("{}/notificationPreferences", m.name),
+        ..Default::default()
+    };
+    match category {
+        "work_for_my_organization" => prefs.work_for_my_organization = mode as i32,
+        "integration_health" => prefs.integration_health = mode as i32,
+        _ => unreachable!("{category}"),
+    }
+    set_preferences(app, org, prefs, &[category])
+        .await
+        .expect("preferences");
+}
+
+async fn work_and_integration_news_reach_only_the_members_of_the_organization_who_want_it(
+    backend: Backend,
+) {
+    let server = SmtpServer::start(Script::default()).await;
+    let app = spawn_app_with(backend, |c| {
+        sending_to(&server)(c);
+        c.webhooks.allow_http = true;
+        c.webhooks.allow_private_networks = true;
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    // Partners before anyone is a member, so the proposal is no one's news.
+    app.partner(&vendor, &shop).await;
+    let jane = create(&app, &vendor, person("Jane", "Doe", "jane@example.com")).await;
+    // Vera keeps the defaults (both immediate); Otto turns work off, Ivy integration.
+    member(&app, &vendor, "Vera", "vera@vendor.example", "UTC").await;
+    let otto = member(&app, &vendor, "Otto", "otto@vendor.example", "UTC").await;
+    let ivy = member(&app, &vendor, "Ivy", "ivy@vendor.example", "UTC").await;
+    choose(
+        &app,
+        &vendor,
+        &otto,
+        "work_for_my_organization",
+        pb::NotificationMode::Off,
+    )
+    .await;
+    choose(
+        &app,
+        &vendor,
+        &ivy,
+        "integration_health",
+        pb::NotificationMode::Off,
+    )
+    .await;
+    member(&app, &shop, "Sam", "sam@shop.example", "UTC").await;
+
+    // Work for the vendor: the shop asks for access to a record the vendor holds.
+    let found = app
+        .sharing(&shop.read_key)
+        .match_customer(pb::MatchCustomerRequest {
+            email: "jane@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matches;
+    app.sharing(&shop.admin_key)
+        .create_access_request(pb::CreateAccessRequestRequest {
+            access_request: Some(pb::AccessRequest {
+                r#match: found[0].r#match.clone(),
+                level: pb::AccessLevel::Read as i32,
+                fields: vec!["emails".into()],
+                reason: "She called about her warranty".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("access request");
+    let got = server.wait_for(2).await;
+    // Nothing else is due: not Otto (work off), not the shop, whose own request it is.
+    app.settle().await;
+    let mut to: Vec<&str> = got.iter().map(|m| m.to.as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["ivy@vendor.example", "vera@vendor.example"]);
+    assert_eq!(server.mail().len(), 2);
+    for mail in &got {
+        let parsed = mail.parsed();
+        assert_eq!(
+            parsed.subject().unwrap(),
+            "[Liaison] Access request from shop Ltd: Access requested by shop Ltd"
+        );
+        let text = parsed.body_text(0).unwrap().to_string();
+        assert!(
+            text.contains(&format!("Customer: Jane Doe ({})", jane.name)),
+            "{text}"
+        );
+        assert!(
+            text.contains("Reason: She called about her warranty"),
+            "{text}"
+        );
+        assert!(text.contains("Fields: emails"), "{text}");
+    }
+
+    // The vendor's integration breaks: its receiver answers 410, which disables the
+    // endpoint at the first delivery.
+    let receiver = crate::webhooks::Receiver::scripted(|_| crate::webhooks::reply(410)).await;
+    app.webhooks(&vendor.admin_key)
+        .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+            parent: vendor.name.clone(),
+            webhook_endpoint: Some(pb::WebhookEndpoint {
+                url: receiver.url.clone(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("endpoint");
+    create(&app, &vendor, person("Grace", "Hopper", "")).await;
+    let got = server.wait_for(4).await;
+    app.settle().await;
+    assert_eq!(server.mail().len(), 4, "Ivy and the shop hear nothing");
+    for to in ["vera@vendor.example", "otto@vendor.example"] {
+        let parsed = mail_to(&got, to, "Webhook endpoint").parsed();
+        assert_eq!(
+            parsed.subject().unwrap(),
+            format!(
+                "[Liaison] Webhook endpoint {}: Webhook endpoint disabled",
+                receiver.url
+            )
+        );
+        let text = parsed.body_text(0).unwrap().to_string();
+        assert!(
+            text.contains("Reason: the receiver answered 410 Gone"),
+            "{text}"
+        );
+    }
 }
 
 /// Claims, as another worker at `at`, the email the hub's worker is sending.

@@ -20,6 +20,7 @@ crate::on_both_backends!(
     watchers_see_every_event_once_in_order_under_concurrent_writers,
     pruned_positions_are_out_of_range,
     streams_are_limited_and_idle_ones_hear_a_heartbeat,
+    a_hub_serves_at_most_max_streams_and_a_closed_stream_frees_a_place,
 );
 
 /// Waits at most this long for any one stream message.
@@ -656,12 +657,20 @@ async fn pruned_positions_are_out_of_range(backend: Backend) {
     for i in 0..3 {
         create(&app, &vendor, person("Old", &format!("Customer{i}"), "")).await;
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let cutoff = jiff::Timestamp::now();
-    tokio::time::sleep(Duration::from_millis(5)).await;
     for i in 0..2 {
         create(&app, &vendor, person("New", &format!("Customer{i}"), "")).await;
     }
+    // The cutoff is the first new event's own time: older events go, it stays.
+    let time = |e: &pb::Event| {
+        let t = e.create_time.expect("events carry their time");
+        jiff::Timestamp::new(t.seconds, t.nanos).unwrap()
+    };
+    let all = feed(&app, &vendor.read_key).await;
+    let cutoff = time(&all[3]);
+    assert!(
+        time(&all[2]) < cutoff,
+        "two writes a round trip apart have distinct times"
+    );
     assert_eq!(app.store.prune_events(cutoff).await.unwrap(), 3);
 
     let kept = feed(&app, &vendor.read_key).await;
@@ -806,6 +815,44 @@ async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {
     let status = ended.expect_err("the stream ends with an error");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("after_sequence 1"), "{status:?}");
+}
+
+/// `events.max_streams` caps a hub's open streams whoever opens them: each of three
+/// organizations stays far below its own cap, so only the hub-wide one can refuse.
+async fn a_hub_serves_at_most_max_streams_and_a_closed_stream_frees_a_place(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.events.max_streams = 2).await;
+    let mut orgs = vec![];
+    for slug in ["vendor", "dist", "shop"] {
+        orgs.push(app.create_org(slug, pb::OrganizationKind::Vendor).await);
+    }
+    let open = async |org: &Org| {
+        app.events(&org.read_key)
+            .watch_events(pb::WatchEventsRequest::default())
+            .await
+    };
+    let first = watch(&app, &orgs[0].read_key, 0, &[]).await;
+    let _second = watch(&app, &orgs[1].read_key, 0, &[]).await;
+    let refused = open(&orgs[2]).await;
+    assert_error(refused, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+
+    // Closing a stream frees its place (the hub notices the reset promptly); the
+    // refused attempt took none.
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    let _third = loop {
+        match open(&orgs[2]).await {
+            Ok(stream) => break stream,
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the freed place was not reusable: {status:?}"),
+        }
+    };
+    // Full again: the place went to that stream, not to everyone.
+    let refused = open(&orgs[0]).await;
+    assert_error(refused, Code::ResourceExhausted, "TOO_MANY_STREAMS");
 }
 
 /// Two hubs on one PostgreSQL: a write through one reaches a stream on the other by

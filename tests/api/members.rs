@@ -67,9 +67,37 @@ async fn an_admin_manages_its_members(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(updated.role, pb::MemberRole::Manager as i32);
-    assert_eq!(updated.time_zone, "America/New_York");
-    assert_eq!(updated.display_name, "Jane Doe");
+    // The two fields set change; everything else is as created.
+    let expected = pb::Member {
+        role: pb::MemberRole::Manager as i32,
+        time_zone: "America/New_York".into(),
+        etag: updated.etag.clone(),
+        update_time: updated.update_time,
+        ..member.clone()
+    };
+    assert_eq!(updated, expected);
+    assert_ne!(updated.etag, member.etag);
+    assert_ne!(updated.update_time, member.update_time);
+    // And that is what the hub stored: Get and List read it back.
+    let got = app
+        .members(&acme.read_key)
+        .get_member(pb::GetMemberRequest {
+            name: member.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, expected);
+    let listed = app
+        .members(&acme.read_key)
+        .list_members(pb::ListMembersRequest {
+            parent: acme.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.members, [expected]);
 
     app.members(&acme.admin_key)
         .delete_member(pb::DeleteMemberRequest {
@@ -155,7 +183,7 @@ async fn a_members_email_is_unique_in_its_organization(backend: Backend) {
         .members(&acme.admin_key)
         .update_member(pb::UpdateMemberRequest {
             member: Some(pb::Member {
-                name: john.name,
+                name: john.name.clone(),
                 email: "jane.doe@acme.example".into(),
                 ..Default::default()
             }),
@@ -166,6 +194,17 @@ async fn a_members_email_is_unique_in_its_organization(backend: Backend) {
         })
         .await;
     assert_error(clash, Code::AlreadyExists, "MEMBER_EMAIL_TAKEN");
+    let unchanged = app
+        .members(&acme.read_key)
+        .get_member(pb::GetMemberRequest { name: john.name })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged.email, "john@acme.example");
+    assert_eq!(
+        unchanged.etag, john.etag,
+        "the refused update wrote nothing"
+    );
 }
 
 async fn another_organizations_members_are_not_found(backend: Backend) {

@@ -326,51 +326,99 @@ async fn requests_carry_a_request_id_in_and_out() {
     assert!(refused.metadata().get("x-request-id").is_some());
 }
 
-/// A backup taken with `liaison admin backup` while a client keeps writing opens,
-/// passes `PRAGMA integrity_check` and holds what was committed before it.
+/// A backup taken with `liaison admin backup` while a client keeps writing: the
+/// writes go on while it runs, and the copy passes `PRAGMA integrity_check`, holds
+/// exactly the writes committed before some moment during the backup (each whole),
+/// and a hub started on it serves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_online_backup_under_writes_is_consistent() {
     let app = spawn_app(Backend::Sqlite).await;
     let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    // Ballast the hub never reads: 64 MiB make the copy take a good fraction of a
+    // second, long enough to watch it grow and for writes to commit meanwhile.
+    const BALLAST: u64 = 64 << 20;
+    {
+        let mut side = sqlx::SqliteConnection::connect(&app.config.database.url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE test_ballast (b BLOB NOT NULL); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64) \
+             INSERT INTO test_ballast SELECT randomblob(1048576) FROM n",
+        )
+        .execute(&mut side)
+        .await
+        .unwrap();
+    }
+    // One writer, one customer at a time (Doe0, Doe1, ...), reporting each commit
+    // and going on until told to stop.
+    let (committed_tx, mut committed) = tokio::sync::watch::channel(0_i64);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let writer = {
         let mut client = app.customers(&acme.admin_key);
         tokio::spawn(async move {
             let mut written = 0;
-            for i in 0..150 {
+            while stopped.try_recv().is_err() {
                 client
                     .create_customer(pb::CreateCustomerRequest {
-                        customer: Some(person("Jane", &format!("Doe{i}"), "")),
+                        customer: Some(person("Jane", &format!("Doe{written}"), "")),
                         request_id: String::new(),
                     })
                     .await
                     .expect("writes go on during the backup");
                 written += 1;
+                committed_tx.send_replace(written);
             }
-            written
         })
     };
-    // Let some writes land first.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    committed.wait_for(|&n| n >= 20).await.unwrap();
+
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("backup.db");
-    let output = Command::new(env!("CARGO_BIN_EXE_liaison"))
+    let before = *committed.borrow();
+    let mut backup = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
         .args(["admin", "backup"])
         .arg(&target)
         .args(["--database-url", &app.config.database.url])
         .env("LIAISON_LOG", "warn")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // Once the copy holds half the ballast the backup is well under way: the writes
+    // committed by then, with the backup still running, went on alongside it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let during = loop {
+        let copied = std::fs::metadata(&target).map_or(0, |m| m.len());
+        if copied >= BALLAST / 2 {
+            let during = *committed.borrow();
+            assert!(
+                backup.try_wait().unwrap().is_none(),
+                "the backup was still running when the writes were counted"
+            );
+            break during;
+        }
+        assert!(
+            backup.try_wait().unwrap().is_none(),
+            "the backup finished before it was seen under way"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backup is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let output = backup.wait_with_output().await.unwrap();
+    stop.send(()).unwrap();
+    writer.await.unwrap();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let written = writer.await.unwrap();
-    assert_eq!(written, 150);
 
-    let mut copy = sqlx::SqliteConnection::connect(&format!("sqlite://{}", target.display()))
-        .await
-        .unwrap();
+    let url = format!("sqlite://{}", target.display());
+    let mut copy = sqlx::SqliteConnection::connect(&url).await.unwrap();
     let check: String = sqlx::query_scalar("PRAGMA integrity_check")
         .fetch_one(&mut copy)
         .await
@@ -380,7 +428,16 @@ async fn an_online_backup_under_writes_is_consistent() {
         .fetch_one(&mut copy)
         .await
         .unwrap();
-    assert!((1..=150).contains(&in_copy), "{in_copy}");
+    // All that was committed before the backup started is in it, and writes committed
+    // after its snapshot while it was still running: they did not wait for it.
+    assert!(
+        before <= in_copy,
+        "{before} committed, {in_copy} in the copy"
+    );
+    assert!(
+        in_copy < during,
+        "no write committed while the backup ran ({in_copy} in the copy, {during} by then)"
+    );
     // Every customer in the copy has its creation event: one transaction, whole.
     let events: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE type = 'customer.created'")
@@ -388,6 +445,30 @@ async fn an_online_backup_under_writes_is_consistent() {
             .await
             .unwrap();
     assert_eq!(events, in_copy);
+    copy.close().await.unwrap();
+
+    // Restored: a hub on the copy serves exactly the first writes, keys and all.
+    let (restored, addr, _log) = serve_process(&url, &[]).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let served = CustomerServiceClient::with_interceptor(channel, Bearer(acme.read_key.clone()))
+        .list_customers(pb::ListCustomersRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("the restored hub knows acme's key")
+        .into_inner()
+        .customers;
+    let mut served: Vec<String> = served.into_iter().map(|c| c.family_name).collect();
+    served.sort_unstable();
+    let mut first: Vec<String> = (0..in_copy).map(|i| format!("Doe{i}")).collect();
+    first.sort_unstable();
+    assert_eq!(served, first);
+    drop(restored);
 
     // Never over an existing file.
     let again = Command::new(env!("CARGO_BIN_EXE_liaison"))

@@ -11,6 +11,7 @@ crate::on_both_backends!(
     outsiders_cannot_see_or_touch_a_partnership,
     bad_proposals_are_refused,
     retried_transitions_return_the_first_answer,
+    request_ids_are_remembered_for_a_week_then_forgotten,
 );
 
 fn proposal(to: &Org, relationship: pb::Relationship) -> pb::ProposePartnershipRequest {
@@ -375,12 +376,162 @@ async fn retried_transitions_return_the_first_answer(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(accepted, again);
-    // Request ids are per organization: the same id from another one is a new request.
+
+    // Request ids are per organization: another one sending the very same request
+    // under the same id makes a partnership of its own. Were ids shared across
+    // organizations, it would get acme's partnership back (a leak) instead.
+    let depot = app.create_org("depot", pb::OrganizationKind::Other).await;
+    let mut same = proposal(&shop, pb::Relationship::DistributesFor);
+    same.request_id = "proposal-1".into();
+    let by_depot = app
+        .partnerships(&depot.admin_key)
+        .propose_partnership(same)
+        .await
+        .expect("a new request, not a replay or a clash with acme's")
+        .into_inner();
+    assert_ne!(by_depot.name, first.name);
+    assert_eq!(by_depot.proposer, depot.name);
+    assert_eq!(by_depot.state, State::Proposed as i32);
     let listed = app
-        .partnerships(&acme.read_key)
+        .partnerships(&shop.read_key)
         .list_partnerships(pb::ListPartnershipsRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.partnerships.len(), 1);
+    let mut names: Vec<&str> = listed
+        .partnerships
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    names.sort_unstable();
+    let mut expected = vec![first.name.as_str(), by_depot.name.as_str()];
+    expected.sort_unstable();
+    assert_eq!(names, expected, "both partnerships exist, once each");
+    // And acme's own retry still gets acme's answer, not depot's.
+    let mut retry = proposal(&shop, pb::Relationship::DistributesFor);
+    retry.request_id = "proposal-1".into();
+    let replayed = app
+        .partnerships(&acme.admin_key)
+        .propose_partnership(retry)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed, first);
+}
+
+/// How long the hub remembers a request id (`IDEMPOTENCY_RETENTION` in startup.rs).
+const REMEMBERED: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+
+/// Makes the record of `request_id` look `by` older than it is. The hub judges a
+/// record's age by the wall clock (not the clock `TestApp::advance` moves), so a
+/// test can only age the record itself.
+async fn age_request_id(app: &TestApp, request_id: &str, by: jiff::SignedDuration) {
+    use sqlx::Connection;
+    let url = &app.config.database.url;
+    let sql = "UPDATE idempotency_records SET create_time = create_time - $1 WHERE request_id = $2";
+    let micros = by.as_micros() as i64;
+    let aged = if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql)
+            .bind(micros)
+            .bind(request_id)
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected()
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql)
+            .bind(micros)
+            .bind(request_id)
+            .execute(&mut conn)
+            .await
+            .unwrap()
+            .rows_affected()
+    };
+    assert_eq!(aged, 1, "one record of {request_id}");
+}
+
+async fn request_ids_are_remembered_for_a_week_then_forgotten(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    let request = |relationship, request_id: &str| {
+        let mut request = proposal(&shop, relationship);
+        request.request_id = request_id.into();
+        request
+    };
+    let propose = |request: pb::ProposePartnershipRequest| {
+        let mut client = app.partnerships(&acme.admin_key);
+        async move {
+            client
+                .propose_partnership(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let old = propose(request(pb::Relationship::Supplies, "old"))
+        .await
+        .unwrap();
+    let recent = propose(request(pb::Relationship::ServicesFor, "recent"))
+        .await
+        .unwrap();
+    // Declined, so a request that is new again can propose the same relationship.
+    for p in [&old, &recent] {
+        app.partnerships(&shop.admin_key)
+            .decline_partnership(name_req(|r: &mut pb::DeclinePartnershipRequest| {
+                r.name = p.name.clone()
+            }))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        propose(request(pb::Relationship::Supplies, "old"))
+            .await
+            .unwrap(),
+        old,
+        "remembered: the retry gets the first answer"
+    );
+
+    // One just past the retention, one just within it; the hub sweeps as it starts.
+    let hour = jiff::SignedDuration::from_hours(1);
+    age_request_id(&app, "old", REMEMBERED + hour).await;
+    age_request_id(&app, "recent", REMEMBERED - hour).await;
+    let app = app.restart(jiff::SignedDuration::ZERO).await;
+    let propose = |request: pb::ProposePartnershipRequest| {
+        let mut client = app.partnerships(&acme.admin_key);
+        async move {
+            client
+                .propose_partnership(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+
+    // Until the sweep has run the retry is still a replay; after, a new request.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let renewed = loop {
+        let answer = propose(request(pb::Relationship::Supplies, "old"))
+            .await
+            .unwrap();
+        if answer.name != old.name {
+            break answer;
+        }
+        assert_eq!(answer, old, "before the sweep, a replay");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a request id past its retention is never forgotten"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(renewed.state, State::Proposed as i32);
+    assert_eq!(renewed.proposer, acme.name);
+    // The same sweep kept the one still within its retention.
+    assert_eq!(
+        propose(request(pb::Relationship::ServicesFor, "recent"))
+            .await
+            .unwrap(),
+        recent,
+        "a request id within its retention is still remembered"
+    );
 }

@@ -6,7 +6,8 @@
 //! its client when its replica dies) sees each event exactly once and in order; every
 //! event reaches its organization's endpoint at least once, and twice only if the
 //! killed replica had it in flight; each SLA timer fires once; and all three replicas
-//! took writes, served streams and made deliveries.
+//! took writes, served streams and made deliveries. The test counts each of those per
+//! replica, so a replica that quietly refused its share fails it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +46,8 @@ stop_states = ["closed"]
 
 /// Webhook attempts in flight on one replica at most (its `webhooks.concurrency`).
 const CONCURRENCY: usize = 16;
+/// The replica killed mid-load.
+const VICTIM: usize = 2;
 
 struct Replica {
     process: tokio::process::Child,
@@ -86,9 +89,27 @@ async fn replica(url: &str, config: &str) -> Replica {
 struct Balancer {
     channels: Arc<Vec<Channel>>,
     turn: Arc<AtomicUsize>,
+    /// Calls each replica answered successfully.
+    answered: Arc<Vec<AtomicUsize>>,
 }
 
 impl Balancer {
+    fn new(channels: Arc<Vec<Channel>>) -> Self {
+        Self {
+            answered: Arc::new(channels.iter().map(|_| AtomicUsize::new(0)).collect()),
+            channels,
+            turn: Arc::default(),
+        }
+    }
+
+    /// How many calls each replica has answered so far.
+    fn answered(&self) -> Vec<usize> {
+        self.answered
+            .iter()
+            .map(|n| n.load(Ordering::SeqCst))
+            .collect()
+    }
+
     async fn call<T>(
         &self,
         key: &str,
@@ -97,13 +118,16 @@ impl Balancer {
         let start = self.turn.fetch_add(1, Ordering::SeqCst);
         let mut last = None;
         for k in 0..3 * self.channels.len() {
-            let channel = self.channels[(start + k) % self.channels.len()].clone();
+            let at = (start + k) % self.channels.len();
             let authed = tonic::service::interceptor::InterceptedService::new(
-                channel,
+                self.channels[at].clone(),
                 Bearer(key.to_owned()),
             );
             match f(authed).await {
-                Ok(response) => return response.into_inner(),
+                Ok(response) => {
+                    self.answered[at].fetch_add(1, Ordering::SeqCst);
+                    return response.into_inner();
+                }
                 Err(s)
                     if matches!(
                         s.code(),
@@ -123,8 +147,8 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// The sequences a stream has seen, in order.
-type Seen = Arc<Mutex<Vec<i64>>>;
+/// What a stream has seen, in order: each event's sequence and the replica that sent it.
+type Seen = Arc<Mutex<Vec<(i64, usize)>>>;
 
 /// Follows `org`'s feed from the start on replica `home`, as a client would: when the
 /// stream breaks it resumes after the last sequence it saw, on the next replica.
@@ -134,9 +158,10 @@ fn follow(channels: Arc<Vec<Channel>>, home: usize, key: String) -> Seen {
     tokio::spawn(async move {
         let mut at = home;
         loop {
-            let after = seen.lock().unwrap().last().copied().unwrap_or(0);
+            let after = seen.lock().unwrap().last().map_or(0, |&(s, _)| s);
+            let replica = at % channels.len();
             let mut client = pb::event_service_client::EventServiceClient::with_interceptor(
-                channels[at % channels.len()].clone(),
+                channels[replica].clone(),
                 Bearer(key.clone()),
             );
             if let Ok(stream) = client
@@ -149,7 +174,7 @@ fn follow(channels: Arc<Vec<Channel>>, home: usize, key: String) -> Seen {
                 let mut stream = stream.into_inner();
                 while let Ok(Some(m)) = stream.message().await {
                     if let Some(pb::watch_events_response::Message::Event(e)) = m.message {
-                        seen.lock().unwrap().push(e.sequence);
+                        seen.lock().unwrap().push((e.sequence, replica));
                     }
                 }
             }
@@ -302,10 +327,9 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
             .map(|r| r.channel.clone())
             .collect::<Vec<_>>(),
     );
-    let lb = Balancer {
-        channels: channels.clone(),
-        turn: Arc::default(),
-    };
+    let lb = Balancer::new(channels.clone());
+    // The test reads the database only to know when the replicas are done.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
 
     // Slow answers, so that deliveries are in flight when the replica dies and each
     // replica's per-endpoint cap makes the others take a share.
@@ -415,10 +439,16 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
             }
         }
     }));
-    let victim = &mut replicas[2].process;
+    let victim = &mut replicas[VICTIM].process;
+    let answered_before = lb.answered();
     let kill = async {
+        // Once the victim's streams are under way, so that the kill cuts them.
         until("a third of the writes", async || {
             done.load(Ordering::SeqCst) >= 4 * PER_WRITER / 3
+                && streams
+                    .iter()
+                    .filter(|(home, _, _)| *home == VICTIM)
+                    .all(|(_, _, seen)| !seen.lock().unwrap().is_empty())
         })
         .await;
         victim.start_kill().unwrap();
@@ -427,6 +457,19 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
         killed_at
     };
     let (_, killed_at) = tokio::join!(writers, kill);
+    // Every write of the load was answered by some replica; each replica answered its
+    // share, the victim until it died.
+    let writes: Vec<usize> = lb
+        .answered()
+        .iter()
+        .zip(&answered_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    eprintln!("writes answered per replica: {writes:?}");
+    assert_eq!(writes.iter().sum::<usize>(), 4 * PER_WRITER * 2);
+    for (i, n) in writes.iter().enumerate() {
+        assert!(*n > 0, "replica {i} took no writes");
+    }
 
     // Each SLA timer fires once: a warning and a breach per case, on either survivor.
     until("every case to breach", async || {
@@ -438,8 +481,29 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
             >= cases.len()
     })
     .await;
-    // Let a timer that could fire twice do so before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A timer's row is deleted in the transaction that fires it: with none left, every
+    // firing has committed and none is to come, so the counts below are final.
+    until("every case timer to be taken", async || {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM case_timers")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    // Likewise a delivery is recorded as made only after its endpoint answered: with
+    // every one recorded (the dead replica's once its leases ran out and a survivor
+    // sent them again), no attempt is in flight and what the receivers got is final.
+    until("every delivery to be recorded as made", async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE state <> 'succeeded'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+            == 0
+    })
+    .await;
 
     for org in [&vendor, &retail] {
         let events = feed(&lb, &org.admin_key).await;
@@ -464,12 +528,36 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
                 seen.lock().unwrap().len() as i64 >= head
             })
             .await;
+            let seen = seen.lock().unwrap().clone();
             assert_eq!(
-                *seen.lock().unwrap(),
+                seen.iter().map(|&(s, _)| s).collect::<Vec<_>>(),
                 (1..=head).collect::<Vec<_>>(),
                 "the stream of {} that started on replica {home} saw each event once, in order",
                 org.name
             );
+            // Its home replica served it first; the victim's streams were cut by the kill
+            // and resumed on a survivor right after the last event the victim sent.
+            assert_eq!(seen[0].1, *home, "replica {home} served its stream");
+            if *home == VICTIM {
+                let cut = seen
+                    .iter()
+                    .position(|&(_, r)| r != VICTIM)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "the victim's stream of {} never resumed elsewhere",
+                            org.name
+                        )
+                    });
+                assert!(
+                    seen[cut..].iter().all(|&(_, r)| r != VICTIM),
+                    "a dead replica served no more"
+                );
+                eprintln!(
+                    "{}: the victim's stream sent {cut} events, a survivor the other {}",
+                    org.name,
+                    seen.len() - cut
+                );
+            }
         }
 
         // Every event delivered at least once; twice only if the dead replica had it
@@ -483,16 +571,12 @@ async fn three_replicas_lose_nothing_when_one_is_killed_mid_load() {
             .iter()
             .filter(|e| e.sequence > hooked_after[&org.name])
             .collect();
-        until(
-            "every delivery (the dead replica's leases run out first)",
-            async || {
-                let got: std::collections::HashSet<String> =
-                    hooks.got().iter().map(|r| r.id()).collect();
-                hooked.iter().all(|e| got.contains(&e.id))
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got: std::collections::HashSet<String> = hooks.got().iter().map(|r| r.id()).collect();
+        assert!(
+            hooked.iter().all(|e| got.contains(&e.id)),
+            "every event of {} delivered at least once",
+            org.name
+        );
         let mut times: HashMap<String, Vec<Instant>> = HashMap::new();
         for r in hooks.got() {
             times.entry(r.id()).or_default().push(r.at);

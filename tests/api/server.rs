@@ -1,5 +1,8 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use liaison::pb;
+use sqlx::Connection;
+use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -13,7 +16,8 @@ use crate::helpers::*;
 crate::on_both_backends!(
     health_answers_serving_without_a_key,
     reflection_lists_every_service,
-    shutdown_reports_not_serving_and_exits_cleanly
+    shutdown_reports_not_serving_and_exits_cleanly,
+    the_configured_request_timeout_ends_a_call_the_client_would_wait_longer_for,
 );
 
 async fn health_answers_serving_without_a_key(backend: Backend) {
@@ -110,4 +114,77 @@ async fn shutdown_reports_not_serving_and_exits_cleanly(backend: Backend) {
         .await
         .expect("stops within the grace period");
     result.expect("exits without error");
+}
+
+/// `server.request_timeout_secs` bounds every call, whatever deadline the client
+/// sends: a write held up past it ends with DEADLINE_EXCEEDED and leaves nothing.
+async fn the_configured_request_timeout_ends_a_call_the_client_would_wait_longer_for(
+    backend: Backend,
+) {
+    let on_postgres = matches!(backend, Backend::Postgres(_));
+    let app = spawn_app_with(backend, |c| c.server.request_timeout_secs = 2).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    // Another client holds the database, so the hub's write waits as long as it may.
+    let url = app.config.database.url.clone();
+    let blocker: Box<dyn std::any::Any> = if on_postgres {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Box::new(conn)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Box::new(conn)
+    };
+    let mut request = tonic::Request::new(pb::CreateCustomerRequest {
+        customer: Some(crate::customers::person("Too", "Late", "")),
+        request_id: String::new(),
+    });
+    // The client would wait a minute (grpc-timeout: 60S); the hub's limit is shorter.
+    request.set_timeout(Duration::from_secs(60));
+    let started = Instant::now();
+    let late = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.customers(&acme.admin_key).create_customer(request),
+    )
+    .await
+    .expect("the hub's 2 s limit ended the call, not the client's minute");
+    let waited = started.elapsed();
+    let status = assert_error(late, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    assert!(
+        status.message().contains("deadline of 2000 ms"),
+        "the configured limit applies: {status:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2),
+        "ended after {waited:?}, before the limit"
+    );
+
+    // Released: nothing of the abandoned write remains. (A write made now commits
+    // after anything of it that could still be waiting.)
+    drop(blocker);
+    app.customers(&acme.admin_key)
+        .create_customer(pb::CreateCustomerRequest {
+            customer: Some(crate::customers::person("On", "Time", "")),
+            request_id: String::new(),
+        })
+        .await
+        .expect("the hub writes again once the database is free");
+    let listed = app
+        .customers(&acme.read_key)
+        .list_customers(pb::ListCustomersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = listed
+        .customers
+        .iter()
+        .map(|c| c.display_name.as_str())
+        .collect();
+    assert_eq!(names, ["On Time"]);
 }

@@ -414,7 +414,16 @@ async fn a_saturated_pool_answers_unavailable(backend: Backend) {
             tokio::spawn(async move { client.get_customer(pb::GetCustomerRequest { name }).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Held until a call has given up: while the table is locked no call can succeed, so
+    // one that is done waited past the acquire timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !calls.iter().any(|c| c.is_finished()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call gave up while the table was locked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
     let mut busy = 0;
     for call in calls {
@@ -644,7 +653,16 @@ async fn a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream is under way (its first message came), so the suspension cuts a
+    // replay in progress rather than one that has not begun.
+    let next = async |stream: &mut tonic::Streaming<pb::WatchEventsResponse>| {
+        tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("the stream carries on")
+            .expect("no error")
+            .expect("a message")
+    };
+    let mut message = next(&mut stream).await;
     app.partnerships(&acme.admin_key)
         .suspend_partnership(pb::SuspendPartnershipRequest {
             name: partnership.name.clone(),
@@ -660,11 +678,6 @@ async fn a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once
     assert!(after.iter().any(|(t, _)| t == "partnership.suspended"));
     let mut carried = 0;
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
-            .await
-            .expect("the stream carries on")
-            .expect("no error")
-            .expect("a message");
         if let Some(pb::watch_events_response::Message::Event(e)) = message.message {
             if e.resource.starts_with(&customer_name) {
                 carried += 1;
@@ -673,6 +686,7 @@ async fn a_suspended_partnership_stops_feeds_carrying_the_owners_records_at_once
                 break;
             }
         }
+        message = next(&mut stream).await;
     }
     // What was already on its way (the send buffer and the connection's window) is
     // gone; the rest of the backlog never left the hub.

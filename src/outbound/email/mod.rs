@@ -17,6 +17,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use prost::Message as _;
+use rustls_pki_types::pem::PemObject as _;
 use serde::Serialize;
 use tracing::Instrument;
 
@@ -106,7 +107,7 @@ impl Mailer {
                     response.message().collect::<Vec<_>>().join(" ")
                 )),
                 Err(e) => Err(SendError {
-                    permanent: e.is_permanent(),
+                    permanent: refuses_for_good(&e),
                     message: describe(&e),
                 }),
             },
@@ -137,6 +138,17 @@ fn tls_with_extra_roots(smtp: &SmtpConfig) -> anyhow::Result<Tls> {
     let host = url.host_str().context("smtp.url names no host")?.to_owned();
     let pem = std::fs::read(&smtp.extra_ca_file)
         .with_context(|| format!("cannot read smtp.extra_ca_file {}", smtp.extra_ca_file))?;
+    // lettre reads a file without PEM certificates as none, which would trust nothing
+    // extra and fail only at the first send.
+    if rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .is_none()
+    {
+        anyhow::bail!(
+            "smtp.extra_ca_file {} holds no certificate",
+            smtp.extra_ca_file
+        );
+    }
     let parameters = TlsParameters::builder(host)
         .add_root_certificate(Certificate::from_pem(&pem).with_context(|| {
             format!(
@@ -158,6 +170,17 @@ fn tls_with_extra_roots(smtp: &SmtpConfig) -> anyhow::Result<Tls> {
             "smtp.extra_ca_file is set but smtp.url uses no TLS (use smtps:// or ?tls=required)"
         ),
     }
+}
+
+/// Whether the server refused the address or the message for good (a bounce). A 5xx
+/// about the hub's own login (RFC 4954: 530, 534, 535, 538) is not: the hub's
+/// credentials are wrong, not the member's address, so it is retried like a
+/// temporary failure and never marks the member.
+fn refuses_for_good(e: &lettre::transport::smtp::Error) -> bool {
+    use lettre::transport::smtp::response::Category;
+    e.is_permanent()
+        && e.status()
+            .is_none_or(|code| code.category != Category::Unspecified3)
 }
 
 /// An SMTP error in words (lettre's Display plus its cause), without credentials.

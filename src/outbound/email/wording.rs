@@ -422,7 +422,9 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
         Some(Payload::WebhookEndpoint(e)) => {
             details.push(Detail::new("Endpoint", e.url.clone()));
             details.push(Detail::new("Reason", e.disabled_reason.clone()));
-            (generic_summary(event), false)
+            // The changed fields (`enabled, disabled_reason`) say nothing the summary
+            // and the reason do not.
+            (capitalized(&kind.replace(['.', '_'], " ")), false)
         }
         _ => (generic_summary(event), false),
     };
