@@ -34,9 +34,6 @@ use crate::pb::webhook_service_server::WebhookServiceServer;
 use crate::store::Store;
 use crate::tls::TlsServer;
 
-/// How long a `request_id` is remembered: long enough for a partner system to retry
-/// across a weekend outage.
-const IDEMPOTENCY_RETENTION: SignedDuration = SignedDuration::from_hours(7 * 24);
 /// After the shutdown grace, how long workers get to release the leases of what they
 /// cut short: a few statements each.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
@@ -365,7 +362,7 @@ async fn sweep(store: Store, event_retention: SignedDuration) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tick.tick().await;
-        let cutoff = Timestamp::now() - IDEMPOTENCY_RETENTION;
+        let cutoff = Timestamp::now() - crate::store::REQUEST_ID_RETENTION;
         let swept = async {
             let mut tx = store.begin().await?;
             let n = tx.expire_requests(cutoff).await?;

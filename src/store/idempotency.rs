@@ -6,6 +6,11 @@ use jiff::Timestamp;
 use super::{Tx, micros};
 use crate::error::{Error, Result};
 
+/// How long a `request_id` is remembered: long enough for a partner system to retry
+/// across a weekend outage. A record older than this no longer answers
+/// (the next use of its id is a new request) and the hourly sweep deletes it.
+pub const REQUEST_ID_RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+
 /// What a caller's `request_id` means for this transaction.
 pub enum Claim {
     /// First use: go ahead, then [`Tx::record_response`] in the same transaction.
@@ -17,7 +22,8 @@ pub enum Claim {
 impl Tx {
     /// Claims `request_id` for `scope` inside this transaction.
     ///
-    /// The claim is an insert that does nothing on conflict. On PostgreSQL a concurrent
+    /// The claim is an insert that does nothing on conflict with a record still
+    /// within its retention. On PostgreSQL a concurrent
     /// transaction holding the same key makes this insert wait until it commits or
     /// rolls back, so exactly one of two racing retries does the work; the other then
     /// reads the committed answer. On SQLite writers are serialized anyway.
@@ -29,15 +35,22 @@ impl Tx {
         request_hash: &str,
         now: Timestamp,
     ) -> Result<Claim> {
+        // A record past its retention that the sweep has not reached yet is taken
+        // over, so an id is forgotten after exactly the retention, not up to an hour
+        // later.
         let inserted = sqlx::query(
             "INSERT INTO idempotency_records (scope, request_id, method, request_hash, create_time) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, request_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, request_id) DO UPDATE SET \
+             method = excluded.method, request_hash = excluded.request_hash, \
+             create_time = excluded.create_time, response = NULL \
+             WHERE idempotency_records.create_time < $6",
         )
         .bind(scope)
         .bind(request_id)
         .bind(method)
         .bind(request_hash)
         .bind(micros(now))
+        .bind(micros(now - REQUEST_ID_RETENTION))
         .execute(self.conn())
         .await?;
         if inserted.rows_affected() == 1 {

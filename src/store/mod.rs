@@ -40,7 +40,7 @@ pub use customers::{
 };
 pub use email::{EmailOutcome, EmailToSend, NewEmail, PendingNotification};
 pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
-pub use idempotency::Claim;
+pub use idempotency::{Claim, REQUEST_ID_RETENTION};
 pub use interactions::InteractionFilter;
 pub use operations::OperationalCounts;
 pub use partnerships::PartnershipFilter;
