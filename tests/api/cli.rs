@@ -175,14 +175,7 @@ async fn bootstrap_prints_a_working_key_on_its_last_line(backend: Backend) {
     assert!(logged[0]["latency_ms"].is_f64());
 
     // SIGTERM: a graceful stop, exit code 0.
-    let pid = server.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&server);
     let status = tokio::time::timeout(Duration::from_secs(15), server.wait())
         .await
         .expect("exits in time")

@@ -559,3 +559,35 @@ pub async fn serve_process(
     .expect("ready in time");
     (server, addr, lines)
 }
+
+/// Another client holding the write side of `app`'s database (PostgreSQL: an exclusive
+/// lock on `customers`; SQLite: the write lock), so the hub's writes wait; released
+/// when the returned value is dropped.
+pub async fn hold_database(app: &TestApp) -> Box<dyn std::any::Any + Send> {
+    let url = &app.config.database.url;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Box::new(conn)
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Box::new(conn)
+    }
+}
+
+/// Sends SIGTERM to a hub running as a child process (a graceful stop).
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("the hub is running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid}");
+}

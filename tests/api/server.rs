@@ -1,7 +1,6 @@
 use std::time::{Duration, Instant};
 
 use liaison::pb;
-use sqlx::Connection;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -121,26 +120,10 @@ async fn shutdown_reports_not_serving_and_exits_cleanly(backend: Backend) {
 async fn the_configured_request_timeout_ends_a_call_the_client_would_wait_longer_for(
     backend: Backend,
 ) {
-    let on_postgres = matches!(backend, Backend::Postgres(_));
     let app = spawn_app_with(backend, |c| c.server.request_timeout_secs = 2).await;
     let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
     // Another client holds the database, so the hub's write waits as long as it may.
-    let url = app.config.database.url.clone();
-    let blocker: Box<dyn std::any::Any> = if on_postgres {
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        Box::new(conn)
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        Box::new(conn)
-    };
+    let blocker = hold_database(&app).await;
     let mut request = tonic::Request::new(pb::CreateCustomerRequest {
         customer: Some(crate::customers::person("Too", "Late", "")),
         request_id: String::new(),

@@ -4,7 +4,6 @@
 //! subscriber it installs is global to its process.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use liaison::pb;
@@ -19,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::helpers::{
-    AdminServiceClient, Backend, Bearer, TestDatabase, bootstrap_operator, serve_process,
+    AdminServiceClient, Backend, Bearer, TestDatabase, bootstrap_operator, serve_process, sigterm,
 };
 
 /// A trace collector that hands every export it receives to the test.
@@ -154,14 +153,7 @@ async fn rpc_spans_reach_the_otlp_collector_while_the_hub_runs_and_as_it_stops()
         .list_organizations(call("otlp-stopping"))
         .await
         .unwrap();
-    let pid = server.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&server);
     let stopping = rpc_span(&mut received, "otlp-stopping", Duration::from_secs(4)).await;
     assert_eq!(
         stopping.attributes["method"],

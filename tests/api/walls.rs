@@ -758,26 +758,10 @@ async fn a_rotated_page_token_key_keeps_opening_its_tokens(backend: Backend) {
 }
 
 async fn a_call_past_its_deadline_ends_with_deadline_exceeded_and_writes_nothing(backend: Backend) {
-    let on_postgres = matches!(backend, Backend::Postgres(_));
     let app = spawn_app_with(backend, |c| c.server.request_timeout_secs = 1).await;
     let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
     // Another client holds the database, so the hub's write waits past its deadline.
-    let url = app.config.database.url.clone();
-    let mut blocker: Box<dyn std::any::Any> = if on_postgres {
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        Box::new(conn)
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        Box::new(conn)
-    };
+    let blocker = hold_database(&app).await;
     let late = app
         .customers(&acme.admin_key)
         .create_customer(pb::CreateCustomerRequest {
@@ -790,7 +774,7 @@ async fn a_call_past_its_deadline_ends_with_deadline_exceeded_and_writes_nothing
     // Released: the write was abandoned, nothing of it remains, and the retry with
     // the same request id creates the customer once.
     // (Reads wait for the lock to go, if it is not gone yet.)
-    drop(std::mem::replace(&mut blocker, Box::new(())));
+    drop(blocker);
     let listed = list_page(&app, &acme.read_key, "", "", 50, "")
         .await
         .unwrap();

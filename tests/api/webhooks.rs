@@ -1308,14 +1308,7 @@ async fn sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_on
 
     // SIGTERM while the attempt hangs: the hub waits out the grace, cuts the attempt
     // short and exits 0.
-    let pid = hub.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&hub);
     let status = tokio::time::timeout(Duration::from_secs(20), hub.wait())
         .await
         .expect("the hub exits after its grace")
