@@ -312,18 +312,6 @@ impl WebhookService for WebhookApi {
             return Err(v.into_error().into());
         };
         let org = self.organization(&caller, &slug, &r.parent).await?;
-        let existing = self
-            .hub
-            .store
-            .endpoints(&org.id, None, MAX_ENDPOINTS)
-            .await?;
-        if existing.items.len() >= MAX_ENDPOINTS {
-            return Err(Error::failed_precondition(
-                "TOO_MANY_ENDPOINTS",
-                format!("an organization may have at most {MAX_ENDPOINTS} webhook endpoints"),
-            )
-            .into());
-        }
         let at = now();
         let endpoint = Endpoint {
             id: Uuid::now_v7().to_string(),
@@ -356,6 +344,14 @@ impl WebhookService for WebhookApi {
             &r.request_id,
             &r,
             async |tx| {
+                if tx.count_endpoints_for_insert(&org.id).await? >= MAX_ENDPOINTS {
+                    return Err(Error::failed_precondition(
+                        "TOO_MANY_ENDPOINTS",
+                        format!(
+                            "an organization may have at most {MAX_ENDPOINTS} webhook endpoints"
+                        ),
+                    ));
+                }
                 tx.insert_endpoint(&endpoint).await?;
                 Ok(endpoint_to_pb(&org.slug, &endpoint))
             },

@@ -613,6 +613,24 @@ impl Tx {
         endpoint_by_id(self.conn(), organization_id, id).await
     }
 
+    /// How many endpoints the organization has, counted under a lock on the
+    /// organization (PostgreSQL; SQLite writers are serialized anyway), so two
+    /// concurrent creates cannot both find room for one more.
+    pub async fn count_endpoints_for_insert(&mut self, organization_id: &str) -> Result<usize> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT id FROM organizations WHERE id = $1 FOR UPDATE")
+                .bind(organization_id)
+                .fetch_optional(self.conn())
+                .await?;
+        }
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM webhook_endpoints WHERE organization_id = $1")
+                .bind(organization_id)
+                .fetch_one(self.conn())
+                .await?;
+        Ok(n as usize)
+    }
+
     pub async fn insert_endpoint(&mut self, e: &Endpoint) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) VALUES ({})",

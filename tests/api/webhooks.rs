@@ -1604,6 +1604,50 @@ async fn an_organization_has_at_most_50_endpoints(backend: Backend) {
     create_endpoint(&app, &vendor, &url(50), &["customer.merged"])
         .await
         .expect("room again after a delete");
+    // One place free and sixteen creates racing for it, each in a task of its own:
+    // exactly one gets it. Rounds, since a race is not lost every time.
+    for round in 1..=4 {
+        delete_endpoint(&app, &vendor, &made[round].name)
+            .await
+            .expect("delete");
+        let racing = (0..16).map(|i| {
+            let channel = app.channel.clone();
+            let (key, parent) = (vendor.admin_key.clone(), vendor.name.clone());
+            async move {
+                let mut client = WebhookServiceClient::with_interceptor(channel, Bearer(key));
+                let endpoint = pb::WebhookEndpoint {
+                    url: url(100 * round + i),
+                    event_types: vec!["customer.merged".into()],
+                    ..Default::default()
+                };
+                client
+                    .create_webhook_endpoint(pb::CreateWebhookEndpointRequest {
+                        parent,
+                        webhook_endpoint: Some(endpoint),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        let results = futures_util::future::join_all(racing.map(tokio::spawn)).await;
+        let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        for lost in results.into_iter().filter(|r| r.is_err()) {
+            assert_error(lost, Code::FailedPrecondition, "TOO_MANY_ENDPOINTS");
+        }
+    }
+    let listed = app
+        .webhooks(&vendor.read_key)
+        .list_webhook_endpoints(pb::ListWebhookEndpointsRequest {
+            parent: vendor.name.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.webhook_endpoints.len(), 50);
 }
 
 async fn delete_endpoint(
