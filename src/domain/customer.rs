@@ -800,6 +800,43 @@ mod tests {
     }
 
     #[test]
+    fn an_update_copies_exactly_the_field_it_names() {
+        let region = PhoneRegion::parse("DE").unwrap();
+        let source = Profile {
+            given_name: "Jane".into(),
+            family_name: "Doe".into(),
+            legal_name: "Doe Ltd".into(),
+            emails: vec![EmailContact {
+                address: EmailAddress::parse("jane@doe.example").unwrap(),
+                label: String::new(),
+                primary: true,
+            }],
+            phones: vec![PhoneContact {
+                number: PhoneNumber::parse("030 901820", region).unwrap(),
+                label: String::new(),
+                primary: true,
+            }],
+            addresses: vec![PostalAddress {
+                locality: "Berlin".into(),
+                ..Default::default()
+            }],
+            tags: vec!["vip".into()],
+            attributes: [("tier".to_owned(), "gold".to_owned())].into(),
+        };
+        for field in CustomerField::SETTABLE {
+            let mut target = Profile::default();
+            target.set_from(field, &source);
+            let changed: Vec<_> = target
+                .changes_since(&Profile::default())
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect();
+            assert_eq!(changed, [field]);
+            assert_eq!(target.value_of(field), source.value_of(field), "{field:?}");
+        }
+    }
+
+    #[test]
     fn changes_and_merges_keep_the_survivor_first() {
         let email = |a: &str, primary| EmailContact {
             address: EmailAddress::parse(a).unwrap(),
@@ -817,21 +854,99 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].0, CustomerField::FamilyName);
         assert_eq!(changes[0].1.old, None);
+        // An empty list or map is no value either, so history says "added", not "[]".
+        let mut tagged = before.clone();
+        tagged.tags = vec!["vip".into()];
+        tagged.attributes = [("tier".to_owned(), "gold".to_owned())].into();
+        let changes = tagged.changes_since(&before);
+        let olds: Vec<_> = changes.iter().map(|(f, c)| (*f, c.old.clone())).collect();
+        assert_eq!(
+            olds,
+            [
+                (CustomerField::Tags, None),
+                (CustomerField::Attributes, None)
+            ]
+        );
 
+        let region = PhoneRegion::parse("DE").unwrap();
+        let phone = |raw: &str, primary| PhoneContact {
+            number: PhoneNumber::parse(raw, region).unwrap(),
+            label: String::new(),
+            primary,
+        };
+        let address = |locality: &str| PostalAddress {
+            locality: locality.into(),
+            ..Default::default()
+        };
         let other = Profile {
             given_name: "Janet".into(),
             family_name: "Doe".into(),
             emails: vec![email("jane@a.example", false), email("jd@b.example", true)],
-            attributes: [("tier".to_owned(), "gold".to_owned())].into(),
+            phones: vec![phone("030 901820", false), phone("+16502530000", true)],
+            addresses: vec![address("Berlin"), address("Paris")],
+            tags: vec!["vip".into(), "gold".into()],
+            attributes: [
+                ("tier".to_owned(), "gold".to_owned()),
+                ("since".to_owned(), "2020".to_owned()),
+            ]
+            .into(),
             ..Default::default()
         };
-        let mut survivor = before.clone();
+        let mut survivor = Profile {
+            phones: vec![phone("030 901820", true)],
+            addresses: vec![address("Berlin")],
+            tags: vec!["vip".into()],
+            attributes: [("tier".to_owned(), "silver".to_owned())].into(),
+            ..before.clone()
+        };
         survivor.absorb(&other);
         assert_eq!(survivor.given_name, "Jane");
         assert_eq!(survivor.family_name, "Doe");
-        assert_eq!(survivor.emails.len(), 2);
-        assert_eq!(survivor.emails.iter().filter(|e| e.primary).count(), 1);
-        assert_eq!(survivor.attributes["tier"], "gold");
+        // What both hold is not added twice; what is new is added, never as a second
+        // primary; the survivor's own values win.
+        assert_eq!(
+            survivor.emails,
+            [email("jane@a.example", true), email("jd@b.example", false)]
+        );
+        assert_eq!(
+            survivor.phones,
+            [phone("030 901820", true), phone("+16502530000", false)]
+        );
+        assert_eq!(survivor.addresses, [address("Berlin"), address("Paris")]);
+        assert_eq!(survivor.tags, ["vip", "gold"]);
+        assert_eq!(
+            survivor.attributes,
+            [
+                ("since".to_owned(), "2020".to_owned()),
+                ("tier".to_owned(), "silver".to_owned()),
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn a_merge_keeps_a_profile_within_its_limits() {
+        let attributes = |prefix: &str| -> BTreeMap<String, String> {
+            (0..MAX_ATTRIBUTES)
+                .map(|i| (format!("{prefix}{i:02}"), "v".to_owned()))
+                .collect()
+        };
+        let tags = |prefix: &str| -> Vec<String> {
+            (0..MAX_TAGS).map(|i| format!("{prefix}{i:02}")).collect()
+        };
+        let mut survivor = Profile {
+            attributes: attributes("a"),
+            tags: tags("a"),
+            ..Default::default()
+        };
+        let other = Profile {
+            attributes: attributes("b"),
+            tags: tags("b"),
+            ..Default::default()
+        };
+        survivor.absorb(&other);
+        assert_eq!(survivor.tags, tags("a"));
+        assert_eq!(survivor.attributes.len(), MAX_ATTRIBUTES);
     }
 
     #[test]

@@ -123,6 +123,24 @@ mod tests {
     }
 
     #[test]
+    fn an_exact_type_selects_that_type_alone() {
+        let f = parse(&["grant.revoked"]).unwrap();
+        assert!(type_matches(&f, "grant.revoked"));
+        assert!(!type_matches(&f, "grant.created"));
+        assert!(
+            type_matches(&[], "grant.created"),
+            "empty selects every type"
+        );
+    }
+
+    #[test]
+    fn a_filter_holds_at_most_fifty_entries() {
+        let many = |n| vec!["customer.updated"; n];
+        assert!(parse(&many(MAX_TYPE_FILTERS)).is_ok());
+        assert!(parse(&many(MAX_TYPE_FILTERS + 1)).is_err());
+    }
+
+    #[test]
     fn unknown_types_are_refused_by_position() {
         let bad = parse(&["customer.updated", "customer.changed", "kase.*"]).unwrap_err();
         let fields: Vec<&str> = bad.iter().map(|v| v.field.as_str()).collect();

@@ -377,13 +377,27 @@ mod tests {
     }
 
     #[test]
+    fn every_operator_is_read_as_itself() {
+        let ops: Vec<Op> =
+            parse("a = 1 AND b != 2 AND c < 3 AND d <= 4 AND e > 5 AND f >= 6 AND g : 7")
+                .unwrap()
+                .into_iter()
+                .map(|c| c.op)
+                .collect();
+        assert_eq!(
+            ops,
+            [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge, Op::Has]
+        );
+    }
+
+    #[test]
     fn unsupported_syntax_is_refused_with_a_reason() {
         for (filter, expected) in [
             ("tag = a OR tag = b", "OR is not supported"),
             ("(tag = a)", "parentheses"),
             ("tag = ", "expected"),
             ("tag = a AND", "expected AND"),
-            ("tag a", "expected"),
+            ("tag a", r#"expected `field OPERATOR value` near "tag a""#),
             ("tag == a", "unknown operator"),
             ("tag = >", "expected a value"),
             (r#"email = "open"#, "unterminated"),
@@ -397,7 +411,9 @@ mod tests {
                 err.description
             );
         }
-        assert!(parse("tag = a AND ".repeat(21).trim_end_matches(" AND ")).is_err());
+        let comparisons = |n: usize| vec!["tag = a"; n].join(" AND ");
+        assert_eq!(parse(&comparisons(MAX_COMPARISONS)).unwrap().len(), 20);
+        assert!(parse(&comparisons(MAX_COMPARISONS + 1)).is_err());
     }
 
     #[test]
@@ -475,6 +491,7 @@ mod tests {
             ("update_time > yesterday", "RFC 3339"),
             ("email = nope", "email:"),
             ("display_name = *ane", "only at the end"),
+            ("display_name = Ja*ne*", "only at the end"),
             ("owner = acme", "organizations/"),
         ] {
             let err = CustomerFilter::parse(filter, de()).unwrap_err();
@@ -483,6 +500,55 @@ mod tests {
                 "{filter:?}: {}",
                 err.description
             );
+        }
+    }
+
+    #[test]
+    fn each_condition_matches_its_own_value_and_no_other() {
+        use crate::domain::customer::{PhoneContact, Profile};
+        use crate::domain::visibility::Access;
+        let profile = Profile {
+            given_name: "Jane".into(),
+            family_name: "Doe".into(),
+            phones: vec![PhoneContact {
+                number: PhoneNumber::parse("030 901820", de()).unwrap(),
+                label: String::new(),
+                primary: true,
+            }],
+            ..Default::default()
+        };
+        let view = Access::Owner.view(CustomerKind::Person, &profile);
+        let owner = Slug::parse("acme").unwrap();
+        let facts = CustomerFacts {
+            view: &view,
+            kind: CustomerKind::Person,
+            owner: &owner,
+            external_id: Some("C-1"),
+            update_time: "2026-01-01T00:00:00Z".parse().unwrap(),
+            granted: false,
+        };
+        for (filter, expected) in [
+            (r#"display_name = "jane doe""#, true),
+            ("display_name = jane", false),
+            (r#"phone = "030 901820""#, true),
+            (r#"phone = "+16502530000""#, false),
+            ("kind = PERSON", true),
+            ("kind = COMPANY", false),
+            ("granted = false", true),
+            ("granted = true", false),
+            ("external_id = C-2", false),
+            ("owner = organizations/other", false),
+            (r#"update_time < "2026-01-01T00:00:01Z""#, true),
+            (r#"update_time < "2026-01-01T00:00:00Z""#, false),
+            (r#"update_time <= "2026-01-01T00:00:00Z""#, true),
+            (r#"update_time <= "2025-12-31T23:59:59Z""#, false),
+            (r#"update_time > "2025-12-31T23:59:59Z""#, true),
+            (r#"update_time > "2026-01-01T00:00:00Z""#, false),
+            (r#"update_time >= "2026-01-01T00:00:00Z""#, true),
+            (r#"update_time >= "2026-01-01T00:00:01Z""#, false),
+        ] {
+            let f = CustomerFilter::parse(filter, de()).unwrap();
+            assert_eq!(f.matches(&facts), expected, "{filter}");
         }
     }
 

@@ -204,6 +204,20 @@ mod tests {
     }
 
     #[test]
+    fn roles_read_back_as_stored() {
+        for (role, name) in [
+            (MemberRole::Coordinator, "coordinator"),
+            (MemberRole::Manager, "manager"),
+            (MemberRole::Administrator, "administrator"),
+        ] {
+            assert_eq!(role.as_str(), name);
+            assert_eq!(MemberRole::parse(name), Some(role));
+            assert_eq!(MemberRole::parse(&name.to_uppercase()), Some(role));
+        }
+        assert_eq!(MemberRole::parse("owner"), None);
+    }
+
+    #[test]
     fn time_zones_must_be_known() {
         assert_eq!(
             TimeZoneName::parse("Europe/Berlin").unwrap().as_str(),

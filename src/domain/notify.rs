@@ -175,9 +175,34 @@ mod tests {
         assert_eq!(Category::of("case.sla_breached"), Some(Category::Sla));
         assert_eq!(Category::of("customer.updated"), Some(Category::Customers));
         assert_eq!(Category::of("member.created"), None);
+        for (event_type, category) in [
+            ("partnership.proposed", Some(Category::Work)),
+            ("task.assigned", Some(Category::Work)),
+            ("case.opened", Some(Category::Work)),
+            ("case.sla_warning", Some(Category::Sla)),
+            ("customer_overlay.updated", Some(Category::Customers)),
+            ("interaction.logged", Some(Category::Customers)),
+            ("webhook_endpoint.disabled", Some(Category::Integration)),
+            ("grant.created", None),
+        ] {
+            assert_eq!(Category::of(event_type), category, "{event_type}");
+        }
         assert_eq!(thread_key("customers/c1/interactions/i9"), "customers/c1");
         assert_eq!(thread_key("cases/k1/tasks/t1"), "cases/k1");
         assert_eq!(thread_key("partnerships/p1"), "partnerships/p1");
+    }
+
+    #[test]
+    fn modes_read_back_as_stored_and_empty_inherits() {
+        for (mode, name) in [
+            (Mode::Immediate, "immediate"),
+            (Mode::DailyDigest, "digest"),
+            (Mode::Off, "off"),
+        ] {
+            assert_eq!(mode.as_str(), name);
+            assert_eq!(Mode::parse(name), Some(mode));
+        }
+        assert_eq!(Mode::parse(""), None);
     }
 
     #[test]
@@ -217,6 +242,26 @@ mod tests {
         assert_eq!(
             next_digest_time(early, "Asia/Tokyo", 18),
             "2026-03-28T09:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        // At the hour itself: that digest is being sent, so the next is tomorrow's.
+        let on_the_hour: Timestamp = "2026-03-28T09:00:00Z".parse().unwrap();
+        assert_eq!(
+            next_digest_time(on_the_hour, "Asia/Tokyo", 18),
+            "2026-03-29T09:00:00Z".parse::<Timestamp>().unwrap()
+        );
+    }
+
+    #[test]
+    fn advancing_a_clock_moves_every_copy_of_it() {
+        let clock = Clock::default();
+        let copy = clock.clone();
+        let before = super::super::now();
+        assert!(copy.now() >= before);
+        clock.advance(SignedDuration::from_hours(1));
+        let moved = copy.now().duration_since(before);
+        assert!(
+            moved >= SignedDuration::from_hours(1) && moved < SignedDuration::from_mins(61),
+            "{moved:?}"
         );
     }
 }

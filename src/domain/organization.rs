@@ -131,6 +131,25 @@ mod tests {
     }
 
     #[test]
+    fn only_an_active_organization_is_active() {
+        let mut org = Organization {
+            id: "o1".into(),
+            slug: Slug::parse("acme").unwrap(),
+            display_name: DisplayName::parse("Acme").unwrap(),
+            kind: OrganizationKind::Vendor,
+            state: OrganizationState::Active,
+            create_time: Timestamp::UNIX_EPOCH,
+            update_time: Timestamp::UNIX_EPOCH,
+            revision: 1,
+        };
+        assert!(org.is_active());
+        org.state = OrganizationState::Suspended {
+            reason: "unpaid".into(),
+        };
+        assert!(!org.is_active());
+    }
+
+    #[test]
     fn kinds_round_trip_through_their_names() {
         for kind in OrganizationKind::ALL {
             assert_eq!(OrganizationKind::parse(kind.as_str()).unwrap(), kind);

@@ -276,6 +276,43 @@ mod tests {
     }
 
     #[test]
+    fn relationships_and_states_read_back_as_stored() {
+        for (relationship, name) in [
+            (Relationship::Supplies, "supplies"),
+            (Relationship::DistributesFor, "distributes_for"),
+            (Relationship::SellsFor, "sells_for"),
+            (Relationship::ServicesFor, "services_for"),
+        ] {
+            assert_eq!(relationship.as_str(), name);
+            assert_eq!(Relationship::parse(name), Some(relationship));
+        }
+        assert_eq!(Relationship::parse("owns"), None);
+        let reason = Reason::default();
+        let names: Vec<&str> = [
+            PartnershipState::Proposed,
+            PartnershipState::Active,
+            PartnershipState::Declined {
+                reason: reason.clone(),
+            },
+            PartnershipState::Suspended {
+                by: org("acme"),
+                reason: reason.clone(),
+            },
+            PartnershipState::Ended {
+                by: org("acme"),
+                reason,
+            },
+        ]
+        .iter()
+        .map(PartnershipState::name)
+        .collect();
+        assert_eq!(
+            names,
+            ["proposed", "active", "declined", "suspended", "ended"]
+        );
+    }
+
+    #[test]
     fn final_states_allow_nothing() {
         let mut p = proposal();
         p.apply(
@@ -286,6 +323,16 @@ mod tests {
         )
         .unwrap();
         assert!(p.state.is_final());
+        for open in [
+            PartnershipState::Proposed,
+            PartnershipState::Active,
+            PartnershipState::Suspended {
+                by: org("acme"),
+                reason: Reason::default(),
+            },
+        ] {
+            assert!(!open.is_final(), "{open:?}");
+        }
         assert!(p.allowed_actions(&org("acme")).is_empty());
         assert!(p.allowed_actions(&org("shop")).is_empty());
     }

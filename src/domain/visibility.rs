@@ -224,6 +224,15 @@ mod tests {
             );
         }
         assert_eq!(access("acme", "acme", Merged, None), None);
+        assert!(Access::Owner.is_owner());
+        let grantee = Access::Grantee {
+            level: AccessLevel::ReadWrite,
+            fields: FieldSet::ALL,
+        };
+        assert!(
+            !grantee.is_owner(),
+            "a grant of everything is still a grant"
+        );
         let view = Access::Owner.view(CustomerKind::Person, &profile());
         assert_eq!(view.profile, profile());
         assert_eq!(view.display_name.as_deref(), Some("Jane Doe"));
@@ -273,6 +282,34 @@ mod tests {
             .view(CustomerKind::Person, &profile());
         assert_eq!(view.display_name, None);
         assert!(view.profile.emails.is_empty());
+    }
+
+    #[test]
+    fn a_change_shows_only_in_the_fields_the_viewer_sees() {
+        use CustomerField as F;
+        let before = profile();
+        let after = Profile {
+            family_name: "Smith".into(),
+            phones: vec![],
+            ..profile()
+        };
+        let changes = |access: Access| {
+            let kind = CustomerKind::Person;
+            access
+                .view(kind, &after)
+                .changes_since(&access.view(kind, &before))
+        };
+        assert_eq!(
+            changes(Access::Owner),
+            [F::DisplayName, F::FamilyName, F::Phones]
+        );
+        let name_and_emails = grant(AccessLevel::Read, &["display_name", "emails"]);
+        let a = access("shop", "acme", RecordState::Active, Some(&name_and_emails));
+        assert_eq!(changes(a.unwrap()), [F::DisplayName]);
+        // A change to hidden fields only is no change at all for this viewer.
+        let tags = grant(AccessLevel::Read, &["tags"]);
+        let a = access("shop", "acme", RecordState::Active, Some(&tags));
+        assert!(changes(a.unwrap()).is_empty());
     }
 
     #[test]

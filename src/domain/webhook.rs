@@ -344,6 +344,18 @@ mod tests {
             ),
             Err(VerifyError::NoMatch)
         );
+        // Five minutes either way is fine; a second more is stale.
+        for now in [1614265330 + 300, 1614265330 - 300] {
+            let verified = verify(
+                &secret,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                "1614265330",
+                &signature,
+                body,
+                now,
+            );
+            assert_eq!(verified, Ok(()), "{now}");
+        }
         assert!(matches!(
             verify(
                 &secret,
