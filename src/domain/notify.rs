@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use jiff::{SignedDuration, Timestamp, ToSpan, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
 
 /// Kinds of news a member chooses a mode for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,22 +128,22 @@ pub fn thread_key(resource: &str) -> String {
     }
 }
 
-/// The first `hour`:00 in `time_zone` strictly after `after`.
+/// The first `hour`:00 in `time_zone` strictly after `after`: today's if it is still
+/// ahead, else tomorrow's (which always is). At the end of representable time, where
+/// there is no tomorrow, the last representable instant.
 pub fn next_digest_time(after: Timestamp, time_zone: &str, hour: u8) -> Timestamp {
     let tz = TimeZone::get(time_zone).unwrap_or(TimeZone::UTC);
-    let local = after.to_zoned(tz);
-    let mut day = local.date();
-    for _ in 0..3 {
-        if let Ok(at) = day
-            .at(hour as i8, 0, 0, 0)
-            .to_zoned(local.time_zone().clone())
-            && at.timestamp() > after
-        {
-            return at.timestamp();
-        }
-        day = day.checked_add(1.day()).unwrap_or(day);
+    let at = |day: Date| {
+        day.at(hour.min(23) as i8, 0, 0, 0)
+            .to_zoned(tz.clone())
+            .ok()
+            .map(|z| z.timestamp())
+    };
+    let today = after.to_zoned(tz.clone()).date();
+    match at(today) {
+        Some(t) if t > after => t,
+        _ => today.tomorrow().ok().and_then(at).unwrap_or(Timestamp::MAX),
     }
-    after + SignedDuration::from_hours(24)
 }
 
 /// The time as the email worker sees it. The system clock, shifted by an offset that
@@ -249,6 +249,26 @@ mod tests {
             next_digest_time(on_the_hour, "Asia/Tokyo", 18),
             "2026-03-29T09:00:00Z".parse::<Timestamp>().unwrap()
         );
+        // In the hour the autumn change repeats (Berlin, 2026-10-25, 02:00 to 03:00
+        // twice): that day's digest was at the first 02:00, so the next one is the
+        // next day's, not the repeated 02:00.
+        let between: Timestamp = "2026-10-25T00:30:00Z".parse().unwrap();
+        assert_eq!(
+            next_digest_time(between, "Europe/Berlin", 2),
+            "2026-10-26T01:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        // An unknown zone is read as UTC; an hour past 23 as 23.
+        assert_eq!(
+            next_digest_time(early, "Mars/Olympus", 6),
+            "2026-03-28T06:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(
+            next_digest_time(early, "UTC", 99),
+            "2026-03-28T23:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        // At the end of time there is no tomorrow.
+        let last_day: Timestamp = "9999-12-30T12:00:00Z".parse().unwrap();
+        assert_eq!(next_digest_time(last_day, "UTC", 8), Timestamp::MAX);
     }
 
     #[test]
