@@ -221,6 +221,15 @@ mod tests {
     }
 
     #[test]
+    fn a_partnership_involves_its_two_organizations_alone() {
+        let p = proposal();
+        assert!(p.involves("id-acme"));
+        assert!(p.involves("id-shop"));
+        assert!(!p.involves("id-other"));
+        assert!(!p.involves(""));
+    }
+
+    #[test]
     fn only_the_recipient_accepts_or_declines() {
         let mut p = proposal();
         let err = p.apply(

@@ -204,6 +204,12 @@ mod tests {
         assert_eq!(resolution.used, SignedDuration::from_hours(2));
         resolution.enter(sc, "in_progress", t("2026-01-05T15:00:00Z"));
         assert_eq!(resolution.due_time(&hours), Some(t("2026-01-06T13:00:00Z")));
+        // The warning, too, comes later by the paused time: 19 h 12 min of 24 h,
+        // 2 h of them used.
+        assert_eq!(
+            resolution.next_due(&hours),
+            Some(Due::Warning(t("2026-01-06T08:12:00Z")))
+        );
         // Resolved: met; a reopen resumes it (resume_on_reopen), with the time used.
         resolution.enter(sc, "resolved", t("2026-01-05T16:00:00Z"));
         assert_eq!(
@@ -219,7 +225,73 @@ mod tests {
         let first = &mut clocks[0];
         first.enter(sc, "triaged", t("2026-01-05T10:30:00Z"));
         first.enter(sc, "in_progress", t("2026-01-05T11:00:00Z"));
-        assert!(matches!(first.phase, Phase::Met { .. }));
+        assert_eq!(
+            first.phase,
+            Phase::Met {
+                at: t("2026-01-05T10:30:00Z")
+            },
+            "met when first met, not again later"
+        );
+    }
+
+    #[test]
+    fn the_warning_time_is_when_it_fired_or_will_fire_while_running() {
+        let w = Workflows::load(&[]).unwrap();
+        let sc = w.get("service_case").unwrap();
+        let hours = Hours::Calendar;
+        let opened = t("2026-01-05T10:00:00Z");
+        let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
+        let resolution = &mut clocks[1];
+        // Running, 19 h 12 min to the warning.
+        assert_eq!(
+            resolution.warning_time(&hours),
+            Some(t("2026-01-06T05:12:00Z"))
+        );
+        // Paused: no warning is coming.
+        resolution.enter(sc, "waiting_on_customer", t("2026-01-05T12:00:00Z"));
+        assert_eq!(resolution.warning_time(&hours), None);
+        // Once fired, the time it fired, paused or not.
+        resolution.warn_time = Some(t("2026-01-05T11:11:00Z"));
+        assert_eq!(
+            resolution.warning_time(&hours),
+            Some(t("2026-01-05T11:11:00Z"))
+        );
+        resolution.enter(sc, "in_progress", t("2026-01-05T13:00:00Z"));
+        assert_eq!(
+            resolution.warning_time(&hours),
+            Some(t("2026-01-05T11:11:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_met_clock_keeps_the_time_it_was_met() {
+        let w = Workflows::load(&[]).unwrap();
+        let sc = w.get("service_case").unwrap();
+        let opened = t("2026-01-05T10:00:00Z");
+        let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
+        // Resolution (resumes on reopen): resolved, then closed, is met when resolved.
+        let resolution = &mut clocks[1];
+        resolution.enter(sc, "resolved", t("2026-01-05T16:00:00Z"));
+        resolution.enter(sc, "closed", t("2026-01-05T17:00:00Z"));
+        assert_eq!(
+            resolution.phase,
+            Phase::Met {
+                at: t("2026-01-05T16:00:00Z")
+            }
+        );
+        assert_eq!(resolution.used, SignedDuration::from_hours(6));
+        // First response (does not resume): met stays met whatever comes after,
+        // even a state that would run a fresh clock.
+        let first = &mut clocks[0];
+        first.enter(sc, "triaged", t("2026-01-05T10:30:00Z"));
+        first.enter(sc, "new", t("2026-01-05T12:00:00Z"));
+        assert_eq!(
+            first.phase,
+            Phase::Met {
+                at: t("2026-01-05T10:30:00Z")
+            }
+        );
+        assert_eq!(first.next_due(&Hours::Calendar), None);
     }
 
     #[test]

@@ -159,7 +159,16 @@ mod tests {
     fn reasons_may_be_empty_unless_required() {
         assert_eq!(Reason::parse("").unwrap().as_str(), "");
         assert!(Reason::parse_required(" ").is_err());
-        assert!(Reason::parse("line one\nline two").is_ok());
+        assert_eq!(
+            Reason::parse(" line one\r\nline two \n").unwrap().as_str(),
+            "line one\nline two"
+        );
+        assert_eq!(
+            Reason::parse_required(" late delivery ").unwrap().as_str(),
+            "late delivery"
+        );
+        assert!(Reason::parse(&"x".repeat(MAX_REASON_CHARS + 1)).is_err());
+        assert!(Reason::parse(&"x".repeat(MAX_REASON_CHARS)).is_ok());
         assert_eq!(
             line(" ", 10).and_then(required).unwrap_err().reason(),
             "FIELD_REQUIRED"
