@@ -9,13 +9,11 @@
 //! - [`telemetry`] — logging, and trace export over OTLP with the `otlp` feature.
 //! - [`tls`] — TLS and mutual TLS for the gRPC server, reloaded on SIGHUP.
 //! - [`metrics`] — Prometheus metrics and their endpoint.
-//! - [`error`] — the crate's error type and its conversion to gRPC statuses.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod import;
 pub mod metrics;
 pub mod outbound;

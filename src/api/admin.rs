@@ -9,12 +9,12 @@ use super::convert::{
 };
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationState, Principal, Reason,
     Scope, Scopes, Slug, now,
 };
-use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, admin_service_server::AdminService};
 
 #[derive(Clone)]

@@ -8,9 +8,9 @@ use super::convert::{scope_to_pb, timestamp};
 use super::write::idempotent;
 use super::{AdminApi, Caller, names};
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{OrgRef, Scope, now};
-use crate::error::{Error, Result, Violations};
 use crate::pb;
 
 fn to_pb(c: &ClientCertificate) -> pb::ClientCertificate {

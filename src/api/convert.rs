@@ -2,8 +2,8 @@
 
 use jiff::Timestamp;
 
+use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::{MemberRole, OrganizationKind, Relationship, Scope};
-use crate::error::{Error, FieldViolation, Result};
 use crate::pb;
 
 /// Maps a domain enum to its protobuf enum and back; the protobuf's UNSPECIFIED (or any
@@ -154,7 +154,7 @@ mod tests {
 /// An event in the protobuf JSON mapping (lowerCamelCase names, enums by name, int64
 /// as strings, RFC 3339 times): the body of a webhook. Read through the compiled
 /// descriptors, so the JSON follows the proto contract with no hand-written mapping.
-pub fn event_json(event: &pb::Event) -> crate::error::Result<Vec<u8>> {
+pub fn event_json(event: &pb::Event) -> crate::domain::error::Result<Vec<u8>> {
     use prost::Message;
     use std::sync::OnceLock;
     static POOL: OnceLock<prost_reflect::DescriptorPool> = OnceLock::new();

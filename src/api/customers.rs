@@ -18,14 +18,15 @@ use super::fanout::{CustomerChange, Draft, customer_changed, customer_viewers, e
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
 use crate::config::CustomersConfig;
+use crate::domain::customer::RecordState;
 use crate::domain::customer::{
     self, Customer, CustomerField, CustomerKind, FieldChange, PhoneRegion, Profile,
 };
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::{CustomerCondition, CustomerFacts, CustomerFilter};
-use crate::domain::match_key::{MIN_SECRET_BYTES, MatchSecret};
-use crate::domain::visibility::{Access, AccessLevel, RecordState};
+use crate::domain::match_key::MatchSecret;
+use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
-use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, customer_service_server::CustomerService, event::Payload};
 use crate::store::{
     CustomerOrder, CustomerQuery, HistoryEntry, OrderKey, Overlay, Reach, SeenCustomer, Store, Tx,
@@ -45,15 +46,6 @@ pub struct CustomerSettings {
     pub secret: MatchSecret,
 }
 
-/// Decodes a configured match secret (base64, at least 32 bytes).
-pub fn decode_secret(raw: &str) -> anyhow::Result<MatchSecret> {
-    let bytes = STANDARD
-        .decode(raw.trim())
-        .context("must be base64 (standard alphabet, with padding)")?;
-    MatchSecret::new(bytes)
-        .with_context(|| format!("must decode to at least {MIN_SECRET_BYTES} bytes"))
-}
-
 impl CustomerSettings {
     /// Reads the settings; with no configured match secret, the one kept in the
     /// database is used, generated on first start (so every replica shares it).
@@ -67,9 +59,9 @@ impl CustomerSettings {
                 .setting_or_insert("match_secret", &STANDARD.encode(fresh))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            decode_secret(&stored).context("the match secret kept in the database")?
+            MatchSecret::decode(&stored).context("the match secret kept in the database")?
         } else {
-            decode_secret(&config.match_secret).context("customers.match_secret")?
+            MatchSecret::decode(&config.match_secret).context("customers.match_secret")?
         };
         Ok(Self { region, secret })
     }

@@ -11,9 +11,9 @@ use super::convert::timestamp;
 use super::customers::{customer_to_pb, state_to_pb};
 use super::names;
 use crate::domain::customer::Customer;
+use crate::domain::error::Result;
 use crate::domain::visibility::CustomerView;
 use crate::domain::{OrgRef, Slug, now};
-use crate::error::Result;
 use crate::pb::{self, event::Payload};
 use crate::store::{NewEvent, SeenCustomer, Tx};
 

@@ -10,12 +10,12 @@ use super::fanout::{Draft, customer_viewers, emit};
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::customer;
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::interaction::{
     self, Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
 use crate::domain::{Scope, now};
-use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, event::Payload, interaction_service_server::InteractionService};
 use crate::store::InteractionFilter;
 
@@ -290,7 +290,7 @@ impl InteractionService for InteractionApi {
             &request,
             async |tx| {
                 let (seen, _) = visible_in(tx, &org, &customer_id, &request.parent).await?;
-                if seen.customer.state != crate::domain::visibility::RecordState::Active {
+                if seen.customer.state != crate::domain::customer::RecordState::Active {
                     return Err(Error::failed_precondition(
                         "CUSTOMER_NOT_ACTIVE",
                         format!("{} is not active", request.parent),

@@ -7,11 +7,11 @@ use super::convert::{check_etag, etag, role_from_pb, role_to_pb, timestamp, upda
 use super::fanout::{Draft, emit};
 use super::write::idempotent;
 use super::{Caller, Hub, names};
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
 };
-use crate::error::{Error, Result, Violations};
 use crate::pb::{self, event::Payload, member_service_server::MemberService};
 
 const UPDATABLE: &[&str] = &["display_name", "email", "role", "time_zone"];

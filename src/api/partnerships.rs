@@ -7,8 +7,8 @@ use super::convert::{check_etag, etag, relationship_from_pb, relationship_to_pb,
 use super::fanout::{Draft, emit_to};
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Scope, now};
-use crate::error::{Error, Result, Violations};
 use crate::pb::{self, event::Payload, partnership_service_server::PartnershipService};
 use crate::store::PartnershipFilter;
 

@@ -9,10 +9,11 @@ use super::customers::{visible, visible_in};
 use super::fanout::{Draft, emit, emit_to};
 use super::write::{Target, idempotent};
 use super::{Caller, Hub, names};
+use crate::domain::customer::RecordState;
 use crate::domain::customer::{FieldSet, PhoneNumber};
-use crate::domain::visibility::{Access, AccessLevel, RecordState};
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
-use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, event::Payload, sharing_service_server::SharingService};
 use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, RequestState, Tx};
 

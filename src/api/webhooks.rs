@@ -11,10 +11,10 @@ use super::convert::{check_etag, etag, parse_timestamp, timestamp, update_paths}
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::config::WebhooksConfig;
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::{TEST_EVENT_TYPE, parse_type_filter};
 use crate::domain::webhook::{WebhookSecret, parse_url, refused_literal_host};
 use crate::domain::{Organization, Scope, Slug, now};
-use crate::error::{Error, Result, Violations};
 use crate::outbound::webhooks::Sender;
 use crate::pb::{self, webhook_service_server::WebhookService};
 use crate::store::{Attempt, AttemptQuery, AttemptRecord, Delivery, Endpoint};
@@ -70,7 +70,7 @@ impl EndpointFields {
                         .and_then(|u| refused_literal_host(u, config.allow_private_networks))
                     {
                         v.push(
-                            crate::error::FieldViolation::new(&field, why)
+                            crate::domain::error::FieldViolation::new(&field, why)
                                 .because("UNSAFE_DESTINATION"),
                         );
                     }
@@ -713,7 +713,7 @@ impl WebhookService for WebhookApi {
         caller.require(Scope::Write)?;
         let r = request.into_inner();
         let since = match &r.since {
-            None => return Err(crate::error::FieldViolation::required("since").into()),
+            None => return Err(crate::domain::error::FieldViolation::required("since").into()),
             Some(t) => parse_timestamp(t).map_err(|v| v.under("since"))?,
         };
         let (_, endpoint) = self.enabled_endpoint(&caller, &r.name).await?;

@@ -1,6 +1,6 @@
 //! Event types and the filters consumers select them with.
 
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// Every event type the hub emits, `resource.verb`.
 pub const EVENT_TYPES: &[&str] = &[

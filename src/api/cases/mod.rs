@@ -17,17 +17,17 @@ use super::convert::{check_etag, parse_timestamp};
 use super::customers::visible_in;
 use super::write::idempotent;
 use super::{Caller, Hub, names};
+use crate::domain::case::sla::SlaClock;
+use crate::domain::case::workflow::{Refusal, Template};
 use crate::domain::case::{
     self, Case, CommentVisibility, HistoryEntry, MAX_ESCALATION_CONTACTS, MAX_PARTICIPANTS,
     Participant, Priority, Task, TaskAction, TaskState,
 };
+use crate::domain::customer::RecordState;
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::{self, Comparison, Op};
-use crate::domain::sla::SlaClock;
 use crate::domain::text::required;
-use crate::domain::visibility::RecordState;
-use crate::domain::workflow::{Refusal, Template};
 use crate::domain::{OrgRef, Scope, Slug};
-use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, case_service_server::CaseService};
 use crate::store::{CaseQuery, Timer, TimerKind, Tx};
 use show::{

@@ -11,11 +11,11 @@ use super::super::customers::customer_to_pb;
 use super::super::fanout::{Draft, emit};
 use super::super::names;
 use crate::domain::OrgRef;
+use crate::domain::case::sla::Phase;
+use crate::domain::case::workflow::{FieldKind, Template};
 use crate::domain::case::{Case, CommentVisibility, HistoryEntry, Priority, Task, TaskState};
+use crate::domain::error::Result;
 use crate::domain::event::EVENT_TYPES;
-use crate::domain::sla::Phase;
-use crate::domain::workflow::{FieldKind, Template};
-use crate::error::Result;
 use crate::pb::{self, event::Payload};
 use crate::store::{SeenCustomer, Timer, TimerKind, Tx};
 
@@ -319,13 +319,13 @@ pub fn schedule(c: &Case, template: &Template) -> (Vec<Timer>, Option<Timestamp>
             earliest = Some(earliest.map_or(due, |e| e.min(due)));
         }
         match clock.next_due(hours) {
-            Some(crate::domain::sla::Due::Warning(at)) => timers.push(Timer {
+            Some(crate::domain::case::sla::Due::Warning(at)) => timers.push(Timer {
                 case_id: c.id.clone(),
                 kind: TimerKind::SlaWarning,
                 subject: clock.policy.clone(),
                 due_time: at,
             }),
-            Some(crate::domain::sla::Due::Breach(at)) => timers.push(Timer {
+            Some(crate::domain::case::sla::Due::Breach(at)) => timers.push(Timer {
                 case_id: c.id.clone(),
                 kind: TimerKind::SlaBreach,
                 subject: clock.policy.clone(),
@@ -418,7 +418,7 @@ pub async fn record_change(
 ) -> Result<()> {
     let expected = c.revision;
     if !save_case(tx, c, template, expected, true).await? {
-        return Err(crate::error::Error::StaleEtag(case_name(&c.id)));
+        return Err(crate::domain::error::Error::StaleEtag(case_name(&c.id)));
     }
     tx.insert_case_history(entry).await?;
     let event_type = EVENT_TYPES

@@ -15,8 +15,8 @@ use super::show::{record_change, save_case, task_name, tell_case, tell_task};
 use crate::api::Hub;
 use crate::api::names;
 use crate::domain::case::HistoryEntry;
-use crate::domain::sla::Phase;
-use crate::error::{Error, Result};
+use crate::domain::case::sla::Phase;
+use crate::domain::error::{Error, Result};
 use crate::store::{Timer, TimerKind, Worker};
 
 /// Timers taken per look; the rest wait for the next one, a moment later.
@@ -175,7 +175,7 @@ impl CaseTimers {
 /// participants, as member ids by organization id.
 fn escalation(
     case: &crate::domain::case::Case,
-    template: &crate::domain::workflow::Template,
+    template: &crate::domain::case::workflow::Template,
 ) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for contact in template

@@ -5,11 +5,17 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
-use super::OrgRef;
-use super::sla::SlaClock;
-use super::text;
-use super::workflow::Template;
-use crate::error::FieldViolation;
+pub mod priority;
+pub mod sla;
+pub mod workflow;
+
+use self::sla::SlaClock;
+use self::workflow::Template;
+use crate::domain::OrgRef;
+use crate::domain::error::FieldViolation;
+use crate::domain::text;
+
+pub use self::priority::Priority;
 
 /// Longest case or task title.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -29,35 +35,6 @@ pub fn title(raw: &str) -> Result<String, FieldViolation> {
 /// of lines, trimmed; may be empty (chain [`text::required`] where it must be given).
 pub fn body(raw: &str) -> Result<String, FieldViolation> {
     text::paragraph(raw, MAX_BODY_CHARS)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
-    Low,
-    Normal,
-    High,
-    Urgent,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
-            Priority::Urgent => "urgent",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Priority> {
-        Some(match raw {
-            "low" => Priority::Low,
-            "normal" => Priority::Normal,
-            "high" => Priority::High,
-            "urgent" => Priority::Urgent,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,8 +322,8 @@ mod tests {
 
     #[test]
     fn entering_a_state_moves_the_case_and_its_sla_clocks() {
-        use crate::domain::sla::Phase;
-        let workflows = crate::domain::workflow::Workflows::load(&[]).unwrap();
+        use crate::domain::case::sla::Phase;
+        let workflows = crate::domain::case::workflow::Workflows::built_in();
         let template = workflows.get("service_case").unwrap();
         let opened: Timestamp = "2026-01-05T10:00:00Z".parse().unwrap();
         let clocks = SlaClock::start_all(template, Priority::High, "new", opened);
