@@ -23,6 +23,7 @@ use crate::domain::customer::{
     self, Customer, CustomerField, CustomerKind, FieldChange, PhoneRegion, Profile,
 };
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::filter::{CustomerCondition, CustomerFacts, CustomerFilter};
 use crate::domain::match_key::MatchSecret;
 use crate::domain::visibility::{Access, AccessLevel};
@@ -490,7 +491,7 @@ async fn insert_new(
         .await?
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("customer vanished in its transaction")))?;
     let change = CustomerChange {
-        event_type: "customer.created",
+        event_type: EventType::CustomerCreated,
         id: &customer.id,
         before: None,
         merged_customers: vec![],
@@ -552,10 +553,10 @@ async fn write_change(
         tx,
         CustomerChange {
             event_type: match action {
-                "deleted" => "customer.deleted",
-                "undeleted" => "customer.undeleted",
-                "merged" => "customer.merged",
-                _ => "customer.updated",
+                "deleted" => EventType::CustomerDeleted,
+                "undeleted" => EventType::CustomerUndeleted,
+                "merged" => EventType::CustomerMerged,
+                _ => EventType::CustomerUpdated,
             },
             id: &after.id,
             before: Some(before),
@@ -1182,7 +1183,7 @@ impl CustomerService for CustomerApi {
                 customer_changed(
                     tx,
                     CustomerChange {
-                        event_type: "customer.erased",
+                        event_type: EventType::CustomerErased,
                         id: &id,
                         before: Some(&seen.customer),
                         merged_customers: vec![],
@@ -1403,7 +1404,7 @@ impl CustomerService for CustomerApi {
                 tx.insert_history(&e).await?;
                 let overlay = overlay_to_pb(&id, &after, &external_id);
                 let mut draft = Draft::new(
-                    "customer_overlay.updated",
+                    EventType::CustomerOverlayUpdated,
                     overlay.name.clone(),
                     Payload::CustomerOverlay(overlay.clone()),
                 );

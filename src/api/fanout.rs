@@ -12,6 +12,7 @@ use super::customers::{customer_to_pb, state_to_pb};
 use super::names;
 use crate::domain::customer::Customer;
 use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::visibility::CustomerView;
 use crate::domain::{OrgRef, Slug, now};
 use crate::pb::{self, event::Payload};
@@ -19,7 +20,7 @@ use crate::store::{NewEvent, SeenCustomer, Tx};
 
 /// One event before it is addressed to an organization.
 pub(crate) struct Draft {
-    pub event_type: String,
+    pub event_type: EventType,
     pub resource: String,
     pub changed_fields: Vec<String>,
     pub merged_customers: Vec<String>,
@@ -32,9 +33,9 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
-    pub fn new(event_type: &str, resource: String, payload: Payload) -> Self {
+    pub fn new(event_type: EventType, resource: String, payload: Payload) -> Self {
         Self {
-            event_type: event_type.to_owned(),
+            event_type,
             resource,
             changed_fields: vec![],
             merged_customers: vec![],
@@ -66,7 +67,7 @@ pub(crate) fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
     let event = pb::Event {
         id: id.clone(),
         sequence: 0,
-        r#type: draft.event_type.clone(),
+        r#type: draft.event_type.as_str().to_owned(),
         create_time: timestamp(create_time),
         actor: Some(actor),
         request_id: cause.request_id.clone(),
@@ -78,7 +79,7 @@ pub(crate) fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
     tx.emit(NewEvent {
         organization_id: organization_id.to_owned(),
         id,
-        event_type: draft.event_type,
+        event_type: draft.event_type.as_str().to_owned(),
         resource: draft.resource,
         create_time,
         body: event.encode_to_vec(),
@@ -98,7 +99,7 @@ pub(crate) fn emit_to(tx: &mut Tx, organizations: &[&OrgRef], draft: impl Fn() -
 
 /// A change to a customer record, to be told to everyone who may see it.
 pub(crate) struct CustomerChange<'a> {
-    pub event_type: &'static str,
+    pub event_type: EventType,
     pub id: &'a str,
     /// The record before the change; `None` if it is new.
     pub before: Option<&'a Customer>,
@@ -154,7 +155,7 @@ pub(crate) fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCust
             .into_iter()
             .map(|f| f.as_str().to_owned())
             .collect();
-        if change.event_type == "customer.updated" && changed.is_empty() {
+        if change.event_type == EventType::CustomerUpdated && changed.is_empty() {
             continue;
         }
         told.insert(seen.viewer_id.clone());

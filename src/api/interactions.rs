@@ -11,6 +11,7 @@ use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::customer;
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::interaction::{
     self, Direction, Interaction, InteractionType, InteractionVisibility, Money,
@@ -301,7 +302,7 @@ impl InteractionService for InteractionApi {
                 for viewer in customer_viewers(tx, &customer_id).await? {
                     if interaction.visible_to(&viewer) {
                         let mut draft = Draft::new(
-                            "interaction.logged",
+                            EventType::InteractionLogged,
                             pb.name.clone(),
                             Payload::Interaction(pb.clone()),
                         );

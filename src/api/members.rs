@@ -8,6 +8,7 @@ use super::fanout::{Draft, emit};
 use super::write::idempotent;
 use super::{Caller, Hub, names};
 use crate::domain::error::{Error, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
@@ -218,7 +219,7 @@ impl MemberService for MemberApi {
                 tx.insert_member(&member).await?;
                 let pb = member_to_pb(&org.slug, &member);
                 let draft = Draft::new(
-                    "member.created",
+                    EventType::MemberCreated,
                     pb.name.clone(),
                     Payload::Member(pb.clone()),
                 );
@@ -349,7 +350,7 @@ impl MemberService for MemberApi {
                     .collect();
                 if !changed.is_empty() {
                     let mut draft = Draft::new(
-                        "member.updated",
+                        EventType::MemberUpdated,
                         after.name.clone(),
                         Payload::Member(after.clone()),
                     );
@@ -389,7 +390,11 @@ impl MemberService for MemberApi {
                     return Err(Error::StaleEtag(name.clone()));
                 }
                 let pb = member_to_pb(&slug, &member);
-                let draft = Draft::new("member.deleted", pb.name.clone(), Payload::Member(pb));
+                let draft = Draft::new(
+                    EventType::MemberDeleted,
+                    pb.name.clone(),
+                    Payload::Member(pb),
+                );
                 emit(tx, &org.id, draft);
                 Ok(pb::DeleteMemberResponse {})
             },

@@ -12,6 +12,7 @@ use super::{Caller, Hub, names};
 use crate::domain::customer::RecordState;
 use crate::domain::customer::{FieldSet, PhoneNumber};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
 use crate::pb::{self, event::Payload, sharing_service_server::SharingService};
@@ -146,12 +147,12 @@ async fn grant(
         partnership_active: true,
     };
     tx.insert_grant(&g).await?;
-    grant_event(tx, "grant.created", owner, &g);
+    grant_event(tx, EventType::GrantCreated, owner, &g);
     Ok(g)
 }
 
 /// Tells the grant's owner and grantee about it.
-fn grant_event(tx: &mut Tx, event_type: &'static str, owner: &OrgRef, g: &Grant) {
+fn grant_event(tx: &mut Tx, event_type: EventType, owner: &OrgRef, g: &Grant) {
     let pb = grant_to_pb(g);
     emit_to(tx, &[owner, &g.grantee], || {
         Draft::new(event_type, pb.name.clone(), Payload::Grant(pb.clone()))
@@ -160,7 +161,7 @@ fn grant_event(tx: &mut Tx, event_type: &'static str, owner: &OrgRef, g: &Grant)
 
 /// Tells the requester and the organization asked about an access request, each with
 /// its own view of it.
-fn request_event(tx: &mut Tx, event_type: &'static str, r: &AccessRequest) {
+fn request_event(tx: &mut Tx, event_type: EventType, r: &AccessRequest) {
     for org in [&r.requester, &r.owner] {
         let pb = request_to_pb(r, &org.id);
         let draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
@@ -248,9 +249,9 @@ impl SharingApi {
                 request_event(
                     tx,
                     if approve {
-                        "access_request.approved"
+                        EventType::AccessRequestApproved
                     } else {
-                        "access_request.declined"
+                        EventType::AccessRequestDeclined
                     },
                     &r,
                 );
@@ -392,7 +393,7 @@ impl SharingService for SharingApi {
                 let now = now();
                 tx.revoke_grant(&grant_id, now).await?;
                 g.revoke_time = Some(now);
-                grant_event(tx, "grant.revoked", &org, &g);
+                grant_event(tx, EventType::GrantRevoked, &org, &g);
                 Ok(grant_to_pb(&g))
             },
         )
@@ -540,7 +541,7 @@ impl SharingService for SharingApi {
                     decide_time: None,
                 };
                 tx.insert_access_request(&r).await?;
-                request_event(tx, "access_request.created", &r);
+                request_event(tx, EventType::AccessRequestCreated, &r);
                 Ok(request_to_pb(&r, &org.id))
             },
         )

@@ -20,6 +20,7 @@ use crate::api::fanout::{Draft, emit};
 use crate::api::webhooks::endpoint_to_pb;
 use crate::config::WebhooksConfig;
 use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::event::TEST_EVENT_TYPE;
 use crate::domain::now;
 use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, signature_header};
@@ -607,7 +608,7 @@ async fn announce_disabled(tx: &mut crate::store::Tx, endpoint: &Endpoint) -> Re
     let org = tx.org_ref(&endpoint.organization_id).await?;
     let pb = endpoint_to_pb(&org.slug, endpoint);
     let mut draft = Draft::new(
-        "webhook_endpoint.disabled",
+        EventType::WebhookEndpointDisabled,
         pb.name.clone(),
         Payload::WebhookEndpoint(pb),
     );

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
 use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::notify::{Category, Mode, Preferences, next_digest_time, thread_key};
 use crate::domain::visibility::CustomerView;
 
@@ -412,7 +413,11 @@ impl Tx {
     ) -> Result<()> {
         let relevant: Vec<(Category, &str, &str, i64, &[String])> = events
             .iter()
-            .filter_map(|(t, r, s, e)| Category::of(t).map(|c| (c, *t, *r, *s, *e)))
+            .filter_map(|(t, r, s, e)| {
+                EventType::parse(t)
+                    .and_then(Category::of)
+                    .map(|c| (c, *t, *r, *s, *e))
+            })
             .collect();
         if relevant.is_empty() {
             return Ok(());

@@ -13,6 +13,7 @@ use self::sla::SlaClock;
 use self::workflow::Template;
 use crate::domain::OrgRef;
 use crate::domain::error::FieldViolation;
+use crate::domain::event::EventType;
 use crate::domain::text;
 
 pub use self::priority::Priority;
@@ -142,11 +143,16 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     /// An entry every participant reads, with no details yet.
-    pub fn new(case_id: &str, kind: &str, organization: Option<OrgRef>, now: Timestamp) -> Self {
+    pub fn new(
+        case_id: &str,
+        kind: EventType,
+        organization: Option<OrgRef>,
+        now: Timestamp,
+    ) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             case_id: case_id.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             organization,
             member_id: None,
             transition: String::new(),
@@ -202,11 +208,11 @@ pub enum TaskAction {
 }
 
 impl TaskAction {
-    pub fn event_type(&self) -> &'static str {
+    pub fn event_type(&self) -> EventType {
         match self {
-            TaskAction::Accept => "task.accepted",
-            TaskAction::Decline { .. } => "task.declined",
-            TaskAction::Complete { .. } => "task.completed",
+            TaskAction::Accept => EventType::TaskAccepted,
+            TaskAction::Decline { .. } => EventType::TaskDeclined,
+            TaskAction::Complete { .. } => EventType::TaskCompleted,
         }
     }
 }
@@ -350,7 +356,7 @@ mod tests {
     #[test]
     fn an_organization_only_comment_is_read_by_its_author_alone() {
         let now = Timestamp::UNIX_EPOCH;
-        let mut entry = HistoryEntry::new("k", "case.commented", Some(org("o1")), now);
+        let mut entry = HistoryEntry::new("k", EventType::CaseCommented, Some(org("o1")), now);
         assert!(entry.visible_to("o1") && entry.visible_to("o2"));
         entry.visibility = CommentVisibility::Organization;
         assert!(entry.visible_to("o1"));
@@ -401,8 +407,8 @@ mod tests {
             ),
         ];
         for (action, event_type) in actions {
-            assert_eq!(action.event_type(), event_type);
-            assert!(crate::domain::event::EVENT_TYPES.contains(&event_type));
+            assert_eq!(action.event_type().as_str(), event_type);
+            assert_eq!(EventType::parse(event_type), Some(action.event_type()));
         }
     }
 

@@ -30,6 +30,7 @@ use super::Shutdown;
 use crate::config::{EmailConfig, SmtpConfig};
 use crate::domain::Member;
 use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::notify::Clock;
 use crate::pb::{self, event::Payload};
 use crate::store::{EmailOutcome, EmailToSend, NewEmail, PendingNotification, Store, Tx, Worker};
@@ -592,7 +593,7 @@ async fn names(
     slugs.dedup();
     names.organizations = tx.organization_names(&slugs).await?;
     let transitions: Vec<(String, String, String)> = events()
-        .filter(|e| e.r#type == "case.transitioned")
+        .filter(|e| e.r#type == EventType::CaseTransitioned.as_str())
         .filter_map(|e| match &e.payload {
             Some(Payload::Case(c)) => Some((
                 c.name.strip_prefix("cases/")?.to_owned(),
