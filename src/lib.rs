@@ -1,6 +1,7 @@
 //! Liaison: a collaborative-CRM integration hub.
 //!
 //! - [`domain`] — validated values and state machines; knows nothing of gRPC or SQL.
+//! - [`feed`] — events: who hears of a change, and the event as protobuf and JSON.
 //! - [`store`] — the database (SQLite or PostgreSQL) behind one API.
 //! - [`api`] — the gRPC services, authentication and the edge every RPC passes.
 //! - [`outbound`] — webhook (and later email) workers over the durable delivery queue.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod import;
 pub mod metrics;
 pub mod outbound;

@@ -4,11 +4,10 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{parse_timestamp, timestamp};
+use super::convert::parse_timestamp;
 use super::customers::{visible, visible_in};
-use super::fanout::{Draft, customer_viewers, emit};
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::domain::customer;
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::event::EventType;
@@ -16,7 +15,11 @@ use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::interaction::{
     self, Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
+use crate::domain::names;
 use crate::domain::{Scope, now};
+use crate::feed::customers::customer_viewers;
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::timestamp;
 use crate::pb::{self, event::Payload, interaction_service_server::InteractionService};
 use crate::store::InteractionFilter;
 

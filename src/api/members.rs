@@ -3,16 +3,18 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, role_from_pb, role_to_pb, timestamp, update_paths};
-use super::fanout::{Draft, emit};
+use super::convert::{check_etag, role_from_pb, role_to_pb, update_paths};
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
 };
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, event::Payload, member_service_server::MemberService};
 
 const UPDATABLE: &[&str] = &["display_name", "email", "role", "time_zone"];

@@ -5,8 +5,6 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod edge;
-pub(crate) mod fanout;
-mod names;
 pub mod paging;
 pub mod status;
 mod write;

@@ -3,13 +3,15 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, relationship_from_pb, relationship_to_pb, timestamp};
-use super::fanout::{Draft, emit_to};
+use super::convert::{check_etag, relationship_from_pb, relationship_to_pb};
 use super::write::{Target, idempotent};
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Scope, now};
+use crate::feed::draft::{Draft, emit_to};
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, event::Payload, partnership_service_server::PartnershipService};
 use crate::store::PartnershipFilter;
 

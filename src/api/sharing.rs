@@ -4,17 +4,18 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::timestamp;
 use super::customers::{visible, visible_in};
-use super::fanout::{Draft, emit, emit_to};
 use super::write::{Target, idempotent};
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::domain::customer::RecordState;
 use crate::domain::customer::{FieldSet, PhoneNumber};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
+use crate::feed::draft::{Draft, emit, emit_to};
+use crate::feed::render::timestamp;
 use crate::pb::{self, event::Payload, sharing_service_server::SharingService};
 use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, RequestState, Tx};
 

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod interaction;
 pub mod match_key;
 pub mod member;
+pub mod names;
 pub mod notify;
 pub mod organization;
 pub mod partnership;

@@ -15,15 +15,15 @@ use tracing::Instrument;
 
 use super::Shutdown;
 
-use crate::api::convert::event_json;
-use crate::api::fanout::{Draft, emit};
-use crate::api::webhooks::endpoint_to_pb;
 use crate::config::WebhooksConfig;
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
 use crate::domain::event::TEST_EVENT_TYPE;
 use crate::domain::now;
 use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, signature_header};
+use crate::feed::draft::{Draft, emit};
+use crate::feed::json::event_json;
+use crate::feed::render::endpoint_to_pb;
 use crate::pb;
 use crate::pb::event::Payload;
 use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store, Worker};

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::convert::{check_etag, parse_timestamp};
 use super::customers::visible_in;
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::domain::case::sla::SlaClock;
 use crate::domain::case::workflow::{Refusal, Template};
 use crate::domain::case::{
@@ -27,6 +27,7 @@ use crate::domain::customer::RecordState;
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::event::EventType;
 use crate::domain::filter::{self, Comparison, Op};
+use crate::domain::names;
 use crate::domain::text::required;
 use crate::domain::{OrgRef, Scope, Slug};
 use crate::pb::{self, case_service_server::CaseService};

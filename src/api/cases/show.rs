@@ -6,16 +6,16 @@ use std::collections::HashMap;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::super::convert::{etag, timestamp};
-use super::super::customers::customer_to_pb;
-use super::super::fanout::{Draft, emit};
-use super::super::names;
 use crate::domain::OrgRef;
 use crate::domain::case::sla::Phase;
 use crate::domain::case::workflow::{FieldKind, Template};
 use crate::domain::case::{Case, CommentVisibility, HistoryEntry, Priority, Task, TaskState};
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
+use crate::domain::names;
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::customer_to_pb;
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, event::Payload};
 use crate::store::{SeenCustomer, Timer, TimerKind, Tx};
 

@@ -13,11 +13,11 @@ use jiff::Timestamp;
 
 use super::show::{record_change, save_case, task_name, tell_case, tell_task};
 use crate::api::Hub;
-use crate::api::names;
 use crate::domain::case::HistoryEntry;
 use crate::domain::case::sla::Phase;
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::store::{Timer, TimerKind, Worker};
 
 /// Timers taken per look; the rest wait for the next one, a moment later.
