@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+pub use crate::tls::TlsConfig;
+
 /// Environment variables are read with this prefix.
 pub const ENV_PREFIX: &str = "LIAISON_";
 
@@ -34,34 +36,6 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain of the gRPC server. Empty: plaintext gRPC.
-    pub cert: String,
-    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
-    pub key: String,
-    /// PEM certificates of the CA(s) that issue client certificates. Set: mutual TLS;
-    /// a client certificate registered to an organization authenticates as it.
-    pub client_ca: String,
-    /// Refuse connections without a client certificate (otherwise an API key will do).
-    pub require_client_cert: bool,
-    /// A TLS handshake that takes longer than this is dropped.
-    pub handshake_timeout_secs: u64,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            cert: String::new(),
-            key: String::new(),
-            client_ca: String::new(),
-            require_client_cert: false,
-            handshake_timeout_secs: 10,
-        }
-    }
 }
 
 /// Token buckets per API key and per organization, on each replica. A rate of 0
@@ -138,6 +112,20 @@ pub struct WorkflowsConfig {
     /// TOML files of workflow templates, loaded beside the built-in ones (a file that
     /// names a built-in template replaces it). Invalid files stop the hub at start.
     pub templates: Vec<String>,
+}
+
+impl WorkflowsConfig {
+    /// The built-in templates and those of the files in `templates`; every problem of
+    /// every file in one error.
+    pub fn load(&self) -> anyhow::Result<crate::domain::case::workflow::Workflows> {
+        let files = self
+            .templates
+            .iter()
+            .map(|path| (path.clone(), std::fs::read_to_string(path)))
+            .collect();
+        crate::domain::case::workflow::Workflows::with_files(files)
+            .map_err(|e| anyhow::anyhow!("workflows.templates: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -517,8 +505,7 @@ impl Config {
     /// Checks what types alone cannot; every message names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
-        crate::domain::workflow::Workflows::load(&self.workflows.templates)
-            .map_err(|e| anyhow::anyhow!("workflows.templates: {e}"))?;
+        self.workflows.load()?;
         crate::store::Dialect::of_url(&self.database.url).context("database.url")?;
         if self.webhooks.retry_schedule_secs.is_empty()
             || self.webhooks.retry_schedule_secs.len() > 20
@@ -668,7 +655,7 @@ impl Config {
             }
         }
         if !self.customers.match_secret.is_empty() {
-            crate::api::customers::decode_secret(&self.customers.match_secret)
+            crate::domain::match_key::MatchSecret::decode(&self.customers.match_secret)
                 .context("customers.match_secret")?;
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! Liaison: a collaborative-CRM integration hub.
 //!
 //! - [`domain`] — validated values and state machines; knows nothing of gRPC or SQL.
+//! - [`feed`] — events: who hears of a change, and the event as protobuf and JSON.
 //! - [`store`] — the database (SQLite or PostgreSQL) behind one API.
 //! - [`api`] — the gRPC services, authentication and the edge every RPC passes.
 //! - [`outbound`] — webhook (and later email) workers over the durable delivery queue.
@@ -9,13 +10,12 @@
 //! - [`telemetry`] — logging, and trace export over OTLP with the `otlp` feature.
 //! - [`tls`] — TLS and mutual TLS for the gRPC server, reloaded on SIGHUP.
 //! - [`metrics`] — Prometheus metrics and their endpoint.
-//! - [`error`] — the crate's error type and its conversion to gRPC statuses.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
 pub mod domain;
-pub mod error;
+pub mod feed;
 pub mod import;
 pub mod metrics;
 pub mod outbound;

@@ -368,7 +368,7 @@ async fn sweep(store: Store, event_retention: SignedDuration) {
             let n = tx.expire_requests(cutoff).await?;
             tx.expire_matches(Timestamp::now()).await?;
             tx.commit().await?;
-            Ok::<_, crate::error::Error>(n)
+            Ok::<_, crate::domain::error::Error>(n)
         };
         match swept.await {
             Ok(0) => {}

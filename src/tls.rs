@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -16,7 +17,34 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::TlsConfig;
+/// The `[tls]` settings of the gRPC server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the gRPC server. Empty: plaintext gRPC.
+    pub cert: String,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM certificates of the CA(s) that issue client certificates. Set: mutual TLS;
+    /// a client certificate registered to an organization authenticates as it.
+    pub client_ca: String,
+    /// Refuse connections without a client certificate (otherwise an API key will do).
+    pub require_client_cert: bool,
+    /// A TLS handshake that takes longer than this is dropped.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: String::new(),
+            key: String::new(),
+            client_ca: String::new(),
+            require_client_cert: false,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
 
 /// Handshakes in progress at once: a flood of idle connections cannot hold more
 /// than this many tasks and buffers.

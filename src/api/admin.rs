@@ -4,17 +4,18 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{
-    check_etag, etag, kind_from_pb, kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb,
-    timestamp, update_paths,
+    check_etag, kind_from_pb, kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb, update_paths,
 };
 use super::write::{Target, idempotent};
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationState, Principal, Reason,
     Scope, Scopes, Slug, now,
 };
-use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, admin_service_server::AdminService};
 
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::domain::client_cert::{PresentedCertificate, common_name, fingerprint};
+use crate::domain::error::{Error, Result};
 use crate::domain::{ApiKeySecret, OrgRef, Principal, Scope, Scopes, now};
-use crate::error::{Error, Result};
 use crate::store::Store;
 
 /// How long a looked-up key is trusted without asking the database again.

@@ -4,13 +4,15 @@
 use tonic::Request;
 use uuid::Uuid;
 
-use super::convert::{scope_to_pb, timestamp};
+use super::convert::scope_to_pb;
 use super::write::idempotent;
-use super::{AdminApi, Caller, names};
+use super::{AdminApi, Caller};
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
+use crate::domain::error::{Error, Result, Violations};
+use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{OrgRef, Scope, now};
-use crate::error::{Error, Result, Violations};
+use crate::feed::render::timestamp;
 use crate::pb;
 
 fn to_pb(c: &ClientCertificate) -> pb::ClientCertificate {

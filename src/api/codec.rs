@@ -12,7 +12,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-use crate::error::{Error, FieldViolation};
+use crate::domain::error::{Error, FieldViolation};
 
 /// Named in `build.rs` as the codec of every generated service and client.
 #[derive(Debug, Clone)]

@@ -1,9 +1,9 @@
-//! Conversions shared by the services: times, etags and update masks.
+//! Conversions shared by the services: times, etag checks and update masks.
 
 use jiff::Timestamp;
 
+use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::{MemberRole, OrganizationKind, Relationship, Scope};
-use crate::error::{Error, FieldViolation, Result};
 use crate::pb;
 
 /// Maps a domain enum to its protobuf enum and back; the protobuf's UNSPECIFIED (or any
@@ -52,20 +52,8 @@ enum_mapping!(relationship_to_pb, relationship_from_pb, Relationship, pb::Relati
     Relationship::ServicesFor => pb::Relationship::ServicesFor,
 });
 
-pub fn timestamp(t: Timestamp) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: t.subsec_nanosecond(),
-    })
-}
-
 pub fn parse_timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, FieldViolation> {
     Timestamp::new(t.seconds, t.nanos).map_err(|_| FieldViolation::new("", "is not a valid time"))
-}
-
-/// The etag of a resource at `revision`: opaque to callers.
-pub fn etag(revision: i64) -> String {
-    format!("\"{revision}\"")
 }
 
 /// Checks an etag sent with a write against the resource's current revision.
@@ -122,6 +110,7 @@ pub fn update_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::render::etag;
 
     #[test]
     fn etags_reject_stale_revisions() {
@@ -148,85 +137,5 @@ mod tests {
             vec!["kind"]
         );
         assert!(update_paths(None, &["display_name"], &[]).is_err());
-    }
-}
-
-/// An event in the protobuf JSON mapping (lowerCamelCase names, enums by name, int64
-/// as strings, RFC 3339 times): the body of a webhook. Read through the compiled
-/// descriptors, so the JSON follows the proto contract with no hand-written mapping.
-pub fn event_json(event: &pb::Event) -> crate::error::Result<Vec<u8>> {
-    use prost::Message;
-    use std::sync::OnceLock;
-    static POOL: OnceLock<prost_reflect::DescriptorPool> = OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
-            .expect("the descriptor set compiled into the binary decodes")
-    });
-    let descriptor = pool
-        .get_message_by_name("liaison.v1.Event")
-        .ok_or_else(|| anyhow::anyhow!("liaison.v1.Event is missing from the descriptors"))?;
-    let message =
-        prost_reflect::DynamicMessage::decode(descriptor, event.encode_to_vec().as_slice())
-            .map_err(|e| anyhow::anyhow!("an event does not decode against its descriptor: {e}"))?;
-    Ok(serde_json::to_vec(&message).map_err(|e| anyhow::anyhow!("event to JSON: {e}"))?)
-}
-
-#[cfg(test)]
-mod json_tests {
-    use super::*;
-
-    #[test]
-    fn events_become_protobuf_json() {
-        let event = pb::Event {
-            id: "0198e1f2-7c3a-7def-8000-000000000001".into(),
-            sequence: 42,
-            r#type: "customer.updated".into(),
-            create_time: Some(prost_types::Timestamp {
-                seconds: 1_790_000_000,
-                nanos: 0,
-            }),
-            resource: "customers/x".into(),
-            changed_fields: vec!["given_name".into()],
-            payload: Some(pb::event::Payload::Customer(pb::Customer {
-                name: "customers/x".into(),
-                given_name: "Ada".into(),
-                kind: pb::CustomerKind::Person as i32,
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-        let json: serde_json::Value = serde_json::from_slice(&event_json(&event).unwrap()).unwrap();
-        assert_eq!(json["sequence"], "42");
-        assert_eq!(json["type"], "customer.updated");
-        assert_eq!(json["createTime"], "2026-09-21T14:13:20Z");
-        assert_eq!(json["changedFields"][0], "given_name");
-        assert_eq!(json["customer"]["givenName"], "Ada");
-        assert_eq!(json["customer"]["kind"], "PERSON");
-    }
-
-    #[test]
-    fn case_events_become_protobuf_json_with_durations() {
-        let event = pb::Event {
-            r#type: "case.sla_warning".into(),
-            payload: Some(pb::event::Payload::Case(pb::Case {
-                name: "cases/x".into(),
-                priority: pb::CasePriority::High as i32,
-                sla_clocks: vec![pb::SlaClock {
-                    policy: "resolution".into(),
-                    state: pb::SlaClockState::Running as i32,
-                    target: Some(prost_types::Duration {
-                        seconds: 86_400,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-        let json: serde_json::Value = serde_json::from_slice(&event_json(&event).unwrap()).unwrap();
-        assert_eq!(json["case"]["priority"], "HIGH");
-        assert_eq!(json["case"]["slaClocks"][0]["target"], "86400s");
-        assert_eq!(json["case"]["slaClocks"][0]["state"], "RUNNING");
     }
 }

@@ -13,19 +13,25 @@ use base64::engine::general_purpose::STANDARD;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, timestamp, update_paths};
-use super::fanout::{CustomerChange, Draft, customer_changed, customer_viewers, emit, tell};
+use super::convert::{check_etag, update_paths};
 use super::write::{Target, idempotent};
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::config::CustomersConfig;
+use crate::domain::customer::RecordState;
 use crate::domain::customer::{
     self, Customer, CustomerField, CustomerKind, FieldChange, PhoneRegion, Profile,
 };
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::filter::{CustomerCondition, CustomerFacts, CustomerFilter};
-use crate::domain::match_key::{MIN_SECRET_BYTES, MatchSecret};
-use crate::domain::visibility::{Access, AccessLevel, RecordState};
+use crate::domain::match_key::MatchSecret;
+use crate::domain::names;
+use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
-use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::feed::customers::{CustomerChange, customer_changed, customer_viewers, tell};
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::customer_to_pb;
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, customer_service_server::CustomerService, event::Payload};
 use crate::store::{
     CustomerOrder, CustomerQuery, HistoryEntry, OrderKey, Overlay, Reach, SeenCustomer, Store, Tx,
@@ -45,15 +51,6 @@ pub struct CustomerSettings {
     pub secret: MatchSecret,
 }
 
-/// Decodes a configured match secret (base64, at least 32 bytes).
-pub fn decode_secret(raw: &str) -> anyhow::Result<MatchSecret> {
-    let bytes = STANDARD
-        .decode(raw.trim())
-        .context("must be base64 (standard alphabet, with padding)")?;
-    MatchSecret::new(bytes)
-        .with_context(|| format!("must decode to at least {MIN_SECRET_BYTES} bytes"))
-}
-
 impl CustomerSettings {
     /// Reads the settings; with no configured match secret, the one kept in the
     /// database is used, generated on first start (so every replica shares it).
@@ -67,9 +64,9 @@ impl CustomerSettings {
                 .setting_or_insert("match_secret", &STANDARD.encode(fresh))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            decode_secret(&stored).context("the match secret kept in the database")?
+            MatchSecret::decode(&stored).context("the match secret kept in the database")?
         } else {
-            decode_secret(&config.match_secret).context("customers.match_secret")?
+            MatchSecret::decode(&config.match_secret).context("customers.match_secret")?
         };
         Ok(Self { region, secret })
     }
@@ -191,13 +188,6 @@ fn must_be_active(c: &Customer, name: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn kind_to_pb(kind: CustomerKind) -> pb::CustomerKind {
-    match kind {
-        CustomerKind::Person => pb::CustomerKind::Person,
-        CustomerKind::Company => pb::CustomerKind::Company,
-    }
-}
-
 fn kind_from_pb(raw: i32) -> Result<CustomerKind, FieldViolation> {
     match pb::CustomerKind::try_from(raw) {
         Ok(pb::CustomerKind::Person) => Ok(CustomerKind::Person),
@@ -207,85 +197,6 @@ fn kind_from_pb(raw: i32) -> Result<CustomerKind, FieldViolation> {
             "",
             format!("{raw} is not a customer kind; use PERSON or COMPANY"),
         )),
-    }
-}
-
-pub(crate) fn level_to_pb(access: Access) -> pb::AccessLevel {
-    match access {
-        Access::Owner => pb::AccessLevel::Owner,
-        Access::Grantee {
-            level: AccessLevel::Read,
-            ..
-        } => pb::AccessLevel::Read,
-        Access::Grantee {
-            level: AccessLevel::ReadWrite,
-            ..
-        } => pb::AccessLevel::ReadWrite,
-    }
-}
-
-/// A customer as `access` shows it.
-pub(crate) fn state_to_pb(state: RecordState) -> pb::customer::State {
-    use pb::customer::State;
-    match state {
-        RecordState::Active | RecordState::Merged => State::Active,
-        RecordState::Deleted => State::Deleted,
-        RecordState::Erased => State::Erased,
-    }
-}
-
-pub(crate) fn customer_to_pb(seen: &SeenCustomer, access: Access) -> pb::Customer {
-    let c = &seen.customer;
-    let view = access.view(c.kind, &c.profile);
-    let p = view.profile;
-    pb::Customer {
-        name: names::customer(&c.id),
-        owner: names::organization(&c.owner.slug),
-        kind: kind_to_pb(c.kind) as i32,
-        state: state_to_pb(c.state) as i32,
-        display_name: view.display_name.unwrap_or_default(),
-        given_name: p.given_name,
-        family_name: p.family_name,
-        legal_name: p.legal_name,
-        emails: p
-            .emails
-            .into_iter()
-            .map(|e| pb::EmailContact {
-                address: e.address.as_str().to_owned(),
-                label: e.label,
-                primary: e.primary,
-            })
-            .collect(),
-        phones: p
-            .phones
-            .into_iter()
-            .map(|ph| pb::PhoneContact {
-                number: ph.number.as_str().to_owned(),
-                label: ph.label,
-                primary: ph.primary,
-            })
-            .collect(),
-        addresses: p
-            .addresses
-            .into_iter()
-            .map(|a| pb::PostalAddress {
-                label: a.label,
-                lines: a.lines,
-                locality: a.locality,
-                region: a.region,
-                postal_code: a.postal_code,
-                country_code: a.country_code,
-            })
-            .collect(),
-        tags: p.tags,
-        attributes: p.attributes.into_iter().collect(),
-        external_id: seen.external_id.clone().unwrap_or_default(),
-        access: level_to_pb(access) as i32,
-        visible_fields: view.fields.iter().map(|f| f.as_str().to_owned()).collect(),
-        create_time: timestamp(c.create_time),
-        update_time: timestamp(c.update_time),
-        delete_time: c.delete_time.and_then(timestamp),
-        etag: etag(c.revision),
     }
 }
 
@@ -498,7 +409,7 @@ async fn insert_new(
         .await?
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("customer vanished in its transaction")))?;
     let change = CustomerChange {
-        event_type: "customer.created",
+        event_type: EventType::CustomerCreated,
         id: &customer.id,
         before: None,
         merged_customers: vec![],
@@ -560,10 +471,10 @@ async fn write_change(
         tx,
         CustomerChange {
             event_type: match action {
-                "deleted" => "customer.deleted",
-                "undeleted" => "customer.undeleted",
-                "merged" => "customer.merged",
-                _ => "customer.updated",
+                "deleted" => EventType::CustomerDeleted,
+                "undeleted" => EventType::CustomerUndeleted,
+                "merged" => EventType::CustomerMerged,
+                _ => EventType::CustomerUpdated,
             },
             id: &after.id,
             before: Some(before),
@@ -1190,7 +1101,7 @@ impl CustomerService for CustomerApi {
                 customer_changed(
                     tx,
                     CustomerChange {
-                        event_type: "customer.erased",
+                        event_type: EventType::CustomerErased,
                         id: &id,
                         before: Some(&seen.customer),
                         merged_customers: vec![],
@@ -1411,7 +1322,7 @@ impl CustomerService for CustomerApi {
                 tx.insert_history(&e).await?;
                 let overlay = overlay_to_pb(&id, &after, &external_id);
                 let mut draft = Draft::new(
-                    "customer_overlay.updated",
+                    EventType::CustomerOverlayUpdated,
                     overlay.name.clone(),
                     Payload::CustomerOverlay(overlay.clone()),
                 );

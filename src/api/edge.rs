@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::{Authenticator, Caller, Limiter};
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// Services anyone may call: load balancers and `grpcurl` need them without a key.
 const PUBLIC_PREFIXES: &[&str] = &["/grpc.health.v1.", "/grpc.reflection."];

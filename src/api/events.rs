@@ -18,9 +18,9 @@ use tonic::{Request, Response, Status};
 
 use super::{Authenticator, Caller, Hub};
 use crate::config::EventsConfig;
+use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::event::parse_type_filter;
 use crate::domain::{Lines, Scope, text};
-use crate::error::{Error, FieldViolation, Result};
 use crate::pb::{self, event_service_server::EventService, watch_events_response::Message as Out};
 use crate::store::{EventQuery, Store, StoredEvent};
 

@@ -4,18 +4,22 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{parse_timestamp, timestamp};
+use super::convert::parse_timestamp;
 use super::customers::{visible, visible_in};
-use super::fanout::{Draft, customer_viewers, emit};
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::domain::customer;
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::interaction::{
     self, Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
+use crate::domain::names;
 use crate::domain::{Scope, now};
-use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::feed::customers::customer_viewers;
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::timestamp;
 use crate::pb::{self, event::Payload, interaction_service_server::InteractionService};
 use crate::store::InteractionFilter;
 
@@ -290,7 +294,7 @@ impl InteractionService for InteractionApi {
             &request,
             async |tx| {
                 let (seen, _) = visible_in(tx, &org, &customer_id, &request.parent).await?;
-                if seen.customer.state != crate::domain::visibility::RecordState::Active {
+                if seen.customer.state != crate::domain::customer::RecordState::Active {
                     return Err(Error::failed_precondition(
                         "CUSTOMER_NOT_ACTIVE",
                         format!("{} is not active", request.parent),
@@ -301,7 +305,7 @@ impl InteractionService for InteractionApi {
                 for viewer in customer_viewers(tx, &customer_id).await? {
                     if interaction.visible_to(&viewer) {
                         let mut draft = Draft::new(
-                            "interaction.logged",
+                            EventType::InteractionLogged,
                             pb.name.clone(),
                             Payload::Interaction(pb.clone()),
                         );

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::Caller;
 use crate::config::{LimitsConfig, OrganizationLimits};
 use crate::domain::Principal;
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// Buckets kept before idle (full) ones are dropped; bounds memory under a flood of
 /// distinct valid keys.

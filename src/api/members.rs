@@ -3,15 +3,18 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, role_from_pb, role_to_pb, timestamp, update_paths};
-use super::fanout::{Draft, emit};
+use super::convert::{check_etag, role_from_pb, role_to_pb, update_paths};
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
+use crate::domain::error::{Error, Result, Violations};
+use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Scope, Slug, TimeZoneName, now,
 };
-use crate::error::{Error, Result, Violations};
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, event::Payload, member_service_server::MemberService};
 
 const UPDATABLE: &[&str] = &["display_name", "email", "role", "time_zone"];
@@ -218,7 +221,7 @@ impl MemberService for MemberApi {
                 tx.insert_member(&member).await?;
                 let pb = member_to_pb(&org.slug, &member);
                 let draft = Draft::new(
-                    "member.created",
+                    EventType::MemberCreated,
                     pb.name.clone(),
                     Payload::Member(pb.clone()),
                 );
@@ -349,7 +352,7 @@ impl MemberService for MemberApi {
                     .collect();
                 if !changed.is_empty() {
                     let mut draft = Draft::new(
-                        "member.updated",
+                        EventType::MemberUpdated,
                         after.name.clone(),
                         Payload::Member(after.clone()),
                     );
@@ -389,7 +392,11 @@ impl MemberService for MemberApi {
                     return Err(Error::StaleEtag(name.clone()));
                 }
                 let pb = member_to_pb(&slug, &member);
-                let draft = Draft::new("member.deleted", pb.name.clone(), Payload::Member(pb));
+                let draft = Draft::new(
+                    EventType::MemberDeleted,
+                    pb.name.clone(),
+                    Payload::Member(pb),
+                );
                 emit(tx, &org.id, draft);
                 Ok(pb::DeleteMemberResponse {})
             },

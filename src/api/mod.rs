@@ -5,9 +5,8 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod edge;
-pub(crate) mod fanout;
-mod names;
 pub mod paging;
+pub mod status;
 mod write;
 
 mod admin;
@@ -36,7 +35,7 @@ pub use partnerships::PartnershipApi;
 pub use sharing::SharingApi;
 pub use webhooks::WebhookApi;
 
-use crate::domain::workflow::Workflows;
+use crate::domain::case::workflow::Workflows;
 use crate::store::Store;
 
 /// What every service shares.
@@ -75,8 +74,7 @@ impl Hub {
     /// A hub over `store` with the customer settings of `config`.
     pub async fn build(store: Store, config: &crate::config::Config) -> anyhow::Result<Self> {
         let customers = CustomerSettings::load(&store, &config.customers).await?;
-        let workflows = Workflows::load(&config.workflows.templates)
-            .map_err(|e| anyhow::anyhow!("workflows.templates: {e}"))?;
+        let workflows = config.workflows.load()?;
         for t in workflows.all().filter(|t| !t.built_in) {
             tracing::info!(template = %t.name, "workflow template loaded");
         }

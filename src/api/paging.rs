@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
 use crate::domain::Principal;
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 use crate::store::Store;
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -498,7 +498,7 @@ mod tests {
                     format!("{real}{raw}"),
                 ] {
                     if let Err(e) = pages.open(&acme, 1, &token, "q").await {
-                        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+                        assert_eq!(crate::api::status::code(&e), tonic::Code::InvalidArgument, "{e}");
                         assert_eq!(e.reason(), "INVALID_PAGE_TOKEN");
                     }
                 }

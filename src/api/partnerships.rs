@@ -3,12 +3,15 @@
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, etag, relationship_from_pb, relationship_to_pb, timestamp};
-use super::fanout::{Draft, emit_to};
+use super::convert::{check_etag, relationship_from_pb, relationship_to_pb};
 use super::write::{Target, idempotent};
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
+use crate::domain::error::{Error, Result, Violations};
+use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::domain::{OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Scope, now};
-use crate::error::{Error, Result, Violations};
+use crate::feed::draft::{Draft, emit_to};
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, event::Payload, partnership_service_server::PartnershipService};
 use crate::store::PartnershipFilter;
 
@@ -96,11 +99,11 @@ impl PartnershipApi {
                 }
                 let pb = partnership_to_pb(&p);
                 let event_type = match action {
-                    PartnershipAction::Accept => "partnership.accepted",
-                    PartnershipAction::Decline => "partnership.declined",
-                    PartnershipAction::Suspend => "partnership.suspended",
-                    PartnershipAction::Resume => "partnership.resumed",
-                    PartnershipAction::End => "partnership.ended",
+                    PartnershipAction::Accept => EventType::PartnershipAccepted,
+                    PartnershipAction::Decline => EventType::PartnershipDeclined,
+                    PartnershipAction::Suspend => EventType::PartnershipSuspended,
+                    PartnershipAction::Resume => EventType::PartnershipResumed,
+                    PartnershipAction::End => EventType::PartnershipEnded,
                 };
                 emit_to(tx, &[&p.proposer, &p.recipient], || {
                     Draft::new(
@@ -191,7 +194,7 @@ impl PartnershipService for PartnershipApi {
                 let parties = [&partnership.proposer, &partnership.recipient];
                 emit_to(tx, &parties, || {
                     Draft::new(
-                        "partnership.proposed",
+                        EventType::PartnershipProposed,
                         pb.name.clone(),
                         Payload::Partnership(pb.clone()),
                     )

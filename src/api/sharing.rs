@@ -4,15 +4,18 @@ use jiff::{SignedDuration, Timestamp};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::timestamp;
 use super::customers::{visible, visible_in};
-use super::fanout::{Draft, emit, emit_to};
 use super::write::{Target, idempotent};
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
+use crate::domain::customer::RecordState;
 use crate::domain::customer::{FieldSet, PhoneNumber};
-use crate::domain::visibility::{Access, AccessLevel, RecordState};
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
+use crate::domain::names;
+use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{EmailAddress, OrgRef, Reason, Scope, now};
-use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::feed::draft::{Draft, emit, emit_to};
+use crate::feed::render::timestamp;
 use crate::pb::{self, event::Payload, sharing_service_server::SharingService};
 use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, RequestState, Tx};
 
@@ -145,12 +148,12 @@ async fn grant(
         partnership_active: true,
     };
     tx.insert_grant(&g).await?;
-    grant_event(tx, "grant.created", owner, &g);
+    grant_event(tx, EventType::GrantCreated, owner, &g);
     Ok(g)
 }
 
 /// Tells the grant's owner and grantee about it.
-fn grant_event(tx: &mut Tx, event_type: &'static str, owner: &OrgRef, g: &Grant) {
+fn grant_event(tx: &mut Tx, event_type: EventType, owner: &OrgRef, g: &Grant) {
     let pb = grant_to_pb(g);
     emit_to(tx, &[owner, &g.grantee], || {
         Draft::new(event_type, pb.name.clone(), Payload::Grant(pb.clone()))
@@ -159,7 +162,7 @@ fn grant_event(tx: &mut Tx, event_type: &'static str, owner: &OrgRef, g: &Grant)
 
 /// Tells the requester and the organization asked about an access request, each with
 /// its own view of it.
-fn request_event(tx: &mut Tx, event_type: &'static str, r: &AccessRequest) {
+fn request_event(tx: &mut Tx, event_type: EventType, r: &AccessRequest) {
     for org in [&r.requester, &r.owner] {
         let pb = request_to_pb(r, &org.id);
         let draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
@@ -247,9 +250,9 @@ impl SharingApi {
                 request_event(
                     tx,
                     if approve {
-                        "access_request.approved"
+                        EventType::AccessRequestApproved
                     } else {
-                        "access_request.declined"
+                        EventType::AccessRequestDeclined
                     },
                     &r,
                 );
@@ -391,7 +394,7 @@ impl SharingService for SharingApi {
                 let now = now();
                 tx.revoke_grant(&grant_id, now).await?;
                 g.revoke_time = Some(now);
-                grant_event(tx, "grant.revoked", &org, &g);
+                grant_event(tx, EventType::GrantRevoked, &org, &g);
                 Ok(grant_to_pb(&g))
             },
         )
@@ -539,7 +542,7 @@ impl SharingService for SharingApi {
                     decide_time: None,
                 };
                 tx.insert_access_request(&r).await?;
-                request_event(tx, "access_request.created", &r);
+                request_event(tx, EventType::AccessRequestCreated, &r);
                 Ok(request_to_pb(&r, &org.id))
             },
         )

@@ -7,14 +7,16 @@ use uuid::Uuid;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::convert::{check_etag, etag, parse_timestamp, timestamp, update_paths};
+use super::convert::{check_etag, parse_timestamp, update_paths};
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
 use crate::config::WebhooksConfig;
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::{TEST_EVENT_TYPE, parse_type_filter};
+use crate::domain::names;
 use crate::domain::webhook::{WebhookSecret, parse_url, refused_literal_host};
 use crate::domain::{Organization, Scope, Slug, now};
-use crate::error::{Error, Result, Violations};
+use crate::feed::render::{endpoint_to_pb, timestamp};
 use crate::outbound::webhooks::Sender;
 use crate::pb::{self, webhook_service_server::WebhookService};
 use crate::store::{Attempt, AttemptQuery, AttemptRecord, Delivery, Endpoint};
@@ -70,7 +72,7 @@ impl EndpointFields {
                         .and_then(|u| refused_literal_host(u, config.allow_private_networks))
                     {
                         v.push(
-                            crate::error::FieldViolation::new(&field, why)
+                            crate::domain::error::FieldViolation::new(&field, why)
                                 .because("UNSAFE_DESTINATION"),
                         );
                     }
@@ -249,39 +251,6 @@ impl WebhookApi {
             .await?
             .ok_or_else(|| Error::NotFound(format!("webhook endpoint {name:?}")))?;
         Ok((org, endpoint))
-    }
-}
-
-/// The filter as the caller wrote it: stored prefixes `customer.` read `customer.*`.
-fn filter_to_pb(types: &[String]) -> Vec<String> {
-    types
-        .iter()
-        .map(|t| match t.strip_suffix('.') {
-            Some(prefix) => format!("{prefix}.*"),
-            None => t.clone(),
-        })
-        .collect()
-}
-
-/// The endpoint as its organization sees it (never its secret); `pending_deliveries`
-/// is left 0 for the caller to fill in.
-pub(crate) fn endpoint_to_pb(org: &Slug, e: &Endpoint) -> pb::WebhookEndpoint {
-    pb::WebhookEndpoint {
-        name: names::webhook_endpoint(org, &e.id),
-        url: e.url.clone(),
-        description: e.description.clone(),
-        event_types: filter_to_pb(&e.event_types),
-        enabled: Some(e.enabled),
-        disabled_reason: e.disabled_reason.clone(),
-        consecutive_failures: e.consecutive_failures,
-        last_success_time: e.last_success_time.and_then(timestamp),
-        create_time: timestamp(e.create_time),
-        update_time: timestamp(e.update_time),
-        etag: etag(e.revision),
-        rate_limit_per_second: e.rate_limit_per_second as i32,
-        ordered: e.ordered,
-        failing_since_time: e.failing_since.and_then(timestamp),
-        pending_deliveries: 0,
     }
 }
 
@@ -713,7 +682,7 @@ impl WebhookService for WebhookApi {
         caller.require(Scope::Write)?;
         let r = request.into_inner();
         let since = match &r.since {
-            None => return Err(crate::error::FieldViolation::required("since").into()),
+            None => return Err(crate::domain::error::FieldViolation::required("since").into()),
             Some(t) => parse_timestamp(t).map_err(|v| v.under("since"))?,
         };
         let (_, endpoint) = self.enabled_endpoint(&caller, &r.name).await?;

@@ -5,8 +5,8 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::{Caller, Hub};
+use crate::domain::error::{Error, Result};
 use crate::domain::now;
-use crate::error::{Error, Result};
 use crate::pb;
 use crate::store::{Cause, Claim, Tx};
 

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use super::{OrgRef, Scopes, text};
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// Longest subject common name accepted (RFC 5280's upper bound is 64; some CAs
 /// issue longer ones, so a little room).

@@ -9,9 +9,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::text::{self, Lines};
-use super::visibility::RecordState;
 use super::{EmailAddress, OrgRef};
-use crate::error::{FieldViolation, Violations};
+use crate::domain::error::{FieldViolation, Violations};
 
 /// Limits on one profile; each keeps a record small enough to fan out to many partners.
 pub const MAX_EMAILS: usize = 20;
@@ -53,6 +52,18 @@ impl CustomerKind {
             _ => None,
         }
     }
+}
+
+/// The lifecycle of a customer record as far as who may see it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    Active,
+    /// Soft-deleted: only the owner still sees the tombstone.
+    Deleted,
+    /// Folded into another record: no one sees it under this id.
+    Merged,
+    /// Personal data removed: only the owner sees that it was erased.
+    Erased,
 }
 
 /// A shared customer record.
@@ -693,7 +704,7 @@ mod tests {
         profile.check(kind, &mut v);
         match v.finish() {
             Ok(()) => vec![],
-            Err(crate::error::Error::InvalidArgument(found)) => {
+            Err(crate::domain::error::Error::InvalidArgument(found)) => {
                 found.into_iter().map(|f| f.field).collect()
             }
             Err(other) => panic!("{other:?}"),
@@ -774,7 +785,7 @@ mod tests {
         .into();
         let kept = attributes(&mut v, "attributes", &raw);
         assert_eq!(kept, [("tier".to_owned(), "gold".to_owned())].into());
-        let Err(crate::error::Error::InvalidArgument(found)) = v.finish() else {
+        let Err(crate::domain::error::Error::InvalidArgument(found)) = v.finish() else {
             panic!("a NUL in a value is a violation");
         };
         assert_eq!(found[0].field, r#"attributes["note"]"#);
@@ -793,7 +804,7 @@ mod tests {
         assert!(v.finish().is_ok());
         let mut v = Violations::new();
         attributes(&mut v, "attributes", &many(MAX_ATTRIBUTES + 1));
-        let Err(crate::error::Error::InvalidArgument(found)) = v.finish() else {
+        let Err(crate::domain::error::Error::InvalidArgument(found)) = v.finish() else {
             panic!("51 attributes are too many");
         };
         assert_eq!(found[0].field, "attributes");

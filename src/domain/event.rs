@@ -1,45 +1,81 @@
 //! Event types and the filters consumers select them with.
 
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
-/// Every event type the hub emits, `resource.verb`.
-pub const EVENT_TYPES: &[&str] = &[
-    "customer.created",
-    "customer.updated",
-    "customer.deleted",
-    "customer.undeleted",
-    "customer.merged",
-    "customer.erased",
-    "customer_overlay.updated",
-    "grant.created",
-    "grant.revoked",
-    "access_request.created",
-    "access_request.approved",
-    "access_request.declined",
-    "interaction.logged",
-    "partnership.proposed",
-    "partnership.accepted",
-    "partnership.declined",
-    "partnership.suspended",
-    "partnership.resumed",
-    "partnership.ended",
-    "member.created",
-    "member.updated",
-    "member.deleted",
-    "webhook_endpoint.disabled",
-    "case.opened",
-    "case.transitioned",
-    "case.commented",
-    "case.participant_added",
-    "case.participant_removed",
-    "case.sla_warning",
-    "case.sla_breached",
-    "task.assigned",
-    "task.accepted",
-    "task.declined",
-    "task.completed",
-    "task.overdue",
-];
+/// Declares [`EventType`] with each type's wire name, once.
+macro_rules! event_types {
+    ($($variant:ident => $wire:literal,)*) => {
+        /// Every event type the hub emits; on the wire, `resource.verb`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventType {
+            $($variant,)*
+        }
+
+        impl EventType {
+            /// Every type, in the order of the event catalogue.
+            pub const ALL: &[EventType] = &[$(EventType::$variant,)*];
+
+            /// The wire name (`customer.updated`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $wire,)*
+                }
+            }
+
+            /// The type of a wire name; `None` for a name the hub does not emit.
+            pub fn parse(raw: &str) -> Option<EventType> {
+                match raw {
+                    $($wire => Some(EventType::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_types! {
+    CustomerCreated => "customer.created",
+    CustomerUpdated => "customer.updated",
+    CustomerDeleted => "customer.deleted",
+    CustomerUndeleted => "customer.undeleted",
+    CustomerMerged => "customer.merged",
+    CustomerErased => "customer.erased",
+    CustomerOverlayUpdated => "customer_overlay.updated",
+    GrantCreated => "grant.created",
+    GrantRevoked => "grant.revoked",
+    AccessRequestCreated => "access_request.created",
+    AccessRequestApproved => "access_request.approved",
+    AccessRequestDeclined => "access_request.declined",
+    InteractionLogged => "interaction.logged",
+    PartnershipProposed => "partnership.proposed",
+    PartnershipAccepted => "partnership.accepted",
+    PartnershipDeclined => "partnership.declined",
+    PartnershipSuspended => "partnership.suspended",
+    PartnershipResumed => "partnership.resumed",
+    PartnershipEnded => "partnership.ended",
+    MemberCreated => "member.created",
+    MemberUpdated => "member.updated",
+    MemberDeleted => "member.deleted",
+    WebhookEndpointDisabled => "webhook_endpoint.disabled",
+    CaseOpened => "case.opened",
+    CaseTransitioned => "case.transitioned",
+    CaseCommented => "case.commented",
+    CaseParticipantAdded => "case.participant_added",
+    CaseParticipantRemoved => "case.participant_removed",
+    CaseSlaWarning => "case.sla_warning",
+    CaseSlaBreached => "case.sla_breached",
+    TaskAssigned => "task.assigned",
+    TaskAccepted => "task.accepted",
+    TaskDeclined => "task.declined",
+    TaskCompleted => "task.completed",
+    TaskOverdue => "task.overdue",
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The type of test events sent to one webhook endpoint on request; never in a feed.
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
@@ -67,11 +103,14 @@ pub fn parse_type_filter(raw: &[String]) -> Result<Vec<String>, Vec<FieldViolati
         }
         if let Some(resource) = t.strip_suffix(".*") {
             let prefix = format!("{resource}.");
-            if EVENT_TYPES.iter().any(|known| known.starts_with(&prefix)) {
+            if EventType::ALL
+                .iter()
+                .any(|known| known.as_str().starts_with(&prefix))
+            {
                 out.push(prefix);
                 continue;
             }
-        } else if EVENT_TYPES.contains(&t.as_str()) {
+        } else if EventType::parse(t).is_some() {
             out.push(t.clone());
             continue;
         }

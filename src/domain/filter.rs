@@ -16,7 +16,7 @@ use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
 use super::text::{self, Lines};
 use super::visibility::CustomerView;
 use super::{EmailAddress, Slug};
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// Longest filter accepted; a longer one is a mistake or an attack.
 pub const MAX_FILTER_CHARS: usize = 2000;

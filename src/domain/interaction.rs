@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use super::OrgRef;
 use super::text;
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 pub const MAX_SUMMARY_CHARS: usize = 200;
 pub const MAX_BODY_CHARS: usize = 10_000;

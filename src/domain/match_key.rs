@@ -2,6 +2,9 @@
 //! organizations hold the same customer without storing a lookup table that reveals
 //! emails or phone numbers to whoever reads the database.
 
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -17,6 +20,15 @@ impl MatchSecret {
     /// `None` if shorter than [`MIN_SECRET_BYTES`].
     pub fn new(bytes: Vec<u8>) -> Option<Self> {
         (bytes.len() >= MIN_SECRET_BYTES).then_some(Self(bytes))
+    }
+
+    /// Decodes a configured match secret (base64, at least [`MIN_SECRET_BYTES`] bytes).
+    pub fn decode(raw: &str) -> anyhow::Result<Self> {
+        let bytes = STANDARD
+            .decode(raw.trim())
+            .context("must be base64 (standard alphabet, with padding)")?;
+        Self::new(bytes)
+            .with_context(|| format!("must decode to at least {MIN_SECRET_BYTES} bytes"))
     }
 
     pub fn email_key(&self, email: &EmailAddress) -> String {

@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use super::{DisplayName, OrganizationId};
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// The longest address SMTP can carry (RFC 5321: 254 octets in a path).
 const MAX_EMAIL_LEN: usize = 254;

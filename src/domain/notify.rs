@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use jiff::{SignedDuration, Timestamp, civil::Date, tz::TimeZone};
 
+use super::event::EventType;
+
 /// Kinds of news a member chooses a mode for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Category {
@@ -29,25 +31,44 @@ impl Category {
         Category::Integration,
     ];
 
-    /// The category of an event type, if members hear about it at all.
-    pub fn of(event_type: &str) -> Option<Category> {
+    /// The category of an event type, if members hear about it at all. Exhaustive, so
+    /// a new event type must be placed here.
+    pub fn of(event_type: EventType) -> Option<Category> {
+        use EventType::*;
         match event_type {
-            "access_request.created" | "partnership.proposed" => Some(Category::Work),
-            t if t.starts_with("task.") || t.starts_with("case.") => {
-                if t.starts_with("case.sla_") {
-                    Some(Category::Sla)
-                } else {
-                    Some(Category::Work)
-                }
-            }
-            t if t.starts_with("customer.")
-                || t == "customer_overlay.updated"
-                || t == "interaction.logged" =>
-            {
-                Some(Category::Customers)
-            }
-            "webhook_endpoint.disabled" => Some(Category::Integration),
-            _ => None,
+            AccessRequestCreated | PartnershipProposed => Some(Category::Work),
+            CaseOpened
+            | CaseTransitioned
+            | CaseCommented
+            | CaseParticipantAdded
+            | CaseParticipantRemoved
+            | TaskAssigned
+            | TaskAccepted
+            | TaskDeclined
+            | TaskCompleted
+            | TaskOverdue => Some(Category::Work),
+            CaseSlaWarning | CaseSlaBreached => Some(Category::Sla),
+            CustomerCreated
+            | CustomerUpdated
+            | CustomerDeleted
+            | CustomerUndeleted
+            | CustomerMerged
+            | CustomerErased
+            | CustomerOverlayUpdated
+            | InteractionLogged => Some(Category::Customers),
+            WebhookEndpointDisabled => Some(Category::Integration),
+            GrantCreated
+            | GrantRevoked
+            | AccessRequestApproved
+            | AccessRequestDeclined
+            | PartnershipAccepted
+            | PartnershipDeclined
+            | PartnershipSuspended
+            | PartnershipResumed
+            | PartnershipEnded
+            | MemberCreated
+            | MemberUpdated
+            | MemberDeleted => None,
         }
     }
 }
@@ -171,10 +192,11 @@ mod tests {
 
     #[test]
     fn categories_and_threads() {
-        assert_eq!(Category::of("access_request.created"), Some(Category::Work));
-        assert_eq!(Category::of("case.sla_breached"), Some(Category::Sla));
-        assert_eq!(Category::of("customer.updated"), Some(Category::Customers));
-        assert_eq!(Category::of("member.created"), None);
+        let of = |t: &str| Category::of(EventType::parse(t).unwrap());
+        assert_eq!(of("access_request.created"), Some(Category::Work));
+        assert_eq!(of("case.sla_breached"), Some(Category::Sla));
+        assert_eq!(of("customer.updated"), Some(Category::Customers));
+        assert_eq!(of("member.created"), None);
         for (event_type, category) in [
             ("partnership.proposed", Some(Category::Work)),
             ("task.assigned", Some(Category::Work)),
@@ -185,7 +207,7 @@ mod tests {
             ("webhook_endpoint.disabled", Some(Category::Integration)),
             ("grant.created", None),
         ] {
-            assert_eq!(Category::of(event_type), category, "{event_type}");
+            assert_eq!(of(event_type), category, "{event_type}");
         }
         assert_eq!(thread_key("customers/c1/interactions/i9"), "customers/c1");
         assert_eq!(thread_key("cases/k1/tasks/t1"), "cases/k1");

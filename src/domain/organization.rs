@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 
 use super::{DisplayName, OrganizationId};
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// An organization's immutable, unique handle and resource id (`organizations/{slug}`):
 /// 3 to 63 lower-case letters, digits and hyphens, starting with a letter and not

@@ -11,7 +11,7 @@
 use jiff::Timestamp;
 
 use super::{OrgRef, Reason};
-use crate::error::Error;
+use crate::domain::error::Error;
 
 /// How the proposer relates to the recipient: "proposer SUPPLIES recipient".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Validated free-text values shared by several resources.
 
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// Longest display name, in characters: enough for a legal company name.
 pub const MAX_DISPLAY_NAME_CHARS: usize = 200;

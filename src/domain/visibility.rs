@@ -5,25 +5,13 @@
 //! [`Access::view`]. Queries may narrow their rows in SQL for speed, but the answer
 //! here is the final word.
 
-use super::customer::{CustomerField, CustomerKind, FieldSet, Profile};
+use super::customer::{CustomerField, CustomerKind, FieldSet, Profile, RecordState};
 
 /// What a grant allows besides seeing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessLevel {
     Read,
     ReadWrite,
-}
-
-/// The lifecycle of a customer record as far as visibility cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordState {
-    Active,
-    /// Soft-deleted: only the owner still sees the tombstone.
-    Deleted,
-    /// Folded into another record: no one sees it under this id.
-    Merged,
-    /// Personal data removed: only the owner sees that it was erased.
-    Erased,
 }
 
 /// A grant of the customer to the viewer, with what decides whether it works.

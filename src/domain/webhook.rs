@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use ipnet::{Ipv4Net, Ipv6Net};
 use sha2::Sha256;
 
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 /// Every secret is written `whsec_` + base64 of its bytes.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -260,7 +260,7 @@ pub fn is_public(ip: IpAddr) -> bool {
 
 /// Why the hub must not call `url` when private networks are not allowed, for a host
 /// written as an IP address. (Names are checked when resolved, on every connection.)
-pub fn refused_literal_host(url: &reqwest::Url, allow_private: bool) -> Option<String> {
+pub fn refused_literal_host(url: &url::Url, allow_private: bool) -> Option<String> {
     let ip: IpAddr = url.host_str()?.trim_matches(['[', ']']).parse().ok()?;
     if allow_private {
         return None;
@@ -270,15 +270,15 @@ pub fn refused_literal_host(url: &reqwest::Url, allow_private: bool) -> Option<S
 
 /// A webhook destination: `https://` (or `http://` where allowed), with a host, no
 /// credentials, at most 2,000 characters.
-pub fn parse_url(raw: &str, allow_http: bool) -> Result<reqwest::Url, FieldViolation> {
+pub fn parse_url(raw: &str, allow_http: bool) -> Result<url::Url, FieldViolation> {
     if raw.is_empty() {
         return Err(FieldViolation::required(""));
     }
     if raw.len() > 2_000 {
         return Err(FieldViolation::new("", "must be at most 2000 characters"));
     }
-    let url = reqwest::Url::parse(raw)
-        .map_err(|e| FieldViolation::new("", format!("is not a URL: {e}")))?;
+    let url =
+        url::Url::parse(raw).map_err(|e| FieldViolation::new("", format!("is not a URL: {e}")))?;
     match url.scheme() {
         "https" => {}
         "http" if allow_http => {}

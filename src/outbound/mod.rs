@@ -28,7 +28,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// commit queued work.
 pub(crate) async fn idle(
     signal: &Notify,
-    due: crate::error::Result<Option<Timestamp>>,
+    due: crate::domain::error::Result<Option<Timestamp>>,
     now: Timestamp,
     floor: Duration,
 ) {
@@ -50,7 +50,7 @@ pub(crate) async fn idle(
 pub(crate) async fn idle_until_stopped(
     stop: &CancellationToken,
     signal: &Notify,
-    due: crate::error::Result<Option<Timestamp>>,
+    due: crate::domain::error::Result<Option<Timestamp>>,
     now: Timestamp,
     floor: Duration,
 ) {

@@ -15,14 +15,15 @@ use tracing::Instrument;
 
 use super::Shutdown;
 
-use crate::api::convert::event_json;
-use crate::api::fanout::{Draft, emit};
-use crate::api::webhooks::endpoint_to_pb;
 use crate::config::WebhooksConfig;
+use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::event::TEST_EVENT_TYPE;
 use crate::domain::now;
 use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, signature_header};
-use crate::error::Result;
+use crate::feed::draft::{Draft, emit};
+use crate::feed::json::event_json;
+use crate::feed::render::endpoint_to_pb;
 use crate::pb;
 use crate::pb::event::Payload;
 use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store, Worker};
@@ -314,7 +315,11 @@ impl Sender {
         let disable_after =
             SignedDuration::from_secs(self.config.disable_after_failing_secs as i64);
         let mut tx = self.store.begin().await?;
-        if let Some(endpoint) = tx.record_attempt(d, attempt, disable_after).await? {
+        let recorded = tx.record_attempt(d, attempt, disable_after).await?;
+        if recorded.late {
+            crate::metrics::metrics().late_result("webhooks");
+        }
+        if let Some(endpoint) = recorded.disabled {
             tracing::warn!(reason = %endpoint.disabled_reason, "webhook endpoint disabled");
             announce_disabled(&mut tx, &endpoint).await?;
         }
@@ -428,7 +433,7 @@ impl Sender {
     }
 
     async fn prepare(&self, d: &ClaimedDelivery) -> Result<Prepared, Prepare> {
-        let later = |e: crate::error::Error| {
+        let later = |e: crate::domain::error::Error| {
             Prepare::Later(format!("the hub could not prepare the request: {e}"))
         };
         let endpoint = self
@@ -526,15 +531,19 @@ impl Recorder {
                     .unzip();
                 let result = async {
                     let mut tx = store.begin().await?;
-                    tx.record_successes(&done).await?;
-                    tx.commit().await
+                    let late = tx.record_successes(&done).await?;
+                    tx.commit().await?;
+                    for _ in 0..late {
+                        crate::metrics::metrics().late_result("webhooks");
+                    }
+                    Ok::<_, crate::domain::error::Error>(())
                 }
                 .await;
                 let failure = result.err().map(|e| e.to_string());
                 for waiter in waiters {
                     let _ = waiter.send(match &failure {
                         None => Ok(()),
-                        Some(e) => Err(crate::error::Error::Internal(anyhow::anyhow!(
+                        Some(e) => Err(crate::domain::error::Error::Internal(anyhow::anyhow!(
                             "recording a batch of attempts failed: {e}"
                         ))),
                     });
@@ -599,7 +608,7 @@ async fn announce_disabled(tx: &mut crate::store::Tx, endpoint: &Endpoint) -> Re
     let org = tx.org_ref(&endpoint.organization_id).await?;
     let pb = endpoint_to_pb(&org.slug, endpoint);
     let mut draft = Draft::new(
-        "webhook_endpoint.disabled",
+        EventType::WebhookEndpointDisabled,
         pb.name.clone(),
         Payload::WebhookEndpoint(pb),
     );

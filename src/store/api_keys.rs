@@ -5,8 +5,8 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, micros, timestamp};
+use crate::domain::error::{Error, Result};
 use crate::domain::{ApiKey, KeyHash, OrgRef, Principal, Scopes, Slug};
-use crate::error::{Error, Result};
 
 const SELECT: &str = "SELECT k.id, k.organization_id, o.slug, o.state AS organization_state, k.display_name, \
      k.scopes, k.prefix, k.create_time, k.expire_time, k.revoke_time \

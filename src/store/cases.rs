@@ -12,12 +12,12 @@ use jiff::{SignedDuration, Timestamp};
 use sqlx::{AnyConnection, FromRow};
 
 use super::{Dialect, Page, Store, Tx, corrupt, micros, timestamp};
+use crate::domain::case::sla::{Phase, SlaClock};
 use crate::domain::case::{
     Case, CommentVisibility, HistoryEntry, Participant, Priority, Task, TaskState,
 };
-use crate::domain::sla::{Phase, SlaClock};
+use crate::domain::error::{Error, Result};
 use crate::domain::{OrgRef, Slug};
-use crate::error::{Error, Result};
 
 const CASE_COLUMNS: &str = "c.id, c.template, c.state, c.title, c.description, c.priority, \
      c.customer_id, c.fields, c.escalation_contacts, c.opened_by, o.slug AS opened_by_slug, \

@@ -6,8 +6,8 @@ use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate, PresentedCertificate};
+use crate::domain::error::{Error, Result};
 use crate::domain::{OrgRef, Scopes, Slug};
-use crate::error::{Error, Result};
 
 const SELECT: &str = "SELECT c.id, c.organization_id, o.slug, o.state AS organization_state, \
      c.display_name, c.fingerprint, c.subject, c.scopes, c.create_time, c.revoke_time \

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Store, Tx};
-use crate::error::Result;
+use crate::domain::error::Result;
 
 /// How often a process reads the generation other processes may have replaced: one
 /// indexed read of one row, and the bound on how long a revoked key lives elsewhere.

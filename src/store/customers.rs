@@ -15,14 +15,15 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, placeholders, timestamp};
+use crate::domain::customer::RecordState;
 use crate::domain::customer::{
     Customer, CustomerField, CustomerKind, FieldChange, FieldSet, Profile,
 };
+use crate::domain::error::{Error, Result};
 use crate::domain::filter::{CustomerCondition, NameMatch, Op};
 use crate::domain::match_key::MatchSecret;
-use crate::domain::visibility::{Access, AccessLevel, GrantStanding, RecordState, access};
+use crate::domain::visibility::{Access, AccessLevel, GrantStanding, access};
 use crate::domain::{OrgRef, Slug};
-use crate::error::{Error, Result};
 
 /// A customer as read for one viewer: the record, the viewer's live grant on it (if
 /// any) and the viewer's external id for it.

@@ -15,9 +15,10 @@ use sqlx::FromRow;
 use uuid::Uuid;
 
 use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
+use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::notify::{Category, Mode, Preferences, next_digest_time, thread_key};
 use crate::domain::visibility::CustomerView;
-use crate::error::Result;
 
 /// Values per `IN (…)` list, far below either backend's parameter limit.
 const IN_CHUNK: usize = 500;
@@ -275,13 +276,14 @@ impl Store {
         tx.commit().await
     }
 
-    /// Records what became of sending `email`.
+    /// Records what became of sending `email`. Returns whether the result came late:
+    /// another worker had taken the email over, and its outcome stands.
     pub async fn record_email(
         &self,
         email: &EmailToSend,
         outcome: &EmailOutcome,
         now: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.begin().await?;
         let (state, next, error) = match outcome {
             EmailOutcome::Sent => ("sent", now, ""),
@@ -304,8 +306,7 @@ impl Store {
         .await?;
         if recorded.rows_affected() == 0 {
             // Another worker took the email over; its outcome stands.
-            crate::metrics::metrics().late_result("email");
-            return Ok(());
+            return Ok(true);
         }
         if let EmailOutcome::Bounced { error } = outcome {
             // Only if the address is still the one that bounced.
@@ -320,7 +321,8 @@ impl Store {
             .execute(tx.conn())
             .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(false)
     }
 }
 
@@ -411,7 +413,11 @@ impl Tx {
     ) -> Result<()> {
         let relevant: Vec<(Category, &str, &str, i64, &[String])> = events
             .iter()
-            .filter_map(|(t, r, s, e)| Category::of(t).map(|c| (c, *t, *r, *s, *e)))
+            .filter_map(|(t, r, s, e)| {
+                EventType::parse(t)
+                    .and_then(Category::of)
+                    .map(|c| (c, *t, *r, *s, *e))
+            })
             .collect();
         if relevant.is_empty() {
             return Ok(());

@@ -40,7 +40,7 @@ use sqlx::FromRow;
 use tokio::sync::{Notify, watch};
 
 use super::{Dialect, Store, Tx, micros};
-use crate::error::Result;
+use crate::domain::error::Result;
 
 /// The PostgreSQL channel commits announce new events on.
 const CHANNEL: &str = "liaison_events";

@@ -29,7 +29,8 @@ use std::time::Duration;
 use sqlx::Any;
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
-use crate::error::{Error, Result};
+use super::error;
+use crate::domain::error::{Error, Result};
 
 /// Members per group at most: bounds how long the first one waits for the commit.
 const MAX_MEMBERS: usize = 64;
@@ -234,7 +235,7 @@ async fn fail(state: &mut State, error: sqlx::Error) -> Error {
 /// What a failed group means to each of its members: contention and an unavailable
 /// database keep their meaning (ABORTED, UNAVAILABLE); anything else is INTERNAL.
 fn failed(error: &sqlx::Error) -> Error {
-    Error::classify(error)
+    error::classify(error)
         .unwrap_or_else(|| Error::Internal(anyhow::anyhow!("group commit failed: {error}")))
 }
 

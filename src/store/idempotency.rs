@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use super::{Tx, micros};
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// How long a `request_id` is remembered: long enough for a partner system to retry
 /// across a weekend outage. A record older than this no longer answers

@@ -4,11 +4,11 @@ use jiff::Timestamp;
 use sqlx::FromRow;
 
 use super::{Page, Store, Tx, corrupt, micros, timestamp};
+use crate::domain::error::{Error, Result};
 use crate::domain::interaction::{
     Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
 use crate::domain::{OrgRef, Slug};
-use crate::error::{Error, Result};
 
 const SELECT: &str = "SELECT i.id, i.customer_id, i.org_id, o.slug AS org_slug, i.type, i.occur_time, \
      i.member_id, i.channel, i.direction, i.summary, i.body, i.currency, i.amount_units, \

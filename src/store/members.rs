@@ -4,8 +4,8 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
+use crate::domain::error::{Error, Result};
 use crate::domain::{DisplayName, EmailAddress, Member, MemberRole, TimeZoneName};
-use crate::error::{Error, Result};
 
 const COLUMNS: &str = "id, organization_id, display_name, email, role, time_zone, create_time, \
      update_time, revision, email_bounce, email_bounce_time";

@@ -12,6 +12,7 @@ mod client_certs;
 mod credentials;
 mod customers;
 mod email;
+mod error;
 mod events;
 mod group;
 mod idempotency;
@@ -48,9 +49,10 @@ pub use pulse::{Looks, Worker};
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{
     Attempt, AttemptQuery, AttemptRecord, ClaimLimits, ClaimedDelivery, Delivery, Endpoint,
+    RecordedAttempt,
 };
 
-use crate::error::{Error, Result};
+use crate::domain::error::{Error, Result};
 
 /// How long a connection waits for SQLite's write lock held by another process
 /// (`liaison admin …` next to a running server) before giving up.

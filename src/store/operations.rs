@@ -7,7 +7,7 @@ use anyhow::Context;
 use jiff::Timestamp;
 
 use super::{Dialect, Store, micros};
-use crate::error::Result;
+use crate::domain::error::Result;
 
 /// Counts read at each metrics scrape.
 #[derive(Debug, Default)]

@@ -4,8 +4,8 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
+use crate::domain::error::{Error, Result};
 use crate::domain::{DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState, Slug};
-use crate::error::{Error, Result};
 
 const COLUMNS: &str =
     "id, slug, display_name, kind, state, suspend_reason, create_time, update_time, revision";

@@ -4,8 +4,8 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
+use crate::domain::error::{Error, Result};
 use crate::domain::{OrgRef, Partnership, PartnershipState, Reason, Relationship, Slug};
-use crate::error::{Error, Result};
 
 const SELECT: &str = "SELECT p.id, p.proposer_id, po.slug AS proposer_slug, p.recipient_id, \
      ro.slug AS recipient_slug, p.relationship, p.message, p.state, p.state_changed_by, \

@@ -7,9 +7,9 @@ use sqlx::any::AnyExecutor;
 use super::customers::{level_name, parse_fields, parse_level};
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
 use crate::domain::customer::FieldSet;
+use crate::domain::error::{Error, Result};
 use crate::domain::visibility::AccessLevel;
 use crate::domain::{OrgRef, Slug};
-use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {

@@ -26,8 +26,8 @@ use uuid::Uuid;
 use sqlx::any::AnyExecutor;
 
 use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
+use crate::domain::error::Result;
 use crate::domain::event::type_matches;
-use crate::error::Result;
 
 /// A webhook endpoint as stored.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ const ENDPOINT_COLUMNS: &str = "id, organization_id, url, description, event_typ
      create_time, update_time, revision";
 
 impl TryFrom<EndpointRow> for Endpoint {
-    type Error = crate::error::Error;
+    type Error = crate::domain::error::Error;
 
     fn try_from(r: EndpointRow) -> Result<Self> {
         Ok(Endpoint {
@@ -160,6 +160,17 @@ pub struct Delivery {
     pub state: String,
     pub attempts: i64,
     pub next_attempt_time: i64,
+}
+
+/// What recording an attempt did.
+#[derive(Debug)]
+pub struct RecordedAttempt {
+    /// The result came after its lease had passed to another worker (whose result
+    /// stands), and was dropped.
+    pub late: bool,
+    /// The endpoint, if this attempt disabled it: its receiver answered 410, or every
+    /// attempt has failed for `disable_after`.
+    pub disabled: Option<Endpoint>,
 }
 
 /// What one attempt came to.
@@ -906,17 +917,17 @@ impl Tx {
         Ok(done.rows_affected())
     }
 
-    /// Writes an attempt's outcome, releases the lease and updates the endpoint's
-    /// health. Returns the endpoint if this attempt disabled it: its receiver answered
-    /// 410, or every attempt has failed for `disable_after`.
     /// Records successful attempts together: one update of their deliveries, one
     /// multi-row insert of the attempts and one health update per endpoint (the
     /// webhook worker's common case, in a fraction of [`Tx::record_attempt`]'s
     /// statements each). A delivery whose endpoint was deleted meanwhile is skipped.
+    /// Returns how many results came late: their lease had passed to another worker,
+    /// whose result stands.
     pub async fn record_successes(
         &mut self,
         done: &[(ClaimedDelivery, AttemptRecord)],
-    ) -> Result<()> {
+    ) -> Result<usize> {
+        let mut late = 0;
         /// Rows per multi-row INSERT (12 parameters each).
         const CHUNK: usize = 50;
         for chunk in done.chunks(CHUNK) {
@@ -954,7 +965,7 @@ impl Tx {
                 .map(|(d, _)| d)
                 .filter(|d| !kept.contains(&d.id))
                 .collect();
-            self.count_lost_leases(&missed).await?;
+            late += self.count_lost_leases(&missed).await?;
             let rows: Vec<&(ClaimedDelivery, AttemptRecord)> =
                 chunk.iter().filter(|(d, _)| kept.contains(&d.id)).collect();
             if rows.is_empty() {
@@ -982,7 +993,7 @@ impl Tx {
                 }
             }
         }
-        Ok(())
+        Ok(late)
     }
 
     /// Gives a claimed delivery back unattempted (the hub is stopping): due at once
@@ -1001,7 +1012,8 @@ impl Tx {
 
     /// Counts the deliveries of `missed` that still exist: their lease passed to
     /// another worker, whose result stands. (One that is gone went with its endpoint.)
-    async fn count_lost_leases(&mut self, missed: &[&ClaimedDelivery]) -> Result<()> {
+    async fn count_lost_leases(&mut self, missed: &[&ClaimedDelivery]) -> Result<usize> {
+        let mut lost = 0;
         for d in missed {
             let exists: Option<(String,)> =
                 sqlx::query_as("SELECT id FROM webhook_deliveries WHERE id = $1")
@@ -1009,10 +1021,10 @@ impl Tx {
                     .fetch_optional(self.conn())
                     .await?;
             if exists.is_some() {
-                crate::metrics::metrics().late_result("webhooks");
+                lost += 1;
             }
         }
-        Ok(())
+        Ok(lost)
     }
 
     /// Inserts attempts (at most 50, 12 parameters each) in one statement.
@@ -1050,12 +1062,14 @@ impl Tx {
         Ok(())
     }
 
+    /// Writes an attempt's outcome, releases the lease and updates the endpoint's
+    /// health.
     pub async fn record_attempt(
         &mut self,
         d: &ClaimedDelivery,
         a: &AttemptRecord,
         disable_after: SignedDuration,
-    ) -> Result<Option<Endpoint>> {
+    ) -> Result<RecordedAttempt> {
         let state = match a.outcome() {
             "succeeded" => "succeeded",
             "retrying" => "pending",
@@ -1075,10 +1089,31 @@ impl Tx {
         if updated.rows_affected() == 0 {
             // Another worker took the delivery over, or the endpoint was deleted
             // meanwhile (and its queue with it).
-            self.count_lost_leases(&[d]).await?;
-            return Ok(None);
+            let late = self.count_lost_leases(&[d]).await? > 0;
+            return Ok(RecordedAttempt {
+                late,
+                disabled: None,
+            });
         }
         self.insert_attempts([(d, a)]).await?;
+        let disabled = self
+            .endpoint_health_after(d, a, state, disable_after)
+            .await?;
+        Ok(RecordedAttempt {
+            late: false,
+            disabled,
+        })
+    }
+
+    /// Updates the endpoint's health after an attempt on `d`; returns the endpoint if
+    /// the attempt disabled it.
+    async fn endpoint_health_after(
+        &mut self,
+        d: &ClaimedDelivery,
+        a: &AttemptRecord,
+        state: &str,
+        disable_after: SignedDuration,
+    ) -> Result<Option<Endpoint>> {
         if a.succeeded {
             sqlx::query(
                 "UPDATE webhook_endpoints SET consecutive_failures = 0, last_success_time = $1, \

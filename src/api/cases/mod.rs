@@ -16,18 +16,20 @@ use uuid::Uuid;
 use super::convert::{check_etag, parse_timestamp};
 use super::customers::visible_in;
 use super::write::idempotent;
-use super::{Caller, Hub, names};
+use super::{Caller, Hub};
+use crate::domain::case::sla::SlaClock;
+use crate::domain::case::workflow::{Refusal, Template};
 use crate::domain::case::{
     self, Case, CommentVisibility, HistoryEntry, MAX_ESCALATION_CONTACTS, MAX_PARTICIPANTS,
     Participant, Priority, Task, TaskAction, TaskState,
 };
+use crate::domain::customer::RecordState;
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::event::EventType;
 use crate::domain::filter::{self, Comparison, Op};
-use crate::domain::sla::SlaClock;
+use crate::domain::names;
 use crate::domain::text::required;
-use crate::domain::visibility::RecordState;
-use crate::domain::workflow::{Refusal, Template};
 use crate::domain::{OrgRef, Scope, Slug};
-use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::pb::{self, case_service_server::CaseService};
 use crate::store::{CaseQuery, Timer, TimerKind, Tx};
 use show::{
@@ -535,14 +537,15 @@ impl CaseService for CaseApi {
                     revision: 1,
                 };
                 insert_case(tx, &case, template).await?;
-                let mut entry = HistoryEntry::new(&id, "case.opened", Some(org.clone()), now);
+                let mut entry =
+                    HistoryEntry::new(&id, EventType::CaseOpened, Some(org.clone()), now);
                 entry.to_state.clone_from(&case.state);
                 tx.insert_case_history(&entry).await?;
                 tell_case(
                     tx,
                     &case,
                     Some(template),
-                    "case.opened",
+                    EventType::CaseOpened,
                     &[],
                     &HashMap::new(),
                     now,
@@ -666,7 +669,8 @@ impl CaseService for CaseApi {
                 let (name, from, to) = (t.name.clone(), case.state.clone(), t.to.clone());
                 case.fields = merged;
                 case.enter_state(template, &to, now);
-                let mut entry = HistoryEntry::new(&id, "case.transitioned", Some(org.clone()), now);
+                let mut entry =
+                    HistoryEntry::new(&id, EventType::CaseTransitioned, Some(org.clone()), now);
                 entry.transition = name;
                 entry.from_state = from;
                 entry.to_state = to;
@@ -732,7 +736,8 @@ impl CaseService for CaseApi {
                 {
                     return Err(Error::NotFound(format!("member {:?}", request.member)));
                 }
-                let mut entry = HistoryEntry::new(&id, "case.commented", Some(org.clone()), now);
+                let mut entry =
+                    HistoryEntry::new(&id, EventType::CaseCommented, Some(org.clone()), now);
                 entry.body.clone_from(&body);
                 entry.visibility = visibility;
                 entry.member_id.clone_from(&member_id);
@@ -801,7 +806,7 @@ impl CaseService for CaseApi {
                 });
                 case.update_time = now;
                 let mut entry =
-                    HistoryEntry::new(&id, "case.participant_added", Some(org.clone()), now);
+                    HistoryEntry::new(&id, EventType::CaseParticipantAdded, Some(org.clone()), now);
                 entry.subject.clone_from(&input.organization);
                 entry.body.clone_from(&input.role);
                 record_change(tx, &mut case, template, &entry, &[], now).await?;
@@ -867,8 +872,12 @@ impl CaseService for CaseApi {
                 let prefix = format!("{}/", names::organization(&gone.slug));
                 case.escalation_contacts.retain(|m| !m.starts_with(&prefix));
                 case.update_time = now;
-                let mut entry =
-                    HistoryEntry::new(&id, "case.participant_removed", Some(org.clone()), now);
+                let mut entry = HistoryEntry::new(
+                    &id,
+                    EventType::CaseParticipantRemoved,
+                    Some(org.clone()),
+                    now,
+                );
                 entry.subject.clone_from(&request.organization);
                 record_change(
                     tx,
@@ -1027,11 +1036,11 @@ impl CaseService for CaseApi {
                     tx.wake_timers();
                 }
                 let mut entry =
-                    HistoryEntry::new(&case_id, "task.assigned", Some(org.clone()), now);
+                    HistoryEntry::new(&case_id, EventType::TaskAssigned, Some(org.clone()), now);
                 entry.subject = show::task_name(&case_id, &task.id);
                 entry.body.clone_from(&task.title);
                 tx.insert_case_history(&entry).await?;
-                tell_task(tx, &case, &task, "task.assigned");
+                tell_task(tx, &case, &task, EventType::TaskAssigned);
                 Ok(task_to_pb(&task))
             },
         )

@@ -6,16 +6,16 @@ use std::collections::HashMap;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::super::convert::{etag, timestamp};
-use super::super::customers::customer_to_pb;
-use super::super::fanout::{Draft, emit};
-use super::super::names;
 use crate::domain::OrgRef;
+use crate::domain::case::sla::Phase;
+use crate::domain::case::workflow::{FieldKind, Template};
 use crate::domain::case::{Case, CommentVisibility, HistoryEntry, Priority, Task, TaskState};
-use crate::domain::event::EVENT_TYPES;
-use crate::domain::sla::Phase;
-use crate::domain::workflow::{FieldKind, Template};
-use crate::error::Result;
+use crate::domain::error::Result;
+use crate::domain::event::EventType;
+use crate::domain::names;
+use crate::feed::draft::{Draft, emit};
+use crate::feed::render::customer_to_pb;
+use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, event::Payload};
 use crate::store::{SeenCustomer, Timer, TimerKind, Tx};
 
@@ -265,7 +265,7 @@ pub async fn tell_case(
     tx: &mut Tx,
     c: &Case,
     template: Option<&Template>,
-    event_type: &str,
+    event_type: EventType,
     also: &[OrgRef],
     escalate: &HashMap<String, Vec<String>>,
     now: Timestamp,
@@ -286,7 +286,7 @@ pub fn tell_comment(tx: &mut Tx, c: &Case, entry: &HistoryEntry) {
     for org in audience(c, &[]) {
         if entry.visible_to(&org.id) {
             let mut draft = Draft::new(
-                "case.commented",
+                EventType::CaseCommented,
                 case_name(&c.id),
                 Payload::CaseHistoryEntry(pb.clone()),
             );
@@ -297,7 +297,7 @@ pub fn tell_comment(tx: &mut Tx, c: &Case, entry: &HistoryEntry) {
 }
 
 /// Tells every participant of a change to a task.
-pub fn tell_task(tx: &mut Tx, c: &Case, task: &Task, event_type: &str) {
+pub fn tell_task(tx: &mut Tx, c: &Case, task: &Task, event_type: EventType) {
     let pb = task_to_pb(task);
     for org in audience(c, &[]) {
         emit(
@@ -319,13 +319,13 @@ pub fn schedule(c: &Case, template: &Template) -> (Vec<Timer>, Option<Timestamp>
             earliest = Some(earliest.map_or(due, |e| e.min(due)));
         }
         match clock.next_due(hours) {
-            Some(crate::domain::sla::Due::Warning(at)) => timers.push(Timer {
+            Some(crate::domain::case::sla::Due::Warning(at)) => timers.push(Timer {
                 case_id: c.id.clone(),
                 kind: TimerKind::SlaWarning,
                 subject: clock.policy.clone(),
                 due_time: at,
             }),
-            Some(crate::domain::sla::Due::Breach(at)) => timers.push(Timer {
+            Some(crate::domain::case::sla::Due::Breach(at)) => timers.push(Timer {
                 case_id: c.id.clone(),
                 kind: TimerKind::SlaBreach,
                 subject: clock.policy.clone(),
@@ -418,13 +418,10 @@ pub async fn record_change(
 ) -> Result<()> {
     let expected = c.revision;
     if !save_case(tx, c, template, expected, true).await? {
-        return Err(crate::error::Error::StaleEtag(case_name(&c.id)));
+        return Err(crate::domain::error::Error::StaleEtag(case_name(&c.id)));
     }
     tx.insert_case_history(entry).await?;
-    let event_type = EVENT_TYPES
-        .iter()
-        .find(|t| **t == entry.kind)
-        .copied()
+    let event_type = EventType::parse(&entry.kind)
         .ok_or_else(|| anyhow::anyhow!("{} is not an event type", entry.kind))?;
     tell_case(
         tx,

@@ -13,10 +13,11 @@ use jiff::Timestamp;
 
 use super::show::{record_change, save_case, task_name, tell_case, tell_task};
 use crate::api::Hub;
-use crate::api::names;
 use crate::domain::case::HistoryEntry;
-use crate::domain::sla::Phase;
-use crate::error::{Error, Result};
+use crate::domain::case::sla::Phase;
+use crate::domain::error::{Error, Result};
+use crate::domain::event::EventType;
+use crate::domain::names;
 use crate::store::{Timer, TimerKind, Worker};
 
 /// Timers taken per look; the rest wait for the next one, a moment later.
@@ -89,7 +90,6 @@ impl CaseTimers {
                 case.template
             ))
         })?;
-        let mut entry = HistoryEntry::new(&case.id, "", None, now);
         match timer.kind {
             TimerKind::SlaWarning | TimerKind::SlaBreach => {
                 let warning = timer.kind == TimerKind::SlaWarning;
@@ -111,11 +111,11 @@ impl CaseTimers {
                 let revision = case.revision;
                 save_case(&mut tx, &mut case, template, revision, false).await?;
                 let event_type = if warning {
-                    "case.sla_warning"
+                    EventType::CaseSlaWarning
                 } else {
-                    "case.sla_breached"
+                    EventType::CaseSlaBreached
                 };
-                entry.kind = event_type.into();
+                let mut entry = HistoryEntry::new(&case.id, event_type, None, now);
                 entry.subject.clone_from(&timer.subject);
                 let escalate = if warning {
                     HashMap::new()
@@ -133,7 +133,7 @@ impl CaseTimers {
                     now,
                 )
                 .await?;
-                tracing::info!(case = %case.id, policy = %timer.subject, event_type, "SLA timer fired");
+                tracing::info!(case = %case.id, policy = %timer.subject, %event_type, "SLA timer fired");
             }
             TimerKind::TaskOverdue => {
                 let Some(mut task) = tx.task(&case.id, &timer.subject).await? else {
@@ -145,10 +145,10 @@ impl CaseTimers {
                 task.overdue = true;
                 task.update_time = now;
                 tx.update_task(&task).await?;
-                entry.kind = "task.overdue".into();
+                let mut entry = HistoryEntry::new(&case.id, EventType::TaskOverdue, None, now);
                 entry.subject = task_name(&case.id, &task.id);
                 tx.insert_case_history(&entry).await?;
-                tell_task(&mut tx, &case, &task, "task.overdue");
+                tell_task(&mut tx, &case, &task, EventType::TaskOverdue);
             }
             TimerKind::Automatic => {
                 let fired = template
@@ -160,7 +160,7 @@ impl CaseTimers {
                 };
                 let from = case.state.clone();
                 case.enter_state(template, &to, now);
-                entry.kind = "case.transitioned".into();
+                let mut entry = HistoryEntry::new(&case.id, EventType::CaseTransitioned, None, now);
                 entry.transition.clone_from(&timer.subject);
                 entry.from_state = from;
                 entry.to_state = to;
@@ -175,7 +175,7 @@ impl CaseTimers {
 /// participants, as member ids by organization id.
 fn escalation(
     case: &crate::domain::case::Case,
-    template: &crate::domain::workflow::Template,
+    template: &crate::domain::case::workflow::Template,
 ) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for contact in template

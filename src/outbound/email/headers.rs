@@ -5,7 +5,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use lettre::message::header::{HeaderName, HeaderValue};
 
-use super::MAX_SUBJECT;
+/// Longest subject, in characters.
+pub(super) const MAX_SUBJECT: usize = 180;
 
 /// UTF-8 bytes per RFC 2047 encoded word: 52 base64 characters make a 64-character
 /// word, so even the first line (`Subject: ` and one word) stays within the 76

@@ -21,7 +21,7 @@ use rustls_pki_types::pem::PemObject as _;
 use serde::Serialize;
 use tracing::Instrument;
 
-use self::headers::{header_text, is_message_id, message_id, subject_header};
+use self::headers::{MAX_SUBJECT, header_text, is_message_id, message_id, subject_header};
 use self::wording::{
     MemberView, Names, Thread, ThreadView, by_thread, latest, organizations_in, thread_view,
 };
@@ -29,8 +29,9 @@ use super::Shutdown;
 
 use crate::config::{EmailConfig, SmtpConfig};
 use crate::domain::Member;
+use crate::domain::error::Result;
+use crate::domain::event::EventType;
 use crate::domain::notify::Clock;
-use crate::error::Result;
 use crate::pb::{self, event::Payload};
 use crate::store::{EmailOutcome, EmailToSend, NewEmail, PendingNotification, Store, Tx, Worker};
 
@@ -53,8 +54,6 @@ const SETTLE: SignedDuration = SignedDuration::from_secs(2);
 const LEASE: SignedDuration = SignedDuration::from_secs(120);
 /// Emails and threads handled per pass.
 const BATCH: usize = 32;
-/// Longest subject, in characters.
-const MAX_SUBJECT: usize = 180;
 
 /// Where emails go: an SMTP server, or `.eml` files in a directory.
 #[derive(Clone)]
@@ -327,9 +326,13 @@ impl EmailWorker {
                 EmailOutcome::Retry { .. } => "retrying",
                 EmailOutcome::Dead { .. } => "dead",
             });
-            self.store
+            let late = self
+                .store
                 .record_email(email, &outcome, self.clock.now())
                 .await?;
+            if late {
+                crate::metrics::metrics().late_result("email");
+            }
             tokio::select! {
                 () = tokio::time::sleep(pace) => {}
                 () = shutdown.stop.cancelled() => {}
@@ -410,19 +413,18 @@ impl EmailWorker {
         let tz = TimeZone::get(member.time_zone.as_str()).unwrap_or(TimeZone::UTC);
         let rendered = self.render(&member, &names, &threads, &tz, thread.is_some())?;
         let message_id = message_id(&email_id, self.from.email.domain());
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(Mailbox::new(
-                Some(header_text(member.display_name.as_str(), 100)),
-                member
-                    .email
-                    .as_str()
-                    .parse()
-                    .map_err(|e| crate::error::Error::Internal(anyhow::anyhow!("{e}")))?,
-            ))
-            .raw_header(subject_header(&rendered.subject))
-            .message_id(Some(message_id.clone()))
-            .date(now.into());
+        let mut builder =
+            Message::builder()
+                .from(self.from.clone())
+                .to(Mailbox::new(
+                    Some(header_text(member.display_name.as_str(), 100)),
+                    member.email.as_str().parse().map_err(|e| {
+                        crate::domain::error::Error::Internal(anyhow::anyhow!("{e}"))
+                    })?,
+                ))
+                .raw_header(subject_header(&rendered.subject))
+                .message_id(Some(message_id.clone()))
+                .date(now.into());
         if let Some(thread) = thread {
             // Every email of a thread replies to its first one, so mail clients show
             // one conversation per case or customer. Only ids this worker made are
@@ -441,7 +443,7 @@ impl EmailWorker {
                 rendered.text,
                 rendered.html,
             ))
-            .map_err(|e| crate::error::Error::Internal(anyhow::anyhow!("{e}")))?;
+            .map_err(|e| crate::domain::error::Error::Internal(anyhow::anyhow!("{e}")))?;
         tx.insert_email(
             &NewEmail {
                 id: &email_id,
@@ -480,7 +482,7 @@ impl EmailWorker {
             email: member.email.as_str().to_owned(),
         };
         let organization = names.organization(&names.own);
-        let internal = |e: anyhow::Error| crate::error::Error::Internal(e);
+        let internal = |e: anyhow::Error| crate::domain::error::Error::Internal(e);
         match (immediate, threads.first()) {
             (true, Some(t)) => {
                 let context = minijinja::context! {
@@ -591,7 +593,7 @@ async fn names(
     slugs.dedup();
     names.organizations = tx.organization_names(&slugs).await?;
     let transitions: Vec<(String, String, String)> = events()
-        .filter(|e| e.r#type == "case.transitioned")
+        .filter(|e| e.r#type == EventType::CaseTransitioned.as_str())
         .filter_map(|e| match &e.payload {
             Some(Payload::Case(c)) => Some((
                 c.name.strip_prefix("cases/")?.to_owned(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use jiff::{Timestamp, tz::TimeZone};
 use serde::Serialize;
 
+use crate::domain::event::EventType;
 use crate::domain::visibility::CustomerView;
 use crate::pb::{self, event::Payload};
 use crate::store::PendingNotification;
@@ -293,7 +294,7 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
         Some(a) => (format!("{what} by {a}"), true),
         None => (what.to_owned(), false),
     };
-    let kind = event.r#type.as_str();
+    let kind = EventType::parse(&event.r#type);
     let mut details = vec![];
     let (summary, names_actor) = match &event.payload {
         Some(Payload::Case(c)) => {
@@ -305,10 +306,10 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
                 details.push(Detail::new("Comment", comment.clone()));
             }
             match kind {
-                "case.opened" => by("Case opened"),
-                "case.transitioned" => by(&format!("Moved to {}", words(&c.state))),
-                "case.sla_warning" => ("SLA warning".to_owned(), false),
-                "case.sla_breached" => ("SLA breached".to_owned(), false),
+                Some(EventType::CaseOpened) => by("Case opened"),
+                Some(EventType::CaseTransitioned) => by(&format!("Moved to {}", words(&c.state))),
+                Some(EventType::CaseSlaWarning) => ("SLA warning".to_owned(), false),
+                Some(EventType::CaseSlaBreached) => ("SLA breached".to_owned(), false),
                 _ => by(&generic_summary(event)),
             }
         }
@@ -326,9 +327,9 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
                 details.push(Detail::new("Note", t.completion_note.clone()));
             }
             let (what, names_actor) = match kind {
-                "task.assigned" => (format!("Task assigned to {assignee}"), false),
-                "task.overdue" => ("Task overdue".to_owned(), false),
-                _ => by(&capitalized(&kind.replace('.', " "))),
+                Some(EventType::TaskAssigned) => (format!("Task assigned to {assignee}"), false),
+                Some(EventType::TaskOverdue) => ("Task overdue".to_owned(), false),
+                _ => by(&capitalized(&event.r#type.replace('.', " "))),
             };
             (format!("{what}: {}", t.title), names_actor)
         }
@@ -360,7 +361,7 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
                 details.push(Detail::new("Reason", p.state_reason.clone()));
             }
             match kind {
-                "partnership.proposed" => (
+                Some(EventType::PartnershipProposed) => (
                     format!(
                         "Partnership proposed by {}",
                         names.organization(&p.proposer)
@@ -387,7 +388,7 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
                 details.push(Detail::new("Reason", r.reason.clone()));
             }
             match kind {
-                "access_request.created" => (
+                Some(EventType::AccessRequestCreated) => (
                     format!("Access requested by {}", names.organization(&r.requester)),
                     true,
                 ),
@@ -424,7 +425,7 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
             details.push(Detail::new("Reason", e.disabled_reason.clone()));
             // The changed fields (`enabled, disabled_reason`) say nothing the summary
             // and the reason do not.
-            (capitalized(&kind.replace(['.', '_'], " ")), false)
+            (capitalized(&event.r#type.replace(['.', '_'], " ")), false)
         }
         _ => (generic_summary(event), false),
     };

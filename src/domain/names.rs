@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use crate::domain::Slug;
-use crate::error::FieldViolation;
+use crate::domain::error::FieldViolation;
 
 pub fn organization(slug: &Slug) -> String {
     format!("organizations/{slug}")

@@ -5,8 +5,9 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::calendar::Hours;
+use super::priority::Priority;
 use super::workflow::{SlaPolicy, Template};
+use crate::domain::calendar::Hours;
 
 /// Where a clock stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ impl SlaClock {
     /// target for the priority have none).
     pub fn start_all(
         template: &Template,
-        priority: super::case::Priority,
+        priority: Priority,
         state: &str,
         now: Timestamp,
     ) -> Vec<SlaClock> {
@@ -175,8 +176,7 @@ impl SlaClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::case::Priority;
-    use crate::domain::workflow::Workflows;
+    use crate::domain::case::workflow::Workflows;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_pause_moves_the_deadline_by_the_paused_time() {
-        let w = Workflows::load(&[]).unwrap();
+        let w = Workflows::built_in();
         let sc = w.get("service_case").unwrap();
         let opened = t("2026-01-05T10:00:00Z");
         let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
@@ -335,7 +335,7 @@ mod tests {
             warn_at_percent = 50
             stop_states = ["done"]
         "#;
-        let tpl = crate::domain::workflow::Template::from_toml(text).unwrap();
+        let tpl = crate::domain::case::workflow::Template::from_toml(text).unwrap();
         // Opened Friday 27 March 2026 at 13:00 CET (12:00 UTC); clocks go forward on
         // Sunday. 4 h used on Friday (warning at 17:00 CET = 16:00 UTC), the other 4
         // on Monday from 09:00 CEST (07:00 UTC): breach at 11:00 UTC.

@@ -5,11 +5,18 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
-use super::OrgRef;
-use super::sla::SlaClock;
-use super::text;
-use super::workflow::Template;
-use crate::error::FieldViolation;
+pub mod priority;
+pub mod sla;
+pub mod workflow;
+
+use self::sla::SlaClock;
+use self::workflow::Template;
+use crate::domain::OrgRef;
+use crate::domain::error::FieldViolation;
+use crate::domain::event::EventType;
+use crate::domain::text;
+
+pub use self::priority::Priority;
 
 /// Longest case or task title.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -29,35 +36,6 @@ pub fn title(raw: &str) -> Result<String, FieldViolation> {
 /// of lines, trimmed; may be empty (chain [`text::required`] where it must be given).
 pub fn body(raw: &str) -> Result<String, FieldViolation> {
     text::paragraph(raw, MAX_BODY_CHARS)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
-    Low,
-    Normal,
-    High,
-    Urgent,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
-            Priority::Urgent => "urgent",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Priority> {
-        Some(match raw {
-            "low" => Priority::Low,
-            "normal" => Priority::Normal,
-            "high" => Priority::High,
-            "urgent" => Priority::Urgent,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,11 +143,16 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     /// An entry every participant reads, with no details yet.
-    pub fn new(case_id: &str, kind: &str, organization: Option<OrgRef>, now: Timestamp) -> Self {
+    pub fn new(
+        case_id: &str,
+        kind: EventType,
+        organization: Option<OrgRef>,
+        now: Timestamp,
+    ) -> Self {
         Self {
             id: uuid::Uuid::now_v7().to_string(),
             case_id: case_id.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             organization,
             member_id: None,
             transition: String::new(),
@@ -225,11 +208,11 @@ pub enum TaskAction {
 }
 
 impl TaskAction {
-    pub fn event_type(&self) -> &'static str {
+    pub fn event_type(&self) -> EventType {
         match self {
-            TaskAction::Accept => "task.accepted",
-            TaskAction::Decline { .. } => "task.declined",
-            TaskAction::Complete { .. } => "task.completed",
+            TaskAction::Accept => EventType::TaskAccepted,
+            TaskAction::Decline { .. } => EventType::TaskDeclined,
+            TaskAction::Complete { .. } => EventType::TaskCompleted,
         }
     }
 }
@@ -345,8 +328,8 @@ mod tests {
 
     #[test]
     fn entering_a_state_moves_the_case_and_its_sla_clocks() {
-        use crate::domain::sla::Phase;
-        let workflows = crate::domain::workflow::Workflows::load(&[]).unwrap();
+        use crate::domain::case::sla::Phase;
+        let workflows = crate::domain::case::workflow::Workflows::built_in();
         let template = workflows.get("service_case").unwrap();
         let opened: Timestamp = "2026-01-05T10:00:00Z".parse().unwrap();
         let clocks = SlaClock::start_all(template, Priority::High, "new", opened);
@@ -373,7 +356,7 @@ mod tests {
     #[test]
     fn an_organization_only_comment_is_read_by_its_author_alone() {
         let now = Timestamp::UNIX_EPOCH;
-        let mut entry = HistoryEntry::new("k", "case.commented", Some(org("o1")), now);
+        let mut entry = HistoryEntry::new("k", EventType::CaseCommented, Some(org("o1")), now);
         assert!(entry.visible_to("o1") && entry.visible_to("o2"));
         entry.visibility = CommentVisibility::Organization;
         assert!(entry.visible_to("o1"));
@@ -424,8 +407,8 @@ mod tests {
             ),
         ];
         for (action, event_type) in actions {
-            assert_eq!(action.event_type(), event_type);
-            assert!(crate::domain::event::EVENT_TYPES.contains(&event_type));
+            assert_eq!(action.event_type().as_str(), event_type);
+            assert_eq!(EventType::parse(event_type), Some(action.event_type()));
         }
     }
 

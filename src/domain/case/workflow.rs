@@ -9,10 +9,10 @@ use jiff::SignedDuration;
 use jiff::civil::Date;
 use serde::Deserialize;
 
-use super::calendar::{Calendar, Hours};
-use super::case::Priority;
-use super::text::{self, Lines};
-use crate::error::FieldViolation;
+use super::priority::Priority;
+use crate::domain::calendar::{Calendar, Hours};
+use crate::domain::error::FieldViolation;
+use crate::domain::text::{self, Lines};
 
 /// The templates compiled into the hub.
 const BUILT_IN: &[(&str, &str)] = &[
@@ -576,9 +576,15 @@ pub struct Workflows {
 }
 
 impl Workflows {
-    /// The built-in templates, then each file in `paths` (a file naming a built-in
-    /// template replaces it). Every problem in every file is reported.
-    pub fn load(paths: &[String]) -> Result<Workflows, String> {
+    /// The built-in templates alone.
+    pub fn built_in() -> Workflows {
+        Workflows::with_files(vec![]).expect("built-in templates are valid")
+    }
+
+    /// The built-in templates, then each file's template, given as its path and what
+    /// reading it gave (a file naming a built-in template replaces it). Every problem
+    /// in every file is reported, by path.
+    pub fn with_files(files: Vec<(String, std::io::Result<String>)>) -> Result<Workflows, String> {
         let mut templates = BTreeMap::new();
         for (name, text) in BUILT_IN {
             let raw: RawTemplate =
@@ -589,8 +595,8 @@ impl Workflows {
         }
         let mut problems = vec![];
         let mut from_files = HashSet::new();
-        for path in paths {
-            let text = match std::fs::read_to_string(path) {
+        for (path, read) in files {
+            let text = match read {
                 Ok(t) => t,
                 Err(e) => {
                     problems.push(format!("workflow template {path}: cannot read it: {e}"));
@@ -629,7 +635,7 @@ mod tests {
     use super::*;
 
     fn built_in() -> Workflows {
-        Workflows::load(&[]).expect("built-in templates are valid")
+        Workflows::built_in()
     }
 
     fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -770,7 +776,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("tiny.toml");
         std::fs::write(&good, MINIMAL).unwrap();
-        let w = Workflows::load(&[good.display().to_string()]).unwrap();
+        let read =
+            |path: &std::path::Path| (path.display().to_string(), std::fs::read_to_string(path));
+        let w = Workflows::with_files(vec![read(&good)]).unwrap();
         assert!(w.get("tiny").is_some() && w.get("service_case").is_some());
         assert!(!w.get("tiny").unwrap().built_in);
         let bad = dir.path().join("bad.toml");
@@ -779,7 +787,10 @@ mod tests {
             MINIMAL.replace("roles = [\"vendor\"]\n", "roles = []\n"),
         )
         .unwrap();
-        let err = Workflows::load(&[bad.display().to_string()]).unwrap_err();
+        let err = Workflows::with_files(vec![read(&bad)]).unwrap_err();
         assert!(err.contains("bad.toml"), "{err}");
+        let missing = dir.path().join("missing.toml");
+        let err = Workflows::with_files(vec![read(&missing)]).unwrap_err();
+        assert!(err.contains("missing.toml: cannot read it"), "{err}");
     }
 }

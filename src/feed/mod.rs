@@ -1,0 +1,8 @@
+//! Events: a change becomes one event per organization that may see it (the draft and
+//! its audience), rendered as protobuf for the feed and as JSON for webhooks.
+//! Called inside the change's transaction; below the API, above the store.
+
+pub mod customers;
+pub mod draft;
+pub mod json;
+pub mod render;
