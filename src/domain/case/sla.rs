@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn the_warning_time_is_when_it_fired_or_will_fire_while_running() {
-        let w = Workflows::load(&[]).unwrap();
+        let w = Workflows::built_in();
         let sc = w.get("service_case").unwrap();
         let hours = Hours::Calendar;
         let opened = t("2026-01-05T10:00:00Z");
@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_met_clock_keeps_the_time_it_was_met() {
-        let w = Workflows::load(&[]).unwrap();
+        let w = Workflows::built_in();
         let sc = w.get("service_case").unwrap();
         let opened = t("2026-01-05T10:00:00Z");
         let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
