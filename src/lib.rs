@@ -1,22 +1,44 @@
 //! Liaison: a collaborative-CRM integration hub.
 //!
-//! - [`domain`] — validated values and state machines; knows nothing of gRPC or SQL.
-//! - [`feed`] — events: who hears of a change, and the event as protobuf and JSON.
-//! - [`store`] — the database (SQLite or PostgreSQL) behind one API.
-//! - [`api`] — the gRPC services, authentication and the edge every RPC passes.
-//! - [`outbound`] — webhook (and later email) workers over the durable delivery queue.
-//! - [`config`] — layered configuration (defaults < file < environment < flags).
-//! - [`startup`] — builds the server from a configuration and runs it until shutdown.
-//! - [`telemetry`] — logging, and trace export over OTLP with the `otlp` feature.
-//! - [`tls`] — TLS and mutual TLS for the gRPC server, reloaded on SIGHUP.
-//! - [`metrics`] — Prometheus metrics and their endpoint.
+//! The code is in layers; every import points down, never up, and no modules import
+//! each other in a circle (`tests/api/architecture.rs` fails the build otherwise):
+//!
+//! ```text
+//! cli        the `liaison` command: argument parsing and printing
+//! startup    builds the hub from a configuration: the one place that wires it all
+//! api        the gRPC services: protobuf in, the rules applied, protobuf out, Status
+//! outbound   webhook and email workers over their durable queues
+//! infra      config, telemetry, metrics, tls
+//! feed       events: who hears of a change, the event as protobuf and as JSON
+//! store      SQL only (SQLite and PostgreSQL behind one API)
+//! domain     pure types and rules: no sqlx, tonic, reqwest, tokio or files
+//! ```
+//!
+//! (The services in `api` still hold their use cases; they move to an `app` layer
+//! between `api` and `feed`, which the architecture test already places.)
+//!
+//! Where a new thing goes:
+//!
+//! - **An RPC**: the message and method in `proto/liaison/v1/`, its handler in the
+//!   service's module under [`api`], its rules (validation, state changes) in
+//!   [`domain`], its SQL in [`store`]; the tenant-matrix test gains a row.
+//! - **An event type**: a variant of [`domain::event::EventType`] with its wire name;
+//!   the compiler then asks where its notification category is
+//!   ([`domain::notify::Category::of`]); emit it through [`feed::draft::emit`] in the
+//!   change's transaction.
+//! - **A table**: a migration in both `migrations/sqlite` and `migrations/postgres`,
+//!   and its queries in the [`store`] module of its table family.
+//!
+//! The modules: [`cli`], [`startup`], [`api`], [`outbound`], [`config`],
+//! [`telemetry`], [`metrics`], [`tls`], [`feed`], [`store`], [`domain`], and [`pb`],
+//! the code generated from the protos.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod feed;
-pub mod import;
 pub mod metrics;
 pub mod outbound;
 pub mod startup;
