@@ -137,6 +137,12 @@ mod tests {
         let reason = |r: Result<String, FieldViolation>| r.unwrap_err().reason();
         assert_eq!(reason(line("a\0b", 10)), "INVALID_TEXT");
         assert_eq!(reason(paragraph("a\0b", 10)), "INVALID_TEXT");
+        // NUL is named as such (PostgreSQL cannot store it at all), not as one more
+        // control character.
+        assert_eq!(
+            paragraph("a\0b", 10).unwrap_err().description,
+            "must not contain NUL characters"
+        );
         assert_eq!(reason(line("a\nb", 10)), "INVALID_TEXT");
         assert_eq!(reason(line("a\tb", 10)), "INVALID_TEXT");
         assert_eq!(paragraph("a\r\nb\tc", 10).unwrap(), "a\nb\tc");
