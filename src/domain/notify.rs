@@ -2,6 +2,7 @@
 //! mode per category (falling back to the organization's defaults, then to the hub's),
 //! the thread an event belongs to, and when a daily digest falls due.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -167,6 +168,119 @@ pub fn next_digest_time(after: Timestamp, time_zone: &str, hour: u8) -> Timestam
     }
 }
 
+/// One committed event, as notification routing sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Notifiable<'a> {
+    pub event_type: EventType,
+    pub resource: &'a str,
+    pub sequence: i64,
+    /// Members told at once whatever their preferences (a breach's escalation
+    /// contacts), by id.
+    pub escalate_to: &'a [String],
+}
+
+impl Notifiable<'_> {
+    /// The category members hear of this event under, if any.
+    pub fn category(&self) -> Option<Category> {
+        Category::of(self.event_type)
+    }
+
+    /// The customer this event is news about, for its followers (customer news only).
+    pub fn followed_customer(&self) -> Option<&str> {
+        if self.category()? != Category::Customers {
+            return None;
+        }
+        let mut parts = self.resource.split('/');
+        match (parts.next(), parts.next()) {
+            (Some("customers"), Some(id)) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// A member of the receiving organization, as routing sees them.
+#[derive(Debug, Clone)]
+pub struct Recipient<'a> {
+    pub member_id: &'a str,
+    pub time_zone: &'a str,
+    /// Mail to the member's address bounced: nothing is queued until it changes.
+    pub bounced: bool,
+    pub preferences: Preferences,
+    /// The customers (by id) the member follows, among those the events are about.
+    pub follows: HashSet<&'a str>,
+}
+
+/// A notification to queue: who hears of which event, how, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed<'a> {
+    pub member_id: &'a str,
+    pub sequence: i64,
+    pub event_type: EventType,
+    pub thread: String,
+    pub mode: Mode,
+    pub due: Timestamp,
+}
+
+/// Who of an organization's members hears of which of its new events, and how: work
+/// the organization did itself is not news to it; customer news reaches only the
+/// customer's followers; a member whose mail bounced hears nothing; an escalation
+/// contact hears at once whatever they chose; otherwise the member's preference for
+/// the category, then the organization's (`defaults`), then at once. Digest news is
+/// due at the member's next digest hour in their time zone.
+pub fn route<'a>(
+    events: &[Notifiable<'_>],
+    own_work: bool,
+    members: &[Recipient<'a>],
+    defaults: &Preferences,
+    now: Timestamp,
+) -> Vec<Routed<'a>> {
+    let mut out = vec![];
+    for event in events {
+        let Some(category) = event.category() else {
+            continue;
+        };
+        if category == Category::Work && own_work {
+            continue;
+        }
+        let thread = thread_key(event.resource);
+        for member in members {
+            if member.bounced {
+                continue;
+            }
+            if category == Category::Customers
+                && !event
+                    .followed_customer()
+                    .is_some_and(|c| member.follows.contains(c))
+            {
+                continue;
+            }
+            let mode = if event.escalate_to.iter().any(|m| m == member.member_id) {
+                Mode::Immediate
+            } else {
+                member.preferences.effective_mode(defaults, category)
+            };
+            let due = match mode {
+                Mode::Off => continue,
+                Mode::Immediate => now,
+                Mode::DailyDigest => next_digest_time(
+                    now,
+                    member.time_zone,
+                    member.preferences.effective_digest_hour(defaults),
+                ),
+            };
+            out.push(Routed {
+                member_id: member.member_id,
+                sequence: event.sequence,
+                event_type: event.event_type,
+                thread: thread.clone(),
+                mode,
+                due,
+            });
+        }
+    }
+    out
+}
+
 /// The time as the email worker sees it. The system clock, shifted by an offset that
 /// tests move forward to reach digest hours and coalescing windows without waiting.
 #[derive(Debug, Clone, Default)]
@@ -291,6 +405,107 @@ mod tests {
         // At the end of time there is no tomorrow.
         let last_day: Timestamp = "9999-12-30T12:00:00Z".parse().unwrap();
         assert_eq!(next_digest_time(last_day, "UTC", 8), Timestamp::MAX);
+    }
+
+    #[test]
+    fn routing_tells_each_member_what_they_asked_for() {
+        let now: Timestamp = "2026-03-28T10:00:00Z".parse().unwrap();
+        let none: &[String] = &[];
+        let contacts = ["m-off".to_owned()];
+        let event = |event_type, resource, sequence, escalate_to| Notifiable {
+            event_type,
+            resource,
+            sequence,
+            escalate_to,
+        };
+        let events = [
+            event(EventType::TaskAssigned, "cases/k1/tasks/t1", 1, none),
+            event(EventType::CaseSlaBreached, "cases/k1", 2, &contacts[..]),
+            event(
+                EventType::InteractionLogged,
+                "customers/c1/interactions/i1",
+                3,
+                none,
+            ),
+            event(EventType::GrantCreated, "customers/c1/grants/g1", 4, none),
+        ];
+        let member = |id, follows: &[&'static str], preferences| Recipient {
+            member_id: id,
+            time_zone: "Asia/Tokyo",
+            bounced: false,
+            preferences,
+            follows: follows.iter().copied().collect(),
+        };
+        let off = Preferences {
+            work: Some(Mode::Off),
+            sla: Some(Mode::Off),
+            customers: Some(Mode::Off),
+            ..Default::default()
+        };
+        let digest = Preferences {
+            work: Some(Mode::DailyDigest),
+            digest_hour: Some(18),
+            ..Default::default()
+        };
+        let members = [
+            member("m-default", &[], Preferences::default()),
+            member("m-follower", &["c1"], Preferences::default()),
+            member("m-off", &["c1"], off),
+            member("m-digest", &[], digest),
+            Recipient {
+                bounced: true,
+                ..member("m-bounced", &["c1"], Preferences::default())
+            },
+        ];
+        let told = |own_work, defaults: &Preferences| -> Vec<(&str, i64, Mode, Timestamp)> {
+            route(&events, own_work, &members, defaults, now)
+                .into_iter()
+                .map(|r| (r.member_id, r.sequence, r.mode, r.due))
+                .collect()
+        };
+        // It is 19:00 in Tokyo: the next 18:00 there is tomorrow's.
+        let evening: Timestamp = "2026-03-29T09:00:00Z".parse().unwrap();
+        use Mode::*;
+        assert_eq!(
+            told(false, &Preferences::default()),
+            [
+                // Work: everyone but those who turned it off or bounced; the digest
+                // member at their digest hour.
+                ("m-default", 1, Immediate, now),
+                ("m-follower", 1, Immediate, now),
+                ("m-digest", 1, DailyDigest, evening),
+                // A breach: the escalation contact hears at once despite "off".
+                ("m-default", 2, Immediate, now),
+                ("m-follower", 2, Immediate, now),
+                ("m-off", 2, Immediate, now),
+                ("m-digest", 2, Immediate, now),
+                // Customer news: followers alone (and not one who turned it off).
+                ("m-follower", 3, Immediate, now),
+                // Grants are not told by email.
+            ]
+        );
+        // Work the organization did itself is not news to it; the rest still is.
+        // The organization's defaults apply to members who chose nothing.
+        let org_digest = Preferences {
+            sla: Some(DailyDigest),
+            ..Default::default()
+        };
+        let thread_of = |own_work| -> Vec<String> {
+            route(&events, own_work, &members, &org_digest, now)
+                .into_iter()
+                .map(|r| format!("{} {} {:?} {}", r.member_id, r.thread, r.mode, r.event_type))
+                .collect()
+        };
+        assert_eq!(
+            thread_of(true),
+            [
+                "m-default cases/k1 DailyDigest case.sla_breached",
+                "m-follower cases/k1 DailyDigest case.sla_breached",
+                "m-off cases/k1 Immediate case.sla_breached",
+                "m-digest cases/k1 DailyDigest case.sla_breached",
+                "m-follower customers/c1 Immediate interaction.logged",
+            ]
+        );
     }
 
     #[test]

@@ -16,8 +16,7 @@ use uuid::Uuid;
 
 use super::{Dialect, Store, Tx, micros, placeholders, timestamp};
 use crate::domain::error::Result;
-use crate::domain::event::EventType;
-use crate::domain::notify::{Category, Mode, Preferences, next_digest_time, thread_key};
+use crate::domain::notify::{self, Category, Mode, Notifiable, Preferences, Recipient};
 use crate::domain::visibility::CustomerView;
 
 /// Values per `IN (…)` list, far below either backend's parameter limit.
@@ -404,55 +403,48 @@ impl Tx {
         Ok(())
     }
 
-    /// Queues a notification for each (event, member) the member's settings ask for.
-    /// Part of [`Tx::commit`]; `events` are (type, resource, sequence).
+    /// Queues the notifications [`notify::route`] decides for an organization's new
+    /// events. Part of [`Tx::commit`]: reads who follows the customers concerned and
+    /// the members and their preferences, then writes one row per notification.
     pub(super) async fn queue_notifications(
         &mut self,
         organization_id: &str,
-        events: &[(&str, &str, i64, &[String])],
+        events: &[Notifiable<'_>],
     ) -> Result<()> {
-        let relevant: Vec<(Category, &str, &str, i64, &[String])> = events
+        let relevant: Vec<Notifiable<'_>> = events
             .iter()
-            .filter_map(|(t, r, s, e)| {
-                EventType::parse(t)
-                    .and_then(Category::of)
-                    .map(|c| (c, *t, *r, *s, *e))
-            })
+            .filter(|e| e.category().is_some())
+            .copied()
             .collect();
         if relevant.is_empty() {
             return Ok(());
         }
-        // Customer news goes to the members following the customer.
-        let customers: HashSet<String> = relevant
+        let customers: HashSet<&str> = relevant
             .iter()
-            .filter(|e| e.0 == Category::Customers)
-            .filter_map(|e| {
-                thread_key(e.2)
-                    .strip_prefix("customers/")
-                    .map(str::to_owned)
-            })
+            .filter_map(Notifiable::followed_customer)
             .collect();
-        let mut followers: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut follows: HashMap<String, HashSet<String>> = HashMap::new();
         if !customers.is_empty() {
-            let ids: Vec<&String> = customers.iter().collect();
             let sql = format!(
                 "SELECT customer_id, member_id FROM member_follows \
                  WHERE organization_id = $1 AND customer_id IN ({})",
-                placeholders(2, ids.len())
+                placeholders(2, customers.len())
             );
             let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(organization_id);
-            for id in ids {
-                query = query.bind(id);
+            for id in &customers {
+                query = query.bind(*id);
             }
             for (customer, member) in query.fetch_all(self.conn()).await? {
-                followers.entry(customer).or_default().insert(member);
+                follows.entry(member).or_default().insert(customer);
             }
         }
-        let others = relevant.iter().any(|e| e.0 != Category::Customers);
-        if !others && followers.is_empty() {
+        let others = relevant
+            .iter()
+            .any(|e| e.category() != Some(Category::Customers));
+        if !others && follows.is_empty() {
             return Ok(());
         }
-        // Work the organization did itself is not news to it.
+        // Whether the events are work the organization did itself.
         let own_work = match self.cause().organization.clone() {
             Some(actor) if others => {
                 let slug = self.org_ref(organization_id).await?.slug;
@@ -477,61 +469,43 @@ impl Tx {
             .map(|r| (r.member_id.as_str(), r.preferences()))
             .collect();
         let defaults = by_member.remove("").unwrap_or_default();
+        let recipients: Vec<Recipient<'_>> = members
+            .iter()
+            .map(|(id, time_zone, bounce)| Recipient {
+                member_id: id,
+                time_zone,
+                bounced: !bounce.is_empty(),
+                preferences: by_member.get(id.as_str()).cloned().unwrap_or_default(),
+                follows: follows
+                    .get(id)
+                    .map(|c| c.iter().map(String::as_str).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
         let now = self.clock.now();
-        let mut queued = false;
-        for (category, event_type, resource, sequence, escalate_to) in &relevant {
-            let thread = thread_key(resource);
-            if *category == Category::Work && own_work {
-                continue;
-            }
-            for (member_id, time_zone, bounce) in &members {
-                if !bounce.is_empty() {
-                    continue;
-                }
-                if *category == Category::Customers {
-                    let id = thread.strip_prefix("customers/").unwrap_or_default();
-                    if !followers.get(id).is_some_and(|m| m.contains(member_id)) {
-                        continue;
-                    }
-                }
-                let mine = by_member
-                    .get(member_id.as_str())
-                    .cloned()
-                    .unwrap_or_default();
-                // An escalation contact hears at once, whatever they chose.
-                let mode = if escalate_to.contains(member_id) {
-                    Mode::Immediate
-                } else {
-                    mine.effective_mode(&defaults, *category)
-                };
-                let (mode, due) = match mode {
-                    Mode::Off => continue,
-                    Mode::Immediate => ("immediate", now),
-                    Mode::DailyDigest => (
-                        "digest",
-                        next_digest_time(now, time_zone, mine.effective_digest_hour(&defaults)),
-                    ),
-                };
-                sqlx::query(
-                    "INSERT INTO notifications (id, organization_id, member_id, sequence, \
-                     event_type, thread_key, mode, due_time, state, email_id, create_time) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', NULL, $9)",
-                )
-                .bind(Uuid::now_v7().to_string())
-                .bind(organization_id)
-                .bind(member_id)
-                .bind(*sequence)
-                .bind(*event_type)
-                .bind(&thread)
-                .bind(mode)
-                .bind(micros(due))
-                .bind(micros(now))
-                .execute(self.conn())
-                .await?;
-                queued = true;
-            }
+        let routed = notify::route(&relevant, own_work, &recipients, &defaults, now);
+        for n in &routed {
+            sqlx::query(
+                "INSERT INTO notifications (id, organization_id, member_id, sequence, \
+                 event_type, thread_key, mode, due_time, state, email_id, create_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', NULL, $9)",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(organization_id)
+            .bind(n.member_id)
+            .bind(n.sequence)
+            .bind(n.event_type.as_str())
+            .bind(&n.thread)
+            .bind(match n.mode {
+                Mode::DailyDigest => "digest",
+                _ => "immediate",
+            })
+            .bind(micros(n.due))
+            .bind(micros(now))
+            .execute(self.conn())
+            .await?;
         }
-        if queued {
+        if !routed.is_empty() {
             self.wake_emails();
         }
         Ok(())

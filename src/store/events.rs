@@ -41,6 +41,8 @@ use tokio::sync::{Notify, watch};
 
 use super::{Dialect, Store, Tx, micros};
 use crate::domain::error::Result;
+use crate::domain::event::EventType;
+use crate::domain::notify::Notifiable;
 
 /// The PostgreSQL channel commits announce new events on.
 const CHANNEL: &str = "liaison_events";
@@ -234,16 +236,17 @@ impl Tx {
             queued |= self
                 .queue_deliveries(&first.organization_id, &deliveries)
                 .await?;
-            let notifiable: Vec<(&str, &str, i64, &[String])> = group
+            // Events of types the hub does not notify of (none today) are skipped.
+            let notifiable: Vec<Notifiable<'_>> = group
                 .iter()
                 .zip(start..)
-                .map(|(e, sequence)| {
-                    (
-                        e.event_type.as_str(),
-                        e.resource.as_str(),
+                .filter_map(|(e, sequence)| {
+                    Some(Notifiable {
+                        event_type: EventType::parse(&e.event_type)?,
+                        resource: &e.resource,
                         sequence,
-                        e.escalate_to.as_slice(),
-                    )
+                        escalate_to: &e.escalate_to,
+                    })
                 })
                 .collect();
             self.queue_notifications(&first.organization_id, &notifiable)
