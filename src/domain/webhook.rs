@@ -60,13 +60,19 @@ impl WebhookSecret {
 
     /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mac = self.mac(id, timestamp, body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// The HMAC-SHA256 of `{id}.{timestamp}.{body}`, before it is finalized.
+    fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        mac
     }
 }
 
@@ -112,14 +118,13 @@ pub fn verify(
     if (now - ts).abs() > TIMESTAMP_TOLERANCE_SECS {
         return Err(VerifyError::Stale(now - ts));
     }
-    let expected = secret.sign(id, ts, body);
+    let mac = secret.mac(id, ts, body);
+    // The HMAC library's own comparison, in constant time.
     let matches = signatures.split_whitespace().any(|candidate| {
-        candidate.len() == expected.len()
-            && candidate
-                .bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        candidate
+            .strip_prefix("v1,")
+            .and_then(|b64| STANDARD.decode(b64).ok())
+            .is_some_and(|tag| mac.clone().verify_slice(&tag).is_ok())
     });
     if matches {
         Ok(())
@@ -344,6 +349,33 @@ mod tests {
             ),
             Err(VerifyError::NoMatch)
         );
+        // The same tag under another scheme, a truncated tag, or one with two bytes
+        // changed (whose differences cancel in an XOR of the bytes) does not match.
+        let tag = STANDARD
+            .decode(signature.strip_prefix("v1,").unwrap())
+            .unwrap();
+        let mut flipped = tag.clone();
+        flipped[0] ^= 1;
+        flipped[1] ^= 1;
+        for wrong in [
+            format!("v2,{}", STANDARD.encode(&tag)),
+            format!("v1,{}", STANDARD.encode(&tag[..31])),
+            format!("v1,{}", STANDARD.encode(&flipped)),
+            "v1,not base64!".to_owned(),
+        ] {
+            assert_eq!(
+                verify(
+                    &secret,
+                    "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                    "1614265330",
+                    &wrong,
+                    body,
+                    1614265330
+                ),
+                Err(VerifyError::NoMatch),
+                "{wrong}"
+            );
+        }
         // Five minutes either way is fine; a second more is stale.
         for now in [1614265330 + 300, 1614265330 - 300] {
             let verified = verify(
