@@ -7,7 +7,7 @@
 //! cli        the `liaison` command: argument parsing and printing
 //! startup    builds the hub from a configuration: the one place that wires it all
 //! api        the gRPC services: protobuf in, the rules applied, protobuf out, Status
-//! outbound   webhook and email workers over their durable queues
+//! outbound   webhook and email workers, the case timers
 //! infra      config, telemetry, metrics, tls
 //! feed       events: who hears of a change, the event as protobuf and as JSON
 //! store      SQL only (SQLite and PostgreSQL behind one API)

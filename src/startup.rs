@@ -15,8 +15,8 @@ use tonic_health::ServingStatus;
 
 use crate::api::edge::EdgeLayer;
 use crate::api::{
-    AdminApi, CaseApi, CaseTimers, CustomerApi, EventApi, Hub, InteractionApi, MemberApi,
-    PartnershipApi, SharingApi, WebhookApi,
+    AdminApi, CaseApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi, PartnershipApi,
+    SharingApi, WebhookApi,
 };
 use crate::config::{Config, redact_url};
 use crate::outbound::Shutdown;
@@ -182,7 +182,8 @@ impl Application {
         let cases = CaseServiceServer::new(CaseApi::new(hub.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let case_timers = CaseTimers::new(hub.clone());
+        let case_timers =
+            crate::outbound::timers::CaseTimers::new(hub.store.clone(), hub.workflows.clone());
 
         let (streams_stop, streams_stopping) = tokio::sync::watch::channel(false);
         let events =

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use admin::AdminApi;
 pub use auth::{Authenticator, Caller};
-pub use cases::{CaseApi, CaseTimers};
+pub use cases::CaseApi;
 pub use customers::{CustomerApi, CustomerSettings};
 pub use events::EventApi;
 pub use interactions::InteractionApi;

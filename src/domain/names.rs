@@ -100,6 +100,18 @@ pub fn parse_partnership(name: &str) -> Result<String, FieldViolation> {
     )
 }
 
+pub fn case(id: &str) -> String {
+    format!("cases/{id}")
+}
+
+pub fn task(case_id: &str, id: &str) -> String {
+    format!("cases/{case_id}/tasks/{id}")
+}
+
+pub fn workflow_template(name: &str) -> String {
+    format!("workflowTemplates/{name}")
+}
+
 pub fn customer(id: &str) -> String {
     format!("customers/{id}")
 }

@@ -2,6 +2,7 @@
 //! its audience), rendered as protobuf for the feed and as JSON for webhooks.
 //! Called inside the change's transaction; below the API, above the store.
 
+pub mod cases;
 pub mod customers;
 pub mod draft;
 pub mod json;

@@ -1,10 +1,14 @@
 //! The protobuf renderings of the hub's resources that events carry (and responses
 //! share, so a resource reads the same in a response and in its event): times, etags,
-//! customers as a viewer sees them, webhook endpoints.
+//! customers as a viewer sees them, cases as a participant sees them, webhook
+//! endpoints.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::domain::Slug;
+use crate::domain::case::sla::Phase;
+use crate::domain::case::workflow::Template;
+use crate::domain::case::{Case, CommentVisibility, HistoryEntry, Priority, Task, TaskState};
 use crate::domain::customer::{CustomerKind, RecordState};
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
@@ -139,5 +143,153 @@ pub fn endpoint_to_pb(org: &Slug, e: &Endpoint) -> pb::WebhookEndpoint {
         ordered: e.ordered,
         failing_since_time: e.failing_since.and_then(timestamp),
         pending_deliveries: 0,
+    }
+}
+
+pub fn priority_to_pb(p: Priority) -> pb::CasePriority {
+    match p {
+        Priority::Low => pb::CasePriority::Low,
+        Priority::Normal => pb::CasePriority::Normal,
+        Priority::High => pb::CasePriority::High,
+        Priority::Urgent => pb::CasePriority::Urgent,
+    }
+}
+
+pub fn duration(d: SignedDuration) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: d.as_secs(),
+        nanos: d.subsec_nanos(),
+    })
+}
+
+/// The case as `viewer` sees it at `now`. `customer` is the viewer's sight of the
+/// case's customer (`None`: no access, so no customer fields).
+pub fn case_to_pb(
+    c: &Case,
+    template: Option<&Template>,
+    viewer_id: &str,
+    customer: Option<&SeenCustomer>,
+    now: Timestamp,
+) -> pb::Case {
+    let roles: Vec<&str> = c
+        .participants
+        .iter()
+        .filter(|p| p.organization.id == viewer_id)
+        .map(|p| p.role.as_str())
+        .collect();
+    let clocks = c
+        .clocks
+        .iter()
+        .map(|clock| {
+            let hours = template.map_or(&crate::domain::calendar::Hours::Calendar, |t| {
+                clock.hours(t)
+            });
+            let (state, met_time) = match clock.phase {
+                Phase::Running { .. } => (pb::SlaClockState::Running, None),
+                Phase::Paused { .. } => (pb::SlaClockState::Paused, None),
+                Phase::Met { at } => (pb::SlaClockState::Met, timestamp(at)),
+            };
+            pb::SlaClock {
+                policy: clock.policy.clone(),
+                state: state as i32,
+                target: duration(clock.target),
+                elapsed: duration(clock.used_at(hours, now)),
+                warn_time: clock.warning_time(hours).and_then(timestamp),
+                due_time: clock.due_time(hours).and_then(timestamp),
+                breach_time: clock.breach_time.and_then(timestamp),
+                met_time,
+                calendar: template
+                    .and_then(|t| t.sla.iter().find(|p| p.name == clock.policy))
+                    .and_then(|p| p.calendar.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    pb::Case {
+        name: names::case(&c.id),
+        template: names::workflow_template(&c.template),
+        state: c.state.clone(),
+        title: c.title.clone(),
+        description: c.description.clone(),
+        priority: priority_to_pb(c.priority) as i32,
+        customer: names::customer(&c.customer_id),
+        customer_view: customer.and_then(|seen| Some(customer_to_pb(seen, seen.access()?))),
+        participants: c
+            .participants
+            .iter()
+            .map(|p| pb::CaseParticipant {
+                organization: names::organization(&p.organization.slug),
+                role: p.role.clone(),
+            })
+            .collect(),
+        fields: c.fields.clone().into_iter().collect(),
+        escalation_contacts: c.escalation_contacts.clone(),
+        sla_clocks: clocks,
+        breached: c.breached(),
+        allowed_transitions: template.map_or(vec![], |t| t.allowed(&c.state, &roles)),
+        opened_by: names::organization(&c.opened_by.slug),
+        create_time: timestamp(c.create_time),
+        update_time: timestamp(c.update_time),
+        state_time: timestamp(c.state_time),
+        closed: template.is_some_and(|t| t.is_final(&c.state)),
+        etag: etag(c.revision),
+    }
+}
+
+pub fn visibility_to_pb(v: CommentVisibility) -> pb::CommentVisibility {
+    match v {
+        CommentVisibility::Participants => pb::CommentVisibility::AllParticipants,
+        CommentVisibility::Organization => pb::CommentVisibility::OwnOrganization,
+    }
+}
+
+pub fn history_to_pb(h: &HistoryEntry) -> pb::CaseHistoryEntry {
+    pb::CaseHistoryEntry {
+        name: format!("cases/{}/history/{}", h.case_id, h.id),
+        kind: h.kind.clone(),
+        organization: h
+            .organization
+            .as_ref()
+            .map(|o| names::organization(&o.slug))
+            .unwrap_or_default(),
+        member: match (&h.organization, &h.member_id) {
+            (Some(o), Some(m)) => names::member(&o.slug, m),
+            _ => String::new(),
+        },
+        create_time: timestamp(h.create_time),
+        transition: h.transition.clone(),
+        from_state: h.from_state.clone(),
+        to_state: h.to_state.clone(),
+        body: h.body.clone(),
+        visibility: visibility_to_pb(h.visibility) as i32,
+        subject: h.subject.clone(),
+    }
+}
+
+pub fn task_to_pb(t: &Task) -> pb::CaseTask {
+    let (state, decline_reason, completion_note) = match &t.state {
+        TaskState::Assigned => (pb::TaskState::Assigned, "", ""),
+        TaskState::Accepted => (pb::TaskState::Accepted, "", ""),
+        TaskState::Declined { reason } => (pb::TaskState::Declined, reason.as_str(), ""),
+        TaskState::Completed { note } => (pb::TaskState::Completed, "", note.as_str()),
+    };
+    pb::CaseTask {
+        name: names::task(&t.case_id, &t.id),
+        title: t.title.clone(),
+        description: t.description.clone(),
+        assignee: names::organization(&t.assignee.slug),
+        assignee_member: t
+            .assignee_member_id
+            .as_ref()
+            .map(|m| names::member(&t.assignee.slug, m))
+            .unwrap_or_default(),
+        due_time: t.due_time.and_then(timestamp),
+        state: state as i32,
+        decline_reason: decline_reason.to_owned(),
+        completion_note: completion_note.to_owned(),
+        overdue: t.overdue,
+        assigned_by: names::organization(&t.assigned_by.slug),
+        create_time: timestamp(t.create_time),
+        update_time: timestamp(t.update_time),
     }
 }

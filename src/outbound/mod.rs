@@ -1,7 +1,9 @@
-//! Delivery machinery: workers that take due deliveries from the store's durable queue
-//! under a lease, send them with no transaction open, and record the outcome.
+//! The hub's workers: webhook deliveries and emails taken from their durable queues
+//! under a lease and sent with no transaction open, and the case timers that fire
+//! SLA warnings, breaches, overdue tasks and automatic transitions when they fall due.
 
 pub mod email;
+pub mod timers;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -13,6 +13,8 @@ use sqlx::{AnyConnection, FromRow};
 
 use super::{Dialect, Page, Store, Tx, corrupt, micros, timestamp};
 use crate::domain::case::sla::{Phase, SlaClock};
+use crate::domain::case::timer::{Timer, TimerKind, schedule};
+use crate::domain::case::workflow::Template;
 use crate::domain::case::{
     Case, CommentVisibility, HistoryEntry, Participant, Priority, Task, TaskState,
 };
@@ -300,47 +302,6 @@ fn task_note(state: &TaskState) -> &str {
         TaskState::Completed { note } => note,
         _ => "",
     }
-}
-
-/// What a timer does when it fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimerKind {
-    SlaWarning,
-    SlaBreach,
-    TaskOverdue,
-    /// A template transition the hub fires itself (a deal's expiry).
-    Automatic,
-}
-
-impl TimerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TimerKind::SlaWarning => "sla_warning",
-            TimerKind::SlaBreach => "sla_breach",
-            TimerKind::TaskOverdue => "task_overdue",
-            TimerKind::Automatic => "automatic",
-        }
-    }
-
-    fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "sla_warning" => TimerKind::SlaWarning,
-            "sla_breach" => TimerKind::SlaBreach,
-            "task_overdue" => TimerKind::TaskOverdue,
-            "automatic" => TimerKind::Automatic,
-            _ => return None,
-        })
-    }
-}
-
-/// A pending timer of a case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Timer {
-    pub case_id: String,
-    pub kind: TimerKind,
-    /// The SLA policy, task id or transition it is about.
-    pub subject: String,
-    pub due_time: Timestamp,
 }
 
 fn case_values(c: &Case) -> Result<(String, String)> {
@@ -756,5 +717,53 @@ impl Tx {
     /// Wakes the timer workers once this transaction commits.
     pub fn wake_timers(&mut self) {
         self.timers_queued = true;
+    }
+}
+
+/// Writing cases with their timers, computed from the case and its template.
+impl Tx {
+    /// Writes a new case with its SLA and automatic timers.
+    pub async fn create_case(&mut self, c: &Case, template: &Template) -> Result<()> {
+        let (timers, due) = schedule(c, template);
+        self.insert_case(c, template.is_final(&c.state), due)
+            .await?;
+        for timer in &timers {
+            self.set_timer(timer).await?;
+        }
+        self.wake_timers();
+        Ok(())
+    }
+
+    /// Writes the case after a change (bumping its revision if `bump`), with fresh SLA
+    /// and automatic timers. False if the stored revision is no longer `expected`.
+    pub async fn save_case(
+        &mut self,
+        c: &mut Case,
+        template: &Template,
+        expected: i64,
+        bump: bool,
+    ) -> Result<bool> {
+        if bump {
+            c.revision = expected + 1;
+        }
+        let (timers, due) = schedule(c, template);
+        if !self
+            .update_case(c, expected, template.is_final(&c.state), due)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.replace_timers(
+            &c.id,
+            &[
+                TimerKind::SlaWarning,
+                TimerKind::SlaBreach,
+                TimerKind::Automatic,
+            ],
+            &timers,
+        )
+        .await?;
+        self.wake_timers();
+        Ok(true)
     }
 }

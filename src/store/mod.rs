@@ -34,7 +34,7 @@ use jiff::Timestamp;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 
-pub use cases::{CaseQuery, Timer, TimerKind};
+pub use cases::CaseQuery;
 pub use client_certs::CertificateRecord;
 pub use customers::{
     CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, OrderKey, Overlay, Reach, SeenCustomer,

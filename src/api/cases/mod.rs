@@ -5,7 +5,6 @@
 //! SLA behaviour is tested by moving that clock, never by sleeping.
 
 mod show;
-mod timers;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,6 +17,7 @@ use super::customers::visible_in;
 use super::write::idempotent;
 use super::{Caller, Hub};
 use crate::domain::case::sla::SlaClock;
+use crate::domain::case::timer::{Timer, TimerKind};
 use crate::domain::case::workflow::{Refusal, Template};
 use crate::domain::case::{
     self, Case, CommentVisibility, HistoryEntry, MAX_ESCALATION_CONTACTS, MAX_PARTICIPANTS,
@@ -30,13 +30,11 @@ use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::names;
 use crate::domain::text::required;
 use crate::domain::{OrgRef, Scope, Slug};
+use crate::feed::cases::{record_change, tell_case, tell_comment, tell_task};
+use crate::feed::render::{case_to_pb, history_to_pb, task_to_pb};
 use crate::pb::{self, case_service_server::CaseService};
-use crate::store::{CaseQuery, Timer, TimerKind, Tx};
-use show::{
-    case_name, case_to_pb, history_to_pb, insert_case, record_change, task_to_pb, tell_case,
-    tell_comment, tell_task, template_to_pb, view_in,
-};
-pub use timers::CaseTimers;
+use crate::store::{CaseQuery, Tx};
+use show::{template_to_pb, view_in};
 
 #[derive(Clone)]
 pub struct CaseApi {
@@ -318,7 +316,7 @@ impl CaseApi {
                     .await?;
             }
             let mut entry = HistoryEntry::new(&case_id, event_type, Some(org.clone()), now);
-            entry.subject = show::task_name(&case_id, &task.id);
+            entry.subject = names::task(&case_id, &task.id);
             entry.body = match &task.state {
                 TaskState::Declined { reason } => reason.clone(),
                 TaskState::Completed { note } => note.clone(),
@@ -377,7 +375,7 @@ impl CaseService for CaseApi {
                         .hub
                         .workflows
                         .all()
-                        .map(|t| show::template_name(&t.name))
+                        .map(|t| names::workflow_template(&t.name))
                         .collect();
                     v.add(
                         "case.template",
@@ -477,7 +475,7 @@ impl CaseService for CaseApi {
         v.finish()?;
         let now = self.now();
         let id = Uuid::now_v7().to_string();
-        let name = case_name(&id);
+        let name = names::case(&id);
         let response = idempotent(
             &self.hub,
             &caller,
@@ -536,7 +534,7 @@ impl CaseService for CaseApi {
                     state_time: now,
                     revision: 1,
                 };
-                insert_case(tx, &case, template).await?;
+                tx.create_case(&case, template).await?;
                 let mut entry =
                     HistoryEntry::new(&id, EventType::CaseOpened, Some(org.clone()), now);
                 entry.to_state.clone_from(&case.state);
@@ -1037,7 +1035,7 @@ impl CaseService for CaseApi {
                 }
                 let mut entry =
                     HistoryEntry::new(&case_id, EventType::TaskAssigned, Some(org.clone()), now);
-                entry.subject = show::task_name(&case_id, &task.id);
+                entry.subject = names::task(&case_id, &task.id);
                 entry.body.clone_from(&task.title);
                 tx.insert_case_history(&entry).await?;
                 tell_task(tx, &case, &task, EventType::TaskAssigned);

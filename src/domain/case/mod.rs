@@ -7,6 +7,7 @@ use jiff::Timestamp;
 
 pub mod priority;
 pub mod sla;
+pub mod timer;
 pub mod workflow;
 
 use self::sla::SlaClock;

@@ -7,18 +7,20 @@
 //! the events, so with several replicas each timer fires once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::show::{record_change, save_case, task_name, tell_case, tell_task};
-use crate::api::Hub;
 use crate::domain::case::HistoryEntry;
 use crate::domain::case::sla::Phase;
+use crate::domain::case::timer::{Timer, TimerKind};
+use crate::domain::case::workflow::Workflows;
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
 use crate::domain::names;
-use crate::store::{Timer, TimerKind, Worker};
+use crate::feed::cases::{record_change, tell_case, tell_task};
+use crate::store::{Store, Worker};
 
 /// Timers taken per look; the rest wait for the next one, a moment later.
 const BATCH: usize = 100;
@@ -27,17 +29,18 @@ const BATCH: usize = 100;
 const BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct CaseTimers {
-    hub: Hub,
+    store: Store,
+    workflows: Arc<Workflows>,
 }
 
 impl CaseTimers {
-    pub fn new(hub: Hub) -> Self {
-        Self { hub }
+    pub fn new(store: Store, workflows: Arc<Workflows>) -> Self {
+        Self { store, workflows }
     }
 
     /// Fires due timers forever.
     pub async fn run(self) {
-        let store = &self.hub.store;
+        let store = &self.store;
         loop {
             let now = store.clock().now();
             let mut failed = false;
@@ -77,14 +80,14 @@ impl CaseTimers {
     /// Fires one timer if it is still pending (another replica may have fired it, or a
     /// change moved it).
     pub async fn fire(&self, timer: &Timer, now: Timestamp) -> Result<()> {
-        let mut tx = self.hub.store.begin().await?;
+        let mut tx = self.store.begin().await?;
         if !tx.take_timer(timer, now).await? {
             return Ok(());
         }
         let Some(mut case) = tx.case(&timer.case_id).await? else {
             return tx.commit().await;
         };
-        let template = self.hub.workflows.get(&case.template).ok_or_else(|| {
+        let template = self.workflows.get(&case.template).ok_or_else(|| {
             Error::Internal(anyhow::anyhow!(
                 "workflow template {:?} is not loaded",
                 case.template
@@ -109,7 +112,7 @@ impl CaseTimers {
                     clock.warn_time.get_or_insert(timer.due_time);
                 }
                 let revision = case.revision;
-                save_case(&mut tx, &mut case, template, revision, false).await?;
+                tx.save_case(&mut case, template, revision, false).await?;
                 let event_type = if warning {
                     EventType::CaseSlaWarning
                 } else {
@@ -146,7 +149,7 @@ impl CaseTimers {
                 task.update_time = now;
                 tx.update_task(&task).await?;
                 let mut entry = HistoryEntry::new(&case.id, EventType::TaskOverdue, None, now);
-                entry.subject = task_name(&case.id, &task.id);
+                entry.subject = names::task(&case.id, &task.id);
                 tx.insert_case_history(&entry).await?;
                 tell_task(&mut tx, &case, &task, EventType::TaskOverdue);
             }

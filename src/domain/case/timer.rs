@@ -1,0 +1,102 @@
+//! Case timers: when a case's SLA clocks warn or breach, its tasks fall overdue and
+//! its automatic transitions fire. Stored as rows, fired by the timer worker.
+
+use jiff::Timestamp;
+
+use super::Case;
+use super::sla::Due;
+use super::workflow::Template;
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    SlaWarning,
+    SlaBreach,
+    TaskOverdue,
+    /// A template transition the hub fires itself (a deal's expiry).
+    Automatic,
+}
+
+impl TimerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerKind::SlaWarning => "sla_warning",
+            TimerKind::SlaBreach => "sla_breach",
+            TimerKind::TaskOverdue => "task_overdue",
+            TimerKind::Automatic => "automatic",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "sla_warning" => TimerKind::SlaWarning,
+            "sla_breach" => TimerKind::SlaBreach,
+            "task_overdue" => TimerKind::TaskOverdue,
+            "automatic" => TimerKind::Automatic,
+            _ => return None,
+        })
+    }
+}
+
+/// A pending timer of a case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub case_id: String,
+    pub kind: TimerKind,
+    /// The SLA policy, task id or transition it is about.
+    pub subject: String,
+    pub due_time: Timestamp,
+}
+
+/// The timers the case's SLA clocks and automatic transitions need now, and the
+/// earliest running SLA due time (kept on the case for "due before" filters).
+pub fn schedule(c: &Case, template: &Template) -> (Vec<Timer>, Option<Timestamp>) {
+    let mut timers = vec![];
+    let mut earliest: Option<Timestamp> = None;
+    for clock in &c.clocks {
+        let hours = clock.hours(template);
+        if let Some(due) = clock.due_time(hours) {
+            earliest = Some(earliest.map_or(due, |e| e.min(due)));
+        }
+        match clock.next_due(hours) {
+            Some(Due::Warning(at)) => timers.push(Timer {
+                case_id: c.id.clone(),
+                kind: TimerKind::SlaWarning,
+                subject: clock.policy.clone(),
+                due_time: at,
+            }),
+            Some(Due::Breach(at)) => timers.push(Timer {
+                case_id: c.id.clone(),
+                kind: TimerKind::SlaBreach,
+                subject: clock.policy.clone(),
+                due_time: at,
+            }),
+            None => {}
+        }
+    }
+    for t in &template.transitions {
+        let Some(field) = &t.automatic_at else {
+            continue;
+        };
+        if !t.from.contains(&c.state) {
+            continue;
+        }
+        // A date passes at the end of its day, UTC.
+        let due = c
+            .fields
+            .get(field)
+            .and_then(|v| v.parse::<jiff::civil::Date>().ok())
+            .and_then(|d| d.tomorrow().ok())
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp());
+        if let Some(due) = due {
+            timers.push(Timer {
+                case_id: c.id.clone(),
+                kind: TimerKind::Automatic,
+                subject: t.name.clone(),
+                due_time: due,
+            });
+        }
+    }
+    (timers, earliest)
+}
