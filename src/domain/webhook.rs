@@ -427,6 +427,32 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_bounded_and_carry_no_credentials() {
+        let at_most = |n: usize| format!("https://hooks.example/{}", "a".repeat(n - 22));
+        assert_eq!(at_most(2_000).len(), 2_000);
+        assert!(parse_url(&at_most(2_000), false).is_ok());
+        assert_eq!(
+            parse_url(&at_most(2_001), false).unwrap_err().description,
+            "must be at most 2000 characters"
+        );
+        for with_credentials in [
+            "https://user@hooks.example/in",
+            "https://:secret@hooks.example/in",
+            "https://user:secret@hooks.example/in",
+        ] {
+            assert!(
+                parse_url(with_credentials, false)
+                    .unwrap_err()
+                    .description
+                    .contains("must not carry credentials"),
+                "{with_credentials}"
+            );
+        }
+        assert!(parse_url("http://hooks.example/in", false).is_err());
+        assert!(parse_url("http://hooks.example/in", true).is_ok());
+    }
+
+    #[test]
     fn secrets_round_trip_and_bad_ones_are_refused() {
         let s = WebhookSecret::generate();
         assert_eq!(WebhookSecret::parse(&s.expose()).unwrap(), s);

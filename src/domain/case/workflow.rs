@@ -733,6 +733,72 @@ mod tests {
     }
 
     #[test]
+    fn fields_and_transitions_are_checked_one_by_one() {
+        let field = |name: &str, kind: &str, choices: &str| {
+            format!("[[fields]]\nname = {name:?}\nkind = {kind:?}\nchoices = [{choices}]\n")
+        };
+        let longest = format!("a{}", "b".repeat(62));
+        let fine = format!(
+            "{MINIMAL}{}{}{}",
+            field(&longest, "text", ""),
+            field("size", "choice", "\"s\", \"m\""),
+            field("due_9", "date", "")
+        );
+        assert!(
+            Template::from_toml(&fine).is_ok(),
+            "{:?}",
+            Template::from_toml(&fine)
+        );
+        for (name, why) in [
+            ("Size", "field \"Size\" must be lower_snake_case"),
+            ("9lives", "field \"9lives\" must be lower_snake_case"),
+            ("with-dash", "field \"with-dash\" must be lower_snake_case"),
+            ("", "field \"\" must be lower_snake_case"),
+        ] {
+            let err =
+                Template::from_toml(&format!("{MINIMAL}{}", field(name, "text", ""))).unwrap_err();
+            assert!(err.contains(why), "{why:?} missing from {err}");
+        }
+        let too_long = format!("{longest}c");
+        let err =
+            Template::from_toml(&format!("{MINIMAL}{}", field(&too_long, "text", ""))).unwrap_err();
+        assert!(err.contains("must be lower_snake_case"), "{err}");
+        let err =
+            Template::from_toml(&format!("{MINIMAL}{}", field("size", "choice", ""))).unwrap_err();
+        assert!(err.contains("choice field \"size\" needs choices"), "{err}");
+        // At most MAX_FIELDS fields.
+        let many = |n: usize| -> String {
+            (0..n)
+                .map(|i| field(&format!("f{i}"), "text", ""))
+                .collect()
+        };
+        assert!(Template::from_toml(&format!("{MINIMAL}{}", many(MAX_FIELDS))).is_ok());
+        let err = Template::from_toml(&format!("{MINIMAL}{}", many(MAX_FIELDS + 1))).unwrap_err();
+        assert!(
+            err.contains(&format!("at most {MAX_FIELDS} fields")),
+            "{err}"
+        );
+        // A transition from a state nobody declared; one out of a final state needs
+        // leaves_final.
+        let transition = |from: &str, leaves_final: bool| {
+            format!(
+                "[[transitions]]\nname = \"back\"\nfrom = [{from:?}]\nto = \"open\"\n\
+                 roles = [\"vendor\"]\nleaves_final = {leaves_final}\n"
+            )
+        };
+        let err =
+            Template::from_toml(&format!("{MINIMAL}{}", transition("nowhere", false))).unwrap_err();
+        assert!(
+            err.contains("from state \"nowhere\" is not declared"),
+            "{err}"
+        );
+        let err =
+            Template::from_toml(&format!("{MINIMAL}{}", transition("done", false))).unwrap_err();
+        assert!(err.contains("leaves final state \"done\""), "{err}");
+        assert!(Template::from_toml(&format!("{MINIMAL}{}", transition("done", true))).is_ok());
+    }
+
+    #[test]
     fn invalid_templates_are_refused_with_every_reason() {
         let bad = MINIMAL.replace("to = \"done\"", "to = \"open\"")
             + r#"
