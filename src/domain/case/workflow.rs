@@ -799,6 +799,74 @@ mod tests {
     }
 
     #[test]
+    fn sla_policies_escalation_contacts_and_field_values_are_checked() {
+        let sla = |name: &str, hours: &str| {
+            format!(
+                "[[sla]]\nname = {name:?}\ntarget_hours = {{ normal = {hours} }}\n\
+                 warn_at_percent = 50\nstop_states = [\"done\"]\n"
+            )
+        };
+        let load = |extra: &str| Template::from_toml(&format!("{MINIMAL}{extra}"));
+        assert!(load(&sla("resolution", "87600")).is_ok());
+        for hours in ["0", "-1", "87601", "nan", "inf"] {
+            let err = load(&sla("resolution", hours)).unwrap_err();
+            assert!(
+                err.contains("must be more than 0 and at most 87600 hours"),
+                "{hours}: {err}"
+            );
+        }
+        for extra in [
+            sla("Resolution", "8"),
+            format!("{}{}", sla("resolution", "8"), sla("resolution", "9")),
+        ] {
+            let err = load(&extra).unwrap_err();
+            assert!(err.contains("must be lower_snake_case and unique"), "{err}");
+        }
+        // Escalation contacts are member names.
+        let with_contact =
+            |c: &str| Template::from_toml(&format!("escalation_contacts = [{c:?}]\n{MINIMAL}"));
+        assert!(with_contact("organizations/acme/members/m1").is_ok());
+        for bad in [
+            "organizations//members/m1",
+            "organizations/acme/members/",
+            "organizations/acme/m1",
+            "members/m1",
+        ] {
+            let err = with_contact(bad).unwrap_err();
+            assert!(err.contains("must be organizations/"), "{bad}: {err}");
+        }
+        // An automatic transition fires on a date field, not on text.
+        let automatic = |kind: &str| {
+            format!(
+                "[[fields]]\nname = \"expiry\"\nkind = {kind:?}\n\
+                 [[transitions]]\nname = \"expire\"\nfrom = [\"open\"]\nto = \"done\"\n\
+                 roles = [\"vendor\"]\nautomatic_at = \"expiry\"\n"
+            )
+        };
+        assert!(load(&automatic("date")).is_ok());
+        let err = load(&automatic("text")).unwrap_err();
+        assert!(err.contains("automatic_at must name a date field"), "{err}");
+        // Field values follow their kind.
+        let t = load(
+            "[[fields]]\nname = \"expiry\"\nkind = \"date\"\n\
+             [[fields]]\nname = \"size\"\nkind = \"choice\"\nchoices = [\"s\", \"m\"]\n\
+             [[fields]]\nname = \"note\"\nkind = \"text\"\n",
+        )
+        .unwrap();
+        assert_eq!(t.fields[0].kind, FieldKind::Date);
+        assert_eq!(
+            t.check_field("expiry", " 2026-12-31 ").unwrap(),
+            "2026-12-31"
+        );
+        assert!(t.check_field("expiry", "tomorrow").is_err());
+        assert_eq!(t.check_field("size", "m").unwrap(), "m");
+        assert!(t.check_field("size", "xl").is_err());
+        assert_eq!(t.check_field("note", "tomorrow").unwrap(), "tomorrow");
+        assert!(t.has_role("vendor"));
+        assert!(!t.has_role("buyer") && !t.has_role(""));
+    }
+
+    #[test]
     fn invalid_templates_are_refused_with_every_reason() {
         let bad = MINIMAL.replace("to = \"done\"", "to = \"open\"")
             + r#"
