@@ -1,0 +1,340 @@
+//! Attempts: recording each delivery attempt's outcome (one at a time, or successes
+//! in batches) and the endpoint health that follows, and reading them back.
+
+use std::collections::{HashMap, HashSet};
+
+use jiff::{SignedDuration, Timestamp};
+use sqlx::FromRow;
+
+use super::endpoints::Endpoint;
+use super::queue::ClaimedDelivery;
+use crate::domain::error::Result;
+use crate::store::{Store, Tx, micros, placeholders};
+
+/// What recording an attempt did.
+#[derive(Debug)]
+pub struct RecordedAttempt {
+    /// The result came after its lease had passed to another worker (whose result
+    /// stands), and was dropped.
+    pub late: bool,
+    /// The endpoint, if this attempt disabled it: its receiver answered 410, or every
+    /// attempt has failed for `disable_after`.
+    pub disabled: Option<Endpoint>,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// UUID v7, made when the attempt starts.
+    pub id: String,
+    pub time: Timestamp,
+    /// HTTP status; 0 if no response came.
+    pub status: u16,
+    pub latency_micros: i64,
+    pub response_excerpt: String,
+    pub error: String,
+    /// `Some(t)`: try again at `t`; `None`: finished (succeeded or dead).
+    pub retry_at: Option<Timestamp>,
+    pub succeeded: bool,
+    /// Disable the endpoint with this reason (e.g. the receiver answered 410 Gone).
+    pub disable: Option<String>,
+}
+
+impl AttemptRecord {
+    /// `succeeded`, `retrying` or `failed`, as stored.
+    pub fn outcome(&self) -> &'static str {
+        match (self.succeeded, self.retry_at) {
+            (true, _) => "succeeded",
+            (false, Some(_)) => "retrying",
+            (false, None) => "failed",
+        }
+    }
+}
+
+/// An attempt as stored.
+#[derive(Debug, Clone, FromRow)]
+pub struct Attempt {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub attempt_time: i64,
+    pub status: i64,
+    pub latency_micros: i64,
+    pub response_excerpt: String,
+    pub error: String,
+    pub outcome: String,
+}
+
+/// Which attempts to list.
+pub struct AttemptQuery<'a> {
+    pub organization_id: &'a str,
+    /// One endpoint, or all the organization's.
+    pub endpoint_id: Option<&'a str>,
+    pub event_id: Option<&'a str>,
+    /// Continue with attempts older than this id (ids are UUID v7: time-ordered).
+    pub before: Option<&'a str>,
+    pub limit: usize,
+}
+
+impl Store {
+    /// Attempts, newest first.
+    pub async fn attempts(&self, q: &AttemptQuery<'_>) -> Result<crate::store::Page<Attempt>> {
+        let mut sql = String::from(
+            "SELECT id, endpoint_id, event_id, event_type, attempt_time, status, latency_micros, \
+             response_excerpt, error, outcome FROM webhook_attempts WHERE organization_id = $1",
+        );
+        let mut binds: Vec<&str> = vec![q.organization_id];
+        for (column, op, value) in [
+            ("endpoint_id", "=", q.endpoint_id),
+            ("event_id", "=", q.event_id),
+            ("id", "<", q.before),
+        ] {
+            if let Some(value) = value {
+                binds.push(value);
+                sql.push_str(&format!(" AND {column} {op} ${}", binds.len()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit + 1));
+        let mut query = sqlx::query_as::<_, Attempt>(&sql);
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(self.reader()).await?;
+        Ok(crate::store::Page::from_rows(rows, q.limit, |a| {
+            a.id.clone()
+        }))
+    }
+}
+
+impl Tx {
+    /// Records successful attempts together: one update of their deliveries, one
+    /// multi-row insert of the attempts and one health update per endpoint (the
+    /// webhook worker's common case, in a fraction of [`Tx::record_attempt`]'s
+    /// statements each). A delivery whose endpoint was deleted meanwhile is skipped.
+    /// Returns how many results came late: their lease had passed to another worker,
+    /// whose result stands.
+    pub async fn record_successes(
+        &mut self,
+        done: &[(ClaimedDelivery, AttemptRecord)],
+    ) -> Result<usize> {
+        let mut late = 0;
+        /// Rows per multi-row INSERT (12 parameters each).
+        const CHUNK: usize = 50;
+        for chunk in done.chunks(CHUNK) {
+            debug_assert!(chunk.iter().all(|(_, a)| a.succeeded));
+            let Some(last) = chunk.iter().map(|(_, a)| a.time).max() else {
+                continue;
+            };
+            // Each only while it still holds the lease it was claimed with: one
+            // statement joins the batch's (id, lease) pairs, each found by primary key.
+            // (Claims under load take a delivery or two at a time, so a batch holds
+            // many leases; a statement per lease cost PostgreSQL 40 % of its updates.)
+            let held: Vec<String> = (0..chunk.len())
+                .map(|i| format!("SELECT ${} AS id, ${} AS lease", 2 * i + 2, 2 * i + 3))
+                .collect();
+            let sql = format!(
+                "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
+                 next_attempt_time = $1, lease_until = NULL, paced = 0 \
+                 FROM ({}) AS held \
+                 WHERE webhook_deliveries.id = held.id AND webhook_deliveries.lease_until = held.lease \
+                 RETURNING webhook_deliveries.id",
+                held.join(" UNION ALL ")
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(micros(last));
+            for (d, _) in chunk {
+                query = query.bind(&d.id).bind(d.lease_until);
+            }
+            let kept: HashSet<String> = query
+                .fetch_all(self.conn())
+                .await?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
+            let missed: Vec<&ClaimedDelivery> = chunk
+                .iter()
+                .map(|(d, _)| d)
+                .filter(|d| !kept.contains(&d.id))
+                .collect();
+            late += self.count_lost_leases(&missed).await?;
+            let rows: Vec<&(ClaimedDelivery, AttemptRecord)> =
+                chunk.iter().filter(|(d, _)| kept.contains(&d.id)).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            self.insert_attempts(rows.iter().map(|(d, a)| (d, a)))
+                .await?;
+            let mut endpoints: HashMap<&str, Timestamp> = HashMap::new();
+            for (d, a) in &rows {
+                let t = endpoints.entry(&d.endpoint_id).or_insert(a.time);
+                *t = (*t).max(a.time);
+            }
+            for (endpoint_id, time) in endpoints {
+                let ordered: Option<(i64,)> = sqlx::query_as(
+                    "UPDATE webhook_endpoints SET consecutive_failures = 0, \
+                     last_success_time = $1, failing_since = NULL WHERE id = $2 RETURNING ordered",
+                )
+                .bind(micros(time))
+                .bind(endpoint_id)
+                .fetch_optional(self.conn())
+                .await?;
+                if ordered.is_some_and(|(o,)| o != 0) {
+                    // The next delivery in order may go now, from whichever replica.
+                    self.wake_deliveries();
+                }
+            }
+        }
+        Ok(late)
+    }
+
+    /// Counts the deliveries of `missed` that still exist: their lease passed to
+    /// another worker, whose result stands. (One that is gone went with its endpoint.)
+    pub(super) async fn count_lost_leases(&mut self, missed: &[&ClaimedDelivery]) -> Result<usize> {
+        let mut lost = 0;
+        for d in missed {
+            let exists: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM webhook_deliveries WHERE id = $1")
+                    .bind(&d.id)
+                    .fetch_optional(self.conn())
+                    .await?;
+            if exists.is_some() {
+                lost += 1;
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Inserts attempts (at most 50, 12 parameters each) in one statement.
+    pub(super) async fn insert_attempts<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = (&'a ClaimedDelivery, &'a AttemptRecord)>,
+    ) -> Result<()> {
+        let rows: Vec<_> = rows.into_iter().collect();
+        let values: Vec<String> = (0..rows.len())
+            .map(|i| format!("({})", placeholders(i * 12 + 1, 12)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, organization_id, \
+             event_id, event_type, attempt_time, status, latency_micros, response_excerpt, \
+             error, outcome) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (d, a) in rows {
+            query = query
+                .bind(&a.id)
+                .bind(&d.id)
+                .bind(&d.endpoint_id)
+                .bind(&d.organization_id)
+                .bind(&d.event_id)
+                .bind(&d.event_type)
+                .bind(micros(a.time))
+                .bind(i64::from(a.status))
+                .bind(a.latency_micros)
+                .bind(&a.response_excerpt)
+                .bind(&a.error)
+                .bind(a.outcome());
+        }
+        query.execute(self.conn()).await?;
+        Ok(())
+    }
+
+    /// Writes an attempt's outcome, releases the lease and updates the endpoint's
+    /// health.
+    pub async fn record_attempt(
+        &mut self,
+        d: &ClaimedDelivery,
+        a: &AttemptRecord,
+        disable_after: SignedDuration,
+    ) -> Result<RecordedAttempt> {
+        let state = match a.outcome() {
+            "succeeded" => "succeeded",
+            "retrying" => "pending",
+            _ => "dead",
+        };
+        let updated = sqlx::query(
+            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
+             next_attempt_time = $2, lease_until = NULL, paced = 0 \
+             WHERE id = $3 AND lease_until = $4",
+        )
+        .bind(state)
+        .bind(micros(a.retry_at.unwrap_or(a.time)))
+        .bind(&d.id)
+        .bind(d.lease_until)
+        .execute(self.conn())
+        .await?;
+        if updated.rows_affected() == 0 {
+            // Another worker took the delivery over, or the endpoint was deleted
+            // meanwhile (and its queue with it).
+            let late = self.count_lost_leases(&[d]).await? > 0;
+            return Ok(RecordedAttempt {
+                late,
+                disabled: None,
+            });
+        }
+        self.insert_attempts([(d, a)]).await?;
+        let disabled = self
+            .endpoint_health_after(d, a, state, disable_after)
+            .await?;
+        Ok(RecordedAttempt {
+            late: false,
+            disabled,
+        })
+    }
+
+    /// Updates the endpoint's health after an attempt on `d`; returns the endpoint if
+    /// the attempt disabled it.
+    pub(super) async fn endpoint_health_after(
+        &mut self,
+        d: &ClaimedDelivery,
+        a: &AttemptRecord,
+        state: &str,
+        disable_after: SignedDuration,
+    ) -> Result<Option<Endpoint>> {
+        if a.succeeded {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET consecutive_failures = 0, last_success_time = $1, \
+                 failing_since = NULL WHERE id = $2",
+            )
+            .bind(micros(a.time))
+            .bind(&d.endpoint_id)
+            .execute(self.conn())
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1, \
+                 failing_since = COALESCE(failing_since, $1) WHERE id = $2",
+            )
+            .bind(micros(a.time))
+            .bind(&d.endpoint_id)
+            .execute(self.conn())
+            .await?;
+        }
+        // Read after the health update: `failing_since` is when this run of failures began.
+        let Some(mut endpoint) = self.endpoint(&d.organization_id, &d.endpoint_id).await? else {
+            return Ok(None);
+        };
+        if endpoint.ordered && state != "pending" {
+            // The next delivery in order may go now, from whichever replica.
+            self.wake_deliveries();
+        }
+        if !endpoint.enabled {
+            return Ok(None);
+        }
+        let reason = match (&a.disable, endpoint.failing_since) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(since)) if a.time.duration_since(since) >= disable_after => format!(
+                "every attempt has failed since {}",
+                since.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            _ => return Ok(None),
+        };
+        endpoint.enabled = false;
+        endpoint.disabled_reason = reason;
+        endpoint.update_time = a.time;
+        if !self.update_endpoint(&mut endpoint).await? {
+            return Ok(None);
+        }
+        Ok(Some(endpoint))
+    }
+}
