@@ -182,12 +182,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The built-in service case template and the clocks of a high-priority case
+    /// opened on 2026-01-05 at 10:00 UTC.
+    fn high_priority_service_case() -> (Template, Vec<SlaClock>) {
+        let sc = Workflows::built_in().get("service_case").unwrap().clone();
+        let clocks = SlaClock::start_all(&sc, Priority::High, "new", t("2026-01-05T10:00:00Z"));
+        (sc, clocks)
+    }
+
     #[test]
     fn a_pause_moves_the_deadline_by_the_paused_time() {
-        let w = Workflows::built_in();
-        let sc = w.get("service_case").unwrap();
-        let opened = t("2026-01-05T10:00:00Z");
-        let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
+        let (sc, mut clocks) = high_priority_service_case();
+        let sc = &sc;
         let names: Vec<&str> = clocks.iter().map(|c| c.policy.as_str()).collect();
         assert_eq!(names, ["first_response", "resolution"]);
         let resolution = &mut clocks[1];
@@ -236,11 +242,9 @@ mod tests {
 
     #[test]
     fn the_warning_time_is_when_it_fired_or_will_fire_while_running() {
-        let w = Workflows::built_in();
-        let sc = w.get("service_case").unwrap();
+        let (sc, mut clocks) = high_priority_service_case();
+        let sc = &sc;
         let hours = Hours::Calendar;
-        let opened = t("2026-01-05T10:00:00Z");
-        let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
         let resolution = &mut clocks[1];
         // Running, 19 h 12 min to the warning.
         assert_eq!(
@@ -265,10 +269,8 @@ mod tests {
 
     #[test]
     fn a_met_clock_keeps_the_time_it_was_met() {
-        let w = Workflows::built_in();
-        let sc = w.get("service_case").unwrap();
-        let opened = t("2026-01-05T10:00:00Z");
-        let mut clocks = SlaClock::start_all(sc, Priority::High, "new", opened);
+        let (sc, mut clocks) = high_priority_service_case();
+        let sc = &sc;
         // Resolution (resumes on reopen): resolved, then closed, is met when resolved.
         let resolution = &mut clocks[1];
         resolution.enter(sc, "resolved", t("2026-01-05T16:00:00Z"));
