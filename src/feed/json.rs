@@ -1,30 +1,51 @@
 //! Events in the protobuf JSON mapping: the body of a webhook.
 
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
+
+use crate::domain::error::Result;
 use crate::pb;
 
-/// An event in the protobuf JSON mapping (lowerCamelCase names, enums by name, int64
-/// as strings, RFC 3339 times): the body of a webhook. Read through the compiled
-/// descriptors, so the JSON follows the proto contract with no hand-written mapping.
-pub fn event_json(event: &pb::Event) -> crate::domain::error::Result<Vec<u8>> {
-    use prost::Message;
-    use std::sync::OnceLock;
-    static POOL: OnceLock<prost_reflect::DescriptorPool> = OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
+/// The compiled descriptor of `liaison.v1.Event`.
+fn event_descriptor() -> &'static MessageDescriptor {
+    static DESCRIPTOR: OnceLock<MessageDescriptor> = OnceLock::new();
+    DESCRIPTOR.get_or_init(|| {
+        DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
             .expect("the descriptor set compiled into the binary decodes")
-    });
-    let descriptor = pool
-        .get_message_by_name("liaison.v1.Event")
-        .ok_or_else(|| anyhow::anyhow!("liaison.v1.Event is missing from the descriptors"))?;
-    let message =
-        prost_reflect::DynamicMessage::decode(descriptor, event.encode_to_vec().as_slice())
-            .map_err(|e| anyhow::anyhow!("an event does not decode against its descriptor: {e}"))?;
-    Ok(serde_json::to_vec(&message).map_err(|e| anyhow::anyhow!("event to JSON: {e}"))?)
+            .get_message_by_name("liaison.v1.Event")
+            .expect("liaison.v1.Event is in the descriptor set")
+    })
+}
+
+/// A stored event (its protobuf bytes, as the feed keeps them) numbered `sequence`,
+/// decoded once into a message read through the compiled descriptors. `Err` says why
+/// the bytes do not decode.
+pub fn stored_event(stored: &[u8], sequence: i64) -> Result<DynamicMessage, String> {
+    let mut message = DynamicMessage::decode(event_descriptor().clone(), stored)
+        .map_err(|e| format!("the stored event does not decode: {e}"))?;
+    message.set_field_by_name("sequence", Value::I64(sequence));
+    Ok(message)
+}
+
+/// An event in the protobuf JSON mapping (lowerCamelCase names, enums by name, int64
+/// as strings, RFC 3339 times): the body of a webhook. The JSON follows the proto
+/// contract with no hand-written mapping.
+pub fn event_json(event: &DynamicMessage) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(event).map_err(|e| anyhow::anyhow!("event to JSON: {e}"))?)
 }
 
 #[cfg(test)]
 mod json_tests {
+    use prost::Message;
+
     use super::*;
+
+    /// An event as the webhook worker sends it: stored as bytes, then numbered.
+    fn sent(event: &pb::Event) -> serde_json::Value {
+        let message = stored_event(&event.encode_to_vec(), event.sequence).unwrap();
+        serde_json::from_slice(&event_json(&message).unwrap()).unwrap()
+    }
 
     #[test]
     fn events_become_protobuf_json() {
@@ -46,7 +67,7 @@ mod json_tests {
             })),
             ..Default::default()
         };
-        let json: serde_json::Value = serde_json::from_slice(&event_json(&event).unwrap()).unwrap();
+        let json = sent(&event);
         assert_eq!(json["sequence"], "42");
         assert_eq!(json["type"], "customer.updated");
         assert_eq!(json["createTime"], "2026-09-21T14:13:20Z");
@@ -75,7 +96,7 @@ mod json_tests {
             })),
             ..Default::default()
         };
-        let json: serde_json::Value = serde_json::from_slice(&event_json(&event).unwrap()).unwrap();
+        let json = sent(&event);
         assert_eq!(json["case"]["priority"], "HIGH");
         assert_eq!(json["case"]["slaClocks"][0]["target"], "86400s");
         assert_eq!(json["case"]["slaClocks"][0]["state"], "RUNNING");

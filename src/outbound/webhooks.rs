@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
-use prost::Message;
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -22,9 +21,8 @@ use crate::domain::event::TEST_EVENT_TYPE;
 use crate::domain::now;
 use crate::domain::webhook::{WebhookSecret, is_public, refused_literal_host, signature_header};
 use crate::feed::draft::{Draft, emit};
-use crate::feed::json::event_json;
+use crate::feed::json::{event_json, stored_event};
 use crate::feed::render::endpoint_to_pb;
-use crate::pb;
 use crate::pb::event::Payload;
 use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store, Worker};
 
@@ -464,9 +462,7 @@ impl Sender {
                     Prepare::Final("the event was pruned before it could be sent".into())
                 })?,
         };
-        let mut event = pb::Event::decode(stored.as_slice())
-            .map_err(|e| Prepare::Final(format!("the stored event does not decode: {e}")))?;
-        event.sequence = d.sequence;
+        let event = stored_event(&stored, d.sequence).map_err(Prepare::Final)?;
         let body = event_json(&event).map_err(later)?;
         if body.len() as u64 > self.config.max_payload_bytes {
             return Err(Prepare::Final(format!(
