@@ -216,6 +216,10 @@ mod tests {
             resolution.next_due(&hours),
             Some(Due::Warning(t("2026-01-06T08:12:00Z")))
         );
+        assert_eq!(
+            resolution.warning_time(&hours),
+            Some(t("2026-01-06T08:12:00Z"))
+        );
         // Resolved: met; a reopen resumes it (resume_on_reopen), with the time used.
         resolution.enter(sc, "resolved", t("2026-01-05T16:00:00Z"));
         assert_eq!(
