@@ -12,7 +12,7 @@
 //! app       app/                      use cases
 //! feed      feed/                     events and who sees them
 //! outbound  outbound/                 webhook and email workers
-//! infra     config, telemetry, metrics, tls
+//! infra     config/, telemetry, metrics, tls
 //! store     store/                    SQL only
 //! domain    domain/                   pure types and rules
 //! contract  lib.rs                    the generated protobuf types (`crate::pb`)
@@ -94,7 +94,7 @@ fn layer_of(file: &str) -> &'static str {
         "app" => "app",
         "feed" => "feed",
         "outbound" => "outbound",
-        "config.rs" | "telemetry.rs" | "metrics.rs" | "tls.rs" => "infra",
+        "config" | "config.rs" | "telemetry.rs" | "metrics.rs" | "tls.rs" => "infra",
         "store" => "store",
         "domain" => "domain",
         "lib.rs" => "contract",
