@@ -278,3 +278,128 @@ impl From<FieldViolation> for Error {
         Error::InvalidArgument(vec![violation])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_violation_takes_its_reason_from_its_own_or_its_request_field() {
+        let reason = |field: &str| FieldViolation::new(field, "x").reason();
+        for (field, expected) in [
+            ("page_token", "INVALID_PAGE_TOKEN"),
+            ("page_size", "INVALID_PAGE_SIZE"),
+            ("filter", "INVALID_FILTER"),
+            ("order_by", "INVALID_ORDER_BY"),
+            ("update_mask", "INVALID_UPDATE_MASK"),
+            ("request_id", "INVALID_REQUEST_ID"),
+            ("etag", "INVALID_ETAG"),
+            ("name", "INVALID_RESOURCE_NAME"),
+            ("customer.name", "INVALID_RESOURCE_NAME"),
+            ("parent", "INVALID_RESOURCE_NAME"),
+            ("customer.given_name", "INVALID_FIELD_VALUE"),
+            ("", "INVALID_FIELD_VALUE"),
+        ] {
+            assert_eq!(reason(field), expected, "{field}");
+        }
+        assert_eq!(FieldViolation::required("x").reason(), "FIELD_REQUIRED");
+        // Its own reason wins; `or_because` only fills in a missing one.
+        let own = FieldViolation::new("filter", "x").because("TEXT_TOO_LONG");
+        assert_eq!(own.clone().or_because("OTHER").reason(), "TEXT_TOO_LONG");
+        assert_eq!(
+            FieldViolation::new("filter", "x")
+                .or_because("OTHER")
+                .reason(),
+            "OTHER"
+        );
+        assert_eq!(
+            FieldViolation::new("slug", "x").under("organization").field,
+            "organization.slug"
+        );
+        assert_eq!(
+            FieldViolation::new("", "x").under("organization").field,
+            "organization"
+        );
+    }
+
+    #[test]
+    fn errors_have_stable_reasons() {
+        let retry_after = Duration::from_millis(50);
+        let cases: Vec<(Error, &str)> = vec![
+            (Error::invalid("filter", "bad"), "INVALID_FILTER"),
+            (Error::InvalidArgument(vec![]), "INVALID_ARGUMENT"),
+            (Error::NotFound("x".into()), "NOT_FOUND"),
+            (
+                Error::Merged {
+                    name: "a".into(),
+                    survivor: "b".into(),
+                },
+                "CUSTOMER_MERGED",
+            ),
+            (Error::failed_precondition("NOT_ACTIVE", "m"), "NOT_ACTIVE"),
+            (Error::permission_denied("m"), "PERMISSION_DENIED"),
+            (
+                Error::Throttled {
+                    message: "m".into(),
+                    retry_after,
+                },
+                "RATE_LIMITED",
+            ),
+            (Error::Unavailable("m".into()), "UNAVAILABLE"),
+            (Error::DeadlineExceeded("m".into()), "DEADLINE_EXCEEDED"),
+            (Error::StaleEtag("x".into()), "STALE_ETAG"),
+            (
+                Error::Contention {
+                    reason: "CONCURRENT_WRITE",
+                    message: "m".into(),
+                    retry_after,
+                },
+                "CONCURRENT_WRITE",
+            ),
+            (Error::Internal(anyhow::anyhow!("boom")), "INTERNAL"),
+        ];
+        for (error, reason) in &cases {
+            assert_eq!(error.reason(), *reason, "{error:?}");
+            assert_eq!(
+                error.is_contention(),
+                *reason == "CONCURRENT_WRITE",
+                "{error:?}"
+            );
+        }
+        assert_eq!(
+            Error::StaleEtag("customers/c1".into()).to_string(),
+            "customers/c1 was changed by someone else; read it again and retry with the new etag"
+        );
+    }
+
+    #[test]
+    fn violations_are_collected_and_reported_together() {
+        assert!(Violations::new().finish().is_ok());
+        let mut v = Violations::new();
+        v.required("customer.kind");
+        v.add("customer.tags", "too many");
+        assert_eq!(v.check("customer", Ok::<_, FieldViolation>(7)), Some(7));
+        assert_eq!(
+            v.check::<()>("customer", Err(FieldViolation::new("email", "bad"))),
+            None
+        );
+        v.push(FieldViolation::new("etag", "stale"));
+        let Err(Error::InvalidArgument(found)) = v.finish() else {
+            panic!("expected INVALID_ARGUMENT");
+        };
+        let fields: Vec<&str> = found.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["customer.kind", "customer.tags", "customer.email", "etag"]
+        );
+        assert_eq!(
+            describe(&found[..2]),
+            "customer.kind: is required; customer.tags: too many"
+        );
+        let single: Error = FieldViolation::new("page_size", "too big").into();
+        assert_eq!(single.reason(), "INVALID_PAGE_SIZE");
+        assert_eq!(single.to_string(), "invalid argument: page_size: too big");
+    }
+}
