@@ -1,0 +1,195 @@
+//! A customer as one viewer reads it: the row joined with the viewer's grant and
+//! external id, the names of stored states and levels, and the query builder the
+//! reads share.
+
+use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
+
+use crate::domain::customer::{Customer, CustomerKind, FieldSet, Profile, RecordState};
+use crate::domain::error::Result;
+use crate::domain::visibility::{Access, AccessLevel, GrantStanding, access};
+use crate::domain::{OrgRef, Slug};
+use crate::store::{corrupt, timestamp};
+
+/// A customer as read for one viewer: the record, the viewer's live grant on it (if
+/// any) and the viewer's external id for it.
+#[derive(Debug, Clone)]
+pub struct SeenCustomer {
+    pub customer: Customer,
+    pub grant: Option<GrantStanding>,
+    pub external_id: Option<String>,
+    pub viewer_id: String,
+}
+
+impl SeenCustomer {
+    /// How the viewer may see it; `None`: NOT_FOUND.
+    pub fn access(&self) -> Option<Access> {
+        access(
+            &self.viewer_id,
+            &self.customer.owner.id,
+            self.customer.state,
+            self.grant.as_ref(),
+        )
+    }
+}
+
+pub(crate) fn state_name(state: RecordState) -> &'static str {
+    match state {
+        RecordState::Active => "active",
+        RecordState::Deleted => "deleted",
+        RecordState::Merged => "merged",
+        RecordState::Erased => "erased",
+    }
+}
+
+pub(super) fn parse_state(raw: &str) -> Result<RecordState> {
+    Ok(match raw {
+        "active" => RecordState::Active,
+        "deleted" => RecordState::Deleted,
+        "merged" => RecordState::Merged,
+        "erased" => RecordState::Erased,
+        other => return Err(corrupt("customer state", other)),
+    })
+}
+
+pub(crate) fn level_name(level: AccessLevel) -> &'static str {
+    match level {
+        AccessLevel::Read => "read",
+        AccessLevel::ReadWrite => "read_write",
+    }
+}
+
+pub(crate) fn parse_level(raw: &str) -> Result<AccessLevel> {
+    match raw {
+        "read" => Ok(AccessLevel::Read),
+        "read_write" => Ok(AccessLevel::ReadWrite),
+        other => Err(corrupt("access level", other)),
+    }
+}
+
+pub(crate) fn parse_fields(raw: &str) -> Result<FieldSet> {
+    FieldSet::from_csv(raw).ok_or_else(|| corrupt("field set", raw))
+}
+
+/// `$1` is the viewer's organization id in every query built on this.
+pub(super) fn select(grant_join: &str) -> String {
+    format!(
+        "SELECT c.id, c.owner_id, o.slug AS owner_slug, c.kind, c.state, c.profile, c.sort_name, \
+         c.merged_into, c.create_time, c.update_time, c.delete_time, c.revision, \
+         g.level AS grant_level, g.fields AS grant_fields, p.state AS partnership_state, \
+         x.external_id \
+         FROM customers c JOIN organizations o ON o.id = c.owner_id \
+         {grant_join} customer_grants g ON g.customer_id = c.id AND g.grantee_id = $1 \
+         AND g.revoke_time IS NULL \
+         LEFT JOIN partnerships p ON p.id = g.partnership_id \
+         LEFT JOIN customer_external_ids x ON x.customer_id = c.id AND x.org_id = $1"
+    )
+}
+
+#[derive(FromRow)]
+pub(super) struct CustomerRow {
+    id: String,
+    owner_id: String,
+    owner_slug: String,
+    kind: String,
+    state: String,
+    profile: String,
+    sort_name: String,
+    merged_into: Option<String>,
+    create_time: i64,
+    update_time: i64,
+    delete_time: Option<i64>,
+    revision: i64,
+    grant_level: Option<String>,
+    grant_fields: Option<String>,
+    partnership_state: Option<String>,
+    external_id: Option<String>,
+}
+
+impl CustomerRow {
+    pub(super) fn into_seen(self, viewer_id: &str) -> Result<(SeenCustomer, String)> {
+        let grant = match (self.grant_level, self.grant_fields) {
+            (Some(level), Some(fields)) => Some(GrantStanding {
+                grantee_id: viewer_id.to_owned(),
+                level: parse_level(&level)?,
+                fields: parse_fields(&fields)?,
+                revoked: false,
+                partnership_active: self.partnership_state.as_deref() == Some("active"),
+            }),
+            _ => None,
+        };
+        let profile: Profile = serde_json::from_str(&self.profile)
+            .map_err(|e| corrupt("customer profile", &e.to_string()))?;
+        let customer = Customer {
+            owner: OrgRef {
+                id: self.owner_id,
+                slug: Slug::parse(&self.owner_slug)
+                    .map_err(|_| corrupt("slug", &self.owner_slug))?,
+            },
+            kind: CustomerKind::parse(&self.kind).ok_or_else(|| corrupt("kind", &self.kind))?,
+            state: parse_state(&self.state)?,
+            profile,
+            merged_into: self.merged_into,
+            create_time: timestamp(self.create_time)?,
+            update_time: timestamp(self.update_time)?,
+            delete_time: self.delete_time.map(timestamp).transpose()?,
+            revision: self.revision,
+            id: self.id,
+        };
+        let seen = SeenCustomer {
+            customer,
+            grant,
+            external_id: self.external_id,
+            viewer_id: viewer_id.to_owned(),
+        };
+        Ok((seen, self.sort_name))
+    }
+}
+
+/// A value bound to a built query.
+pub(super) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+impl Bind {
+    pub(super) fn text(s: &str) -> Self {
+        Self::Text(s.to_owned())
+    }
+}
+
+/// SQL assembled piece by piece with numbered parameters.
+pub(super) struct Query {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+impl Query {
+    pub(super) fn new(sql: String, first: Bind) -> Self {
+        Self {
+            sql,
+            binds: vec![first],
+        }
+    }
+
+    /// Binds `value` and returns its placeholder.
+    pub(super) fn arg(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    pub(super) fn push(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+    }
+
+    pub(super) async fn fetch<'c>(self, db: impl AnyExecutor<'c>) -> Result<Vec<CustomerRow>> {
+        let mut q = sqlx::query_as::<_, CustomerRow>(&self.sql);
+        for b in self.binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        Ok(q.fetch_all(db).await?)
+    }
+}
