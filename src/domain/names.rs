@@ -279,6 +279,34 @@ mod tests {
         );
         assert_eq!(parse_access_request(&access_request(&id)).unwrap(), id);
         assert_eq!(parse_customer_match(&customer_match(&id)).unwrap(), id);
+        assert_eq!(
+            parse_webhook_endpoint(&webhook_endpoint(&slug, &id)).unwrap(),
+            (slug.clone(), id.clone())
+        );
+        assert_eq!(
+            parse_client_certificate(&client_certificate(&slug, &id)).unwrap(),
+            (slug.clone(), id.clone())
+        );
+        assert_eq!(parse_case(&case(&id)).unwrap(), id);
+        assert_eq!(
+            parse_task(&task(&id, &id)).unwrap(),
+            (id.clone(), id.clone())
+        );
+        assert_eq!(
+            parse_template(&workflow_template("service_case")).unwrap(),
+            "service_case"
+        );
+        // And they read as the API documents them.
+        assert_eq!(
+            webhook_endpoint(&slug, "e1"),
+            "organizations/acme/webhookEndpoints/e1"
+        );
+        assert_eq!(
+            client_certificate(&slug, "c1"),
+            "organizations/acme/clientCertificates/c1"
+        );
+        assert_eq!(task("k1", "t1"), "cases/k1/tasks/t1");
+        assert_eq!(workflow_template("deal"), "workflowTemplates/deal");
         assert!(parse_customer("customers/x/y").is_err());
         assert!(parse_grant(&interaction(&id, &id)).is_err());
     }
