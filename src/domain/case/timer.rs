@@ -100,3 +100,24 @@ pub fn schedule(c: &Case, template: &Template) -> (Vec<Timer>, Option<Timestamp>
     }
     (timers, earliest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_kinds_read_back_as_stored() {
+        let kinds = [
+            (TimerKind::SlaWarning, "sla_warning"),
+            (TimerKind::SlaBreach, "sla_breach"),
+            (TimerKind::TaskOverdue, "task_overdue"),
+            (TimerKind::Automatic, "automatic"),
+        ];
+        for (kind, stored) in kinds {
+            assert_eq!(kind.as_str(), stored);
+            assert_eq!(TimerKind::parse(stored), Some(kind));
+        }
+        assert_eq!(TimerKind::parse(""), None);
+        assert_eq!(TimerKind::parse("SLA_WARNING"), None);
+    }
+}
