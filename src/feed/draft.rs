@@ -74,7 +74,7 @@ pub fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
     tx.emit(NewEvent {
         organization_id: organization_id.to_owned(),
         id,
-        event_type: draft.event_type.as_str().to_owned(),
+        event_type: draft.event_type,
         resource: draft.resource,
         create_time,
         body: event.encode_to_vec(),

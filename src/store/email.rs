@@ -496,10 +496,7 @@ impl Tx {
             .bind(n.sequence)
             .bind(n.event_type.as_str())
             .bind(&n.thread)
-            .bind(match n.mode {
-                Mode::DailyDigest => "digest",
-                _ => "immediate",
-            })
+            .bind(n.mode.as_str())
             .bind(micros(n.due))
             .bind(micros(now))
             .execute(self.conn())

@@ -62,7 +62,7 @@ const INSERT_CHUNK: usize = 500;
 pub struct NewEvent {
     pub organization_id: String,
     pub id: String,
-    pub event_type: String,
+    pub event_type: EventType,
     pub resource: String,
     pub create_time: Timestamp,
     /// The encoded event, without its sequence number.
@@ -236,17 +236,14 @@ impl Tx {
             queued |= self
                 .queue_deliveries(&first.organization_id, &deliveries)
                 .await?;
-            // Events of types the hub does not notify of (none today) are skipped.
             let notifiable: Vec<Notifiable<'_>> = group
                 .iter()
                 .zip(start..)
-                .filter_map(|(e, sequence)| {
-                    Some(Notifiable {
-                        event_type: EventType::parse(&e.event_type)?,
-                        resource: &e.resource,
-                        sequence,
-                        escalate_to: &e.escalate_to,
-                    })
+                .map(|(e, sequence)| Notifiable {
+                    event_type: e.event_type,
+                    resource: &e.resource,
+                    sequence,
+                    escalate_to: &e.escalate_to,
                 })
                 .collect();
             self.queue_notifications(&first.organization_id, &notifiable)
@@ -280,7 +277,7 @@ impl Tx {
                     .bind(&e.organization_id)
                     .bind(*sequence)
                     .bind(&e.id)
-                    .bind(&e.event_type)
+                    .bind(e.event_type.as_str())
                     .bind(&e.resource)
                     .bind(micros(e.create_time))
                     .bind(&e.body);
