@@ -1,18 +1,19 @@
 //! `liaison.v1.AdminService`: organizations and API keys.
 
+use jiff::Timestamp;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::convert::{
-    check_etag, kind_from_pb, kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb, update_paths,
+    org_kind_from_pb, org_kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb, update_paths,
 };
-use super::write::{Target, idempotent};
-use super::{Caller, Hub};
-use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use super::write::{Retryable, idempotent};
+use super::{Caller, Hub, caller_of};
+use crate::app::organizations as app;
+use crate::domain::error::{FieldViolation, Result, Violations};
 use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{
-    ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationState, Principal, Reason,
+    ApiKey, DisplayName, Organization, OrganizationKind, OrganizationState, Principal, Reason,
     Scope, Scopes, Slug, now,
 };
 use crate::feed::render::{etag, timestamp};
@@ -44,7 +45,7 @@ pub(super) fn organization_to_pb(o: &Organization) -> pb::Organization {
         name: names::organization(&o.slug),
         slug: o.slug.to_string(),
         display_name: o.display_name.as_str().to_owned(),
-        kind: kind_to_pb(o.kind) as i32,
+        kind: org_kind_to_pb(o.kind) as i32,
         state: state as i32,
         suspend_reason,
         create_time: timestamp(o.create_time),
@@ -77,9 +78,64 @@ pub(super) fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
     Scopes::new(scopes).ok_or_else(|| FieldViolation::new("", "at least one scope is required"))
 }
 
+/// The fields of an organization an update names in `paths`, checked.
+fn organization_change(
+    input: &pb::Organization,
+    paths: &[String],
+) -> Result<(Option<DisplayName>, Option<OrganizationKind>)> {
+    let wants = |f: &str| paths.iter().any(|p| p == f);
+    let mut v = Violations::new();
+    let display_name = wants("display_name")
+        .then(|| {
+            v.check(
+                "organization.display_name",
+                DisplayName::parse(&input.display_name),
+            )
+        })
+        .flatten();
+    let kind = wants("kind")
+        .then(|| v.check("organization.kind", org_kind_from_pb(input.kind)))
+        .flatten();
+    v.finish()?;
+    Ok((display_name, kind))
+}
+
+/// The display name, scopes and expiry a CreateApiKey request carries, checked; the
+/// expiry must be after `now`.
+fn key_from_pb(input: &pb::ApiKey, now: Timestamp) -> Result<(String, Scopes, Option<Timestamp>)> {
+    let mut v = Violations::new();
+    let scopes = v.check("api_key.scopes", scopes_from_pb(&input.scopes));
+    // Optional, unlike an organization's or a member's display name.
+    let display_name = v
+        .check(
+            "api_key.display_name",
+            text::line(&input.display_name, MAX_DISPLAY_NAME_CHARS),
+        )
+        .unwrap_or_default();
+    let expire_time = match &input.expire_time {
+        None => None,
+        Some(t) => match parse_timestamp(t) {
+            Ok(t) if t > now => Some(t),
+            Ok(_) => {
+                v.add("api_key.expire_time", "must be in the future");
+                None
+            }
+            Err(e) => {
+                v.check::<()>("api_key.expire_time", Err(e));
+                None
+            }
+        },
+    };
+    let Some(scopes) = scopes else {
+        return Err(v.into_error());
+    };
+    v.finish()?;
+    Ok((display_name, scopes, expire_time))
+}
+
 impl AdminApi {
-    /// The organization named `name` if the caller may act for it; otherwise
-    /// NOT_FOUND, exactly as if it did not exist.
+    /// The organization named `name` (under `field` in errors) if the caller may act
+    /// for it; otherwise NOT_FOUND, exactly as if it did not exist.
     pub(super) async fn visible_organization(
         &self,
         caller: &Caller,
@@ -87,40 +143,24 @@ impl AdminApi {
         name: &str,
     ) -> Result<Organization> {
         let slug = names::parse_organization(name).map_err(|v| v.under(field))?;
-        match self.hub.store.organization(&slug).await? {
-            Some(org) if caller.may_act_for(&org.id) => Ok(org),
-            _ => Err(Error::NotFound(format!("organization {name:?}"))),
-        }
+        app::visible(&self.hub.store, caller, &slug, name).await
     }
 
-    /// Reads, changes and writes an organization in one transaction, honouring `etag`.
+    /// Update, Suspend or ReactivateOrganization: reads, changes and writes the
+    /// organization `name` in one transaction, honouring `etag`.
     async fn change_organization(
         &self,
         caller: &Caller,
-        target: Target<'_>,
-        request: &impl prost::Message,
+        (name, etag): (&str, &str),
+        request: &impl Retryable,
         change: impl FnOnce(&mut Organization) -> Result<()>,
     ) -> Result<pb::Organization> {
         caller.require_operator()?;
-        let Target {
-            method,
-            name,
-            etag: sent_etag,
-            request_id,
-        } = target;
         let slug = names::parse_organization(name).map_err(|v| v.under("name"))?;
-        let response = idempotent(&self.hub, caller, method, request_id, request, async |tx| {
-            let mut org = tx
-                .organization(&slug)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("organization {name:?}")))?;
-            check_etag(sent_etag, org.revision, name)?;
-            change(&mut org)?;
-            org.update_time = now();
-            if !tx.update_organization(&mut org).await? {
-                return Err(Error::StaleEtag(name.to_owned()));
-            }
-            Ok(organization_to_pb(&org))
+        let response = idempotent(&self.hub, caller, request, async |tx| {
+            Ok(organization_to_pb(
+                &app::change(tx, (&slug, name, etag), change).await?,
+            ))
         })
         .await?;
         // A suspension must stop the organization's keys now, not when the cache expires.
@@ -135,7 +175,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CreateOrganizationRequest>,
     ) -> Result<Response<pb::Organization>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require_operator()?;
         let request = request.into_inner();
         let input = request.organization.clone().unwrap_or_default();
@@ -145,32 +185,15 @@ impl AdminService for AdminApi {
             "organization.display_name",
             DisplayName::parse(&input.display_name),
         );
-        let kind = v.check("organization.kind", kind_from_pb(input.kind));
+        let kind = v.check("organization.kind", org_kind_from_pb(input.kind));
         let (Some(slug), Some(display_name), Some(kind)) = (slug, display_name, kind) else {
             return Err(v.into_error().into());
         };
-        let now = now();
-        let org = Organization {
-            id: Uuid::now_v7().to_string(),
-            slug,
-            display_name,
-            kind,
-            state: OrganizationState::Active,
-            create_time: now,
-            update_time: now,
-            revision: 1,
-        };
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "CreateOrganization",
-            &request.request_id,
-            &request,
-            async |tx| {
-                tx.insert_organization(&org).await?;
-                Ok(organization_to_pb(&org))
-            },
-        )
+        let org = app::new_organization(slug, display_name, kind);
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            app::create(tx, &org).await?;
+            Ok(organization_to_pb(&org))
+        })
         .await?;
         tracing::info!(organization = %response.slug, "organization created");
         Ok(Response::new(response))
@@ -180,11 +203,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetOrganizationRequest>,
     ) -> Result<Response<pb::Organization>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
-        let org = self
-            .visible_organization(&caller, "name", &request.get_ref().name)
-            .await?;
+        let name = &request.get_ref().name;
+        let org = self.visible_organization(&caller, "name", name).await?;
         Ok(Response::new(organization_to_pb(&org)))
     }
 
@@ -192,27 +214,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListOrganizationsRequest>,
     ) -> Result<Response<pb::ListOrganizationsResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require_operator()?;
-        let request = request.into_inner();
+        let r = request.into_inner();
         let page = self
             .hub
             .pages
-            .open(
-                &caller,
-                request.page_size,
-                &request.page_token,
-                "organizations",
-            )
+            .open(&caller, r.page_size, &r.page_token, "organizations")
             .await?;
-        let found = self
-            .hub
-            .store
-            .organizations(page.after.as_deref(), page.size)
-            .await?;
+        let at = (page.after.as_deref(), page.size);
+        let (found, next) = app::list(&self.hub.store, &caller, at).await?;
         Ok(Response::new(pb::ListOrganizationsResponse {
-            organizations: found.items.iter().map(organization_to_pb).collect(),
-            next_page_token: page.next_token(found.next_after),
+            organizations: found.iter().map(organization_to_pb).collect(),
+            next_page_token: page.next_token(next),
         }))
     }
 
@@ -220,58 +234,33 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::UpdateOrganizationRequest>,
     ) -> Result<Response<pb::Organization>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        let input = request.organization.clone().unwrap_or_default();
-        let mut populated = vec![];
-        if !input.display_name.is_empty() {
-            populated.push("display_name");
-        }
-        if input.kind != 0 {
-            populated.push("kind");
-        }
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let input = r.organization.clone().unwrap_or_default();
+        let populated: Vec<&str> = [
+            ("display_name", !input.display_name.is_empty()),
+            ("kind", input.kind != 0),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect();
         let paths = update_paths(
-            request.update_mask.as_ref(),
+            r.update_mask.as_ref(),
             &["display_name", "kind"],
             &populated,
         )?;
-        let mut v = Violations::new();
-        let display_name = paths
-            .iter()
-            .any(|p| p == "display_name")
-            .then(|| {
-                v.check(
-                    "organization.display_name",
-                    DisplayName::parse(&input.display_name),
-                )
-            })
-            .flatten();
-        let kind = paths
-            .iter()
-            .any(|p| p == "kind")
-            .then(|| v.check("organization.kind", kind_from_pb(input.kind)))
-            .flatten();
-        v.finish()?;
+        let (display_name, kind) = organization_change(&input, &paths)?;
+        let target = (input.name.as_str(), input.etag.as_str());
         let response = self
-            .change_organization(
-                &caller,
-                Target {
-                    method: "UpdateOrganization",
-                    name: &input.name,
-                    etag: &input.etag,
-                    request_id: &request.request_id,
-                },
-                &request,
-                |org| {
-                    if let Some(name) = display_name {
-                        org.display_name = name;
-                    }
-                    if let Some(kind) = kind {
-                        org.kind = kind;
-                    }
-                    Ok(())
-                },
-            )
+            .change_organization(&caller, target, &r, |org| {
+                if let Some(name) = display_name {
+                    org.display_name = name;
+                }
+                if let Some(kind) = kind {
+                    org.kind = kind;
+                }
+                Ok(())
+            })
             .await?;
         Ok(Response::new(response))
     }
@@ -280,32 +269,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SuspendOrganizationRequest>,
     ) -> Result<Response<pb::Organization>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        let reason = Reason::parse_required(&request.reason).map_err(|v| v.under("reason"))?;
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let reason = Reason::parse_required(&r.reason).map_err(|v| v.under("reason"))?;
+        let target = (r.name.as_str(), r.etag.as_str());
         let response = self
-            .change_organization(
-                &caller,
-                Target {
-                    method: "SuspendOrganization",
-                    name: &request.name,
-                    etag: &request.etag,
-                    request_id: &request.request_id,
-                },
-                &request,
-                |org| {
-                    if !org.is_active() {
-                        return Err(Error::failed_precondition(
-                            "ORGANIZATION_SUSPENDED",
-                            "the organization is already suspended",
-                        ));
-                    }
-                    org.state = OrganizationState::Suspended {
-                        reason: reason.as_str().to_owned(),
-                    };
-                    Ok(())
-                },
-            )
+            .change_organization(&caller, target, &r, |org| app::suspend(org, &reason))
             .await?;
         tracing::info!(organization = %response.slug, "organization suspended");
         Ok(Response::new(response))
@@ -315,29 +284,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ReactivateOrganizationRequest>,
     ) -> Result<Response<pb::Organization>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let caller = caller_of(&request)?;
+        let r = request.into_inner();
+        let target = (r.name.as_str(), r.etag.as_str());
         let response = self
-            .change_organization(
-                &caller,
-                Target {
-                    method: "ReactivateOrganization",
-                    name: &request.name,
-                    etag: &request.etag,
-                    request_id: &request.request_id,
-                },
-                &request,
-                |org| {
-                    if org.is_active() {
-                        return Err(Error::failed_precondition(
-                            "ORGANIZATION_ACTIVE",
-                            "the organization is not suspended",
-                        ));
-                    }
-                    org.state = OrganizationState::Active;
-                    Ok(())
-                },
-            )
+            .change_organization(&caller, target, &r, app::reactivate)
             .await?;
         tracing::info!(organization = %response.slug, "organization reactivated");
         Ok(Response::new(response))
@@ -347,66 +298,25 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Admin)?;
-        let request = request.into_inner();
-        let principal = self.key_owner(&caller, &request.parent).await?;
-        let input = request.api_key.clone().unwrap_or_default();
-        let now = now();
-        let mut v = Violations::new();
-        let scopes = v.check("api_key.scopes", scopes_from_pb(&input.scopes));
-        // Optional, unlike an organization's or a member's display name.
-        let display_name = v
-            .check(
-                "api_key.display_name",
-                text::line(&input.display_name, MAX_DISPLAY_NAME_CHARS),
-            )
-            .unwrap_or_default();
-        let expire_time = match &input.expire_time {
-            None => None,
-            Some(t) => match parse_timestamp(t) {
-                Ok(t) if t > now => Some(t),
-                Ok(_) => {
-                    v.add("api_key.expire_time", "must be in the future");
-                    None
-                }
-                Err(e) => {
-                    v.check::<()>("api_key.expire_time", Err(e));
-                    None
-                }
-            },
-        };
-        let Some(scopes) = scopes else {
-            return Err(v.into_error().into());
-        };
-        v.finish()?;
-        let secret = ApiKeySecret::generate();
-        let key = ApiKey {
-            id: Uuid::now_v7().to_string(),
-            principal,
-            display_name,
-            scopes,
-            prefix: secret.visible_prefix(),
-            create_time: now,
-            expire_time,
-            revoke_time: None,
-        };
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "CreateApiKey",
-            &request.request_id,
-            &request,
-            async |tx| {
-                tx.insert_api_key(&key, &secret.hash()).await?;
-                Ok(pb::CreateApiKeyResponse {
-                    api_key: Some(key_to_pb(&key)),
-                    key: secret.expose().to_owned(),
-                })
-            },
-        )
+        let r = request.into_inner();
+        let owner = app::key_owner(&self.hub.store, &caller, &r.parent).await?;
+        let (display_name, scopes, expire_time) =
+            key_from_pb(&r.api_key.clone().unwrap_or_default(), now())?;
+        let (key, secret) = app::new_key(owner, display_name, scopes, expire_time);
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            app::create_key(tx, &key, &secret).await?;
+            let (api_key, key) = (Some(key_to_pb(&key)), secret.expose().to_owned());
+            Ok(pb::CreateApiKeyResponse { api_key, key })
+        })
         .await?;
-        tracing::info!(key = %response.api_key.as_ref().map(|k| k.name.as_str()).unwrap_or(""), "API key created");
+        let name = response
+            .api_key
+            .as_ref()
+            .map(|k| k.name.as_str())
+            .unwrap_or("");
+        tracing::info!(key = %name, "API key created");
         Ok(Response::new(response))
     }
 
@@ -414,29 +324,21 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Admin)?;
-        let request = request.into_inner();
-        let owner = self.key_owner(&caller, &request.parent).await?;
-        let query = format!("apiKeys:{}:{}", request.parent, request.show_revoked);
+        let r = request.into_inner();
+        let owner = app::key_owner(&self.hub.store, &caller, &r.parent).await?;
+        let query = format!("apiKeys:{}:{}", r.parent, r.show_revoked);
         let page = self
             .hub
             .pages
-            .open(&caller, request.page_size, &request.page_token, &query)
+            .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
-        let found = self
-            .hub
-            .store
-            .api_keys(
-                &owner,
-                request.show_revoked,
-                page.after.as_deref(),
-                page.size,
-            )
-            .await?;
+        let at = (page.after.as_deref(), page.size);
+        let (found, next) = app::keys(&self.hub.store, &owner, r.show_revoked, at).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
-            api_keys: found.items.iter().map(key_to_pb).collect(),
-            next_page_token: page.next_token(found.next_after),
+            api_keys: found.iter().map(key_to_pb).collect(),
+            next_page_token: page.next_token(next),
         }))
     }
 
@@ -444,43 +346,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Admin)?;
-        let request = request.into_inner();
-        let (owner_slug, id) = names::parse_api_key(&request.name).map_err(|v| v.under("name"))?;
-        let parent = owner_slug
-            .as_ref()
-            .map_or("operator".to_owned(), names::organization);
-        let owner = self
-            .key_owner(&caller, &parent)
-            .await
-            .map_err(|e| match e {
-                // Whose keys the caller may not manage stays as unknown as a missing key.
-                Error::NotFound(_) | Error::PermissionDenied { .. } => {
-                    Error::NotFound(format!("API key {:?}", request.name))
-                }
-                other => other,
-            })?;
-        let name = request.name.clone();
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "RevokeApiKey",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let mut key = tx
-                    .api_key(&owner, &id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("API key {name:?}")))?;
-                if key.revoke_time.is_none() {
-                    let now = now();
-                    tx.revoke_api_key(&key.id, now).await?;
-                    key.revoke_time = Some(now);
-                }
-                Ok(key_to_pb(&key))
-            },
-        )
+        let r = request.into_inner();
+        let (owner_slug, id) = names::parse_api_key(&r.name).map_err(|v| v.under("name"))?;
+        let owner =
+            app::revocable_key_owner(&self.hub.store, &caller, owner_slug.as_ref(), &r.name)
+                .await?;
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            Ok(key_to_pb(&app::revoke_key(tx, &owner, &id, &r.name).await?))
+        })
         .await?;
         self.hub.auth.forget_all();
         tracing::info!(key = %response.name, "API key revoked");
@@ -506,21 +381,5 @@ impl AdminService for AdminApi {
         request: Request<pb::RevokeClientCertificateRequest>,
     ) -> Result<Response<pb::ClientCertificate>, Status> {
         Ok(Response::new(self.revoke_certificate(request).await?))
-    }
-}
-
-impl AdminApi {
-    /// Whose keys `parent` names (`organizations/{org}` or `operator`), if the caller
-    /// may manage them: the operator manages all, an organization's admin its own.
-    async fn key_owner(&self, caller: &Caller, parent: &str) -> Result<Principal> {
-        if parent == "operator" {
-            caller.require_operator()?;
-            return Ok(Principal::Operator);
-        }
-        let org = self.visible_organization(caller, "parent", parent).await?;
-        Ok(Principal::Organization(OrgRef {
-            id: org.id,
-            slug: org.slug,
-        }))
     }
 }

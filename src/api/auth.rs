@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+pub use crate::domain::caller::Caller;
 use crate::domain::client_cert::{PresentedCertificate, common_name, fingerprint};
 use crate::domain::error::{Error, Result};
-use crate::domain::{ApiKeySecret, OrgRef, Principal, Scope, Scopes, now};
+use crate::domain::{ApiKeySecret, Principal, now};
 use crate::store::Store;
 
 /// How long a looked-up key is trusted without asking the database again.
@@ -24,90 +25,16 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// under a flood of distinct (valid) keys.
 const CACHE_CAPACITY: usize = 10_000;
 
-/// The authenticated caller of one RPC.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub key_id: String,
-    pub principal: Principal,
-    pub scopes: Scopes,
-}
-
-impl Caller {
-    /// The hub operator, for the CLI acting directly on the database.
-    pub fn operator() -> Self {
-        Self {
-            key_id: "cli".into(),
-            principal: Principal::Operator,
-            scopes: Scopes::new(vec![Scope::Admin]).expect("non-empty"),
-        }
-    }
-
-    /// The caller the edge attached to `request`.
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller> {
-        request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| Error::Unauthenticated {
-                reason: "MISSING_CREDENTIALS",
-                message: "no API key was presented".into(),
-            })
-    }
-
-    pub fn require(&self, scope: Scope) -> Result<()> {
-        if self.scopes.allows(scope) {
-            Ok(())
-        } else {
-            Err(Error::PermissionDenied {
-                reason: "INSUFFICIENT_SCOPE",
-                message: format!("this method needs a key with the {} scope", scope.as_str()),
-            })
-        }
-    }
-
-    pub fn require_operator(&self) -> Result<()> {
-        match self.principal {
-            Principal::Operator => self.require(Scope::Admin),
-            Principal::Organization(_) => Err(Error::permission_denied(
-                "this method needs the hub operator's key",
-            )),
-        }
-    }
-
-    /// The organization the caller speaks for; operators have none.
-    pub fn organization(&self) -> Result<&OrgRef> {
-        match &self.principal {
-            Principal::Organization(org) => Ok(org),
-            Principal::Operator => Err(Error::permission_denied(
-                "this method needs an organization's key, not the operator's",
-            )),
-        }
-    }
-
-    /// Whether the caller may act on resources of organization `org_id`: its own, or
-    /// any for the operator.
-    pub fn may_act_for(&self, org_id: &str) -> bool {
-        match &self.principal {
-            Principal::Operator => true,
-            Principal::Organization(org) => org.id == org_id,
-        }
-    }
-
-    /// The namespace of this caller's `request_id`s.
-    pub fn idempotency_scope(&self) -> String {
-        match &self.principal {
-            Principal::Operator => "operator".into(),
-            Principal::Organization(org) => format!("org:{}", org.id),
-        }
-    }
-
-    /// How logs name the caller.
-    pub fn label(&self) -> &str {
-        match &self.principal {
-            Principal::Operator => "operator",
-            Principal::Organization(org) => org.slug.as_str(),
-        }
-    }
+/// The caller the edge attached to `request`.
+pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Error::Unauthenticated {
+            reason: "MISSING_CREDENTIALS",
+            message: "no API key was presented".into(),
+        })
 }
 
 struct Cached {

@@ -2,16 +2,17 @@
 //! TLS connection authenticate as an organization.
 
 use tonic::Request;
-use uuid::Uuid;
 
+use super::admin::scopes_from_pb;
 use super::convert::scope_to_pb;
 use super::write::idempotent;
-use super::{AdminApi, Caller};
+use super::{AdminApi, caller_of};
+use crate::app::organizations as app;
+use crate::domain::Scope;
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
-use crate::domain::error::{Error, Result, Violations};
+use crate::domain::error::{Result, Violations};
 use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
-use crate::domain::{OrgRef, Scope, now};
 use crate::feed::render::timestamp;
 use crate::pb;
 
@@ -32,50 +33,41 @@ fn to_pb(c: &ClientCertificate) -> pb::ClientCertificate {
     }
 }
 
-impl AdminApi {
-    async fn certificate_owner(
-        &self,
-        caller: &Caller,
-        field: &str,
-        parent: &str,
-    ) -> Result<OrgRef> {
-        let org = self.visible_organization(caller, field, parent).await?;
-        Ok(OrgRef {
-            id: org.id,
-            slug: org.slug,
-        })
+/// How a registration matches presented certificates: exactly one of a SHA-256
+/// fingerprint and a subject common name.
+fn match_from_pb(v: &mut Violations, input: &pb::ClientCertificate) -> Option<CertificateMatch> {
+    use pb::client_certificate::Match;
+    match &input.r#match {
+        Some(Match::FingerprintSha256(f)) => v.check(
+            "client_certificate.fingerprint_sha256",
+            CertificateMatch::fingerprint(f),
+        ),
+        Some(Match::SubjectCommonName(s)) => v.check(
+            "client_certificate.subject_common_name",
+            CertificateMatch::subject(s),
+        ),
+        None => {
+            v.add(
+                "client_certificate.fingerprint_sha256",
+                "set this or subject_common_name",
+            );
+            None
+        }
     }
+}
 
+impl AdminApi {
     pub(super) async fn register_certificate(
         &self,
         request: Request<pb::RegisterClientCertificateRequest>,
     ) -> Result<pb::ClientCertificate> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require_operator()?;
-        let request = request.into_inner();
-        let input = request.client_certificate.clone().unwrap_or_default();
+        let r = request.into_inner();
+        let input = r.client_certificate.clone().unwrap_or_default();
         let mut v = Violations::new();
-        let matches = match &input.r#match {
-            Some(pb::client_certificate::Match::FingerprintSha256(f)) => v.check(
-                "client_certificate.fingerprint_sha256",
-                CertificateMatch::fingerprint(f),
-            ),
-            Some(pb::client_certificate::Match::SubjectCommonName(s)) => v.check(
-                "client_certificate.subject_common_name",
-                CertificateMatch::subject(s),
-            ),
-            None => {
-                v.add(
-                    "client_certificate.fingerprint_sha256",
-                    "set this or subject_common_name",
-                );
-                None
-            }
-        };
-        let scopes = v.check(
-            "client_certificate.scopes",
-            super::admin::scopes_from_pb(&input.scopes),
-        );
+        let matches = match_from_pb(&mut v, &input);
+        let scopes = v.check("client_certificate.scopes", scopes_from_pb(&input.scopes));
         // Optional, unlike an organization's or a member's display name.
         let display_name = v
             .check(
@@ -83,33 +75,17 @@ impl AdminApi {
                 text::line(&input.display_name, MAX_DISPLAY_NAME_CHARS),
             )
             .unwrap_or_default();
-        let organization = self
-            .certificate_owner(&caller, "parent", &request.parent)
-            .await;
+        let organization =
+            app::certificate_owner(&self.hub().store, &caller, "parent", &r.parent).await;
         let (Some(matches), Some(scopes)) = (matches, scopes) else {
             return Err(v.into_error());
         };
         v.finish()?;
-        let certificate = ClientCertificate {
-            id: Uuid::now_v7().to_string(),
-            organization: organization?,
-            matches,
-            display_name,
-            scopes,
-            create_time: now(),
-            revoke_time: None,
-        };
-        let response = idempotent(
-            self.hub(),
-            &caller,
-            "RegisterClientCertificate",
-            &request.request_id,
-            &request,
-            async |tx| {
-                tx.insert_client_certificate(&certificate).await?;
-                Ok(to_pb(&certificate))
-            },
-        )
+        let certificate = app::new_certificate(organization?, matches, display_name, scopes);
+        let response = idempotent(self.hub(), &caller, &r, async |tx| {
+            app::register_certificate(tx, &certificate).await?;
+            Ok(to_pb(&certificate))
+        })
         .await?;
         tracing::info!(certificate = %response.name, "client certificate registered");
         Ok(response)
@@ -119,34 +95,22 @@ impl AdminApi {
         &self,
         request: Request<pb::ListClientCertificatesRequest>,
     ) -> Result<pb::ListClientCertificatesResponse> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Admin)?;
-        let request = request.into_inner();
-        let owner = self
-            .certificate_owner(&caller, "parent", &request.parent)
-            .await?;
-        let query = format!(
-            "clientCertificates:{}:{}",
-            request.parent, request.show_revoked
-        );
+        let r = request.into_inner();
+        let owner = app::certificate_owner(&self.hub().store, &caller, "parent", &r.parent).await?;
+        let query = format!("clientCertificates:{}:{}", r.parent, r.show_revoked);
         let page = self
             .hub()
             .pages
-            .open(&caller, request.page_size, &request.page_token, &query)
+            .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
-        let found = self
-            .hub()
-            .store
-            .client_certificates(
-                &owner.id,
-                request.show_revoked,
-                page.after.as_deref(),
-                page.size,
-            )
-            .await?;
+        let at = (page.after.as_deref(), page.size);
+        let (found, next) =
+            app::certificates(&self.hub().store, &owner, r.show_revoked, at).await?;
         Ok(pb::ListClientCertificatesResponse {
-            client_certificates: found.items.iter().map(to_pb).collect(),
-            next_page_token: page.next_token(found.next_after),
+            client_certificates: found.iter().map(to_pb).collect(),
+            next_page_token: page.next_token(next),
         })
     }
 
@@ -154,34 +118,17 @@ impl AdminApi {
         &self,
         request: Request<pb::RevokeClientCertificateRequest>,
     ) -> Result<pb::ClientCertificate> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require_operator()?;
-        let request = request.into_inner();
-        let (slug, id) =
-            names::parse_client_certificate(&request.name).map_err(|v| v.under("name"))?;
-        let owner = self
-            .certificate_owner(&caller, "name", &names::organization(&slug))
-            .await?;
-        let name = request.name.clone();
-        let response = idempotent(
-            self.hub(),
-            &caller,
-            "RevokeClientCertificate",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let mut certificate = tx
-                    .client_certificate(&owner.id, &id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("client certificate {name:?}")))?;
-                if certificate.revoke_time.is_none() {
-                    let now = now();
-                    tx.revoke_client_certificate(&certificate.id, now).await?;
-                    certificate.revoke_time = Some(now);
-                }
-                Ok(to_pb(&certificate))
-            },
-        )
+        let r = request.into_inner();
+        let (slug, id) = names::parse_client_certificate(&r.name).map_err(|v| v.under("name"))?;
+        let parent = names::organization(&slug);
+        let owner = app::certificate_owner(&self.hub().store, &caller, "name", &parent).await?;
+        let response = idempotent(self.hub(), &caller, &r, async |tx| {
+            Ok(to_pb(
+                &app::revoke_certificate(tx, &owner, &id, &r.name).await?,
+            ))
+        })
         .await?;
         self.hub().auth.forget_all();
         tracing::info!(certificate = %response.name, "client certificate revoked");

@@ -3,75 +3,17 @@
 use jiff::Timestamp;
 
 use crate::domain::error::{Error, FieldViolation, Result};
-use crate::domain::{MemberRole, OrganizationKind, Relationship, Scope};
-use crate::pb;
 
-/// Maps a domain enum to its protobuf enum and back; the protobuf's UNSPECIFIED (or any
-/// value not listed) reads as "is required", an unknown number as not known.
-macro_rules! enum_mapping {
-    ($to:ident, $from:ident, $domain:ty, $pb:ty, $what:literal, { $($d:path => $p:path),+ $(,)? }) => {
-        pub fn $to(value: $domain) -> $pb {
-            match value {
-                $($d => $p,)+
-            }
-        }
-
-        pub fn $from(raw: i32) -> Result<$domain, FieldViolation> {
-            match <$pb>::try_from(raw) {
-                $(Ok($p) => Ok($d),)+
-                Ok(_) => Err(FieldViolation::required("")),
-                Err(_) => Err(FieldViolation::new("", format!("{raw} is not a known {}", $what))),
-            }
-        }
-    };
-}
-
-enum_mapping!(kind_to_pb, kind_from_pb, OrganizationKind, pb::OrganizationKind, "organization kind", {
-    OrganizationKind::Vendor => pb::OrganizationKind::Vendor,
-    OrganizationKind::Distributor => pb::OrganizationKind::Distributor,
-    OrganizationKind::Retailer => pb::OrganizationKind::Retailer,
-    OrganizationKind::Other => pb::OrganizationKind::Other,
-});
-
-enum_mapping!(scope_to_pb, scope_from_pb, Scope, pb::ApiKeyScope, "scope; use READ, WRITE or ADMIN", {
-    Scope::Read => pb::ApiKeyScope::Read,
-    Scope::Write => pb::ApiKeyScope::Write,
-    Scope::Admin => pb::ApiKeyScope::Admin,
-});
-
-enum_mapping!(role_to_pb, role_from_pb, MemberRole, pb::MemberRole, "member role", {
-    MemberRole::Coordinator => pb::MemberRole::Coordinator,
-    MemberRole::Manager => pb::MemberRole::Manager,
-    MemberRole::Administrator => pb::MemberRole::Administrator,
-});
-
-enum_mapping!(relationship_to_pb, relationship_from_pb, Relationship, pb::Relationship, "relationship", {
-    Relationship::Supplies => pb::Relationship::Supplies,
-    Relationship::DistributesFor => pb::Relationship::DistributesFor,
-    Relationship::SellsFor => pb::Relationship::SellsFor,
-    Relationship::ServicesFor => pb::Relationship::ServicesFor,
-});
+pub use crate::feed::render::{
+    org_kind_from_pb, org_kind_to_pb, relationship_from_pb, role_from_pb, scope_from_pb,
+    scope_to_pb,
+};
 
 pub fn parse_timestamp(t: &prost_types::Timestamp) -> Result<Timestamp, FieldViolation> {
     Timestamp::new(t.seconds, t.nanos).map_err(|_| FieldViolation::new("", "is not a valid time"))
 }
 
-/// Checks an etag sent with a write against the resource's current revision.
-/// An empty etag means "whatever is current".
-pub fn check_etag(sent: &str, current_revision: i64, resource: &str) -> Result<()> {
-    if sent.is_empty() {
-        return Ok(());
-    }
-    let revision: i64 = sent
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| Error::invalid("etag", "is not an etag this API returned"))?;
-    if revision == current_revision {
-        Ok(())
-    } else {
-        Err(Error::StaleEtag(resource.to_owned()))
-    }
-}
+pub use crate::app::check_etag;
 
 /// The fields an update touches: the mask's paths, each of which must be in
 /// `updatable`; or, with an empty mask, the updatable fields the request populated

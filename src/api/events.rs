@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Authenticator, Caller, Hub};
+use super::{Authenticator, Hub, caller_of};
 use crate::config::EventsConfig;
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::event::parse_type_filter;
@@ -356,7 +356,7 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?.clone();
         // What the stream re-checks every heartbeat: the key, or the certificate of a
@@ -408,7 +408,7 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let r = request.get_ref();

@@ -23,10 +23,11 @@ pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
+pub use crate::app::customers::CustomerSettings;
 pub use admin::AdminApi;
-pub use auth::{Authenticator, Caller};
+pub use auth::{Authenticator, Caller, caller_of};
 pub use cases::CaseApi;
-pub use customers::{CustomerApi, CustomerSettings};
+pub use customers::CustomerApi;
 pub use events::EventApi;
 pub use interactions::InteractionApi;
 pub use limits::Limiter;

@@ -1,27 +1,17 @@
-//! Writes that are safe to retry: each runs in one transaction together with the
-//! record of its `request_id` (AIP-155), so a retry returns the first answer.
+//! Retries over gRPC: the protobuf answers kept for a `request_id` (AIP-155) and the
+//! digest of the request a retry must repeat.
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 
 use super::{Caller, Hub};
-use crate::domain::error::{Error, Result};
-use crate::domain::now;
+use crate::app::{
+    self,
+    write::{Answer, Retry},
+};
+use crate::domain::error::Result;
 use crate::pb;
-use crate::store::{Cause, Claim, Tx};
-
-/// Longest accepted `request_id`; a UUID needs 36.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// What identifies a write to an existing resource: the method (for idempotency
-/// records), the resource name, the etag the caller read it at (may be empty) and its
-/// `request_id` (may be empty).
-pub struct Target<'a> {
-    pub method: &'a str,
-    pub name: &'a str,
-    pub etag: &'a str,
-    pub request_id: &'a str,
-}
+use crate::store::Tx;
 
 /// A response that can be stored and replayed.
 pub trait Replayable: Message + Default + Sized {
@@ -73,57 +63,100 @@ impl Replayable for pb::CreateApiKeyResponse {
     }
 }
 
-/// Runs `change` in a write transaction and commits it. With a `request_id`, the
-/// first answer is stored in the same transaction and a retry returns it without
-/// running `change` again; the same id with a different request is refused.
-pub async fn idempotent<M, F>(
-    hub: &Hub,
-    caller: &Caller,
-    method: &str,
-    request_id: &str,
-    request: &impl Message,
-    change: F,
-) -> Result<M>
+/// A write request: the method it calls and the `request_id` it may carry (AIP-155).
+pub trait Retryable: Message {
+    /// The RPC's name, which idempotency records keep.
+    const METHOD: &'static str;
+    fn request_id(&self) -> &str;
+}
+
+macro_rules! retryable {
+    ($($method:ident: $t:ty),* $(,)?) => { $(
+        impl Retryable for $t {
+            const METHOD: &'static str = stringify!($method);
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+        }
+    )* };
+}
+retryable!(
+    AcceptPartnership: pb::AcceptPartnershipRequest,
+    AcceptTask: pb::AcceptTaskRequest,
+    AddCaseParticipant: pb::AddCaseParticipantRequest,
+    ApproveAccessRequest: pb::ApproveAccessRequestRequest,
+    AssignTask: pb::AssignTaskRequest,
+    BatchUpsertCustomers: pb::BatchUpsertCustomersRequest,
+    CommentOnCase: pb::CommentOnCaseRequest,
+    CompleteTask: pb::CompleteTaskRequest,
+    CreateAccessRequest: pb::CreateAccessRequestRequest,
+    CreateApiKey: pb::CreateApiKeyRequest,
+    CreateCustomer: pb::CreateCustomerRequest,
+    CreateGrant: pb::CreateGrantRequest,
+    CreateMember: pb::CreateMemberRequest,
+    CreateOrganization: pb::CreateOrganizationRequest,
+    CreateWebhookEndpoint: pb::CreateWebhookEndpointRequest,
+    DeclineAccessRequest: pb::DeclineAccessRequestRequest,
+    DeclinePartnership: pb::DeclinePartnershipRequest,
+    DeclineTask: pb::DeclineTaskRequest,
+    DeleteCustomer: pb::DeleteCustomerRequest,
+    DeleteMember: pb::DeleteMemberRequest,
+    DeleteWebhookEndpoint: pb::DeleteWebhookEndpointRequest,
+    EndPartnership: pb::EndPartnershipRequest,
+    EraseCustomer: pb::EraseCustomerRequest,
+    LogInteraction: pb::LogInteractionRequest,
+    MergeCustomers: pb::MergeCustomersRequest,
+    OpenCase: pb::OpenCaseRequest,
+    ProposePartnership: pb::ProposePartnershipRequest,
+    ReactivateOrganization: pb::ReactivateOrganizationRequest,
+    RedeliverFailedWebhookDeliveries: pb::RedeliverFailedWebhookDeliveriesRequest,
+    RedeliverWebhookEvent: pb::RedeliverWebhookEventRequest,
+    RegisterClientCertificate: pb::RegisterClientCertificateRequest,
+    RemoveCaseParticipant: pb::RemoveCaseParticipantRequest,
+    ResumePartnership: pb::ResumePartnershipRequest,
+    RevokeApiKey: pb::RevokeApiKeyRequest,
+    RevokeClientCertificate: pb::RevokeClientCertificateRequest,
+    RevokeGrant: pb::RevokeGrantRequest,
+    RotateWebhookEndpointSecret: pb::RotateWebhookEndpointSecretRequest,
+    SuspendOrganization: pb::SuspendOrganizationRequest,
+    SuspendPartnership: pb::SuspendPartnershipRequest,
+    TransitionCase: pb::TransitionCaseRequest,
+    UndeleteCustomer: pb::UndeleteCustomerRequest,
+    UpdateCustomerOverlay: pb::UpdateCustomerOverlayRequest,
+    UpdateCustomer: pb::UpdateCustomerRequest,
+    UpdateMember: pb::UpdateMemberRequest,
+    UpdateNotificationPreferences: pb::UpdateNotificationPreferencesRequest,
+    UpdateOrganization: pb::UpdateOrganizationRequest,
+    UpdateWebhookEndpoint: pb::UpdateWebhookEndpointRequest
+);
+
+/// Runs `change` once (see [`app::write::idempotent`]), keeping the protobuf answer
+/// for a retry of the same `request_id`; `request` is what the retry must repeat.
+pub async fn idempotent<R, M, F>(hub: &Hub, caller: &Caller, request: &R, change: F) -> Result<M>
 where
+    R: Retryable,
     M: Replayable,
     F: AsyncFnOnce(&mut Tx) -> Result<M>,
 {
-    let mut tx = hub.store.begin().await?;
-    tx.set_cause(Cause {
-        organization: caller
-            .organization()
-            .ok()
-            .map(|org| org.slug.as_str().to_owned()),
-        key_id: caller.key_id.clone(),
-        request_id: request_id.to_owned(),
-    });
-    if request_id.is_empty() {
-        let response = change(&mut tx).await?;
-        tx.commit().await?;
-        return Ok(response);
+    let request_id = request.request_id();
+    let retry = Retry {
+        method: R::METHOD,
+        request_id,
+        fingerprint: if request_id.is_empty() {
+            String::new()
+        } else {
+            format!("{:x}", Sha256::digest(request.encode_to_vec()))
+        },
+    };
+    app::write::idempotent(&hub.store, caller, retry, change).await
+}
+
+impl<M: Replayable> Answer for M {
+    fn to_replay(&self) -> Vec<u8> {
+        self.for_replay().encode_to_vec()
     }
-    if request_id.len() > MAX_REQUEST_ID_LEN || !request_id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::invalid(
-            "request_id",
-            "must be at most 128 printable ASCII characters; a UUID is recommended",
-        ));
+
+    fn from_replay(bytes: &[u8]) -> anyhow::Result<Self> {
+        Ok(M::decode(bytes)?)
     }
-    let scope = caller.idempotency_scope();
-    let hash = format!("{:x}", Sha256::digest(request.encode_to_vec()));
-    match tx
-        .claim_request(&scope, request_id, method, &hash, now())
-        .await?
-    {
-        Claim::Replay(bytes) => {
-            let response = M::decode(bytes.as_slice())
-                .map_err(|e| anyhow::anyhow!("stored response does not decode: {e}"))?;
-            return Ok(response);
-        }
-        Claim::New => {}
-    }
-    let response = change(&mut tx).await?;
-    tx.record_response(&scope, request_id, &response.for_replay().encode_to_vec())
-        .await?;
-    tx.commit().await?;
-    Ok(response)
 }

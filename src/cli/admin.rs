@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::api::convert::{kind_to_pb, scope_to_pb};
+use crate::api::convert::{org_kind_to_pb, scope_to_pb};
 use crate::api::{AdminApi, Caller};
 use crate::domain::{OrganizationKind, Scope};
 use crate::pb::{self, admin_service_server::AdminService};
@@ -148,7 +148,7 @@ pub(super) async fn admin(
         } => {
             let kind = OrganizationKind::parse(&kind)
                 .map_err(|v| anyhow::anyhow!("--kind {}", v.description))?;
-            let kind = kind_to_pb(kind);
+            let kind = org_kind_to_pb(kind);
             let request = pb::CreateOrganizationRequest {
                 organization: Some(pb::Organization {
                     slug,

@@ -306,10 +306,10 @@ pub struct ImportOptions {
 
 /// Runs an import; stops at the first bad row or refused batch, saying which line.
 pub async fn run(options: ImportOptions) -> anyhow::Result<Totals> {
-    if !(1..=crate::api::customers::MAX_BATCH).contains(&options.batch_size) {
+    if !(1..=crate::app::customers::MAX_BATCH).contains(&options.batch_size) {
         bail!(
             "--batch-size must be between 1 and {}",
-            crate::api::customers::MAX_BATCH
+            crate::app::customers::MAX_BATCH
         );
     }
     let file = std::fs::File::open(&options.path)

@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod calendar;
+pub mod caller;
 pub mod case;
 pub mod client_cert;
 pub mod customer;

@@ -5,14 +5,14 @@
 use std::collections::HashSet;
 
 use super::draft::{Draft, emit};
-use super::render::{customer_to_pb, state_to_pb};
+use super::render::{customer_to_pb, overlay_to_pb, state_to_pb};
 use crate::domain::customer::Customer;
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
 use crate::domain::names;
 use crate::domain::visibility::CustomerView;
 use crate::pb::{self, event::Payload};
-use crate::store::{SeenCustomer, Tx};
+use crate::store::{Overlay, SeenCustomer, Tx};
 
 /// A change to a customer record, to be told to everyone who may see it.
 pub struct CustomerChange<'a> {
@@ -102,4 +102,24 @@ pub fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) 
         draft.merged_customers = change.merged_customers.clone();
         emit(tx, org, draft);
     }
+}
+
+/// Tells `organization_id` alone (an overlay is private to it) that its overlay on
+/// customer `customer_id` changed in `changed_fields`.
+pub fn overlay_updated(
+    tx: &mut Tx,
+    organization_id: &str,
+    customer_id: &str,
+    overlay: &Overlay,
+    external_id: &Option<String>,
+    changed_fields: Vec<String>,
+) {
+    let overlay = overlay_to_pb(customer_id, overlay, external_id);
+    let mut draft = Draft::new(
+        EventType::CustomerOverlayUpdated,
+        overlay.name.clone(),
+        Payload::CustomerOverlay(overlay),
+    );
+    draft.changed_fields = changed_fields;
+    emit(tx, organization_id, draft);
 }

@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use prost::Message;
 use uuid::Uuid;
 
-use super::render::timestamp;
-use crate::domain::event::EventType;
+use super::render::{endpoint_to_pb, timestamp};
+use crate::domain::event::{EventType, TEST_EVENT_TYPE};
 use crate::domain::{OrgRef, Slug, names, now};
 use crate::pb::{self, event::Payload};
-use crate::store::{NewEvent, Tx};
+use crate::store::{Endpoint, NewEvent, Tx};
 
 /// One event before it is addressed to an organization.
 pub struct Draft {
@@ -90,4 +90,32 @@ pub fn emit_to(tx: &mut Tx, organizations: &[&OrgRef], draft: impl Fn() -> Draft
             emit(tx, &org.id, draft());
         }
     }
+}
+
+/// The body of a test event `id` to `endpoint` of organization `org` (named
+/// `resource`), sent by the key `key_id`: the endpoint itself as the payload, outside
+/// any feed.
+pub fn test_event(
+    id: &str,
+    (org, key_id): (&Slug, &str),
+    endpoint: &Endpoint,
+    resource: &str,
+) -> Vec<u8> {
+    pb::Event {
+        id: id.to_owned(),
+        sequence: 0,
+        r#type: TEST_EVENT_TYPE.into(),
+        create_time: timestamp(now()),
+        actor: Some(pb::Actor {
+            organization: names::organization(org),
+            api_key: names::api_key(Some(org), key_id),
+            member: String::new(),
+        }),
+        request_id: String::new(),
+        resource: resource.to_owned(),
+        changed_fields: vec![],
+        merged_customers: vec![],
+        payload: Some(Payload::WebhookEndpoint(endpoint_to_pb(org, endpoint))),
+    }
+    .encode_to_vec()
 }

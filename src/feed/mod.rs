@@ -5,5 +5,9 @@
 pub mod cases;
 pub mod customers;
 pub mod draft;
+pub mod interactions;
 pub mod json;
+pub mod members;
+pub mod partnerships;
 pub mod render;
+pub mod sharing;

@@ -5,15 +5,67 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::domain::Slug;
 use crate::domain::case::sla::Phase;
 use crate::domain::case::workflow::Template;
 use crate::domain::case::{Case, CommentVisibility, HistoryEntry, Priority, Task, TaskState};
+use crate::domain::customer::FieldSet;
 use crate::domain::customer::{CustomerKind, RecordState};
+use crate::domain::error::FieldViolation;
+use crate::domain::interaction::{Direction, Interaction, InteractionType, InteractionVisibility};
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
+use crate::domain::{
+    Member, MemberRole, OrganizationKind, Partnership, PartnershipState, Relationship, Scope, Slug,
+};
 use crate::pb;
-use crate::store::{Endpoint, SeenCustomer};
+use crate::store::{AccessRequest, Endpoint, Grant, Overlay, RequestState, SeenCustomer};
+
+/// Maps a domain enum to its protobuf enum and back (the edge parses requests with
+/// the second half); the protobuf's UNSPECIFIED (or any
+/// value not listed) reads as "is required", an unknown number as not known.
+macro_rules! enum_mapping {
+    ($to:ident, $from:ident, $domain:ty, $pb:ty, $what:literal, { $($d:path => $p:path),+ $(,)? }) => {
+        pub fn $to(value: $domain) -> $pb {
+            match value {
+                $($d => $p,)+
+            }
+        }
+
+        pub fn $from(raw: i32) -> Result<$domain, FieldViolation> {
+            match <$pb>::try_from(raw) {
+                $(Ok($p) => Ok($d),)+
+                Ok(_) => Err(FieldViolation::required("")),
+                Err(_) => Err(FieldViolation::new("", format!("{raw} is not a known {}", $what))),
+            }
+        }
+    };
+}
+
+enum_mapping!(org_kind_to_pb, org_kind_from_pb, OrganizationKind, pb::OrganizationKind, "organization kind", {
+    OrganizationKind::Vendor => pb::OrganizationKind::Vendor,
+    OrganizationKind::Distributor => pb::OrganizationKind::Distributor,
+    OrganizationKind::Retailer => pb::OrganizationKind::Retailer,
+    OrganizationKind::Other => pb::OrganizationKind::Other,
+});
+
+enum_mapping!(scope_to_pb, scope_from_pb, Scope, pb::ApiKeyScope, "scope; use READ, WRITE or ADMIN", {
+    Scope::Read => pb::ApiKeyScope::Read,
+    Scope::Write => pb::ApiKeyScope::Write,
+    Scope::Admin => pb::ApiKeyScope::Admin,
+});
+
+enum_mapping!(role_to_pb, role_from_pb, MemberRole, pb::MemberRole, "member role", {
+    MemberRole::Coordinator => pb::MemberRole::Coordinator,
+    MemberRole::Manager => pb::MemberRole::Manager,
+    MemberRole::Administrator => pb::MemberRole::Administrator,
+});
+
+enum_mapping!(relationship_to_pb, relationship_from_pb, Relationship, pb::Relationship, "relationship", {
+    Relationship::Supplies => pb::Relationship::Supplies,
+    Relationship::DistributesFor => pb::Relationship::DistributesFor,
+    Relationship::SellsFor => pb::Relationship::SellsFor,
+    Relationship::ServicesFor => pb::Relationship::ServicesFor,
+});
 
 pub fn timestamp(t: Timestamp) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
@@ -291,5 +343,180 @@ pub fn task_to_pb(t: &Task) -> pb::CaseTask {
         assigned_by: names::organization(&t.assigned_by.slug),
         create_time: timestamp(t.create_time),
         update_time: timestamp(t.update_time),
+    }
+}
+
+/// An organization's overlay on customer `customer_id`, with its external id.
+pub fn overlay_to_pb(
+    customer_id: &str,
+    o: &Overlay,
+    external_id: &Option<String>,
+) -> pb::CustomerOverlay {
+    pb::CustomerOverlay {
+        name: names::overlay(customer_id),
+        external_id: external_id.clone().unwrap_or_default(),
+        account_number: o.account_number.clone(),
+        status: o.status.clone(),
+        notes: o.notes.clone(),
+        attributes: o.attributes.clone().into_iter().collect(),
+        update_time: o.update_time.and_then(timestamp),
+        etag: etag(o.revision),
+    }
+}
+
+pub fn type_to_pb(t: InteractionType) -> pb::InteractionType {
+    use pb::InteractionType as P;
+    match t {
+        InteractionType::Call => P::Call,
+        InteractionType::Meeting => P::Meeting,
+        InteractionType::Email => P::Email,
+        InteractionType::Purchase => P::Purchase,
+        InteractionType::Complaint => P::Complaint,
+        InteractionType::Incident => P::Incident,
+        InteractionType::Note => P::Note,
+    }
+}
+
+/// An interaction; only those its reader may see are ever rendered.
+pub fn interaction_to_pb(i: &Interaction) -> pb::Interaction {
+    pb::Interaction {
+        name: names::interaction(&i.customer_id, &i.id),
+        r#type: type_to_pb(i.kind) as i32,
+        occur_time: timestamp(i.occur_time),
+        organization: names::organization(&i.organization.slug),
+        member: i
+            .member_id
+            .as_ref()
+            .map(|m| names::member(&i.organization.slug, m))
+            .unwrap_or_default(),
+        channel: i.channel.clone(),
+        direction: match i.direction {
+            Direction::Unspecified => pb::Direction::Unspecified,
+            Direction::Inbound => pb::Direction::Inbound,
+            Direction::Outbound => pb::Direction::Outbound,
+        } as i32,
+        summary: i.summary.clone(),
+        body: i.body.clone(),
+        amount: i.amount.as_ref().map(|m| pb::Money {
+            currency_code: m.currency.clone(),
+            units: m.units,
+            nanos: m.nanos,
+        }),
+        attributes: i.attributes.clone().into_iter().collect(),
+        visibility: match i.visibility {
+            InteractionVisibility::Organization => pb::InteractionVisibility::Organization,
+            InteractionVisibility::Shared => pb::InteractionVisibility::Shared,
+        } as i32,
+        create_time: timestamp(i.create_time),
+    }
+}
+
+pub fn grant_level_to_pb(level: AccessLevel) -> pb::AccessLevel {
+    match level {
+        AccessLevel::Read => pb::AccessLevel::Read,
+        AccessLevel::ReadWrite => pb::AccessLevel::ReadWrite,
+    }
+}
+
+pub fn field_names(fields: FieldSet) -> Vec<String> {
+    if fields == FieldSet::ALL {
+        vec![]
+    } else {
+        fields.iter().map(|f| f.as_str().to_owned()).collect()
+    }
+}
+
+pub fn grant_to_pb(g: &Grant) -> pb::Grant {
+    use pb::grant::State;
+    pb::Grant {
+        name: names::grant(&g.customer_id, &g.id),
+        grantee: names::organization(&g.grantee.slug),
+        level: grant_level_to_pb(g.level) as i32,
+        fields: field_names(g.fields),
+        partnership: names::partnership(&g.partnership_id),
+        state: if g.revoke_time.is_some() {
+            State::Revoked
+        } else {
+            State::Active
+        } as i32,
+        effective: g.revoke_time.is_none() && g.partnership_active,
+        create_time: timestamp(g.create_time),
+        revoke_time: g.revoke_time.and_then(timestamp),
+    }
+}
+
+/// An access request as `viewer_id` may see it: the requester learns the customer
+/// only once access is approved.
+pub fn request_to_pb(r: &AccessRequest, viewer_id: &str) -> pb::AccessRequest {
+    use pb::access_request::State;
+    let shows_customer = r.owner.id == viewer_id || r.state == RequestState::Approved;
+    pb::AccessRequest {
+        name: names::access_request(&r.id),
+        requester: names::organization(&r.requester.slug),
+        owner: names::organization(&r.owner.slug),
+        r#match: names::customer_match(&r.match_id),
+        level: grant_level_to_pb(r.level) as i32,
+        fields: field_names(r.fields),
+        reason: r.reason.clone(),
+        state: match r.state {
+            RequestState::Pending => State::Pending,
+            RequestState::Approved => State::Approved,
+            RequestState::Declined => State::Declined,
+        } as i32,
+        customer: if shows_customer {
+            names::customer(&r.customer_id)
+        } else {
+            String::new()
+        },
+        grant: r
+            .grant_id
+            .as_ref()
+            .filter(|_| shows_customer)
+            .map(|g| names::grant(&r.customer_id, g))
+            .unwrap_or_default(),
+        decision_reason: r.decision_reason.clone(),
+        create_time: timestamp(r.create_time),
+        decide_time: r.decide_time.and_then(timestamp),
+    }
+}
+
+/// A member of organization `org`.
+pub fn member_to_pb(org: &Slug, m: &Member) -> pb::Member {
+    pb::Member {
+        name: names::member(org, &m.id),
+        display_name: m.display_name.as_str().to_owned(),
+        email: m.email.as_str().to_owned(),
+        role: role_to_pb(m.role) as i32,
+        time_zone: m.time_zone.as_str().to_owned(),
+        create_time: timestamp(m.create_time),
+        update_time: timestamp(m.update_time),
+        etag: etag(m.revision),
+        email_bounce: m.email_bounce.clone(),
+        email_bounce_time: m.email_bounce_time.and_then(timestamp),
+    }
+}
+
+/// A partnership; both parties see the same.
+pub fn partnership_to_pb(p: &Partnership) -> pb::Partnership {
+    use pb::partnership::State;
+    let (state, reason) = match &p.state {
+        PartnershipState::Proposed => (State::Proposed, ""),
+        PartnershipState::Active => (State::Active, ""),
+        PartnershipState::Declined { reason } => (State::Declined, reason.as_str()),
+        PartnershipState::Suspended { reason, .. } => (State::Suspended, reason.as_str()),
+        PartnershipState::Ended { reason, .. } => (State::Ended, reason.as_str()),
+    };
+    pb::Partnership {
+        name: names::partnership(&p.id),
+        proposer: names::organization(&p.proposer.slug),
+        recipient: names::organization(&p.recipient.slug),
+        relationship: relationship_to_pb(p.relationship) as i32,
+        message: p.message.as_str().to_owned(),
+        state: state as i32,
+        state_changed_by: names::organization(&p.state_changed_by.slug),
+        state_reason: reason.to_owned(),
+        create_time: timestamp(p.create_time),
+        update_time: timestamp(p.update_time),
+        etag: etag(p.revision),
     }
 }

@@ -1,40 +1,30 @@
-//! `liaison.v1.CaseService`: cases between partner organizations, run by workflow
-//! templates, with comments, participants, tasks and SLA clocks.
-//!
-//! Every time here comes from the store's clock (the one the timer worker reads), so
-//! SLA behaviour is tested by moving that clock, never by sleeping.
+//! `liaison.v1.CaseService` over gRPC: requests decoded into the commands of
+//! [`app::cases`](crate::app::cases), cases rendered as each participant sees them.
 
 mod show;
 
 use std::collections::{BTreeMap, HashMap};
 
-use jiff::Timestamp;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{check_etag, parse_timestamp};
-use super::customers::visible_in;
-use super::write::idempotent;
-use super::{Caller, Hub};
-use crate::domain::case::sla::SlaClock;
-use crate::domain::case::timer::{Timer, TimerKind};
-use crate::domain::case::workflow::{Refusal, Template};
+use super::convert::parse_timestamp;
+use super::write::{Retryable, idempotent};
+use super::{Caller, Hub, caller_of};
+use crate::app::cases::{self as app, Comment, NewTask, OpenCase, Seen, Transition};
+use crate::domain::case::workflow::Template;
 use crate::domain::case::{
-    self, Case, CommentVisibility, HistoryEntry, MAX_ESCALATION_CONTACTS, MAX_PARTICIPANTS,
-    Participant, Priority, Task, TaskAction, TaskState,
+    self, CommentVisibility, MAX_ESCALATION_CONTACTS, MAX_PARTICIPANTS, Priority, TaskAction,
 };
-use crate::domain::customer::RecordState;
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
-use crate::domain::event::EventType;
 use crate::domain::filter::{self, Comparison, Op};
 use crate::domain::names;
 use crate::domain::text::required;
 use crate::domain::{OrgRef, Scope, Slug};
-use crate::feed::cases::{record_change, tell_case, tell_comment, tell_task};
 use crate::feed::render::{case_to_pb, history_to_pb, task_to_pb};
 use crate::pb::{self, case_service_server::CaseService};
-use crate::store::{CaseQuery, Tx};
-use show::{template_to_pb, view_in};
+use crate::store::CaseQuery;
+use show::template_to_pb;
 
 #[derive(Clone)]
 pub struct CaseApi {
@@ -46,48 +36,33 @@ impl CaseApi {
         Self { hub }
     }
 
-    fn now(&self) -> Timestamp {
-        self.hub.store.clock().now()
+    /// A case as `org` sees it, now.
+    fn show(&self, seen: &Seen, org: &OrgRef) -> pb::Case {
+        let template = self.hub.workflows.get(&seen.case.template);
+        let now = app::now(&self.hub.store);
+        case_to_pb(&seen.case, template, &org.id, seen.customer.as_ref(), now)
     }
 
-    fn template(&self, name: &str) -> Result<&Template> {
-        self.hub.workflows.get(name).ok_or_else(|| {
-            Error::failed_precondition(
-                "TEMPLATE_NOT_LOADED",
-                format!("workflow template {name:?} is not loaded on this hub"),
-            )
+    /// AcceptTask, DeclineTask or CompleteTask of task `name`.
+    async fn act_on_task(
+        &self,
+        caller: &Caller,
+        name: &str,
+        request: &impl Retryable,
+        action: TaskAction,
+    ) -> Result<pb::CaseTask> {
+        caller.require(Scope::Write)?;
+        let org = caller.organization()?.clone();
+        let (case_id, task_id) = names::parse_task(name).map_err(|v| v.under("name"))?;
+        let now = app::now(&self.hub.store);
+        let target = (case_id.as_str(), task_id.as_str(), name);
+        idempotent(&self.hub, caller, request, async |tx| {
+            Ok(task_to_pb(
+                &app::act_on_task(tx, &org, target, action, now).await?,
+            ))
         })
+        .await
     }
-
-    /// The case, if `org` participates in it; NOT_FOUND otherwise, as if it did not
-    /// exist.
-    async fn read_case(&self, org: &OrgRef, id: &str, name: &str) -> Result<Case> {
-        self.hub
-            .store
-            .case(id)
-            .await?
-            .filter(|c| c.participant(&org.id).is_some())
-            .ok_or_else(|| Error::NotFound(format!("case {name:?}")))
-    }
-
-    async fn show(&self, c: &Case, org: &OrgRef) -> Result<pb::Case> {
-        let seen = self.hub.store.customer(&org.id, &c.customer_id).await?;
-        Ok(case_to_pb(
-            c,
-            self.hub.workflows.get(&c.template),
-            &org.id,
-            seen.as_ref(),
-            self.now(),
-        ))
-    }
-}
-
-/// [`CaseApi::read_case`] inside a write transaction, locking the case.
-async fn case_in(tx: &mut Tx, org: &OrgRef, id: &str, name: &str) -> Result<Case> {
-    tx.case(id)
-        .await?
-        .filter(|c| c.participant(&org.id).is_some())
-        .ok_or_else(|| Error::NotFound(format!("case {name:?}")))
 }
 
 /// The text `checked` by its field's rule (`case::title`, `case::body`), or empty
@@ -129,92 +104,6 @@ fn check_fields(
         }
     }
     out
-}
-
-fn refusal(
-    r: Refusal,
-    case_name: &str,
-    transition: &str,
-    template: &Template,
-    roles: &[&str],
-) -> Error {
-    let list = |a: &[String]| {
-        if a.is_empty() {
-            "none for your organization's role".to_owned()
-        } else {
-            a.join(", ")
-        }
-    };
-    match r {
-        Refusal::UnknownTransition { allowed } => Error::invalid(
-            "transition",
-            format!(
-                "{transition:?} is not a transition of {}; allowed now: {}",
-                template.name,
-                list(&allowed)
-            ),
-        ),
-        Refusal::NotFromHere { state, allowed } => Error::WrongState {
-            reason: "TRANSITION_NOT_ALLOWED",
-            message: format!(
-                "transition {transition:?} cannot fire in state {state:?}; allowed now: {}",
-                list(&allowed)
-            ),
-            subject: case_name.to_owned(),
-            allowed,
-        },
-        Refusal::RoleNotAllowed { roles: needed } => Error::PermissionDenied {
-            reason: "ROLE_NOT_ALLOWED",
-            message: format!(
-                "transition {transition:?} may be fired by {} only; your organization is {}",
-                needed.join(", "),
-                roles.join(", ")
-            ),
-        },
-        Refusal::MissingFields(missing) => Error::InvalidArgument(
-            missing
-                .into_iter()
-                .map(|f| {
-                    FieldViolation::new(
-                        format!("fields.{f}"),
-                        format!("is required by transition {transition:?}"),
-                    )
-                    .because("FIELD_REQUIRED")
-                })
-                .collect(),
-        ),
-    }
-}
-
-/// The organization a name points at, or NOT_FOUND.
-async fn org_named(tx: &mut Tx, slug: &Slug, name: &str) -> Result<OrgRef> {
-    tx.organization(slug)
-        .await?
-        .map(|o| OrgRef {
-            id: o.id,
-            slug: o.slug,
-        })
-        .ok_or_else(|| Error::NotFound(format!("organization {name:?}")))
-}
-
-async fn require_partner(tx: &mut Tx, caller: &OrgRef, other: &OrgRef) -> Result<()> {
-    if caller.id == other.id
-        || tx
-            .active_partnership_between(&caller.id, &other.id)
-            .await?
-            .is_some()
-    {
-        Ok(())
-    } else {
-        Err(Error::failed_precondition(
-            "NOT_PARTNERS",
-            format!(
-                "{} has no active partnership with {}",
-                names::organization(&caller.slug),
-                names::organization(&other.slug)
-            ),
-        ))
-    }
 }
 
 fn parse_case_filter(raw: &str, query: &mut CaseQuery) -> Result<()> {
@@ -274,60 +163,270 @@ fn parse_case_filter(raw: &str, query: &mut CaseQuery) -> Result<()> {
     Ok(())
 }
 
-fn task_action_error(e: String) -> Error {
-    Error::failed_precondition("TASK_NOT_OPEN", e)
+/// The template an OpenCase request names, or a violation listing the known ones.
+fn template_named<'w>(hub: &'w Hub, v: &mut Violations, raw: &str) -> Option<&'w Template> {
+    let t = v.check("case.template", names::parse_template(raw))?;
+    let found = hub.workflows.get(&t);
+    if found.is_none() {
+        let known: Vec<String> = hub
+            .workflows
+            .all()
+            .map(|t| names::workflow_template(&t.name))
+            .collect();
+        v.add(
+            "case.template",
+            format!("is not a template of this hub; known: {}", known.join(", ")),
+        );
+    }
+    found
 }
 
-impl CaseApi {
-    async fn act_on_task(
-        &self,
-        caller: &Caller,
-        method: &str,
-        name: &str,
-        request_id: &str,
-        request: &impl prost::Message,
-        action: TaskAction,
-    ) -> Result<pb::CaseTask> {
-        caller.require(Scope::Write)?;
-        let org = caller.organization()?.clone();
-        let (case_id, task_id) = names::parse_task(name).map_err(|v| v.under("name"))?;
-        let now = self.now();
-        let event_type = action.event_type();
-        idempotent(&self.hub, caller, method, request_id, request, async |tx| {
-            let case = case_in(tx, &org, &case_id, name).await?;
-            let mut task = tx
-                .task(&case_id, &task_id)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("task {name:?}")))?;
-            if task.assignee.id != org.id {
-                return Err(Error::PermissionDenied {
-                    reason: "NOT_THE_ASSIGNEE",
-                    message: format!(
-                        "only {} (the assignee) may act on this task",
-                        names::organization(&task.assignee.slug)
-                    ),
-                });
-            }
-            task.state = task.apply(action).map_err(task_action_error)?;
-            task.update_time = now;
-            tx.update_task(&task).await?;
-            if !task.state.is_open() {
-                tx.clear_timer(&case_id, TimerKind::TaskOverdue, &task.id)
-                    .await?;
-            }
-            let mut entry = HistoryEntry::new(&case_id, event_type, Some(org.clone()), now);
-            entry.subject = names::task(&case_id, &task.id);
-            entry.body = match &task.state {
-                TaskState::Declined { reason } => reason.clone(),
-                TaskState::Completed { note } => note.clone(),
-                _ => String::new(),
-            };
-            tx.insert_case_history(&entry).await?;
-            tell_task(tx, &case, &task, event_type);
-            Ok(task_to_pb(&task))
-        })
-        .await
+/// The participants an OpenCase request lists, checked against `template`'s roles;
+/// the caller's organization `own` must be one of them.
+fn participants_from_pb(
+    v: &mut Violations,
+    input: &[pb::CaseParticipant],
+    template: Option<&Template>,
+    own: &Slug,
+) -> Vec<(Slug, String, String)> {
+    let mut participants: Vec<(Slug, String, String)> = vec![];
+    if input.is_empty() {
+        v.add(
+            "case.participants",
+            "is required: your organization and its partners, each with a role",
+        );
     }
+    if input.len() > MAX_PARTICIPANTS {
+        v.add(
+            "case.participants",
+            format!("must hold at most {MAX_PARTICIPANTS} organizations"),
+        );
+    }
+    for (i, p) in input.iter().enumerate() {
+        let at = format!("case.participants[{i}]");
+        let slug = v.check(
+            &format!("{at}.organization"),
+            names::parse_organization(&p.organization),
+        );
+        if let Some(t) = template
+            && !t.has_role(&p.role)
+        {
+            v.add(
+                format!("{at}.role"),
+                format!("must be one of {}", t.roles.join(", ")),
+            );
+        }
+        if let Some(slug) = slug {
+            if participants.iter().any(|(s, _, _)| *s == slug) {
+                v.add(format!("{at}.organization"), "is listed twice");
+            }
+            participants.push((slug, p.role.clone(), p.organization.clone()));
+        }
+    }
+    if !input.is_empty() && !participants.iter().any(|(s, _, _)| s == own) {
+        v.add(
+            "case.participants",
+            format!(
+                "must include your organization ({})",
+                names::organization(own)
+            ),
+        );
+    }
+    participants
+}
+
+/// The fields an OpenCase request sets, with those `template` requires at open.
+fn open_fields(
+    v: &mut Violations,
+    template: Option<&Template>,
+    input: &HashMap<String, String>,
+) -> BTreeMap<String, String> {
+    let Some(t) = template else {
+        return BTreeMap::new();
+    };
+    let fields = check_fields(v, "case.fields", t, input);
+    for f in t.fields.iter().filter(|f| f.required_at_open) {
+        if !fields.contains_key(&f.name) {
+            let at = format!("case.fields.{}", f.name);
+            v.push(FieldViolation::new(at, "is required at open").because("FIELD_REQUIRED"));
+        }
+    }
+    fields
+}
+
+/// The escalation contacts an OpenCase request names: members of participants.
+fn contacts_from_pb(
+    v: &mut Violations,
+    input: &[String],
+    participants: &[(Slug, String, String)],
+) -> Vec<(Slug, String)> {
+    let mut contacts = vec![];
+    if input.len() > MAX_ESCALATION_CONTACTS {
+        v.add(
+            "case.escalation_contacts",
+            format!("must hold at most {MAX_ESCALATION_CONTACTS} members"),
+        );
+    }
+    for (i, m) in input.iter().enumerate() {
+        let at = format!("case.escalation_contacts[{i}]");
+        if let Some((slug, id)) = v.check(&at, names::parse_member(m)) {
+            if !participants.iter().any(|(s, _, _)| *s == slug) {
+                v.add(at, "must be a member of a participant organization");
+            } else {
+                contacts.push((slug, id));
+            }
+        }
+    }
+    contacts
+}
+
+/// The case an OpenCase request carries, validated, as organization `own` opens it.
+fn open_from_pb<'w>(hub: &'w Hub, input: &pb::Case, own: &Slug) -> Result<OpenCase<'w>> {
+    let mut v = Violations::new();
+    let template = template_named(hub, &mut v, &input.template);
+    let customer_id = v.check("case.customer", names::parse_customer(&input.customer));
+    let title = text(&mut v, "case.title", case::title(&input.title));
+    let description = text(&mut v, "case.description", case::body(&input.description));
+    let priority = v.check("case.priority", priority_from_pb(input.priority));
+    let participants = participants_from_pb(&mut v, &input.participants, template, own);
+    let fields = open_fields(&mut v, template, &input.fields);
+    let contacts = contacts_from_pb(&mut v, &input.escalation_contacts, &participants);
+    let (Some(template), Some(customer_id), Some(priority)) = (template, customer_id, priority)
+    else {
+        return Err(v.into_error());
+    };
+    v.finish()?;
+    let customer_name = input.customer.clone();
+    Ok(OpenCase {
+        template,
+        customer_id,
+        customer_name,
+        title,
+        description,
+        priority,
+        participants,
+        contacts,
+        fields,
+    })
+}
+
+/// The comment a CommentOnCase request carries, validated, by organization `own`.
+fn comment_from_pb(r: &pb::CommentOnCaseRequest, own: &Slug) -> Result<(String, Comment)> {
+    let mut v = Violations::new();
+    let id = v.check("name", names::parse_case(&r.name));
+    let body = text(&mut v, "body", case::body(&r.body).and_then(required));
+    let visibility = match pb::CommentVisibility::try_from(r.visibility) {
+        Ok(pb::CommentVisibility::AllParticipants) => Some(CommentVisibility::Participants),
+        Ok(pb::CommentVisibility::OwnOrganization) => Some(CommentVisibility::Organization),
+        _ => {
+            v.add(
+                "visibility",
+                "is required: ALL_PARTICIPANTS or OWN_ORGANIZATION",
+            );
+            None
+        }
+    };
+    let member = if r.member.is_empty() {
+        None
+    } else {
+        match v.check("member", names::parse_member(&r.member)) {
+            Some((slug, m)) if slug == *own => Some((m, r.member.clone())),
+            Some(_) => {
+                v.add("member", "must be a member of your organization");
+                None
+            }
+            None => None,
+        }
+    };
+    let (Some(id), Some(visibility)) = (id, visibility) else {
+        return Err(v.into_error());
+    };
+    v.finish()?;
+    Ok((
+        id,
+        Comment {
+            body,
+            visibility,
+            member,
+        },
+    ))
+}
+
+/// The task an AssignTask request carries, validated; its due time must be after
+/// `now`.
+fn task_from_pb(r: &pb::AssignTaskRequest, now: jiff::Timestamp) -> Result<(String, NewTask)> {
+    let input = r.task.clone().unwrap_or_default();
+    let mut v = Violations::new();
+    let case_id = v.check("parent", names::parse_case(&r.parent));
+    let title = text(&mut v, "task.title", case::title(&input.title));
+    let description = text(&mut v, "task.description", case::body(&input.description));
+    let assignee = v.check("task.assignee", names::parse_organization(&input.assignee));
+    let member = if input.assignee_member.is_empty() {
+        None
+    } else {
+        match v.check(
+            "task.assignee_member",
+            names::parse_member(&input.assignee_member),
+        ) {
+            Some((slug, m)) if Some(&slug) == assignee.as_ref() => {
+                Some((m, input.assignee_member.clone()))
+            }
+            Some(_) => {
+                v.add(
+                    "task.assignee_member",
+                    "must be a member of the assignee organization",
+                );
+                None
+            }
+            None => None,
+        }
+    };
+    let due_time = match &input.due_time {
+        None => None,
+        Some(t) => match v.check("task.due_time", parse_timestamp(t)) {
+            Some(t) if t <= now => {
+                v.add("task.due_time", "must be in the future");
+                None
+            }
+            other => other,
+        },
+    };
+    let (Some(case_id), Some(assignee)) = (case_id, assignee) else {
+        return Err(v.into_error());
+    };
+    v.finish()?;
+    Ok((
+        case_id,
+        NewTask {
+            title,
+            description,
+            assignee,
+            member,
+            due_time,
+        },
+    ))
+}
+
+/// The case a request names, and an organization it names, validated.
+fn case_and_org(name: &str, org_field: &str, org: &str) -> Result<(String, Slug)> {
+    let mut v = Violations::new();
+    let id = v.check("name", names::parse_case(name));
+    let slug = v.check(org_field, names::parse_organization(org));
+    let (Some(id), Some(slug)) = (id, slug) else {
+        return Err(v.into_error());
+    };
+    Ok((id, slug))
+}
+
+/// A case just changed, as the caller's organization `org` sees it at `now`.
+fn shown(seen: &Seen, template: &Template, org: &OrgRef, now: jiff::Timestamp) -> pb::Case {
+    case_to_pb(
+        &seen.case,
+        Some(template),
+        &org.id,
+        seen.customer.as_ref(),
+        now,
+    )
 }
 
 #[tonic::async_trait]
@@ -336,7 +435,7 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::ListWorkflowTemplatesRequest>,
     ) -> Result<Response<pb::ListWorkflowTemplatesResponse>, Status> {
-        Caller::of(&request)?.require(Scope::Read)?;
+        caller_of(&request)?.require(Scope::Read)?;
         Ok(Response::new(pb::ListWorkflowTemplatesResponse {
             templates: self.hub.workflows.all().map(template_to_pb).collect(),
         }))
@@ -346,7 +445,7 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::GetWorkflowTemplateRequest>,
     ) -> Result<Response<pb::WorkflowTemplate>, Status> {
-        Caller::of(&request)?.require(Scope::Read)?;
+        caller_of(&request)?.require(Scope::Read)?;
         let name = &request.get_ref().name;
         let t = names::parse_template(name).map_err(|v| v.under("name"))?;
         let template = self
@@ -361,199 +460,20 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::OpenCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
         let request = request.into_inner();
         let input = request.case.clone().unwrap_or_default();
-        let mut v = Violations::new();
-        let template = match v.check("case.template", names::parse_template(&input.template)) {
-            Some(t) => match self.hub.workflows.get(&t) {
-                Some(t) => Some(t),
-                None => {
-                    let known: Vec<String> = self
-                        .hub
-                        .workflows
-                        .all()
-                        .map(|t| names::workflow_template(&t.name))
-                        .collect();
-                    v.add(
-                        "case.template",
-                        format!("is not a template of this hub; known: {}", known.join(", ")),
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        let customer_id = v.check("case.customer", names::parse_customer(&input.customer));
-        let title = text(&mut v, "case.title", case::title(&input.title));
-        let description = text(&mut v, "case.description", case::body(&input.description));
-        let priority = v.check("case.priority", priority_from_pb(input.priority));
-        let mut participants: Vec<(Slug, String, String)> = vec![];
-        if input.participants.is_empty() {
-            v.add(
-                "case.participants",
-                "is required: your organization and its partners, each with a role",
-            );
-        }
-        if input.participants.len() > MAX_PARTICIPANTS {
-            v.add(
-                "case.participants",
-                format!("must hold at most {MAX_PARTICIPANTS} organizations"),
-            );
-        }
-        for (i, p) in input.participants.iter().enumerate() {
-            let at = format!("case.participants[{i}]");
-            let slug = v.check(
-                &format!("{at}.organization"),
-                names::parse_organization(&p.organization),
-            );
-            if let Some(t) = template
-                && !t.has_role(&p.role)
-            {
-                v.add(
-                    format!("{at}.role"),
-                    format!("must be one of {}", t.roles.join(", ")),
-                );
-            }
-            if let Some(slug) = slug {
-                if participants.iter().any(|(s, _, _)| *s == slug) {
-                    v.add(format!("{at}.organization"), "is listed twice");
-                }
-                participants.push((slug, p.role.clone(), p.organization.clone()));
-            }
-        }
-        if !input.participants.is_empty() && !participants.iter().any(|(s, _, _)| *s == org.slug) {
-            v.add(
-                "case.participants",
-                format!(
-                    "must include your organization ({})",
-                    names::organization(&org.slug)
-                ),
-            );
-        }
-        let fields = match template {
-            Some(t) => {
-                let fields = check_fields(&mut v, "case.fields", t, &input.fields);
-                for f in t.fields.iter().filter(|f| f.required_at_open) {
-                    if !fields.contains_key(&f.name) {
-                        v.push(
-                            FieldViolation::new(
-                                format!("case.fields.{}", f.name),
-                                "is required at open",
-                            )
-                            .because("FIELD_REQUIRED"),
-                        );
-                    }
-                }
-                fields
-            }
-            None => BTreeMap::new(),
-        };
-        let mut contacts: Vec<(Slug, String)> = vec![];
-        if input.escalation_contacts.len() > MAX_ESCALATION_CONTACTS {
-            v.add(
-                "case.escalation_contacts",
-                format!("must hold at most {MAX_ESCALATION_CONTACTS} members"),
-            );
-        }
-        for (i, m) in input.escalation_contacts.iter().enumerate() {
-            let at = format!("case.escalation_contacts[{i}]");
-            if let Some((slug, id)) = v.check(&at, names::parse_member(m)) {
-                if !participants.iter().any(|(s, _, _)| *s == slug) {
-                    v.add(at, "must be a member of a participant organization");
-                } else {
-                    contacts.push((slug, id));
-                }
-            }
-        }
-        let (Some(template), Some(customer_id), Some(priority)) = (template, customer_id, priority)
-        else {
-            return Err(v.into_error().into());
-        };
-        v.finish()?;
-        let now = self.now();
+        let open = open_from_pb(&self.hub, &input, &org.slug)?;
+        let now = app::now(&self.hub.store);
         let id = Uuid::now_v7().to_string();
-        let name = names::case(&id);
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "OpenCase",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let (seen, _) =
-                    visible_in(tx, &org, &customer_id, &names::customer(&customer_id)).await?;
-                if seen.customer.state != RecordState::Active {
-                    return Err(Error::failed_precondition(
-                        "CUSTOMER_NOT_ACTIVE",
-                        format!("{} is not active", input.customer),
-                    ));
-                }
-                let mut members = vec![];
-                for (slug, role, raw) in &participants {
-                    let other = org_named(tx, slug, raw).await?;
-                    require_partner(tx, &org, &other).await?;
-                    members.push(Participant {
-                        organization: other,
-                        role: role.clone(),
-                    });
-                }
-                for (slug, member_id) in &contacts {
-                    let owner = members
-                        .iter()
-                        .find(|p| p.organization.slug == *slug)
-                        .map(|p| p.organization.id.clone())
-                        .unwrap_or_default();
-                    if tx.member(&owner, member_id).await?.is_none() {
-                        return Err(Error::invalid(
-                            "case.escalation_contacts",
-                            format!("{} is not a member", names::member(slug, member_id)),
-                        ));
-                    }
-                }
-                let case = Case {
-                    id: id.clone(),
-                    template: template.name.clone(),
-                    state: template.initial.clone(),
-                    title: title.clone(),
-                    description: description.clone(),
-                    priority,
-                    customer_id: customer_id.clone(),
-                    participants: members,
-                    fields: fields.clone(),
-                    escalation_contacts: contacts
-                        .iter()
-                        .map(|(s, m)| names::member(s, m))
-                        .collect(),
-                    clocks: SlaClock::start_all(template, priority, &template.initial, now),
-                    opened_by: org.clone(),
-                    create_time: now,
-                    update_time: now,
-                    state_time: now,
-                    revision: 1,
-                };
-                tx.create_case(&case, template).await?;
-                let mut entry =
-                    HistoryEntry::new(&id, EventType::CaseOpened, Some(org.clone()), now);
-                entry.to_state.clone_from(&case.state);
-                tx.insert_case_history(&entry).await?;
-                tell_case(
-                    tx,
-                    &case,
-                    Some(template),
-                    EventType::CaseOpened,
-                    &[],
-                    &HashMap::new(),
-                    now,
-                )
-                .await?;
-                Ok(case_to_pb(&case, Some(template), &org.id, Some(&seen), now))
-            },
-        )
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            let seen = app::open(tx, &org, (&id, now), &open).await?;
+            Ok(shown(&seen, open.template, &org, now))
+        })
         .await?;
-        tracing::info!(case = %name, template = %template.name, "case opened");
+        tracing::info!(case = %names::case(&id), template = %open.template.name, "case opened");
         Ok(Response::new(response))
     }
 
@@ -561,60 +481,43 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let name = &request.get_ref().name;
         let id = names::parse_case(name).map_err(|v| v.under("name"))?;
-        let case = self.read_case(org, &id, name).await?;
-        Ok(Response::new(self.show(&case, org).await?))
+        let case = app::read(&self.hub.store, org, &id, name).await?;
+        let seen = app::seen(&self.hub.store, org, case).await?;
+        Ok(Response::new(self.show(&seen, org)))
     }
 
     async fn list_cases(
         &self,
         request: Request<pb::ListCasesRequest>,
     ) -> Result<Response<pb::ListCasesResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let r = request.get_ref();
-        let mut query = CaseQuery {
-            viewer_id: org.id.clone(),
-            ..Default::default()
-        };
+        let mut query = CaseQuery::default();
         parse_case_filter(&r.filter, &mut query)?;
-        if let Some(p) = query.participant_id.take() {
-            let slug = names::parse_organization(&p)
-                .map_err(|e| Error::invalid("filter", format!("participant: {}", e.description)))?;
-            // An unknown organization participates in nothing.
-            query.participant_id = Some(
-                self.hub
-                    .store
-                    .organization(&slug)
-                    .await?
-                    .map_or_else(|| "-".to_owned(), |o| o.id),
-            );
-        }
+        let participant = match query.participant_id.take() {
+            None => None,
+            Some(p) => Some(names::parse_organization(&p).map_err(|e| {
+                Error::invalid("filter", format!("participant: {}", e.description))
+            })?),
+        };
+        let query_key = format!("cases:{}", r.filter);
         let page = self
             .hub
             .pages
-            .open(
-                &caller,
-                r.page_size,
-                &r.page_token,
-                &format!("cases:{}", r.filter),
-            )
+            .open(&caller, r.page_size, &r.page_token, &query_key)
             .await?;
-        query.after = page.after.clone();
-        query.limit = page.size;
-        let found = self.hub.store.cases(&query).await?;
-        let mut cases = Vec::with_capacity(found.items.len());
-        for c in &found.items {
-            cases.push(self.show(c, org).await?);
-        }
+        (query.after, query.limit) = (page.after.clone(), page.size);
+        let (found, next) = app::list(&self.hub.store, org, query, participant.as_ref()).await?;
         Ok(Response::new(pb::ListCasesResponse {
-            cases,
-            next_page_token: page.next_token(found.next_after),
+            cases: found.iter().map(|seen| self.show(seen, org)).collect(),
+            next_page_token: page.next_token(next),
         }))
     }
 
@@ -622,61 +525,45 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::TransitionCaseRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
-        let request = request.into_inner();
+        let r = request.into_inner();
         let mut v = Violations::new();
-        let id = v.check("name", names::parse_case(&request.name));
-        if request.transition.is_empty() {
+        let id = v.check("name", names::parse_case(&r.name));
+        if r.transition.is_empty() {
             v.required("transition");
         }
-        if request.etag.is_empty() {
+        if r.etag.is_empty() {
             v.add(
                 "etag",
                 "is required: the etag of the case as you last read it",
             );
         }
-        let comment = text(&mut v, "comment", case::body(&request.comment));
+        let comment = text(&mut v, "comment", case::body(&r.comment));
         let Some(id) = id else {
             return Err(v.into_error().into());
         };
         // The fields are checked against the case's template, so read it first.
-        let current = self.read_case(&org, &id, &request.name).await?;
-        let template = self.template(&current.template)?;
-        let fields = check_fields(&mut v, "fields", template, &request.fields);
+        let current = app::read(&self.hub.store, &org, &id, &r.name).await?;
+        let template = app::template(&self.hub.workflows, &current.template)?;
+        let fields = check_fields(&mut v, "fields", template, &r.fields);
         v.finish()?;
-        let now = self.now();
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "TransitionCase",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let mut case = case_in(tx, &org, &id, &request.name).await?;
-                check_etag(&request.etag, case.revision, &request.name)?;
-                let roles = case.roles_of(&org.id);
-                let mut merged = case.fields.clone();
-                merged.extend(fields.clone());
-                let t = template
-                    .fire(&case.state, &request.transition, Some(&roles), &merged)
-                    .map_err(|r| {
-                        refusal(r, &request.name, &request.transition, template, &roles)
-                    })?;
-                let (name, from, to) = (t.name.clone(), case.state.clone(), t.to.clone());
-                case.fields = merged;
-                case.enter_state(template, &to, now);
-                let mut entry =
-                    HistoryEntry::new(&id, EventType::CaseTransitioned, Some(org.clone()), now);
-                entry.transition = name;
-                entry.from_state = from;
-                entry.to_state = to;
-                entry.body.clone_from(&comment);
-                record_change(tx, &mut case, template, &entry, &[], now).await?;
-                view_in(tx, &case, template, &org, now).await
-            },
-        )
+        let now = app::now(&self.hub.store);
+        let (name, etag, transition) = (r.name.as_str(), r.etag.as_str(), r.transition.as_str());
+        let t = Transition {
+            id: &id,
+            name,
+            etag,
+            transition,
+            fields,
+            comment,
+            template,
+        };
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            let seen = app::transition(tx, &org, t, now).await?;
+            Ok(shown(&seen, template, &org, now))
+        })
         .await?;
         tracing::info!(case = %response.name, state = %response.state, "case transitioned");
         Ok(Response::new(response))
@@ -686,64 +573,18 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::CommentOnCaseRequest>,
     ) -> Result<Response<pb::CaseHistoryEntry>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
-        let request = request.into_inner();
-        let mut v = Violations::new();
-        let id = v.check("name", names::parse_case(&request.name));
-        let body = text(&mut v, "body", case::body(&request.body).and_then(required));
-        let visibility = match pb::CommentVisibility::try_from(request.visibility) {
-            Ok(pb::CommentVisibility::AllParticipants) => Some(CommentVisibility::Participants),
-            Ok(pb::CommentVisibility::OwnOrganization) => Some(CommentVisibility::Organization),
-            _ => {
-                v.add(
-                    "visibility",
-                    "is required: ALL_PARTICIPANTS or OWN_ORGANIZATION",
-                );
-                None
-            }
-        };
-        let member_id = if request.member.is_empty() {
-            None
-        } else {
-            match v.check("member", names::parse_member(&request.member)) {
-                Some((slug, m)) if slug == org.slug => Some(m),
-                Some(_) => {
-                    v.add("member", "must be a member of your organization");
-                    None
-                }
-                None => None,
-            }
-        };
-        let (Some(id), Some(visibility)) = (id, visibility) else {
-            return Err(v.into_error().into());
-        };
-        v.finish()?;
-        let now = self.now();
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "CommentOnCase",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let case = case_in(tx, &org, &id, &request.name).await?;
-                if let Some(m) = &member_id
-                    && tx.member(&org.id, m).await?.is_none()
-                {
-                    return Err(Error::NotFound(format!("member {:?}", request.member)));
-                }
-                let mut entry =
-                    HistoryEntry::new(&id, EventType::CaseCommented, Some(org.clone()), now);
-                entry.body.clone_from(&body);
-                entry.visibility = visibility;
-                entry.member_id.clone_from(&member_id);
-                tx.insert_case_history(&entry).await?;
-                tell_comment(tx, &case, &entry);
-                Ok(history_to_pb(&entry))
-            },
-        )
+        let r = request.into_inner();
+        let (id, comment) = comment_from_pb(&r, &org.slug)?;
+        let now = app::now(&self.hub.store);
+        let target = (id.as_str(), r.name.as_str());
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            Ok(history_to_pb(
+                &app::comment(tx, &org, target, comment, now).await?,
+            ))
+        })
         .await?;
         Ok(Response::new(response))
     }
@@ -752,65 +593,27 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::AddCaseParticipantRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
-        let request = request.into_inner();
-        let input = request.participant.clone().unwrap_or_default();
-        let mut v = Violations::new();
-        let id = v.check("name", names::parse_case(&request.name));
-        let slug = v.check(
-            "participant.organization",
-            names::parse_organization(&input.organization),
-        );
-        let (Some(id), Some(slug)) = (id, slug) else {
-            return Err(v.into_error().into());
-        };
-        let current = self.read_case(&org, &id, &request.name).await?;
-        let template = self.template(&current.template)?;
+        let r = request.into_inner();
+        let input = r.participant.clone().unwrap_or_default();
+        let (id, slug) = case_and_org(&r.name, "participant.organization", &input.organization)?;
+        let current = app::read(&self.hub.store, &org, &id, &r.name).await?;
+        let template = app::template(&self.hub.workflows, &current.template)?;
         if !template.has_role(&input.role) {
-            v.add(
-                "participant.role",
-                format!("must be one of {}", template.roles.join(", ")),
+            let roles = template.roles.join(", ");
+            return Err(
+                Error::invalid("participant.role", format!("must be one of {roles}")).into(),
             );
         }
-        v.finish()?;
-        let now = self.now();
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "AddCaseParticipant",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let mut case = case_in(tx, &org, &id, &request.name).await?;
-                let other = org_named(tx, &slug, &input.organization).await?;
-                if case.participant(&other.id).is_some() {
-                    return Err(Error::AlreadyExists {
-                        reason: "ALREADY_A_PARTICIPANT",
-                        message: format!("{} already participates", input.organization),
-                    });
-                }
-                if case.participants.len() >= MAX_PARTICIPANTS {
-                    return Err(Error::failed_precondition(
-                        "TOO_MANY_PARTICIPANTS",
-                        format!("a case has at most {MAX_PARTICIPANTS} participants"),
-                    ));
-                }
-                require_partner(tx, &org, &other).await?;
-                case.participants.push(Participant {
-                    organization: other,
-                    role: input.role.clone(),
-                });
-                case.update_time = now;
-                let mut entry =
-                    HistoryEntry::new(&id, EventType::CaseParticipantAdded, Some(org.clone()), now);
-                entry.subject.clone_from(&input.organization);
-                entry.body.clone_from(&input.role);
-                record_change(tx, &mut case, template, &entry, &[], now).await?;
-                view_in(tx, &case, template, &org, now).await
-            },
-        )
+        let now = app::now(&self.hub.store);
+        let case = (id.as_str(), r.name.as_str(), template);
+        let other = (&slug, input.organization.as_str(), input.role.as_str());
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            let seen = app::add_participant(tx, &org, case, other, now).await?;
+            Ok(shown(&seen, template, &org, now))
+        })
         .await?;
         Ok(Response::new(response))
     }
@@ -819,76 +622,20 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::RemoveCaseParticipantRequest>,
     ) -> Result<Response<pb::Case>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
-        let request = request.into_inner();
-        let mut v = Violations::new();
-        let id = v.check("name", names::parse_case(&request.name));
-        let slug = v.check(
-            "organization",
-            names::parse_organization(&request.organization),
-        );
-        let (Some(id), Some(slug)) = (id, slug) else {
-            return Err(v.into_error().into());
-        };
-        let current = self.read_case(&org, &id, &request.name).await?;
-        let template = self.template(&current.template)?;
-        let now = self.now();
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "RemoveCaseParticipant",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let mut case = case_in(tx, &org, &id, &request.name).await?;
-                let Some(gone) = case
-                    .participants
-                    .iter()
-                    .find(|p| p.organization.slug == slug)
-                    .map(|p| p.organization.clone())
-                else {
-                    return Err(Error::NotFound(format!(
-                        "participant {:?} of {}",
-                        request.organization, request.name
-                    )));
-                };
-                if gone.id != org.id && case.opened_by.id != org.id {
-                    return Err(Error::permission_denied(
-                        "an organization may remove itself; only the organization that opened \
-                         the case removes others",
-                    ));
-                }
-                if case.participants.len() == 1 {
-                    return Err(Error::failed_precondition(
-                        "LAST_PARTICIPANT",
-                        "the last participant cannot be removed",
-                    ));
-                }
-                case.participants.retain(|p| p.organization.id != gone.id);
-                let prefix = format!("{}/", names::organization(&gone.slug));
-                case.escalation_contacts.retain(|m| !m.starts_with(&prefix));
-                case.update_time = now;
-                let mut entry = HistoryEntry::new(
-                    &id,
-                    EventType::CaseParticipantRemoved,
-                    Some(org.clone()),
-                    now,
-                );
-                entry.subject.clone_from(&request.organization);
-                record_change(
-                    tx,
-                    &mut case,
-                    template,
-                    &entry,
-                    std::slice::from_ref(&gone),
-                    now,
-                )
-                .await?;
-                view_in(tx, &case, template, &org, now).await
-            },
-        )
+        let r = request.into_inner();
+        let (id, slug) = case_and_org(&r.name, "organization", &r.organization)?;
+        let current = app::read(&self.hub.store, &org, &id, &r.name).await?;
+        let template = app::template(&self.hub.workflows, &current.template)?;
+        let now = app::now(&self.hub.store);
+        let case = (id.as_str(), r.name.as_str(), template);
+        let other = (&slug, r.organization.as_str());
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            let seen = app::remove_participant(tx, &org, case, other, now).await?;
+            Ok(shown(&seen, template, &org, now))
+        })
         .await?;
         Ok(Response::new(response))
     }
@@ -897,30 +644,23 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::ListCaseHistoryRequest>,
     ) -> Result<Response<pb::ListCaseHistoryResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let r = request.get_ref();
         let id = names::parse_case(&r.name).map_err(|v| v.under("name"))?;
-        self.read_case(org, &id, &r.name).await?;
+        let case = app::read(&self.hub.store, org, &id, &r.name).await?;
+        let query = format!("history:{id}");
         let page = self
             .hub
             .pages
-            .open(
-                &caller,
-                r.page_size,
-                &r.page_token,
-                &format!("history:{id}"),
-            )
+            .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
-        let found = self
-            .hub
-            .store
-            .case_history(&id, &org.id, page.after.as_deref(), page.size)
-            .await?;
+        let at = (page.after.as_deref(), page.size);
+        let (entries, next) = app::history(&self.hub.store, org, &case, at).await?;
         Ok(Response::new(pb::ListCaseHistoryResponse {
-            entries: found.items.iter().map(history_to_pb).collect(),
-            next_page_token: page.next_token(found.next_after),
+            entries: entries.iter().map(history_to_pb).collect(),
+            next_page_token: page.next_token(next),
         }))
     }
 
@@ -928,120 +668,21 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::AssignTaskRequest>,
     ) -> Result<Response<pb::CaseTask>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
-        let request = request.into_inner();
-        let input = request.task.clone().unwrap_or_default();
-        let mut v = Violations::new();
-        let case_id = v.check("parent", names::parse_case(&request.parent));
-        let title = text(&mut v, "task.title", case::title(&input.title));
-        let description = text(&mut v, "task.description", case::body(&input.description));
-        let assignee = v.check("task.assignee", names::parse_organization(&input.assignee));
-        let member_id = if input.assignee_member.is_empty() {
-            None
-        } else {
-            match v.check(
-                "task.assignee_member",
-                names::parse_member(&input.assignee_member),
-            ) {
-                Some((slug, m)) if Some(&slug) == assignee.as_ref() => Some(m),
-                Some(_) => {
-                    v.add(
-                        "task.assignee_member",
-                        "must be a member of the assignee organization",
-                    );
-                    None
-                }
-                None => None,
-            }
-        };
-        let now = self.now();
-        let due_time = match &input.due_time {
-            None => None,
-            Some(t) => match v.check("task.due_time", parse_timestamp(t)) {
-                Some(t) if t <= now => {
-                    v.add("task.due_time", "must be in the future");
-                    None
-                }
-                other => other,
-            },
-        };
-        let (Some(case_id), Some(assignee)) = (case_id, assignee) else {
-            return Err(v.into_error().into());
-        };
-        v.finish()?;
-        let response = idempotent(
-            &self.hub,
-            &caller,
-            "AssignTask",
-            &request.request_id,
-            &request,
-            async |tx| {
-                let case = case_in(tx, &org, &case_id, &request.parent).await?;
-                let template = self.template(&case.template)?;
-                if template.is_final(&case.state) {
-                    return Err(Error::failed_precondition(
-                        "CASE_CLOSED",
-                        format!(
-                            "{} is {}; it takes no new tasks",
-                            request.parent, case.state
-                        ),
-                    ));
-                }
-                let Some(to) = case
-                    .participants
-                    .iter()
-                    .find(|p| p.organization.slug == assignee)
-                    .map(|p| p.organization.clone())
-                else {
-                    return Err(Error::invalid(
-                        "task.assignee",
-                        "must be a participant of the case",
-                    ));
-                };
-                if let Some(m) = &member_id
-                    && tx.member(&to.id, m).await?.is_none()
-                {
-                    return Err(Error::NotFound(format!(
-                        "member {:?}",
-                        input.assignee_member
-                    )));
-                }
-                let task = Task {
-                    id: Uuid::now_v7().to_string(),
-                    case_id: case_id.clone(),
-                    title: title.clone(),
-                    description: description.clone(),
-                    assignee: to,
-                    assignee_member_id: member_id.clone(),
-                    due_time,
-                    state: TaskState::Assigned,
-                    overdue: false,
-                    assigned_by: org.clone(),
-                    create_time: now,
-                    update_time: now,
-                };
-                tx.insert_task(&task).await?;
-                if let Some(due) = due_time {
-                    tx.set_timer(&Timer {
-                        case_id: case_id.clone(),
-                        kind: TimerKind::TaskOverdue,
-                        subject: task.id.clone(),
-                        due_time: due,
-                    })
-                    .await?;
-                    tx.wake_timers();
-                }
-                let mut entry =
-                    HistoryEntry::new(&case_id, EventType::TaskAssigned, Some(org.clone()), now);
-                entry.subject = names::task(&case_id, &task.id);
-                entry.body.clone_from(&task.title);
-                tx.insert_case_history(&entry).await?;
-                tell_task(tx, &case, &task, EventType::TaskAssigned);
-                Ok(task_to_pb(&task))
-            },
-        )
+        let r = request.into_inner();
+        let now = app::now(&self.hub.store);
+        let (case_id, task) = task_from_pb(&r, now)?;
+        let (who, case) = (
+            (&org, &*self.hub.workflows),
+            (case_id.as_str(), r.parent.as_str()),
+        );
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            Ok(task_to_pb(
+                &app::assign_task(tx, who, case, task, now).await?,
+            ))
+        })
         .await?;
         Ok(Response::new(response))
     }
@@ -1050,21 +691,12 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::CaseTask>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let name = &request.get_ref().name;
         let (case_id, id) = names::parse_task(name).map_err(|v| v.under("name"))?;
-        let missing = || Error::NotFound(format!("task {name:?}"));
-        self.read_case(org, &case_id, name)
-            .await
-            .map_err(|_| missing())?;
-        let task = self
-            .hub
-            .store
-            .task(&case_id, &id)
-            .await?
-            .ok_or_else(missing)?;
+        let task = app::task(&self.hub.store, org, (&case_id, &id), name).await?;
         Ok(Response::new(task_to_pb(&task)))
     }
 
@@ -1072,30 +704,23 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
         let org = caller.organization()?;
         let r = request.get_ref();
         let case_id = names::parse_case(&r.parent).map_err(|v| v.under("parent"))?;
-        self.read_case(org, &case_id, &r.parent).await?;
+        let case = app::read(&self.hub.store, org, &case_id, &r.parent).await?;
+        let query = format!("tasks:{case_id}");
         let page = self
             .hub
             .pages
-            .open(
-                &caller,
-                r.page_size,
-                &r.page_token,
-                &format!("tasks:{case_id}"),
-            )
+            .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
-        let found = self
-            .hub
-            .store
-            .tasks(&case_id, page.after.as_deref(), page.size)
-            .await?;
+        let (tasks, next) =
+            app::tasks(&self.hub.store, &case, (page.after.as_deref(), page.size)).await?;
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: found.items.iter().map(task_to_pb).collect(),
-            next_page_token: page.next_token(found.next_after),
+            tasks: tasks.iter().map(task_to_pb).collect(),
+            next_page_token: page.next_token(next),
         }))
     }
 
@@ -1103,17 +728,10 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::AcceptTaskRequest>,
     ) -> Result<Response<pb::CaseTask>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         let r = request.get_ref();
         let task = self
-            .act_on_task(
-                &caller,
-                "AcceptTask",
-                &r.name,
-                &r.request_id,
-                r,
-                TaskAction::Accept,
-            )
+            .act_on_task(&caller, &r.name, r, TaskAction::Accept)
             .await?;
         Ok(Response::new(task))
     }
@@ -1122,20 +740,13 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::DeclineTaskRequest>,
     ) -> Result<Response<pb::CaseTask>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         let r = request.get_ref();
         let mut v = Violations::new();
         let reason = text(&mut v, "reason", case::body(&r.reason).and_then(required));
         v.finish()?;
         let task = self
-            .act_on_task(
-                &caller,
-                "DeclineTask",
-                &r.name,
-                &r.request_id,
-                r,
-                TaskAction::Decline { reason },
-            )
+            .act_on_task(&caller, &r.name, r, TaskAction::Decline { reason })
             .await?;
         Ok(Response::new(task))
     }
@@ -1144,20 +755,13 @@ impl CaseService for CaseApi {
         &self,
         request: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CaseTask>, Status> {
-        let caller = Caller::of(&request)?;
+        let caller = caller_of(&request)?;
         let r = request.get_ref();
         let mut v = Violations::new();
         let note = text(&mut v, "note", case::body(&r.note));
         v.finish()?;
         let task = self
-            .act_on_task(
-                &caller,
-                "CompleteTask",
-                &r.name,
-                &r.request_id,
-                r,
-                TaskAction::Complete { note },
-            )
+            .act_on_task(&caller, &r.name, r, TaskAction::Complete { note })
             .await?;
         Ok(Response::new(task))
     }

@@ -1,17 +1,9 @@
-//! How a case, its tasks and history look to one participant, and telling every
-//! participant of a change, each with its own view (the customer through the
-//! visibility function, the transitions its role may fire, comments by visibility).
+//! Workflow templates as protobuf.
 
-use jiff::Timestamp;
-
-use crate::domain::OrgRef;
-use crate::domain::case::Case;
 use crate::domain::case::workflow::{FieldKind, Template};
-use crate::domain::error::Result;
 use crate::domain::names;
-use crate::feed::render::{case_to_pb, duration};
+use crate::feed::render::duration;
 use crate::pb;
-use crate::store::Tx;
 
 pub fn template_to_pb(t: &Template) -> pb::WorkflowTemplate {
     pb::WorkflowTemplate {
@@ -78,22 +70,4 @@ pub fn template_to_pb(t: &Template) -> pb::WorkflowTemplate {
         escalation_contacts: t.escalation_contacts.clone(),
         built_in: t.built_in,
     }
-}
-
-/// The case as `viewer` sees it, read inside `tx`.
-pub async fn view_in(
-    tx: &mut Tx,
-    c: &Case,
-    template: &Template,
-    viewer: &OrgRef,
-    now: Timestamp,
-) -> Result<pb::Case> {
-    let seen = tx.customer(&viewer.id, &c.customer_id).await?;
-    Ok(case_to_pb(
-        c,
-        Some(template),
-        &viewer.id,
-        seen.as_ref(),
-        now,
-    ))
 }

@@ -477,25 +477,27 @@ impl Tx {
         event_id: &str,
     ) -> Result<Option<Delivery>> {
         let now = micros(crate::domain::now());
-        let existing: Option<(String, String)> = sqlx::query_as(
-            "SELECT id, state FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
         )
         .bind(&endpoint.id)
         .bind(event_id)
         .fetch_optional(self.conn())
         .await?;
         match existing {
-            Some((id, state)) => {
-                if state != "pending" {
-                    sqlx::query(
-                        "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
-                         next_attempt_time = $1, lease_until = NULL, paced = 0 WHERE id = $2",
-                    )
-                    .bind(now)
-                    .bind(&id)
-                    .execute(self.conn())
-                    .await?;
-                }
+            Some(id) => {
+                // Decided in SQL, under the row's lock: a delivery in flight (leased)
+                // counts as done, so it is sent again whatever its worker records
+                // (the worker's result needs the lease it held, which this clears).
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
+                     next_attempt_time = $1, lease_until = NULL, paced = 0 \
+                     WHERE id = $2 AND (state <> 'pending' OR lease_until IS NOT NULL)",
+                )
+                .bind(now)
+                .bind(&id)
+                .execute(self.conn())
+                .await?;
             }
             None => {
                 let event: Option<(String, i64)> = sqlx::query_as(

@@ -1,0 +1,357 @@
+//! Sharing customers with partners: grants by the owner, matches that let a partner
+//! find out that an owner holds a customer it knows (without learning who), and
+//! access requests through a match, which the owner approves (as a grant) or
+//! declines.
+
+use std::collections::HashSet;
+
+use jiff::{SignedDuration, Timestamp};
+use uuid::Uuid;
+
+use super::customers::{visible, visible_in};
+use crate::domain::caller::Caller;
+use crate::domain::customer::{FieldSet, RecordState};
+use crate::domain::error::{Error, Result};
+use crate::domain::event::EventType;
+use crate::domain::names;
+use crate::domain::visibility::{Access, AccessLevel};
+use crate::domain::{OrgRef, Reason, Slug, now};
+use crate::feed::sharing::{grant_event, request_event};
+use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, RequestState, Store, Tx};
+
+/// How long a match handle can be turned into an access request.
+const MATCH_VALIDITY: SignedDuration = SignedDuration::from_hours(24);
+
+fn owner_only(access: Access) -> Result<()> {
+    if access.is_owner() {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied {
+            reason: "NOT_CUSTOMER_OWNER",
+            message: "only the customer's owner may change its grants".into(),
+        })
+    }
+}
+
+/// Grants `customer_id` to `grantee` on behalf of its owner `owner`, which must have
+/// an ACTIVE partnership with it.
+async fn grant(
+    tx: &mut Tx,
+    owner: &OrgRef,
+    customer_id: &str,
+    grantee: OrgRef,
+    level: AccessLevel,
+    fields: FieldSet,
+) -> Result<Grant> {
+    let partnership = tx
+        .active_partnership_between(&owner.id, &grantee.id)
+        .await?
+        .ok_or_else(|| {
+            Error::failed_precondition(
+                "NO_ACTIVE_PARTNERSHIP",
+                format!(
+                    "{} and {} have no active partnership to share customers through",
+                    owner.slug, grantee.slug
+                ),
+            )
+        })?;
+    let g = Grant {
+        id: Uuid::now_v7().to_string(),
+        customer_id: customer_id.to_owned(),
+        grantee,
+        partnership_id: partnership,
+        level,
+        fields,
+        create_time: now(),
+        revoke_time: None,
+        partnership_active: true,
+    };
+    tx.insert_grant(&g).await?;
+    grant_event(tx, EventType::GrantCreated, owner, &g);
+    Ok(g)
+}
+
+/// The organization `slug`, or NOT_FOUND.
+pub async fn organization(store: &Store, slug: &Slug) -> Result<OrgRef> {
+    match store.organization(slug).await? {
+        Some(o) => Ok(OrgRef {
+            id: o.id,
+            slug: o.slug,
+        }),
+        None => Err(Error::NotFound(format!(
+            "organization {:?}",
+            names::organization(slug)
+        ))),
+    }
+}
+
+/// A grant the owner makes on one of its customers.
+pub struct NewGrant<'a> {
+    pub customer_id: &'a str,
+    /// The customer's resource name as the caller wrote it.
+    pub parent: &'a str,
+    pub grantee: OrgRef,
+    pub level: AccessLevel,
+    pub fields: FieldSet,
+}
+
+/// Grants an active customer of the caller's to a partner it has an active
+/// partnership with.
+pub async fn create_grant(tx: &mut Tx, caller: &Caller, g: NewGrant<'_>) -> Result<Grant> {
+    let org = caller.organization()?;
+    let (seen, access) = visible_in(tx, org, g.customer_id, g.parent).await?;
+    owner_only(access)?;
+    if seen.customer.state != RecordState::Active {
+        return Err(Error::failed_precondition(
+            "CUSTOMER_NOT_ACTIVE",
+            format!("{} is not active", g.parent),
+        ));
+    }
+    grant(tx, org, g.customer_id, g.grantee, g.level, g.fields).await
+}
+
+/// The grants on customer `id` (called `parent`): all of them for its owner, a
+/// grantee's own otherwise; a page of `size` after the grant `after`.
+pub async fn list_grants(
+    store: &Store,
+    caller: &Caller,
+    (id, parent): (&str, &str),
+    show_revoked: bool,
+    (after, size): (Option<&str>, usize),
+) -> Result<(Vec<Grant>, Option<String>)> {
+    let org = caller.organization()?;
+    let (_, access) = visible(store, org, id, parent).await?;
+    let only = (!access.is_owner()).then_some(org.id.as_str());
+    let found = store.grants(id, only, show_revoked, after, size).await?;
+    Ok((found.items, found.next_after))
+}
+
+/// Revokes grant `grant_id` on the caller's customer `customer_id`; `name` is the
+/// grant's resource name as the caller wrote it.
+pub async fn revoke_grant(
+    tx: &mut Tx,
+    caller: &Caller,
+    (customer_id, grant_id): (&str, &str),
+    name: &str,
+) -> Result<Grant> {
+    let org = caller.organization()?;
+    let (_, access) = visible_in(tx, org, customer_id, &names::customer(customer_id)).await?;
+    owner_only(access)?;
+    let mut g = tx
+        .grant(customer_id, grant_id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("grant {name:?}")))?;
+    if g.revoke_time.is_some() {
+        return Err(Error::failed_precondition(
+            "GRANT_REVOKED",
+            format!("{name} is already revoked"),
+        ));
+    }
+    let now = now();
+    tx.revoke_grant(grant_id, now).await?;
+    g.revoke_time = Some(now);
+    grant_event(tx, EventType::GrantRevoked, org, &g);
+    Ok(g)
+}
+
+/// A customer key to look for: the kind (`email` or `phone`), the keyed value and the
+/// rule it matches by.
+pub struct MatchKey {
+    pub kind: &'static str,
+    pub key: String,
+    pub rule: MatchRule,
+}
+
+/// One owner that holds the customer: its slug and a handle the caller may turn into
+/// an access request until `expire_time`.
+pub struct Found {
+    pub owner_slug: String,
+    pub match_id: String,
+    pub rule: MatchRule,
+    pub expire_time: Timestamp,
+}
+
+/// The partners of the caller (or only `only`) that hold a customer with `key`, one
+/// handle per partner; nothing says which customer.
+pub async fn match_customer(
+    store: &Store,
+    caller: &Caller,
+    key: MatchKey,
+    only: Option<&Slug>,
+) -> Result<Vec<Found>> {
+    let org = caller.organization()?;
+    let holders = store.holders_of_key(key.kind, &key.key, &org.id).await?;
+    let expire_time: Timestamp = now() + MATCH_VALIDITY;
+    let mut matches = vec![];
+    let mut tx = store.begin().await?;
+    let mut answered = HashSet::new();
+    for (owner_id, owner_slug, customer_id) in holders {
+        if only.is_some_and(|o| o.as_str() != owner_slug)
+            || answered.contains(&owner_id)
+            || tx
+                .active_partnership_between(&org.id, &owner_id)
+                .await?
+                .is_none()
+        {
+            continue;
+        }
+        let m = CustomerMatch {
+            id: Uuid::now_v7().to_string(),
+            requester_id: org.id.clone(),
+            owner_id: owner_id.clone(),
+            customer_id,
+            rule: key.rule.as_str().to_owned(),
+            expire_time,
+        };
+        tx.insert_match(&m).await?;
+        matches.push(Found {
+            owner_slug,
+            match_id: m.id,
+            rule: key.rule,
+            expire_time,
+        });
+        answered.insert(owner_id);
+    }
+    // Old handles are dropped as new ones are made.
+    tx.expire_matches(now()).await?;
+    tx.commit().await?;
+    Ok(matches)
+}
+
+/// What a partner asks for through a match.
+pub struct NewAccessRequest<'a> {
+    pub match_id: &'a str,
+    /// The match's resource name as the caller wrote it.
+    pub match_name: &'a str,
+    pub level: AccessLevel,
+    pub fields: FieldSet,
+    pub reason: Reason,
+}
+
+/// Asks the owner behind a live match for access to its customer.
+pub async fn create_access_request(
+    tx: &mut Tx,
+    caller: &Caller,
+    a: NewAccessRequest<'_>,
+) -> Result<AccessRequest> {
+    let org = caller.organization()?;
+    let now = now();
+    let m = tx
+        .live_match(&org.id, a.match_id, now)
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "match {:?} (matches are valid for 24 hours)",
+                a.match_name
+            ))
+        })?;
+    let owner = tx.org_ref(&m.owner_id).await?;
+    if tx
+        .active_partnership_between(&org.id, &owner.id)
+        .await?
+        .is_none()
+    {
+        return Err(Error::failed_precondition(
+            "NO_ACTIVE_PARTNERSHIP",
+            format!("you have no active partnership with {}", owner.slug),
+        ));
+    }
+    let r = AccessRequest {
+        id: Uuid::now_v7().to_string(),
+        requester: org.clone(),
+        owner,
+        customer_id: m.customer_id,
+        match_id: m.id,
+        level: a.level,
+        fields: a.fields,
+        reason: a.reason.as_str().to_owned(),
+        state: RequestState::Pending,
+        decision_reason: String::new(),
+        grant_id: None,
+        create_time: now,
+        decide_time: None,
+    };
+    tx.insert_access_request(&r).await?;
+    request_event(tx, EventType::AccessRequestCreated, &r);
+    Ok(r)
+}
+
+/// The caller's access requests, those it was asked (`incoming`) or those it made,
+/// optionally in one `state`; a page of `size` after the request `after`.
+pub async fn list_access_requests(
+    store: &Store,
+    caller: &Caller,
+    incoming: bool,
+    state: Option<RequestState>,
+    (after, size): (Option<&str>, usize),
+) -> Result<(Vec<AccessRequest>, Option<String>)> {
+    let org = caller.organization()?;
+    let found = store
+        .access_requests(&org.id, incoming, state, after, size)
+        .await?;
+    Ok((found.items, found.next_after))
+}
+
+/// Approves (as a grant of what was asked) or declines (for `reason`) access request
+/// `id`, named `name` by the caller; only the organization asked may.
+pub async fn decide(
+    tx: &mut Tx,
+    caller: &Caller,
+    (id, name): (&str, &str),
+    approve: bool,
+    reason: Reason,
+) -> Result<AccessRequest> {
+    let org = caller.organization()?;
+    let mut r = tx
+        .access_request(&org.id, id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("access request {name:?}")))?;
+    if r.owner.id != org.id {
+        return Err(Error::permission_denied(
+            "only the organization asked may decide an access request",
+        ));
+    }
+    if r.state != RequestState::Pending {
+        return Err(Error::failed_precondition(
+            "ACCESS_REQUEST_DECIDED",
+            format!("{name} was already {}", r.state.as_str()),
+        ));
+    }
+    if approve {
+        let customer = tx
+            .customer(&org.id, &r.customer_id)
+            .await?
+            .filter(|c| c.customer.state == RecordState::Active)
+            .ok_or_else(|| {
+                Error::failed_precondition(
+                    "CUSTOMER_NOT_ACTIVE",
+                    "the customer asked for is no longer active",
+                )
+            })?;
+        let g = grant(
+            tx,
+            org,
+            &customer.customer.id,
+            r.requester.clone(),
+            r.level,
+            r.fields,
+        )
+        .await?;
+        r.grant_id = Some(g.id);
+        r.state = RequestState::Approved;
+    } else {
+        r.state = RequestState::Declined;
+        r.decision_reason = reason.as_str().to_owned();
+    }
+    r.decide_time = Some(now());
+    if !tx.decide_access_request(&r).await? {
+        return Err(Error::StaleEtag(name.to_owned()));
+    }
+    let event_type = if approve {
+        EventType::AccessRequestApproved
+    } else {
+        EventType::AccessRequestDeclined
+    };
+    request_event(tx, event_type, &r);
+    Ok(r)
+}

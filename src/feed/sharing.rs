@@ -1,0 +1,26 @@
+//! Who hears of grants and access requests: both sides, each with its own view.
+
+use super::draft::{Draft, emit, emit_to};
+use super::render::{grant_to_pb, request_to_pb};
+use crate::domain::OrgRef;
+use crate::domain::event::EventType;
+use crate::pb::event::Payload;
+use crate::store::{AccessRequest, Grant, Tx};
+
+/// Tells the grant's owner and grantee about it.
+pub fn grant_event(tx: &mut Tx, event_type: EventType, owner: &OrgRef, g: &Grant) {
+    let pb = grant_to_pb(g);
+    emit_to(tx, &[owner, &g.grantee], || {
+        Draft::new(event_type, pb.name.clone(), Payload::Grant(pb.clone()))
+    });
+}
+
+/// Tells the requester and the organization asked about an access request, each with
+/// its own view of it.
+pub fn request_event(tx: &mut Tx, event_type: EventType, r: &AccessRequest) {
+    for org in [&r.requester, &r.owner] {
+        let pb = request_to_pb(r, &org.id);
+        let draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
+        emit(tx, &org.id, draft);
+    }
+}
