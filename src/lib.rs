@@ -6,7 +6,9 @@
 //! ```text
 //! cli        the `liaison` command: argument parsing and printing
 //! startup    builds the hub from a configuration: the one place that wires it all
-//! api        the gRPC services: protobuf in, the rules applied, protobuf out, Status
+//! api        the gRPC services: protobuf in, a typed command to app, protobuf out
+//! app        use cases per aggregate: caller and command in, rules applied in one
+//!            transaction, the feed told; no protobuf
 //! outbound   webhook and email workers, the case timers
 //! infra      config, telemetry, metrics, tls
 //! feed       events: who hears of a change, the event as protobuf and as JSON
@@ -14,22 +16,22 @@
 //! domain     pure types and rules: no sqlx, tonic, reqwest, tokio or files
 //! ```
 //!
-//! (The services in `api` still hold their use cases; they move to an `app` layer
-//! between `api` and `feed`, which the architecture test already places.)
-//!
 //! Where a new thing goes:
 //!
-//! - **An RPC**: the message and method in `proto/liaison/v1/`, its handler in the
-//!   service's module under [`api`], its rules (validation, state changes) in
-//!   [`domain`], its SQL in [`store`]; the tenant-matrix test gains a row.
+//! - **An RPC**: the message and method in `proto/liaison/v1/`; its use case in the
+//!   aggregate's module under [`app`] (taking the caller and a typed command, with
+//!   ids parsed at the edge into [`domain::ids`]); its handler in the service's
+//!   module under [`api`], which decodes, calls the use case (writes through
+//!   `api::write::idempotent`) and renders; its rules in [`domain`], its SQL in
+//!   [`store`]; the tenant-matrix test gains a row.
 //! - **An event type**: a variant of [`domain::event::EventType`] with its wire name;
 //!   the compiler then asks where its notification category is
-//!   ([`domain::notify::Category::of`]); emit it through [`feed::draft::emit`] in the
-//!   change's transaction.
+//!   ([`domain::notify::Category::of`]); the use case tells the feed ([`feed`], one
+//!   module per aggregate) in the change's transaction.
 //! - **A table**: a migration in both `migrations/sqlite` and `migrations/postgres`,
 //!   and its queries in the [`store`] module of its table family.
 //!
-//! The modules: [`cli`], [`startup`], [`api`], [`outbound`], [`config`],
+//! The modules: [`cli`], [`startup`], [`api`], [`app`], [`outbound`], [`config`],
 //! [`telemetry`], [`metrics`], [`tls`], [`feed`], [`store`], [`domain`], and [`pb`],
 //! the code generated from the protos.
 #![forbid(unsafe_code)]

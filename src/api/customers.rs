@@ -16,6 +16,7 @@ use crate::app::customers::{
 use crate::domain::customer::{self, CustomerField, CustomerKind, PhoneRegion, Profile};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::CustomerFilter;
+use crate::domain::ids::CustomerId;
 use crate::domain::names;
 use crate::domain::visibility::Access;
 use crate::domain::{EmailAddress, Reason, Scope};
@@ -300,7 +301,7 @@ fn upserts_from_pb(customers: &[pb::Customer], region: PhoneRegion) -> Result<Ve
 }
 
 /// The survivor and the records a merge request names, validated.
-fn merge_from_pb(r: &pb::MergeCustomersRequest) -> Result<(String, Vec<String>)> {
+fn merge_from_pb(r: &pb::MergeCustomersRequest) -> Result<(CustomerId, Vec<CustomerId>)> {
     let mut v = Violations::new();
     let survivor_id = v.check("name", names::parse_customer(&r.name));
     if r.merged.is_empty() || r.merged.len() > MAX_MERGED {
@@ -605,7 +606,7 @@ impl CustomerService for CustomerApi {
         let id = names::parse_customer(&request.name).map_err(|v| v.under("name"))?;
         let reason = Reason::parse(&request.reason).map_err(|v| v.under("reason"))?;
         let settings = &self.hub.customers;
-        let target = (id.as_str(), request.name.as_str());
+        let target = (&id, request.name.as_str());
         let response = idempotent(&self.hub, &caller, &request, async |tx| {
             let (seen, access) = app::erase(tx, settings, &caller, target, reason).await?;
             Ok(customer_to_pb(&seen, access))
@@ -631,7 +632,7 @@ impl CustomerService for CustomerApi {
             .pages
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
-        let read = (id.as_str(), access);
+        let read = (&id, access);
         let (entries, next) =
             app::history(&self.hub.store, org, read, page.after.clone(), page.size).await?;
         Ok(Response::new(pb::ListCustomerHistoryResponse {

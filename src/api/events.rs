@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Authenticator, Hub, caller_of};
+use crate::app::events::{self as app, Listing};
 use crate::config::EventsConfig;
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::event::parse_type_filter;
@@ -30,9 +31,6 @@ const STREAM_PAGE: usize = 256;
 const STREAM_BUFFER: usize = 64;
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1_000;
-/// Sequences one ListEvents call looks through at most, so a narrow filter over a
-/// long feed costs a bounded amount; the caller continues from `next_after_sequence`.
-const LIST_SCAN_WINDOW: i64 = 10_000;
 /// Longest resource name ListEvents filters on: longer than any name the hub makes.
 const MAX_RESOURCE_CHARS: usize = 300;
 
@@ -126,37 +124,6 @@ impl EventApi {
     }
 }
 
-/// Refuses a start position the feed cannot serve from: older than what is kept, or
-/// newer than the feed's head. 0 means "from the oldest event kept".
-async fn start_position(store: &Store, organization_id: &str, after: i64) -> Result<(i64, i64)> {
-    if after < 0 {
-        return Err(Error::invalid("after_sequence", "must not be negative"));
-    }
-    let head = store.feed_head(organization_id).await?;
-    let oldest = store.feed_oldest(organization_id, head).await?;
-    if after == 0 {
-        return Ok((oldest - 1, head));
-    }
-    if after < oldest - 1 {
-        return Err(Error::OutOfRange {
-            reason: "EVENTS_PRUNED",
-            message: format!(
-                "events up to sequence {} were pruned; the oldest kept is {oldest}",
-                oldest - 1
-            ),
-            metadata: vec![("oldest_sequence", oldest.to_string())],
-        });
-    }
-    if after > head {
-        return Err(Error::OutOfRange {
-            reason: "SEQUENCE_AHEAD_OF_FEED",
-            message: format!("after_sequence {after} is beyond the newest event, {head}"),
-            metadata: vec![("oldest_sequence", oldest.to_string())],
-        });
-    }
-    Ok((after, head))
-}
-
 /// The request's `event_types`, checked.
 fn event_types(raw: &[String]) -> Result<Vec<String>> {
     parse_type_filter(raw).map_err(|list| {
@@ -223,9 +190,7 @@ impl Pump {
                     Credential::Certificate(der) => self.auth.authenticate_certificate(der).await,
                 };
                 let checked_again = match checked_again {
-                    Ok(_) => self
-                        .store
-                        .cut_off_partners(&self.organization_id)
+                    Ok(_) => app::cut_off(&self.store, &self.organization_id)
                         .await
                         .map(|cut_off| self.cut_off = cut_off),
                     Err(error) => Err(error),
@@ -285,13 +250,13 @@ impl Pump {
     /// consumer is gone.
     async fn catch_up(&mut self) -> Result<bool> {
         loop {
-            let head = self.store.feed_head(&self.organization_id).await?;
+            let head = app::head(&self.store, &self.organization_id).await?;
             if head <= self.position {
                 return Ok(true);
             }
-            let batch = self
-                .store
-                .events(&EventQuery {
+            let batch = app::read(
+                &self.store,
+                &EventQuery {
                     organization_id: &self.organization_id,
                     after: self.position,
                     through: head,
@@ -299,8 +264,9 @@ impl Pump {
                     resource: None,
                     limit: STREAM_PAGE,
                     cut_off: &self.cut_off,
-                })
-                .await?;
+                },
+            )
+            .await?;
             let full = batch.len() == STREAM_PAGE;
             for stored in batch {
                 if self.credentials.has_changed().unwrap_or(false) {
@@ -382,7 +348,7 @@ impl EventService for EventApi {
         let slot = self
             .limits
             .acquire(&org.id, self.hub.limits.max_streams(org.slug.as_str()))?;
-        let (position, _) = start_position(&self.hub.store, &org.id, r.after_sequence).await?;
+        let (position, _) = app::start_position(&self.hub.store, &org.id, r.after_sequence).await?;
         let (sink, stream) = mpsc::channel(STREAM_BUFFER);
         let pump = Pump {
             store: self.hub.store.clone(),
@@ -410,7 +376,7 @@ impl EventService for EventApi {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let caller = caller_of(&request)?;
         caller.require(Scope::Read)?;
-        let org = caller.organization()?;
+        caller.organization()?;
         let r = request.get_ref();
         let types = event_types(&r.event_types)?;
         let limit = match r.page_size {
@@ -422,27 +388,16 @@ impl EventService for EventApi {
         // character, which PostgreSQL would refuse.
         text::check(&r.resource, MAX_RESOURCE_CHARS, Lines::One)
             .map_err(|v| v.under("resource"))?;
-        let (after, head) = start_position(&self.hub.store, &org.id, r.after_sequence).await?;
-        let through = head.min(after.saturating_add(LIST_SCAN_WINDOW));
-        let found = self
-            .hub
-            .store
-            .events(&EventQuery {
-                organization_id: &org.id,
-                after,
-                through,
-                types: &types,
-                resource: (!r.resource.is_empty()).then_some(r.resource.as_str()),
-                limit,
-                cut_off: &self.hub.store.cut_off_partners(&org.id).await?,
-            })
-            .await?;
-        let full = found.len() == limit;
-        let events = found.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
-        let next_after_sequence = match events.last() {
-            Some(last) if full => last.sequence,
-            _ => through,
+        let resource = (!r.resource.is_empty()).then_some(r.resource.as_str());
+        let listing = Listing {
+            after_sequence: r.after_sequence,
+            types: &types,
+            resource,
+            limit,
         };
+        let (found, next_after_sequence, head) =
+            app::list(&self.hub.store, &caller, listing).await?;
+        let events = found.into_iter().map(decode).collect::<Result<Vec<_>>>()?;
         Ok(Response::new(pb::ListEventsResponse {
             events,
             next_after_sequence,

@@ -11,6 +11,7 @@ use crate::app::interactions as app;
 use crate::domain::customer;
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::{self, Comparison, Op};
+use crate::domain::ids::MemberId;
 use crate::domain::interaction::{
     self, Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
@@ -210,11 +211,11 @@ fn interaction_from_pb(request: &pb::LogInteractionRequest, org: &OrgRef) -> Res
     v.finish()?;
     Ok(Interaction {
         id: Uuid::now_v7().to_string(),
-        customer_id,
+        customer_id: customer_id.into_string(),
         organization: org.clone(),
         kind,
         occur_time,
-        member_id,
+        member_id: member_id.map(MemberId::into_string),
         channel,
         direction,
         summary,
@@ -292,7 +293,7 @@ impl InteractionService for InteractionApi {
             }
         };
         let after = after.as_ref().map(|(t, id)| (*t, id.as_str()));
-        let parent = (customer_id.as_str(), r.parent.as_str());
+        let parent = (&customer_id, r.parent.as_str());
         let (found, next) =
             app::list(&self.hub.store, &caller, parent, &filter, after, page.size).await?;
         Ok(Response::new(pb::ListInteractionsResponse {

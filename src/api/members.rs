@@ -7,6 +7,7 @@ use super::write::idempotent;
 use super::{Hub, caller_of};
 use crate::app::members::{self as app, MemberChange, PreferencesChange, PreferencesOf};
 use crate::domain::error::{Error, Result, Violations};
+use crate::domain::ids::MemberId;
 use crate::domain::names;
 use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{DisplayName, EmailAddress, MemberRole, Scope, Slug, TimeZoneName, now};
@@ -26,7 +27,7 @@ const PREFERENCES: &[&str] = &[
 
 /// `organizations/{org}/notificationPreferences` (the organization's defaults, `None`)
 /// or `organizations/{org}/members/{m}/notificationPreferences`.
-fn parse_preferences_name(name: &str, field: &str) -> Result<(Slug, Option<String>)> {
+fn parse_preferences_name(name: &str, field: &str) -> Result<(Slug, Option<MemberId>)> {
     let bad = || {
         Error::invalid(
             field,
@@ -268,7 +269,7 @@ impl MemberService for MemberApi {
             time_zone,
         };
         let org = app::member_organization(&self.hub.store, &caller, &slug, &input.name).await?;
-        let target = (id.as_str(), input.name.as_str(), input.etag.as_str());
+        let target = (&id, input.name.as_str(), input.etag.as_str());
         let response = idempotent(&self.hub, &caller, &request, async |tx| {
             let member = app::update(tx, &org, target, change, &paths).await?;
             Ok(member_to_pb(&slug, &member))
@@ -287,7 +288,7 @@ impl MemberService for MemberApi {
         let name = &request.name;
         let (slug, id) = names::parse_member(name).map_err(|v| v.under("name"))?;
         let org = app::member_organization(&self.hub.store, &caller, &slug, name).await?;
-        let target = (id.as_str(), name.as_str(), request.etag.as_str());
+        let target = (&id, name.as_str(), request.etag.as_str());
         let response = idempotent(&self.hub, &caller, &request, async |tx| {
             app::delete(tx, &org, target).await?;
             Ok(pb::DeleteMemberResponse {})
@@ -306,7 +307,7 @@ impl MemberService for MemberApi {
         let (slug, member_id) = parse_preferences_name(&name, "name")?;
         let of = PreferencesOf {
             slug: &slug,
-            member_id: member_id.as_deref(),
+            member_id: member_id.as_ref(),
             name: &name,
         };
         let (prefs, follows, at) = app::preferences(&self.hub.store, &caller, of).await?;
@@ -332,7 +333,7 @@ impl MemberService for MemberApi {
         )?;
         let of = PreferencesOf {
             slug: &slug,
-            member_id: member_id.as_deref(),
+            member_id: member_id.as_ref(),
             name,
         };
         let change = preferences_change(&input, &paths);

@@ -1,5 +1,5 @@
-//! The gRPC services. Handlers are thin: decode and validate the request, authorize
-//! the caller, call the store, encode the answer.
+//! The gRPC services. Handlers are thin: decode and validate the request, check the
+//! key's scope, call the use case in [`crate::app`], encode the answer.
 
 pub mod auth;
 pub mod codec;

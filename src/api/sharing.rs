@@ -7,6 +7,7 @@ use super::{Caller, Hub, caller_of};
 use crate::app::sharing::{self as app, MatchKey, NewAccessRequest, NewGrant};
 use crate::domain::customer::{FieldSet, PhoneNumber};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::ids::{CustomerId, MatchId};
 use crate::domain::names;
 use crate::domain::visibility::AccessLevel;
 use crate::domain::{EmailAddress, Reason, Scope};
@@ -41,7 +42,7 @@ fn level_from_pb(raw: i32) -> Result<AccessLevel, FieldViolation> {
 fn grant_from_pb(
     r: &pb::CreateGrantRequest,
     owner: &crate::domain::Slug,
-) -> Result<(String, crate::domain::Slug, AccessLevel, FieldSet)> {
+) -> Result<(CustomerId, crate::domain::Slug, AccessLevel, FieldSet)> {
     let input = r.grant.clone().unwrap_or_default();
     let mut v = Violations::new();
     let customer_id = v.check("parent", names::parse_customer(&r.parent));
@@ -73,7 +74,7 @@ fn grant_from_pb(
 /// validated.
 fn access_request_from_pb(
     input: &pb::AccessRequest,
-) -> Result<(String, AccessLevel, FieldSet, Reason)> {
+) -> Result<(MatchId, AccessLevel, FieldSet, Reason)> {
     let mut v = Violations::new();
     let match_id = v.check(
         "access_request.match",

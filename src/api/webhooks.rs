@@ -14,6 +14,7 @@ use crate::config::WebhooksConfig;
 use crate::domain::Scope;
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::event::parse_type_filter;
+use crate::domain::ids::EndpointId;
 use crate::domain::names;
 use crate::domain::webhook::{parse_url, refused_literal_host};
 use crate::domain::{Slug, now};
@@ -102,7 +103,7 @@ fn endpoint_fields(
 
 /// `organizations/{org}/webhookEndpoints/{endpoint}`, or `…/webhookEndpoints/-` for
 /// all of them (`None`).
-fn parse_attempts_parent(name: &str) -> Result<(Slug, Option<String>)> {
+fn parse_attempts_parent(name: &str) -> Result<(Slug, Option<EndpointId>)> {
     if let Some(org) = name.strip_suffix("/webhookEndpoints/-") {
         let slug = names::parse_organization(org).map_err(|v| v.under("parent"))?;
         return Ok((slug, None));
@@ -364,7 +365,7 @@ impl WebhookService for WebhookApi {
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let fields = endpoint_fields(&input, &paths, &self.config)?;
         let org = app::organization(&self.hub.store, &caller, &slug, name).await?;
-        let target = (id.as_str(), name.as_str(), input.etag.as_str());
+        let target = (&id, name.as_str(), input.etag.as_str());
         let e = idempotent(&self.hub, &caller, &r, async |tx| {
             Ok(endpoint_to_pb(
                 &org.slug,
@@ -374,7 +375,7 @@ impl WebhookService for WebhookApi {
         .await?;
         tracing::info!(endpoint = %e.name, fields = ?paths, "webhook endpoint updated");
         let pending = app::pending(&self.hub.store, &[&id]).await?;
-        let pending_deliveries = pending.get(&id).copied().unwrap_or(0);
+        let pending_deliveries = pending.get(id.as_str()).copied().unwrap_or(0);
         Ok(Response::new(pb::WebhookEndpoint {
             pending_deliveries,
             ..e
@@ -422,7 +423,7 @@ impl WebhookService for WebhookApi {
             "" => None,
             raw => Some(parse_event_id(raw, "event_id")?),
         };
-        let (endpoint_id, event_id) = (endpoint_id.as_deref(), event_id.as_deref());
+        let (endpoint_id, event_id) = (endpoint_id.as_ref(), event_id.as_deref());
         let of = AttemptsOf {
             slug: &slug,
             endpoint_id,

@@ -22,6 +22,7 @@ use crate::domain::case::{
 use crate::domain::customer::RecordState;
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::event::EventType;
+use crate::domain::ids::{CaseId, CustomerId, MemberId, TaskId};
 use crate::domain::names;
 use crate::domain::{OrgRef, Slug};
 use crate::feed::cases::{record_change, tell_case, tell_comment, tell_task};
@@ -167,7 +168,7 @@ async fn require_partner(tx: &mut Tx, caller: &OrgRef, other: &OrgRef) -> Result
 /// A case to open, its fields checked against `template`.
 pub struct OpenCase<'a> {
     pub template: &'a Template,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     /// The customer's resource name as the caller wrote it.
     pub customer_name: String,
     pub title: String,
@@ -176,7 +177,7 @@ pub struct OpenCase<'a> {
     /// Each participant: its organization, its role and the name the caller wrote.
     pub participants: Vec<(Slug, String, String)>,
     /// Members told of a breach at once: their organization and id.
-    pub contacts: Vec<(Slug, String)>,
+    pub contacts: Vec<(Slug, MemberId)>,
     pub fields: BTreeMap<String, String>,
 }
 
@@ -186,7 +187,7 @@ pub struct OpenCase<'a> {
 pub async fn open(
     tx: &mut Tx,
     org: &OrgRef,
-    (id, now): (&str, Timestamp),
+    (id, now): (&CaseId, Timestamp),
     o: &OpenCase<'_>,
 ) -> Result<Seen> {
     let template = o.template;
@@ -220,13 +221,13 @@ pub async fn open(
         }
     }
     let case = Case {
-        id: id.to_owned(),
+        id: id.to_string(),
         template: template.name.clone(),
         state: template.initial.clone(),
         title: o.title.clone(),
         description: o.description.clone(),
         priority: o.priority,
-        customer_id: o.customer_id.clone(),
+        customer_id: o.customer_id.to_string(),
         participants: members,
         fields: o.fields.clone(),
         escalation_contacts: o
@@ -288,7 +289,7 @@ pub async fn list(
 
 /// A transition to fire on a case.
 pub struct Transition<'a> {
-    pub id: &'a str,
+    pub id: &'a CaseId,
     /// The case's resource name as the caller wrote it.
     pub name: &'a str,
     pub etag: &'a str,
@@ -334,14 +335,14 @@ pub struct Comment {
     pub visibility: CommentVisibility,
     /// The member of the caller's organization who wrote it, and the name the caller
     /// wrote for it.
-    pub member: Option<(String, String)>,
+    pub member: Option<(MemberId, String)>,
 }
 
 /// Adds a comment to case `id` (named `name`) and tells those who may read it.
 pub async fn comment(
     tx: &mut Tx,
     org: &OrgRef,
-    (id, name): (&str, &str),
+    (id, name): (&CaseId, &str),
     c: Comment,
     now: Timestamp,
 ) -> Result<HistoryEntry> {
@@ -354,7 +355,7 @@ pub async fn comment(
     let mut entry = HistoryEntry::new(id, EventType::CaseCommented, Some(org.clone()), now);
     entry.body = c.body;
     entry.visibility = c.visibility;
-    entry.member_id = c.member.map(|(m, _)| m);
+    entry.member_id = c.member.map(|(m, _)| m.into_string());
     tx.insert_case_history(&entry).await?;
     tell_comment(tx, &case, &entry);
     Ok(entry)
@@ -365,7 +366,7 @@ pub async fn comment(
 pub async fn add_participant(
     tx: &mut Tx,
     org: &OrgRef,
-    (id, name, template): (&str, &str, &Template),
+    (id, name, template): (&CaseId, &str, &Template),
     (slug, org_name, role): (&Slug, &str, &str),
     now: Timestamp,
 ) -> Result<Seen> {
@@ -402,7 +403,7 @@ pub async fn add_participant(
 pub async fn remove_participant(
     tx: &mut Tx,
     org: &OrgRef,
-    (id, name, template): (&str, &str, &Template),
+    (id, name, template): (&CaseId, &str, &Template),
     (slug, org_name): (&Slug, &str),
     now: Timestamp,
 ) -> Result<Seen> {
@@ -471,7 +472,7 @@ pub struct NewTask {
     /// The participant organization it is assigned to.
     pub assignee: Slug,
     /// A member of the assignee, and the name the caller wrote for it.
-    pub member: Option<(String, String)>,
+    pub member: Option<(MemberId, String)>,
     pub due_time: Option<Timestamp>,
 }
 
@@ -480,7 +481,7 @@ pub struct NewTask {
 pub async fn assign_task(
     tx: &mut Tx,
     (org, workflows): (&OrgRef, &Workflows),
-    (case_id, parent): (&str, &str),
+    (case_id, parent): (&CaseId, &str),
     t: NewTask,
     now: Timestamp,
 ) -> Result<Task> {
@@ -510,11 +511,11 @@ pub async fn assign_task(
     }
     let task = Task {
         id: Uuid::now_v7().to_string(),
-        case_id: case_id.to_owned(),
+        case_id: case_id.to_string(),
         title: t.title,
         description: t.description,
         assignee: to,
-        assignee_member_id: t.member.map(|(m, _)| m),
+        assignee_member_id: t.member.map(|(m, _)| m.into_string()),
         due_time: t.due_time,
         state: TaskState::Assigned,
         overdue: false,
@@ -525,7 +526,7 @@ pub async fn assign_task(
     tx.insert_task(&task).await?;
     if let Some(due) = t.due_time {
         tx.set_timer(&Timer {
-            case_id: case_id.to_owned(),
+            case_id: case_id.to_string(),
             kind: TimerKind::TaskOverdue,
             subject: task.id.clone(),
             due_time: due,
@@ -545,7 +546,7 @@ pub async fn assign_task(
 pub async fn task(
     store: &Store,
     org: &OrgRef,
-    (case_id, id): (&str, &str),
+    (case_id, id): (&CaseId, &TaskId),
     name: &str,
 ) -> Result<Task> {
     let missing = || Error::NotFound(format!("task {name:?}"));
@@ -570,7 +571,7 @@ pub async fn tasks(
 pub async fn act_on_task(
     tx: &mut Tx,
     org: &OrgRef,
-    (case_id, task_id, name): (&str, &str, &str),
+    (case_id, task_id, name): (&CaseId, &TaskId, &str),
     action: TaskAction,
     now: Timestamp,
 ) -> Result<Task> {

@@ -21,6 +21,7 @@ use crate::domain::customer::{Profile, RecordState};
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::EventType;
 use crate::domain::filter::{CustomerCondition, CustomerFacts, CustomerFilter};
+use crate::domain::ids::CustomerId;
 use crate::domain::match_key::MatchSecret;
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
@@ -414,7 +415,7 @@ async fn change_profile(
 
 /// A change to some profile fields of one customer.
 pub struct ProfileUpdate<'a> {
-    pub id: &'a str,
+    pub id: &'a CustomerId,
     /// The customer's resource name as the caller wrote it.
     pub name: &'a str,
     /// The etag the caller read it at; empty to write over any revision.
@@ -453,7 +454,7 @@ pub async fn set_state(
     tx: &mut Tx,
     settings: &CustomerSettings,
     caller: &Caller,
-    (id, name, etag): (&str, &str, &str),
+    (id, name, etag): (&CustomerId, &str, &str),
     delete: bool,
 ) -> Result<(SeenCustomer, Access)> {
     let org = caller.organization()?;
@@ -615,7 +616,7 @@ fn within_item(error: Error, i: usize) -> Error {
 pub async fn duplicates(
     store: &Store,
     caller: &Caller,
-    id: &str,
+    id: &CustomerId,
     name: &str,
 ) -> Result<Vec<(SeenCustomer, Access, Vec<MatchRule>)>> {
     let org = caller.organization()?;
@@ -637,11 +638,11 @@ pub async fn duplicates(
 
 /// A merge of `losers` into `survivor_id`.
 pub struct Merge<'a> {
-    pub survivor_id: &'a str,
+    pub survivor_id: &'a CustomerId,
     /// The survivor's resource name as the caller wrote it.
     pub name: &'a str,
     pub etag: &'a str,
-    pub losers: &'a [String],
+    pub losers: &'a [CustomerId],
 }
 
 /// Folds the losers into the survivor: their profiles are absorbed, their dependents
@@ -654,8 +655,8 @@ pub async fn merge(
 ) -> Result<SeenCustomer> {
     let org = caller.organization()?;
     let (survivor_id, name) = (m.survivor_id, m.name);
-    let mut ids = vec![survivor_id];
-    ids.extend(m.losers.iter().map(String::as_str));
+    let mut ids = vec![survivor_id.as_str()];
+    ids.extend(m.losers.iter().map(CustomerId::as_str));
     tx.lock_customers(&ids).await?;
     // A record merged away while this merge waited for its lock: the other merge won.
     let lost = |e: Error| match e {
@@ -684,7 +685,7 @@ pub async fn merge(
         after.profile.absorb(&loser.customer.profile);
         let mut gone = loser.customer.clone();
         gone.state = RecordState::Merged;
-        gone.merged_into = Some(survivor_id.to_owned());
+        gone.merged_into = Some(survivor_id.to_string());
         gone.update_time = now();
         gone.delete_time = Some(gone.update_time);
         if !tx.update_customer(&mut gone, &settings.secret).await? {
@@ -719,7 +720,7 @@ pub async fn erase(
     tx: &mut Tx,
     settings: &CustomerSettings,
     caller: &Caller,
-    (id, name): (&str, &str),
+    (id, name): (&CustomerId, &str),
     reason: Reason,
 ) -> Result<(SeenCustomer, Access)> {
     let org = caller.organization()?;
@@ -857,7 +858,7 @@ fn readable(mut e: HistoryEntry, viewer_id: &str, access: Access) -> Option<Hist
 pub async fn history(
     store: &Store,
     viewer: &OrgRef,
-    (id, access): (&str, Access),
+    (id, access): (&CustomerId, Access),
     mut after: Option<String>,
     size: usize,
 ) -> Result<(Vec<HistoryEntry>, Option<String>)> {
@@ -891,7 +892,7 @@ pub async fn history(
 pub async fn overlay(
     store: &Store,
     caller: &Caller,
-    id: &str,
+    id: &CustomerId,
 ) -> Result<(Overlay, Option<String>)> {
     let org = caller.organization()?;
     let (seen, _) = visible(store, org, id, &names::customer(id)).await?;
@@ -901,7 +902,7 @@ pub async fn overlay(
 
 /// A change to some fields of the caller's overlay on a customer.
 pub struct OverlayUpdate<'a> {
-    pub customer_id: &'a str,
+    pub customer_id: &'a CustomerId,
     /// The overlay's resource name as the caller wrote it.
     pub name: &'a str,
     pub etag: &'a str,

@@ -5,6 +5,7 @@
 use crate::domain::caller::Caller;
 use crate::domain::customer::RecordState;
 use crate::domain::error::{Error, Result};
+use crate::domain::ids::{CustomerId, InteractionId};
 use crate::domain::interaction::Interaction;
 use crate::domain::names;
 use crate::feed::interactions::interaction_logged;
@@ -54,7 +55,7 @@ pub async fn log(
 pub async fn get(
     store: &Store,
     caller: &Caller,
-    (customer_id, id): (&str, &str),
+    (customer_id, id): (&CustomerId, &InteractionId),
     name: &str,
 ) -> Result<Interaction> {
     let org = caller.organization()?;
@@ -75,7 +76,7 @@ pub async fn get(
 pub async fn list(
     store: &Store,
     caller: &Caller,
-    (customer_id, parent): (&str, &str),
+    (customer_id, parent): (&CustomerId, &str),
     filter: &InteractionFilter,
     after: Option<(i64, &str)>,
     size: usize,

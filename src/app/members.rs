@@ -10,6 +10,7 @@ use super::check_etag;
 use crate::domain::caller::Caller;
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::EventType;
+use crate::domain::ids::MemberId;
 use crate::domain::names;
 use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{
@@ -82,7 +83,7 @@ pub async fn create(tx: &mut Tx, org: &Organization, member: &Member) -> Result<
 pub async fn get(
     store: &Store,
     caller: &Caller,
-    (slug, id): (&Slug, &str),
+    (slug, id): (&Slug, &MemberId),
     name: &str,
 ) -> Result<Member> {
     let org = member_organization(store, caller, slug, name).await?;
@@ -118,7 +119,7 @@ pub struct MemberChange {
 pub async fn update(
     tx: &mut Tx,
     org: &Organization,
-    (id, name, etag): (&str, &str, &str),
+    (id, name, etag): (&MemberId, &str, &str),
     change: MemberChange,
     paths: &[&str],
 ) -> Result<Member> {
@@ -171,7 +172,7 @@ pub async fn update(
 pub async fn delete(
     tx: &mut Tx,
     org: &Organization,
-    (id, name, etag): (&str, &str, &str),
+    (id, name, etag): (&MemberId, &str, &str),
 ) -> Result<()> {
     let member = tx
         .member(&org.id, id)
@@ -188,7 +189,7 @@ pub async fn delete(
 /// Whose preferences: an organization's defaults (`member_id` `None`) or a member's.
 pub struct PreferencesOf<'a> {
     pub slug: &'a Slug,
-    pub member_id: Option<&'a str>,
+    pub member_id: Option<&'a MemberId>,
     /// The preferences' resource name as the caller wrote it.
     pub name: &'a str,
 }
@@ -218,7 +219,7 @@ pub async fn preferences(
 ) -> Result<(Preferences, Vec<String>, Option<Timestamp>)> {
     let org = preferences_owner(store, caller, &of).await?;
     let (prefs, at) = store
-        .notification_preferences(&org.id, of.member_id.unwrap_or(""))
+        .notification_preferences(&org.id, of.member_id.map_or("", MemberId::as_str))
         .await?;
     let follows = match of.member_id {
         Some(id) => store.follows(id).await?,
@@ -263,7 +264,7 @@ pub async fn change_preferences(
     change: &PreferencesChange<'_>,
 ) -> Result<NewPreferences> {
     let org = preferences_owner(store, caller, of).await?;
-    let owner = of.member_id.unwrap_or("");
+    let owner = of.member_id.map_or("", MemberId::as_str);
     let (mut prefs, _) = store.notification_preferences(&org.id, owner).await?;
     let mut follows = match of.member_id {
         Some(id) => Some(store.follows(id).await?),
@@ -315,8 +316,8 @@ pub async fn change_preferences(
                 .is_some_and(|seen| seen.access().is_some());
             if !visible {
                 v.add(&field, "is not a customer the organization can see");
-            } else if !ids.contains(&id) {
-                ids.push(id);
+            } else if !ids.iter().any(|known| id == *known) {
+                ids.push(id.into_string());
             }
         }
         follows = Some(ids);
@@ -335,13 +336,18 @@ pub async fn change_preferences(
 /// the change named them.
 pub async fn set_preferences(
     tx: &mut Tx,
-    member_id: Option<&str>,
+    member_id: Option<&MemberId>,
     new: &NewPreferences,
     at: Timestamp,
 ) -> Result<()> {
     let org = &new.org;
-    tx.set_notification_preferences(&org.id, member_id.unwrap_or(""), &new.prefs, at)
-        .await?;
+    tx.set_notification_preferences(
+        &org.id,
+        member_id.map_or("", MemberId::as_str),
+        &new.prefs,
+        at,
+    )
+    .await?;
     if let (Some(member), Some(ids)) = (member_id, &new.follows)
         && new.follows_changed
     {

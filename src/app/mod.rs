@@ -5,6 +5,7 @@
 
 pub mod cases;
 pub mod customers;
+pub mod events;
 pub mod interactions;
 pub mod members;
 pub mod organizations;

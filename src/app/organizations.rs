@@ -12,6 +12,7 @@ use super::check_etag;
 use crate::domain::caller::Caller;
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
 use crate::domain::error::{Error, Result};
+use crate::domain::ids::{ApiKeyId, CertificateId};
 use crate::domain::names;
 use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState,
@@ -189,7 +190,12 @@ pub async fn revocable_key_owner(
 }
 
 /// Revokes key `id` of `owner` (named `name`); revoking twice changes nothing.
-pub async fn revoke_key(tx: &mut Tx, owner: &Principal, id: &str, name: &str) -> Result<ApiKey> {
+pub async fn revoke_key(
+    tx: &mut Tx,
+    owner: &Principal,
+    id: &ApiKeyId,
+    name: &str,
+) -> Result<ApiKey> {
     let mut key = tx
         .api_key(owner, id)
         .await?
@@ -259,7 +265,7 @@ pub async fn certificates(
 pub async fn revoke_certificate(
     tx: &mut Tx,
     owner: &OrgRef,
-    id: &str,
+    id: &CertificateId,
     name: &str,
 ) -> Result<ClientCertificate> {
     let mut certificate = tx

@@ -7,6 +7,7 @@ use super::check_etag;
 use crate::domain::caller::Caller;
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
+use crate::domain::ids::PartnershipId;
 use crate::domain::names;
 use crate::domain::{
     OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Relationship, Slug, now,
@@ -62,7 +63,12 @@ pub async fn propose(tx: &mut Tx, partnership: &Partnership) -> Result<()> {
 }
 
 /// Partnership `id` (named `name`), if the caller's organization is a party to it.
-pub async fn get(store: &Store, caller: &Caller, id: &str, name: &str) -> Result<Partnership> {
+pub async fn get(
+    store: &Store,
+    caller: &Caller,
+    id: &PartnershipId,
+    name: &str,
+) -> Result<Partnership> {
     let org = caller.organization()?;
     store
         .partnership(&org.id, id)
@@ -87,7 +93,7 @@ pub async fn list(
 pub async fn transition(
     tx: &mut Tx,
     caller: &Caller,
-    (id, name, etag): (&str, &str, &str),
+    (id, name, etag): (&PartnershipId, &str, &str),
     action: PartnershipAction,
     reason: Reason,
 ) -> Result<Partnership> {

@@ -13,6 +13,7 @@ use crate::domain::caller::Caller;
 use crate::domain::customer::{FieldSet, RecordState};
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
+use crate::domain::ids::{AccessRequestId, CustomerId, GrantId, MatchId};
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{OrgRef, Reason, Slug, now};
@@ -87,7 +88,7 @@ pub async fn organization(store: &Store, slug: &Slug) -> Result<OrgRef> {
 
 /// A grant the owner makes on one of its customers.
 pub struct NewGrant<'a> {
-    pub customer_id: &'a str,
+    pub customer_id: &'a CustomerId,
     /// The customer's resource name as the caller wrote it.
     pub parent: &'a str,
     pub grantee: OrgRef,
@@ -115,7 +116,7 @@ pub async fn create_grant(tx: &mut Tx, caller: &Caller, g: NewGrant<'_>) -> Resu
 pub async fn list_grants(
     store: &Store,
     caller: &Caller,
-    (id, parent): (&str, &str),
+    (id, parent): (&CustomerId, &str),
     show_revoked: bool,
     (after, size): (Option<&str>, usize),
 ) -> Result<(Vec<Grant>, Option<String>)> {
@@ -131,7 +132,7 @@ pub async fn list_grants(
 pub async fn revoke_grant(
     tx: &mut Tx,
     caller: &Caller,
-    (customer_id, grant_id): (&str, &str),
+    (customer_id, grant_id): (&CustomerId, &GrantId),
     name: &str,
 ) -> Result<Grant> {
     let org = caller.organization()?;
@@ -220,7 +221,7 @@ pub async fn match_customer(
 
 /// What a partner asks for through a match.
 pub struct NewAccessRequest<'a> {
-    pub match_id: &'a str,
+    pub match_id: &'a MatchId,
     /// The match's resource name as the caller wrote it.
     pub match_name: &'a str,
     pub level: AccessLevel,
@@ -297,7 +298,7 @@ pub async fn list_access_requests(
 pub async fn decide(
     tx: &mut Tx,
     caller: &Caller,
-    (id, name): (&str, &str),
+    (id, name): (&AccessRequestId, &str),
     approve: bool,
     reason: Reason,
 ) -> Result<AccessRequest> {

@@ -11,6 +11,7 @@ use super::check_etag;
 use crate::domain::caller::Caller;
 use crate::domain::error::{Error, Result};
 use crate::domain::event::TEST_EVENT_TYPE;
+use crate::domain::ids::EndpointId;
 use crate::domain::names;
 use crate::domain::webhook::WebhookSecret;
 use crate::domain::{Organization, Slug, now};
@@ -163,7 +164,7 @@ pub async fn delete(
 pub async fn update(
     tx: &mut Tx,
     org: &Organization,
-    (id, name, etag): (&str, &str, &str),
+    (id, name, etag): (&EndpointId, &str, &str),
     fields: &EndpointFields,
 ) -> Result<Endpoint> {
     let mut e = tx
@@ -280,7 +281,7 @@ fn record_to_attempt(d: &ClaimedDelivery, a: &AttemptRecord) -> Attempt {
 /// `None`), optionally of one event.
 pub struct AttemptsOf<'a> {
     pub slug: &'a Slug,
-    pub endpoint_id: Option<&'a str>,
+    pub endpoint_id: Option<&'a EndpointId>,
     pub event_id: Option<&'a str>,
     /// The parent's resource name as the caller wrote it.
     pub parent: &'a str,
@@ -313,7 +314,7 @@ pub async fn attempts(
     let found = store
         .attempts(&AttemptQuery {
             organization_id: &org.id,
-            endpoint_id: of.endpoint_id,
+            endpoint_id: of.endpoint_id.map(EndpointId::as_str),
             event_id: of.event_id,
             before,
             limit: size,

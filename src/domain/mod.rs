@@ -10,6 +10,7 @@ pub mod customer;
 pub mod error;
 pub mod event;
 pub mod filter;
+pub mod ids;
 pub mod interaction;
 pub mod match_key;
 pub mod member;

@@ -4,6 +4,10 @@ use uuid::Uuid;
 
 use crate::domain::Slug;
 use crate::domain::error::FieldViolation;
+use crate::domain::ids::{
+    AccessRequestId, ApiKeyId, CaseId, CertificateId, CustomerId, EndpointId, GrantId, Id,
+    InteractionId, MatchId, MemberId, PartnershipId, TaskId,
+};
 
 pub fn organization(slug: &Slug) -> String {
     format!("organizations/{slug}")
@@ -18,7 +22,7 @@ pub fn webhook_endpoint(org: &Slug, id: &str) -> String {
 }
 
 /// `organizations/{org}/webhookEndpoints/{endpoint}`.
-pub fn parse_webhook_endpoint(name: &str) -> Result<(Slug, String), FieldViolation> {
+pub fn parse_webhook_endpoint(name: &str) -> Result<(Slug, EndpointId), FieldViolation> {
     const FORM: &str = "organizations/{organization}/webhookEndpoints/{endpoint}";
     parse_child(name, "webhookEndpoints", FORM)
 }
@@ -28,7 +32,7 @@ pub fn client_certificate(org: &Slug, id: &str) -> String {
 }
 
 /// `organizations/{org}/clientCertificates/{certificate}`.
-pub fn parse_client_certificate(name: &str) -> Result<(Slug, String), FieldViolation> {
+pub fn parse_client_certificate(name: &str) -> Result<(Slug, CertificateId), FieldViolation> {
     const FORM: &str = "organizations/{organization}/clientCertificates/{certificate}";
     parse_child(name, "clientCertificates", FORM)
 }
@@ -52,10 +56,10 @@ fn bad(expected: &str) -> FieldViolation {
     )
 }
 
-/// A server-assigned id: a UUID.
-fn id(raw: &str, expected: &str) -> Result<String, FieldViolation> {
+/// A server-assigned id: a UUID, in its hyphenated form.
+fn id<I: Id>(raw: &str, expected: &str) -> Result<I, FieldViolation> {
     Uuid::parse_str(raw)
-        .map(|u| u.hyphenated().to_string())
+        .map(|u| I::from_stored(u.hyphenated().to_string()))
         .map_err(|_| bad(expected))
 }
 
@@ -73,13 +77,13 @@ pub fn parse_organization(name: &str) -> Result<Slug, FieldViolation> {
 }
 
 /// `organizations/{org}/members/{member}`.
-pub fn parse_member(name: &str) -> Result<(Slug, String), FieldViolation> {
+pub fn parse_member(name: &str) -> Result<(Slug, MemberId), FieldViolation> {
     const FORM: &str = "organizations/{organization}/members/{member}";
     parse_child(name, "members", FORM)
 }
 
 /// `organizations/{org}/apiKeys/{key}` or `operator/apiKeys/{key}`.
-pub fn parse_api_key(name: &str) -> Result<(Option<Slug>, String), FieldViolation> {
+pub fn parse_api_key(name: &str) -> Result<(Option<Slug>, ApiKeyId), FieldViolation> {
     const FORM: &str = "organizations/{organization}/apiKeys/{key}";
     if let Some(rest) = name.strip_prefix("operator/apiKeys/") {
         return Ok((None, id(rest, FORM)?));
@@ -88,7 +92,7 @@ pub fn parse_api_key(name: &str) -> Result<(Option<Slug>, String), FieldViolatio
 }
 
 /// `partnerships/{partnership}`.
-pub fn parse_partnership(name: &str) -> Result<String, FieldViolation> {
+pub fn parse_partnership(name: &str) -> Result<PartnershipId, FieldViolation> {
     const FORM: &str = "partnerships/{partnership}";
     if name.is_empty() {
         return Err(FieldViolation::required(""));
@@ -137,7 +141,7 @@ pub fn customer_match(id: &str) -> String {
 }
 
 /// `{collection}/{id}` with a server-assigned id.
-fn parse_top(name: &str, collection: &str, form: &str) -> Result<String, FieldViolation> {
+fn parse_top<I: Id>(name: &str, collection: &str, form: &str) -> Result<I, FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::required(""));
     }
@@ -149,12 +153,12 @@ fn parse_top(name: &str, collection: &str, form: &str) -> Result<String, FieldVi
 }
 
 /// `customers/{customer}`.
-pub fn parse_customer(name: &str) -> Result<String, FieldViolation> {
+pub fn parse_customer(name: &str) -> Result<CustomerId, FieldViolation> {
     parse_top(name, "customers", "customers/{customer}")
 }
 
 /// `customers/{customer}/overlay`.
-pub fn parse_overlay(name: &str) -> Result<String, FieldViolation> {
+pub fn parse_overlay(name: &str) -> Result<CustomerId, FieldViolation> {
     const FORM: &str = "customers/{customer}/overlay";
     let customer = name.strip_suffix("/overlay").ok_or_else(|| {
         if name.is_empty() {
@@ -167,11 +171,11 @@ pub fn parse_overlay(name: &str) -> Result<String, FieldViolation> {
 }
 
 /// `customers/{customer}/{collection}/{id}`: `(customer, id)`.
-fn parse_under_customer(
+fn parse_under_customer<I: Id>(
     name: &str,
     collection: &str,
     form: &str,
-) -> Result<(String, String), FieldViolation> {
+) -> Result<(CustomerId, I), FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::required(""));
     }
@@ -183,11 +187,11 @@ fn parse_under_customer(
     }
 }
 
-pub fn parse_grant(name: &str) -> Result<(String, String), FieldViolation> {
+pub fn parse_grant(name: &str) -> Result<(CustomerId, GrantId), FieldViolation> {
     parse_under_customer(name, "grants", "customers/{customer}/grants/{grant}")
 }
 
-pub fn parse_interaction(name: &str) -> Result<(String, String), FieldViolation> {
+pub fn parse_interaction(name: &str) -> Result<(CustomerId, InteractionId), FieldViolation> {
     parse_under_customer(
         name,
         "interactions",
@@ -195,21 +199,21 @@ pub fn parse_interaction(name: &str) -> Result<(String, String), FieldViolation>
     )
 }
 
-pub fn parse_access_request(name: &str) -> Result<String, FieldViolation> {
+pub fn parse_access_request(name: &str) -> Result<AccessRequestId, FieldViolation> {
     parse_top(name, "accessRequests", "accessRequests/{request}")
 }
 
-pub fn parse_customer_match(name: &str) -> Result<String, FieldViolation> {
+pub fn parse_customer_match(name: &str) -> Result<MatchId, FieldViolation> {
     parse_top(name, "customerMatches", "customerMatches/{match}")
 }
 
 /// `cases/{case}`.
-pub fn parse_case(name: &str) -> Result<String, FieldViolation> {
+pub fn parse_case(name: &str) -> Result<CaseId, FieldViolation> {
     parse_top(name, "cases", "cases/{case}")
 }
 
 /// `cases/{case}/tasks/{task}`: `(case, task)`.
-pub fn parse_task(name: &str) -> Result<(String, String), FieldViolation> {
+pub fn parse_task(name: &str) -> Result<(CaseId, TaskId), FieldViolation> {
     const FORM: &str = "cases/{case}/tasks/{task}";
     if name.is_empty() {
         return Err(FieldViolation::required(""));
@@ -232,7 +236,11 @@ pub fn parse_template(name: &str) -> Result<String, FieldViolation> {
         .ok_or_else(|| bad("workflowTemplates/{template}"))
 }
 
-fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String), FieldViolation> {
+fn parse_child<I: Id>(
+    name: &str,
+    collection: &str,
+    form: &str,
+) -> Result<(Slug, I), FieldViolation> {
     if name.is_empty() {
         return Err(FieldViolation::required(""));
     }
@@ -249,6 +257,11 @@ fn parse_child(name: &str, collection: &str, form: &str) -> Result<(Slug, String
 mod tests {
     use super::*;
 
+    /// `raw` as whichever id type is expected.
+    fn id_of<I: Id>(raw: &str) -> I {
+        I::from_stored(raw.to_owned())
+    }
+
     #[test]
     fn names_round_trip() {
         let slug = Slug::parse("acme").unwrap();
@@ -256,41 +269,41 @@ mod tests {
         assert_eq!(parse_organization(&organization(&slug)).unwrap(), slug);
         assert_eq!(
             parse_member(&member(&slug, &id)).unwrap(),
-            (slug.clone(), id.clone())
+            (slug.clone(), id_of(&id))
         );
         assert_eq!(parse_partnership(&partnership(&id)).unwrap(), id);
         assert_eq!(
             parse_api_key(&api_key(Some(&slug), &id)).unwrap(),
-            (Some(slug.clone()), id.clone())
+            (Some(slug.clone()), id_of(&id))
         );
         assert_eq!(
             parse_api_key(&api_key(None, &id)).unwrap(),
-            (None, id.clone())
+            (None, id_of(&id))
         );
         assert_eq!(parse_customer(&customer(&id)).unwrap(), id);
         assert_eq!(parse_overlay(&overlay(&id)).unwrap(), id);
         assert_eq!(
             parse_grant(&grant(&id, &id)).unwrap(),
-            (id.clone(), id.clone())
+            (id_of(&id), id_of(&id))
         );
         assert_eq!(
             parse_interaction(&interaction(&id, &id)).unwrap(),
-            (id.clone(), id.clone())
+            (id_of(&id), id_of(&id))
         );
         assert_eq!(parse_access_request(&access_request(&id)).unwrap(), id);
         assert_eq!(parse_customer_match(&customer_match(&id)).unwrap(), id);
         assert_eq!(
             parse_webhook_endpoint(&webhook_endpoint(&slug, &id)).unwrap(),
-            (slug.clone(), id.clone())
+            (slug.clone(), id_of(&id))
         );
         assert_eq!(
             parse_client_certificate(&client_certificate(&slug, &id)).unwrap(),
-            (slug.clone(), id.clone())
+            (slug.clone(), id_of(&id))
         );
         assert_eq!(parse_case(&case(&id)).unwrap(), id);
         assert_eq!(
             parse_task(&task(&id, &id)).unwrap(),
-            (id.clone(), id.clone())
+            (id_of(&id), id_of(&id))
         );
         assert_eq!(
             parse_template(&workflow_template("service_case")).unwrap(),

@@ -195,8 +195,8 @@ fn escalation(
             .find(|p| p.organization.slug == slug)
         {
             let ids = out.entry(p.organization.id.clone()).or_default();
-            if !ids.contains(&member) {
-                ids.push(member);
+            if !ids.iter().any(|m| member == *m) {
+                ids.push(member.into_string());
             }
         }
     }

@@ -6,7 +6,6 @@ mod show;
 use std::collections::{BTreeMap, HashMap};
 
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use super::convert::parse_timestamp;
 use super::write::{Retryable, idempotent};
@@ -18,6 +17,7 @@ use crate::domain::case::{
 };
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::{self, Comparison, Op};
+use crate::domain::ids::{CaseId, Id, MemberId};
 use crate::domain::names;
 use crate::domain::text::required;
 use crate::domain::{OrgRef, Scope, Slug};
@@ -55,7 +55,7 @@ impl CaseApi {
         let org = caller.organization()?.clone();
         let (case_id, task_id) = names::parse_task(name).map_err(|v| v.under("name"))?;
         let now = app::now(&self.hub.store);
-        let target = (case_id.as_str(), task_id.as_str(), name);
+        let target = (&case_id, &task_id, name);
         idempotent(&self.hub, caller, request, async |tx| {
             Ok(task_to_pb(
                 &app::act_on_task(tx, &org, target, action, now).await?,
@@ -126,8 +126,11 @@ fn parse_case_filter(raw: &str, query: &mut CaseQuery) -> Result<()> {
             }
             ("participant", Op::Eq) => query.participant_id = Some(value),
             ("customer", Op::Eq) => {
-                query.customer_id =
-                    Some(names::parse_customer(&value).map_err(|e| bad(&e.description))?)
+                query.customer_id = Some(
+                    names::parse_customer(&value)
+                        .map_err(|e| bad(&e.description))?
+                        .into_string(),
+                )
             }
             ("priority", Op::Eq) => {
                 query.priority = Some(
@@ -259,7 +262,7 @@ fn contacts_from_pb(
     v: &mut Violations,
     input: &[String],
     participants: &[(Slug, String, String)],
-) -> Vec<(Slug, String)> {
+) -> Vec<(Slug, MemberId)> {
     let mut contacts = vec![];
     if input.len() > MAX_ESCALATION_CONTACTS {
         v.add(
@@ -311,7 +314,7 @@ fn open_from_pb<'w>(hub: &'w Hub, input: &pb::Case, own: &Slug) -> Result<OpenCa
 }
 
 /// The comment a CommentOnCase request carries, validated, by organization `own`.
-fn comment_from_pb(r: &pb::CommentOnCaseRequest, own: &Slug) -> Result<(String, Comment)> {
+fn comment_from_pb(r: &pb::CommentOnCaseRequest, own: &Slug) -> Result<(CaseId, Comment)> {
     let mut v = Violations::new();
     let id = v.check("name", names::parse_case(&r.name));
     let body = text(&mut v, "body", case::body(&r.body).and_then(required));
@@ -354,7 +357,7 @@ fn comment_from_pb(r: &pb::CommentOnCaseRequest, own: &Slug) -> Result<(String, 
 
 /// The task an AssignTask request carries, validated; its due time must be after
 /// `now`.
-fn task_from_pb(r: &pb::AssignTaskRequest, now: jiff::Timestamp) -> Result<(String, NewTask)> {
+fn task_from_pb(r: &pb::AssignTaskRequest, now: jiff::Timestamp) -> Result<(CaseId, NewTask)> {
     let input = r.task.clone().unwrap_or_default();
     let mut v = Violations::new();
     let case_id = v.check("parent", names::parse_case(&r.parent));
@@ -408,7 +411,7 @@ fn task_from_pb(r: &pb::AssignTaskRequest, now: jiff::Timestamp) -> Result<(Stri
 }
 
 /// The case a request names, and an organization it names, validated.
-fn case_and_org(name: &str, org_field: &str, org: &str) -> Result<(String, Slug)> {
+fn case_and_org(name: &str, org_field: &str, org: &str) -> Result<(CaseId, Slug)> {
     let mut v = Violations::new();
     let id = v.check("name", names::parse_case(name));
     let slug = v.check(org_field, names::parse_organization(org));
@@ -467,7 +470,7 @@ impl CaseService for CaseApi {
         let input = request.case.clone().unwrap_or_default();
         let open = open_from_pb(&self.hub, &input, &org.slug)?;
         let now = app::now(&self.hub.store);
-        let id = Uuid::now_v7().to_string();
+        let id = CaseId::generate();
         let response = idempotent(&self.hub, &caller, &request, async |tx| {
             let seen = app::open(tx, &org, (&id, now), &open).await?;
             Ok(shown(&seen, open.template, &org, now))
@@ -579,7 +582,7 @@ impl CaseService for CaseApi {
         let r = request.into_inner();
         let (id, comment) = comment_from_pb(&r, &org.slug)?;
         let now = app::now(&self.hub.store);
-        let target = (id.as_str(), r.name.as_str());
+        let target = (&id, r.name.as_str());
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
             Ok(history_to_pb(
                 &app::comment(tx, &org, target, comment, now).await?,
@@ -608,7 +611,7 @@ impl CaseService for CaseApi {
             );
         }
         let now = app::now(&self.hub.store);
-        let case = (id.as_str(), r.name.as_str(), template);
+        let case = (&id, r.name.as_str(), template);
         let other = (&slug, input.organization.as_str(), input.role.as_str());
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
             let seen = app::add_participant(tx, &org, case, other, now).await?;
@@ -630,7 +633,7 @@ impl CaseService for CaseApi {
         let current = app::read(&self.hub.store, &org, &id, &r.name).await?;
         let template = app::template(&self.hub.workflows, &current.template)?;
         let now = app::now(&self.hub.store);
-        let case = (id.as_str(), r.name.as_str(), template);
+        let case = (&id, r.name.as_str(), template);
         let other = (&slug, r.organization.as_str());
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
             let seen = app::remove_participant(tx, &org, case, other, now).await?;
@@ -674,10 +677,7 @@ impl CaseService for CaseApi {
         let r = request.into_inner();
         let now = app::now(&self.hub.store);
         let (case_id, task) = task_from_pb(&r, now)?;
-        let (who, case) = (
-            (&org, &*self.hub.workflows),
-            (case_id.as_str(), r.parent.as_str()),
-        );
+        let (who, case) = ((&org, &*self.hub.workflows), (&case_id, r.parent.as_str()));
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
             Ok(task_to_pb(
                 &app::assign_task(tx, who, case, task, now).await?,
