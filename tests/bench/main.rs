@@ -13,6 +13,7 @@
 //! ```
 
 mod ceiling;
+mod dbwork;
 mod load;
 mod peers;
 mod procs;
@@ -198,6 +199,13 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     ctx.drain().await?;
     let hub_seeded_rss_mb = load::status_mb(hub.pid, "VmRSS:");
     let mut rows = vec![];
+    // PostgreSQL: the database's work per scenario (each measurement waits for the
+    // hub's backends to flush their counts).
+    let dbwork = dbwork::DbWork::connect(url).await?;
+    let mut mark = match &dbwork {
+        Some(d) => Some(d.start().await?),
+        None => None,
+    };
     if wanted(args, "baseline_echo") {
         progress(args, "baseline_echo");
         let (echo, addr, pid) = procs::start_echo().await?;
@@ -208,7 +216,13 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         ($name:literal, $call:expr) => {
             if wanted(args, $name) {
                 progress(args, $name);
-                rows.push($call.await?);
+                let mut row = $call.await?;
+                if let (Some(d), Some(m)) = (&dbwork, mark.take()) {
+                    let (work, next) = d.since(m).await?;
+                    row.db = Some(work);
+                    mark = Some(next);
+                }
+                rows.push(row);
             }
         };
     }
@@ -227,6 +241,8 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         "streams",
         scenarios::streams(&ctx, args.streams, args.stream_rate)
     );
+    // The replicas scenario starts hubs of its own; its database work is not counted.
+    drop(mark);
     if wanted(args, "replicas") && matches!(args.backend, Backend::Postgres) {
         progress(args, "replicas");
         rows.push(scenarios::replicas(&ctx, url, logs).await?);
@@ -327,6 +343,9 @@ fn print_table(report: &Report) {
     println!();
     for r in &report.rows {
         println!("{:<19} {}", r.scenario, r.note);
+        for line in r.db.iter().flat_map(|w| w.lines()) {
+            println!("{:<19} {line}", "");
+        }
     }
     println!();
     for (what, value) in &report.ratios {

@@ -30,6 +30,9 @@ pub struct Row {
     #[serde(flatten)]
     pub spent: Spent,
     pub note: String,
+    /// PostgreSQL only: the database's work during the scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<crate::dbwork::Work>,
 }
 
 impl Row {
@@ -61,6 +64,7 @@ impl Row {
             errors: samples.errors,
             spent,
             note,
+            db: None,
         }
     }
 }
