@@ -367,6 +367,9 @@ impl Store {
     }
 }
 
+/// Deliveries written by one INSERT at commit (5 parameters each).
+const DELIVERY_CHUNK: usize = 200;
+
 impl Tx {
     /// Queues a delivery of each event to each enabled endpoint of its organization
     /// whose filter it passes; true if any was queued. Part of [`Tx::commit`].
@@ -382,24 +385,50 @@ impl Tx {
         .fetch_all(self.conn())
         .await?;
         let now = micros(crate::domain::now());
-        let mut queued = false;
+        let mut rows: Vec<(String, &str, &str, &str, i64)> = vec![];
         for (endpoint_id, filter) in &endpoints {
             let filter: Vec<String> = filter.split_whitespace().map(str::to_owned).collect();
             for (event_id, event_type, sequence) in events {
-                if !type_matches(&filter, event_type) {
-                    continue;
+                if type_matches(&filter, event_type) {
+                    let id = Uuid::now_v7().to_string();
+                    rows.push((id, endpoint_id, event_id, event_type, *sequence));
                 }
-                self.insert_delivery(
-                    endpoint_id,
-                    organization_id,
-                    (event_id, event_type, *sequence),
-                    None,
-                    now,
-                )
-                .await?;
-                queued = true;
             }
         }
+        // Many rows a statement: a commit of a batch fans out to one INSERT per
+        // DELIVERY_CHUNK deliveries, not one per delivery.
+        for chunk in rows.chunks(DELIVERY_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 + i * 5;
+                    format!(
+                        "(${}, ${}, $1, ${}, ${}, ${}, 'pending', 0, $2, NULL, $2, NULL, 0)",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, organization_id, event_id, \
+                 event_type, sequence, state, attempts, next_attempt_time, lease_until, \
+                 create_time, payload, paced) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(organization_id).bind(now);
+            for (id, endpoint_id, event_id, event_type, sequence) in chunk {
+                query = query
+                    .bind(id)
+                    .bind(*endpoint_id)
+                    .bind(*event_id)
+                    .bind(*event_type)
+                    .bind(*sequence);
+            }
+            query.execute(self.conn()).await?;
+        }
+        let queued = !rows.is_empty();
         Ok(queued)
     }
 
