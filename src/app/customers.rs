@@ -340,6 +340,7 @@ async fn write_change(
             merged_customers: merged,
             saw_before,
         },
+        after,
     )
     .await?;
     Ok(true)
@@ -751,6 +752,7 @@ pub async fn erase(
             merged_customers: vec![],
             saw_before,
         },
+        &after,
     )
     .await?;
     let seen = SeenCustomer {

@@ -41,8 +41,15 @@ pub async fn customer_viewers(tx: &mut Tx, id: &str) -> Result<Vec<String>> {
 /// Emits `change` to the owner and every grantee that may see the customer after it,
 /// each with its own view and the fields that changed within that view. A grantee
 /// that sees none of the changed fields of an update hears nothing of it.
-pub async fn customer_changed(tx: &mut Tx, change: CustomerChange<'_>) -> Result<()> {
-    let audience = tx.customer_audience(change.id).await?;
+///
+/// `after` is the record as the change left it (written in this transaction), so the
+/// record is not read again.
+pub async fn customer_changed(
+    tx: &mut Tx,
+    change: CustomerChange<'_>,
+    after: &Customer,
+) -> Result<()> {
+    let audience = tx.customer_audience_of(after).await?;
     tell(tx, change, &audience);
     Ok(())
 }

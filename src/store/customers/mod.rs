@@ -161,14 +161,31 @@ impl Tx {
 
     /// The customer as read by each organization that might see it: its owner and
     /// every holder of an unrevoked grant. Whether each one does is for
-    /// [`SeenCustomer::access`] to say. Three queries however many grants there are.
+    /// [`SeenCustomer::access`] to say.
     pub async fn customer_audience(&mut self, id: &str) -> Result<Vec<SeenCustomer>> {
         let Some(base) = by_id(self.conn(), "", id).await? else {
             return Ok(vec![]);
         };
-        let owner_id = base.customer.owner.id.clone();
-        let Some(owner) = by_id(self.conn(), &owner_id, id).await? else {
-            return Ok(vec![]);
+        self.customer_audience_of(&base.customer).await
+    }
+
+    /// [`Tx::customer_audience`] of `c` as this transaction holds it (just written,
+    /// say), without reading the record again: the owner's external id and the
+    /// grants, two queries however many grants there are.
+    pub async fn customer_audience_of(&mut self, c: &Customer) -> Result<Vec<SeenCustomer>> {
+        let id = c.id.as_str();
+        let owner_external_id: Option<String> = sqlx::query_scalar(
+            "SELECT external_id FROM customer_external_ids WHERE customer_id = $1 AND org_id = $2",
+        )
+        .bind(id)
+        .bind(&c.owner.id)
+        .fetch_optional(self.conn())
+        .await?;
+        let owner = SeenCustomer {
+            customer: c.clone(),
+            grant: None,
+            external_id: owner_external_id,
+            viewer_id: c.owner.id.clone(),
         };
         let grants: Vec<AudienceGrantRow> = sqlx::query_as(
             "SELECT g.grantee_id, g.level, g.fields, p.state, x.external_id \
@@ -183,7 +200,7 @@ impl Tx {
         let mut audience = vec![owner];
         for (grantee_id, level, fields, partnership_state, external_id) in grants {
             audience.push(SeenCustomer {
-                customer: base.customer.clone(),
+                customer: c.clone(),
                 grant: Some(GrantStanding {
                     grantee_id: grantee_id.clone(),
                     level: parse_level(&level)?,
