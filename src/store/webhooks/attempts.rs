@@ -11,6 +11,10 @@ use super::queue::ClaimedDelivery;
 use crate::domain::error::Result;
 use crate::store::{Store, Tx, micros, placeholders};
 
+/// How stale a healthy endpoint's `last_success_time` may get while its deliveries
+/// keep succeeding: the row is rewritten at most this often.
+const SUCCESS_RECORD_INTERVAL: SignedDuration = SignedDuration::from_secs(1);
+
 /// What recording an attempt did.
 #[derive(Debug)]
 pub struct RecordedAttempt {
@@ -170,14 +174,29 @@ impl Tx {
                 *t = (*t).max(a.time);
             }
             for (endpoint_id, time) in endpoints {
-                let ordered: Option<(i64,)> = sqlx::query_as(
+                // A healthy endpoint's row is rewritten at most once a second while
+                // deliveries keep succeeding, not once per batch: each rewrite leaves a
+                // dead row version that the delivery worker's scans then read.
+                let updated: Option<(i64,)> = sqlx::query_as(
                     "UPDATE webhook_endpoints SET consecutive_failures = 0, \
-                     last_success_time = $1, failing_since = NULL WHERE id = $2 RETURNING ordered",
+                     last_success_time = $1, failing_since = NULL WHERE id = $2 \
+                     AND (consecutive_failures <> 0 OR failing_since IS NOT NULL \
+                     OR last_success_time IS NULL OR last_success_time <= $3) RETURNING ordered",
                 )
                 .bind(micros(time))
                 .bind(endpoint_id)
+                .bind(micros(time - SUCCESS_RECORD_INTERVAL))
                 .fetch_optional(self.conn())
                 .await?;
+                let ordered = match updated {
+                    Some(row) => Some(row),
+                    None => {
+                        sqlx::query_as("SELECT ordered FROM webhook_endpoints WHERE id = $1")
+                            .bind(endpoint_id)
+                            .fetch_optional(self.conn())
+                            .await?
+                    }
+                };
                 if ordered.is_some_and(|(o,)| o != 0) {
                     // The next delivery in order may go now, from whichever replica.
                     self.wake_deliveries();
