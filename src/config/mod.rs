@@ -462,6 +462,37 @@ mod tests {
             .collect()
     }
 
+    /// The workflow template files are read here (the domain only checks what was
+    /// read): a file beside the built-ins loads, an unreadable one is named.
+    #[test]
+    fn workflow_template_files_are_read_and_an_unreadable_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = dir.path().join("tiny.toml");
+        std::fs::write(
+            &tiny,
+            "name = \"tiny\"\nroles = [\"vendor\"]\ninitial = \"open\"\n\
+             [[states]]\nname = \"open\"\n[[states]]\nname = \"done\"\nfinal = true\n\
+             [[transitions]]\nname = \"finish\"\nfrom = [\"open\"]\nto = \"done\"\n\
+             roles = [\"vendor\"]\n",
+        )
+        .unwrap();
+        let config = WorkflowsConfig {
+            templates: vec![tiny.display().to_string()],
+        };
+        let workflows = config.load().unwrap();
+        assert!(workflows.get("tiny").is_some_and(|t| !t.built_in));
+        assert!(workflows.get("service_case").is_some());
+        let missing = dir.path().join("missing.toml");
+        let config = WorkflowsConfig {
+            templates: vec![missing.display().to_string()],
+        };
+        let err = config.load().unwrap_err().to_string();
+        assert!(
+            err.contains("workflows.templates") && err.contains("missing.toml: cannot read it"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();

@@ -209,6 +209,30 @@ fn the_layer_check_sees_upward_arrows_circles_and_impure_domain_code() {
     );
 }
 
+/// A pure layer's tests are held to its purity too: a domain test that reads files
+/// is reported, while its imports across layers still count as no arrow.
+#[test]
+fn the_purity_check_reads_test_code_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("lib.rs", "pub mod domain;\npub mod store;\n");
+    write("store/mod.rs", "pub struct Rows;\n");
+    write("domain/mod.rs", "pub mod rules;\n");
+    write(
+        "domain/rules.rs",
+        "pub fn rule() {}\n\
+         #[cfg(test)]\nmod tests {\n use crate::store::Rows;\n\
+         fn read() { let _ = std::fs::read_to_string(\"t.toml\"); }\n}\n",
+    );
+    let found = Findings::of(dir.path());
+    assert_eq!(found.impure, ["domain/rules.rs names std::fs"]);
+    assert!(found.upward.is_empty(), "{:?}", found.upward);
+}
+
 #[derive(Debug, Default)]
 struct Findings {
     files: usize,
@@ -227,7 +251,7 @@ impl Findings {
             files: tree.code.len(),
             ..Default::default()
         };
-        for (file, code) in &tree.code {
+        for file in tree.code.keys() {
             let layer = layer_of(file);
             if layer == "unplaced" {
                 found.unplaced.push(file.clone());
@@ -237,7 +261,7 @@ impl Findings {
                     continue;
                 }
                 for name in *names {
-                    if names_path(code, name) {
+                    if names_path(&tree.full[file], name) {
                         found.impure.push(format!("{file} names {name}"));
                     }
                 }
@@ -319,12 +343,16 @@ fn circles(edges: &BTreeSet<(String, String)>) -> BTreeSet<Vec<String>> {
 
 /// The source files under `src`, by path relative to it, as code only.
 struct Tree {
+    /// Without `#[cfg(test)]` items: what the arrows are read from (a test may reach
+    /// across layers to set things up).
     code: BTreeMap<String, String>,
+    /// With them: what the purity check reads (a pure layer's tests stay pure too).
+    full: BTreeMap<String, String>,
 }
 
 impl Tree {
     fn read(src: &Path) -> Tree {
-        let mut code = BTreeMap::new();
+        let (mut code, mut full) = (BTreeMap::new(), BTreeMap::new());
         let mut todo = vec![src.to_path_buf()];
         while let Some(dir) = todo.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
@@ -337,12 +365,13 @@ impl Tree {
                         .unwrap()
                         .to_string_lossy()
                         .replace('\\', "/");
-                    let text = std::fs::read_to_string(&path).unwrap();
-                    code.insert(rel, without_tests(&code_only(&text)));
+                    let text = code_only(&std::fs::read_to_string(&path).unwrap());
+                    code.insert(rel.clone(), without_tests(&text));
+                    full.insert(rel, text);
                 }
             }
         }
-        Tree { code }
+        Tree { code, full }
     }
 
     /// The module path of a file: `api/cases/mod.rs` → `api::cases`.

@@ -907,24 +907,16 @@ mod tests {
 
     #[test]
     fn files_load_beside_the_built_ins_and_report_their_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("tiny.toml");
-        std::fs::write(&good, MINIMAL).unwrap();
-        let read =
-            |path: &std::path::Path| (path.display().to_string(), std::fs::read_to_string(path));
-        let w = Workflows::with_files(vec![read(&good)]).unwrap();
+        let file = |path: &str, text: String| (path.to_owned(), Ok(text));
+        let w = Workflows::with_files(vec![file("t/tiny.toml", MINIMAL.to_owned())]).unwrap();
         assert!(w.get("tiny").is_some() && w.get("service_case").is_some());
         assert!(!w.get("tiny").unwrap().built_in);
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(
-            &bad,
-            MINIMAL.replace("roles = [\"vendor\"]\n", "roles = []\n"),
-        )
-        .unwrap();
-        let err = Workflows::with_files(vec![read(&bad)]).unwrap_err();
+        let bad = MINIMAL.replace("roles = [\"vendor\"]\n", "roles = []\n");
+        let err = Workflows::with_files(vec![file("t/bad.toml", bad)]).unwrap_err();
         assert!(err.contains("bad.toml"), "{err}");
-        let missing = dir.path().join("missing.toml");
-        let err = Workflows::with_files(vec![read(&missing)]).unwrap_err();
+        let unread = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err =
+            Workflows::with_files(vec![("t/missing.toml".to_owned(), Err(unread))]).unwrap_err();
         assert!(err.contains("missing.toml: cannot read it"), "{err}");
     }
 }
