@@ -18,6 +18,7 @@ use crate::domain::{
 };
 use crate::feed::render::{etag, timestamp};
 use crate::pb::{self, admin_service_server::AdminService};
+use crate::store::Page;
 
 #[derive(Clone)]
 pub struct AdminApi {
@@ -223,7 +224,10 @@ impl AdminService for AdminApi {
             .open(&caller, r.page_size, &r.page_token, "organizations")
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) = app::list(&self.hub.store, &caller, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list(&self.hub.store, &caller, at).await?;
         Ok(Response::new(pb::ListOrganizationsResponse {
             organizations: found.iter().map(organization_to_pb).collect(),
             next_page_token: page.next_token(next),
@@ -335,7 +339,10 @@ impl AdminService for AdminApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) = app::keys(&self.hub.store, &owner, r.show_revoked, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::keys(&self.hub.store, &owner, r.show_revoked, at).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: found.iter().map(key_to_pb).collect(),
             next_page_token: page.next_token(next),

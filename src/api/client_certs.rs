@@ -15,6 +15,7 @@ use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::feed::render::timestamp;
 use crate::pb;
+use crate::store::Page;
 
 fn to_pb(c: &ClientCertificate) -> pb::ClientCertificate {
     let r#match = match &c.matches {
@@ -106,8 +107,10 @@ impl AdminApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) =
-            app::certificates(&self.hub().store, &owner, r.show_revoked, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::certificates(&self.hub().store, &owner, r.show_revoked, at).await?;
         Ok(pb::ListClientCertificatesResponse {
             client_certificates: found.iter().map(to_pb).collect(),
             next_page_token: page.next_token(next),

@@ -22,7 +22,7 @@ use crate::domain::visibility::Access;
 use crate::domain::{EmailAddress, Reason, Scope};
 use crate::feed::render::{customer_to_pb, overlay_to_pb, timestamp};
 use crate::pb::{self, customer_service_server::CustomerService};
-use crate::store::{CustomerOrder, HistoryEntry, OrderKey, Overlay};
+use crate::store::{CustomerOrder, HistoryEntry, OrderKey, Overlay, Page};
 
 #[derive(Clone)]
 pub struct CustomerApi {
@@ -450,8 +450,10 @@ impl CustomerService for CustomerApi {
             after: page.after.as_deref(),
             limit: page.size,
         };
-        let (found, next) =
-            app::list(&self.hub.store, &self.hub.customers, &caller, listing).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list(&self.hub.store, &self.hub.customers, &caller, listing).await?;
         Ok(Response::new(pb::ListCustomersResponse {
             customers: found
                 .iter()
@@ -633,8 +635,10 @@ impl CustomerService for CustomerApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let read = (&id, access);
-        let (entries, next) =
-            app::history(&self.hub.store, org, read, page.after.clone(), page.size).await?;
+        let Page {
+            items: entries,
+            next_after: next,
+        } = app::history(&self.hub.store, org, read, page.after.clone(), page.size).await?;
         Ok(Response::new(pb::ListCustomerHistoryResponse {
             entries: entries.into_iter().map(history_entry_to_pb).collect(),
             next_page_token: page.next_token(next),

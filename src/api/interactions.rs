@@ -19,7 +19,7 @@ use crate::domain::names;
 use crate::domain::{OrgRef, Scope, now};
 use crate::feed::render::interaction_to_pb;
 use crate::pb::{self, interaction_service_server::InteractionService};
-use crate::store::InteractionFilter;
+use crate::store::{InteractionFilter, Page};
 
 /// How far ahead an interaction may be dated (clock skew, time zones).
 const MAX_FUTURE: SignedDuration = SignedDuration::from_hours(24);
@@ -294,8 +294,10 @@ impl InteractionService for InteractionApi {
         };
         let after = after.as_ref().map(|(t, id)| (*t, id.as_str()));
         let parent = (&customer_id, r.parent.as_str());
-        let (found, next) =
-            app::list(&self.hub.store, &caller, parent, &filter, after, page.size).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list(&self.hub.store, &caller, parent, &filter, after, page.size).await?;
         Ok(Response::new(pb::ListInteractionsResponse {
             interactions: found.iter().map(interaction_to_pb).collect(),
             next_page_token: page.next_token(next),

@@ -13,6 +13,7 @@ use crate::domain::notify::{Mode, Preferences};
 use crate::domain::{DisplayName, EmailAddress, MemberRole, Scope, Slug, TimeZoneName, now};
 use crate::feed::render::{member_to_pb, timestamp};
 use crate::pb::{self, member_service_server::MemberService};
+use crate::store::Page;
 
 const UPDATABLE: &[&str] = &["display_name", "email", "role", "time_zone"];
 /// What UpdateNotificationPreferences may change.
@@ -234,7 +235,10 @@ impl MemberService for MemberApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (members, next) = app::list(&self.hub.store, &caller, &slug, at).await?;
+        let Page {
+            items: members,
+            next_after: next,
+        } = app::list(&self.hub.store, &caller, &slug, at).await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: members.iter().map(|m| member_to_pb(&slug, m)).collect(),
             next_page_token: page.next_token(next),

@@ -11,7 +11,7 @@ use crate::domain::names;
 use crate::domain::{PartnershipAction, Reason, Relationship, Scope, Slug};
 use crate::feed::render::partnership_to_pb;
 use crate::pb::{self, partnership_service_server::PartnershipService};
-use crate::store::PartnershipFilter;
+use crate::store::{Page, PartnershipFilter};
 
 #[derive(Clone)]
 pub struct PartnershipApi {
@@ -149,7 +149,10 @@ impl PartnershipService for PartnershipApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) = app::list(&self.hub.store, &caller, filter, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list(&self.hub.store, &caller, filter, at).await?;
         Ok(Response::new(pb::ListPartnershipsResponse {
             partnerships: found.iter().map(partnership_to_pb).collect(),
             next_page_token: page.next_token(next),

@@ -13,7 +13,7 @@ use crate::domain::visibility::AccessLevel;
 use crate::domain::{EmailAddress, Reason, Scope};
 use crate::feed::render::{grant_to_pb, request_to_pb, timestamp};
 use crate::pb::{self, sharing_service_server::SharingService};
-use crate::store::{MatchRule, RequestState};
+use crate::store::{MatchRule, Page, RequestState};
 
 #[derive(Clone)]
 pub struct SharingApi {
@@ -213,7 +213,10 @@ impl SharingService for SharingApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (grants, next) = app::list_grants(
+        let Page {
+            items: grants,
+            next_after: next,
+        } = app::list_grants(
             &self.hub.store,
             &caller,
             (&id, &r.parent),
@@ -317,8 +320,10 @@ impl SharingService for SharingApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) =
-            app::list_access_requests(&self.hub.store, &caller, incoming, state, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list_access_requests(&self.hub.store, &caller, incoming, state, at).await?;
         Ok(Response::new(pb::ListAccessRequestsResponse {
             access_requests: found.iter().map(|a| request_to_pb(a, &org.id)).collect(),
             next_page_token: page.next_token(next),

@@ -21,7 +21,7 @@ use crate::domain::{Slug, now};
 use crate::feed::render::{endpoint_to_pb, timestamp};
 use crate::outbound::webhooks::Sender;
 use crate::pb::{self, webhook_service_server::WebhookService};
-use crate::store::{Attempt, Delivery, Endpoint};
+use crate::store::{Attempt, Delivery, Endpoint, Page};
 
 /// Longest endpoint description.
 const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -311,7 +311,10 @@ impl WebhookService for WebhookApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) = app::list(&self.hub.store, &org, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list(&self.hub.store, &org, at).await?;
         Ok(Response::new(pb::ListWebhookEndpointsResponse {
             webhook_endpoints: self.present(&org.slug, &found).await?,
             next_page_token: page.next_token(next),
@@ -438,7 +441,10 @@ impl WebhookService for WebhookApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (found, next) = app::attempts(&self.hub.store, &org, &of, at).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::attempts(&self.hub.store, &org, &of, at).await?;
         Ok(Response::new(pb::ListWebhookAttemptsResponse {
             webhook_attempts: found.iter().map(|a| attempt_to_pb(&org.slug, a)).collect(),
             next_page_token: page.next_token(next),

@@ -26,7 +26,7 @@ use crate::domain::ids::{CaseId, CustomerId, MemberId, TaskId};
 use crate::domain::names;
 use crate::domain::{OrgRef, Slug};
 use crate::feed::cases::{record_change, tell_case, tell_comment, tell_task};
-use crate::store::{CaseQuery, SeenCustomer, Store, Tx};
+use crate::store::{CaseQuery, Page, SeenCustomer, Store, Tx};
 
 /// A case and its customer as one participant sees it (`None` if it may not).
 pub struct Seen {
@@ -269,7 +269,7 @@ pub async fn list(
     org: &OrgRef,
     mut query: CaseQuery,
     participant: Option<&Slug>,
-) -> Result<(Vec<Seen>, Option<String>)> {
+) -> Result<Page<Seen>> {
     query.viewer_id.clone_from(&org.id);
     if let Some(slug) = participant {
         query.participant_id = Some(
@@ -284,7 +284,10 @@ pub async fn list(
     for c in found.items {
         cases.push(seen(store, org, c).await?);
     }
-    Ok((cases, found.next_after))
+    Ok(Page {
+        items: cases,
+        next_after: found.next_after,
+    })
 }
 
 /// A transition to fire on a case.
@@ -460,9 +463,9 @@ pub async fn history(
     org: &OrgRef,
     case: &Case,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<HistoryEntry>, Option<String>)> {
+) -> Result<Page<HistoryEntry>> {
     let found = store.case_history(&case.id, &org.id, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// A task to assign.
@@ -561,9 +564,9 @@ pub async fn tasks(
     store: &Store,
     case: &Case,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<Task>, Option<String>)> {
+) -> Result<Page<Task>> {
     let found = store.tasks(&case.id, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Accepts, declines or completes task `task_id` of case `case_id` (named `name`);

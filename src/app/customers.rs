@@ -30,7 +30,8 @@ use crate::feed::customers::{
     CustomerChange, customer_changed, customer_viewers, overlay_updated, tell,
 };
 use crate::store::{
-    CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, Overlay, Reach, SeenCustomer, Store, Tx,
+    CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, Overlay, Page, Reach, SeenCustomer,
+    Store, Tx,
 };
 
 /// Most customers in one batch upsert.
@@ -780,7 +781,7 @@ pub async fn list(
     settings: &CustomerSettings,
     caller: &Caller,
     l: Listing<'_>,
-) -> Result<(Vec<(SeenCustomer, Access)>, Option<String>)> {
+) -> Result<Page<(SeenCustomer, Access)>> {
     let org = caller.organization()?;
     let mut reach = Reach::All;
     for condition in &l.filter.conditions {
@@ -793,7 +794,10 @@ pub async fn list(
         };
         if reach != Reach::All && reach != only {
             // Contradictory conditions: nothing can match.
-            return Ok((vec![], None));
+            return Ok(Page {
+                items: vec![],
+                next_after: None,
+            });
         }
         reach = only;
     }
@@ -830,7 +834,10 @@ pub async fn list(
             l.filter.matches(&facts).then_some((seen, access))
         })
         .collect();
-    Ok((customers, found.next_after))
+    Ok(Page {
+        items: customers,
+        next_after: found.next_after,
+    })
 }
 
 /// A history entry as `viewer_id` (with `access` to the customer) may read it; `None`
@@ -863,7 +870,7 @@ pub async fn history(
     (id, access): (&CustomerId, Access),
     mut after: Option<String>,
     size: usize,
-) -> Result<(Vec<HistoryEntry>, Option<String>)> {
+) -> Result<Page<HistoryEntry>> {
     let org = viewer;
     let mut entries = Vec::with_capacity(size);
     loop {
@@ -881,11 +888,17 @@ pub async fn history(
             entries.push(shown);
             if entries.len() == size {
                 let next = (more || i + 1 < count).then_some(entry_id);
-                return Ok((entries, next));
+                return Ok(Page {
+                    items: entries,
+                    next_after: next,
+                });
             }
         }
         if !more {
-            return Ok((entries, None));
+            return Ok(Page {
+                items: entries,
+                next_after: None,
+            });
         }
     }
 }

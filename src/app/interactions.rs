@@ -9,7 +9,7 @@ use crate::domain::ids::{CustomerId, InteractionId};
 use crate::domain::interaction::Interaction;
 use crate::domain::names;
 use crate::feed::interactions::interaction_logged;
-use crate::store::{InteractionFilter, Store, Tx};
+use crate::store::{InteractionFilter, Page, Store, Tx};
 
 use super::customers::{visible, visible_in};
 
@@ -80,7 +80,7 @@ pub async fn list(
     filter: &InteractionFilter,
     after: Option<(i64, &str)>,
     size: usize,
-) -> Result<(Vec<Interaction>, Option<String>)> {
+) -> Result<Page<Interaction>> {
     let org = caller.organization()?;
     visible(store, org, customer_id, parent).await?;
     let found = store
@@ -91,5 +91,8 @@ pub async fn list(
         .into_iter()
         .filter(|i| i.visible_to(&org.id))
         .collect();
-    Ok((shown, found.next_after))
+    Ok(Page {
+        items: shown,
+        next_after: found.next_after,
+    })
 }

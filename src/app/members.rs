@@ -17,7 +17,7 @@ use crate::domain::{
     DisplayName, EmailAddress, Member, MemberRole, Organization, Slug, TimeZoneName, now,
 };
 use crate::feed::members::member_event;
-use crate::store::{Store, Tx};
+use crate::store::{Page, Store, Tx};
 
 /// Customers one member may follow.
 const MAX_FOLLOWS: usize = 500;
@@ -99,10 +99,10 @@ pub async fn list(
     caller: &Caller,
     slug: &Slug,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<Member>, Option<String>)> {
+) -> Result<Page<Member>> {
     let org = organization(store, caller, slug).await?;
     let found = store.members(&org.id, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// New values for some fields of a member; `None` leaves a field as it is.

@@ -18,7 +18,7 @@ use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState,
     Principal, Reason, Scopes, Slug, now,
 };
-use crate::store::{Store, Tx};
+use crate::store::{Page, Store, Tx};
 
 /// A new organization, not yet stored: its id is chosen once, so a retried create
 /// writes the same organization.
@@ -64,10 +64,10 @@ pub async fn list(
     store: &Store,
     caller: &Caller,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<Organization>, Option<String>)> {
+) -> Result<Page<Organization>> {
     caller.require_operator()?;
     let found = store.organizations(after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Reads organization `slug` (named `name`, read at `etag`), applies `change` and
@@ -164,9 +164,9 @@ pub async fn keys(
     owner: &Principal,
     show_revoked: bool,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<ApiKey>, Option<String>)> {
+) -> Result<Page<ApiKey>> {
     let found = store.api_keys(owner, show_revoked, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// The owner of the key named `name` (`owner_slug` `None` for the operator's), if
@@ -253,11 +253,11 @@ pub async fn certificates(
     owner: &OrgRef,
     show_revoked: bool,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<ClientCertificate>, Option<String>)> {
+) -> Result<Page<ClientCertificate>> {
     let found = store
         .client_certificates(&owner.id, show_revoked, after, size)
         .await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Revokes certificate `id` of `owner` (named `name`); revoking twice changes

@@ -13,7 +13,7 @@ use crate::domain::{
     OrgRef, Partnership, PartnershipAction, PartnershipState, Reason, Relationship, Slug, now,
 };
 use crate::feed::partnerships::partnership_event;
-use crate::store::{PartnershipFilter, Store, Tx};
+use crate::store::{Page, PartnershipFilter, Store, Tx};
 
 /// A proposal from the caller's organization to `recipient`, not yet stored: its id
 /// is chosen once, so a retried proposal writes the same partnership. The recipient
@@ -82,10 +82,10 @@ pub async fn list(
     caller: &Caller,
     filter: PartnershipFilter,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<Partnership>, Option<String>)> {
+) -> Result<Page<Partnership>> {
     let org = caller.organization()?;
     let found = store.partnerships(&org.id, filter, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Applies `action` by the caller's organization to partnership `id` (named `name`,

@@ -18,7 +18,7 @@ use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{OrgRef, Reason, Slug, now};
 use crate::feed::sharing::{grant_event, request_event};
-use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, RequestState, Store, Tx};
+use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, Page, RequestState, Store, Tx};
 
 /// How long a match handle can be turned into an access request.
 const MATCH_VALIDITY: SignedDuration = SignedDuration::from_hours(24);
@@ -119,12 +119,12 @@ pub async fn list_grants(
     (id, parent): (&CustomerId, &str),
     show_revoked: bool,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<Grant>, Option<String>)> {
+) -> Result<Page<Grant>> {
     let org = caller.organization()?;
     let (_, access) = visible(store, org, id, parent).await?;
     let only = (!access.is_owner()).then_some(org.id.as_str());
     let found = store.grants(id, only, show_revoked, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Revokes grant `grant_id` on the caller's customer `customer_id`; `name` is the
@@ -285,12 +285,12 @@ pub async fn list_access_requests(
     incoming: bool,
     state: Option<RequestState>,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<AccessRequest>, Option<String>)> {
+) -> Result<Page<AccessRequest>> {
     let org = caller.organization()?;
     let found = store
         .access_requests(&org.id, incoming, state, after, size)
         .await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Approves (as a grant of what was asked) or declines (for `reason`) access request

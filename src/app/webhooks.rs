@@ -18,7 +18,7 @@ use crate::domain::{Organization, Slug, now};
 use crate::feed::draft::test_event;
 use crate::outbound::webhooks::Sender;
 use crate::store::{
-    Attempt, AttemptQuery, AttemptRecord, ClaimedDelivery, Delivery, Endpoint, Store, Tx,
+    Attempt, AttemptQuery, AttemptRecord, ClaimedDelivery, Delivery, Endpoint, Page, Store, Tx,
 };
 
 /// Endpoints per organization.
@@ -141,9 +141,9 @@ pub async fn list(
     store: &Store,
     org: &Organization,
     (after, size): (Option<&str>, usize),
-) -> Result<(Vec<Endpoint>, Option<String>)> {
+) -> Result<Page<Endpoint>> {
     let found = store.endpoints(&org.id, after, size).await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Deletes endpoint `endpoint` of `org` (named `name`).
@@ -310,7 +310,7 @@ pub async fn attempts(
     org: &Organization,
     of: &AttemptsOf<'_>,
     (before, size): (Option<&str>, usize),
-) -> Result<(Vec<Attempt>, Option<String>)> {
+) -> Result<Page<Attempt>> {
     let found = store
         .attempts(&AttemptQuery {
             organization_id: &org.id,
@@ -320,7 +320,7 @@ pub async fn attempts(
             limit: size,
         })
         .await?;
-    Ok((found.items, found.next_after))
+    Ok(found)
 }
 
 /// Queues event `event_id` of `org`'s feed again for `endpoint`.

@@ -23,7 +23,7 @@ use crate::domain::text::required;
 use crate::domain::{OrgRef, Scope, Slug};
 use crate::feed::render::{case_to_pb, history_to_pb, task_to_pb};
 use crate::pb::{self, case_service_server::CaseService};
-use crate::store::CaseQuery;
+use crate::store::{CaseQuery, Page};
 use show::template_to_pb;
 
 #[derive(Clone)]
@@ -517,7 +517,10 @@ impl CaseService for CaseApi {
             .open(&caller, r.page_size, &r.page_token, &query_key)
             .await?;
         (query.after, query.limit) = (page.after.clone(), page.size);
-        let (found, next) = app::list(&self.hub.store, org, query, participant.as_ref()).await?;
+        let Page {
+            items: found,
+            next_after: next,
+        } = app::list(&self.hub.store, org, query, participant.as_ref()).await?;
         Ok(Response::new(pb::ListCasesResponse {
             cases: found.iter().map(|seen| self.show(seen, org)).collect(),
             next_page_token: page.next_token(next),
@@ -660,7 +663,10 @@ impl CaseService for CaseApi {
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
         let at = (page.after.as_deref(), page.size);
-        let (entries, next) = app::history(&self.hub.store, org, &case, at).await?;
+        let Page {
+            items: entries,
+            next_after: next,
+        } = app::history(&self.hub.store, org, &case, at).await?;
         Ok(Response::new(pb::ListCaseHistoryResponse {
             entries: entries.iter().map(history_to_pb).collect(),
             next_page_token: page.next_token(next),
@@ -716,8 +722,10 @@ impl CaseService for CaseApi {
             .pages
             .open(&caller, r.page_size, &r.page_token, &query)
             .await?;
-        let (tasks, next) =
-            app::tasks(&self.hub.store, &case, (page.after.as_deref(), page.size)).await?;
+        let Page {
+            items: tasks,
+            next_after: next,
+        } = app::tasks(&self.hub.store, &case, (page.after.as_deref(), page.size)).await?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.iter().map(task_to_pb).collect(),
             next_page_token: page.next_token(next),
