@@ -282,6 +282,7 @@ impl Application {
             tokio::select! {
                 () = sweep(hub.store.clone(), retention) => {}
                 () = hub.store.listen_for_events() => {}
+                () = hub.store.run_sequencer() => {}
                 () = hub.store.follow_credentials() => {}
                 () = crate::metrics::serve(metrics_listener, hub.store.clone()) => {}
                 () = crate::tls::reload_on_hangup(tls) => {}
@@ -334,6 +335,11 @@ impl Application {
             }
         }
         drop((serving, background, workers));
+        // Number what this replica committed while it stopped (PostgreSQL), rather
+        // than leave it to another replica's next pass or the next start.
+        if let Err(error) = hub.store.flush_events().await {
+            tracing::warn!(%error, "left committed events for the sequencer's next pass");
+        }
         hub.store.close().await;
         tracing::info!("stopped");
         result

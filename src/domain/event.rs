@@ -140,9 +140,40 @@ pub fn type_matches(filter: &[String], event_type: &str) -> bool {
         })
 }
 
+/// The field number of `sequence` in `liaison.v1.Event`.
+pub const SEQUENCE_FIELD: u32 = 2;
+
+/// An encoded `liaison.v1.Event` drafted without a sequence (field absent), numbered
+/// `sequence`: the field is appended, which protobuf decoders read as setting it (for
+/// a scalar the last occurrence wins). Numbering an event is then a copy, not a decode
+/// and re-encode of the whole body.
+pub fn numbered(body: &[u8], sequence: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 11);
+    out.extend_from_slice(body);
+    // Key: field number, wire type 0 (varint); then the value, as int64 encodes it.
+    put_varint(&mut out, u64::from(SEQUENCE_FIELD << 3));
+    put_varint(&mut out, sequence as u64);
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbering_appends_the_sequence_field_as_a_varint() {
+        assert_eq!(numbered(&[], 1), [0x10, 0x01]);
+        assert_eq!(numbered(&[0x0a, 0x00], 300), [0x0a, 0x00, 0x10, 0xac, 0x02]);
+        assert_eq!(numbered(&[], 0), [0x10, 0x00]);
+    }
 
     fn parse(raw: &[&str]) -> Result<Vec<String>, Vec<FieldViolation>> {
         parse_type_filter(&raw.iter().map(|s| s.to_string()).collect::<Vec<_>>())

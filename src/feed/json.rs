@@ -48,6 +48,24 @@ mod json_tests {
     }
 
     #[test]
+    fn a_stored_body_numbered_by_the_sequencer_decodes_with_its_sequence() {
+        let drafted = pb::Event {
+            id: "e".into(),
+            r#type: "customer.updated".into(),
+            resource: "customers/x".into(),
+            ..Default::default()
+        };
+        let body = crate::domain::event::numbered(&drafted.encode_to_vec(), 1_234_567_890_123);
+        let decoded = pb::Event::decode(body.as_slice()).unwrap();
+        assert_eq!(decoded.sequence, 1_234_567_890_123);
+        assert_eq!((decoded.id, decoded.resource), drafted_parts(&drafted));
+    }
+
+    fn drafted_parts(e: &pb::Event) -> (String, String) {
+        (e.id.clone(), e.resource.clone())
+    }
+
+    #[test]
     fn events_become_protobuf_json() {
         let event = pb::Event {
             id: "0198e1f2-7c3a-7def-8000-000000000001".into(),

@@ -128,6 +128,8 @@ pub struct Store {
     pulses: Arc<pulse::Pulses>,
     /// SQLite: concurrent write transactions that commit together.
     group: Option<Arc<group::Group>>,
+    /// PostgreSQL: numbers committed events (see `events::sequence`).
+    sequencer: Arc<events::Sequencer>,
     acquire_timeout: Duration,
 }
 
@@ -187,6 +189,7 @@ impl Store {
                     clock: Default::default(),
                     pulses: Arc::default(),
                     group: Some(Arc::default()),
+                    sequencer: Arc::default(),
                     acquire_timeout: options.acquire_timeout,
                 }
             }
@@ -210,6 +213,7 @@ impl Store {
                     clock: Default::default(),
                     pulses: Arc::default(),
                     group: None,
+                    sequencer: Arc::default(),
                     acquire_timeout: options.acquire_timeout,
                 }
             }
@@ -286,6 +290,9 @@ impl Store {
             credentials: self.credentials.clone(),
             credentials_changed: false,
             clock: self.clock.clone(),
+            stashed: false,
+            heads: vec![],
+            store: (self.dialect == Dialect::Postgres).then(|| self.clone()),
         })
     }
 
@@ -320,13 +327,23 @@ pub struct Tx {
     /// Whether committing revokes credentials (see `credentials`).
     credentials_changed: bool,
     clock: crate::domain::notify::Clock,
+    /// PostgreSQL: whether this transaction added events to the inbox (the sequencer
+    /// numbers them once it commits).
+    stashed: bool,
+    /// Feed heads a sequencer batch reached, announced in-process at commit.
+    heads: Vec<(String, i64)>,
+    /// PostgreSQL: the store, to run the sequencer after commit.
+    store: Option<Store>,
 }
 
 impl Tx {
     /// Writes the events emitted in this transaction, commits, and wakes the streams
-    /// of the organizations whose feeds grew.
+    /// of the organizations whose feeds grew. On PostgreSQL the events are numbered
+    /// after the commit, before this returns (see `events::sequence`); if that fails
+    /// the commit stands and the sequencer numbers them on its next pass.
     pub async fn commit(mut self) -> Result<()> {
-        let heads = self.write_events().await?;
+        let mut heads = self.write_events().await?;
+        heads.append(&mut self.heads);
         self.announce_deliveries().await?;
         let inner = self.inner.take().expect("an open transaction");
         match self.member.take() {
@@ -347,6 +364,12 @@ impl Tx {
         }
         if self.credentials_changed {
             self.credentials.send_modify(|g| *g += 1);
+        }
+        if self.stashed
+            && let Some(store) = self.store.take()
+            && let Err(error) = Box::pin(store.flush_events()).await
+        {
+            tracing::warn!(%error, "committed events wait for the sequencer's next pass");
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ mod operations;
 mod partnerships;
 mod replicas;
 mod scale;
+mod sequencer;
 mod server;
 mod sharing;
 mod smtp;

@@ -68,6 +68,9 @@ impl Store {
     }
 }
 
+/// Notifications written by one INSERT.
+const NOTIFICATION_CHUNK: usize = 200;
+
 impl Tx {
     /// Queues the notifications [`notify::route`] decides for an organization's new
     /// events. Part of [`Tx::commit`]: reads who follows the customers concerned and
@@ -75,6 +78,7 @@ impl Tx {
     pub(in crate::store) async fn queue_notifications(
         &mut self,
         organization_id: &str,
+        actor: Option<&str>,
         events: &[Notifiable<'_>],
     ) -> Result<()> {
         let relevant: Vec<Notifiable<'_>> = events
@@ -111,7 +115,7 @@ impl Tx {
             return Ok(());
         }
         // Whether the events are work the organization did itself.
-        let own_work = match self.cause().organization.clone() {
+        let own_work = match actor {
             Some(actor) if others => {
                 let slug = self.org_ref(organization_id).await?.slug;
                 slug.as_str() == actor
@@ -150,23 +154,40 @@ impl Tx {
             .collect();
         let now = self.clock.now();
         let routed = notify::route(&relevant, own_work, &recipients, &defaults, now);
-        for n in &routed {
-            sqlx::query(
+        // Many rows a statement (7 parameters each).
+        for chunk in routed.chunks(NOTIFICATION_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 + i * 7;
+                    format!(
+                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', NULL, $2)",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    )
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO notifications (id, organization_id, member_id, sequence, \
-                 event_type, thread_key, mode, due_time, state, email_id, create_time) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', NULL, $9)",
-            )
-            .bind(Uuid::now_v7().to_string())
-            .bind(organization_id)
-            .bind(n.member_id)
-            .bind(n.sequence)
-            .bind(n.event_type.as_str())
-            .bind(&n.thread)
-            .bind(n.mode.as_str())
-            .bind(micros(n.due))
-            .bind(micros(now))
-            .execute(self.conn())
-            .await?;
+                 event_type, thread_key, mode, due_time, state, email_id, create_time) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(organization_id).bind(micros(now));
+            for n in chunk {
+                query = query
+                    .bind(Uuid::now_v7().to_string())
+                    .bind(n.member_id)
+                    .bind(n.sequence)
+                    .bind(n.event_type.as_str())
+                    .bind(&n.thread)
+                    .bind(n.mode.as_str())
+                    .bind(micros(n.due));
+            }
+            query.execute(self.conn()).await?;
         }
         if !routed.is_empty() {
             self.wake_emails();

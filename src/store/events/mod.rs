@@ -4,30 +4,17 @@
 //! # How sequences stay gapless and in commit order
 //!
 //! A transaction collects its events in memory ([`Tx::emit`]) and writes them in
-//! [`Tx::commit`], just before the commit. For each organization, in ascending id
-//! order, it bumps that organization's row in `event_feeds` (an upsert that returns
-//! the new `last_sequence`) and inserts its events with the numbers just taken.
-//!
-//! The upsert takes the row's lock, held until the transaction ends. A second
-//! transaction emitting to the same organization waits on that lock; when the first
-//! commits, the second reads the committed number and continues from it. When the
-//! first rolls back, the second continues from the number before it. So numbers go up
-//! by exactly one. On PostgreSQL a transaction's row locks are released only after
-//! its commit is visible to other sessions, and the second transaction's commit
-//! necessarily comes later, so a reader can never see sequence `n + 1` without `n`:
-//! the visible part of every feed is a prefix. This holds across any number of
-//! writers and hub replicas because the lock lives in the database. Locks are taken
-//! last and in id order, so two transactions cannot deadlock on feeds. On SQLite there
-//! is one writer at a time and all of this is trivially true.
-//!
-//! The lock is held only from the feed update to the commit, so writers of one
-//! organization queue only for the commit itself.
+//! [`Tx::commit`]. On SQLite it numbers them itself, just before the commit; on
+//! PostgreSQL it adds them to an inbox and a sequencer numbers them after the commit,
+//! in batches, so writers of one organization never queue behind each other. The
+//! `sequence` module says how, and why the feeds stay gapless, in commit order, and
+//! visible only as a prefix.
 //!
 //! # Waking streams
 //!
-//! After a commit the writer signals [`FeedSignal`] in-process. On PostgreSQL the
-//! transaction also sends `NOTIFY liaison_events` (delivered at commit), so streams
-//! on other replicas wake too ([`Store::listen_for_events`]). A signal carries only
+//! After numbering, the writer (or the sequencer) signals [`FeedSignal`] in-process.
+//! On PostgreSQL the sequencer's batch also sends `NOTIFY liaison_events` (delivered
+//! at commit), so streams on other replicas wake too ([`Store::listen_for_events`]). A signal carries only
 //! "organization X reached sequence N"; streams read the events themselves from the
 //! store, so a missed or duplicated signal costs latency, never an event.
 
@@ -42,7 +29,10 @@ use tokio::sync::{Notify, watch};
 use super::{Dialect, Store, Tx, micros};
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
-use crate::domain::notify::Notifiable;
+
+mod sequence;
+
+pub(super) use sequence::Sequencer;
 
 /// The PostgreSQL channel commits announce new events on.
 const CHANNEL: &str = "liaison_events";
@@ -195,106 +185,6 @@ impl Tx {
     /// Wakes the email workers of every replica once this transaction commits.
     pub fn wake_emails(&mut self) {
         self.emails_queued = true;
-    }
-
-    /// Writes the queued events (see the module docs for why this order matters) and
-    /// returns each organization's new newest sequence.
-    pub(super) async fn write_events(&mut self) -> Result<Vec<(String, i64)>> {
-        let mut events = std::mem::take(&mut self.events);
-        if events.is_empty() {
-            return Ok(vec![]);
-        }
-        // Stable: an organization's events keep the order they were emitted in.
-        events.sort_by(|a, b| a.organization_id.cmp(&b.organization_id));
-        let mut heads = vec![];
-        let mut queued = false;
-        let mut numbered = Vec::with_capacity(events.len());
-        let mut rest = events.as_slice();
-        while let Some(first) = rest.first() {
-            let n = rest
-                .iter()
-                .take_while(|e| e.organization_id == first.organization_id)
-                .count();
-            let (group, tail) = rest.split_at(n);
-            rest = tail;
-            let (last,): (i64,) = sqlx::query_as(
-                "INSERT INTO event_feeds (organization_id, last_sequence) VALUES ($1, $2) \
-                 ON CONFLICT (organization_id) \
-                 DO UPDATE SET last_sequence = event_feeds.last_sequence + excluded.last_sequence \
-                 RETURNING last_sequence",
-            )
-            .bind(&first.organization_id)
-            .bind(n as i64)
-            .fetch_one(self.conn())
-            .await?;
-            let start = last - n as i64 + 1;
-            let deliveries: Vec<(&str, &str, i64)> = group
-                .iter()
-                .zip(start..)
-                .map(|(e, sequence)| (e.id.as_str(), e.event_type.as_str(), sequence))
-                .collect();
-            queued |= self
-                .queue_deliveries(&first.organization_id, &deliveries)
-                .await?;
-            let notifiable: Vec<Notifiable<'_>> = group
-                .iter()
-                .zip(start..)
-                .map(|(e, sequence)| Notifiable {
-                    event_type: e.event_type,
-                    resource: &e.resource,
-                    sequence,
-                    escalate_to: &e.escalate_to,
-                })
-                .collect();
-            self.queue_notifications(&first.organization_id, &notifiable)
-                .await?;
-            numbered.extend(group.iter().zip(start..));
-            heads.push((first.organization_id.clone(), last));
-        }
-        for chunk in numbered.chunks(INSERT_CHUNK) {
-            let mut sql = String::from(
-                "INSERT INTO events (organization_id, sequence, id, type, resource, create_time, body) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 7;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
-            }
-            let mut query = sqlx::query(&sql);
-            for (e, sequence) in chunk {
-                query = query
-                    .bind(&e.organization_id)
-                    .bind(*sequence)
-                    .bind(&e.id)
-                    .bind(e.event_type.as_str())
-                    .bind(&e.resource)
-                    .bind(micros(e.create_time))
-                    .bind(&e.body);
-            }
-            query.execute(self.conn()).await?;
-        }
-        self.deliveries_queued |= queued;
-        if self.dialect == Dialect::Postgres {
-            for payload in announcements(&heads) {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(payload)
-                    .execute(self.conn())
-                    .await?;
-            }
-        }
-        Ok(heads)
     }
 }
 
