@@ -327,7 +327,7 @@ async fn write_change(
         customer_viewers(tx, &after.id).await?
     };
     after.update_time = now();
-    if !tx.update_customer(after, &settings.secret).await? {
+    if !tx.update_customer(before, after, &settings.secret).await? {
         return Ok(false);
     }
     tx.insert_history(&entry(caller, &after.id, action.as_str(), changes, note))
@@ -690,7 +690,10 @@ pub async fn merge(
         gone.merged_into = Some(survivor_id.to_string());
         gone.update_time = now();
         gone.delete_time = Some(gone.update_time);
-        if !tx.update_customer(&mut gone, &settings.secret).await? {
+        if !tx
+            .update_customer(&loser.customer, &mut gone, &settings.secret)
+            .await?
+        {
             return Err(Error::StaleEtag(loser_name));
         }
         tx.move_customer_dependents(loser_id, survivor_id).await?;
@@ -738,7 +741,10 @@ pub async fn erase(
     after.state = RecordState::Erased;
     after.update_time = now;
     after.delete_time = Some(now);
-    if !tx.update_customer(&mut after, &settings.secret).await? {
+    if !tx
+        .update_customer(&seen.customer, &mut after, &settings.secret)
+        .await?
+    {
         return Err(Error::StaleEtag(name.to_owned()));
     }
     tx.erase_customer_dependents(id, now).await?;

@@ -190,6 +190,17 @@ async fn updates_follow_the_mask_and_the_etag(backend: Backend) {
         list(&app, &acme.read_key, "").await,
         std::slice::from_ref(&expected)
     );
+    // A change of name keeps the lookup keys: the email still finds the record.
+    let by_email = |address: &'static str| {
+        let app = &app;
+        let key = acme.read_key.clone();
+        async move {
+            list(app, &key, &format!("email = \"{address}\""))
+                .await
+                .len()
+        }
+    };
+    assert_eq!(by_email("jane@example.com").await, 1);
 
     // The old etag is stale now.
     let result = client
@@ -260,6 +271,25 @@ async fn updates_follow_the_mask_and_the_etag(backend: Backend) {
     assert_eq!(history[0].changes[0].field, "family_name");
     assert_eq!(history[0].changes[0].old_value, "\"Doe\"");
     assert_eq!(history[0].changes[0].new_value, "\"Smith\"");
+
+    // A change of email moves the keys: the new address finds it, the old one not.
+    let mut moved = expected.clone();
+    moved.emails = vec![pb::EmailContact {
+        address: "jane.smith@example.com".into(),
+        ..Default::default()
+    }];
+    client
+        .update_customer(pb::UpdateCustomerRequest {
+            customer: Some(moved),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["emails".into()],
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_email("jane.smith@example.com").await, 1);
+    assert_eq!(by_email("jane@example.com").await, 0);
 }
 
 async fn bad_input_names_every_bad_field(backend: Backend) {

@@ -286,13 +286,13 @@ fn ratios(rows: &[Row]) -> Vec<(String, f64)> {
     let mut out = vec![];
     if let (Some(get), Some(echo)) = (rate("get_customer"), rate("baseline_echo")) {
         out.push((
-            "get_customer / baseline_echo (target ≥ 0.6)".into(),
+            "get_customer / baseline_echo (target ≥ 0.4)".into(),
             get / echo,
         ));
     }
     if let (Some(update), Some(ceiling)) = (rate("update_customer"), rate("db_ceiling")) {
         out.push((
-            "update_customer / db_ceiling (target ≥ 1.0)".into(),
+            "update_customer / db_ceiling (target ≥ 0.9)".into(),
             update / ceiling,
         ));
     }

@@ -60,6 +60,16 @@ pub fn lookup_keys(customer: &Customer, secret: &MatchSecret) -> BTreeSet<(&'sta
     keys
 }
 
+/// The lookup keys kept for `customer`: those of its profile while it is active or
+/// deleted (restorable); none once merged or erased, so it is neither found by
+/// filters on contact points nor matched.
+fn stored_keys(customer: &Customer, secret: &MatchSecret) -> BTreeSet<(&'static str, String)> {
+    match customer.state {
+        RecordState::Active | RecordState::Deleted => lookup_keys(customer, secret),
+        _ => BTreeSet::new(),
+    }
+}
+
 async fn by_id<'c>(
     db: impl AnyExecutor<'c>,
     viewer_id: &str,
@@ -253,10 +263,11 @@ impl Tx {
         self.replace_keys(c, secret).await
     }
 
-    /// Writes `c` (read at `c.revision`) as the next revision and refreshes its lookup
-    /// keys; false if someone else wrote it since.
+    /// Writes `c` (read at `c.revision` as `before`) as the next revision and refreshes
+    /// its lookup keys if they changed; false if someone else wrote it since.
     pub async fn update_customer(
         &mut self,
+        before: &Customer,
         c: &mut Customer,
         secret: &MatchSecret,
     ) -> Result<bool> {
@@ -279,21 +290,21 @@ impl Tx {
             return Ok(false);
         }
         c.revision += 1;
-        self.replace_keys(c, secret).await?;
+        // Most updates touch no contact point or tag: the keys stay as they are (they
+        // were written from `before` with the same secret).
+        if stored_keys(before, secret) != stored_keys(c, secret) {
+            self.replace_keys(c, secret).await?;
+        }
         Ok(true)
     }
 
-    /// Lookup keys follow the profile; a record that is not active has none, so it is
-    /// neither found by filters on contact points nor matched.
+    /// Lookup keys follow the profile (see [`stored_keys`]).
     async fn replace_keys(&mut self, c: &Customer, secret: &MatchSecret) -> Result<()> {
         sqlx::query("DELETE FROM customer_keys WHERE customer_id = $1")
             .bind(&c.id)
             .execute(self.conn())
             .await?;
-        if c.state != RecordState::Active && c.state != RecordState::Deleted {
-            return Ok(());
-        }
-        let keys: Vec<(&str, String)> = lookup_keys(c, secret).into_iter().collect();
+        let keys: Vec<(&str, String)> = stored_keys(c, secret).into_iter().collect();
         // One multi-row insert (a profile has a handful of keys; 4 parameters each).
         for chunk in keys.chunks(100) {
             let values: Vec<String> = (0..chunk.len())
