@@ -6,10 +6,10 @@
 -- their events the next numbers of each feed, writes them to `events`, queues their
 -- deliveries and notifications, and deletes the rows, all in one transaction.
 --
--- `xact` is the writer's transaction id. Rows are taken by id, and an id is drawn
--- before its transaction commits, so a row can appear below ids already numbered; the
--- sequencer only stops scanning from an id once every transaction that was running
--- when it was drawn has ended (`xact` and the snapshot's xmin say when).
+-- `xact` is the writer's transaction id, taken before the row draws its id. Rows are
+-- taken by id, and an id is drawn before its transaction commits, so a row can appear
+-- below ids already numbered; the sequencer stops scanning below an id only once every
+-- transaction that could have drawn it has ended (see `Floor` in sequence.rs).
 CREATE TABLE event_inbox (
     xact   BIGINT    NOT NULL,
     id     BIGSERIAL PRIMARY KEY,

@@ -3,9 +3,10 @@
 //! - on SQLite, where events are numbered inline: take the next sequence of the
 //!   vendor's and the retailer's feeds, insert their two events and the vendor
 //!   endpoint's delivery, commit;
-//! - on PostgreSQL, where a sequencer numbers events after the commit: add the
-//!   transaction's one inbox row (its two events), commit. The sequencer's batches
-//!   are extra work this ceiling leaves out.
+//! - on PostgreSQL, where a sequencer numbers events after the commit: read who
+//!   hears of it (the owner's external id, the grants), add the history entry and
+//!   the transaction's one inbox row (its two events), commit. The sequencer's
+//!   batches are extra work this ceiling leaves out.
 //!
 //! It runs on the database the hub just used (the hub stopped), with the hub's own
 //! connection settings: on SQLite one writer connection in WAL mode with
@@ -114,6 +115,35 @@ async fn update(pool: &AnyPool, sqlite: bool, ids: &Ids, customer: &str) -> anyh
     .await?;
     anyhow::ensure!(done.rows_affected() == 1, "lost update");
     if !sqlite {
+        // Who hears of it: the owner's external id and the grants (one read each).
+        sqlx::query(
+            "SELECT external_id FROM customer_external_ids WHERE customer_id = $1 AND org_id = $2",
+        )
+        .bind(customer)
+        .bind(&ids.vendor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query(
+            "SELECT g.grantee_id, g.level, g.fields, p.state, x.external_id \
+             FROM customer_grants g LEFT JOIN partnerships p ON p.id = g.partnership_id \
+             LEFT JOIN customer_external_ids x ON x.customer_id = g.customer_id \
+             AND x.org_id = g.grantee_id \
+             WHERE g.customer_id = $1 AND g.revoke_time IS NULL ORDER BY g.grantee_id",
+        )
+        .bind(customer)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO customer_history (id, customer_id, time, org_id, key_id, action, \
+             private_to, changes, note) VALUES ($1, $2, $3, $4, '', 'updated', NULL, $5, '')",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(customer)
+        .bind(now)
+        .bind(&ids.vendor)
+        .bind(r#"[{"field":"given_name","old":"\"a\"","new":"\"b\""}]"#)
+        .execute(&mut *tx)
+        .await?;
         // Two encoded customer.updated events with their addressing are about this size.
         sqlx::query(
             "INSERT INTO event_inbox (xact, events) VALUES (pg_current_xact_id()::text::bigint, $1)",

@@ -407,6 +407,9 @@ pub async fn watch_latency(ctx: &Ctx, rate: u64) -> anyhow::Result<Row> {
     let spent = meter.finish();
     let missing = want.saturating_sub(samples.micros.len() + writes.errors as usize);
     samples.errors += writes.errors + missing as u64;
+    if samples.first_error.is_none() {
+        samples.first_error = writes.first_error.clone();
+    }
     let n = samples.micros.len() as u64;
     let mut writes = writes;
     writes.micros.sort_unstable();
@@ -451,6 +454,7 @@ pub async fn webhook_latency(ctx: &Ctx, rate: u64) -> anyhow::Result<Row> {
     let mut samples = latencies(&hits);
     let missing = want.saturating_sub(hits.len());
     samples.errors = writes.errors + missing as u64;
+    samples.first_error = writes.first_error.clone();
     Ok(Row::new(
         "webhook_latency",
         "deliveries/s",

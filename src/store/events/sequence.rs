@@ -150,11 +150,16 @@ impl Committed {
 /// Where the sequencer of this process starts reading the inbox.
 ///
 /// `below`: every inbox row with an id at or below it that will ever exist has been
-/// numbered. Each batch notes the largest id drawn so far and then the snapshot's
-/// xmax (`marks`); a writer draws its id after it has a transaction id (the inbox's
-/// first column is `pg_current_xact_id()`), so once the oldest running transaction is
-/// past that xmax, every row at or below the noted id is committed or gone, and a
-/// batch that read past it has numbered them all.
+/// numbered. Each batch notes the largest id drawn so far, and then takes a
+/// transaction id of its own (`marks`). A writer has its transaction id before it
+/// draws its row's id (see [`Tx::write_events`]), so every writer that drew an id at
+/// or below the noted one has a smaller transaction id than the batch. Once the
+/// oldest transaction still running (a later snapshot's xmin) is past the batch's id,
+/// every one of those writers has ended, so their rows are visible, and a batch that
+/// then read past the noted id has numbered them all.
+///
+/// (The snapshot's xmax would not do instead of the batch's own id: it is one past
+/// the newest *completed* transaction, and transactions above it may be running.)
 #[derive(Debug, Clone, Default)]
 struct Floor {
     below: i64,
@@ -163,21 +168,23 @@ struct Floor {
 
 #[derive(Debug, Clone, Copy)]
 struct Mark {
+    /// The largest inbox id drawn when the batch began.
     drawn: i64,
-    xmax: i64,
+    /// The batch's transaction id, taken after `drawn` was read.
+    xid: i64,
 }
 
 impl Floor {
-    /// The floor after a batch that read every visible row above `self.below` up to
-    /// `read_through` (`None`: all of them), with the snapshot's oldest running
-    /// transaction `xmin`.
+    /// The floor after a batch that noted `mark` and then read every visible row above
+    /// `self.below` up to `read_through` (`None`: all of them), once `xmin` was the
+    /// oldest transaction still running.
     fn advanced(&self, mark: Mark, xmin: i64, read_through: Option<i64>) -> Floor {
         let mut next = self.clone();
         if next.marks.back().is_none_or(|m| m.drawn < mark.drawn) {
             next.marks.push_back(mark);
         }
         while let Some(m) = next.marks.front().copied() {
-            if m.xmax > xmin {
+            if m.xid > xmin {
                 break;
             }
             match read_through {
@@ -219,11 +226,12 @@ impl Tx {
         match self.dialect {
             Dialect::Sqlite => self.number(&[committed]).await,
             Dialect::Postgres => {
-                // `xact` first: the rewriter evaluates an INSERT's columns in table
-                // order, so the transaction has its id before the row draws its own.
+                // The transaction id is taken before the row draws its id (the
+                // subquery, kept apart by OFFSET 0, runs before the INSERT's defaults
+                // are computed): the sequencer's floor depends on it.
                 sqlx::query(
-                    "INSERT INTO event_inbox (xact, events) \
-                     VALUES (pg_current_xact_id()::text::bigint, $1)",
+                    "INSERT INTO event_inbox (xact, events) SELECT x, $1 FROM \
+                     (SELECT pg_current_xact_id()::text::bigint AS x OFFSET 0) AS t",
                 )
                 .bind(committed.encode())
                 .execute(self.conn())
@@ -338,15 +346,16 @@ impl Tx {
             .bind(SEQUENCER_LOCK)
             .execute(self.conn())
             .await?;
-        // The largest id drawn so far, read before the snapshot (see `Floor`).
+        // The largest id drawn so far, then this batch's own transaction id and the
+        // oldest transaction still running (see `Floor`).
         let (drawn,): (i64,) = sqlx::query_as(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM event_inbox_id_seq",
         )
         .fetch_one(self.conn())
         .await?;
-        let (xmin, xmax): (i64, i64) = sqlx::query_as(
-            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint \
-             FROM pg_current_snapshot() AS s",
+        let (xid, xmin): (i64, i64) = sqlx::query_as(
+            "SELECT pg_current_xact_id()::text::bigint, \
+             pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
         )
         .fetch_one(self.conn())
         .await?;
@@ -358,7 +367,7 @@ impl Tx {
         .await?;
         let full = rows.len() == BATCH;
         let read_through = full.then(|| rows.last().map_or(floor.below, |r| r.0));
-        let next = floor.advanced(Mark { drawn, xmax }, xmin, read_through);
+        let next = floor.advanced(Mark { drawn, xid }, xmin, read_through);
         if rows.is_empty() {
             return Ok((vec![], next, false));
         }
@@ -431,8 +440,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn mark(drawn: i64, xmax: i64) -> Mark {
-        Mark { drawn, xmax }
+    fn mark(drawn: i64, xid: i64) -> Mark {
+        Mark { drawn, xid }
     }
 
     #[test]
