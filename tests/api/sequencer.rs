@@ -116,6 +116,20 @@ async fn until_parked(conn: &mut sqlx::PgConnection, who: &str) {
     }
 }
 
+/// Takes (or lets go of) [`PARK`] on the test's own connection.
+async fn hold_park(conn: &mut sqlx::PgConnection, hold: bool) {
+    let call = if hold {
+        "pg_advisory_lock"
+    } else {
+        "pg_advisory_unlock"
+    };
+    sqlx::query(&format!("SELECT {call}($1)"))
+        .bind(PARK)
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
 async fn inbox_rows(conn: &mut sqlx::PgConnection) -> i64 {
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM event_inbox")
         .fetch_one(conn)
@@ -140,11 +154,7 @@ async fn a_transaction_that_commits_late_is_numbered_after_the_others_not_skippe
     let before = whole_feed(&app, &org.read_key).await.len();
 
     let mut test = connect(&app).await;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(PARK)
-        .execute(&mut test)
-        .await
-        .unwrap();
+    hold_park(&mut test, true).await;
     park_first(&mut test, "event_inbox", "ROW", "").await;
 
     // The slow write draws the next inbox id, then waits before its commit.
@@ -180,11 +190,7 @@ async fn a_transaction_that_commits_late_is_numbered_after_the_others_not_skippe
     );
 
     // It commits: its event follows, nothing skipped, nothing twice.
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(PARK)
-        .execute(&mut test)
-        .await
-        .unwrap();
+    hold_park(&mut test, false).await;
     late.await.unwrap();
     let after = whole_feed(&app, &org.read_key).await;
     assert_eq!(after.len(), before + 6);
@@ -234,11 +240,7 @@ async fn killing_the_sequencer_mid_batch_loses_nothing() {
 
     // The victim's first sequencer batch stops inside its INSERT into events.
     let mut test = connect(&app).await;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(PARK)
-        .execute(&mut test)
-        .await
-        .unwrap();
+    hold_park(&mut test, true).await;
     park_first(&mut test, "events", "STATEMENT", "victim").await;
 
     // Five writes through the victim: each commits, then waits for its numbering.
@@ -271,11 +273,7 @@ async fn killing_the_sequencer_mid_batch_loses_nothing() {
     victim.start_kill().unwrap();
     victim.wait().await.unwrap();
     // The victim's session ends with its batch rolled back once it is let go.
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(PARK)
-        .execute(&mut test)
-        .await
-        .unwrap();
+    hold_park(&mut test, false).await;
     for write in writes {
         // Cut off by the kill: committed, but the answer never came.
         assert!(write.await.unwrap().is_err());
