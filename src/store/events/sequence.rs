@@ -365,6 +365,15 @@ impl Tx {
         .bind(floor.below)
         .fetch_all(self.conn())
         .await?;
+        tracing::debug!(
+            floor = floor.below,
+            drawn,
+            xid,
+            xmin,
+            marks = floor.marks.len(),
+            rows = rows.len(),
+            "sequencer batch"
+        );
         let full = rows.len() == BATCH;
         let read_through = full.then(|| rows.last().map_or(floor.below, |r| r.0));
         let next = floor.advanced(Mark { drawn, xid }, xmin, read_through);
