@@ -311,14 +311,16 @@ impl Store {
     }
 
     /// The next moment something may become claimable that no notification announces:
-    /// a retry or a reserved rate-limit slot falling due, or a lease running out.
+    /// a retry or a reserved rate-limit slot falling due, or a lease running out. Each
+    /// part is one index probe that starts at `now` (`webhook_deliveries_due`,
+    /// `webhook_deliveries_leased`), so what finished earlier is never read.
     pub async fn next_delivery_due(&self, now: Timestamp) -> Result<Option<Timestamp>> {
         let row: (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(t) FROM (\
                SELECT MIN(next_attempt_time) AS t FROM webhook_deliveries \
                  WHERE state = 'pending' AND next_attempt_time > $1 \
                UNION ALL SELECT MIN(lease_until) AS t FROM webhook_deliveries \
-                 WHERE state = 'pending' AND lease_until > $1 \
+                 WHERE state = 'pending' AND lease_until IS NOT NULL AND lease_until > $1 \
                UNION ALL SELECT MIN(pace_time) - $2 AS t FROM webhook_endpoints \
                  WHERE rate_limit_per_second > 0 AND pace_time - $2 > $1\
              ) due",
