@@ -182,7 +182,49 @@ impl WebhookWorker {
                 .await
             {
                 Ok(claimed) if !claimed.is_empty() => {
+                    // Each endpoint of the claim read once, not once per delivery (a
+                    // failed read leaves each attempt to read its own).
+                    let mut ids: Vec<&str> =
+                        claimed.iter().map(|d| d.endpoint_id.as_str()).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let endpoints: HashMap<String, Arc<Endpoint>> =
+                        match store.endpoints_by_id(&ids).await {
+                            Ok(found) => found
+                                .into_iter()
+                                .map(|e| (e.id.clone(), Arc::new(e)))
+                                .collect(),
+                            Err(error) => {
+                                tracing::debug!(%error, "endpoints of a claim not read together");
+                                HashMap::new()
+                            }
+                        };
+                    // Likewise the events' bodies, one read per organization.
+                    let mut wanted: HashMap<&str, Vec<i64>> = HashMap::new();
+                    for d in claimed.iter().filter(|d| d.payload.is_none()) {
+                        wanted
+                            .entry(&d.organization_id)
+                            .or_default()
+                            .push(d.sequence);
+                    }
+                    let mut bodies: HashMap<(String, i64), Vec<u8>> = HashMap::new();
+                    for (org, sequences) in wanted {
+                        match store.event_bodies(org, &sequences).await {
+                            Ok(found) => bodies
+                                .extend(found.into_iter().map(|(s, b)| ((org.to_owned(), s), b))),
+                            Err(error) => {
+                                tracing::debug!(%error, "event bodies of a claim not read together")
+                            }
+                        }
+                    }
                     for delivery in claimed {
+                        let read = Preread {
+                            endpoint: endpoints.get(&delivery.endpoint_id).cloned(),
+                            // One event often goes to several endpoints of a claim.
+                            body: bodies
+                                .get(&(delivery.organization_id.clone(), delivery.sequence))
+                                .cloned(),
+                        };
                         let Ok(slot) = self.slots.clone().acquire_owned().await else {
                             return;
                         };
@@ -207,7 +249,7 @@ impl WebhookWorker {
                         in_flight.spawn(
                             async move {
                                 let attempt = tokio::select! {
-                                    attempt = sender.attempt(&delivery) => Some(attempt),
+                                    attempt = sender.attempt(&delivery, read) => Some(attempt),
                                     () = abort.cancelled() => None,
                                 };
                                 let recorded = match attempt {
@@ -295,7 +337,7 @@ impl Sender {
     /// One attempt at `d`, recorded; an endpoint it disables is announced in its
     /// organization's feed.
     pub async fn deliver(&self, d: &ClaimedDelivery) -> Result<AttemptRecord> {
-        let attempt = self.attempt(d).await;
+        let attempt = self.attempt(d, Preread::default()).await;
         observe(&attempt);
         self.record(d, &attempt).await?;
         Ok(attempt)
@@ -329,7 +371,9 @@ impl Sender {
         Ok(())
     }
 
-    async fn attempt(&self, d: &ClaimedDelivery) -> AttemptRecord {
+    /// One attempt at `d`, with what was read for it with its claim (the rest is read
+    /// here).
+    async fn attempt(&self, d: &ClaimedDelivery, read: Preread) -> AttemptRecord {
         let started = now();
         let mut record = AttemptRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -342,7 +386,7 @@ impl Sender {
             succeeded: false,
             disable: None,
         };
-        let prepared = match self.prepare(d).await {
+        let prepared = match self.prepare(d, read).await {
             Ok(p) => p,
             Err(Prepare::Final(reason)) => {
                 record.error = reason;
@@ -430,16 +474,21 @@ impl Sender {
         Some(now() + SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO))
     }
 
-    async fn prepare(&self, d: &ClaimedDelivery) -> Result<Prepared, Prepare> {
+    async fn prepare(&self, d: &ClaimedDelivery, read: Preread) -> Result<Prepared, Prepare> {
         let later = |e: crate::domain::error::Error| {
             Prepare::Later(format!("the hub could not prepare the request: {e}"))
         };
-        let endpoint = self
-            .store
-            .endpoint(&d.organization_id, &d.endpoint_id)
-            .await
-            .map_err(later)?
-            .ok_or_else(|| Prepare::Final("the endpoint no longer exists".into()))?;
+        let endpoint = match read.endpoint {
+            // Read with the claim, by id only: it must be the delivery's organization's.
+            Some(e) => Some(e).filter(|e| e.organization_id == d.organization_id),
+            None => self
+                .store
+                .endpoint(&d.organization_id, &d.endpoint_id)
+                .await
+                .map_err(later)?
+                .map(Arc::new),
+        }
+        .ok_or_else(|| Prepare::Final("the endpoint no longer exists".into()))?;
         if !endpoint.enabled {
             return Err(Prepare::Final(format!(
                 "the endpoint is disabled ({})",
@@ -451,9 +500,10 @@ impl Sender {
         if let Some(why) = refused_literal_host(&url, self.config.allow_private_networks) {
             return Err(Prepare::Final(why));
         }
-        let stored = match &d.payload {
-            Some(payload) => payload.clone(),
-            None => self
+        let stored = match (&d.payload, read.body) {
+            (Some(payload), _) => payload.clone(),
+            (None, Some(body)) => body,
+            (None, None) => self
                 .store
                 .event_body(&d.organization_id, d.sequence)
                 .await
@@ -486,6 +536,14 @@ impl Sender {
             signature,
         })
     }
+}
+
+/// What the worker read for a delivery together with the rest of its claim.
+#[derive(Default)]
+struct Preread {
+    endpoint: Option<Arc<Endpoint>>,
+    /// The event's stored body (a delivery of a feed event).
+    body: Option<Vec<u8>>,
 }
 
 /// Counts and logs an attempt.

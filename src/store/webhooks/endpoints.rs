@@ -129,6 +129,29 @@ impl Store {
         endpoint_by_id(self.reader(), organization_id, id).await
     }
 
+    /// The endpoints with these ids, in one read (those that no longer exist are
+    /// absent). For the webhook worker, which checks each one's organization against
+    /// the delivery's.
+    pub async fn endpoints_by_id(&self, ids: &[&str]) -> Result<Vec<Endpoint>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id IN ({})",
+            crate::store::placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query_as::<_, EndpointRow>(&sql);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query
+            .fetch_all(self.reader())
+            .await?
+            .into_iter()
+            .map(Endpoint::try_from)
+            .collect()
+    }
+
     /// An organization's endpoints in creation order, after the id `after`.
     pub async fn endpoints(
         &self,

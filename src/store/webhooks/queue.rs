@@ -332,6 +332,27 @@ impl Store {
         row.0.map(timestamp).transpose()
     }
 
+    /// The stored bodies of several events of one organization's feed, by sequence, in
+    /// one read (those pruned meanwhile are absent).
+    pub async fn event_bodies(
+        &self,
+        organization_id: &str,
+        sequences: &[i64],
+    ) -> Result<HashMap<i64, Vec<u8>>> {
+        if sequences.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT sequence, body FROM events WHERE organization_id = $1 AND sequence IN ({})",
+            placeholders(2, sequences.len())
+        );
+        let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(&sql).bind(organization_id);
+        for sequence in sequences {
+            query = query.bind(*sequence);
+        }
+        Ok(query.fetch_all(self.reader()).await?.into_iter().collect())
+    }
+
     /// The stored body of the event `(organization_id, sequence)`.
     pub async fn event_body(
         &self,
