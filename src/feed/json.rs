@@ -58,11 +58,10 @@ mod json_tests {
         let body = crate::domain::event::numbered(&drafted.encode_to_vec(), 1_234_567_890_123);
         let decoded = pb::Event::decode(body.as_slice()).unwrap();
         assert_eq!(decoded.sequence, 1_234_567_890_123);
-        assert_eq!((decoded.id, decoded.resource), drafted_parts(&drafted));
-    }
-
-    fn drafted_parts(e: &pb::Event) -> (String, String) {
-        (e.id.clone(), e.resource.clone())
+        assert_eq!(
+            (&decoded.id, &decoded.resource),
+            (&drafted.id, &drafted.resource)
+        );
     }
 
     #[test]

@@ -280,19 +280,13 @@ impl Store {
             dialect: self.dialect,
             events: vec![],
             cause: Cause::default(),
-            feeds: self.feeds.clone(),
-            deliveries: self.deliveries.clone(),
             deliveries_queued: false,
-            emails: self.emails.clone(),
             emails_queued: false,
-            timers: self.timers.clone(),
             timers_queued: false,
-            credentials: self.credentials.clone(),
             credentials_changed: false,
-            clock: self.clock.clone(),
             stashed: false,
             heads: vec![],
-            store: (self.dialect == Dialect::Postgres).then(|| self.clone()),
+            store: self.clone(),
         })
     }
 
@@ -313,27 +307,22 @@ pub struct Tx {
     /// Events emitted so far, written at commit (see `events`).
     events: Vec<NewEvent>,
     cause: Cause,
-    feeds: Arc<FeedSignal>,
-    deliveries: Arc<tokio::sync::Notify>,
     /// Whether committing queues webhook deliveries (the worker is then woken).
     deliveries_queued: bool,
-    emails: Arc<tokio::sync::Notify>,
     /// Whether committing queues notifications or emails.
     emails_queued: bool,
-    timers: Arc<tokio::sync::Notify>,
     /// Whether committing sets case timers.
     timers_queued: bool,
-    credentials: Arc<tokio::sync::watch::Sender<u64>>,
     /// Whether committing revokes credentials (see `credentials`).
     credentials_changed: bool,
-    clock: crate::domain::notify::Clock,
     /// PostgreSQL: whether this transaction added events to the inbox (the sequencer
     /// numbers them once it commits).
     stashed: bool,
     /// Feed heads a sequencer batch reached, announced in-process at commit.
     heads: Vec<(String, i64)>,
-    /// PostgreSQL: the store, to run the sequencer after commit.
-    store: Option<Store>,
+    /// The store it belongs to: the signals it wakes at commit, the workers' clock,
+    /// and (PostgreSQL) the sequencer it runs after commit.
+    store: Store,
 }
 
 impl Tx {
@@ -350,23 +339,23 @@ impl Tx {
             Some(member) => member.commit(inner).await?,
             None => inner.commit().await?,
         }
+        let store = &self.store;
         for (org, sequence) in heads {
-            self.feeds.publish(&org, sequence);
+            store.feeds.publish(&org, sequence);
         }
         if self.deliveries_queued {
-            self.deliveries.notify_one();
+            store.deliveries.notify_one();
         }
         if self.emails_queued {
-            self.emails.notify_one();
+            store.emails.notify_one();
         }
         if self.timers_queued {
-            self.timers.notify_one();
+            store.timers.notify_one();
         }
         if self.credentials_changed {
-            self.credentials.send_modify(|g| *g += 1);
+            store.credentials.send_modify(|g| *g += 1);
         }
         if self.stashed
-            && let Some(store) = self.store.take()
             && let Err(error) = Box::pin(store.flush_events()).await
         {
             tracing::warn!(%error, "committed events wait for the sequencer's next pass");

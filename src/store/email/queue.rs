@@ -152,40 +152,30 @@ impl Tx {
                     .unwrap_or_default(),
             })
             .collect();
-        let now = self.clock.now();
+        let now = self.store.clock.now();
         let routed = notify::route(&relevant, own_work, &recipients, &defaults, now);
-        // Many rows a statement (7 parameters each).
+        // Many rows a statement (9 parameters each).
         for chunk in routed.chunks(NOTIFICATION_CHUNK) {
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 3 + i * 7;
-                    format!(
-                        "(${}, $1, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', NULL, $2)",
-                        p,
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6
-                    )
-                })
+                .map(|i| format!("({}, 'pending', NULL)", placeholders(i * 9 + 1, 9)))
                 .collect();
             let sql = format!(
                 "INSERT INTO notifications (id, organization_id, member_id, sequence, \
-                 event_type, thread_key, mode, due_time, state, email_id, create_time) VALUES {}",
+                 event_type, thread_key, mode, due_time, create_time, state, email_id) VALUES {}",
                 values.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(organization_id).bind(micros(now));
+            let mut query = sqlx::query(&sql);
             for n in chunk {
                 query = query
                     .bind(Uuid::now_v7().to_string())
+                    .bind(organization_id)
                     .bind(n.member_id)
                     .bind(n.sequence)
                     .bind(n.event_type.as_str())
                     .bind(&n.thread)
                     .bind(n.mode.as_str())
-                    .bind(micros(n.due));
+                    .bind(micros(n.due))
+                    .bind(micros(now));
             }
             query.execute(self.conn()).await?;
         }
