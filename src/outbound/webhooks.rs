@@ -252,6 +252,20 @@ impl WebhookWorker {
                                     attempt = sender.attempt(&delivery, read) => Some(attempt),
                                     () = abort.cancelled() => None,
                                 };
+                                // The request is over, so the endpoint has room for
+                                // another while this result is recorded (the delivery
+                                // keeps its lease until then, so it is not claimed
+                                // again, nor is an ordered endpoint's next one).
+                                {
+                                    let mut busy = busy.lock().expect("busy map");
+                                    if let Some(n) = busy.get_mut(&delivery.endpoint_id) {
+                                        *n -= 1;
+                                        if *n == 0 {
+                                            busy.remove(&delivery.endpoint_id);
+                                        }
+                                    }
+                                }
+                                sender.store.deliveries_signal().notify_one();
                                 let recorded = match attempt {
                                     Some(attempt) => {
                                         observe(&attempt);
@@ -271,16 +285,8 @@ impl WebhookWorker {
                                 if let Err(error) = recorded {
                                     tracing::warn!(%error, "delivery not recorded; it is retried when its lease ends");
                                 }
-                                let mut busy = busy.lock().expect("busy map");
-                                if let Some(n) = busy.get_mut(&delivery.endpoint_id) {
-                                    *n -= 1;
-                                    if *n == 0 {
-                                        busy.remove(&delivery.endpoint_id);
-                                    }
-                                }
-                                drop(busy);
                                 drop(slot);
-                                // Its endpoint has room again.
+                                // A worker waiting for a free slot looks again.
                                 sender.store.deliveries_signal().notify_one();
                             }
                             .instrument(span),
