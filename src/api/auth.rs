@@ -19,8 +19,10 @@ use crate::domain::error::{Error, Result};
 use crate::domain::{ApiKeySecret, Principal, now};
 use crate::store::Store;
 
-/// How long a looked-up key is trusted without asking the database again.
-pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a looked-up key is trusted without asking the database again. Revocation
+/// and suspension do not wait for it (the credential generation empties the cache);
+/// it only bounds how long an entry lives in memory.
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// Entries kept at most; beyond this the cache starts over rather than grow unbounded
 /// under a flood of distinct (valid) keys.
 const CACHE_CAPACITY: usize = 10_000;

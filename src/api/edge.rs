@@ -157,7 +157,9 @@ where
     use http_body_util::BodyExt;
     use tonic_types::StatusExt;
 
-    if NOT_RUN_AGAIN.contains(&method) {
+    // A read cannot lose a race on a write; it is not buffered to be sent again.
+    let name = method.rsplit('/').next().unwrap_or_default();
+    if NOT_RUN_AGAIN.contains(&method) || name.starts_with("Get") || name.starts_with("List") {
         return inner.call(request).await;
     }
     // Unary requests are small (capped by the caller's limit); kept to send again.

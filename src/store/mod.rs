@@ -60,6 +60,8 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers on SQLite. WAL lets them run beside the writer; more than a few buys nothing
 /// on a small machine.
 const SQLITE_READERS: u32 = 4;
+/// The part of a SQLite database file read through a memory map.
+const SQLITE_MMAP_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -152,15 +154,23 @@ impl Store {
                 let pool = |size: u32| {
                     AnyPoolOptions::new()
                         .max_connections(size)
+                        .min_connections(size)
                         .acquire_timeout(options.acquire_timeout)
+                        // A connection to a file does not go stale: no ping (a round
+                        // trip to its thread) before every statement.
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 // WAL: readers never block the writer. synchronous=FULL: a
                                 // commit is on disk before it is acknowledged, so an event
                                 // or delivery that was confirmed survives a power cut.
+                                // Pages are read through a memory map and a 16 MB cache
+                                // per connection, sorts stay in memory.
                                 let pragmas = format!(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; \
+                                     PRAGMA mmap_size = {SQLITE_MMAP_BYTES}; \
+                                     PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;",
                                     SQLITE_BUSY_TIMEOUT.as_millis()
                                 );
                                 conn.execute(sqlx::raw_sql(&pragmas)).await?;
@@ -197,6 +207,10 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(options.acquire_timeout)
+                    // No ping before every statement (a network round trip each): a
+                    // connection the server dropped fails its next statement, which is
+                    // UNAVAILABLE to that caller, and the pool discards it.
+                    .test_before_acquire(false)
                     .connect_with(connect)
                     .await
                     .context("Failed to connect to PostgreSQL")?;

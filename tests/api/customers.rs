@@ -15,6 +15,7 @@ crate::on_both_backends!(
     bad_input_names_every_bad_field,
     deleted_customers_are_tombstones_only_the_owner_sees,
     lists_filter_order_and_page_without_skipping,
+    key_filtered_lists_page_through_owned_and_granted_records_in_order,
     concurrent_updates_with_one_etag_let_exactly_one_win,
     batch_upsert_is_atomic_and_idempotent,
 );
@@ -925,4 +926,122 @@ async fn concurrent_writes_commit_or_fail_each_on_its_own(backend: Backend) {
         };
         assert_eq!(now.given_name, expected);
     }
+}
+
+/// Every page of `filter` for `key`, `page_size` at a time, in the order they came.
+async fn paged(app: &TestApp, key: &str, filter: &str, show_deleted: bool) -> Vec<String> {
+    let mut seen = vec![];
+    let mut token = String::new();
+    loop {
+        let page = app
+            .customers(key)
+            .list_customers(pb::ListCustomersRequest {
+                filter: filter.into(),
+                page_size: 1,
+                page_token: token,
+                show_deleted,
+                ..Default::default()
+            })
+            .await
+            .expect("list customers")
+            .into_inner();
+        seen.extend(names_of(&page.customers));
+        if page.next_page_token.is_empty() {
+            return seen;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// A list on a tag, email or phone is walked through the key (the owner's) or the
+/// viewer's grants, one page at a time: each record once, in creation order, owned
+/// and granted interleaved, and only what the viewer may see by that key.
+async fn key_filtered_lists_page_through_owned_and_granted_records_in_order(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&acme, &shop).await;
+    let tagged = |mut c: pb::Customer, vip: bool| {
+        c.tags = if vip { vec!["vip".into()] } else { vec![] };
+        c
+    };
+    let mut acme_made = vec![];
+    let mut shop_made = vec![];
+    // Created alternately, so creation order interleaves the two owners.
+    for i in 0..6 {
+        let email = format!("same{}@example.com", i % 2);
+        acme_made.push(
+            create(&app, &acme, tagged(person(&format!("A{i}"), "Acme", &email), i % 2 == 0)).await,
+        );
+        shop_made.push(
+            create(&app, &shop, tagged(person(&format!("S{i}"), "Shop", &email), i != 1)).await,
+        );
+    }
+    // A deleted vip record: only the owner's show_deleted list has it.
+    let gone = create(&app, &acme, tagged(person("Gone", "Acme", ""), true)).await;
+    app.customers(&acme.admin_key)
+        .delete_customer(pb::DeleteCustomerRequest {
+            name: gone.name.clone(),
+            etag: gone.etag.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    // Granted to shop: A0 and A2 with their tags, A4 without, A1 (no tag) with.
+    let with_tags: &[&str] = &["given_name", "family_name", "tags", "emails"];
+    let without_tags: &[&str] = &["given_name", "family_name"];
+    for (i, fields) in [(0, with_tags), (2, with_tags), (4, without_tags), (1, with_tags)] {
+        crate::sharing::grant(&app, &acme, &acme_made[i].name, &shop, pb::AccessLevel::Read, fields)
+            .await
+            .unwrap();
+    }
+    let in_order = |records: Vec<&pb::Customer>| {
+        let mut names: Vec<String> = records.iter().map(|c| c.name.clone()).collect();
+        names.sort();
+        names
+    };
+
+    assert_eq!(
+        paged(&app, &acme.read_key, "tag = vip", false).await,
+        in_order(vec![&acme_made[0], &acme_made[2], &acme_made[4]])
+    );
+    assert_eq!(
+        paged(&app, &acme.read_key, "tag = vip", true).await,
+        in_order(vec![&acme_made[0], &acme_made[2], &acme_made[4], &gone])
+    );
+    // The shop's own vip records and the granted ones whose grant shows tags.
+    assert_eq!(
+        paged(&app, &shop.read_key, "tag = vip", false).await,
+        in_order(vec![
+            &shop_made[0],
+            &shop_made[2],
+            &shop_made[3],
+            &shop_made[4],
+            &shop_made[5],
+            &acme_made[0],
+            &acme_made[2],
+        ])
+    );
+    assert_eq!(
+        paged(&app, &shop.read_key, "tag = vip AND granted = true", false).await,
+        in_order(vec![&acme_made[0], &acme_made[2]])
+    );
+    // Two keys: one drives the walk, the other is checked on each record.
+    assert_eq!(
+        paged(&app, &shop.read_key, "email = \"same0@example.com\" AND tag = vip", false).await,
+        in_order(vec![
+            &shop_made[0],
+            &shop_made[2],
+            &shop_made[4],
+            &acme_made[0],
+            &acme_made[2],
+        ])
+    );
+    assert_eq!(
+        paged(&app, &acme.read_key, "email = \"same1@example.com\"", false).await,
+        in_order(vec![&acme_made[1], &acme_made[3], &acme_made[5]])
+    );
+    // Another organization's key entries never surface.
+    let other = app.create_org("other", pb::OrganizationKind::Retailer).await;
+    assert!(paged(&app, &other.read_key, "tag = vip", true).await.is_empty());
 }

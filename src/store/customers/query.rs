@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::row::{Bind, Query, SeenCustomer, select};
+use super::row::{Bind, Query, SeenCustomer, select, select_from};
 use crate::domain::customer::CustomerField;
 use crate::domain::error::{Error, Result};
 use crate::domain::filter::{CustomerCondition, NameMatch, Op};
@@ -115,11 +115,21 @@ pub(super) fn narrow(
             q.push(&format!(" AND {}", grant_shows(field)));
         }
     };
+    // The owner's keys are found by the key's primary key (kind, key, owner); a
+    // granted record's by the record (`customer_keys_by_customer_key`), one probe each.
     let key_in = |q: &mut Query, kind: &str, key: String| {
         let k = q.arg(Bind::Text(key));
-        q.push(&format!(
-            " AND c.id IN (SELECT customer_id FROM customer_keys WHERE kind = '{kind}' AND key = {k})"
-        ));
+        if owned {
+            q.push(&format!(
+                " AND c.id IN (SELECT customer_id FROM customer_keys \
+                 WHERE kind = '{kind}' AND key = {k} AND owner_id = $1)"
+            ));
+        } else {
+            q.push(&format!(
+                " AND EXISTS (SELECT 1 FROM customer_keys ck WHERE ck.customer_id = c.id \
+                 AND ck.kind = '{kind}' AND ck.key = {k})"
+            ));
+        }
     };
     match condition {
         CustomerCondition::DisplayName(NameMatch::Exact(name)) => {
@@ -178,8 +188,25 @@ pub(super) fn narrow(
     }
 }
 
+/// The lookup key (kind, key) a condition matches on, if it is one.
+fn key_of(condition: &CustomerCondition, secret: &MatchSecret) -> Option<(&'static str, String)> {
+    match condition {
+        CustomerCondition::Email(e) => Some(("email", secret.email_key(e))),
+        CustomerCondition::Phone(p) => Some(("phone", secret.phone_key(p))),
+        CustomerCondition::Tag(t) => Some(("tag", t.clone())),
+        _ => None,
+    }
+}
+
 /// One branch (owned or granted) of a list, ordered and limited on its own so each
 /// walks an index rather than the table.
+///
+/// In creation (id) order each walk follows an index in that order and stops after the
+/// page: the owner's records by `customers_by_owner`, or, with a tag, email or phone
+/// condition, the owner's entries of that key (`customer_keys`' primary key ends with
+/// the customer id), so a common tag costs a page of entries however many records
+/// there are; a grantee's by its live grants (`customer_grants_by_grantee`), each
+/// probed for the other conditions.
 pub(super) async fn list_branch(
     store: &Store,
     query: &CustomerQuery<'_>,
@@ -188,11 +215,47 @@ pub(super) async fn list_branch(
     secret: &MatchSecret,
 ) -> Result<Vec<(SeenCustomer, Cursor)>> {
     let viewer = query.viewer_id;
+    let column = query.order.column(owned);
+    let driving_key = match (owned, &column) {
+        (true, None) => query
+            .conditions
+            .iter()
+            .position(|c| key_of(c, secret).is_some()),
+        _ => None,
+    };
+    // The column the walk is ordered by, which the id order and the cursor follow.
+    let id_column = match (owned, driving_key) {
+        (true, Some(_)) => "k.customer_id",
+        (true, None) => "c.id",
+        (false, _) => "g.customer_id",
+    };
     let mut q = if owned {
-        let mut q = Query::new(
-            format!("{} WHERE c.owner_id = $1", select("LEFT JOIN")),
-            Bind::Text(viewer.to_owned()),
-        );
+        let mut q = match driving_key.and_then(|i| key_of(&query.conditions[i], secret)) {
+            Some((kind, key)) => {
+                // SQLite takes `CROSS JOIN` as "walk the left side first".
+                let join = match store.dialect() {
+                    crate::store::Dialect::Sqlite => "CROSS JOIN",
+                    crate::store::Dialect::Postgres => "JOIN",
+                };
+                let mut q = Query::new(
+                    format!(
+                        "{} WHERE k.kind = '{kind}' AND k.owner_id = $1 AND c.owner_id = $1",
+                        select_from(
+                            &format!("customer_keys k {join} customers c ON c.id = k.customer_id"),
+                            "LEFT JOIN"
+                        )
+                    ),
+                    Bind::Text(viewer.to_owned()),
+                );
+                let k = q.arg(Bind::Text(key));
+                q.push(&format!(" AND k.key = {k}"));
+                q
+            }
+            None => Query::new(
+                format!("{} WHERE c.owner_id = $1", select("LEFT JOIN")),
+                Bind::Text(viewer.to_owned()),
+            ),
+        };
         if query.show_deleted {
             q.push(" AND c.state <> 'merged'");
         } else {
@@ -208,19 +271,20 @@ pub(super) async fn list_branch(
             Bind::Text(viewer.to_owned()),
         )
     };
-    for condition in query.conditions {
-        narrow(&mut q, condition, secret, owned);
+    for (i, condition) in query.conditions.iter().enumerate() {
+        if Some(i) != driving_key {
+            narrow(&mut q, condition, secret, owned);
+        }
     }
     let (gt, dir) = if query.order.descending {
         ("<", "DESC")
     } else {
         (">", "ASC")
     };
-    let column = query.order.column(owned);
     if let Some(Cursor(value, id)) = after {
         let id = q.arg(Bind::Text(id.clone()));
         match (&column, value) {
-            (None, _) => q.push(&format!(" AND c.id {gt} {id}")),
+            (None, _) => q.push(&format!(" AND {id_column} {gt} {id}")),
             (Some(col), value) => {
                 let v = q.arg(match value {
                     SortValue::Int(i) => Bind::Int(*i),
@@ -234,7 +298,7 @@ pub(super) async fn list_branch(
         }
     }
     let order = match &column {
-        None => format!(" ORDER BY c.id {dir}"),
+        None => format!(" ORDER BY {id_column} {dir}"),
         Some(col) => format!(" ORDER BY {col} {dir}, c.id {dir}"),
     };
     q.push(&order);

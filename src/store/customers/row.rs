@@ -73,12 +73,18 @@ pub(crate) fn parse_fields(raw: &str) -> Result<FieldSet> {
 
 /// `$1` is the viewer's organization id in every query built on this.
 pub(super) fn select(grant_join: &str) -> String {
+    select_from("customers c", grant_join)
+}
+
+/// [`select`] with customers (`c`) reached through `from` (say, driven by an index of
+/// another table).
+pub(super) fn select_from(from: &str, grant_join: &str) -> String {
     format!(
         "SELECT c.id, c.owner_id, o.slug AS owner_slug, c.kind, c.state, c.profile, c.sort_name, \
          c.merged_into, c.create_time, c.update_time, c.delete_time, c.revision, \
          g.level AS grant_level, g.fields AS grant_fields, p.state AS partnership_state, \
          x.external_id \
-         FROM customers c JOIN organizations o ON o.id = c.owner_id \
+         FROM {from} JOIN organizations o ON o.id = c.owner_id \
          {grant_join} customer_grants g ON g.customer_id = c.id AND g.grantee_id = $1 \
          AND g.revoke_time IS NULL \
          LEFT JOIN partnerships p ON p.id = g.partnership_id \
