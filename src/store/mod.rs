@@ -60,8 +60,6 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers on SQLite. WAL lets them run beside the writer; more than a few buys nothing
 /// on a small machine.
 const SQLITE_READERS: u32 = 4;
-/// The part of a SQLite database file read through a memory map.
-const SQLITE_MMAP_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -164,13 +162,12 @@ impl Store {
                                 // WAL: readers never block the writer. synchronous=FULL: a
                                 // commit is on disk before it is acknowledged, so an event
                                 // or delivery that was confirmed survives a power cut.
-                                // Pages are read through a memory map and a 16 MB cache
-                                // per connection, sorts stay in memory.
+                                // An 8 MB page cache per connection (SQLite's default is
+                                // 2 MB), sorts in memory.
                                 let pragmas = format!(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; \
-                                     PRAGMA mmap_size = {SQLITE_MMAP_BYTES}; \
-                                     PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY;",
+                                     PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY;",
                                     SQLITE_BUSY_TIMEOUT.as_millis()
                                 );
                                 conn.execute(sqlx::raw_sql(&pragmas)).await?;

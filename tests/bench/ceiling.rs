@@ -11,7 +11,7 @@
 //! It runs on the database the hub just used (the hub stopped), with the hub's own
 //! connection settings: on SQLite one writer connection in WAL mode with
 //! `synchronous = FULL` and `BEGIN IMMEDIATE`; on PostgreSQL a pool of 16, the
-//! default `database.max_connections`.
+//! default `database.max_connections`; no ping before each statement on either.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -40,11 +40,13 @@ async fn pool(url: &str) -> anyhow::Result<(AnyPool, bool)> {
     let pool = if sqlite {
         AnyPoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                         PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY;",
                     ))
                     .await?;
                     Ok(())
@@ -55,6 +57,7 @@ async fn pool(url: &str) -> anyhow::Result<(AnyPool, bool)> {
     } else {
         AnyPoolOptions::new()
             .max_connections(PG_POOL)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?
     };

@@ -152,16 +152,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let url = db.url();
     let logs = tempfile::tempdir()?;
     let result = measure(&args, &url, logs.path()).await;
-    if postgres.is_some() {
-        // Events committed and never numbered would wait here (the hub has stopped).
-        let pool = sqlx::PgPool::connect(&url).await?;
-        let left: (i64,) = sqlx::query_as("SELECT count(*) FROM event_inbox")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or((-1,));
-        eprintln!("· event inbox rows left unnumbered: {}", left.0);
-        pool.close().await;
-    }
     if let Some(dir) = db.dir() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -273,6 +263,17 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     let seed_seconds = ctx.fx.seed_seconds;
     drop(ctx);
     hub.stop().await;
+    if matches!(args.backend, Backend::Postgres) {
+        // Events committed and never numbered would wait here: every hub has stopped
+        // (and `db_ceiling`, which adds inbox rows of its own, has not run yet).
+        let pool = sqlx::PgPool::connect(url).await?;
+        let left: (i64,) = sqlx::query_as("SELECT count(*) FROM event_inbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or((-1,));
+        eprintln!("· event inbox rows left unnumbered: {}", left.0);
+        pool.close().await;
+    }
     if wanted(args, "db_ceiling") {
         progress(args, "db_ceiling");
         rows.push(
