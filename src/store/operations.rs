@@ -30,7 +30,8 @@ impl Store {
         for (channel, sql) in [
             (
                 "webhook",
-                "SELECT state, COUNT(*) FROM webhook_deliveries WHERE state IN ('pending', 'dead') GROUP BY state",
+                "SELECT 'pending', COUNT(*) FROM webhook_deliveries WHERE state = 'pending' \
+                 UNION ALL SELECT 'dead', COUNT(*) FROM webhook_deliveries WHERE state = 'dead'",
             ),
             (
                 "notification",
