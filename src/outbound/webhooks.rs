@@ -24,9 +24,7 @@ use crate::feed::draft::{Draft, emit};
 use crate::feed::json::{event_json, stored_event};
 use crate::feed::render::endpoint_to_pb;
 use crate::pb::event::Payload;
-use crate::store::{
-    AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, LEASE_LOOK, Store, Worker,
-};
+use crate::store::{AttemptRecord, ClaimLimits, ClaimedDelivery, Endpoint, Store, Worker};
 
 /// A claimed delivery belongs to its worker for twice the attempt timeout plus this;
 /// then another may take it (after a crash, say). Well above the longest attempt.
@@ -311,10 +309,7 @@ impl WebhookWorker {
             super::idle_until_stopped(
                 &shutdown.stop,
                 &signal,
-                store.next_delivery_due(now()).await.map(|due| {
-                    let look = now() + LEASE_LOOK;
-                    Some(due.map_or(look, |t| t.min(look)))
-                }),
+                store.next_delivery_due(now()).await,
                 now(),
                 Duration::from_millis(1),
             )

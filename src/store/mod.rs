@@ -49,7 +49,7 @@ pub use pulse::{Looks, Worker};
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{
     Attempt, AttemptQuery, AttemptRecord, ClaimLimits, ClaimedDelivery, Delivery, Endpoint,
-    LEASE_LOOK, RecordedAttempt,
+    RecordedAttempt,
 };
 
 use crate::domain::error::{Error, Result};

@@ -30,8 +30,7 @@ impl Store {
         for (channel, sql) in [
             (
                 "webhook",
-                "SELECT 'pending', COUNT(*) FROM webhook_deliveries WHERE state = 'pending' \
-                 UNION ALL SELECT 'dead', COUNT(*) FROM webhook_deliveries WHERE state = 'dead'",
+                "SELECT state, COUNT(*) FROM webhook_deliveries WHERE state IN ('pending', 'dead') GROUP BY state",
             ),
             (
                 "notification",

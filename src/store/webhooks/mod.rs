@@ -23,4 +23,4 @@ mod queue;
 
 pub use attempts::{Attempt, AttemptQuery, AttemptRecord, RecordedAttempt};
 pub use endpoints::Endpoint;
-pub use queue::{ClaimLimits, ClaimedDelivery, Delivery, LEASE_LOOK};
+pub use queue::{ClaimLimits, ClaimedDelivery, Delivery};

@@ -79,10 +79,6 @@ pub(super) struct DueEndpoint {
     pace_time: i64,
 }
 
-/// How often a worker with nothing due looks for deliveries whose lease ran out (their
-/// worker died): such a delivery is sent again within a lease and this of its claim.
-pub const LEASE_LOOK: SignedDuration = SignedDuration::from_secs(5);
-
 /// Endpoints looked at per claim at most (the rest wait for the next).
 pub(super) const ENDPOINTS_PER_CLAIM: usize = 200;
 
@@ -112,10 +108,9 @@ impl Store {
     /// first.
     ///
     /// Each step is an index probe, so a claim costs the same however long the queue:
-    /// first the enabled endpoints with anything due (`webhook_deliveries_pending_due`),
-    /// then each one's first deliveries in sequence order (`webhook_deliveries_pending`;
-    /// the `+` keeps SQLite's planner off the due-time index here). Both indexes hold
-    /// pending deliveries only.
+    /// first the enabled endpoints with anything due (`webhook_deliveries_due_by_endpoint`),
+    /// then each one's first deliveries in sequence order (`webhook_deliveries_by_endpoint`;
+    /// the `+` keeps SQLite's planner off the due-time index here).
     pub(super) async fn due_candidates(
         &self,
         now: Timestamp,
@@ -316,16 +311,16 @@ impl Store {
     }
 
     /// The next moment something may become claimable that no notification announces:
-    /// a retry or a reserved rate-limit slot falling due. The retry is one probe of
-    /// pending deliveries by due time from `now` (`webhook_deliveries_next`), so what
-    /// finished earlier is never read. A lease running out is not among them (nothing
-    /// indexes leases, so a claim rewrites no index entry): the worker looks again at
-    /// least every [`LEASE_LOOK`].
+    /// a retry or a reserved rate-limit slot falling due, or a lease running out. Each
+    /// part is one index probe that starts at `now` (`webhook_deliveries_due`,
+    /// `webhook_deliveries_leased`), so what finished earlier is never read.
     pub async fn next_delivery_due(&self, now: Timestamp) -> Result<Option<Timestamp>> {
         let row: (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(t) FROM (\
                SELECT MIN(next_attempt_time) AS t FROM webhook_deliveries \
                  WHERE state = 'pending' AND next_attempt_time > $1 \
+               UNION ALL SELECT MIN(lease_until) AS t FROM webhook_deliveries \
+                 WHERE state = 'pending' AND lease_until IS NOT NULL AND lease_until > $1 \
                UNION ALL SELECT MIN(pace_time) - $2 AS t FROM webhook_endpoints \
                  WHERE rate_limit_per_second > 0 AND pace_time - $2 > $1\
              ) due",
