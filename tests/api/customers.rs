@@ -971,10 +971,20 @@ async fn key_filtered_lists_page_through_owned_and_granted_records_in_order(back
     for i in 0..6 {
         let email = format!("same{}@example.com", i % 2);
         acme_made.push(
-            create(&app, &acme, tagged(person(&format!("A{i}"), "Acme", &email), i % 2 == 0)).await,
+            create(
+                &app,
+                &acme,
+                tagged(person(&format!("A{i}"), "Acme", &email), i % 2 == 0),
+            )
+            .await,
         );
         shop_made.push(
-            create(&app, &shop, tagged(person(&format!("S{i}"), "Shop", &email), i != 1)).await,
+            create(
+                &app,
+                &shop,
+                tagged(person(&format!("S{i}"), "Shop", &email), i != 1),
+            )
+            .await,
         );
     }
     // A deleted vip record: only the owner's show_deleted list has it.
@@ -990,10 +1000,22 @@ async fn key_filtered_lists_page_through_owned_and_granted_records_in_order(back
     // Granted to shop: A0 and A2 with their tags, A4 without, A1 (no tag) with.
     let with_tags: &[&str] = &["given_name", "family_name", "tags", "emails"];
     let without_tags: &[&str] = &["given_name", "family_name"];
-    for (i, fields) in [(0, with_tags), (2, with_tags), (4, without_tags), (1, with_tags)] {
-        crate::sharing::grant(&app, &acme, &acme_made[i].name, &shop, pb::AccessLevel::Read, fields)
-            .await
-            .unwrap();
+    for (i, fields) in [
+        (0, with_tags),
+        (2, with_tags),
+        (4, without_tags),
+        (1, with_tags),
+    ] {
+        crate::sharing::grant(
+            &app,
+            &acme,
+            &acme_made[i].name,
+            &shop,
+            pb::AccessLevel::Read,
+            fields,
+        )
+        .await
+        .unwrap();
     }
     let in_order = |records: Vec<&pb::Customer>| {
         let mut names: Vec<String> = records.iter().map(|c| c.name.clone()).collect();
@@ -1028,7 +1050,13 @@ async fn key_filtered_lists_page_through_owned_and_granted_records_in_order(back
     );
     // Two keys: one drives the walk, the other is checked on each record.
     assert_eq!(
-        paged(&app, &shop.read_key, "email = \"same0@example.com\" AND tag = vip", false).await,
+        paged(
+            &app,
+            &shop.read_key,
+            "email = \"same0@example.com\" AND tag = vip",
+            false
+        )
+        .await,
         in_order(vec![
             &shop_made[0],
             &shop_made[2],
@@ -1042,6 +1070,12 @@ async fn key_filtered_lists_page_through_owned_and_granted_records_in_order(back
         in_order(vec![&acme_made[1], &acme_made[3], &acme_made[5]])
     );
     // Another organization's key entries never surface.
-    let other = app.create_org("other", pb::OrganizationKind::Retailer).await;
-    assert!(paged(&app, &other.read_key, "tag = vip", true).await.is_empty());
+    let other = app
+        .create_org("other", pb::OrganizationKind::Retailer)
+        .await;
+    assert!(
+        paged(&app, &other.read_key, "tag = vip", true)
+            .await
+            .is_empty()
+    );
 }

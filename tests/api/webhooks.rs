@@ -879,6 +879,17 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
         pb::webhook_attempt::Outcome::Failed as i32
     );
     assert_eq!(failed[0].http_status, 400);
+    // The outbox backlog (a metrics series) counts it among the dead.
+    let counts = app
+        .store
+        .operational_counts(jiff::Timestamp::now())
+        .await
+        .unwrap();
+    assert!(
+        counts.backlog.contains(&("webhook", "dead".to_owned(), 1)),
+        "{:?}",
+        counts.backlog
+    );
     status.store(200, Ordering::SeqCst);
     let since = prost_types::Timestamp {
         seconds: jiff::Timestamp::now().as_second() - 60,
