@@ -95,7 +95,17 @@ impl Store {
     }
 
     /// A setting, or `value` stored as it if there is none yet (first writer wins).
+    /// Once it exists this is one read, with no write transaction (List calls reload
+    /// the page-token keys through it).
     pub async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String> {
+        let existing: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(self.reader())
+                .await?;
+        if let Some((stored,)) = existing {
+            return Ok(stored);
+        }
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
