@@ -141,6 +141,14 @@ const NOT_RUN_AGAIN: &[&str] = &[
     "/liaison.v1.WebhookService/SendTestWebhookEvent",
 ];
 
+/// Whether a call may be run again after losing a race on the database: not the
+/// methods above, and not reads (AIP standard Get and List methods write nothing, so
+/// they cannot lose such a race, and are not buffered for it).
+fn may_run_again(method: &str) -> bool {
+    let name = method.rsplit('/').next().unwrap_or_default();
+    !(NOT_RUN_AGAIN.contains(&method) || name.starts_with("Get") || name.starts_with("List"))
+}
+
 /// Calls `inner`; a call that lost a race on the database (ABORTED, `CONCURRENT_WRITE`:
 /// its transaction was rolled back, nothing of it stayed) is run once more with the
 /// same message before the client hears of it. A second loss reaches the client, with
@@ -157,9 +165,7 @@ where
     use http_body_util::BodyExt;
     use tonic_types::StatusExt;
 
-    // A read cannot lose a race on a write; it is not buffered to be sent again.
-    let name = method.rsplit('/').next().unwrap_or_default();
-    if NOT_RUN_AGAIN.contains(&method) || name.starts_with("Get") || name.starts_with("List") {
+    if !may_run_again(method) {
         return inner.call(request).await;
     }
     // Unary requests are small (capped by the caller's limit); kept to send again.

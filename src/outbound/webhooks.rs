@@ -286,7 +286,8 @@ impl WebhookWorker {
                                     tracing::warn!(%error, "delivery not recorded; it is retried when its lease ends");
                                 }
                                 drop(slot);
-                                // A worker waiting for a free slot looks again.
+                                // Recorded: an ordered endpoint's next delivery, held back
+                                // by this one's lease until now, may be claimed.
                                 sender.store.deliveries_signal().notify_one();
                             }
                             .instrument(span),
@@ -511,9 +512,10 @@ impl Sender {
             (None, Some(body)) => body,
             (None, None) => self
                 .store
-                .event_body(&d.organization_id, d.sequence)
+                .event_bodies(&d.organization_id, &[d.sequence])
                 .await
                 .map_err(later)?
+                .remove(&d.sequence)
                 .ok_or_else(|| {
                     Prepare::Final("the event was pruned before it could be sent".into())
                 })?,

@@ -145,17 +145,10 @@ pub(super) fn narrow(
             let hi = q.arg(Bind::Text(format!("{prefix}\u{10FFFF}")));
             q.push(&format!(" AND c.sort_name >= {lo} AND c.sort_name < {hi}"));
         }
-        CustomerCondition::Email(e) => {
-            shown(q, CustomerField::Emails);
-            key_in(q, "email", secret.email_key(e))
-        }
-        CustomerCondition::Phone(p) => {
-            shown(q, CustomerField::Phones);
-            key_in(q, "phone", secret.phone_key(p))
-        }
-        CustomerCondition::Tag(t) => {
-            shown(q, CustomerField::Tags);
-            key_in(q, "tag", t.clone())
+        CustomerCondition::Email(_) | CustomerCondition::Phone(_) | CustomerCondition::Tag(_) => {
+            let (field, kind, key) = key_of(condition, secret).expect("a key condition");
+            shown(q, field);
+            key_in(q, kind, key)
         }
         CustomerCondition::ExternalId(x) => {
             let a = q.arg(Bind::Text(x.clone()));
@@ -188,12 +181,16 @@ pub(super) fn narrow(
     }
 }
 
-/// The lookup key (kind, key) a condition matches on, if it is one.
-fn key_of(condition: &CustomerCondition, secret: &MatchSecret) -> Option<(&'static str, String)> {
+/// The lookup key a condition matches on, if it is one: the field it reads, and the
+/// key's kind and value in `customer_keys`.
+fn key_of(
+    condition: &CustomerCondition,
+    secret: &MatchSecret,
+) -> Option<(CustomerField, &'static str, String)> {
     match condition {
-        CustomerCondition::Email(e) => Some(("email", secret.email_key(e))),
-        CustomerCondition::Phone(p) => Some(("phone", secret.phone_key(p))),
-        CustomerCondition::Tag(t) => Some(("tag", t.clone())),
+        CustomerCondition::Email(e) => Some((CustomerField::Emails, "email", secret.email_key(e))),
+        CustomerCondition::Phone(p) => Some((CustomerField::Phones, "phone", secret.phone_key(p))),
+        CustomerCondition::Tag(t) => Some((CustomerField::Tags, "tag", t.clone())),
         _ => None,
     }
 }
@@ -216,13 +213,16 @@ pub(super) async fn list_branch(
 ) -> Result<Vec<(SeenCustomer, Cursor)>> {
     let viewer = query.viewer_id;
     let column = query.order.column(owned);
-    let driving_key = match (owned, &column) {
+    // The first key condition drives the walk (its position, and the key).
+    let driving = match (owned, &column) {
         (true, None) => query
             .conditions
             .iter()
-            .position(|c| key_of(c, secret).is_some()),
+            .enumerate()
+            .find_map(|(i, c)| key_of(c, secret).map(|key| (i, key))),
         _ => None,
     };
+    let driving_key = driving.as_ref().map(|(i, _)| *i);
     // The column the walk is ordered by, which the id order and the cursor follow.
     let id_column = match (owned, driving_key) {
         (true, Some(_)) => "k.customer_id",
@@ -230,8 +230,8 @@ pub(super) async fn list_branch(
         (false, _) => "g.customer_id",
     };
     let mut q = if owned {
-        let mut q = match driving_key.and_then(|i| key_of(&query.conditions[i], secret)) {
-            Some((kind, key)) => {
+        let mut q = match driving.map(|(_, key)| key) {
+            Some((_, kind, key)) => {
                 // SQLite takes `CROSS JOIN` as "walk the left side first".
                 let join = match store.dialect() {
                     crate::store::Dialect::Sqlite => "CROSS JOIN",

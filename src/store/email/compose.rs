@@ -10,19 +10,7 @@ impl Tx {
         organization_id: &str,
         sequences: &[i64],
     ) -> Result<HashMap<i64, Vec<u8>>> {
-        let mut out = HashMap::new();
-        for chunk in sequences.chunks(500) {
-            let sql = format!(
-                "SELECT sequence, body FROM events WHERE organization_id = $1 AND sequence IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(&sql).bind(organization_id);
-            for s in chunk {
-                query = query.bind(*s);
-            }
-            out.extend(query.fetch_all(self.conn()).await?);
-        }
-        Ok(out)
+        crate::store::events::event_bodies(self.conn(), organization_id, sequences).await
     }
 
     /// Display names of organizations, by slug, for an email that names them. Slugs

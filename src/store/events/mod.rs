@@ -26,7 +26,7 @@ use jiff::Timestamp;
 use sqlx::FromRow;
 use tokio::sync::{Notify, watch};
 
-use super::{Dialect, Store, Tx, micros};
+use super::{Dialect, Store, Tx, micros, placeholders};
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
 
@@ -415,6 +415,31 @@ impl Store {
 
 /// Relays announcements: feed heads to the streams, and each work channel to the
 /// worker it wakes.
+/// Sequences read per statement at most.
+const BODIES_CHUNK: usize = 500;
+
+/// The stored bodies of an organization's events, by sequence (those pruned are
+/// absent): one statement per [`BODIES_CHUNK`] sequences.
+pub(in crate::store) async fn event_bodies(
+    conn: &mut sqlx::AnyConnection,
+    organization_id: &str,
+    sequences: &[i64],
+) -> Result<HashMap<i64, Vec<u8>>> {
+    let mut out = HashMap::new();
+    for chunk in sequences.chunks(BODIES_CHUNK) {
+        let sql = format!(
+            "SELECT sequence, body FROM events WHERE organization_id = $1 AND sequence IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(&sql).bind(organization_id);
+        for sequence in chunk {
+            query = query.bind(*sequence);
+        }
+        out.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
 async fn relay(
     url: &str,
     feeds: &FeedSignal,

@@ -334,8 +334,8 @@ impl Store {
         row.0.map(timestamp).transpose()
     }
 
-    /// The stored bodies of several events of one organization's feed, by sequence, in
-    /// one read (those pruned meanwhile are absent).
+    /// The stored bodies of several events of one organization's feed, by sequence
+    /// (those pruned meanwhile are absent).
     pub async fn event_bodies(
         &self,
         organization_id: &str,
@@ -344,30 +344,8 @@ impl Store {
         if sequences.is_empty() {
             return Ok(HashMap::new());
         }
-        let sql = format!(
-            "SELECT sequence, body FROM events WHERE organization_id = $1 AND sequence IN ({})",
-            placeholders(2, sequences.len())
-        );
-        let mut query = sqlx::query_as::<_, (i64, Vec<u8>)>(&sql).bind(organization_id);
-        for sequence in sequences {
-            query = query.bind(*sequence);
-        }
-        Ok(query.fetch_all(self.reader()).await?.into_iter().collect())
-    }
-
-    /// The stored body of the event `(organization_id, sequence)`.
-    pub async fn event_body(
-        &self,
-        organization_id: &str,
-        sequence: i64,
-    ) -> Result<Option<Vec<u8>>> {
-        let row: Option<(Vec<u8>,)> =
-            sqlx::query_as("SELECT body FROM events WHERE organization_id = $1 AND sequence = $2")
-                .bind(organization_id)
-                .bind(sequence)
-                .fetch_optional(self.reader())
-                .await?;
-        Ok(row.map(|r| r.0))
+        let mut conn = self.reader().acquire().await?;
+        crate::store::events::event_bodies(&mut conn, organization_id, sequences).await
     }
 
     /// Deletes finished deliveries, and their attempts, created before `cutoff`;
