@@ -109,9 +109,13 @@ async fn shutdown_reports_not_serving_and_exits_cleanly(backend: Backend) {
         ServingStatus::NotServing as i32
     );
     drop(watch);
-    let result = tokio::time::timeout(Duration::from_secs(10), app.stop())
+    // The design's worst case is the 2 s grace, 5 s for workers to release leases,
+    // then closing the database. This bounds a hang, not the speed: under the whole
+    // suite on two cores a clean stop has taken over 10 s (not yet explained; see the
+    // closing note of issue 22), so the bound leaves room for that.
+    let result = tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
-        .expect("stops within the grace period");
+        .expect("stops instead of hanging");
     result.expect("exits without error");
 }
 
