@@ -27,6 +27,7 @@ crate::on_both_backends!(
     a_killed_hub_delivers_everything_after_restart,
     sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_once,
     a_worker_that_lost_its_lease_cannot_overwrite_the_result,
+    a_released_delivery_behind_later_ones_is_still_sent_and_a_sent_one_can_be_sent_again,
     a_grantees_endpoint_gets_only_the_fields_its_grant_shows,
     events_over_the_payload_limit_are_not_sent_and_the_attempt_says_why,
     an_organization_has_at_most_50_endpoints,
@@ -1419,6 +1420,106 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result(backend: Backe
     let recorded = attempts(&app, &vendor, &endpoint.name, &first.id()).await;
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].http_status, 200, "the taker's success stands");
+}
+
+/// The queue keeps only work not done, and each endpoint's fresh deliveries are read
+/// from a cursor past the finished ones: a delivery held (leased) while later ones
+/// succeed must not fall behind that cursor when it is given back, and one that
+/// succeeded (so left the queue) is sent again on request.
+async fn a_released_delivery_behind_later_ones_is_still_sent_and_a_sent_one_can_be_sent_again(
+    backend: Backend,
+) {
+    use liaison::store::ClaimLimits;
+
+    let app = spawn_app_with(backend, |c| {
+        test_webhooks(c);
+        c.webhooks.timeout_secs = 10;
+    })
+    .await;
+    let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    // The first request is answered (a failure) only after three seconds; the rest at
+    // once.
+    let receiver = Receiver::scripted(|got| match got.len() {
+        1 => Reply {
+            delay: Duration::from_secs(3),
+            ..reply(500)
+        },
+        _ => reply(204),
+    })
+    .await;
+    let endpoint = create_endpoint(&app, &vendor, &receiver.url, &[])
+        .await
+        .unwrap();
+    create(&app, &vendor, person("First", "Held", "")).await;
+    let first = receiver.wait_for(1).await[0].clone();
+    // A second worker, whose clock says the first one's lease has run out, takes the
+    // delivery over and gives it back unattempted (as a stopping hub does).
+    let later = liaison::domain::now() + jiff::SignedDuration::from_mins(5);
+    let taken = app
+        .store
+        .claim_deliveries(
+            later,
+            later + jiff::SignedDuration::from_mins(1),
+            ClaimLimits {
+                total: 10,
+                per_endpoint: 10,
+                busy: &Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1, "the expired lease is claimable");
+    assert_eq!(taken[0].event_id, first.id());
+    // Meanwhile later deliveries are claimed, sent and leave the queue, moving the
+    // endpoint's cursor past what is done.
+    for name in ["Second", "Third", "Fourth"] {
+        create(&app, &vendor, person(name, "Later", "")).await;
+    }
+    let got = receiver.wait_for(4).await;
+    assert!(got[1..].iter().all(|r| r.id() != first.id()));
+    let mut tx = app.store.begin().await.unwrap();
+    tx.release_delivery(&taken[0]).await.unwrap();
+    tx.commit().await.unwrap();
+    // Given back behind them, it is still sent, and succeeds.
+    let again = eventually("the released delivery to be sent again", async || {
+        let got = receiver.got();
+        (got.iter().filter(|r| r.id() == first.id()).count() >= 2).then_some(got)
+    })
+    .await;
+    assert_eq!(again.iter().filter(|r| r.id() == first.id()).count(), 2);
+    eventually("the queue to be empty", async || {
+        let pending = app
+            .store
+            .pending_deliveries(&[endpoint.name.rsplit('/').next().unwrap()])
+            .await
+            .unwrap();
+        pending.is_empty().then_some(())
+    })
+    .await;
+    // Its attempts are the record of what happened to it.
+    let recorded = attempts(&app, &vendor, &endpoint.name, &first.id()).await;
+    assert!(
+        recorded.iter().any(|a| a.http_status == 204),
+        "{recorded:?}"
+    );
+
+    // A delivery that succeeded is no longer queued, and is queued again on request.
+    let second = got[1].id();
+    let delivery = app
+        .webhooks(&vendor.admin_key)
+        .redeliver_webhook_event(pb::RedeliverWebhookEventRequest {
+            name: endpoint.name.clone(),
+            event_id: second.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(delivery.state, pb::webhook_delivery::State::Pending as i32);
+    eventually("the delivered event to be sent again", async || {
+        (receiver.got().iter().filter(|r| r.id() == second).count() == 2).then_some(())
+    })
+    .await;
 }
 
 /// The hub's count of results dropped for a lost lease on `queue`.

@@ -52,6 +52,17 @@ pub struct Work {
     pub buffer_reads: i64,
     /// The statements that hit the most buffers: text, calls, rows, buffer hits.
     pub top: Vec<(String, i64, i64, i64)>,
+    /// The delivery pipeline's own statements (every statement on a `webhook_`
+    /// table, and the worker's read of event bodies): rows and buffer hits.
+    /// `None` without `pg_stat_statements`.
+    pub pipeline: Option<(i64, i64)>,
+}
+
+/// Whether a statement is the delivery pipeline's: it touches a webhook table (the
+/// fan-out insert, claims, results, attempts, endpoint health) or reads the bodies of
+/// claimed events.
+fn pipeline_statement(text: &str) -> bool {
+    text.contains("webhook_") || text.starts_with("SELECT sequence, body FROM events")
 }
 
 impl DbWork {
@@ -151,6 +162,19 @@ impl DbWork {
                 (calls > &c0).then(|| (one_line(text), calls - c0, rows - r0, hits - h0))
             })
             .collect();
+        let pipeline = self.statements.then(|| {
+            after
+                .statements
+                .iter()
+                .filter(|(_, (text, ..))| pipeline_statement(text.trim_start()))
+                .fold((0, 0), |(r, h), (id, (_, _, rows, hits))| {
+                    let (r0, h0) = before
+                        .statements
+                        .get(id)
+                        .map_or((0, 0), |(_, _, r, h)| (*r, *h));
+                    (r + rows - r0, h + hits - h0)
+                })
+        });
         top.sort_by_key(|t| std::cmp::Reverse(t.3));
         top.truncate(TOP);
         let work = Work {
@@ -162,6 +186,7 @@ impl DbWork {
             buffer_hits: after.hits - before.hits,
             buffer_reads: after.reads - before.reads,
             top,
+            pipeline,
         };
         Ok((work, Mark(after)))
     }
@@ -198,6 +223,13 @@ impl Work {
             Self::per(self.tuples_returned, self.deliveries),
             Self::per(self.buffer_hits, self.deliveries),
         )];
+        if let Some((rows, hits)) = self.pipeline {
+            out.push(format!(
+                "of which the delivery pipeline's own statements (webhook tables, event bodies): per delivery {:.1} rows, {:.1} buffer hits",
+                Self::per(rows, self.deliveries),
+                Self::per(hits, self.deliveries),
+            ));
+        }
         for (text, calls, rows, hits) in &self.top {
             out.push(format!(
                 "    {hits:>9} hits {rows:>8} rows {calls:>7} calls  {text}"

@@ -146,12 +146,45 @@ fn progress(args: &Args, what: &str) {
     }
 }
 
+/// Says how many warnings and errors the hubs logged (a run whose hub warned is not
+/// a clean measurement), with the most frequent messages.
+fn report_log_warnings(args: &Args, logs: &std::path::Path) {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let level = v["level"].as_str().unwrap_or_default();
+            if level == "WARN" || level == "ERROR" {
+                let message = v["message"].as_str().unwrap_or_default();
+                let error = v["error"].as_str().unwrap_or_default();
+                *counts
+                    .entry(format!("{level} {message}: {error}"))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let total: usize = counts.values().sum();
+    progress(args, &format!("hub logs: {total} warnings or errors"));
+    let mut top: Vec<_> = counts.into_iter().collect();
+    top.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    for (what, n) in top.into_iter().take(5) {
+        progress(
+            args,
+            &format!("  {n} × {}", what.chars().take(200).collect::<String>()),
+        );
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let postgres = matches!(args.backend, Backend::Postgres).then_some(args.postgres_url.as_str());
     let db = procs::Database::create(postgres).await?;
     let url = db.url();
     let logs = tempfile::tempdir()?;
     let result = measure(&args, &url, logs.path()).await;
+    report_log_warnings(&args, logs.path());
     if let Some(dir) = db.dir() {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -1,7 +1,7 @@
 //! Attempts: recording each delivery attempt's outcome (one at a time, or successes
 //! in batches) and the endpoint health that follows, and reading them back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use sqlx::FromRow;
@@ -127,27 +127,25 @@ impl Tx {
         const CHUNK: usize = 50;
         for chunk in done.chunks(CHUNK) {
             debug_assert!(chunk.iter().all(|(_, a)| a.succeeded));
-            let Some(last) = chunk.iter().map(|(_, a)| a.time).max() else {
-                continue;
-            };
-            // Each only while it still holds the lease it was claimed with: one
-            // statement joins the batch's (id, lease) pairs, each found by primary key.
+            // A delivery that succeeded leaves the queue (its attempt is the record),
+            // each only while it still holds the lease it was claimed with: one
+            // statement finds the batch by primary key and checks each one's lease.
             // (Claims under load take a delivery or two at a time, so a batch holds
             // many leases; a statement per lease cost PostgreSQL 40 % of its updates.)
-            let held: Vec<String> = (0..chunk.len())
-                .map(|i| format!("SELECT ${} AS id, ${} AS lease", 2 * i + 2, 2 * i + 3))
+            let ids = placeholders(1, chunk.len());
+            let leases: String = (0..chunk.len())
+                .map(|i| format!(" WHEN ${} THEN ${}", i + 1, chunk.len() + i + 1))
                 .collect();
             let sql = format!(
-                "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
-                 next_attempt_time = $1, lease_until = NULL, paced = 0 \
-                 FROM ({}) AS held \
-                 WHERE webhook_deliveries.id = held.id AND webhook_deliveries.lease_until = held.lease \
-                 RETURNING webhook_deliveries.id",
-                held.join(" UNION ALL ")
+                "DELETE FROM webhook_deliveries WHERE id IN ({ids}) \
+                 AND lease_until = CASE id{leases} END RETURNING id"
             );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql).bind(micros(last));
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
             for (d, _) in chunk {
-                query = query.bind(&d.id).bind(d.lease_until);
+                query = query.bind(&d.id);
+            }
+            for (d, _) in chunk {
+                query = query.bind(d.lease_until);
             }
             let kept: HashSet<String> = query
                 .fetch_all(self.conn())
@@ -168,7 +166,8 @@ impl Tx {
             }
             self.insert_attempts(rows.iter().map(|(d, a)| (d, a)))
                 .await?;
-            let mut endpoints: HashMap<&str, Timestamp> = HashMap::new();
+            // Endpoint rows in id order, as claims reserve rate-limit slots.
+            let mut endpoints: BTreeMap<&str, Timestamp> = BTreeMap::new();
             for (d, a) in &rows {
                 let t = endpoints.entry(&d.endpoint_id).or_insert(a.time);
                 *t = (*t).max(a.time);
@@ -206,14 +205,15 @@ impl Tx {
         Ok(late)
     }
 
-    /// Counts the deliveries of `missed` that still exist: their lease passed to
-    /// another worker, whose result stands. (One that is gone went with its endpoint.)
+    /// Counts the deliveries of `missed` whose endpoint still exists: their lease
+    /// passed to another worker, whose result stands (and may have taken the delivery
+    /// out of the queue already). One whose endpoint is gone went with it.
     pub(super) async fn count_lost_leases(&mut self, missed: &[&ClaimedDelivery]) -> Result<usize> {
         let mut lost = 0;
         for d in missed {
             let exists: Option<(String,)> =
-                sqlx::query_as("SELECT id FROM webhook_deliveries WHERE id = $1")
-                    .bind(&d.id)
+                sqlx::query_as("SELECT id FROM webhook_endpoints WHERE id = $1")
+                    .bind(&d.endpoint_id)
                     .fetch_optional(self.conn())
                     .await?;
             if exists.is_some() {
@@ -271,17 +271,27 @@ impl Tx {
             "retrying" => "pending",
             _ => "dead",
         };
-        let updated = sqlx::query(
-            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
-             next_attempt_time = $2, lease_until = NULL, paced = 0 \
-             WHERE id = $3 AND lease_until = $4",
-        )
-        .bind(state)
-        .bind(micros(a.retry_at.unwrap_or(a.time)))
-        .bind(&d.id)
-        .bind(d.lease_until)
-        .execute(self.conn())
-        .await?;
+        // Only while it still holds its lease. One that succeeded leaves the queue;
+        // a retry waits in the timed lane; one that failed for good stays, dead.
+        let updated = if a.succeeded {
+            sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1 AND lease_until = $2")
+                .bind(&d.id)
+                .bind(d.lease_until)
+                .execute(self.conn())
+                .await?
+        } else {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
+                 next_attempt_time = $2, lease_until = NULL, paced = 0, timed = 1 \
+                 WHERE id = $3 AND lease_until = $4",
+            )
+            .bind(state)
+            .bind(micros(a.retry_at.unwrap_or(a.time)))
+            .bind(&d.id)
+            .bind(d.lease_until)
+            .execute(self.conn())
+            .await?
+        };
         if updated.rows_affected() == 0 {
             // Another worker took the delivery over, or the endpoint was deleted
             // meanwhile (and its queue with it).

@@ -269,13 +269,16 @@ impl Tx {
 
     /// Pending deliveries of a disabled endpoint fail; they can be redelivered later.
     pub(super) async fn end_pending_deliveries(&mut self, endpoint_id: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE webhook_deliveries SET state = 'dead', lease_until = NULL, paced = 0 \
-             WHERE endpoint_id = $1 AND state = 'pending'",
-        )
-        .bind(endpoint_id)
-        .execute(self.conn())
-        .await?;
+        // Lane by lane, each on its own index.
+        for lane in ["timed = 0", "timed = 1"] {
+            sqlx::query(&format!(
+                "UPDATE webhook_deliveries SET state = 'dead', lease_until = NULL, paced = 0, \
+                 timed = 1 WHERE endpoint_id = $1 AND state = 'pending' AND {lane}"
+            ))
+            .bind(endpoint_id)
+            .execute(self.conn())
+            .await?;
+        }
         Ok(())
     }
 
@@ -283,7 +286,8 @@ impl Tx {
     pub async fn delete_endpoint(&mut self, organization_id: &str, id: &str) -> Result<bool> {
         for sql in [
             "DELETE FROM webhook_attempts WHERE endpoint_id = $1",
-            "DELETE FROM webhook_deliveries WHERE endpoint_id = $1",
+            "DELETE FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'pending' AND timed = 0",
+            "DELETE FROM webhook_deliveries WHERE endpoint_id = $1 AND (timed = 1 OR state <> 'pending')",
         ] {
             sqlx::query(sql).bind(id).execute(self.conn()).await?;
         }

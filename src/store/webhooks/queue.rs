@@ -1,7 +1,7 @@
 //! The durable queue of deliveries: writing them with their event, claiming due ones
 //! fairly under a lease, pacing rate-limited endpoints, redelivery and pruning.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use sqlx::FromRow;
@@ -64,10 +64,12 @@ pub(super) struct Candidate {
     id: String,
     endpoint_id: String,
     organization_id: String,
+    sequence: i64,
     next_attempt_time: i64,
     lease_until: Option<i64>,
     rate: i64,
     paced: i64,
+    timed: i64,
 }
 
 /// An enabled endpoint with deliveries due.
@@ -77,10 +79,33 @@ pub(super) struct DueEndpoint {
     rate_limit_per_second: i64,
     ordered: i64,
     pace_time: i64,
+    fresh_after: i64,
 }
+
+/// An idle worker looks again at least this often: a lease left by a worker that
+/// died is taken over at most this long after it runs out.
+pub const LEASE_SWEEP: SignedDuration = SignedDuration::from_secs(2);
 
 /// Endpoints looked at per claim at most (the rest wait for the next).
 pub(super) const ENDPOINTS_PER_CLAIM: usize = 200;
+
+/// A cursor is written once it can move this far: a claim reads past at most this
+/// many finished deliveries (whose index entries VACUUM has not removed yet) to its
+/// endpoint's first one not done, and the cursor's row is not rewritten every claim.
+const CURSOR_STEP: i64 = 64;
+
+/// A parameter of a claim's candidate query.
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// What a claim may take, and how far each endpoint's fresh lane is finished.
+pub(super) struct Candidates {
+    rows: Vec<Candidate>,
+    /// (endpoint, new cursor): every fresh delivery at or below it is done.
+    cursors: Vec<(String, i64)>,
+}
 
 impl Store {
     /// Pending deliveries of each of `endpoint_ids`.
@@ -88,16 +113,23 @@ impl Store {
         if endpoint_ids.is_empty() {
             return Ok(HashMap::new());
         }
+        // One count per lane, each on its own partial index.
+        let ids = placeholders(1, endpoint_ids.len());
         let sql = format!(
             "SELECT endpoint_id, COUNT(*) FROM webhook_deliveries \
-             WHERE state = 'pending' AND endpoint_id IN ({}) GROUP BY endpoint_id",
-            placeholders(1, endpoint_ids.len())
+             WHERE endpoint_id IN ({ids}) AND state = 'pending' AND timed = 0 GROUP BY endpoint_id \
+             UNION ALL SELECT endpoint_id, COUNT(*) FROM webhook_deliveries \
+             WHERE endpoint_id IN ({ids}) AND state = 'pending' AND timed = 1 GROUP BY endpoint_id"
         );
         let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
         for id in endpoint_ids {
             query = query.bind(*id);
         }
-        Ok(query.fetch_all(self.reader()).await?.into_iter().collect())
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        for (id, n) in query.fetch_all(self.reader()).await? {
+            *counts.entry(id).or_default() += n;
+        }
+        Ok(counts)
     }
 
     /// The deliveries a claim may take, in the order it should take them: at most
@@ -107,21 +139,34 @@ impl Store {
     /// With more endpoints due than one claim looks at, the least recently served go
     /// first.
     ///
-    /// Each step is an index probe, so a claim costs the same however long the queue:
-    /// first the enabled endpoints with anything due (`webhook_deliveries_due_by_endpoint`),
-    /// then each one's first deliveries in sequence order (`webhook_deliveries_by_endpoint`;
-    /// the `+` keeps SQLite's planner off the due-time index here).
+    /// Each step is an index range that starts where the work is, so a claim costs
+    /// the same however long the queue and however many finished deliveries VACUUM
+    /// has not removed yet: the enabled endpoints with anything due, then each one's
+    /// fresh deliveries from its cursor (`webhook_deliveries_fresh`) and its timed
+    /// ones due by now (`webhook_deliveries_timed_by_endpoint`). The first fresh
+    /// delivery read, done or not, moves the endpoint's cursor up to it.
     pub(super) async fn due_candidates(
         &self,
         now: Timestamp,
         per_endpoint: usize,
+        busy: &HashMap<String, usize>,
         total: usize,
-    ) -> Result<Vec<Candidate>> {
+    ) -> Result<Candidates> {
         let endpoints: Vec<DueEndpoint> = sqlx::query_as(
-            "SELECT e.id, e.rate_limit_per_second, e.ordered, e.pace_time FROM webhook_endpoints e \
-             WHERE e.enabled = 1 AND EXISTS (SELECT 1 FROM webhook_deliveries d \
-               WHERE d.endpoint_id = e.id AND d.state = 'pending' AND d.next_attempt_time <= $1 \
-               AND (d.lease_until IS NULL OR d.lease_until < $1)) \
+            // Each probe is a correlated subquery in its index's order with a LIMIT:
+            // PostgreSQL runs it per endpoint on the lane's index. (Written as EXISTS, the planner may hash it
+            // instead, reading the whole queue per claim: seen at 6,400 buffers a call
+            // while the queue's statistics still said it was empty.)
+            "SELECT e.id, e.rate_limit_per_second, e.ordered, e.pace_time, e.fresh_after \
+             FROM webhook_endpoints e WHERE e.enabled = 1 AND (\
+               (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.id \
+                 AND d.state = 'pending' AND d.timed = 0 AND d.sequence > e.fresh_after \
+                 AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                 ORDER BY d.sequence LIMIT 1) IS NOT NULL \
+               OR (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.id \
+                 AND d.state = 'pending' AND d.timed = 1 AND d.next_attempt_time <= $1 \
+                 AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                 ORDER BY d.next_attempt_time LIMIT 1) IS NOT NULL) \
              ORDER BY COALESCE(e.last_success_time, 0) LIMIT $2",
         )
         .bind(micros(now))
@@ -129,7 +174,10 @@ impl Store {
         .fetch_all(self.reader())
         .await?;
         if endpoints.is_empty() {
-            return Ok(vec![]);
+            return Ok(Candidates {
+                rows: vec![],
+                cursors: vec![],
+            });
         }
         let pace_horizon = micros(now + PACE_LOOKAHEAD);
         let pace_blocked =
@@ -139,60 +187,129 @@ impl Store {
             .filter(|e| pace_blocked(e))
             .map(|e| e.id.as_str())
             .collect();
-        let mut parts = vec![];
+        const COLUMNS: &str = "id, endpoint_id, organization_id, sequence, next_attempt_time, \
+             lease_until, paced, timed";
+        let mut parts: Vec<String> = vec![];
+        let mut args: Vec<Arg> = vec![];
         for (i, e) in endpoints.iter().enumerate() {
-            let p = i * 2;
-            // An ordered endpoint: its first pending delivery, checked below.
-            let (due, limit) = if e.ordered != 0 {
-                (String::new(), 1)
-            } else {
-                (
-                    format!(
-                        "AND +next_attempt_time <= ${n} AND (lease_until IS NULL OR lease_until < ${n}) ",
-                        n = p + 2
-                    ),
-                    per_endpoint,
-                )
+            let room = per_endpoint.saturating_sub(busy.get(&e.id).copied().unwrap_or(0));
+            if room == 0 {
+                // Full on this replica: nothing to take, and its cursor can wait.
+                continue;
+            }
+            // `$id`, `$cursor` and `$now` become this endpoint's parameters.
+            let mut part = |sql: String| {
+                let mut sql = sql;
+                for (token, arg) in [
+                    ("$id", Arg::Text(&e.id)),
+                    ("$cursor", Arg::Int(e.fresh_after)),
+                    ("$now", Arg::Int(micros(now))),
+                ] {
+                    if sql.contains(token) {
+                        args.push(arg);
+                        sql = sql.replace(token, &format!("${}", args.len()));
+                    }
+                }
+                parts.push(sql);
             };
+            let rate = e.rate_limit_per_second;
+            let ordered = e.ordered != 0;
+            let select = format!(
+                "SELECT * FROM (SELECT {COLUMNS}, CAST({rate} AS BIGINT) AS rate \
+                 FROM webhook_deliveries WHERE endpoint_id = $id AND state = 'pending'"
+            );
             // A rate-limited endpoint whose slots are reserved beyond the horizon sends
-            // only deliveries that already hold a slot (checked below for an ordered one,
-            // whose first delivery must not be passed over).
-            let paced = if e.ordered == 0 && pace_blocked(e) {
-                "AND paced = 1 "
+            // only deliveries that already hold a slot, all of them timed (checked below
+            // for an ordered one, whose first delivery must not be passed over).
+            let blocked = !ordered && pace_blocked(e);
+            if !blocked {
+                // The first fresh delivery, held or not: it moves the cursor, and is
+                // an ordered endpoint's only candidate in this lane.
+                part(format!(
+                    "{select} AND timed = 0 AND sequence > $cursor ORDER BY sequence LIMIT 1) AS h{i}"
+                ));
+            }
+            if !blocked && !ordered {
+                // The first ones free to take (held ones, in flight or awaiting their
+                // record, are passed: as many as are in flight, at most).
+                part(format!(
+                    "{select} AND timed = 0 AND sequence > $cursor \
+                     AND (lease_until IS NULL OR lease_until < $now) \
+                     ORDER BY sequence LIMIT {room}) AS f{i}"
+                ));
+            }
+            part(if ordered {
+                // Its first timed delivery by sequence, due or not (checked below).
+                format!("{select} AND timed = 1 ORDER BY sequence LIMIT 1) AS t{i}")
             } else {
-                ""
-            };
-            parts.push(format!(
-                "SELECT * FROM (SELECT id, endpoint_id, organization_id, next_attempt_time, \
-                 lease_until, CAST({rate} AS BIGINT) AS rate, paced FROM webhook_deliveries \
-                 WHERE endpoint_id = ${id} AND state = 'pending' {due}{paced}\
-                 ORDER BY sequence LIMIT {limit}) AS q{i}",
-                id = p + 1,
-                rate = e.rate_limit_per_second,
-            ));
+                let paced = if blocked { "AND paced = 1 " } else { "" };
+                format!(
+                    "{select} AND timed = 1 AND next_attempt_time <= $now \
+                     AND (lease_until IS NULL OR lease_until < $now) {paced}\
+                     ORDER BY next_attempt_time LIMIT {room}) AS t{i}"
+                )
+            });
+        }
+        if parts.is_empty() {
+            return Ok(Candidates {
+                rows: vec![],
+                cursors: vec![],
+            });
         }
         let sql = parts.join(" UNION ALL ");
         let mut query = sqlx::query_as::<_, Candidate>(&sql);
-        for e in &endpoints {
-            query = query.bind(&e.id).bind(micros(now));
+        for arg in args {
+            query = match arg {
+                Arg::Text(text) => query.bind(text),
+                Arg::Int(n) => query.bind(n),
+            };
         }
-        let mut rows = query.fetch_all(self.reader()).await?;
-        // An ordered endpoint's first delivery goes only when it is due, free and (if
-        // rate-limited) within its pace.
+        let rows = query.fetch_all(self.reader()).await?;
+        // Each endpoint's rows in sequence order; its first fresh one is the cursor.
+        let mut by_endpoint: HashMap<String, Vec<Candidate>> = HashMap::new();
+        let mut seen = HashSet::new();
+        for c in rows {
+            // The first fresh delivery may come twice (as the head, and as free).
+            if seen.insert(c.id.clone()) {
+                by_endpoint
+                    .entry(c.endpoint_id.clone())
+                    .or_default()
+                    .push(c);
+            }
+        }
+        let mut cursors = vec![];
+        let mut rows = vec![];
+        for e in &endpoints {
+            let Some(mut mine) = by_endpoint.remove(&e.id) else {
+                continue;
+            };
+            mine.sort_by_key(|c| c.sequence);
+            if let Some(first) = mine.iter().find(|c| c.timed == 0)
+                && first.sequence - 1 >= e.fresh_after + CURSOR_STEP
+            {
+                cursors.push((e.id.clone(), first.sequence - 1));
+            }
+            if e.ordered != 0 {
+                mine.truncate(1);
+            }
+            rows.extend(mine);
+        }
+        // A delivery goes only when it is due, free and (if rate-limited) within its
+        // pace; an ordered endpoint's first one, or nothing.
         rows.retain(|c| {
             c.next_attempt_time <= micros(now)
                 && c.lease_until.is_none_or(|l| l < micros(now))
                 && (c.paced == 1 || !blocked.contains(c.endpoint_id.as_str()))
         });
-        // Position within its endpoint (rows come in sequence order per endpoint), then
+        // Position within its endpoint (rows are in sequence order per endpoint), then
         // fair rank within its organization.
         let mut position: HashMap<String, usize> = HashMap::new();
         let mut ranked: Vec<(usize, Candidate)> = rows
             .into_iter()
-            .map(|c| {
+            .filter_map(|c| {
                 let n = position.entry(c.endpoint_id.clone()).or_default();
                 *n += 1;
-                (*n, c)
+                (*n <= per_endpoint).then_some((*n, c))
             })
             .collect();
         ranked.sort_by(|(a, x), (b, y)| {
@@ -213,7 +330,10 @@ impl Store {
             .collect();
         ordered.sort_by_key(|(f, c)| (*f, c.next_attempt_time));
         ordered.truncate(total);
-        Ok(ordered.into_iter().map(|(_, c)| c).collect())
+        Ok(Candidates {
+            rows: ordered.into_iter().map(|(_, c)| c).collect(),
+            cursors,
+        })
     }
 
     /// Claims due deliveries until `lease_until` (see the module docs for the rules).
@@ -226,8 +346,16 @@ impl Store {
         limits: ClaimLimits<'_>,
     ) -> Result<Vec<ClaimedDelivery>> {
         let busy_total: usize = limits.busy.values().sum();
-        let candidates = self
-            .due_candidates(now, limits.per_endpoint, limits.total + busy_total)
+        let Candidates {
+            rows: candidates,
+            cursors,
+        } = self
+            .due_candidates(
+                now,
+                limits.per_endpoint,
+                limits.busy,
+                limits.total + busy_total,
+            )
             .await?;
         // Leave room for what this replica already has in flight to each endpoint.
         let mut room: HashMap<&str, usize> = HashMap::new();
@@ -243,7 +371,7 @@ impl Store {
                 chosen.push(c);
             }
         }
-        if chosen.is_empty() {
+        if chosen.is_empty() && cursors.is_empty() {
             return Ok(vec![]);
         }
         let lock = match self.dialect {
@@ -261,16 +389,48 @@ impl Store {
              RETURNING {DELIVERY_COLUMNS}",
             placeholders(3, chosen.len())
         );
-        let mut tx = self.begin().await?;
-        let mut query = sqlx::query_as::<_, ClaimedDelivery>(&sql)
-            .bind(micros(lease_until))
-            .bind(micros(now));
-        for c in &chosen {
-            query = query.bind(&c.id);
+        // Cursors only move up (another worker's may be ahead already). Any value a
+        // claim computed is safe, so on PostgreSQL each moves in a statement of its
+        // own, which holds no other lock and so cannot wait in a cycle; SQLite writes
+        // one transaction at a time anyway, and moves them in the claim's.
+        const MOVE_CURSOR: &str =
+            "UPDATE webhook_endpoints SET fresh_after = $1 WHERE id = $2 AND fresh_after < $1";
+        if self.dialect == Dialect::Postgres {
+            for (endpoint_id, cursor) in &cursors {
+                sqlx::query(MOVE_CURSOR)
+                    .bind(cursor)
+                    .bind(endpoint_id)
+                    .execute(&self.writer)
+                    .await?;
+            }
+            if chosen.is_empty() {
+                return Ok(vec![]);
+            }
         }
-        let mut claimed = query.fetch_all(tx.conn()).await?;
-        // Rate limits: reserve a slot per newly claimed delivery of a limited endpoint.
-        let mut unpaced: HashMap<&str, (i64, Vec<&str>)> = HashMap::new();
+        let mut tx = self.begin().await?;
+        if self.dialect == Dialect::Sqlite {
+            for (endpoint_id, cursor) in &cursors {
+                sqlx::query(MOVE_CURSOR)
+                    .bind(cursor)
+                    .bind(endpoint_id)
+                    .execute(tx.conn())
+                    .await?;
+            }
+        }
+        let mut claimed = if chosen.is_empty() {
+            vec![]
+        } else {
+            let mut query = sqlx::query_as::<_, ClaimedDelivery>(&sql)
+                .bind(micros(lease_until))
+                .bind(micros(now));
+            for c in &chosen {
+                query = query.bind(&c.id);
+            }
+            query.fetch_all(tx.conn()).await?
+        };
+        // Rate limits: reserve a slot per newly claimed delivery of a limited endpoint,
+        // endpoint rows in id order (as the recorder writes their health).
+        let mut unpaced: BTreeMap<&str, (i64, Vec<&str>)> = BTreeMap::new();
         for c in &chosen {
             if c.rate > 0 && c.paced == 0 && claimed.iter().any(|d| d.id == c.id) {
                 let entry = unpaced.entry(&c.endpoint_id).or_insert((c.rate, vec![]));
@@ -297,7 +457,7 @@ impl Store {
                 if slot > micros(now + PACE_SLACK) {
                     sqlx::query(
                         "UPDATE webhook_deliveries SET lease_until = NULL, \
-                         next_attempt_time = $1, paced = 1 WHERE id = $2",
+                         next_attempt_time = $1, paced = 1, timed = 1 WHERE id = $2",
                     )
                     .bind(slot)
                     .bind(id)
@@ -313,16 +473,15 @@ impl Store {
     }
 
     /// The next moment something may become claimable that no notification announces:
-    /// a retry or a reserved rate-limit slot falling due, or a lease running out. Each
-    /// part is one index probe that starts at `now` (`webhook_deliveries_due`,
-    /// `webhook_deliveries_leased`), so what finished earlier is never read.
+    /// a retry or a reserved rate-limit slot falling due (one index probe each, from
+    /// `now`: what finished earlier is never read), or at the latest
+    /// [`LEASE_SWEEP`] from now, for leases a worker that died left behind (nothing
+    /// indexes leases: taking one is a heap-only update).
     pub async fn next_delivery_due(&self, now: Timestamp) -> Result<Option<Timestamp>> {
         let row: (Option<i64>,) = sqlx::query_as(
             "SELECT MIN(t) FROM (\
                SELECT MIN(next_attempt_time) AS t FROM webhook_deliveries \
-                 WHERE state = 'pending' AND next_attempt_time > $1 \
-               UNION ALL SELECT MIN(lease_until) AS t FROM webhook_deliveries \
-                 WHERE state = 'pending' AND lease_until IS NOT NULL AND lease_until > $1 \
+                 WHERE state = 'pending' AND timed = 1 AND next_attempt_time > $1 \
                UNION ALL SELECT MIN(pace_time) - $2 AS t FROM webhook_endpoints \
                  WHERE rate_limit_per_second > 0 AND pace_time - $2 > $1\
              ) due",
@@ -331,7 +490,11 @@ impl Store {
         .bind(PACE_LOOKAHEAD.as_micros() as i64)
         .fetch_one(self.reader())
         .await?;
-        row.0.map(timestamp).transpose()
+        let sweep = now + LEASE_SWEEP;
+        Ok(Some(match row.0.map(timestamp).transpose()? {
+            Some(due) if due < sweep => due,
+            _ => sweep,
+        }))
     }
 
     /// The stored bodies of several events of one organization's feed, by sequence
@@ -348,25 +511,37 @@ impl Store {
         crate::store::events::event_bodies(&mut conn, organization_id, sequences).await
     }
 
-    /// Deletes finished deliveries, and their attempts, created before `cutoff`;
-    /// returns how many deliveries went.
+    /// Deletes attempts made before `cutoff`, deliveries that failed for good
+    /// created before it, and deliveries whose endpoint was deleted while they were
+    /// being queued; returns how many deliveries went. (A delivery that succeeded
+    /// left the queue then; its attempts are the record.)
     pub async fn prune_deliveries(&self, cutoff: Timestamp) -> Result<u64> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries \
-             WHERE state <> 'pending' AND create_time < $1)",
+        // Attempt ids are UUID v7, which sort by the time they were made: the range
+        // below the cutoff's smallest id is the attempts made before it.
+        let ms = cutoff.as_millisecond().max(0) as u64;
+        let floor = format!(
+            "{:08x}-{:04x}-7000-8000-000000000000",
+            ms >> 16,
+            ms & 0xffff
+        );
+        sqlx::query("DELETE FROM webhook_attempts WHERE id < $1")
+            .bind(floor)
+            .execute(tx.conn())
+            .await?;
+        let dead =
+            sqlx::query("DELETE FROM webhook_deliveries WHERE state = 'dead' AND create_time < $1")
+                .bind(micros(cutoff))
+                .execute(tx.conn())
+                .await?;
+        let orphans = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE NOT EXISTS \
+             (SELECT 1 FROM webhook_endpoints e WHERE e.id = webhook_deliveries.endpoint_id)",
         )
-        .bind(micros(cutoff))
-        .execute(tx.conn())
-        .await?;
-        let done = sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND create_time < $1",
-        )
-        .bind(micros(cutoff))
         .execute(tx.conn())
         .await?;
         tx.commit().await?;
-        Ok(done.rows_affected())
+        Ok(dead.rows_affected() + orphans.rows_affected())
     }
 }
 
@@ -405,7 +580,7 @@ impl Tx {
                 .map(|i| {
                     let p = 3 + i * 5;
                     format!(
-                        "(${}, ${}, $1, ${}, ${}, ${}, 'pending', 0, $2, NULL, $2, NULL, 0)",
+                        "(${}, ${}, $1, ${}, ${}, ${}, 'pending', 0, $2, NULL, $2, NULL, 0, 0)",
                         p,
                         p + 1,
                         p + 2,
@@ -417,7 +592,7 @@ impl Tx {
             let sql = format!(
                 "INSERT INTO webhook_deliveries (id, endpoint_id, organization_id, event_id, \
                  event_type, sequence, state, attempts, next_attempt_time, lease_until, \
-                 create_time, payload, paced) VALUES {}",
+                 create_time, payload, paced, timed) VALUES {}",
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql).bind(organization_id).bind(now);
@@ -435,6 +610,7 @@ impl Tx {
         Ok(queued)
     }
 
+    /// A delivery in the timed lane, due at `now` (a test event, or a redelivery).
     pub(super) async fn insert_delivery(
         &mut self,
         endpoint_id: &str,
@@ -447,7 +623,7 @@ impl Tx {
         sqlx::query(
             "INSERT INTO webhook_deliveries (id, endpoint_id, organization_id, event_id, \
              event_type, sequence, state, attempts, next_attempt_time, lease_until, create_time, \
-             payload, paced) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, NULL, $7, $8, 0)",
+             payload, paced, timed) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, NULL, $7, $8, 0, 1)",
         )
         .bind(&id)
         .bind(endpoint_id)
@@ -501,44 +677,53 @@ impl Tx {
     }
 
     /// Queues `event_id` for the endpoint again, or for the first time if it never
-    /// was; a delivery still pending is left as it is. `None` if the organization has
-    /// no such event (in its feed, or as an earlier test delivery).
+    /// was (or succeeded, and so left the queue); a delivery still pending is left as
+    /// it is. `None` if the organization has no such event (in its feed, or as an
+    /// earlier test delivery still queued or dead).
     pub async fn redeliver_event(
         &mut self,
         endpoint: &Endpoint,
         event_id: &str,
     ) -> Result<Option<Delivery>> {
         let now = micros(crate::domain::now());
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+        let event: Option<(String, i64)> = sqlx::query_as(
+            "SELECT type, sequence FROM events WHERE organization_id = $1 AND id = $2",
         )
-        .bind(&endpoint.id)
+        .bind(&endpoint.organization_id)
         .bind(event_id)
         .fetch_optional(self.conn())
         .await?;
-        match existing {
+        // Timed or dead, by event; still fresh, by its event's sequence (each lane on
+        // its own index).
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2 \
+               AND (timed = 1 OR state <> 'pending') \
+             UNION ALL SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 \
+               AND state = 'pending' AND timed = 0 AND sequence = $3 AND event_id = $2",
+        )
+        .bind(&endpoint.id)
+        .bind(event_id)
+        .bind(event.as_ref().map_or(-1, |(_, sequence)| *sequence))
+        .fetch_optional(self.conn())
+        .await?;
+        let id = match existing {
             Some(id) => {
                 // Decided in SQL, under the row's lock: a delivery in flight (leased)
                 // counts as done, so it is sent again whatever its worker records
                 // (the worker's result needs the lease it held, which this clears).
+                // It goes in the timed lane: the fresh lane's cursors may be past it.
                 sqlx::query(
                     "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
-                     next_attempt_time = $1, lease_until = NULL, paced = 0 \
+                     next_attempt_time = $1, lease_until = NULL, paced = 0, timed = 1 \
                      WHERE id = $2 AND (state <> 'pending' OR lease_until IS NOT NULL)",
                 )
                 .bind(now)
                 .bind(&id)
                 .execute(self.conn())
                 .await?;
+                id
             }
             None => {
-                let event: Option<(String, i64)> = sqlx::query_as(
-                    "SELECT type, sequence FROM events WHERE organization_id = $1 AND id = $2",
-                )
-                .bind(&endpoint.organization_id)
-                .bind(event_id)
-                .fetch_optional(self.conn())
-                .await?;
                 let Some((event_type, sequence)) = event else {
                     return Ok(None);
                 };
@@ -549,16 +734,15 @@ impl Tx {
                     None,
                     now,
                 )
-                .await?;
+                .await?
             }
-        }
+        };
         self.wake_deliveries();
         let delivery: Delivery = sqlx::query_as(
             "SELECT endpoint_id, event_id, event_type, state, attempts, next_attempt_time \
-             FROM webhook_deliveries WHERE endpoint_id = $1 AND event_id = $2",
+             FROM webhook_deliveries WHERE id = $1",
         )
-        .bind(&endpoint.id)
-        .bind(event_id)
+        .bind(&id)
         .fetch_one(self.conn())
         .await?;
         Ok(Some(delivery))
@@ -568,8 +752,9 @@ impl Tx {
     pub async fn redeliver_failed(&mut self, endpoint_id: &str, since: Timestamp) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, \
-             next_attempt_time = $1, lease_until = NULL, paced = 0 \
-             WHERE endpoint_id = $2 AND state = 'dead' AND create_time >= $3",
+             next_attempt_time = $1, lease_until = NULL, paced = 0, timed = 1 \
+             WHERE endpoint_id = $2 AND state = 'dead' AND (timed = 1 OR state <> 'pending') \
+             AND create_time >= $3",
         )
         .bind(micros(crate::domain::now()))
         .bind(endpoint_id)
