@@ -93,6 +93,9 @@ struct Args {
     /// The hub's log level (`LIAISON_LOG`); its log goes to a file.
     #[arg(long, default_value = "info")]
     hub_log: String,
+    /// Copy the hubs' logs into this directory when the run ends.
+    #[arg(long)]
+    keep_logs: Option<std::path::PathBuf>,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -185,6 +188,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let logs = tempfile::tempdir()?;
     let result = measure(&args, &url, logs.path()).await;
     report_log_warnings(&args, logs.path());
+    if let Some(keep) = &args.keep_logs {
+        std::fs::create_dir_all(keep)?;
+        for entry in std::fs::read_dir(logs.path())?.flatten() {
+            std::fs::copy(entry.path(), keep.join(entry.file_name()))?;
+        }
+    }
     if let Some(dir) = db.dir() {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -154,7 +154,9 @@ impl Store {
     ) -> Result<Candidates> {
         let endpoints: Vec<DueEndpoint> = sqlx::query_as(
             // Each probe is a correlated subquery in its index's order with a LIMIT:
-            // PostgreSQL runs it per endpoint on the lane's index. (Written as EXISTS, the planner may hash it
+            // PostgreSQL runs it per endpoint on the lane's index. Both statements of a
+            // claim's read are planned afresh each time (not prepared): a plan cached
+            // while the queue was empty may scan it whole once it has grown. (Written as EXISTS, the planner may hash it
             // instead, reading the whole queue per claim: seen at 6,400 buffers a call
             // while the queue's statistics still said it was empty.)
             "SELECT e.id, e.rate_limit_per_second, e.ordered, e.pace_time, e.fresh_after \
@@ -171,6 +173,7 @@ impl Store {
         )
         .bind(micros(now))
         .bind(ENDPOINTS_PER_CLAIM as i64)
+        .persistent(false)
         .fetch_all(self.reader())
         .await?;
         if endpoints.is_empty() {
@@ -257,7 +260,7 @@ impl Store {
             });
         }
         let sql = parts.join(" UNION ALL ");
-        let mut query = sqlx::query_as::<_, Candidate>(&sql);
+        let mut query = sqlx::query_as::<_, Candidate>(&sql).persistent(false);
         for arg in args {
             query = match arg {
                 Arg::Text(text) => query.bind(text),
