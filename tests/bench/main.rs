@@ -38,6 +38,7 @@ const ALL: &[&str] = &[
     "webhook_throughput",
     "fan_out",
     "streams",
+    "scale_out",
     "replicas",
     "db_ceiling",
 ];
@@ -295,8 +296,13 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         "streams",
         scenarios::streams(&ctx, args.streams, args.stream_rate)
     );
-    // The replicas scenario starts hubs of its own; its database work is not counted.
+    // The scenarios with several hubs start hubs of their own; their database work is
+    // not counted.
     drop(mark);
+    if wanted(args, "scale_out") && matches!(args.backend, Backend::Postgres) {
+        progress(args, "scale_out");
+        rows.extend(scenarios::scale_out(&ctx, url, logs).await?);
+    }
     if wanted(args, "replicas") && matches!(args.backend, Backend::Postgres) {
         progress(args, "replicas");
         rows.push(scenarios::replicas(&ctx, url, logs).await?);
@@ -354,6 +360,9 @@ fn ratios(rows: &[Row]) -> Vec<(String, f64)> {
             "get_customer / baseline_echo (target ≥ 0.4)".into(),
             get / echo,
         ));
+    }
+    if let (Some(three), Some(one)) = (rate("three_hubs"), rate("one_hub")) {
+        out.push(("three_hubs / one_hub (target ≥ 1.0)".into(), three / one));
     }
     if let (Some(update), Some(ceiling)) = (rate("update_customer"), rate("db_ceiling")) {
         out.push((

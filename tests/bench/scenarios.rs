@@ -642,6 +642,87 @@ pub async fn streams(ctx: &Ctx, n: usize, rate: u64) -> anyhow::Result<Row> {
     ))
 }
 
+/// `concurrency` updaters for `duration`, spread round-robin over `all` hubs, each
+/// update with a request id; a call that fails on one hub is retried on the next with
+/// the same id (counted in `retried`).
+fn spread_updates(
+    ctx: &Ctx,
+    all: Arc<Vec<Conns>>,
+    duration: Duration,
+    retried: Arc<AtomicU64>,
+) -> impl Future<Output = (Samples, f64)> + use<> {
+    let key = ctx.fx.vendor.admin_key.clone();
+    let names = Arc::new(ctx.fx.customers[..ctx.fx.granted.max(1)].to_vec());
+    let concurrency = ctx.concurrency;
+    let per_worker = (names.len() / concurrency).max(1);
+    closed_loop(concurrency, Duration::ZERO, duration, move |w, i| {
+        let (all, key, retried) = (all.clone(), key.clone(), retried.clone());
+        let name = names[(w + concurrency * (i as usize % per_worker)) % names.len()].clone();
+        async move {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let mut last = None;
+            for k in 0..all.len() {
+                let conns = &all[(w + i as usize + k) % all.len()];
+                let mut request = update(name.clone(), String::new(), format!("R{w}x{i}"));
+                request.request_id = request_id.clone();
+                match conns.customers(w, &key).update_customer(request).await {
+                    Ok(_) => return Ok(()),
+                    Err(s) => {
+                        retried.fetch_add(1, Ordering::SeqCst);
+                        last = Some(s);
+                    }
+                }
+            }
+            Err(last.expect("a failure"))
+        }
+    })
+}
+
+/// The same updates (request ids, round-robin) on the first hub alone, then on three
+/// hubs of one PostgreSQL database, nobody killed: what a second and third replica add
+/// (the issue's "three hubs / one hub"). The CPU column is the first hub only.
+pub async fn scale_out(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::Result<Vec<Row>> {
+    ctx.drain().await?;
+    let mut extra = vec![];
+    for i in 2..=3 {
+        extra.push(
+            crate::procs::Hub::start(url, "info", logs.join(format!("scale{i}.log")), &[]).await?,
+        );
+    }
+    let mut all = vec![Conns::open(&ctx.hub_addr, 2).await?];
+    for hub in &extra {
+        all.push(Conns::open(&hub.addr, 2).await?);
+    }
+    let mut rows = vec![];
+    for (scenario, hubs) in [("one_hub", 1), ("three_hubs", 3)] {
+        let conns: Vec<Conns> = all[..hubs].to_vec();
+        let retried = Arc::new(AtomicU64::new(0));
+        let meter = Meter::start(Some(ctx.hub_pid));
+        let (samples, secs) =
+            spread_updates(ctx, Arc::new(conns), ctx.duration, retried.clone()).await;
+        let spent = meter.finish();
+        let n = samples.micros.len() as u64;
+        rows.push(Row::new(
+            scenario,
+            "upd/s",
+            samples,
+            n,
+            secs,
+            spent,
+            format!(
+                "UpdateCustomer with a request id, round-robin over {hubs} hub(s) of one database \
+                 (the others idle), {} calls retried; the CPU column is the first hub only",
+                retried.load(Ordering::SeqCst)
+            ),
+        ));
+        ctx.drain().await?;
+    }
+    for hub in extra {
+        hub.stop().await;
+    }
+    Ok(rows)
+}
+
 /// Three hubs on one PostgreSQL database: `concurrency` updaters spread round-robin
 /// over them, the third killed with SIGKILL halfway; a call that fails on a dead hub
 /// is retried on the next with the same request id. Then checks the vendor's feed is
@@ -663,34 +744,8 @@ pub async fn replicas(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::R
     let key = ctx.fx.vendor.admin_key.clone();
     let before = seed::head(&ctx.fx.conns, &key).await?;
     let from = ctx.receiver.len();
-    let names = Arc::new(ctx.fx.customers[..ctx.fx.granted.max(1)].to_vec());
-    let concurrency = ctx.concurrency;
-    let per_worker = (names.len() / concurrency).max(1);
     let retried = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (all, retried) = (all.clone(), retried.clone());
-        closed_loop(concurrency, Duration::ZERO, ctx.duration, move |w, i| {
-            let (all, key, retried) = (all.clone(), key.clone(), retried.clone());
-            let name = names[(w + concurrency * (i as usize % per_worker)) % names.len()].clone();
-            async move {
-                let request_id = uuid::Uuid::new_v4().to_string();
-                let mut last = None;
-                for k in 0..all.len() {
-                    let conns = &all[(w + i as usize + k) % all.len()];
-                    let mut request = update(name.clone(), String::new(), format!("R{w}x{i}"));
-                    request.request_id = request_id.clone();
-                    match conns.customers(w, &key).update_customer(request).await {
-                        Ok(_) => return Ok(()),
-                        Err(s) => {
-                            retried.fetch_add(1, Ordering::SeqCst);
-                            last = Some(s);
-                        }
-                    }
-                }
-                Err(last.expect("a failure"))
-            }
-        })
-    };
+    let load = spread_updates(ctx, all.clone(), ctx.duration, retried.clone());
     let meter = Meter::start(Some(ctx.hub_pid));
     let victim = extra.pop().expect("a third hub");
     let kill = async {
