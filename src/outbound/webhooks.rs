@@ -217,7 +217,10 @@ impl WebhookWorker {
                             }
                         }
                     }
-                    for delivery in claimed {
+                    for mut delivery in claimed {
+                        delivery.ordered = endpoints
+                            .get(&delivery.endpoint_id)
+                            .is_none_or(|e| e.ordered);
                         let read = Preread {
                             endpoint: endpoints.get(&delivery.endpoint_id).cloned(),
                             // One event often goes to several endpoints of a claim.

@@ -295,7 +295,7 @@ impl Store {
             emails_queued: false,
             timers_queued: false,
             credentials_changed: false,
-            stashed: false,
+            stashed: None,
             heads: vec![],
             store: self.clone(),
         })
@@ -326,9 +326,9 @@ pub struct Tx {
     timers_queued: bool,
     /// Whether committing revokes credentials (see `credentials`).
     credentials_changed: bool,
-    /// PostgreSQL: whether this transaction added events to the inbox (the sequencer
-    /// numbers them once it commits).
-    stashed: bool,
+    /// PostgreSQL: the inbox row holding this transaction's events, if it emitted any
+    /// (the sequencer numbers them once it commits).
+    stashed: Option<i64>,
     /// Feed heads a sequencer batch reached, announced in-process at commit.
     heads: Vec<(String, i64)>,
     /// The store it belongs to: the signals it wakes at commit, the workers' clock,
@@ -366,8 +366,8 @@ impl Tx {
         if self.credentials_changed {
             store.credentials.send_modify(|g| *g += 1);
         }
-        if self.stashed
-            && let Err(error) = Box::pin(store.flush_events()).await
+        if let Some(row) = self.stashed
+            && let Err(error) = Box::pin(store.flush_events_of(Some(row))).await
         {
             tracing::warn!(%error, "committed events wait for the sequencer's next pass");
         }

@@ -229,14 +229,15 @@ impl Tx {
                 // The transaction id is taken before the row draws its id (the
                 // subquery, kept apart by OFFSET 0, runs before the INSERT's defaults
                 // are computed): the sequencer's floor depends on it.
-                sqlx::query(
+                let (row,): (i64,) = sqlx::query_as(
                     "INSERT INTO event_inbox (xact, events) SELECT x, $1 FROM \
-                     (SELECT pg_current_xact_id()::text::bigint AS x OFFSET 0) AS t",
+                     (SELECT pg_current_xact_id()::text::bigint AS x OFFSET 0) AS t \
+                     RETURNING id",
                 )
                 .bind(committed.encode())
-                .execute(self.conn())
+                .fetch_one(self.conn())
                 .await?;
-                self.stashed = true;
+                self.stashed = Some(row);
                 Ok(vec![])
             }
         }
@@ -410,6 +411,16 @@ impl Store {
     /// one process share passes: a call returns once a pass that began after it was
     /// made has finished, whoever ran it.
     pub async fn flush_events(&self) -> Result<()> {
+        self.flush_events_of(None).await
+    }
+
+    /// [`Store::flush_events`] for a writer whose events are inbox row `row`: it also
+    /// returns, without a pass, once that row is gone, which happens only in the
+    /// commit of the batch that numbered it (of this replica or another). A writer
+    /// that waited for this process's pass in progress often finds its row numbered
+    /// by it or by another replica's meanwhile, and needs no pass (nor the sequencer's
+    /// lock, which every replica's passes queue for) of its own.
+    pub(in crate::store) async fn flush_events_of(&self, row: Option<i64>) -> Result<()> {
         if self.dialect != Dialect::Postgres {
             return Ok(());
         }
@@ -418,6 +429,16 @@ impl Store {
         let mut floor = s.floor.lock().await;
         if s.finished.load(Ordering::SeqCst) > seen {
             return Ok(());
+        }
+        if let Some(row) = row {
+            let waiting: Option<(i64,)> =
+                sqlx::query_as("SELECT id FROM event_inbox WHERE id = $1")
+                    .bind(row)
+                    .fetch_optional(self.reader())
+                    .await?;
+            if waiting.is_none() {
+                return Ok(());
+            }
         }
         let pass = s.started.fetch_add(1, Ordering::SeqCst) + 1;
         loop {

@@ -171,35 +171,26 @@ impl Tx {
             for (d, a) in &rows {
                 let t = endpoints.entry(&d.endpoint_id).or_insert(a.time);
                 *t = (*t).max(a.time);
+                if d.ordered {
+                    // The next delivery in order may go now, from whichever replica.
+                    self.wake_deliveries();
+                }
             }
             for (endpoint_id, time) in endpoints {
                 // A healthy endpoint's row is rewritten at most once a second while
                 // deliveries keep succeeding, not once per batch: each rewrite leaves a
                 // dead row version that the delivery worker's scans then read.
-                let updated: Option<(i64,)> = sqlx::query_as(
+                sqlx::query(
                     "UPDATE webhook_endpoints SET consecutive_failures = 0, \
                      last_success_time = $1, failing_since = NULL WHERE id = $2 \
                      AND (consecutive_failures <> 0 OR failing_since IS NOT NULL \
-                     OR last_success_time IS NULL OR last_success_time <= $3) RETURNING ordered",
+                     OR last_success_time IS NULL OR last_success_time <= $3)",
                 )
                 .bind(micros(time))
                 .bind(endpoint_id)
                 .bind(micros(time - SUCCESS_RECORD_INTERVAL))
-                .fetch_optional(self.conn())
+                .execute(self.conn())
                 .await?;
-                let ordered = match updated {
-                    Some(row) => Some(row),
-                    None => {
-                        sqlx::query_as("SELECT ordered FROM webhook_endpoints WHERE id = $1")
-                            .bind(endpoint_id)
-                            .fetch_optional(self.conn())
-                            .await?
-                    }
-                };
-                if ordered.is_some_and(|(o,)| o != 0) {
-                    // The next delivery in order may go now, from whichever replica.
-                    self.wake_deliveries();
-                }
             }
         }
         Ok(late)

@@ -27,6 +27,10 @@ pub struct ClaimedDelivery {
     /// The lease this claim holds: its result is recorded only while the delivery
     /// still carries it (a worker that outlived its lease is fenced off).
     pub lease_until: Option<i64>,
+    /// Whether its endpoint sends in order (so recording it lets the next one go),
+    /// as the worker read the endpoint; true when it could not tell.
+    #[sqlx(default)]
+    pub ordered: bool,
 }
 
 pub(super) const DELIVERY_COLUMNS: &str = "id, endpoint_id, organization_id, event_id, event_type, sequence, \
@@ -676,6 +680,7 @@ impl Tx {
             attempts: 0,
             payload: Some(payload.to_vec()),
             lease_until: Some(micros(lease_until)),
+            ordered: endpoint.ordered,
         })
     }
 
