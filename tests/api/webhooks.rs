@@ -1354,7 +1354,7 @@ async fn sigterm_cuts_a_slow_attempt_short_and_the_restarted_hub_completes_it_on
 }
 
 async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result(backend: Backend) {
-    use liaison::store::{AttemptRecord, ClaimLimits};
+    use liaison::store::AttemptRecord;
 
     let app = spawn_app_with(backend, |c| {
         test_webhooks(c);
@@ -1377,20 +1377,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result(backend: Backe
 
     // ...by which time its lease has (as far as another worker can tell) run out, and
     // that other worker took the delivery over and succeeded.
-    let later = liaison::domain::now() + jiff::SignedDuration::from_mins(5);
-    let taken = app
-        .store
-        .claim_deliveries(
-            later,
-            later + jiff::SignedDuration::from_mins(1),
-            ClaimLimits {
-                total: 10,
-                per_endpoint: 10,
-                busy: &Default::default(),
-            },
-        )
-        .await
-        .unwrap();
+    let (later, taken) = claim_five_minutes_later(&app).await;
     assert_eq!(taken.len(), 1, "the expired lease is claimable");
     let mut tx = app.store.begin().await.unwrap();
     tx.record_attempt(
@@ -1429,8 +1416,6 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result(backend: Backe
 async fn a_released_delivery_behind_later_ones_is_still_sent_and_a_sent_one_can_be_sent_again(
     backend: Backend,
 ) {
-    use liaison::store::ClaimLimits;
-
     let app = spawn_app_with(backend, |c| {
         test_webhooks(c);
         c.webhooks.timeout_secs = 10;
@@ -1454,20 +1439,7 @@ async fn a_released_delivery_behind_later_ones_is_still_sent_and_a_sent_one_can_
     let first = receiver.wait_for(1).await[0].clone();
     // A second worker, whose clock says the first one's lease has run out, takes the
     // delivery over and gives it back unattempted (as a stopping hub does).
-    let later = liaison::domain::now() + jiff::SignedDuration::from_mins(5);
-    let taken = app
-        .store
-        .claim_deliveries(
-            later,
-            later + jiff::SignedDuration::from_mins(1),
-            ClaimLimits {
-                total: 10,
-                per_endpoint: 10,
-                busy: &Default::default(),
-            },
-        )
-        .await
-        .unwrap();
+    let (_, taken) = claim_five_minutes_later(&app).await;
     assert_eq!(taken.len(), 1, "the expired lease is claimable");
     assert_eq!(taken[0].event_id, first.id());
     // Meanwhile later deliveries are claimed, sent and leave the queue, moving the
@@ -1520,6 +1492,28 @@ async fn a_released_delivery_behind_later_ones_is_still_sent_and_a_sent_one_can_
         (receiver.got().iter().filter(|r| r.id() == second).count() == 2).then_some(())
     })
     .await;
+}
+
+/// Claims what is due as another worker whose clock is five minutes ahead (to which
+/// the hub's leases have run out) would; returns that worker's time and its claim.
+async fn claim_five_minutes_later(
+    app: &TestApp,
+) -> (jiff::Timestamp, Vec<liaison::store::ClaimedDelivery>) {
+    let later = liaison::domain::now() + jiff::SignedDuration::from_mins(5);
+    let taken = app
+        .store
+        .claim_deliveries(
+            later,
+            later + jiff::SignedDuration::from_mins(1),
+            liaison::store::ClaimLimits {
+                total: 10,
+                per_endpoint: 10,
+                busy: &Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    (later, taken)
 }
 
 /// The hub's count of results dropped for a lost lease on `queue`.

@@ -39,8 +39,9 @@
 //!
 //! A writer does not wait for the database to decide what it sees: after its commit
 //! it runs (or joins) a pass of the sequencer in its own process ([`Store::flush_events`]),
-//! so its events are in the feed when its call returns, and a stream waiting on that
-//! feed wakes at once. Each replica also makes a pass every [`SWEEP`], which numbers
+//! unless its inbox row is already gone (numbered by a pass of this replica or
+//! another, whose commit removed it), so its events are in the feed when its call
+//! returns, and a stream waiting on that feed wakes at once. Each replica also makes a pass every [`SWEEP`], which numbers
 //! what a killed replica committed but never numbered.
 //!
 //! Why not number only rows older than the snapshot's xmin: any long write
