@@ -292,7 +292,7 @@ impl Store {
             };
             mine.sort_by_key(|c| c.sequence);
             if let Some(first) = mine.iter().find(|c| c.timed == 0)
-                && first.sequence - 1 >= e.fresh_after + CURSOR_STEP
+                && first.sequence > e.fresh_after + CURSOR_STEP
             {
                 cursors.push((e.id.clone(), first.sequence - 1));
             }
