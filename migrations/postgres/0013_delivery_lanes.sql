@@ -1,6 +1,7 @@
 -- The webhook queue holds only work that is not done (issue 22): a delivery that
--- succeeds is deleted (its attempts, in webhook_attempts, are the log); one that
--- fails for good stays as 'dead' until redelivered or pruned.
+-- succeeds is deleted (its attempts, in webhook_attempts, are the log), except a
+-- test event's, which keeps the only copy of its body; one that fails for good stays
+-- as 'dead' until redelivered or pruned.
 --
 -- Pending deliveries are in one of two lanes:
 -- * fresh (timed = 0): queued by the sequencer with their event, never attempted.

@@ -34,7 +34,7 @@ CREATE TABLE webhook_deliveries_new (
     organization_id    TEXT    NOT NULL,
     event_id           TEXT    NOT NULL,
     sequence           BIGINT  NOT NULL,
-    -- pending or dead (a delivery that succeeds is deleted)
+    -- pending or dead; succeeded only for a test event (others are deleted then)
     state              TEXT    NOT NULL,
     attempts           BIGINT  NOT NULL,
     next_attempt_time  BIGINT  NOT NULL,

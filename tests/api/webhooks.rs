@@ -774,7 +774,25 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
     assert_eq!(test["type"], "webhook.test");
     assert_eq!(test["webhookEndpoint"]["name"], endpoint.name);
     assert_eq!(test["id"], attempt.event_id);
-    assert_eq!(attempts(&app, &vendor, &endpoint.name, "").await, [attempt]);
+    assert_eq!(
+        attempts(&app, &vendor, &endpoint.name, "").await,
+        [attempt.clone()]
+    );
+    // A test event that succeeded can be sent again: its delivery keeps the body,
+    // which is in no feed.
+    let again = admin
+        .redeliver_webhook_event(pb::RedeliverWebhookEventRequest {
+            name: endpoint.name.clone(),
+            event_id: attempt.event_id.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.state, pb::webhook_delivery::State::Pending as i32);
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[1].id(), attempt.event_id);
+    assert_eq!(got[1].json()["type"], "webhook.test");
 
     // Updates: checked field by field, etag-guarded.
     let update = |e: pb::WebhookEndpoint, paths: &[&str]| {
@@ -868,8 +886,8 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
     // A refusal (400) fails the delivery at once; redelivering the failed ones sends it.
     status.store(400, Ordering::SeqCst);
     let ada = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
-    let got = receiver.wait_for(2).await;
-    let event_id = got[1].id();
+    let got = receiver.wait_for(3).await;
+    let event_id = got[2].id();
     let failed = eventually("the failure logged", async || {
         let log = attempts(&app, &vendor, &endpoint.name, &event_id).await;
         (log.len() == 1).then_some(log)
@@ -906,8 +924,8 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(redone.redelivered, 1);
-    let got = receiver.wait_for(3).await;
-    assert_eq!(got[2].id(), event_id);
+    let got = receiver.wait_for(4).await;
+    assert_eq!(got[3].id(), event_id);
 
     // One event again, on request.
     let delivery = admin
@@ -924,8 +942,8 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
         (delivery.event_type.as_str(), delivery.endpoint.as_str()),
         ("customer.created", endpoint.name.as_str())
     );
-    let got = receiver.wait_for(4).await;
-    assert_eq!(got[3].id(), event_id);
+    let got = receiver.wait_for(5).await;
+    assert_eq!(got[4].id(), event_id);
     let unknown = admin
         .redeliver_webhook_event(pb::RedeliverWebhookEventRequest {
             name: endpoint.name.clone(),
@@ -964,7 +982,7 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
     assert_error(refused, Code::FailedPrecondition, "ENDPOINT_DISABLED");
     create(&app, &vendor, person("Grace", "Hopper", "")).await;
     app.settle().await;
-    assert_eq!(receiver.got().len(), 4);
+    assert_eq!(receiver.got().len(), 5);
     let on = update(
         pb::WebhookEndpoint {
             name: endpoint.name.clone(),
@@ -986,14 +1004,14 @@ async fn test_events_updates_and_redelivery(backend: Backend) {
     crate::sharing::update(&app, &vendor.admin_key, renamed, &["given_name"])
         .await
         .expect("rename");
-    let got = receiver.wait_for(5).await;
-    let body = got[4].json();
+    let got = receiver.wait_for(6).await;
+    let body = got[5].json();
     assert_eq!(
         (body["type"].as_str(), body["resource"].as_str()),
         (Some("customer.updated"), Some(ada.name.as_str()))
     );
     app.settle().await;
-    assert_eq!(receiver.got().len(), 5);
+    assert_eq!(receiver.got().len(), 6);
 }
 
 async fn endpoints_failing_for_the_period_are_disabled_and_announced(backend: Backend) {

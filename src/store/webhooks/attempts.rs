@@ -262,9 +262,11 @@ impl Tx {
             "retrying" => "pending",
             _ => "dead",
         };
-        // Only while it still holds its lease. One that succeeded leaves the queue;
-        // a retry waits in the timed lane; one that failed for good stays, dead.
-        let updated = if a.succeeded {
+        // Only while it still holds its lease. One that succeeded leaves the queue
+        // (a test event's stays, as 'succeeded', since its body is kept nowhere else
+        // and it may be redelivered); a retry waits in the timed lane; one that failed
+        // for good stays, dead.
+        let updated = if a.succeeded && d.payload.is_none() {
             sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1 AND lease_until = $2")
                 .bind(&d.id)
                 .bind(d.lease_until)

@@ -518,10 +518,11 @@ impl Store {
         crate::store::events::event_bodies(&mut conn, organization_id, sequences).await
     }
 
-    /// Deletes attempts made before `cutoff`, deliveries that failed for good
-    /// created before it, and deliveries whose endpoint was deleted while they were
-    /// being queued; returns how many deliveries went. (A delivery that succeeded
-    /// left the queue then; its attempts are the record.)
+    /// Deletes attempts made before `cutoff`, finished deliveries created before it
+    /// (those that failed for good, and test events, which keep their body), and
+    /// deliveries whose endpoint was deleted while they were being queued; returns
+    /// how many deliveries went. (Any other delivery that succeeded left the queue
+    /// then; its attempts are the record.)
     pub async fn prune_deliveries(&self, cutoff: Timestamp) -> Result<u64> {
         let mut tx = self.begin().await?;
         // Attempt ids are UUID v7, which sort by the time they were made: the range
@@ -536,11 +537,12 @@ impl Store {
             .bind(floor)
             .execute(tx.conn())
             .await?;
-        let dead =
-            sqlx::query("DELETE FROM webhook_deliveries WHERE state = 'dead' AND create_time < $1")
-                .bind(micros(cutoff))
-                .execute(tx.conn())
-                .await?;
+        let dead = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND create_time < $1",
+        )
+        .bind(micros(cutoff))
+        .execute(tx.conn())
+        .await?;
         let orphans = sqlx::query(
             "DELETE FROM webhook_deliveries WHERE NOT EXISTS \
              (SELECT 1 FROM webhook_endpoints e WHERE e.id = webhook_deliveries.endpoint_id)",
@@ -687,7 +689,7 @@ impl Tx {
     /// Queues `event_id` for the endpoint again, or for the first time if it never
     /// was (or succeeded, and so left the queue); a delivery still pending is left as
     /// it is. `None` if the organization has no such event (in its feed, or as an
-    /// earlier test delivery still queued or dead).
+    /// earlier test delivery not yet pruned).
     pub async fn redeliver_event(
         &mut self,
         endpoint: &Endpoint,
