@@ -42,7 +42,7 @@ pub struct Delivery {
     pub endpoint_id: String,
     pub event_id: String,
     pub event_type: String,
-    /// pending, succeeded or dead.
+    /// pending or dead (succeeded: a test event's, kept for redelivery).
     pub state: String,
     pub attempts: i64,
     pub next_attempt_time: i64,
