@@ -17,7 +17,10 @@
 //! - A member that fails or is dropped is rolled back to its savepoint; the others
 //!   are unaffected.
 //! - A member left waiting (the transaction it counted on to commit was cancelled,
-//!   say) commits the group itself after [`STALL`].
+//!   say) commits the group itself after [`STALL`]. If it is cancelled too, the group
+//!   stays open, holding the writer connection, until the next writer carries it on,
+//!   or until the store closes at exit and commits it ([`Group::close`]; before that,
+//!   closing the pool waited for this connection forever).
 //!
 //! Under no contention a group has one member and nothing changes. Under load the
 //! group grows to the number of writers queued, up to [`MAX_MEMBERS`].
@@ -122,6 +125,19 @@ impl Group {
                 group: self.clone(),
             },
         ))
+    }
+}
+
+impl Group {
+    /// At exit: commits a group left open, so the writer connection it holds goes
+    /// back to its pool. A group stays open when every member that committed into it
+    /// was cancelled while waiting for another to commit it (callers gone at
+    /// shutdown); while the hub runs, the next writer would carry it on.
+    pub async fn close(&self) {
+        let mut state = self.state.clone().lock_owned().await;
+        if state.tx.is_some() {
+            flush(&mut state).await;
+        }
     }
 }
 
@@ -246,5 +262,55 @@ fn finish(state: &mut State, outcome: std::result::Result<(), Arc<sqlx::Error>>)
     state.generation += 1;
     if let Some(done) = state.done.take() {
         done.send_replace(Some(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, StoreOptions};
+
+    #[tokio::test]
+    async fn a_group_its_members_left_open_is_committed_when_the_store_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("group.db").display());
+        let options = StoreOptions {
+            url: url.clone(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        };
+        let store = Store::connect(&options).await.unwrap();
+        let group = store.group.clone().expect("SQLite groups its writes");
+        // Another writer is queued, so the member leaves the group open for it...
+        group.queued.fetch_add(1, Ordering::SeqCst);
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("CREATE TABLE probe (x INTEGER)")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO probe VALUES (1)")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        // ...and is cancelled while it waits (before it would commit the group itself),
+        // as is the queued one: nobody is left to commit the group.
+        let waited = tokio::time::timeout(STALL / 4, tx.commit()).await;
+        assert!(waited.is_err(), "the member waits for the group");
+        group.queued.fetch_sub(1, Ordering::SeqCst);
+
+        let started = std::time::Instant::now();
+        store.close().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the writer's connection came back at once ({:?})",
+            started.elapsed()
+        );
+        let again = Store::connect(&options).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM probe")
+            .fetch_one(again.reader())
+            .await
+            .expect("the member's work is committed");
+        assert_eq!(n, 1);
+        again.close().await;
     }
 }

@@ -303,6 +303,13 @@ impl Store {
 
     /// Closes the database pools, at exit.
     pub async fn close(&self) {
+        if let Some(group) = &self.group
+            && tokio::time::timeout(CLOSE_WAIT, group.close())
+                .await
+                .is_err()
+        {
+            tracing::warn!("the open group transaction could not be committed at exit");
+        }
         // A pool's close waits for every connection checked out of it. One still
         // held after CLOSE_WAIT (by a task that outlived the shutdown) is left to
         // close when dropped, and named here, rather than hang the exit: SQLite's

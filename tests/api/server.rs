@@ -110,10 +110,10 @@ async fn shutdown_reports_not_serving_and_exits_cleanly(backend: Backend) {
     );
     drop(watch);
     // The design's worst case is the 2 s grace, 5 s for workers to release leases,
-    // then 5 s for each database pool's connections to come back. This bounds a
-    // hang, not the speed: under the whole suite on two cores a stop has overrun 30 s
-    // (before the pools' wait was bounded; the cause is not found, see the closing
-    // notes of issue 22), so the bound leaves room.
+    // then closing the database. A stop under the whole suite used to overrun every
+    // bound now and then: on SQLite a group transaction whose members were all
+    // cancelled held the writer connection, and closing the pool waited for it
+    // forever (see store/group.rs). This bounds a hang, not the speed.
     let result = tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
         .expect("stops instead of hanging");
