@@ -17,10 +17,10 @@
 //! - A member that fails or is dropped is rolled back to its savepoint; the others
 //!   are unaffected.
 //! - A member left waiting (the transaction it counted on to commit was cancelled,
-//!   say) commits the group itself after [`STALL`]. If it is cancelled too, the group
-//!   stays open, holding the writer connection, until the next writer carries it on,
-//!   or until the store closes at exit and commits it ([`Group::close`]; before that,
-//!   closing the pool waited for this connection forever).
+//!   say) commits the group itself after [`STALL`]; if that member is cancelled
+//!   meanwhile, a task does it in its place. At exit the store commits any group
+//!   still open ([`Group::close`]): an open group holds the writer connection, and
+//!   closing the pool waits for it (it once waited forever).
 //!
 //! Under no contention a group has one member and nothing changes. Under load the
 //! group grows to the number of writers queued, up to [`MAX_MEMBERS`].
@@ -164,8 +164,15 @@ impl Member {
             flush(&mut guard).await;
         }
         drop(guard);
+        // If this wait is cancelled (its caller gone), the group is still committed
+        // once STALL has passed, by a task, should nobody else have done it.
+        let mut watchman = Watchman {
+            group: Some(group.clone()),
+            generation,
+        };
         loop {
             if let Some(outcome) = done.borrow_and_update().clone() {
+                watchman.group = None;
                 return outcome.map_err(|e| failed(&e));
             }
             match tokio::time::timeout(STALL, done.changed()).await {
@@ -203,6 +210,30 @@ impl Member {
                 }
             });
         }
+    }
+}
+
+/// Commits a group after [`STALL`] if the member that would have done it (by waiting
+/// that long) was cancelled first and the group is still the same and open.
+struct Watchman {
+    group: Option<Arc<Group>>,
+    generation: u64,
+}
+
+impl Drop for Watchman {
+    fn drop(&mut self) {
+        let (Some(group), Ok(runtime)) = (self.group.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let generation = self.generation;
+        runtime.spawn(async move {
+            tokio::time::sleep(STALL).await;
+            let mut state = group.state.clone().lock_owned().await;
+            if state.generation == generation && state.tx.is_some() {
+                flush(&mut state).await;
+            }
+        });
     }
 }
 
@@ -271,7 +302,7 @@ mod tests {
     use crate::store::{Store, StoreOptions};
 
     #[tokio::test]
-    async fn a_group_its_members_left_open_is_committed_when_the_store_closes() {
+    async fn a_group_its_members_left_open_is_committed_soon_and_at_the_latest_at_close() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("group.db").display());
         let options = StoreOptions {
@@ -297,6 +328,20 @@ mod tests {
         let waited = tokio::time::timeout(STALL / 4, tx.commit()).await;
         assert!(waited.is_err(), "the member waits for the group");
         group.queued.fetch_sub(1, Ordering::SeqCst);
+        // The group is committed all the same once the member's wait would have
+        // ended, without waiting for another writer or the store to close.
+        let mut seen = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(STALL).await;
+            if let Ok((n,)) = sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM probe")
+                .fetch_one(store.reader())
+                .await
+            {
+                seen = n;
+                break;
+            }
+        }
+        assert_eq!(seen, 1, "committed while the hub runs");
 
         let started = std::time::Instant::now();
         store.close().await;
