@@ -112,7 +112,7 @@ impl Store {
 }
 
 impl Tx {
-    /// Records successful attempts together: one update of their deliveries, one
+    /// Records successful attempts together: one statement settles their deliveries, one
     /// multi-row insert of the attempts and one health update per endpoint (the
     /// webhook worker's common case, in a fraction of [`Tx::record_attempt`]'s
     /// statements each). A delivery whose endpoint was deleted meanwhile is skipped.
@@ -127,32 +127,8 @@ impl Tx {
         const CHUNK: usize = 50;
         for chunk in done.chunks(CHUNK) {
             debug_assert!(chunk.iter().all(|(_, a)| a.succeeded));
-            // A delivery that succeeded leaves the queue (its attempt is the record),
-            // each only while it still holds the lease it was claimed with: one
-            // statement finds the batch by primary key and checks each one's lease.
-            // (Claims under load take a delivery or two at a time, so a batch holds
-            // many leases; a statement per lease cost PostgreSQL 40 % of its updates.)
-            let ids = placeholders(1, chunk.len());
-            let leases: String = (0..chunk.len())
-                .map(|i| format!(" WHEN ${} THEN ${}", i + 1, chunk.len() + i + 1))
-                .collect();
-            let sql = format!(
-                "DELETE FROM webhook_deliveries WHERE id IN ({ids}) \
-                 AND lease_until = CASE id{leases} END RETURNING id"
-            );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql);
-            for (d, _) in chunk {
-                query = query.bind(&d.id);
-            }
-            for (d, _) in chunk {
-                query = query.bind(d.lease_until);
-            }
-            let kept: HashSet<String> = query
-                .fetch_all(self.conn())
-                .await?
-                .into_iter()
-                .map(|(id,)| id)
-                .collect();
+            let mine: Vec<&ClaimedDelivery> = chunk.iter().map(|(d, _)| d).collect();
+            let kept = self.settle_successes(&mine).await?;
             let missed: Vec<&ClaimedDelivery> = chunk
                 .iter()
                 .map(|(d, _)| d)
@@ -194,6 +170,56 @@ impl Tx {
             }
         }
         Ok(late)
+    }
+
+    /// Takes deliveries that succeeded out of the queue, each only while it still
+    /// holds the lease it was claimed with; returns the ids whose lease held. A test
+    /// event's delivery stays, as 'succeeded': its body is kept nowhere else, and it
+    /// may be redelivered. One statement per kind finds its deliveries by primary key
+    /// and checks each one's lease. (Claims under load take a delivery or two at a
+    /// time, so a batch holds many leases; a statement per lease cost PostgreSQL 40 %
+    /// of its updates.)
+    async fn settle_successes(&mut self, done: &[&ClaimedDelivery]) -> Result<HashSet<String>> {
+        let mut kept = HashSet::new();
+        for (test_events, settle) in [
+            (false, "DELETE FROM webhook_deliveries"),
+            (
+                true,
+                "UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1, \
+                 lease_until = NULL, paced = 0",
+            ),
+        ] {
+            let these: Vec<&ClaimedDelivery> = done
+                .iter()
+                .copied()
+                .filter(|d| d.payload.is_some() == test_events)
+                .collect();
+            if these.is_empty() {
+                continue;
+            }
+            let ids = placeholders(1, these.len());
+            let leases: String = (0..these.len())
+                .map(|i| format!(" WHEN ${} THEN ${}", i + 1, these.len() + i + 1))
+                .collect();
+            let sql = format!(
+                "{settle} WHERE id IN ({ids}) AND lease_until = CASE id{leases} END RETURNING id"
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for d in &these {
+                query = query.bind(&d.id);
+            }
+            for d in &these {
+                query = query.bind(d.lease_until);
+            }
+            kept.extend(
+                query
+                    .fetch_all(self.conn())
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id),
+            );
+        }
+        Ok(kept)
     }
 
     /// Counts the deliveries of `missed` whose endpoint still exists: their lease
@@ -262,16 +288,11 @@ impl Tx {
             "retrying" => "pending",
             _ => "dead",
         };
-        // Only while it still holds its lease. One that succeeded leaves the queue
-        // (a test event's stays, as 'succeeded', since its body is kept nowhere else
-        // and it may be redelivered); a retry waits in the timed lane; one that failed
-        // for good stays, dead.
-        let updated = if a.succeeded && d.payload.is_none() {
-            sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1 AND lease_until = $2")
-                .bind(&d.id)
-                .bind(d.lease_until)
-                .execute(self.conn())
-                .await?
+        // Only while it still holds its lease: one that succeeded is settled as any
+        // success is; a retry waits in the timed lane; one that failed for good
+        // stays, dead.
+        let updated = if a.succeeded {
+            self.settle_successes(&[d]).await?.len() as u64
         } else {
             sqlx::query(
                 "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, \
@@ -284,8 +305,9 @@ impl Tx {
             .bind(d.lease_until)
             .execute(self.conn())
             .await?
+            .rows_affected()
         };
-        if updated.rows_affected() == 0 {
+        if updated == 0 {
             // Another worker took the delivery over, or the endpoint was deleted
             // meanwhile (and its queue with it).
             let late = self.count_lost_leases(&[d]).await? > 0;
