@@ -157,12 +157,12 @@ impl Store {
         total: usize,
     ) -> Result<Candidates> {
         let endpoints: Vec<DueEndpoint> = sqlx::query_as(
-            // Each probe is a correlated subquery in its index's order with a LIMIT:
-            // PostgreSQL runs it per endpoint on the lane's index. Both statements of a
-            // claim's read are planned afresh each time (not prepared): a plan cached
-            // while the queue was empty may scan it whole once it has grown. (Written as EXISTS, the planner may hash it
-            // instead, reading the whole queue per claim: seen at 6,400 buffers a call
-            // while the queue's statistics still said it was empty.)
+            // Each probe is a correlated subquery in its index's order with a LIMIT, so
+            // PostgreSQL runs it per endpoint on the lane's index (written as EXISTS,
+            // the planner may hash it into a read of the whole queue: 6,400 buffers a
+            // call while the statistics still said the queue was empty). Both
+            // statements of a claim's read are planned afresh each time, not prepared:
+            // a plan cached while the queue was empty may scan it once it has grown.
             "SELECT e.id, e.rate_limit_per_second, e.ordered, e.pace_time, e.fresh_after \
              FROM webhook_endpoints e WHERE e.enabled = 1 AND (\
                (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.id \
@@ -400,15 +400,9 @@ impl Store {
         // claim computed is safe, so on PostgreSQL each moves in a statement of its
         // own, which holds no other lock and so cannot wait in a cycle; SQLite writes
         // one transaction at a time anyway, and moves them in the claim's.
-        const MOVE_CURSOR: &str =
-            "UPDATE webhook_endpoints SET fresh_after = $1 WHERE id = $2 AND fresh_after < $1";
         if self.dialect == Dialect::Postgres {
-            for (endpoint_id, cursor) in &cursors {
-                sqlx::query(MOVE_CURSOR)
-                    .bind(cursor)
-                    .bind(endpoint_id)
-                    .execute(&self.writer)
-                    .await?;
+            if !cursors.is_empty() {
+                move_cursors(&mut *self.writer.acquire().await?, &cursors).await?;
             }
             if chosen.is_empty() {
                 return Ok(vec![]);
@@ -416,13 +410,7 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         if self.dialect == Dialect::Sqlite {
-            for (endpoint_id, cursor) in &cursors {
-                sqlx::query(MOVE_CURSOR)
-                    .bind(cursor)
-                    .bind(endpoint_id)
-                    .execute(tx.conn())
-                    .await?;
-            }
+            move_cursors(tx.conn(), &cursors).await?;
         }
         let mut claimed = if chosen.is_empty() {
             vec![]
@@ -552,6 +540,20 @@ impl Store {
         tx.commit().await?;
         Ok(dead.rows_affected() + orphans.rows_affected())
     }
+}
+
+/// Moves endpoints' fresh-lane cursors up (never down: another worker's may be ahead).
+async fn move_cursors(conn: &mut sqlx::AnyConnection, cursors: &[(String, i64)]) -> Result<()> {
+    for (endpoint_id, cursor) in cursors {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET fresh_after = $1 WHERE id = $2 AND fresh_after < $1",
+        )
+        .bind(cursor)
+        .bind(endpoint_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Deliveries written by one INSERT at commit (5 parameters each).
