@@ -183,12 +183,7 @@ impl Member {
                     )));
                 }
                 // Nobody committed the group in time: do it.
-                Err(_) => {
-                    let mut state = group.state.clone().lock_owned().await;
-                    if state.generation == generation {
-                        flush(&mut state).await;
-                    }
-                }
+                Err(_) => flush_if_open(&group, generation).await,
             }
         }
     }
@@ -203,12 +198,7 @@ impl Member {
         let generation = guard.generation;
         drop(guard);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut state = group.state.clone().lock_owned().await;
-                if state.generation == generation && state.tx.is_some() {
-                    flush(&mut state).await;
-                }
-            });
+            runtime.spawn(async move { flush_if_open(&group, generation).await });
         }
     }
 }
@@ -229,11 +219,17 @@ impl Drop for Watchman {
         let generation = self.generation;
         runtime.spawn(async move {
             tokio::time::sleep(STALL).await;
-            let mut state = group.state.clone().lock_owned().await;
-            if state.generation == generation && state.tx.is_some() {
-                flush(&mut state).await;
-            }
+            flush_if_open(&group, generation).await;
         });
+    }
+}
+
+/// Commits (or, with no member committed, rolls back) group `generation` if it is
+/// still the open one: a later group is none of the caller's business.
+async fn flush_if_open(group: &Group, generation: u64) {
+    let mut state = group.state.clone().lock_owned().await;
+    if state.generation == generation && state.tx.is_some() {
+        flush(&mut state).await;
     }
 }
 
