@@ -642,6 +642,29 @@ pub async fn streams(ctx: &Ctx, n: usize, rate: u64) -> anyhow::Result<Row> {
     ))
 }
 
+/// Two more hubs on the database at `url` (logs `{name}2.log`, `{name}3.log`), once
+/// the first hub's queue is drained; with connections to all three, the first hub's
+/// first.
+async fn two_more_hubs(
+    ctx: &Ctx,
+    url: &str,
+    logs: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<(Vec<crate::procs::Hub>, Vec<Conns>)> {
+    ctx.drain().await?;
+    let mut extra = vec![];
+    for i in 2..=3 {
+        extra.push(
+            crate::procs::Hub::start(url, "info", logs.join(format!("{name}{i}.log")), &[]).await?,
+        );
+    }
+    let mut all = vec![Conns::open(&ctx.hub_addr, 2).await?];
+    for hub in &extra {
+        all.push(Conns::open(&hub.addr, 2).await?);
+    }
+    Ok((extra, all))
+}
+
 /// `concurrency` updaters for `duration`, spread round-robin over `all` hubs, each
 /// update with a request id; a call that fails on one hub is retried on the next with
 /// the same id (counted in `retried`).
@@ -682,17 +705,7 @@ fn spread_updates(
 /// hubs of one PostgreSQL database, nobody killed: what a second and third replica add
 /// (the "three hubs / one hub"). The CPU column is the first hub only.
 pub async fn scale_out(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::Result<Vec<Row>> {
-    ctx.drain().await?;
-    let mut extra = vec![];
-    for i in 2..=3 {
-        extra.push(
-            crate::procs::Hub::start(url, "info", logs.join(format!("scale{i}.log")), &[]).await?,
-        );
-    }
-    let mut all = vec![Conns::open(&ctx.hub_addr, 2).await?];
-    for hub in &extra {
-        all.push(Conns::open(&hub.addr, 2).await?);
-    }
+    let (extra, all) = two_more_hubs(ctx, url, logs, "scale").await?;
     let mut rows = vec![];
     for (scenario, hubs) in [("one_hub", 1), ("three_hubs", 3)] {
         let conns: Vec<Conns> = all[..hubs].to_vec();
@@ -728,18 +741,7 @@ pub async fn scale_out(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::
 /// is retried on the next with the same request id. Then checks the vendor's feed is
 /// gapless and every event of the run reached the vendor's endpoint.
 pub async fn replicas(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::Result<Row> {
-    ctx.drain().await?;
-    let mut extra = vec![];
-    for i in 2..=3 {
-        extra.push(
-            crate::procs::Hub::start(url, "info", logs.join(format!("replica{i}.log")), &[])
-                .await?,
-        );
-    }
-    let mut all = vec![Conns::open(&ctx.hub_addr, 2).await?];
-    for hub in &extra {
-        all.push(Conns::open(&hub.addr, 2).await?);
-    }
+    let (mut extra, all) = two_more_hubs(ctx, url, logs, "replica").await?;
     let all = Arc::new(all);
     let key = ctx.fx.vendor.admin_key.clone();
     let before = seed::head(&ctx.fx.conns, &key).await?;

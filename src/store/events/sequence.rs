@@ -41,8 +41,9 @@
 //! it runs (or joins) a pass of the sequencer in its own process ([`Store::flush_events`]),
 //! unless its inbox row is already gone (numbered by a pass of this replica or
 //! another, whose commit removed it), so its events are in the feed when its call
-//! returns, and a stream waiting on that feed wakes at once. Each replica also makes a pass every [`SWEEP`], which numbers
-//! what a killed replica committed but never numbered.
+//! returns, and a stream waiting on that feed wakes at once. Each replica also makes
+//! a pass every [`SWEEP`], which numbers what a killed replica committed but never
+//! numbered.
 //!
 //! Why not number only rows older than the snapshot's xmin: any long write
 //! transaction anywhere (an import, a bulk change) would hold back every feed until
