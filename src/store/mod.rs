@@ -21,6 +21,7 @@ mod members;
 mod operations;
 mod organizations;
 mod partnerships;
+mod point;
 mod pulse;
 mod sharing;
 mod webhooks;
@@ -130,6 +131,8 @@ pub struct Store {
     group: Option<Arc<group::Group>>,
     /// PostgreSQL: numbers committed events (see `events::sequence`).
     sequencer: Arc<events::Sequencer>,
+    /// SQLite: reads of one record by its key, run in place (see `point`).
+    points: Option<Arc<point::PointReads>>,
     acquire_timeout: Duration,
 }
 
@@ -183,6 +186,11 @@ impl Store {
                     .connect_with(connect)
                     .await
                     .context("Failed to open the SQLite database")?;
+                let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .context("Failed to parse the database URL")?
+                    .get_filename()
+                    .to_owned();
+                let in_memory = file.as_os_str() == ":memory:" || url.contains("mode=memory");
                 Store {
                     reader,
                     writer,
@@ -197,6 +205,7 @@ impl Store {
                     pulses: Arc::default(),
                     group: Some(Arc::default()),
                     sequencer: Arc::default(),
+                    points: (!in_memory).then(|| Arc::new(point::PointReads::new(file))),
                     acquire_timeout: options.acquire_timeout,
                 }
             }
@@ -225,6 +234,7 @@ impl Store {
                     pulses: Arc::default(),
                     group: None,
                     sequencer: Arc::default(),
+                    points: None,
                     acquire_timeout: options.acquire_timeout,
                 }
             }

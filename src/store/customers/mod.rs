@@ -13,10 +13,12 @@ mod query;
 mod row;
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use jiff::Timestamp;
 use sqlx::any::AnyExecutor;
 
+use super::point::Point;
 use super::{Store, Tx, is_unique_violation, micros, placeholders};
 use crate::domain::customer::RecordState;
 use crate::domain::customer::{Customer, Profile};
@@ -70,13 +72,16 @@ fn stored_keys(customer: &Customer, secret: &MatchSecret) -> BTreeSet<(&'static 
     }
 }
 
+/// One customer by id, as the viewer `$1` sees it.
+static BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("{} WHERE c.id = $2", select("LEFT JOIN")));
+
 async fn by_id<'c>(
     db: impl AnyExecutor<'c>,
     viewer_id: &str,
     id: &str,
 ) -> Result<Option<SeenCustomer>> {
-    let sql = format!("{} WHERE c.id = $2", select("LEFT JOIN"));
-    let row: Option<CustomerRow> = sqlx::query_as(&sql)
+    let row: Option<CustomerRow> = sqlx::query_as(&BY_ID)
         .bind(viewer_id)
         .bind(id)
         .fetch_optional(db)
@@ -91,6 +96,18 @@ fn profile_json(profile: &Profile) -> Result<String> {
 
 impl Store {
     pub async fn customer(&self, viewer_id: &str, id: &str) -> Result<Option<SeenCustomer>> {
+        if let Some(points) = &self.points {
+            let read = points.run(|conn| {
+                let mut statement = conn.prepare_cached(&BY_ID)?;
+                let mut rows = statement.query(rusqlite::params![viewer_id, id])?;
+                rows.next()?.map(CustomerRow::from_point).transpose()
+            });
+            if let Point::Read(row) = read {
+                return row?
+                    .map(|r| r.into_seen(viewer_id).map(|(seen, _)| seen))
+                    .transpose();
+            }
+        }
         by_id(self.reader(), viewer_id, id).await
     }
 
