@@ -23,6 +23,7 @@ mod organizations;
 mod partnerships;
 mod point;
 mod pulse;
+mod reads;
 mod sharing;
 mod webhooks;
 
@@ -61,6 +62,33 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers on SQLite. WAL lets them run beside the writer; more than a few buys nothing
 /// on a small machine.
 const SQLITE_READERS: u32 = 4;
+
+/// How a PostgreSQL replica's `database.max_connections` is shared: a quarter (at
+/// least one) for reads outside a transaction, which hold a connection for one
+/// statement, and the rest (at least one) for write transactions and the workers.
+fn split_connections(max: u32) -> (u32, u32) {
+    let readers = max.div_ceil(4).max(1);
+    (readers, max.saturating_sub(readers).max(1))
+}
+
+/// Every SQLite connection's settings. WAL: readers never block the writer.
+/// synchronous=FULL: a commit is on disk before it is acknowledged, so an event or
+/// delivery that was confirmed survives a power cut. An 8 MB page cache per
+/// connection (SQLite's default is 2 MB), sorts in memory.
+fn sqlite_pragmas(
+    conn: &mut sqlx::AnyConnection,
+) -> futures_util::future::BoxFuture<'_, std::result::Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let pragmas = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; \
+             PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY;",
+            SQLITE_BUSY_TIMEOUT.as_millis()
+        );
+        conn.execute(sqlx::raw_sql(&pragmas)).await?;
+        Ok(())
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -106,8 +134,8 @@ pub struct StoreOptions {
 /// A handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    /// Reads. On PostgreSQL the same pool as `writer`.
-    reader: AnyPool,
+    /// Reads outside a transaction (see `reads`).
+    reader: Arc<reads::ReadPool>,
     /// Write transactions. On SQLite a single connection: SQLite allows one writer at a
     /// time anyway, and queueing for it in-process is fairer and faster than retrying
     /// on `SQLITE_BUSY`.
@@ -152,38 +180,25 @@ impl Store {
             AnyConnectOptions::from_str(&url).context("Failed to parse the database URL")?;
         let store = match dialect {
             Dialect::Sqlite => {
-                let pool = |size: u32| {
-                    AnyPoolOptions::new()
-                        .max_connections(size)
-                        .min_connections(size)
-                        .acquire_timeout(options.acquire_timeout)
-                        // A connection to a file does not go stale: no ping (a round
-                        // trip to its thread) before every statement.
-                        .test_before_acquire(false)
-                        .after_connect(|conn, _| {
-                            Box::pin(async move {
-                                // WAL: readers never block the writer. synchronous=FULL: a
-                                // commit is on disk before it is acknowledged, so an event
-                                // or delivery that was confirmed survives a power cut.
-                                // An 8 MB page cache per connection (SQLite's default is
-                                // 2 MB), sorts in memory.
-                                let pragmas = format!(
-                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {}; \
-                                     PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY;",
-                                    SQLITE_BUSY_TIMEOUT.as_millis()
-                                );
-                                conn.execute(sqlx::raw_sql(&pragmas)).await?;
-                                Ok(())
-                            })
-                        })
-                };
-                let writer = pool(1)
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(options.acquire_timeout)
+                    // A connection to a file does not go stale: no ping (a round trip
+                    // to its thread) before every statement.
+                    .test_before_acquire(false)
+                    .after_connect(|conn, _| sqlite_pragmas(conn))
                     .connect_with(connect.clone())
                     .await
                     .context("Failed to open the SQLite database")?;
-                let reader = pool(SQLITE_READERS)
-                    .connect_with(connect)
+                let reader = reads::ReadPool::new(
+                    connect,
+                    Some(sqlite_pragmas),
+                    SQLITE_READERS,
+                    options.acquire_timeout,
+                );
+                reader
+                    .check()
                     .await
                     .context("Failed to open the SQLite database")?;
                 let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
@@ -192,7 +207,7 @@ impl Store {
                     .to_owned();
                 let in_memory = file.as_os_str() == ":memory:" || url.contains("mode=memory");
                 Store {
-                    reader,
+                    reader: Arc::new(reader),
                     writer,
                     dialect,
                     url: None,
@@ -210,19 +225,25 @@ impl Store {
                 }
             }
             Dialect::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(options.max_connections)
+                let (readers, writers) = split_connections(options.max_connections);
+                let writer = AnyPoolOptions::new()
+                    .max_connections(writers)
                     .acquire_timeout(options.acquire_timeout)
                     // No ping before every statement (a network round trip each): a
                     // connection the server dropped fails its next statement, which is
                     // UNAVAILABLE to that caller, and the pool discards it.
                     .test_before_acquire(false)
-                    .connect_with(connect)
+                    .connect_with(connect.clone())
+                    .await
+                    .context("Failed to connect to PostgreSQL")?;
+                let reader = reads::ReadPool::new(connect, None, readers, options.acquire_timeout);
+                reader
+                    .check()
                     .await
                     .context("Failed to connect to PostgreSQL")?;
                 Store {
-                    reader: pool.clone(),
-                    writer: pool,
+                    reader: Arc::new(reader),
+                    writer,
                     dialect,
                     url: Some(options.url.clone()),
                     feeds: Arc::default(),
@@ -274,7 +295,7 @@ impl Store {
     }
 
     /// The pool for reads outside a transaction.
-    pub(crate) fn reader(&self) -> &AnyPool {
+    pub(crate) fn reader(&self) -> &reads::ReadPool {
         &self.reader
     }
 
@@ -324,18 +345,26 @@ impl Store {
         // held after CLOSE_WAIT (by a task that outlived the shutdown) is left to
         // close when dropped, and named here, rather than hang the exit: SQLite's
         // WAL and PostgreSQL keep what was committed either way.
-        for (name, pool) in [("writer", &self.writer), ("reader", &self.reader)] {
-            if tokio::time::timeout(CLOSE_WAIT, pool.close())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    pool = name,
-                    connections = pool.size(),
-                    idle = pool.num_idle(),
-                    "database connections still in use at exit; not waiting for them"
-                );
-            }
+        if tokio::time::timeout(CLOSE_WAIT, self.writer.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pool = "writer",
+                connections = self.writer.size(),
+                idle = self.writer.num_idle(),
+                "database connections still in use at exit; not waiting for them"
+            );
+        }
+        if tokio::time::timeout(CLOSE_WAIT, self.reader.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pool = "reader",
+                connections = self.reader.size(),
+                "database connections still in use at exit; not waiting for them"
+            );
         }
     }
 }

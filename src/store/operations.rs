@@ -72,14 +72,10 @@ impl Store {
 
     /// Connections in the pools (size, idle), readers and writer together.
     pub fn pool_use(&self) -> (u32, usize) {
-        if self.dialect == Dialect::Postgres {
-            (self.writer.size(), self.writer.num_idle())
-        } else {
-            (
-                self.writer.size() + self.reader.size(),
-                self.writer.num_idle() + self.reader.num_idle(),
-            )
-        }
+        (
+            self.writer.size() + self.reader.size(),
+            self.writer.num_idle() + self.reader.num_idle(),
+        )
     }
 
     /// A consistent copy of the SQLite database at `path` (`VACUUM INTO`), taken while

@@ -317,8 +317,9 @@ fn case_values(c: &Case) -> Result<(String, String)> {
 
 impl Store {
     pub async fn case(&self, id: &str) -> Result<Option<Case>> {
-        let mut conn = self.reader().acquire().await?;
-        case_by_id(&mut conn, id, false).await
+        self.reader()
+            .run(async |conn| case_by_id(conn, id, false).await)
+            .await
     }
 
     /// A page of the cases `query.viewer_id` participates in, newest first.
@@ -350,8 +351,10 @@ impl Store {
             .bind(query.limit as i64 + 1)
             .fetch_all(self.reader())
             .await?;
-        let mut conn = self.reader().acquire().await?;
-        let items = assemble(&mut conn, rows).await?;
+        let items = self
+            .reader()
+            .run(async |conn| assemble(conn, rows).await)
+            .await?;
         Ok(Page::from_rows(items, query.limit, |c| c.id.clone()))
     }
 }

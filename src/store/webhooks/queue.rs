@@ -502,8 +502,11 @@ impl Store {
         if sequences.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut conn = self.reader().acquire().await?;
-        crate::store::events::event_bodies(&mut conn, organization_id, sequences).await
+        self.reader()
+            .run(async |conn| {
+                crate::store::events::event_bodies(conn, organization_id, sequences).await
+            })
+            .await
     }
 
     /// Deletes attempts made before `cutoff`, finished deliveries created before it
