@@ -285,7 +285,8 @@ pub enum LogFormat {
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
     pub url: String,
-    /// PostgreSQL pool size per replica.
+    /// PostgreSQL connections per replica: a quarter (at least one) for reads outside
+    /// a transaction, the rest (at least one) for writes and the workers.
     pub max_connections: u32,
     /// How long a request waits for a free connection before failing.
     pub acquire_timeout_secs: u64,

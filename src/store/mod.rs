@@ -5,6 +5,11 @@
 //! (connecting, migrations, how a write transaction starts) live in [`Dialect`]. Schemas
 //! use only types both share: TEXT, BIGINT (times in microseconds since the epoch),
 //! and BLOB/BYTEA.
+//!
+//! Two exceptions, both for reads: reads outside a transaction use a pool of their
+//! own ([`reads`]) that does without sqlx's ping on release, and on SQLite a read of
+//! one record by its key runs in place through rusqlite ([`point`]), without the
+//! hand-off to sqlx's connection thread.
 
 mod api_keys;
 mod cases;
