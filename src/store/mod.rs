@@ -350,27 +350,28 @@ impl Store {
         // held after CLOSE_WAIT (by a task that outlived the shutdown) is left to
         // close when dropped, and named here, rather than hang the exit: SQLite's
         // WAL and PostgreSQL keep what was committed either way.
-        if tokio::time::timeout(CLOSE_WAIT, self.writer.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                pool = "writer",
-                connections = self.writer.size(),
-                idle = self.writer.num_idle(),
-                "database connections still in use at exit; not waiting for them"
-            );
-        }
-        if tokio::time::timeout(CLOSE_WAIT, self.reader.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                pool = "reader",
-                connections = self.reader.size(),
-                "database connections still in use at exit; not waiting for them"
-            );
-        }
+        let writer = || (self.writer.size(), self.writer.num_idle());
+        close_or_warn("writer", self.writer.close(), writer).await;
+        let reader = || (self.reader.size(), self.reader.num_idle());
+        close_or_warn("reader", self.reader.close(), reader).await;
+    }
+}
+
+/// Waits up to [`CLOSE_WAIT`] for `close`; if it does not finish, says how many of
+/// the pool's connections (open, idle) were left.
+async fn close_or_warn(
+    pool: &str,
+    close: impl std::future::Future<Output = ()>,
+    in_use: impl Fn() -> (u32, usize),
+) {
+    if tokio::time::timeout(CLOSE_WAIT, close).await.is_err() {
+        let (connections, idle) = in_use();
+        tracing::warn!(
+            pool,
+            connections,
+            idle,
+            "database connections still in use at exit; not waiting for them"
+        );
     }
 }
 
