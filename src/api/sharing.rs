@@ -1,13 +1,15 @@
 //! `liaison.v1.SharingService`: grants, customer matches and access requests.
 
+use std::collections::{HashMap, HashSet};
+
 use tonic::{Request, Response, Status};
 
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
-use crate::app::sharing::{self as app, MatchKey, NewAccessRequest, NewGrant};
+use crate::app::sharing::{self as app, MAX_GRANT_BATCH, MatchKey, NewAccessRequest, NewGrant};
 use crate::domain::customer::{FieldSet, PhoneNumber};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
-use crate::domain::ids::{CustomerId, MatchId};
+use crate::domain::ids::{CustomerId, GrantId, MatchId};
 use crate::domain::names;
 use crate::domain::visibility::AccessLevel;
 use crate::domain::{EmailAddress, Reason, Scope};
@@ -68,6 +70,125 @@ fn grant_from_pb(
         ));
     }
     Ok((customer_id, grantee, level, fields))
+}
+
+/// A batch's `parent`: none (empty or `customers/-`), or the one customer every item
+/// must be on.
+fn batch_parent(parent: &str) -> Result<Option<CustomerId>> {
+    if parent.is_empty() || parent == "customers/-" {
+        return Ok(None);
+    }
+    Ok(Some(
+        names::parse_customer(parent).map_err(|v| v.under("parent"))?,
+    ))
+}
+
+/// How many items a batch holds, or INVALID_ARGUMENT on `field`.
+fn batch_size(field: &str, len: usize) -> Result<()> {
+    if len == 0 || len > MAX_GRANT_BATCH {
+        return Err(Error::invalid(
+            field,
+            format!("must hold 1 to {MAX_GRANT_BATCH} items; it holds {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A validated item of BatchCreateGrants: as [`grant_from_pb`] returns it, and the
+/// customer's name as the caller wrote it (the batch's parent where the item left it
+/// empty).
+type GrantItem = (
+    CustomerId,
+    crate::domain::Slug,
+    AccessLevel,
+    FieldSet,
+    String,
+);
+
+/// The items of a BatchCreateGrants request, each checked as CreateGrant checks its
+/// request, with every violation named by its item (`requests[i].grant.level`); a
+/// customer and grantee may appear once.
+fn grants_from_pb(
+    r: &pb::BatchCreateGrantsRequest,
+    owner: &crate::domain::Slug,
+) -> Result<Vec<GrantItem>> {
+    batch_size("requests", r.requests.len())?;
+    let parent = batch_parent(&r.parent)?;
+    let mut v = Violations::new();
+    let mut pairs = HashSet::new();
+    let mut items = Vec::with_capacity(r.requests.len());
+    for (i, item) in r.requests.iter().enumerate() {
+        let at = format!("requests[{i}]");
+        if !item.request_id.is_empty() {
+            v.add(
+                format!("{at}.request_id"),
+                "must be empty: the batch's request_id is the one that counts",
+            );
+        }
+        let mut item = item.clone();
+        if parent.is_some() {
+            if item.parent.is_empty() {
+                item.parent.clone_from(&r.parent);
+            } else if item.parent != r.parent {
+                v.add(
+                    format!("{at}.parent"),
+                    "must be empty or the batch's parent",
+                );
+                continue;
+            }
+        }
+        match grant_from_pb(&item, owner) {
+            Ok((customer, grantee, level, fields)) => {
+                let pair = (customer.as_str().to_owned(), grantee.as_str().to_owned());
+                if pairs.insert(pair) {
+                    items.push((customer, grantee, level, fields, item.parent));
+                } else {
+                    v.add(
+                        format!("{at}.grant.grantee"),
+                        "is granted the same customer by an earlier request of the batch",
+                    );
+                }
+            }
+            Err(Error::InvalidArgument(list)) => {
+                for x in list {
+                    v.push(x.under(&at));
+                }
+            }
+            Err(e) => return Err(e.in_item(&at)),
+        }
+    }
+    v.finish()?;
+    Ok(items)
+}
+
+/// The grants a BatchRevokeGrants request names, distinct, each on the batch's parent
+/// customer when it names one.
+fn revocations_from_pb(
+    r: &pb::BatchRevokeGrantsRequest,
+) -> Result<Vec<(CustomerId, GrantId, String)>> {
+    batch_size("names", r.names.len())?;
+    let parent = batch_parent(&r.parent)?;
+    let mut v = Violations::new();
+    let mut seen = HashSet::new();
+    let mut grants = Vec::with_capacity(r.names.len());
+    for (i, name) in r.names.iter().enumerate() {
+        let at = format!("names[{i}]");
+        let Some((customer, grant)) = v.check(&at, names::parse_grant(name)) else {
+            continue;
+        };
+        if parent
+            .as_ref()
+            .is_some_and(|p| p.as_str() != customer.as_str())
+        {
+            v.add(&at, "must be a grant on the batch's parent");
+        } else if !seen.insert(name.as_str()) {
+            v.add(&at, "appears twice in the batch");
+        } else {
+            grants.push((customer, grant, name.clone()));
+        }
+    }
+    v.finish()?;
+    Ok(grants)
 }
 
 /// The match, level, fields and reason a CreateAccessRequest request carries,
@@ -247,6 +368,69 @@ impl SharingService for SharingApi {
         })
         .await?;
         tracing::info!(grant = %response.name, "grant revoked");
+        Ok(Response::new(response))
+    }
+
+    async fn batch_create_grants(
+        &self,
+        request: Request<pb::BatchCreateGrantsRequest>,
+    ) -> Result<Response<pb::BatchCreateGrantsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Write)?;
+        let org = caller.organization()?.clone();
+        let request = request.into_inner();
+        let items = grants_from_pb(&request, &org.slug)?;
+        // Each grantee is looked up once, however many of its grants the batch holds.
+        let mut grantees = HashMap::new();
+        for (i, (_, slug, ..)) in items.iter().enumerate() {
+            if !grantees.contains_key(slug) {
+                let found = app::organization(&self.hub.store, slug)
+                    .await
+                    .map_err(|e| e.in_item(&format!("requests[{i}]")))?;
+                grantees.insert(slug.clone(), found);
+            }
+        }
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            let grants = items
+                .iter()
+                .map(|(customer_id, grantee, level, fields, parent)| NewGrant {
+                    customer_id,
+                    parent,
+                    grantee: grantees[grantee].clone(),
+                    level: *level,
+                    fields: *fields,
+                })
+                .collect();
+            let made = app::create_grants(tx, &caller, grants).await?;
+            Ok(pb::BatchCreateGrantsResponse {
+                grants: made.iter().map(grant_to_pb).collect(),
+            })
+        })
+        .await?;
+        tracing::info!(
+            grants = response.grants.len(),
+            "customers granted in a batch"
+        );
+        Ok(Response::new(response))
+    }
+
+    async fn batch_revoke_grants(
+        &self,
+        request: Request<pb::BatchRevokeGrantsRequest>,
+    ) -> Result<Response<pb::BatchRevokeGrantsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Write)?;
+        caller.organization()?;
+        let request = request.into_inner();
+        let grants = revocations_from_pb(&request)?;
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            let revoked = app::revoke_grants(tx, &caller, &grants).await?;
+            Ok(pb::BatchRevokeGrantsResponse {
+                grants: revoked.iter().map(grant_to_pb).collect(),
+            })
+        })
+        .await?;
+        tracing::info!(grants = response.grants.len(), "grants revoked in a batch");
         Ok(Response::new(response))
     }
 

@@ -96,6 +96,44 @@ pub struct NewGrant<'a> {
     pub fields: FieldSet,
 }
 
+/// Grants or names of grants one batch call may carry.
+pub const MAX_GRANT_BATCH: usize = 1000;
+
+/// Creates every grant of `grants`, in order, as [`create_grant`] creates each, in the
+/// caller's transaction: all or none. A failure names the request (`requests[i]`).
+pub async fn create_grants(
+    tx: &mut Tx,
+    caller: &Caller,
+    grants: Vec<NewGrant<'_>>,
+) -> Result<Vec<Grant>> {
+    let mut made = Vec::with_capacity(grants.len());
+    for (i, g) in grants.into_iter().enumerate() {
+        let g = create_grant(tx, caller, g)
+            .await
+            .map_err(|e| e.in_item(&format!("requests[{i}]")))?;
+        made.push(g);
+    }
+    Ok(made)
+}
+
+/// Revokes every grant of `grants` (customer, grant, and the name as the caller wrote
+/// it), in order, as [`revoke_grant`] revokes each: all or none. A failure names the
+/// grant (`names[i]`).
+pub async fn revoke_grants(
+    tx: &mut Tx,
+    caller: &Caller,
+    grants: &[(CustomerId, GrantId, String)],
+) -> Result<Vec<Grant>> {
+    let mut revoked = Vec::with_capacity(grants.len());
+    for (i, (customer_id, grant_id, name)) in grants.iter().enumerate() {
+        let g = revoke_grant(tx, caller, (customer_id, grant_id), name)
+            .await
+            .map_err(|e| e.in_item(&format!("names[{i}]")))?;
+        revoked.push(g);
+    }
+    Ok(revoked)
+}
+
 /// Grants an active customer of the caller's to a partner it has an active
 /// partnership with.
 pub async fn create_grant(tx: &mut Tx, caller: &Caller, g: NewGrant<'_>) -> Result<Grant> {

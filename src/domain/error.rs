@@ -174,6 +174,48 @@ pub(crate) fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl Error {
+    /// The same failure, said of one item of a batch (`at`, say `requests[3]`): field
+    /// paths go under it, and the caller's messages name it. Failures not caused by
+    /// the item (the database, a deadline, contention) are left as they are.
+    pub fn in_item(self, at: &str) -> Self {
+        let named = |message: String| format!("{at}: {message}");
+        match self {
+            Error::InvalidArgument(list) => {
+                Error::InvalidArgument(list.into_iter().map(|v| v.under(at)).collect())
+            }
+            Error::NotFound(what) => Error::NotFound(named(what)),
+            Error::Merged { name, survivor } => Error::Merged {
+                name: named(name),
+                survivor,
+            },
+            Error::StaleEtag(what) => Error::StaleEtag(named(what)),
+            Error::AlreadyExists { reason, message } => Error::AlreadyExists {
+                reason,
+                message: named(message),
+            },
+            Error::FailedPrecondition { reason, message } => Error::FailedPrecondition {
+                reason,
+                message: named(message),
+            },
+            Error::WrongState {
+                reason,
+                message,
+                subject,
+                allowed,
+            } => Error::WrongState {
+                reason,
+                message: named(message),
+                subject,
+                allowed,
+            },
+            Error::PermissionDenied { reason, message } => Error::PermissionDenied {
+                reason,
+                message: named(message),
+            },
+            other => other,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
@@ -284,6 +326,28 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_batch_items_failure_names_the_item_and_others_pass_through() {
+        let invalid = Error::invalid("grant.level", "is required").in_item("requests[2]");
+        assert!(
+            matches!(&invalid, Error::InvalidArgument(v) if v[0].field == "requests[2].grant.level")
+        );
+        let missing = Error::NotFound("customer \"customers/x\"".into()).in_item("requests[0]");
+        assert_eq!(
+            missing.to_string(),
+            "requests[0]: customer \"customers/x\" not found"
+        );
+        let denied = Error::permission_denied("only the owner").in_item("names[1]");
+        assert_eq!(denied.to_string(), "names[1]: only the owner");
+        let busy = Error::Contention {
+            reason: "CONCURRENT_WRITE",
+            message: "retry".into(),
+            retry_after: Duration::from_millis(50),
+        }
+        .in_item("requests[0]");
+        assert_eq!(busy.to_string(), "retry", "not the item's doing");
+    }
 
     #[test]
     fn a_violation_takes_its_reason_from_its_own_or_its_request_field() {

@@ -371,6 +371,25 @@ fn table() -> Vec<Case> {
                 name: c.n.writers_grant.clone(), ..Default::default()
             })
         },
+        // A batch is each of its requests: an outsider's batch on the owner's records
+        // is refused as the single call is, and names the request.
+        "liaison.v1.SharingService/BatchCreateGrants", Customer, refused NOT_YOURS => {
+            |c| sharing.batch_create_grants(pb::BatchCreateGrantsRequest {
+                requests: vec![pb::CreateGrantRequest {
+                    parent: c.n.customer.clone(),
+                    grant: Some(pb::Grant {
+                        grantee: NOBODY.into(), level: ReadWrite as i32, ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/BatchRevokeGrants", WritersGrant, refused NOT_YOURS => {
+            |c| sharing.batch_revoke_grants(pb::BatchRevokeGrantsRequest {
+                names: vec![c.n.writers_grant.clone()], ..Default::default()
+            })
+        },
         // A holder is named with a handle, never the record.
         "liaison.v1.SharingService/MatchCustomer", Own => {
             |c| sharing.match_customer(pb::MatchCustomerRequest {

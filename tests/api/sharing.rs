@@ -15,6 +15,7 @@ crate::on_both_backends!(
     overlays_and_organization_interactions_stay_private,
     duplicates_are_found_and_merged_into_a_survivor,
     erasure_removes_personal_data_everywhere,
+    grants_are_created_and_revoked_in_batches_all_or_none,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1094,4 +1095,285 @@ async fn erasure_removes_personal_data_everywhere(backend: Backend) {
     )
     .await;
     assert_error(result, Code::FailedPrecondition, "CUSTOMER_ERASED");
+}
+
+fn grant_request(
+    parent: &str,
+    grantee: &Org,
+    level: pb::AccessLevel,
+    fields: &[&str],
+) -> pb::CreateGrantRequest {
+    pb::CreateGrantRequest {
+        parent: parent.into(),
+        grant: Some(pb::Grant {
+            grantee: grantee.name.clone(),
+            level: level as i32,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
+async fn batch_grant(
+    app: &TestApp,
+    owner: &Org,
+    requests: Vec<pb::CreateGrantRequest>,
+    request_id: &str,
+) -> Result<Vec<pb::Grant>, Status> {
+    app.sharing(&owner.admin_key)
+        .batch_create_grants(pb::BatchCreateGrantsRequest {
+            parent: String::new(),
+            requests,
+            request_id: request_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner().grants)
+}
+
+async fn batch_revoke(
+    app: &TestApp,
+    key: &str,
+    names: &[&str],
+    request_id: &str,
+) -> Result<Vec<pb::Grant>, Status> {
+    app.sharing(key)
+        .batch_revoke_grants(pb::BatchRevokeGrantsRequest {
+            parent: String::new(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            request_id: request_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner().grants)
+}
+
+fn grant_events(events: &[pb::Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.r#type.starts_with("grant."))
+        .count()
+}
+
+async fn grants_are_created_and_revoked_in_batches_all_or_none(backend: Backend) {
+    use crate::events::feed;
+    use pb::AccessLevel::{Read, ReadWrite};
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    let stranger = app
+        .create_org("stranger", pb::OrganizationKind::Retailer)
+        .await;
+    let rival = app.create_org("rival", pb::OrganizationKind::Vendor).await;
+    app.partner(&acme, &dist).await;
+    app.partner(&acme, &shop).await;
+    app.partner(&rival, &dist).await;
+    let c1 = create(&app, &acme, person("Ann", "One", "ann@example.com")).await;
+    let c2 = create(&app, &acme, person("Bob", "Two", "bob@example.com")).await;
+    let c3 = create(&app, &acme, person("Cy", "Three", "cy@example.com")).await;
+    let theirs = create(&app, &rival, person("Di", "Four", "di@example.com")).await;
+
+    // Three grants in one call, answered in order; each works as a single grant would.
+    let requests = vec![
+        grant_request(&c1.name, &dist, Read, &["display_name"]),
+        grant_request(&c2.name, &dist, ReadWrite, &[]),
+        grant_request(&c3.name, &shop, Read, &[]),
+    ];
+    let made = batch_grant(&app, &acme, requests.clone(), "batch-1")
+        .await
+        .expect("batch create");
+    assert_eq!(made.len(), 3);
+    assert!(made[0].name.starts_with(&format!("{}/grants/", c1.name)));
+    assert_eq!(
+        (made[1].grantee.as_str(), made[1].level),
+        (dist.name.as_str(), ReadWrite as i32)
+    );
+    assert_eq!(made[2].grantee, shop.name);
+    let seen = get(&app, &dist.read_key, &c1.name).await.expect("granted");
+    assert_eq!(seen.given_name, "", "only display_name was granted");
+    get(&app, &shop.read_key, &c3.name).await.expect("granted");
+    get(&app, &shop.read_key, &c1.name)
+        .await
+        .expect_err("not granted to shop");
+    assert_eq!(grant_events(&feed(&app, &dist.read_key).await), 2);
+    // The same request id replays the answer and grants nothing more.
+    let again = batch_grant(&app, &acme, requests, "batch-1")
+        .await
+        .expect("replay");
+    assert_eq!(again, made);
+    assert_eq!(grant_events(&feed(&app, &dist.read_key).await), 2);
+
+    // All or none: the second request fails (no partnership), so the first, valid on
+    // its own, is not made either; the failure names the request.
+    let before = feed(&app, &acme.read_key).await.len();
+    let failed = batch_grant(
+        &app,
+        &acme,
+        vec![
+            grant_request(&c1.name, &shop, Read, &[]),
+            grant_request(&c2.name, &stranger, Read, &[]),
+        ],
+        "",
+    )
+    .await;
+    let status = assert_error(failed, Code::FailedPrecondition, "NO_ACTIVE_PARTNERSHIP");
+    assert!(status.message().starts_with("requests[1]: "), "{status:?}");
+    get(&app, &shop.read_key, &c1.name)
+        .await
+        .expect_err("the batch was rolled back");
+    assert_eq!(feed(&app, &acme.read_key).await.len(), before, "no events");
+
+    // The walls: another owner's customer reads as a customer that does not exist, and
+    // a partner with READ_WRITE may not grant what it was granted.
+    let foreign = batch_grant(
+        &app,
+        &acme,
+        vec![grant_request(&theirs.name, &dist, Read, &[])],
+        "",
+    )
+    .await;
+    let ghost = batch_grant(
+        &app,
+        &acme,
+        vec![grant_request(
+            "customers/00000000-0000-7000-8000-000000000000",
+            &dist,
+            Read,
+            &[],
+        )],
+        "",
+    )
+    .await;
+    let (foreign, ghost) = (foreign.unwrap_err(), ghost.unwrap_err());
+    assert_eq!(
+        (foreign.code(), ghost.code()),
+        (Code::NotFound, Code::NotFound)
+    );
+    assert!(
+        foreign.message().starts_with("requests[0]: "),
+        "{foreign:?}"
+    );
+    let regrant = app
+        .sharing(&dist.admin_key)
+        .batch_create_grants(pb::BatchCreateGrantsRequest {
+            requests: vec![grant_request(&c2.name, &shop, Read, &[])],
+            ..Default::default()
+        })
+        .await;
+    assert_error(regrant, Code::PermissionDenied, "NOT_CUSTOMER_OWNER");
+
+    // Bad input: every violation, each named by its item; nothing is written.
+    let mut with_id = grant_request(&c1.name, &shop, Read, &[]);
+    with_id.request_id = "inner".into();
+    let mut bad_level = grant_request("", &dist, Read, &[]);
+    bad_level.grant.as_mut().unwrap().level = 0;
+    let invalid = app
+        .sharing(&acme.admin_key)
+        .batch_create_grants(pb::BatchCreateGrantsRequest {
+            parent: c1.name.clone(),
+            requests: vec![
+                with_id,
+                bad_level,
+                grant_request(&c2.name, &shop, Read, &[]),
+                grant_request("", &shop, Read, &[]),
+            ],
+            request_id: String::new(),
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&invalid),
+        [
+            "requests[0].request_id",
+            "requests[1].grant.level",
+            "requests[2].parent",
+            "requests[3].grant.grantee"
+        ],
+        "{invalid:?}"
+    );
+    for requests in [
+        vec![],
+        vec![grant_request(&c1.name, &shop, Read, &[]); 1001],
+    ] {
+        let status = batch_grant(&app, &acme, requests, "")
+            .await
+            .expect_err("out of bounds");
+        assert_eq!(violated_fields(&status), ["requests"]);
+    }
+
+    // Revoking in a batch: all or none too.
+    let names = [made[0].name.as_str(), made[1].name.as_str()];
+    let revoked = batch_revoke(&app, &acme.admin_key, &names, "revoke-1")
+        .await
+        .expect("batch revoke");
+    assert_eq!(revoked.len(), 2);
+    assert!(
+        revoked
+            .iter()
+            .all(|g| g.state == pb::grant::State::Revoked as i32)
+    );
+    get(&app, &dist.read_key, &c1.name)
+        .await
+        .expect_err("revoked");
+    let replay = batch_revoke(&app, &acme.admin_key, &names, "revoke-1")
+        .await
+        .expect("replay");
+    assert_eq!(replay, revoked);
+    let half = batch_revoke(
+        &app,
+        &acme.admin_key,
+        &[made[2].name.as_str(), made[0].name.as_str()],
+        "",
+    )
+    .await;
+    let status = assert_error(half, Code::FailedPrecondition, "GRANT_REVOKED");
+    assert!(status.message().starts_with("names[1]: "), "{status:?}");
+    get(&app, &shop.read_key, &c3.name)
+        .await
+        .expect("the live grant was not revoked: the batch rolled back");
+    let twice = batch_revoke(
+        &app,
+        &acme.admin_key,
+        &[made[2].name.as_str(), made[2].name.as_str(), "customers/x"],
+        "",
+    )
+    .await
+    .expect_err("invalid");
+    assert_eq!(violated_fields(&twice), ["names[1]", "names[2]"]);
+    let not_owner = batch_revoke(&app, &shop.admin_key, &[made[2].name.as_str()], "").await;
+    assert_error(not_owner, Code::PermissionDenied, "NOT_CUSTOMER_OWNER");
+
+    // The most a call carries: 1,000 customers granted at once.
+    let many: Vec<pb::Customer> = (0..1000)
+        .map(|i| {
+            let mut c = person("Many", &format!("M{i}"), "");
+            c.external_id = format!("m-{i}");
+            c
+        })
+        .collect();
+    let listed = app
+        .customers(&acme.admin_key)
+        .batch_upsert_customers(pb::BatchUpsertCustomersRequest {
+            customers: many,
+            request_id: String::new(),
+        })
+        .await
+        .expect("upsert 1,000")
+        .into_inner()
+        .customers;
+    assert_eq!(listed.len(), 1000);
+    let requests = listed
+        .iter()
+        .map(|c| grant_request(&c.name, &shop, Read, &["display_name"]))
+        .collect();
+    let made = batch_grant(&app, &acme, requests, "")
+        .await
+        .expect("1,000 grants");
+    assert_eq!(made.len(), 1000);
+    get(&app, &shop.read_key, &listed[999].name)
+        .await
+        .expect("the last one granted");
 }
