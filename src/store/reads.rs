@@ -463,6 +463,53 @@ mod tests {
         ));
     }
 
+    /// On PostgreSQL, where an abandoned statement can leave half a message on the
+    /// wire: a cut-off read and a connection the server ended are both closed, and
+    /// the next read gets a working connection.
+    #[tokio::test]
+    #[cfg_attr(
+        not(liaison_postgres_tests),
+        ignore = "LIAISON_TEST_POSTGRES_URL is not set"
+    )]
+    async fn on_postgres_a_cut_off_read_or_a_lost_connection_is_not_lent_again() {
+        sqlx::any::install_default_drivers();
+        let url = std::env::var("LIAISON_TEST_POSTGRES_URL").unwrap();
+        let connect = AnyConnectOptions::from_str(&url).unwrap();
+        let pool = ReadPool::new(connect, None, 2, Duration::from_secs(5));
+        let cut = tokio::time::timeout(
+            Duration::from_millis(50),
+            sqlx::query("SELECT pg_sleep(2)").execute(&pool),
+        )
+        .await;
+        assert!(cut.is_err());
+        assert_eq!(pool.size(), 0, "the cut-off connection was closed");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        // Another session ends this connection on the server.
+        let mut admin = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let lost = sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&pool)
+            .await;
+        assert!(
+            lost.is_err(),
+            "the ended connection fails its next statement"
+        );
+        assert_eq!(pool.size(), 0, "and is not kept");
+        let next: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_ne!(next, pid, "a new connection serves the next read");
+        assert_eq!((pool.size(), pool.num_idle()), (1, 1));
+    }
+
     #[test]
     fn only_failures_that_may_break_a_connection_close_it() {
         assert!(breaks_connection(&sqlx::Error::Io(std::io::Error::other(
