@@ -278,7 +278,9 @@ impl EmailWorker {
             super::idle_until_stopped(
                 &shutdown.stop,
                 &signal,
-                self.store.next_email_work(SETTLE, self.window()).await,
+                self.store
+                    .next_email_work(self.clock.now(), SETTLE, self.window())
+                    .await,
                 self.clock.now(),
                 Duration::from_millis(10),
             )

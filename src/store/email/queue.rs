@@ -42,8 +42,15 @@ impl Store {
     }
 
     /// When the email worker next has something to do that no commit announces.
+    ///
+    /// The outbox's part walks pending emails in due order past those leased now
+    /// (at most the ones being sent), so it reads a few index entries however many
+    /// emails wait, say through an SMTP outage. A lease left by a replica that died
+    /// is found by the worker's periodic look (at least every 30 s) once it
+    /// expires.
     pub async fn next_email_work(
         &self,
+        now: Timestamp,
         settle: SignedDuration,
         window: SignedDuration,
     ) -> Result<Option<Timestamp>> {
@@ -56,12 +63,14 @@ impl Store {
                WHERE n.state = 'pending' AND n.mode = 'immediate' \
                UNION ALL SELECT MIN(due_time) AS t FROM notifications \
                  WHERE state = 'pending' AND mode = 'digest' \
-               UNION ALL SELECT MIN(COALESCE(lease_until, next_attempt_time)) AS t FROM emails \
-                 WHERE state = 'pending'\
+               UNION ALL SELECT t FROM (SELECT next_attempt_time AS t FROM emails \
+                 WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < $3) \
+                 ORDER BY next_attempt_time LIMIT 1) outbox\
              ) due",
         )
         .bind(settle.as_micros() as i64)
         .bind(window.as_micros() as i64)
+        .bind(micros(now))
         .fetch_one(self.reader())
         .await?;
         row.0.map(timestamp).transpose()
