@@ -33,16 +33,7 @@ pub(crate) async fn grant(
     fields: &[&str],
 ) -> Result<pb::Grant, Status> {
     app.sharing(&owner.admin_key)
-        .create_grant(pb::CreateGrantRequest {
-            parent: customer.into(),
-            grant: Some(pb::Grant {
-                grantee: grantee.name.clone(),
-                level: level as i32,
-                fields: fields.iter().map(|f| f.to_string()).collect(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
+        .create_grant(grant_request(customer, grantee, level, fields))
         .await
         .map(|r| r.into_inner())
 }
