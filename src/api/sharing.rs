@@ -4,16 +4,17 @@ use std::collections::{HashMap, HashSet};
 
 use tonic::{Request, Response, Status};
 
+use super::convert::update_paths;
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
 use crate::app::sharing::{self as app, MAX_GRANT_BATCH, MatchKey, NewAccessRequest, NewGrant};
 use crate::domain::customer::{FieldSet, PhoneNumber};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
-use crate::domain::ids::{CustomerId, GrantId, MatchId};
+use crate::domain::ids::{CustomerId, GrantId, MatchId, PresetId};
 use crate::domain::names;
 use crate::domain::visibility::AccessLevel;
-use crate::domain::{EmailAddress, Reason, Scope};
-use crate::feed::render::{grant_to_pb, request_to_pb, timestamp};
+use crate::domain::{DisplayName, EmailAddress, Reason, Scope};
+use crate::feed::render::{grant_to_pb, preset_to_pb, request_to_pb, timestamp};
 use crate::pb::{self, sharing_service_server::SharingService};
 use crate::store::{MatchRule, Page, RequestState};
 
@@ -40,25 +41,50 @@ fn level_from_pb(raw: i32) -> Result<AccessLevel, FieldViolation> {
     }
 }
 
-/// The customer, grantee, level and fields a CreateGrant request carries, validated.
-fn grant_from_pb(
-    r: &pb::CreateGrantRequest,
-    owner: &crate::domain::Slug,
-) -> Result<(CustomerId, crate::domain::Slug, AccessLevel, FieldSet)> {
+/// What a CreateGrant request asks for, validated.
+struct GrantAsked {
+    customer_id: CustomerId,
+    grantee: crate::domain::Slug,
+    level: AccessLevel,
+    fields: FieldSet,
+    preset: Option<PresetId>,
+}
+
+/// The customer, grantee, level and fields (or preset) a CreateGrant request
+/// carries, validated. A preset must be one of the owner's, named instead of fields.
+fn grant_from_pb(r: &pb::CreateGrantRequest, owner: &crate::domain::Slug) -> Result<GrantAsked> {
     let input = r.grant.clone().unwrap_or_default();
     let mut v = Violations::new();
     let customer_id = v.check("parent", names::parse_customer(&r.parent));
     let grantee = v.check("grant.grantee", names::parse_organization(&input.grantee));
     let level = v.check("grant.level", level_from_pb(input.level));
     let fields = v.check("grant.fields", FieldSet::parse(&input.fields));
+    let preset = if input.preset.is_empty() {
+        Some(None)
+    } else {
+        match v.check("grant.preset", names::parse_field_preset(&input.preset)) {
+            Some((slug, id)) if &slug == owner => Some(Some(id)),
+            Some(_) => {
+                v.add("grant.preset", "must be one of the owner's field presets");
+                None
+            }
+            None => None,
+        }
+    };
+    if !input.preset.is_empty() && !input.fields.is_empty() {
+        v.add(
+            "grant.fields",
+            "must be empty when a preset is given: the grant shares the preset's fields",
+        );
+    }
     if grantee.as_ref() == Some(owner) {
         v.add(
             "grant.grantee",
             "must be another organization than the owner",
         );
     }
-    let (Some(customer_id), Some(grantee), Some(level), Some(fields)) =
-        (customer_id, grantee, level, fields)
+    let (Some(customer_id), Some(grantee), Some(level), Some(fields), Some(preset)) =
+        (customer_id, grantee, level, fields, preset)
     else {
         return Err(v.into_error());
     };
@@ -69,7 +95,24 @@ fn grant_from_pb(
             "must name at least one field",
         ));
     }
-    Ok((customer_id, grantee, level, fields))
+    Ok(GrantAsked {
+        customer_id,
+        grantee,
+        level,
+        fields,
+        preset,
+    })
+}
+
+/// What UpdateFieldPreset may change.
+const PRESET_UPDATABLE: &[&str] = &["display_name", "fields"];
+
+/// A preset's fields: named, at least one.
+fn preset_fields(raw: &[String]) -> Result<FieldSet, FieldViolation> {
+    if raw.is_empty() {
+        return Err(FieldViolation::required(""));
+    }
+    FieldSet::parse(raw)
 }
 
 /// A batch's `parent`: none (empty or `customers/-`), or the one customer every item
@@ -97,13 +140,7 @@ fn batch_size(field: &str, len: usize) -> Result<()> {
 /// A validated item of BatchCreateGrants: as [`grant_from_pb`] returns it, and the
 /// customer's name as the caller wrote it (the batch's parent where the item left it
 /// empty).
-type GrantItem = (
-    CustomerId,
-    crate::domain::Slug,
-    AccessLevel,
-    FieldSet,
-    String,
-);
+type GrantItem = (GrantAsked, String);
 
 /// The items of a BatchCreateGrants request, each checked as CreateGrant checks its
 /// request, with every violation named by its item (`requests[i].grant.level`); a
@@ -138,10 +175,13 @@ fn grants_from_pb(
             }
         }
         match grant_from_pb(&item, owner) {
-            Ok((customer, grantee, level, fields)) => {
-                let pair = (customer.as_str().to_owned(), grantee.as_str().to_owned());
+            Ok(asked) => {
+                let pair = (
+                    asked.customer_id.as_str().to_owned(),
+                    asked.grantee.as_str().to_owned(),
+                );
                 if pairs.insert(pair) {
-                    items.push((customer, grantee, level, fields, item.parent));
+                    items.push((asked, item.parent));
                 } else {
                     v.add(
                         format!("{at}.grant.grantee"),
@@ -300,16 +340,17 @@ impl SharingService for SharingApi {
         caller.require(Scope::Write)?;
         let org = caller.organization()?.clone();
         let request = request.into_inner();
-        let (customer_id, grantee, level, fields) = grant_from_pb(&request, &org.slug)?;
-        let grantee = app::organization(&self.hub.store, &grantee).await?;
+        let asked = grant_from_pb(&request, &org.slug)?;
+        let grantee = app::organization(&self.hub.store, &asked.grantee).await?;
         let parent = &request.parent;
         let response = idempotent(&self.hub, &caller, &request, async |tx| {
             let g = NewGrant {
-                customer_id: &customer_id,
+                customer_id: &asked.customer_id,
                 parent,
                 grantee,
-                level,
-                fields,
+                level: asked.level,
+                fields: asked.fields,
+                preset: asked.preset.clone(),
             };
             Ok(grant_to_pb(&app::create_grant(tx, &caller, g).await?))
         })
@@ -382,7 +423,7 @@ impl SharingService for SharingApi {
         let items = grants_from_pb(&request, &org.slug)?;
         // Each grantee is looked up once, however many of its grants the batch holds.
         let mut grantees = HashMap::new();
-        for (i, (_, slug, ..)) in items.iter().enumerate() {
+        for (i, (GrantAsked { grantee: slug, .. }, _)) in items.iter().enumerate() {
             if !grantees.contains_key(slug) {
                 let found = app::organization(&self.hub.store, slug)
                     .await
@@ -393,12 +434,13 @@ impl SharingService for SharingApi {
         let response = idempotent(&self.hub, &caller, &request, async |tx| {
             let grants = items
                 .iter()
-                .map(|(customer_id, grantee, level, fields, parent)| NewGrant {
-                    customer_id,
+                .map(|(asked, parent)| NewGrant {
+                    customer_id: &asked.customer_id,
                     parent,
-                    grantee: grantees[grantee].clone(),
-                    level: *level,
-                    fields: *fields,
+                    grantee: grantees[&asked.grantee].clone(),
+                    level: asked.level,
+                    fields: asked.fields,
+                    preset: asked.preset.clone(),
                 })
                 .collect();
             let made = app::create_grants(tx, &caller, grants).await?;
@@ -431,6 +473,135 @@ impl SharingService for SharingApi {
         })
         .await?;
         tracing::info!(grants = response.grants.len(), "grants revoked in a batch");
+        Ok(Response::new(response))
+    }
+
+    async fn create_field_preset(
+        &self,
+        request: Request<pb::CreateFieldPresetRequest>,
+    ) -> Result<Response<pb::FieldPreset>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Write)?;
+        let request = request.into_inner();
+        let input = request.field_preset.clone().unwrap_or_default();
+        let mut v = Violations::new();
+        let slug = v.check("parent", names::parse_organization(&request.parent));
+        let display_name = v.check(
+            "field_preset.display_name",
+            DisplayName::parse(&input.display_name),
+        );
+        let fields = v.check("field_preset.fields", preset_fields(&input.fields));
+        let (Some(slug), Some(display_name), Some(fields)) = (slug, display_name, fields) else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        let parent = (&slug, request.parent.as_str());
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            let (owner, p) = app::create_preset(tx, &caller, parent, display_name, fields).await?;
+            Ok(preset_to_pb(&owner, &p))
+        })
+        .await?;
+        tracing::info!(field_preset = %response.name, "field preset created");
+        Ok(Response::new(response))
+    }
+
+    async fn get_field_preset(
+        &self,
+        request: Request<pb::GetFieldPresetRequest>,
+    ) -> Result<Response<pb::FieldPreset>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Read)?;
+        let name = &request.get_ref().name;
+        let (slug, id) = names::parse_field_preset(name).map_err(|v| v.under("name"))?;
+        let p = app::preset(&self.hub.store, &caller, (&slug, &id, name)).await?;
+        Ok(Response::new(preset_to_pb(&slug, &p)))
+    }
+
+    async fn list_field_presets(
+        &self,
+        request: Request<pb::ListFieldPresetsRequest>,
+    ) -> Result<Response<pb::ListFieldPresetsResponse>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Read)?;
+        let r = request.get_ref();
+        let slug = names::parse_organization(&r.parent).map_err(|v| v.under("parent"))?;
+        let query = format!("field_presets:{slug}");
+        let page = self
+            .hub
+            .pages
+            .open(&caller, r.page_size, &r.page_token, &query)
+            .await?;
+        let at = (page.after.as_deref(), page.size);
+        let Page {
+            items,
+            next_after: next,
+        } = app::list_presets(&self.hub.store, &caller, (&slug, &r.parent), at).await?;
+        Ok(Response::new(pb::ListFieldPresetsResponse {
+            field_presets: items.iter().map(|p| preset_to_pb(&slug, p)).collect(),
+            next_page_token: page.next_token(next),
+        }))
+    }
+
+    async fn update_field_preset(
+        &self,
+        request: Request<pb::UpdateFieldPresetRequest>,
+    ) -> Result<Response<pb::FieldPreset>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Write)?;
+        let request = request.into_inner();
+        let input = request.field_preset.clone().unwrap_or_default();
+        let (slug, id) =
+            names::parse_field_preset(&input.name).map_err(|v| v.under("field_preset.name"))?;
+        let populated: Vec<&str> = [
+            ("display_name", !input.display_name.is_empty()),
+            ("fields", !input.fields.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(path, set)| set.then_some(path))
+        .collect();
+        let paths = update_paths(request.update_mask.as_ref(), PRESET_UPDATABLE, &populated)?;
+        let mut v = Violations::new();
+        let mut change = app::PresetChange {
+            display_name: None,
+            fields: None,
+        };
+        for path in &paths {
+            if path == "display_name" {
+                change.display_name = v.check(
+                    "field_preset.display_name",
+                    DisplayName::parse(&input.display_name),
+                );
+            } else {
+                change.fields = v.check("field_preset.fields", preset_fields(&input.fields));
+            }
+        }
+        v.finish()?;
+        let target = (&slug, &id, input.name.as_str(), input.etag.as_str());
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            let p = app::update_preset(tx, &caller, target, change).await?;
+            Ok(preset_to_pb(&slug, &p))
+        })
+        .await?;
+        tracing::info!(field_preset = %response.name, "field preset updated");
+        Ok(Response::new(response))
+    }
+
+    async fn delete_field_preset(
+        &self,
+        request: Request<pb::DeleteFieldPresetRequest>,
+    ) -> Result<Response<pb::DeleteFieldPresetResponse>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Write)?;
+        let request = request.into_inner();
+        let name = &request.name;
+        let (slug, id) = names::parse_field_preset(name).map_err(|v| v.under("name"))?;
+        let target = (&slug, &id, name.as_str(), request.etag.as_str());
+        let response = idempotent(&self.hub, &caller, &request, async |tx| {
+            app::delete_preset(tx, &caller, target).await?;
+            Ok(pb::DeleteFieldPresetResponse {})
+        })
+        .await?;
+        tracing::info!(field_preset = %name, "field preset deleted");
         Ok(Response::new(response))
     }
 

@@ -8,17 +8,20 @@ use std::collections::HashSet;
 use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
+use super::check_etag;
 use super::customers::{visible, visible_in};
 use crate::domain::caller::Caller;
 use crate::domain::customer::{FieldSet, RecordState};
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
-use crate::domain::ids::{AccessRequestId, CustomerId, GrantId, MatchId};
+use crate::domain::ids::{AccessRequestId, CustomerId, GrantId, MatchId, PresetId};
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
-use crate::domain::{OrgRef, Reason, Slug, now};
-use crate::feed::sharing::{grant_event, request_event};
-use crate::store::{AccessRequest, CustomerMatch, Grant, MatchRule, Page, RequestState, Store, Tx};
+use crate::domain::{DisplayName, OrgRef, Reason, Slug, now};
+use crate::feed::sharing::{grant_event, preset_event, request_event};
+use crate::store::{
+    AccessRequest, CustomerMatch, FieldPreset, Grant, MatchRule, Page, RequestState, Store, Tx,
+};
 
 /// How long a match handle can be turned into an access request.
 const MATCH_VALIDITY: SignedDuration = SignedDuration::from_hours(24);
@@ -43,6 +46,7 @@ async fn grant(
     grantee: OrgRef,
     level: AccessLevel,
     fields: FieldSet,
+    preset: Option<(Slug, String)>,
 ) -> Result<Grant> {
     let partnership = tx
         .active_partnership_between(&owner.id, &grantee.id)
@@ -66,6 +70,7 @@ async fn grant(
         create_time: now(),
         revoke_time: None,
         partnership_active: true,
+        preset,
     };
     tx.insert_grant(&g).await?;
     grant_event(tx, EventType::GrantCreated, owner, &g);
@@ -93,7 +98,10 @@ pub struct NewGrant<'a> {
     pub parent: &'a str,
     pub grantee: OrgRef,
     pub level: AccessLevel,
+    /// Ignored when `preset` is set: the grant shares the preset's fields.
     pub fields: FieldSet,
+    /// One of the owner's field presets.
+    pub preset: Option<PresetId>,
 }
 
 /// Grants or names of grants one batch call may carry.
@@ -146,7 +154,150 @@ pub async fn create_grant(tx: &mut Tx, caller: &Caller, g: NewGrant<'_>) -> Resu
             format!("{} is not active", g.parent),
         ));
     }
-    grant(tx, org, g.customer_id, g.grantee, g.level, g.fields).await
+    let (fields, preset) = match &g.preset {
+        None => (g.fields, None),
+        Some(id) => {
+            let p = tx
+                .field_preset(&org.id, id)
+                .await?
+                .ok_or_else(|| preset_not_found(&names::field_preset(&org.slug, id)))?;
+            (p.fields, Some((org.slug.clone(), p.id)))
+        }
+    };
+    grant(tx, org, g.customer_id, g.grantee, g.level, fields, preset).await
+}
+
+fn preset_not_found(name: &str) -> Error {
+    Error::NotFound(format!("field preset {name:?}"))
+}
+
+/// The caller's organization, if it is `slug` (a preset's); another organization's
+/// presets are not found.
+fn preset_owner<'c>(caller: &'c Caller, slug: &Slug, name: &str) -> Result<&'c OrgRef> {
+    let org = caller.organization()?;
+    if &org.slug == slug {
+        Ok(org)
+    } else {
+        Err(preset_not_found(name))
+    }
+}
+
+/// Creates a field preset of the caller's organization (`parent`, named `parent`).
+pub async fn create_preset(
+    tx: &mut Tx,
+    caller: &Caller,
+    (slug, parent): (&Slug, &str),
+    display_name: DisplayName,
+    fields: FieldSet,
+) -> Result<(Slug, FieldPreset)> {
+    let org = caller.organization()?;
+    if &org.slug != slug {
+        // As for members: another organization is not found.
+        return Err(Error::NotFound(format!("organization {parent:?}")));
+    }
+    let now = now();
+    let p = FieldPreset {
+        id: Uuid::now_v7().to_string(),
+        organization_id: org.id.clone(),
+        display_name: display_name.as_str().to_owned(),
+        fields,
+        revision: 1,
+        create_time: now,
+        update_time: now,
+    };
+    tx.insert_field_preset(&p).await?;
+    Ok((org.slug.clone(), p))
+}
+
+/// The caller's preset `id` (named `name`) of `slug`.
+pub async fn preset(
+    store: &Store,
+    caller: &Caller,
+    (slug, id, name): (&Slug, &PresetId, &str),
+) -> Result<FieldPreset> {
+    let org = preset_owner(caller, slug, name)?;
+    store
+        .field_preset(&org.id, id)
+        .await?
+        .ok_or_else(|| preset_not_found(name))
+}
+
+/// A page of the caller's presets; `parent` must be its organization.
+pub async fn list_presets(
+    store: &Store,
+    caller: &Caller,
+    (slug, parent): (&Slug, &str),
+    (after, size): (Option<&str>, usize),
+) -> Result<Page<FieldPreset>> {
+    let org = caller.organization()?;
+    if &org.slug != slug {
+        // As for members: another organization is not found.
+        return Err(Error::NotFound(format!("organization {parent:?}")));
+    }
+    store.field_presets(&org.id, after, size).await
+}
+
+/// What an update of a preset sets: each `None` is left as it is.
+pub struct PresetChange {
+    pub display_name: Option<DisplayName>,
+    pub fields: Option<FieldSet>,
+}
+
+/// Changes the caller's preset `id` (named `name`, read at `etag`). A change of its
+/// fields reaches every live grant made through it, and the owner and each
+/// organization holding such grants hear one `field_preset.updated` event.
+pub async fn update_preset(
+    tx: &mut Tx,
+    caller: &Caller,
+    (slug, id, name, etag): (&Slug, &PresetId, &str, &str),
+    change: PresetChange,
+) -> Result<FieldPreset> {
+    let org = preset_owner(caller, slug, name)?.clone();
+    let mut p = tx
+        .field_preset(&org.id, id)
+        .await?
+        .ok_or_else(|| preset_not_found(name))?;
+    check_etag(etag, p.revision, name)?;
+    let before = p.clone();
+    if let Some(v) = change.display_name {
+        p.display_name = v.as_str().to_owned();
+    }
+    if let Some(v) = change.fields {
+        p.fields = v;
+    }
+    if p == before {
+        return Ok(p);
+    }
+    p.revision += 1;
+    p.update_time = now();
+    if !tx.update_field_preset(&p).await? {
+        return Err(Error::StaleEtag(name.to_owned()));
+    }
+    let grantees = tx.field_preset_grantees(&p.id).await?;
+    preset_event(tx, &org, &grantees, &p);
+    Ok(p)
+}
+
+/// Deletes the caller's preset `id` (named `name`, read at `etag`), unless a live
+/// grant uses it.
+pub async fn delete_preset(
+    tx: &mut Tx,
+    caller: &Caller,
+    (slug, id, name, etag): (&Slug, &PresetId, &str, &str),
+) -> Result<()> {
+    let org = preset_owner(caller, slug, name)?;
+    let p = tx
+        .field_preset(&org.id, id)
+        .await?
+        .ok_or_else(|| preset_not_found(name))?;
+    check_etag(etag, p.revision, name)?;
+    if !tx.delete_field_preset(&p.id).await? {
+        return Err(Error::failed_precondition(
+            "PRESET_IN_USE",
+            format!("{name} is used by live grants; revoke them (or grant them otherwise) first"),
+        ));
+    }
+    Ok(())
 }
 
 /// The grants on customer `id` (called `parent`): all of them for its owner, a
@@ -374,6 +525,7 @@ pub async fn decide(
             r.requester.clone(),
             r.level,
             r.fields,
+            None,
         )
         .await?;
         r.grant_id = Some(g.id);

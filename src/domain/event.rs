@@ -43,6 +43,7 @@ event_types! {
     CustomerOverlayUpdated => "customer_overlay.updated",
     GrantCreated => "grant.created",
     GrantRevoked => "grant.revoked",
+    FieldPresetUpdated => "field_preset.updated",
     AccessRequestCreated => "access_request.created",
     AccessRequestApproved => "access_request.approved",
     AccessRequestDeclined => "access_request.declined",

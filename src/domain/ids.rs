@@ -91,6 +91,8 @@ id_types!(
     AccessRequestId,
     /// A match handle.
     MatchId,
+    /// A field preset.
+    PresetId,
     /// A case.
     CaseId,
     /// A task of a case.

@@ -6,7 +6,7 @@ use crate::domain::Slug;
 use crate::domain::error::FieldViolation;
 use crate::domain::ids::{
     AccessRequestId, ApiKeyId, CaseId, CertificateId, CustomerId, EndpointId, GrantId, Id,
-    InteractionId, MatchId, MemberId, PartnershipId, TaskId,
+    InteractionId, MatchId, MemberId, PartnershipId, PresetId, TaskId,
 };
 
 pub fn organization(slug: &Slug) -> String {
@@ -25,6 +25,16 @@ pub fn webhook_endpoint(org: &Slug, id: &str) -> String {
 pub fn parse_webhook_endpoint(name: &str) -> Result<(Slug, EndpointId), FieldViolation> {
     const FORM: &str = "organizations/{organization}/webhookEndpoints/{endpoint}";
     parse_child(name, "webhookEndpoints", FORM)
+}
+
+pub fn field_preset(org: &Slug, id: &str) -> String {
+    format!("organizations/{org}/fieldPresets/{id}")
+}
+
+/// `organizations/{org}/fieldPresets/{preset}`.
+pub fn parse_field_preset(name: &str) -> Result<(Slug, PresetId), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/fieldPresets/{preset}";
+    parse_child(name, "fieldPresets", FORM)
 }
 
 pub fn client_certificate(org: &Slug, id: &str) -> String {

@@ -60,6 +60,7 @@ impl Category {
             WebhookEndpointDisabled => Some(Category::Integration),
             GrantCreated
             | GrantRevoked
+            | FieldPresetUpdated
             | AccessRequestApproved
             | AccessRequestDeclined
             | PartnershipAccepted

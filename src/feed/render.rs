@@ -18,7 +18,9 @@ use crate::domain::{
     Member, MemberRole, OrganizationKind, Partnership, PartnershipState, Relationship, Scope, Slug,
 };
 use crate::pb;
-use crate::store::{AccessRequest, Endpoint, Grant, Overlay, RequestState, SeenCustomer};
+use crate::store::{
+    AccessRequest, Endpoint, FieldPreset, Grant, Overlay, RequestState, SeenCustomer,
+};
 
 /// Maps a domain enum to its protobuf enum and back (the edge parses requests with
 /// the second half); the protobuf's UNSPECIFIED (or any
@@ -442,6 +444,23 @@ pub fn grant_to_pb(g: &Grant) -> pb::Grant {
         effective: g.revoke_time.is_none() && g.partnership_active,
         create_time: timestamp(g.create_time),
         revoke_time: g.revoke_time.and_then(timestamp),
+        preset: g
+            .preset
+            .as_ref()
+            .map(|(owner, id)| names::field_preset(owner, id))
+            .unwrap_or_default(),
+    }
+}
+
+/// A field preset of organization `owner`.
+pub fn preset_to_pb(owner: &crate::domain::Slug, p: &FieldPreset) -> pb::FieldPreset {
+    pb::FieldPreset {
+        name: names::field_preset(owner, &p.id),
+        display_name: p.display_name.clone(),
+        fields: field_names(p.fields),
+        etag: etag(p.revision),
+        create_time: timestamp(p.create_time),
+        update_time: timestamp(p.update_time),
     }
 }
 

@@ -27,6 +27,7 @@ mod operations;
 mod organizations;
 mod partnerships;
 mod point;
+mod presets;
 mod pulse;
 mod reads;
 mod sharing;
@@ -52,6 +53,7 @@ pub use idempotency::{Claim, REQUEST_ID_RETENTION};
 pub use interactions::InteractionFilter;
 pub use operations::OperationalCounts;
 pub use partnerships::PartnershipFilter;
+pub use presets::FieldPreset;
 pub use pulse::{Looks, Worker};
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{

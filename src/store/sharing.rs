@@ -23,6 +23,9 @@ pub struct Grant {
     pub revoke_time: Option<Timestamp>,
     /// Whether the partnership it rests on is ACTIVE now.
     pub partnership_active: bool,
+    /// The field preset it shares through (its owner's slug and id), which sets
+    /// `fields`.
+    pub preset: Option<(Slug, String)>,
 }
 
 #[derive(FromRow)]
@@ -37,12 +40,17 @@ struct GrantRow {
     create_time: i64,
     revoke_time: Option<i64>,
     partnership_state: String,
+    preset_id: Option<String>,
+    preset_owner_slug: Option<String>,
 }
 
 const GRANT_SELECT: &str = "SELECT g.id, g.customer_id, g.grantee_id, o.slug AS grantee_slug, \
-     g.partnership_id, g.level, g.fields, g.create_time, g.revoke_time, p.state AS partnership_state \
+     g.partnership_id, g.level, g.fields, g.create_time, g.revoke_time, p.state AS partnership_state, \
+     fp.id AS preset_id, po.slug AS preset_owner_slug \
      FROM customer_grants g JOIN organizations o ON o.id = g.grantee_id \
-     JOIN partnerships p ON p.id = g.partnership_id";
+     JOIN partnerships p ON p.id = g.partnership_id \
+     LEFT JOIN field_presets fp ON fp.id = g.preset_id \
+     LEFT JOIN organizations po ON po.id = fp.organization_id";
 
 fn org_ref(id: String, slug: &str) -> Result<OrgRef> {
     Ok(OrgRef {
@@ -62,6 +70,12 @@ impl TryFrom<GrantRow> for Grant {
             create_time: timestamp(row.create_time)?,
             revoke_time: row.revoke_time.map(timestamp).transpose()?,
             partnership_active: row.partnership_state == "active",
+            preset: match (row.preset_owner_slug, row.preset_id) {
+                (Some(slug), Some(id)) => {
+                    Some((Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?, id))
+                }
+                _ => None,
+            },
             id: row.id,
             customer_id: row.customer_id,
             partnership_id: row.partnership_id,
@@ -299,7 +313,7 @@ impl Tx {
     pub async fn insert_grant(&mut self, g: &Grant) -> Result<()> {
         let result = sqlx::query(
             "INSERT INTO customer_grants (id, customer_id, grantee_id, partnership_id, level, fields, \
-             create_time, revoke_time) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+             create_time, revoke_time, preset_id) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)",
         )
         .bind(&g.id)
         .bind(&g.customer_id)
@@ -308,6 +322,7 @@ impl Tx {
         .bind(level_name(g.level))
         .bind(g.fields.to_csv())
         .bind(micros(g.create_time))
+        .bind(g.preset.as_ref().map(|(_, id)| id.as_str()))
         .execute(self.conn())
         .await;
         match result {

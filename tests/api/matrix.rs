@@ -390,6 +390,39 @@ fn table() -> Vec<Case> {
                 names: vec![c.n.writers_grant.clone()], ..Default::default()
             })
         },
+        // The owner's alone: outsiders cannot tell its presets from ones that do not
+        // exist, nor write under its name.
+        "liaison.v1.SharingService/CreateFieldPreset", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.create_field_preset(pb::CreateFieldPresetRequest {
+                parent: c.n.owner.clone(),
+                field_preset: Some(pb::FieldPreset {
+                    display_name: "Mole".into(), fields: vec!["emails".into()], ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/GetFieldPreset", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.get_field_preset(pb::GetFieldPresetRequest { name: c.n.preset.clone() })
+        },
+        "liaison.v1.SharingService/ListFieldPresets", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.list_field_presets(pb::ListFieldPresetsRequest {
+                parent: c.n.owner.clone(), page_size: 1, ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/UpdateFieldPreset", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.update_field_preset(pb::UpdateFieldPresetRequest {
+                field_preset: Some(pb::FieldPreset {
+                    name: c.n.preset.clone(), fields: vec!["emails".into(), "phones".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/DeleteFieldPreset", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.delete_field_preset(pb::DeleteFieldPresetRequest {
+                name: c.n.preset.clone(), ..Default::default()
+            })
+        },
         // A holder is named with a handle, never the record.
         "liaison.v1.SharingService/MatchCustomer", Own => {
             |c| sharing.match_customer(pb::MatchCustomerRequest {
@@ -991,12 +1024,14 @@ struct Names {
     endpoint: String,
     api_key: String,
     certificate: String,
+    /// The owner's field preset.
+    preset: String,
     /// An event of the owner's feed.
     event_id: String,
 }
 
 impl Names {
-    fn labelled(&self) -> [(&'static str, &str); 18] {
+    fn labelled(&self) -> [(&'static str, &str); 19] {
         [
             ("<owner>", &self.owner),
             ("<customer>", &self.customer),
@@ -1015,6 +1050,7 @@ impl Names {
             ("<endpoint>", &self.endpoint),
             ("<api_key>", &self.api_key),
             ("<certificate>", &self.certificate),
+            ("<preset>", &self.preset),
             ("<event>", &self.event_id),
         ]
     }
@@ -1044,6 +1080,7 @@ impl Names {
             endpoint: new(&self.endpoint),
             api_key: new(&self.api_key),
             certificate: new(&self.certificate),
+            preset: new(&self.preset),
             event_id: new(&self.event_id),
         }
     }
@@ -1724,6 +1761,20 @@ async fn set_up(backend: Backend) -> Scene {
     let writers_grant = grant(&app, acme, c, of(Writer), ReadWrite, &["emails"])
         .await
         .unwrap();
+    let preset = app
+        .sharing(&acme.admin_key)
+        .create_field_preset(pb::CreateFieldPresetRequest {
+            parent: acme.name.clone(),
+            field_preset: Some(pb::FieldPreset {
+                display_name: "Contact only".into(),
+                fields: vec!["display_name".into(), "emails".into()],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create preset")
+        .into_inner();
     grant(&app, acme, c, of(Suspended), Read, &[])
         .await
         .unwrap();
@@ -1949,6 +2000,7 @@ async fn set_up(backend: Backend) -> Scene {
         endpoint: owner.endpoint.name.clone(),
         api_key: spare.api_key.unwrap().name,
         certificate: certificate.name,
+        preset: preset.name,
         event_id: owners_event.id,
     };
     Scene {

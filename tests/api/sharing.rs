@@ -16,6 +16,7 @@ crate::on_both_backends!(
     duplicates_are_found_and_merged_into_a_survivor,
     erasure_removes_personal_data_everywhere,
     grants_are_created_and_revoked_in_batches_all_or_none,
+    a_field_preset_shares_its_fields_and_a_change_reaches_every_grant_with_one_event_each,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1367,4 +1368,265 @@ async fn grants_are_created_and_revoked_in_batches_all_or_none(backend: Backend)
     get(&app, &shop.read_key, &listed[999].name)
         .await
         .expect("the last one granted");
+}
+
+async fn create_preset(
+    app: &TestApp,
+    org: &Org,
+    display_name: &str,
+    fields: &[&str],
+) -> Result<pb::FieldPreset, Status> {
+    app.sharing(&org.admin_key)
+        .create_field_preset(pb::CreateFieldPresetRequest {
+            parent: org.name.clone(),
+            field_preset: Some(pb::FieldPreset {
+                display_name: display_name.into(),
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn through(parent: &str, grantee: &Org, preset: &str) -> pb::CreateGrantRequest {
+    let mut r = grant_request(parent, grantee, pb::AccessLevel::Read, &[]);
+    r.grant.as_mut().unwrap().preset = preset.into();
+    r
+}
+
+fn preset_events(events: &[pb::Event]) -> Vec<&pb::Event> {
+    events
+        .iter()
+        .filter(|e| e.r#type == "field_preset.updated")
+        .collect()
+}
+
+async fn a_field_preset_shares_its_fields_and_a_change_reaches_every_grant_with_one_event_each(
+    backend: Backend,
+) {
+    use crate::events::feed;
+    use pb::AccessLevel::Read;
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    let stranger = app
+        .create_org("stranger", pb::OrganizationKind::Retailer)
+        .await;
+    app.partner(&acme, &dist).await;
+    app.partner(&acme, &shop).await;
+    let suspended = app.partner(&acme, &stranger).await;
+    let mut customers = vec![];
+    for (given, email) in [
+        ("Ann", "ann@example.com"),
+        ("Bob", "bob@example.com"),
+        ("Cy", "cy@example.com"),
+    ] {
+        customers.push(create(&app, &acme, person(given, "Doe", email)).await);
+    }
+
+    // Presets are checked as they are made, and are their owner's alone.
+    let contact = create_preset(&app, &acme, "Contact only", &["display_name", "emails"])
+        .await
+        .expect("create");
+    assert!(contact.name.starts_with("organizations/acme/fieldPresets/"));
+    assert_eq!(contact.fields, ["display_name", "emails"]);
+    let bad = create_preset(&app, &acme, " ", &[]).await.unwrap_err();
+    assert_eq!(
+        violated_fields(&bad),
+        ["field_preset.display_name", "field_preset.fields"]
+    );
+    let bad = create_preset(&app, &acme, "Odd", &["shoe_size"])
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad), ["field_preset.fields"]);
+    let elsewhere = app
+        .sharing(&dist.admin_key)
+        .create_field_preset(pb::CreateFieldPresetRequest {
+            parent: acme.name.clone(),
+            field_preset: Some(pb::FieldPreset {
+                display_name: "Mole".into(),
+                fields: vec!["emails".into()],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await;
+    assert_error(elsewhere, Code::NotFound, "NOT_FOUND");
+    let get = async |key: &str| {
+        app.sharing(key)
+            .get_field_preset(pb::GetFieldPresetRequest {
+                name: contact.name.clone(),
+            })
+            .await
+    };
+    assert_eq!(get(&acme.read_key).await.unwrap().into_inner(), contact);
+    assert_eq!(
+        get(&dist.read_key).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let listed = app
+        .sharing(&acme.read_key)
+        .list_field_presets(pb::ListFieldPresetsRequest {
+            parent: acme.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .field_presets;
+    assert_eq!(listed, std::slice::from_ref(&contact));
+
+    // Grants through it share its fields; a preset is named instead of fields, and
+    // must be the owner's.
+    let theirs = create_preset(&app, &dist, "Dist's", &["emails"])
+        .await
+        .unwrap();
+    let mut both = through(&customers[0].name, &dist, &contact.name);
+    both.grant.as_mut().unwrap().fields = vec!["emails".into()];
+    let invalid = batch_grant(
+        &app,
+        &acme,
+        vec![both, through(&customers[1].name, &dist, &theirs.name)],
+        "",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        violated_fields(&invalid),
+        ["requests[0].grant.fields", "requests[1].grant.preset"]
+    );
+    let ghost = format!(
+        "{}/fieldPresets/00000000-0000-7000-8000-000000000000",
+        acme.name
+    );
+    let missing = batch_grant(
+        &app,
+        &acme,
+        vec![through(&customers[0].name, &dist, &ghost)],
+        "",
+    )
+    .await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    let made = batch_grant(
+        &app,
+        &acme,
+        vec![
+            through(&customers[0].name, &dist, &contact.name),
+            through(&customers[1].name, &dist, &contact.name),
+            through(&customers[2].name, &dist, &contact.name),
+            through(&customers[0].name, &shop, &contact.name),
+            through(&customers[1].name, &stranger, &contact.name),
+        ],
+        "",
+    )
+    .await
+    .expect("grants through the preset");
+    assert!(made.iter().all(|g| g.preset == contact.name));
+    assert_eq!(made[0].fields, ["display_name", "emails"]);
+    // An explicit grant beside them is left alone by the preset's changes.
+    grant(
+        &app,
+        &acme,
+        &customers[1].name,
+        &shop,
+        Read,
+        &["display_name", "emails"],
+    )
+    .await
+    .unwrap();
+    let seen = get_customer(&app, &dist.read_key, &customers[0].name).await;
+    assert_eq!((seen.given_name.as_str(), seen.emails.len()), ("", 1));
+    // A partner whose partnership is suspended hears nothing of the owner's.
+    app.partnerships(&stranger.admin_key)
+        .suspend_partnership(pb::SuspendPartnershipRequest {
+            name: suspended.name.clone(),
+            reason: "audit".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("suspend");
+
+    // A change reaches every grant at once, with one event per organization that
+    // holds grants through it (and its owner), not one per customer.
+    let heads: Vec<usize> = {
+        let mut v = vec![];
+        for org in [&acme, &dist, &shop, &stranger] {
+            v.push(preset_events(&feed(&app, &org.read_key).await).len());
+        }
+        v
+    };
+    assert_eq!(heads, [0, 0, 0, 0]);
+    let update = async |etag: &str| {
+        app.sharing(&acme.admin_key)
+            .update_field_preset(pb::UpdateFieldPresetRequest {
+                field_preset: Some(pb::FieldPreset {
+                    name: contact.name.clone(),
+                    fields: vec!["display_name".into(), "given_name".into()],
+                    etag: etag.into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["fields"]),
+                request_id: String::new(),
+            })
+            .await
+    };
+    let changed = update(&contact.etag).await.expect("update").into_inner();
+    assert_eq!(changed.fields, ["display_name", "given_name"]);
+    assert_ne!(changed.etag, contact.etag);
+    assert_eq!(
+        update(&contact.etag).await.unwrap_err().code(),
+        Code::Aborted,
+        "a stale etag"
+    );
+    for c in &customers {
+        let seen = get_customer(&app, &dist.read_key, &c.name).await;
+        assert_eq!(
+            (seen.given_name.as_str(), seen.emails.len()),
+            (c.given_name.as_str(), 0),
+            "the preset's new fields, at once"
+        );
+    }
+    let seen = get_customer(&app, &shop.read_key, &customers[1].name).await;
+    assert_eq!(seen.emails.len(), 1, "the explicit grant kept its fields");
+    assert_eq!(seen.given_name, "");
+    for (org, expected) in [(&acme, 1), (&dist, 1), (&shop, 1), (&stranger, 0)] {
+        let events = feed(&app, &org.read_key).await;
+        let heard = preset_events(&events);
+        assert_eq!(heard.len(), expected, "{}", org.name);
+        if let Some(e) = heard.first() {
+            match &e.payload {
+                Some(pb::event::Payload::FieldPreset(p)) => assert_eq!(p.name, contact.name),
+                other => panic!("expected the preset, got {other:?}"),
+            }
+        }
+    }
+
+    // In use, it cannot be deleted; once its grants are revoked, it can.
+    let delete = async || {
+        app.sharing(&acme.admin_key)
+            .delete_field_preset(pb::DeleteFieldPresetRequest {
+                name: contact.name.clone(),
+                ..Default::default()
+            })
+            .await
+    };
+    assert_error(delete().await, Code::FailedPrecondition, "PRESET_IN_USE");
+    let names: Vec<&str> = made.iter().map(|g| g.name.as_str()).collect();
+    batch_revoke(&app, &acme.admin_key, &names, "")
+        .await
+        .expect("revoke");
+    delete().await.expect("delete");
+    assert_eq!(
+        get(&acme.read_key).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+async fn get_customer(app: &TestApp, key: &str, name: &str) -> pb::Customer {
+    get(app, key, name).await.expect("visible")
 }
