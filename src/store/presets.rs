@@ -2,6 +2,7 @@
 
 use jiff::Timestamp;
 use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
 
 use super::customers::parse_fields;
 use super::{Page, Store, Tx, micros, timestamp};
@@ -51,16 +52,24 @@ impl TryFrom<PresetRow> for FieldPreset {
 const PRESET_SELECT: &str = "SELECT id, organization_id, display_name, fields, revision, \
      create_time, update_time FROM field_presets";
 
+async fn preset_by_id<'c>(
+    db: impl AnyExecutor<'c>,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<FieldPreset>> {
+    let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2");
+    let row: Option<PresetRow> = sqlx::query_as(&sql)
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    row.map(FieldPreset::try_from).transpose()
+}
+
 impl Store {
     /// Preset `id` of organization `org_id`.
     pub async fn field_preset(&self, org_id: &str, id: &str) -> Result<Option<FieldPreset>> {
-        let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2");
-        let row: Option<PresetRow> = sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(id)
-            .fetch_optional(self.reader())
-            .await?;
-        row.map(FieldPreset::try_from).transpose()
+        preset_by_id(self.reader(), org_id, id).await
     }
 
     /// A page of organization `org_id`'s presets, by id, after `after`.
@@ -89,13 +98,7 @@ impl Store {
 impl Tx {
     /// Preset `id` of organization `org_id`, read in this transaction.
     pub async fn field_preset(&mut self, org_id: &str, id: &str) -> Result<Option<FieldPreset>> {
-        let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2");
-        let row: Option<PresetRow> = sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(id)
-            .fetch_optional(self.conn())
-            .await?;
-        row.map(FieldPreset::try_from).transpose()
+        preset_by_id(self.conn(), org_id, id).await
     }
 
     pub async fn insert_field_preset(&mut self, p: &FieldPreset) -> Result<()> {
