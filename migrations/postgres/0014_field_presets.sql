@@ -12,6 +12,6 @@ CREATE TABLE field_presets (
 );
 CREATE INDEX field_presets_by_organization ON field_presets (organization_id, id);
 
-ALTER TABLE customer_grants ADD COLUMN preset_id TEXT;
+ALTER TABLE customer_grants ADD COLUMN preset_id TEXT REFERENCES field_presets (id) ON DELETE SET NULL;
 CREATE INDEX customer_grants_by_preset ON customer_grants (preset_id, grantee_id)
     WHERE preset_id IS NOT NULL AND revoke_time IS NULL;

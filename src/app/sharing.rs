@@ -158,7 +158,7 @@ pub async fn create_grant(tx: &mut Tx, caller: &Caller, g: NewGrant<'_>) -> Resu
         None => (g.fields, None),
         Some(id) => {
             let p = tx
-                .field_preset(&org.id, id)
+                .field_preset(&org.id, id, false)
                 .await?
                 .ok_or_else(|| preset_not_found(&names::field_preset(&org.slug, id)))?;
             (p.fields, Some((org.slug.clone(), p.id)))
@@ -254,7 +254,7 @@ pub async fn update_preset(
 ) -> Result<FieldPreset> {
     let org = preset_owner(caller, slug, name)?.clone();
     let mut p = tx
-        .field_preset(&org.id, id)
+        .field_preset(&org.id, id, true)
         .await?
         .ok_or_else(|| preset_not_found(name))?;
     check_etag(etag, p.revision, name)?;
@@ -273,7 +273,12 @@ pub async fn update_preset(
     if !tx.update_field_preset(&p).await? {
         return Err(Error::StaleEtag(name.to_owned()));
     }
-    let grantees = tx.field_preset_grantees(&p.id).await?;
+    // Grantees hear of a change of what they see, and nothing of the owner's label.
+    let grantees = if p.fields == before.fields {
+        vec![]
+    } else {
+        tx.field_preset_grantees(&p.id).await?
+    };
     preset_event(tx, &org, &grantees, &p);
     Ok(p)
 }
@@ -287,7 +292,7 @@ pub async fn delete_preset(
 ) -> Result<()> {
     let org = preset_owner(caller, slug, name)?;
     let p = tx
-        .field_preset(&org.id, id)
+        .field_preset(&org.id, id, true)
         .await?
         .ok_or_else(|| preset_not_found(name))?;
     check_etag(etag, p.revision, name)?;

@@ -25,17 +25,26 @@ pub fn request_event(tx: &mut Tx, event_type: EventType, r: &AccessRequest) {
     }
 }
 
-/// Tells the owner of preset `p` and each organization holding live grants made
-/// through it (`grantees`) of its change: one event each, however many customers the
-/// grants cover.
+/// Tells the owner of preset `p` of its change, and each organization holding live
+/// grants made through it (`grantees`) of its new fields: one event each, however many
+/// customers the grants cover. A grantee's copy carries the preset's name and fields
+/// only; its label, etag and times are the owner's.
 pub fn preset_event(tx: &mut Tx, owner: &OrgRef, grantees: &[OrgRef], p: &FieldPreset) {
-    let pb = preset_to_pb(&owner.slug, p);
-    let audience: Vec<&OrgRef> = std::iter::once(owner).chain(grantees).collect();
-    emit_to(tx, &audience, || {
+    let full = preset_to_pb(&owner.slug, p);
+    let shared = crate::pb::FieldPreset {
+        name: full.name.clone(),
+        fields: full.fields.clone(),
+        ..Default::default()
+    };
+    let draft = |pb: &crate::pb::FieldPreset| {
         Draft::new(
             EventType::FieldPresetUpdated,
             pb.name.clone(),
             Payload::FieldPreset(pb.clone()),
         )
-    });
+    };
+    emit(tx, &owner.id, draft(&full));
+    for grantee in grantees.iter().filter(|g| g.id != owner.id) {
+        emit(tx, &grantee.id, draft(&shared));
+    }
 }

@@ -72,7 +72,8 @@ const SQLITE_READERS: u32 = 4;
 
 /// How a PostgreSQL replica's `database.max_connections` is shared: a quarter (at
 /// least one) for reads outside a transaction, which hold a connection for one
-/// statement, and the rest (at least one) for write transactions and the workers.
+/// statement, and the rest (at least one) for write transactions and the workers. So
+/// 1 opens two connections: each side needs one.
 fn split_connections(max: u32) -> (u32, u32) {
     let readers = max.div_ceil(4).max(1);
     (readers, max.saturating_sub(readers).max(1))
@@ -212,7 +213,7 @@ impl Store {
                     .context("Failed to parse the database URL")?
                     .get_filename()
                     .to_owned();
-                let in_memory = file.as_os_str() == ":memory:" || url.contains("mode=memory");
+                let in_memory = url.contains(":memory:") || url.contains("mode=memory");
                 Store {
                     reader: Arc::new(reader),
                     writer,

@@ -2,7 +2,6 @@
 
 use jiff::Timestamp;
 use sqlx::FromRow;
-use sqlx::any::AnyExecutor;
 
 use super::customers::parse_fields;
 use super::{Page, Store, Tx, micros, timestamp};
@@ -52,24 +51,16 @@ impl TryFrom<PresetRow> for FieldPreset {
 const PRESET_SELECT: &str = "SELECT id, organization_id, display_name, fields, revision, \
      create_time, update_time FROM field_presets";
 
-async fn preset_by_id<'c>(
-    db: impl AnyExecutor<'c>,
-    org_id: &str,
-    id: &str,
-) -> Result<Option<FieldPreset>> {
-    let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2");
-    let row: Option<PresetRow> = sqlx::query_as(&sql)
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    row.map(FieldPreset::try_from).transpose()
-}
-
 impl Store {
     /// Preset `id` of organization `org_id`.
     pub async fn field_preset(&self, org_id: &str, id: &str) -> Result<Option<FieldPreset>> {
-        preset_by_id(self.reader(), org_id, id).await
+        let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2");
+        let row: Option<PresetRow> = sqlx::query_as(&sql)
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(FieldPreset::try_from).transpose()
     }
 
     /// A page of organization `org_id`'s presets, by id, after `after`.
@@ -96,9 +87,29 @@ impl Store {
 }
 
 impl Tx {
-    /// Preset `id` of organization `org_id`, read in this transaction.
-    pub async fn field_preset(&mut self, org_id: &str, id: &str) -> Result<Option<FieldPreset>> {
-        preset_by_id(self.conn(), org_id, id).await
+    /// Preset `id` of organization `org_id`, read in this transaction and locked to
+    /// its end on PostgreSQL: shared by a grant made through it (`change` false), so
+    /// a concurrent change of its fields waits and then rewrites that grant too;
+    /// exclusive for a change or a delete (`change` true). SQLite's write
+    /// transactions run one at a time already.
+    pub async fn field_preset(
+        &mut self,
+        org_id: &str,
+        id: &str,
+        change: bool,
+    ) -> Result<Option<FieldPreset>> {
+        let lock = match (self.dialect, change) {
+            (super::Dialect::Postgres, false) => " FOR SHARE",
+            (super::Dialect::Postgres, true) => " FOR UPDATE",
+            _ => "",
+        };
+        let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2{lock}");
+        let row: Option<PresetRow> = sqlx::query_as(&sql)
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(FieldPreset::try_from).transpose()
     }
 
     pub async fn insert_field_preset(&mut self, p: &FieldPreset) -> Result<()> {

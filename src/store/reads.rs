@@ -98,18 +98,22 @@ impl Drop for Lent<'_> {
         let Some((conn, opened)) = self.conn.take() else {
             return;
         };
-        if self.settled && !self.pool.closed.load(Ordering::Acquire) {
+        if self.settled {
+            // Checked under the lock `close` empties the list with, so a connection
+            // coming back while the pool closes is either taken by it or dropped here.
             let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.push(Idle {
-                conn,
-                opened,
-                since: Instant::now(),
-            });
-        } else {
-            // Dropped, not closed gracefully: its state is unknown.
-            self.pool.open.fetch_sub(1, Ordering::AcqRel);
-            drop(conn);
+            if !self.pool.closed.load(Ordering::Acquire) {
+                idle.push(Idle {
+                    conn,
+                    opened,
+                    since: Instant::now(),
+                });
+                return;
+            }
         }
+        // Dropped, not closed gracefully: its state is unknown.
+        self.pool.open.fetch_sub(1, Ordering::AcqRel);
+        drop(conn);
     }
 }
 
@@ -195,14 +199,11 @@ impl ReadPool {
                     None => break,
                 }
             }
+            // Counted once open: a connect abandoned halfway (the acquire timeout, the
+            // caller's deadline) leaves nothing to count.
+            let conn = self.open_one().await?;
             self.open.fetch_add(1, Ordering::AcqRel);
-            match self.open_one().await {
-                Ok(conn) => Ok(self.lent(conn, Instant::now(), permit)),
-                Err(e) => {
-                    self.open.fetch_sub(1, Ordering::AcqRel);
-                    Err(e)
-                }
-            }
+            Ok(self.lent(conn, Instant::now(), permit))
         };
         if self.closed.load(Ordering::Acquire) {
             return Err(sqlx::Error::PoolClosed);
@@ -243,7 +244,17 @@ impl ReadPool {
     ) -> Result<T> {
         let mut lent = self.acquire().await?;
         let outcome = work(&mut lent).await;
-        lent.settled = !matches!(&outcome, Err(Error::DatabaseUnavailable { .. }));
+        lent.settled = match &outcome {
+            Ok(_) => true,
+            // A database failure the caller sees as INTERNAL: keep the connection
+            // only if the statement, not the connection, failed.
+            Err(Error::Internal(e)) => e
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(|e| !breaks_connection(e)),
+            Err(Error::DatabaseUnavailable { .. }) => false,
+            // The rest (not found, contention, bad input) are answers, not breakage.
+            Err(_) => true,
+        };
         outcome
     }
 
@@ -252,7 +263,10 @@ impl ReadPool {
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.permits.close();
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *idle)
+        };
         for i in idle {
             self.open.fetch_sub(1, Ordering::AcqRel);
             let _ = i.conn.close().await;

@@ -17,6 +17,7 @@ crate::on_both_backends!(
     erasure_removes_personal_data_everywhere,
     grants_are_created_and_revoked_in_batches_all_or_none,
     a_field_preset_shares_its_fields_and_a_change_reaches_every_grant_with_one_event_each,
+    a_preset_change_racing_grants_through_it_leaves_none_with_old_fields,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1600,10 +1601,39 @@ async fn a_field_preset_shares_its_fields_and_a_change_reaches_every_grant_with_
         assert_eq!(heard.len(), expected, "{}", org.name);
         if let Some(e) = heard.first() {
             match &e.payload {
-                Some(pb::event::Payload::FieldPreset(p)) => assert_eq!(p.name, contact.name),
+                Some(pb::event::Payload::FieldPreset(p)) => {
+                    assert_eq!(
+                        (p.name.as_str(), p.fields.len()),
+                        (contact.name.as_str(), 2)
+                    );
+                    // A grantee learns the fields, not the owner's label for them.
+                    let label = if org.name == acme.name {
+                        "Contact only"
+                    } else {
+                        ""
+                    };
+                    assert_eq!(p.display_name, label, "{}", org.name);
+                }
                 other => panic!("expected the preset, got {other:?}"),
             }
         }
+    }
+    // A new label alone is the owner's business.
+    app.sharing(&acme.admin_key)
+        .update_field_preset(pb::UpdateFieldPresetRequest {
+            field_preset: Some(pb::FieldPreset {
+                name: contact.name.clone(),
+                display_name: "Partners being phased out".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["display_name"]),
+            request_id: String::new(),
+        })
+        .await
+        .expect("relabel");
+    for (org, expected) in [(&acme, 2), (&dist, 1), (&shop, 1)] {
+        let events = feed(&app, &org.read_key).await;
+        assert_eq!(preset_events(&events).len(), expected, "{}", org.name);
     }
 
     // In use, it cannot be deleted; once its grants are revoked, it can.
@@ -1629,4 +1659,72 @@ async fn a_field_preset_shares_its_fields_and_a_change_reaches_every_grant_with_
 
 async fn get_customer(app: &TestApp, key: &str, name: &str) -> pb::Customer {
     get(app, key, name).await.expect("visible")
+}
+
+/// Grants made through a preset while its fields change: whichever commits first, no
+/// live grant is left with the fields the preset had before (on PostgreSQL the grant's
+/// read of the preset waits for the change, or the change waits for the grant).
+async fn a_preset_change_racing_grants_through_it_leaves_none_with_old_fields(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    app.partner(&acme, &dist).await;
+    let preset = create_preset(&app, &acme, "Rotating", &["display_name"])
+        .await
+        .unwrap();
+    let choices = [
+        vec!["display_name", "emails"],
+        vec!["display_name", "phones"],
+    ];
+    let mut all = vec![];
+    for round in 0..12 {
+        let mut batch = vec![];
+        for i in 0..4 {
+            let c = create(&app, &acme, person("Race", &format!("R{round}x{i}"), "")).await;
+            batch.push(through(&c.name, &dist, &preset.name));
+            all.push(c.name);
+        }
+        let fields = &choices[round % 2];
+        let mut client = app.sharing(&acme.admin_key);
+        let change = client.update_field_preset(pb::UpdateFieldPresetRequest {
+            field_preset: Some(pb::FieldPreset {
+                name: preset.name.clone(),
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["fields"]),
+            request_id: String::new(),
+        });
+        let (changed, granted) = tokio::join!(change, batch_grant(&app, &acme, batch, ""));
+        changed.expect("change");
+        granted.expect("grants");
+    }
+    let now = app
+        .sharing(&acme.read_key)
+        .get_field_preset(pb::GetFieldPresetRequest {
+            name: preset.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .fields;
+    for name in &all {
+        let grants = app
+            .sharing(&acme.read_key)
+            .list_grants(pb::ListGrantsRequest {
+                parent: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        assert_eq!(grants.len(), 1);
+        assert_eq!(
+            grants[0].fields, now,
+            "{name} kept fields the preset no longer has"
+        );
+    }
 }
