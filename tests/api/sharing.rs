@@ -1147,18 +1147,23 @@ fn grant_events(events: &[pb::Event]) -> usize {
         .count()
 }
 
+/// A vendor, a distributor, a retailer and another retailer, no partnerships yet.
+async fn network(app: &TestApp) -> [Org; 4] {
+    [
+        app.create_org("acme", pb::OrganizationKind::Vendor).await,
+        app.create_org("dist", pb::OrganizationKind::Distributor)
+            .await,
+        app.create_org("shop", pb::OrganizationKind::Retailer).await,
+        app.create_org("stranger", pb::OrganizationKind::Retailer)
+            .await,
+    ]
+}
+
 async fn grants_are_created_and_revoked_in_batches_all_or_none(backend: Backend) {
     use crate::events::feed;
     use pb::AccessLevel::{Read, ReadWrite};
     let app = spawn_app(backend).await;
-    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
-    let dist = app
-        .create_org("dist", pb::OrganizationKind::Distributor)
-        .await;
-    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
-    let stranger = app
-        .create_org("stranger", pb::OrganizationKind::Retailer)
-        .await;
+    let [acme, dist, shop, stranger] = network(&app).await;
     let rival = app.create_org("rival", pb::OrganizationKind::Vendor).await;
     app.partner(&acme, &dist).await;
     app.partner(&acme, &shop).await;
@@ -1410,14 +1415,7 @@ async fn a_field_preset_shares_its_fields_and_a_change_reaches_every_grant_with_
     use crate::events::feed;
     use pb::AccessLevel::Read;
     let app = spawn_app(backend).await;
-    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
-    let dist = app
-        .create_org("dist", pb::OrganizationKind::Distributor)
-        .await;
-    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
-    let stranger = app
-        .create_org("stranger", pb::OrganizationKind::Retailer)
-        .await;
+    let [acme, dist, shop, stranger] = network(&app).await;
     app.partner(&acme, &dist).await;
     app.partner(&acme, &shop).await;
     let suspended = app.partner(&acme, &stranger).await;
