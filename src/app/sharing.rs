@@ -171,15 +171,29 @@ fn preset_not_found(name: &str) -> Error {
     Error::NotFound(format!("field preset {name:?}"))
 }
 
-/// The caller's organization, if it is `slug` (a preset's); another organization's
-/// presets are not found.
-fn preset_owner<'c>(caller: &'c Caller, slug: &Slug, name: &str) -> Result<&'c OrgRef> {
+/// The caller's organization, if it is `slug`; else `missing()`: another
+/// organization's presets, and the organization itself, are not found (as for
+/// members).
+fn own_organization<'c>(
+    caller: &'c Caller,
+    slug: &Slug,
+    missing: impl FnOnce() -> Error,
+) -> Result<&'c OrgRef> {
     let org = caller.organization()?;
     if &org.slug == slug {
         Ok(org)
     } else {
-        Err(preset_not_found(name))
+        Err(missing())
     }
+}
+
+/// The caller's organization, if it owns the preset named `name` (of `slug`).
+fn preset_owner<'c>(caller: &'c Caller, slug: &Slug, name: &str) -> Result<&'c OrgRef> {
+    own_organization(caller, slug, || preset_not_found(name))
+}
+
+fn organization_not_found(parent: &str) -> Error {
+    Error::NotFound(format!("organization {parent:?}"))
 }
 
 /// Creates a field preset of the caller's organization (`parent`, named `parent`).
@@ -190,11 +204,7 @@ pub async fn create_preset(
     display_name: DisplayName,
     fields: FieldSet,
 ) -> Result<(Slug, FieldPreset)> {
-    let org = caller.organization()?;
-    if &org.slug != slug {
-        // As for members: another organization is not found.
-        return Err(Error::NotFound(format!("organization {parent:?}")));
-    }
+    let org = own_organization(caller, slug, || organization_not_found(parent))?;
     let now = now();
     let p = FieldPreset {
         id: Uuid::now_v7().to_string(),
@@ -229,11 +239,7 @@ pub async fn list_presets(
     (slug, parent): (&Slug, &str),
     (after, size): (Option<&str>, usize),
 ) -> Result<Page<FieldPreset>> {
-    let org = caller.organization()?;
-    if &org.slug != slug {
-        // As for members: another organization is not found.
-        return Err(Error::NotFound(format!("organization {parent:?}")));
-    }
+    let org = own_organization(caller, slug, || organization_not_found(parent))?;
     store.field_presets(&org.id, after, size).await
 }
 

@@ -2,12 +2,14 @@
 
 use jiff::Timestamp;
 use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
 
 use super::customers::parse_fields;
+use super::sharing::org_ref;
 use super::{Page, Store, Tx, micros, timestamp};
+use crate::domain::OrgRef;
 use crate::domain::customer::FieldSet;
 use crate::domain::error::Result;
-use crate::domain::{OrgRef, Slug};
 
 /// A named set of fields an organization's grants share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,16 +53,26 @@ impl TryFrom<PresetRow> for FieldPreset {
 const PRESET_SELECT: &str = "SELECT id, organization_id, display_name, fields, revision, \
      create_time, update_time FROM field_presets";
 
+/// Preset `id` of organization `org_id`, with `lock` (a locking clause, or empty).
+async fn preset_by_id<'c>(
+    db: impl AnyExecutor<'c>,
+    org_id: &str,
+    id: &str,
+    lock: &str,
+) -> Result<Option<FieldPreset>> {
+    let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2{lock}");
+    let row: Option<PresetRow> = sqlx::query_as(&sql)
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    row.map(FieldPreset::try_from).transpose()
+}
+
 impl Store {
     /// Preset `id` of organization `org_id`.
     pub async fn field_preset(&self, org_id: &str, id: &str) -> Result<Option<FieldPreset>> {
-        let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2");
-        let row: Option<PresetRow> = sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(id)
-            .fetch_optional(self.reader())
-            .await?;
-        row.map(FieldPreset::try_from).transpose()
+        preset_by_id(self.reader(), org_id, id, "").await
     }
 
     /// A page of organization `org_id`'s presets, by id, after `after`.
@@ -103,13 +115,7 @@ impl Tx {
             (super::Dialect::Postgres, true) => " FOR UPDATE",
             _ => "",
         };
-        let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2{lock}");
-        let row: Option<PresetRow> = sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(id)
-            .fetch_optional(self.conn())
-            .await?;
-        row.map(FieldPreset::try_from).transpose()
+        preset_by_id(self.conn(), org_id, id, lock).await
     }
 
     pub async fn insert_field_preset(&mut self, p: &FieldPreset) -> Result<()> {
@@ -171,12 +177,7 @@ impl Tx {
         .fetch_all(self.conn())
         .await?;
         rows.into_iter()
-            .map(|(id, slug)| {
-                Ok(OrgRef {
-                    slug: Slug::parse(&slug).map_err(|_| super::corrupt("slug", &slug))?,
-                    id,
-                })
-            })
+            .map(|(id, slug)| org_ref(id, &slug))
             .collect()
     }
 

@@ -52,7 +52,7 @@ const GRANT_SELECT: &str = "SELECT g.id, g.customer_id, g.grantee_id, o.slug AS 
      LEFT JOIN field_presets fp ON fp.id = g.preset_id \
      LEFT JOIN organizations po ON po.id = fp.organization_id";
 
-fn org_ref(id: String, slug: &str) -> Result<OrgRef> {
+pub(super) fn org_ref(id: String, slug: &str) -> Result<OrgRef> {
     Ok(OrgRef {
         id,
         slug: Slug::parse(slug).map_err(|_| corrupt("slug", slug))?,
