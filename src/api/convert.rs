@@ -3,6 +3,8 @@
 use jiff::Timestamp;
 
 use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::visibility::AccessLevel;
+use crate::pb;
 
 pub use crate::feed::render::{
     org_kind_from_pb, org_kind_to_pb, relationship_from_pb, role_from_pb, scope_from_pb,
@@ -47,6 +49,19 @@ pub fn update_paths(
         ));
     }
     Ok(paths)
+}
+
+/// A grant's or rule's access level: READ or READ_WRITE.
+pub fn level_from_pb(raw: i32) -> Result<AccessLevel, FieldViolation> {
+    match pb::AccessLevel::try_from(raw) {
+        Ok(pb::AccessLevel::Read) => Ok(AccessLevel::Read),
+        Ok(pb::AccessLevel::ReadWrite) => Ok(AccessLevel::ReadWrite),
+        Ok(pb::AccessLevel::Unspecified) => Err(FieldViolation::required("")),
+        _ => Err(FieldViolation::new(
+            "",
+            "must be ACCESS_LEVEL_READ or ACCESS_LEVEL_READ_WRITE",
+        )),
+    }
 }
 
 #[cfg(test)]

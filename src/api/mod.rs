@@ -18,6 +18,7 @@ mod interactions;
 pub mod limits;
 mod members;
 mod partnerships;
+mod rules;
 mod sharing;
 pub(crate) mod webhooks;
 

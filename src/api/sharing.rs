@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use tonic::{Request, Response, Status};
 
-use super::convert::update_paths;
+use super::convert::{level_from_pb, update_paths};
+use super::rules;
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
 use crate::app::sharing::{self as app, MAX_GRANT_BATCH, MatchKey, NewAccessRequest, NewGrant};
@@ -26,18 +27,6 @@ pub struct SharingApi {
 impl SharingApi {
     pub fn new(hub: Hub) -> Self {
         Self { hub }
-    }
-}
-
-fn level_from_pb(raw: i32) -> Result<AccessLevel, FieldViolation> {
-    match pb::AccessLevel::try_from(raw) {
-        Ok(pb::AccessLevel::Read) => Ok(AccessLevel::Read),
-        Ok(pb::AccessLevel::ReadWrite) => Ok(AccessLevel::ReadWrite),
-        Ok(pb::AccessLevel::Unspecified) => Err(FieldViolation::required("")),
-        _ => Err(FieldViolation::new(
-            "",
-            "must be ACCESS_LEVEL_READ or ACCESS_LEVEL_READ_WRITE",
-        )),
     }
 }
 
@@ -603,6 +592,90 @@ impl SharingService for SharingApi {
         .await?;
         tracing::info!(field_preset = %name, "field preset deleted");
         Ok(Response::new(response))
+    }
+
+    async fn create_segment(
+        &self,
+        request: Request<pb::CreateSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        rules::create_segment(&self.hub, request).await
+    }
+
+    async fn get_segment(
+        &self,
+        request: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        rules::get_segment(&self.hub, request).await
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        rules::list_segments(&self.hub, request).await
+    }
+
+    async fn update_segment(
+        &self,
+        request: Request<pb::UpdateSegmentRequest>,
+    ) -> Result<Response<pb::Segment>, Status> {
+        rules::update_segment(&self.hub, request).await
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        rules::delete_segment(&self.hub, request).await
+    }
+
+    async fn count_segment_members(
+        &self,
+        request: Request<pb::CountSegmentMembersRequest>,
+    ) -> Result<Response<pb::CountSegmentMembersResponse>, Status> {
+        rules::count_segment_members(&self.hub, request).await
+    }
+
+    async fn list_segment_members(
+        &self,
+        request: Request<pb::ListSegmentMembersRequest>,
+    ) -> Result<Response<pb::ListSegmentMembersResponse>, Status> {
+        rules::list_segment_members(&self.hub, request).await
+    }
+
+    async fn create_sharing_rule(
+        &self,
+        request: Request<pb::CreateSharingRuleRequest>,
+    ) -> Result<Response<pb::SharingRule>, Status> {
+        rules::create_sharing_rule(&self.hub, request).await
+    }
+
+    async fn get_sharing_rule(
+        &self,
+        request: Request<pb::GetSharingRuleRequest>,
+    ) -> Result<Response<pb::SharingRule>, Status> {
+        rules::get_sharing_rule(&self.hub, request).await
+    }
+
+    async fn list_sharing_rules(
+        &self,
+        request: Request<pb::ListSharingRulesRequest>,
+    ) -> Result<Response<pb::ListSharingRulesResponse>, Status> {
+        rules::list_sharing_rules(&self.hub, request).await
+    }
+
+    async fn update_sharing_rule(
+        &self,
+        request: Request<pb::UpdateSharingRuleRequest>,
+    ) -> Result<Response<pb::SharingRule>, Status> {
+        rules::update_sharing_rule(&self.hub, request).await
+    }
+
+    async fn revoke_sharing_rule(
+        &self,
+        request: Request<pb::RevokeSharingRuleRequest>,
+    ) -> Result<Response<pb::SharingRule>, Status> {
+        rules::revoke_sharing_rule(&self.hub, request).await
     }
 
     async fn match_customer(

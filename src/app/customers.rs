@@ -267,7 +267,11 @@ pub async fn create(
         merged_customers: vec![],
         saw_before: vec![],
     };
-    tell(tx, change, std::slice::from_ref(&seen));
+    // A new record's audience: its owner, and the partners the owner's rules reach
+    // if it lands in a segment they share.
+    let mut audience = vec![seen.clone()];
+    audience.extend(tx.rule_audience(&seen.customer).await?);
+    tell(tx, change, &audience);
     Ok(seen)
 }
 
@@ -364,8 +368,11 @@ fn apply_fields(
                     Access::Grantee {
                         level: AccessLevel::Read,
                         ..
-                    } => "your grant on this customer is read-only".to_owned(),
-                    _ => format!("your grant does not let you change {}", field.as_str()),
+                    } => "your access to this customer is read-only".to_owned(),
+                    _ => format!(
+                        "no grant or sharing rule lets you change {}",
+                        field.as_str()
+                    ),
                 },
             });
         }
@@ -770,6 +777,52 @@ pub async fn erase(
     Ok((seen, access))
 }
 
+/// Whose customers a filter can match for `org`: all it sees, only its own or only
+/// others'; `None` if its conditions contradict each other.
+fn reach_of(filter: &CustomerFilter, org: &OrgRef) -> Option<Reach> {
+    let mut reach = Reach::All;
+    for condition in &filter.conditions {
+        let only = match condition {
+            CustomerCondition::Owner(slug) if *slug == org.slug => Reach::Owned,
+            CustomerCondition::Owner(_) => Reach::Granted,
+            CustomerCondition::Granted(true) => Reach::Granted,
+            CustomerCondition::Granted(false) => Reach::Owned,
+            _ => continue,
+        };
+        if reach != Reach::All && reach != only {
+            return None;
+        }
+        reach = only;
+    }
+    Some(reach)
+}
+
+/// How many customers the caller may see match `filter` now.
+pub async fn count(
+    store: &Store,
+    settings: &CustomerSettings,
+    caller: &Caller,
+    filter: &CustomerFilter,
+) -> Result<i64> {
+    let org = caller.organization()?;
+    let Some(reach) = reach_of(filter, org) else {
+        return Ok(0);
+    };
+    let query = CustomerQuery {
+        viewer_id: &org.id,
+        conditions: &filter.conditions,
+        order: CustomerOrder {
+            key: crate::store::OrderKey::Id,
+            descending: false,
+        },
+        show_deleted: false,
+        reach,
+        after: None,
+        limit: 0,
+    };
+    store.count_customers(&query, &settings.secret).await
+}
+
 /// One page of a customer listing.
 pub struct Listing<'a> {
     pub filter: &'a CustomerFilter,
@@ -789,24 +842,12 @@ pub async fn list(
     l: Listing<'_>,
 ) -> Result<Page<(SeenCustomer, Access)>> {
     let org = caller.organization()?;
-    let mut reach = Reach::All;
-    for condition in &l.filter.conditions {
-        let only = match condition {
-            CustomerCondition::Owner(slug) if *slug == org.slug => Reach::Owned,
-            CustomerCondition::Owner(_) => Reach::Granted,
-            CustomerCondition::Granted(true) => Reach::Granted,
-            CustomerCondition::Granted(false) => Reach::Owned,
-            _ => continue,
-        };
-        if reach != Reach::All && reach != only {
-            // Contradictory conditions: nothing can match.
-            return Ok(Page {
-                items: vec![],
-                next_after: None,
-            });
-        }
-        reach = only;
-    }
+    let Some(reach) = reach_of(l.filter, org) else {
+        return Ok(Page {
+            items: vec![],
+            next_after: None,
+        });
+    };
     let found = store
         .customers(
             &CustomerQuery {

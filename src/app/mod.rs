@@ -10,6 +10,7 @@ pub mod interactions;
 pub mod members;
 pub mod organizations;
 pub mod partnerships;
+pub mod rules;
 pub mod sharing;
 pub mod webhooks;
 pub mod write;

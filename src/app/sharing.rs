@@ -167,14 +167,14 @@ pub async fn create_grant(tx: &mut Tx, caller: &Caller, g: NewGrant<'_>) -> Resu
     grant(tx, org, g.customer_id, g.grantee, g.level, fields, preset).await
 }
 
-fn preset_not_found(name: &str) -> Error {
+pub(super) fn preset_not_found(name: &str) -> Error {
     Error::NotFound(format!("field preset {name:?}"))
 }
 
 /// The caller's organization, if it is `slug`; else `missing()`: another
 /// organization's presets, and the organization itself, are not found (as for
 /// members).
-fn own_organization<'c>(
+pub(super) fn own_organization<'c>(
     caller: &'c Caller,
     slug: &Slug,
     missing: impl FnOnce() -> Error,

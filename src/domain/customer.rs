@@ -424,6 +424,11 @@ impl FieldSet {
         self.0 & field.bit() != 0
     }
 
+    /// Every field in either set.
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
     pub fn iter(self) -> impl Iterator<Item = CustomerField> {
         CustomerField::ALL
             .into_iter()
@@ -622,6 +627,32 @@ impl Profile {
         pairs.sort();
         pairs.dedup();
         pairs
+    }
+}
+
+/// A customer as one organization may see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerView {
+    /// `None` if the display name is not shared with the viewer.
+    pub display_name: Option<String>,
+    /// The profile with every field the viewer may not see emptied.
+    pub profile: Profile,
+    pub fields: FieldSet,
+}
+
+impl CustomerView {
+    /// The fields that read differently in this view than in `before` (the same
+    /// viewer's view of the previous version): what a change looks like to someone
+    /// who sees only this much. A change to a hidden field is no change here.
+    pub fn changes_since(&self, before: &CustomerView) -> Vec<CustomerField> {
+        CustomerField::ALL
+            .into_iter()
+            .filter(|f| self.fields.contains(*f))
+            .filter(|f| match f {
+                CustomerField::DisplayName => self.display_name != before.display_name,
+                _ => self.profile.value_of(*f) != before.profile.value_of(*f),
+            })
+            .collect()
     }
 }
 

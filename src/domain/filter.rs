@@ -12,9 +12,9 @@
 
 use jiff::Timestamp;
 
+use super::customer::CustomerView;
 use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
 use super::text::{self, Lines};
-use super::visibility::CustomerView;
 use super::{EmailAddress, Slug};
 use crate::domain::error::FieldViolation;
 
@@ -301,6 +301,64 @@ impl CustomerFilter {
             conditions.push(condition);
         }
         Ok(Self { conditions })
+    }
+}
+
+impl CustomerFilter {
+    /// A segment's filter: [`CustomerFilter::parse`], with at least one comparison and
+    /// none on `external_id` (each organization's own, so no rule could read it for a
+    /// partner).
+    pub fn parse_segment(filter: &str, region: PhoneRegion) -> Result<Self, FieldViolation> {
+        let parsed = Self::parse(filter, region)?;
+        if parsed.conditions.is_empty() {
+            return Err(bad(
+                "a segment needs at least one comparison (a sharing rule without a segment shares every customer)",
+            ));
+        }
+        if parsed
+            .conditions
+            .iter()
+            .any(|c| matches!(c, CustomerCondition::ExternalId(_)))
+        {
+            return Err(bad(
+                "a segment cannot filter on external_id: external ids are each organization's own; use a tag",
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// The filter as canonical text: every value quoted, phones in E.164, names in
+    /// lower case. Parsing it again, under any phone region, gives this filter.
+    pub fn to_text(&self) -> String {
+        let quoted = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        self.conditions
+            .iter()
+            .map(|c| match c {
+                CustomerCondition::DisplayName(NameMatch::Exact(v)) => {
+                    format!("display_name = {}", quoted(v))
+                }
+                CustomerCondition::DisplayName(NameMatch::Prefix(p)) => {
+                    format!("display_name = {}", quoted(&format!("{p}*")))
+                }
+                CustomerCondition::Email(e) => format!("email = {}", quoted(e.as_str())),
+                CustomerCondition::Phone(p) => format!("phone = {}", quoted(p.as_str())),
+                CustomerCondition::Tag(t) => format!("tag = {}", quoted(t)),
+                CustomerCondition::ExternalId(x) => format!("external_id = {}", quoted(x)),
+                CustomerCondition::Owner(o) => format!("owner = \"organizations/{o}\""),
+                CustomerCondition::Kind(k) => format!(
+                    "kind = {}",
+                    match k {
+                        CustomerKind::Person => "PERSON",
+                        CustomerKind::Company => "COMPANY",
+                    }
+                ),
+                CustomerCondition::UpdateTime(op, t) => {
+                    format!("update_time {} {}", op.symbol(), quoted(&t.to_string()))
+                }
+                CustomerCondition::Granted(g) => format!("granted = {g}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 }
 
@@ -598,6 +656,7 @@ mod tests {
         let masked = Access::Grantee {
             level: AccessLevel::Read,
             fields: FieldSet::parse(&names).unwrap(),
+            writable: FieldSet::NONE,
         };
         let view = masked.view(CustomerKind::Person, &profile);
         assert!(
@@ -608,5 +667,34 @@ mod tests {
         assert!(CustomerFilter::default().matches(&facts(&view)));
         let later = CustomerFilter::parse(r#"update_time > "2026-01-01T00:00:00Z""#, de()).unwrap();
         assert!(!later.matches(&facts(&view)));
+    }
+
+    #[test]
+    fn a_segment_filter_round_trips_through_its_canonical_text() {
+        let filter = CustomerFilter::parse_segment(
+            r#"display_name = "Jane \"JD\" D*" AND email = Jane@Doe.example AND phone = "030 901820" AND tag:vip AND owner = organizations/acme AND kind = COMPANY AND update_time >= "2026-01-01T00:00:00Z" AND granted = false"#,
+            de(),
+        )
+        .unwrap();
+        let text = filter.to_text();
+        assert!(text.contains(r#"phone = "+4930901820""#), "{text}");
+        // Read back under another region, the phone is the same number.
+        let us = PhoneRegion::parse("US").unwrap();
+        assert_eq!(CustomerFilter::parse_segment(&text, us).unwrap(), filter);
+        for (bad_filter, expected) in [
+            ("", "at least one comparison"),
+            (
+                "external_id = C-1",
+                "external ids are each organization's own",
+            ),
+            ("tag = a OR tag = b", "OR is not supported"),
+        ] {
+            let err = CustomerFilter::parse_segment(bad_filter, de()).unwrap_err();
+            assert!(
+                err.description.contains(expected),
+                "{bad_filter}: {}",
+                err.description
+            );
+        }
     }
 }

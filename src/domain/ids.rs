@@ -93,6 +93,10 @@ id_types!(
     MatchId,
     /// A field preset.
     PresetId,
+    /// A segment: a saved customer filter.
+    SegmentId,
+    /// A sharing rule.
+    RuleId,
     /// A case.
     CaseId,
     /// A task of a case.

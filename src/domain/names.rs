@@ -6,7 +6,7 @@ use crate::domain::Slug;
 use crate::domain::error::FieldViolation;
 use crate::domain::ids::{
     AccessRequestId, ApiKeyId, CaseId, CertificateId, CustomerId, EndpointId, GrantId, Id,
-    InteractionId, MatchId, MemberId, PartnershipId, PresetId, TaskId,
+    InteractionId, MatchId, MemberId, PartnershipId, PresetId, RuleId, SegmentId, TaskId,
 };
 
 pub fn organization(slug: &Slug) -> String {
@@ -35,6 +35,26 @@ pub fn field_preset(org: &Slug, id: &str) -> String {
 pub fn parse_field_preset(name: &str) -> Result<(Slug, PresetId), FieldViolation> {
     const FORM: &str = "organizations/{organization}/fieldPresets/{preset}";
     parse_child(name, "fieldPresets", FORM)
+}
+
+pub fn segment(org: &Slug, id: &str) -> String {
+    format!("organizations/{org}/segments/{id}")
+}
+
+/// `organizations/{org}/segments/{segment}`.
+pub fn parse_segment(name: &str) -> Result<(Slug, SegmentId), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/segments/{segment}";
+    parse_child(name, "segments", FORM)
+}
+
+pub fn sharing_rule(org: &Slug, id: &str) -> String {
+    format!("organizations/{org}/sharingRules/{id}")
+}
+
+/// `organizations/{org}/sharingRules/{rule}`.
+pub fn parse_sharing_rule(name: &str) -> Result<(Slug, RuleId), FieldViolation> {
+    const FORM: &str = "organizations/{organization}/sharingRules/{rule}";
+    parse_child(name, "sharingRules", FORM)
 }
 
 pub fn client_certificate(org: &Slug, id: &str) -> String {

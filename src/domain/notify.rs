@@ -38,6 +38,8 @@ impl Category {
         use EventType::*;
         match event_type {
             AccessRequestCreated | PartnershipProposed => Some(Category::Work),
+            // A partner's customers shared with the organization, or no longer.
+            SharingRuleCreated | SharingRuleUpdated | SharingRuleRevoked => Some(Category::Work),
             CaseOpened
             | CaseTransitioned
             | CaseCommented

@@ -5,7 +5,13 @@
 //! [`Access::view`]. Queries may narrow their rows in SQL for speed, but the answer
 //! here is the final word.
 
-use super::customer::{CustomerField, CustomerKind, FieldSet, Profile, RecordState};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+pub use super::customer::CustomerView;
+use super::customer::{Customer, CustomerField, CustomerKind, FieldSet, Profile, RecordState};
+use super::filter::{CustomerFacts, CustomerFilter};
 
 /// What a grant allows besides seeing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,63 +31,106 @@ pub struct GrantStanding {
     pub partnership_active: bool,
 }
 
+/// A sharing rule of the customer's owner that names the viewer (or the viewer's
+/// relationship with the owner), with what decides whether it covers the customer.
+#[derive(Debug, Clone)]
+pub struct RuleStanding {
+    pub rule_id: String,
+    pub grantee_id: String,
+    pub level: AccessLevel,
+    pub fields: FieldSet,
+    /// The owner's segment the rule shares; `None`: every customer of the owner.
+    pub segment: Option<Arc<CustomerFilter>>,
+    pub expire_time: Option<Timestamp>,
+    pub revoked: bool,
+    /// Whether a partnership the rule reaches the viewer through is ACTIVE now.
+    pub partnership_active: bool,
+}
+
+impl RuleStanding {
+    /// Whether the rule shares `customer` with `viewer_id` at `now`: live, not
+    /// expired, through an ACTIVE partnership, and the customer, as its owner sees
+    /// it now, in the rule's segment.
+    fn covers(&self, viewer_id: &str, customer: &Customer, now: Timestamp) -> bool {
+        let live = self.grantee_id == viewer_id
+            && !self.revoked
+            && self.partnership_active
+            && self.expire_time.is_none_or(|t| now < t);
+        live && self.segment.as_ref().is_none_or(|segment| {
+            let view = Access::Owner.view(customer.kind, &customer.profile);
+            segment.matches(&CustomerFacts {
+                view: &view,
+                kind: customer.kind,
+                owner: &customer.owner.slug,
+                // Segments that rules share do not filter on external ids.
+                external_id: None,
+                update_time: customer.update_time,
+                granted: false,
+            })
+        })
+    }
+}
+
 /// How an organization may see a customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Owner,
     Grantee {
+        /// READ_WRITE when some field is writable.
         level: AccessLevel,
+        /// What the viewer sees.
         fields: FieldSet,
+        /// What the viewer may change: within `fields`.
+        writable: FieldSet,
     },
 }
 
-/// Whether `viewer_id` may see a customer owned by `owner_id` in `state`, given the
-/// viewer's grant on it (if any), and how. `None` means the viewer must be told
-/// NOT_FOUND, exactly as for a record that does not exist.
+/// Whether `viewer_id` may see `customer`, given the viewer's grant on it (if any) and
+/// its owner's sharing rules that name the viewer, and how, at `now`. `None` means
+/// the viewer must be told NOT_FOUND, exactly as for a record that does not exist.
+///
+/// A partner's access is the union of every source that works: the grant (live, its
+/// partnership ACTIVE) and each rule that covers the customer now. It sees every
+/// field any of them shows, and may change a field only where a READ_WRITE source
+/// shows that field: a READ rule never widens what a READ_WRITE grant may change.
 pub fn access(
     viewer_id: &str,
-    owner_id: &str,
-    state: RecordState,
+    customer: &Customer,
     grant: Option<&GrantStanding>,
+    rules: &[RuleStanding],
+    now: Timestamp,
 ) -> Option<Access> {
-    if viewer_id == owner_id {
-        return (state != RecordState::Merged).then_some(Access::Owner);
+    if viewer_id == customer.owner.id {
+        return (customer.state != RecordState::Merged).then_some(Access::Owner);
     }
-    if state != RecordState::Active {
+    if customer.state != RecordState::Active {
         return None;
     }
-    let grant =
-        grant.filter(|g| g.grantee_id == viewer_id && !g.revoked && g.partnership_active)?;
-    Some(Access::Grantee {
-        level: grant.level,
-        fields: grant.fields,
-    })
-}
-
-/// A customer as one organization may see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerView {
-    /// `None` if the display name is not shared with the viewer.
-    pub display_name: Option<String>,
-    /// The profile with every field the viewer may not see emptied.
-    pub profile: Profile,
-    pub fields: FieldSet,
-}
-
-impl CustomerView {
-    /// The fields that read differently in this view than in `before` (the same
-    /// viewer's view of the previous version): what a change looks like to someone
-    /// who sees only this much. A change to a hidden field is no change here.
-    pub fn changes_since(&self, before: &CustomerView) -> Vec<CustomerField> {
-        CustomerField::ALL
-            .into_iter()
-            .filter(|f| self.fields.contains(*f))
-            .filter(|f| match f {
-                CustomerField::DisplayName => self.display_name != before.display_name,
-                _ => self.profile.value_of(*f) != before.profile.value_of(*f),
-            })
-            .collect()
+    let grant = grant
+        .filter(|g| g.grantee_id == viewer_id && !g.revoked && g.partnership_active)
+        .map(|g| (g.level, g.fields));
+    let ruled = rules
+        .iter()
+        .filter(|r| r.covers(viewer_id, customer, now))
+        .map(|r| (r.level, r.fields));
+    let mut found = false;
+    let (mut fields, mut writable) = (FieldSet::NONE, FieldSet::NONE);
+    for (level, shown) in grant.into_iter().chain(ruled) {
+        found = true;
+        fields = fields.union(shown);
+        if level == AccessLevel::ReadWrite {
+            writable = writable.union(shown);
+        }
     }
+    found.then(|| Access::Grantee {
+        level: if writable == FieldSet::NONE {
+            AccessLevel::Read
+        } else {
+            AccessLevel::ReadWrite
+        },
+        fields,
+        writable,
+    })
 }
 
 impl Access {
@@ -100,14 +149,7 @@ impl Access {
     pub fn may_change(self, field: CustomerField) -> bool {
         match self {
             Access::Owner => true,
-            Access::Grantee {
-                level: AccessLevel::ReadWrite,
-                fields,
-            } => fields.contains(field),
-            Access::Grantee {
-                level: AccessLevel::Read,
-                ..
-            } => false,
+            Access::Grantee { writable, .. } => writable.contains(field),
         }
     }
 
@@ -169,6 +211,57 @@ mod tests {
     use super::*;
     use crate::domain::EmailAddress;
     use crate::domain::customer::{EmailContact, PhoneContact, PhoneNumber, PhoneRegion};
+    use crate::domain::{OrgRef, Slug};
+
+    fn customer(owner: &str, state: RecordState) -> Customer {
+        Customer {
+            id: "c1".into(),
+            owner: OrgRef {
+                id: owner.into(),
+                slug: Slug::parse(owner).unwrap(),
+            },
+            kind: CustomerKind::Person,
+            state,
+            profile: profile(),
+            merged_into: None,
+            create_time: Timestamp::UNIX_EPOCH,
+            update_time: Timestamp::UNIX_EPOCH,
+            delete_time: None,
+            revision: 1,
+        }
+    }
+
+    /// [`super::access`] with a grant alone.
+    fn access(
+        viewer: &str,
+        owner: &str,
+        state: RecordState,
+        grant: Option<&GrantStanding>,
+    ) -> Option<Access> {
+        super::access(
+            viewer,
+            &customer(owner, state),
+            grant,
+            &[],
+            Timestamp::UNIX_EPOCH,
+        )
+    }
+
+    fn rule(level: AccessLevel, fields: &[&str], segment: &str) -> RuleStanding {
+        let names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        let region = PhoneRegion::parse("DE").unwrap();
+        RuleStanding {
+            rule_id: "r1".into(),
+            grantee_id: "shop".into(),
+            level,
+            fields: FieldSet::parse(&names).unwrap(),
+            segment: (!segment.is_empty())
+                .then(|| Arc::new(CustomerFilter::parse(segment, region).unwrap())),
+            expire_time: None,
+            revoked: false,
+            partnership_active: true,
+        }
+    }
 
     fn grant(level: AccessLevel, fields: &[&str]) -> GrantStanding {
         let names: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
@@ -216,6 +309,7 @@ mod tests {
         let grantee = Access::Grantee {
             level: AccessLevel::ReadWrite,
             fields: FieldSet::ALL,
+            writable: FieldSet::ALL,
         };
         assert!(
             !grantee.is_owner(),
@@ -320,5 +414,106 @@ mod tests {
         assert!(rw.may_change(CustomerField::Emails));
         assert!(!rw.may_change(CustomerField::Phones));
         assert!(Access::Owner.may_change(CustomerField::Phones));
+    }
+
+    #[test]
+    fn a_rule_covers_what_its_segment_holds_while_it_lives() {
+        let now = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(1);
+        let vip = customer("acme", RecordState::Active);
+        let sees = |r: &RuleStanding, c: &Customer| {
+            super::access("shop", c, None, std::slice::from_ref(r), now)
+        };
+        let in_segment = rule(AccessLevel::Read, &["emails"], "tag = vip");
+        let a = sees(&in_segment, &vip).expect("a vip is in the segment");
+        assert!(a.sees(CustomerField::Emails) && !a.sees(CustomerField::Phones));
+        assert!(!a.may_change(CustomerField::Emails));
+        let outside = Customer {
+            profile: Profile {
+                tags: vec!["lead".into()],
+                ..profile()
+            },
+            ..vip.clone()
+        };
+        assert_eq!(sees(&in_segment, &outside), None, "left the segment");
+        assert!(
+            sees(&rule(AccessLevel::Read, &[], ""), &outside).is_some(),
+            "every customer"
+        );
+        // A segment is read on the owner's record, whatever the rule shows: a rule
+        // that shares emails only still selects by tag.
+        assert!(sees(&rule(AccessLevel::Read, &["emails"], "tag = vip"), &vip).is_some());
+        let expired = RuleStanding {
+            expire_time: Some(now),
+            ..in_segment.clone()
+        };
+        assert_eq!(sees(&expired, &vip), None, "expired at its expire_time");
+        let later = RuleStanding {
+            expire_time: Some(now + jiff::SignedDuration::from_secs(1)),
+            ..in_segment.clone()
+        };
+        assert!(sees(&later, &vip).is_some());
+        for dead in [
+            RuleStanding {
+                revoked: true,
+                ..in_segment.clone()
+            },
+            RuleStanding {
+                partnership_active: false,
+                ..in_segment.clone()
+            },
+            RuleStanding {
+                grantee_id: "nosy".into(),
+                ..in_segment.clone()
+            },
+        ] {
+            assert_eq!(sees(&dead, &vip), None, "{dead:?}");
+        }
+        assert_eq!(
+            sees(&in_segment, &customer("acme", RecordState::Deleted)),
+            None
+        );
+    }
+
+    #[test]
+    fn grants_and_rules_add_up_but_only_read_write_sources_make_fields_writable() {
+        let now = Timestamp::UNIX_EPOCH;
+        let c = customer("acme", RecordState::Active);
+        let g = grant(AccessLevel::ReadWrite, &["emails"]);
+        let rules = [
+            rule(AccessLevel::Read, &["phones", "emails"], "tag = vip"),
+            rule(AccessLevel::ReadWrite, &["addresses"], "tag = vip"),
+            rule(AccessLevel::ReadWrite, &["tags"], "tag = nobody"),
+        ];
+        let a = super::access("shop", &c, Some(&g), &rules, now).unwrap();
+        use CustomerField as F;
+        for (field, seen, writable) in [
+            (F::Emails, true, true),
+            (F::Phones, true, false),
+            (F::Addresses, true, true),
+            (F::Tags, false, false),
+            (F::GivenName, false, false),
+        ] {
+            assert_eq!(a.sees(field), seen, "{field:?}");
+            assert_eq!(a.may_change(field), writable, "{field:?}");
+        }
+        let Access::Grantee { level, .. } = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(level, AccessLevel::ReadWrite);
+        // A READ rule alone: read only, however much it shows.
+        let read = super::access("shop", &c, None, &rules[..1], now).unwrap();
+        assert!(matches!(
+            read,
+            Access::Grantee {
+                level: AccessLevel::Read,
+                ..
+            }
+        ));
+        assert!(!read.may_change(F::Emails));
+        // The owner is the owner, whatever rules say.
+        assert_eq!(
+            super::access("acme", &c, None, &rules, now),
+            Some(Access::Owner)
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use super::draft::{Draft, emit};
 use super::render::{customer_to_pb, overlay_to_pb, state_to_pb};
-use crate::domain::customer::Customer;
+use crate::domain::customer::{Customer, RecordState};
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
 use crate::domain::names;
@@ -54,21 +54,45 @@ pub async fn customer_changed(
     Ok(())
 }
 
-/// [`customer_changed`] for a caller that already holds the audience (a new record's
-/// is its owner alone).
+/// Whether the viewer of `seen` could see the record as it was `before` a change,
+/// by the same grant and rules: a change of the profile moves a record into or out of
+/// a rule's segment. Grants and states are the same before and after a change of
+/// the profile (a change of state names those who saw it in `saw_before`).
+fn saw(seen: &SeenCustomer, before: &Customer) -> bool {
+    if seen.rules.is_empty() {
+        return seen.access().is_some();
+    }
+    let then = SeenCustomer {
+        customer: before.clone(),
+        ..seen.clone()
+    };
+    then.access().is_some()
+}
+
+/// [`customer_changed`] for a caller that already holds the audience (a new record's:
+/// its owner, and the partners its owner's rules reach).
+///
+/// A viewer that sees the record now but did not before the change (it entered a
+/// rule's segment) hears of every field it sees, as of a new record; one that saw it
+/// before and no longer does (it left the segment) gets a last, bare event.
 pub fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) {
     let mut told = HashSet::new();
     let mut last_state = None;
+    let mut left = change.saw_before.clone();
     for seen in audience {
         last_state = Some(seen.customer.state);
+        let before_seen = change.before.is_some_and(|b| saw(seen, b));
         let Some(access) = seen.access() else {
+            if before_seen && seen.customer.state == RecordState::Active {
+                left.push(seen.viewer_id.clone());
+            }
             continue;
         };
         let c = &seen.customer;
         let after = access.view(c.kind, &c.profile);
         let before = match change.before {
-            Some(b) => access.view(b.kind, &b.profile),
-            None => CustomerView {
+            Some(b) if before_seen => access.view(b.kind, &b.profile),
+            _ => CustomerView {
                 display_name: after.display_name.as_ref().map(|_| String::new()),
                 profile: Default::default(),
                 fields: after.fields,
@@ -92,8 +116,8 @@ pub fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) 
         draft.merged_customers = change.merged_customers.clone();
         emit(tx, &seen.viewer_id, draft);
     }
-    for org in &change.saw_before {
-        if told.contains(org) {
+    for org in &left {
+        if !told.insert(org.clone()) {
             continue;
         }
         let bare = pb::Customer {

@@ -19,7 +19,8 @@ use crate::domain::{
 };
 use crate::pb;
 use crate::store::{
-    AccessRequest, Endpoint, FieldPreset, Grant, Overlay, RequestState, SeenCustomer,
+    AccessRequest, Endpoint, FieldPreset, Grant, Overlay, RequestState, RuleTarget, SeenCustomer,
+    Segment, SharingRule,
 };
 
 /// Maps a domain enum to its protobuf enum and back (the edge parses requests with
@@ -461,6 +462,66 @@ pub fn preset_to_pb(owner: &crate::domain::Slug, p: &FieldPreset) -> pb::FieldPr
         etag: etag(p.revision),
         create_time: timestamp(p.create_time),
         update_time: timestamp(p.update_time),
+    }
+}
+
+/// A segment of organization `owner`.
+pub fn segment_to_pb(owner: &Slug, s: &Segment) -> pb::Segment {
+    pb::Segment {
+        name: names::segment(owner, &s.id),
+        display_name: s.display_name.clone(),
+        filter: s.filter.clone(),
+        etag: etag(s.revision),
+        create_time: timestamp(s.create_time),
+        update_time: timestamp(s.update_time),
+    }
+}
+
+/// A sharing rule: whole for its owner (`whole`); for an organization it reaches,
+/// without its etag (the owner's to change with).
+pub fn rule_to_pb(r: &SharingRule, whole: bool) -> pb::SharingRule {
+    use pb::sharing_rule::State;
+    let owner = &r.owner.slug;
+    let (grantee, relationship) = match &r.target {
+        RuleTarget::Grantee(g) => (names::organization(&g.slug), 0),
+        RuleTarget::Relationship(rel) => (String::new(), relationship_to_pb(*rel) as i32),
+    };
+    pb::SharingRule {
+        name: names::sharing_rule(owner, &r.id),
+        display_name: r.display_name.clone(),
+        segment: r
+            .segment
+            .as_ref()
+            .map(|s| names::segment(owner, &s.id))
+            .unwrap_or_default(),
+        segment_display_name: r
+            .segment
+            .as_ref()
+            .map(|s| s.display_name.clone())
+            .unwrap_or_default(),
+        grantee,
+        relationship,
+        level: grant_level_to_pb(r.level) as i32,
+        fields: field_names(r.fields),
+        preset: r
+            .preset_id
+            .as_ref()
+            .map(|id| names::field_preset(owner, id))
+            .unwrap_or_default(),
+        expire_time: r.expire_time.and_then(timestamp),
+        state: if r.revoke_time.is_some() {
+            State::Revoked
+        } else {
+            State::Active
+        } as i32,
+        etag: if whole {
+            etag(r.revision)
+        } else {
+            String::new()
+        },
+        create_time: timestamp(r.create_time),
+        update_time: timestamp(r.update_time),
+        revoke_time: r.revoke_time.and_then(timestamp),
     }
 }
 

@@ -1,11 +1,11 @@
 //! Who hears of grants and access requests: both sides, each with its own view.
 
 use super::draft::{Draft, emit, emit_to};
-use super::render::{grant_to_pb, preset_to_pb, request_to_pb};
+use super::render::{grant_to_pb, preset_to_pb, request_to_pb, rule_to_pb};
 use crate::domain::OrgRef;
 use crate::domain::event::EventType;
 use crate::pb::event::Payload;
-use crate::store::{AccessRequest, FieldPreset, Grant, Tx};
+use crate::store::{AccessRequest, FieldPreset, Grant, SharingRule, Tx};
 
 /// Tells the grant's owner and grantee about it.
 pub fn grant_event(tx: &mut Tx, event_type: EventType, owner: &OrgRef, g: &Grant) {
@@ -46,5 +46,18 @@ pub fn preset_event(tx: &mut Tx, owner: &OrgRef, grantees: &[OrgRef], p: &FieldP
     emit(tx, &owner.id, draft(&full));
     for grantee in grantees.iter().filter(|g| g.id != owner.id) {
         emit(tx, &grantee.id, draft(&shared));
+    }
+}
+
+/// Tells the owner of rule `r` of its creation, change or revocation, whole, and each
+/// organization it reaches (`reached`) once, without its etag: one event each,
+/// however many customers the rule covers.
+pub fn rule_event(tx: &mut Tx, event_type: EventType, r: &SharingRule, reached: &[OrgRef]) {
+    let draft = |pb: crate::pb::SharingRule| {
+        Draft::new(event_type, pb.name.clone(), Payload::SharingRule(pb))
+    };
+    emit(tx, &r.owner.id, draft(rule_to_pb(r, true)));
+    for org in reached.iter().filter(|o| o.id != r.owner.id) {
+        emit(tx, &org.id, draft(rule_to_pb(r, false)));
     }
 }

@@ -30,6 +30,7 @@ mod point;
 mod presets;
 mod pulse;
 mod reads;
+mod rules;
 mod sharing;
 mod webhooks;
 
@@ -55,13 +56,17 @@ pub use operations::OperationalCounts;
 pub use partnerships::PartnershipFilter;
 pub use presets::FieldPreset;
 pub use pulse::{Looks, Worker};
+pub(crate) use rules::stored_filter;
+pub use rules::{RuleSegment, RuleTarget, Segment, SharingRule};
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{
     Attempt, AttemptQuery, AttemptRecord, ClaimLimits, ClaimedDelivery, Delivery, Endpoint,
     RecordedAttempt,
 };
 
+use crate::domain::customer::FieldSet;
 use crate::domain::error::{Error, Result};
+use crate::domain::visibility::AccessLevel;
 
 /// How long a connection waits for SQLite's write lock held by another process
 /// (`liaison admin …` next to a running server) before giving up.
@@ -478,6 +483,26 @@ pub(crate) fn micros(t: Timestamp) -> i64 {
 pub(crate) fn timestamp(micros: i64) -> Result<Timestamp> {
     Timestamp::from_microsecond(micros)
         .map_err(|e| Error::Internal(anyhow::anyhow!("stored time {micros} is out of range: {e}")))
+}
+
+/// How an access level is stored.
+pub(crate) fn level_name(level: AccessLevel) -> &'static str {
+    match level {
+        AccessLevel::Read => "read",
+        AccessLevel::ReadWrite => "read_write",
+    }
+}
+
+pub(crate) fn parse_level(raw: &str) -> Result<AccessLevel> {
+    match raw {
+        "read" => Ok(AccessLevel::Read),
+        "read_write" => Ok(AccessLevel::ReadWrite),
+        other => Err(corrupt("access level", other)),
+    }
+}
+
+pub(crate) fn parse_fields(raw: &str) -> Result<FieldSet> {
+    FieldSet::from_csv(raw).ok_or_else(|| corrupt("field set", raw))
 }
 
 /// A value read from the database that the domain does not accept: the database was

@@ -4,9 +4,8 @@ use jiff::Timestamp;
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use super::customers::parse_fields;
 use super::sharing::org_ref;
-use super::{Page, Store, Tx, micros, timestamp};
+use super::{Page, Store, Tx, micros, parse_fields, timestamp};
 use crate::domain::OrgRef;
 use crate::domain::customer::FieldSet;
 use crate::domain::error::Result;
@@ -153,24 +152,33 @@ impl Tx {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE customer_grants SET fields = $1 \
-             WHERE preset_id = $2 AND revoke_time IS NULL AND fields <> $1",
-        )
-        .bind(p.fields.to_csv())
-        .bind(&p.id)
-        .execute(self.conn())
-        .await?;
+        for table in ["customer_grants", "sharing_rules"] {
+            sqlx::query(&format!(
+                "UPDATE {table} SET fields = $1 \
+                 WHERE preset_id = $2 AND revoke_time IS NULL AND fields <> $1"
+            ))
+            .bind(p.fields.to_csv())
+            .bind(&p.id)
+            .execute(self.conn())
+            .await?;
+        }
         Ok(true)
     }
 
     /// The organizations holding live grants made through preset `id` under an
-    /// ACTIVE partnership (a suspended partner hears nothing of the owner's), by id.
+    /// ACTIVE partnership (a suspended partner hears nothing of the owner's), or
+    /// reached through one by a live rule made through it, by id.
     pub async fn field_preset_grantees(&mut self, id: &str) -> Result<Vec<OrgRef>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT o.id, o.slug FROM organizations o WHERE o.id IN (SELECT DISTINCT g.grantee_id \
+            "SELECT o.id, o.slug FROM organizations o WHERE o.id IN (SELECT g.grantee_id \
              FROM customer_grants g JOIN partnerships p ON p.id = g.partnership_id \
-             WHERE g.preset_id = $1 AND g.revoke_time IS NULL AND p.state = 'active') \
+             WHERE g.preset_id = $1 AND g.revoke_time IS NULL AND p.state = 'active' \
+             UNION SELECT CASE WHEN p.proposer_id = r.owner_id THEN p.recipient_id \
+             ELSE p.proposer_id END FROM sharing_rules r JOIN partnerships p \
+             ON (p.proposer_id = r.owner_id OR p.recipient_id = r.owner_id) \
+             AND (p.proposer_id = r.grantee_id OR p.recipient_id = r.grantee_id \
+             OR p.relationship = r.relationship) \
+             WHERE r.preset_id = $1 AND r.revoke_time IS NULL AND p.state = 'active') \
              ORDER BY o.id",
         )
         .bind(id)
@@ -181,10 +189,12 @@ impl Tx {
             .collect()
     }
 
-    /// Deletes preset `id` unless a live grant uses it; false if one does.
+    /// Deletes preset `id` unless a live grant or rule uses it; false if one does.
     pub async fn delete_field_preset(&mut self, id: &str) -> Result<bool> {
         let in_use: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM customer_grants WHERE preset_id = $1 AND revoke_time IS NULL LIMIT 1",
+            "SELECT 1 FROM customer_grants WHERE preset_id = $1 AND revoke_time IS NULL \
+             UNION ALL SELECT 1 FROM sharing_rules WHERE preset_id = $1 AND revoke_time IS NULL \
+             LIMIT 1",
         )
         .bind(id)
         .fetch_optional(self.conn())
@@ -192,6 +202,11 @@ impl Tx {
         if in_use.is_some() {
             return Ok(false);
         }
+        // Revoked rules keep their history but no longer name the preset.
+        sqlx::query("UPDATE sharing_rules SET preset_id = NULL WHERE preset_id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await?;
         sqlx::query("DELETE FROM field_presets WHERE id = $1")
             .bind(id)
             .execute(self.conn())

@@ -4,8 +4,10 @@ use jiff::Timestamp;
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use super::customers::{level_name, parse_fields, parse_level};
-use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
+use super::{
+    Page, Store, Tx, corrupt, is_unique_violation, level_name, micros, parse_fields, parse_level,
+    timestamp,
+};
 use crate::domain::customer::FieldSet;
 use crate::domain::error::{Error, Result};
 use crate::domain::visibility::AccessLevel;

@@ -17,6 +17,7 @@ mod members;
 mod operations;
 mod partnerships;
 mod replicas;
+mod rules;
 mod scale;
 mod sequencer;
 mod server;

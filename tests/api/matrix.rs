@@ -76,6 +76,8 @@ enum About {
     Proposal,
     /// Writer's grant.
     WritersGrant,
+    /// The owner's sharing rule that reaches Masked.
+    Rule,
     /// What only the owner knows: its organization's members, endpoints, keys,
     /// certificates and events, its private interaction, its unshared customer and
     /// the customers it merged away, deleted or erased.
@@ -90,6 +92,7 @@ impl About {
             About::Case => matches!(who, Masked | Participant),
             About::Proposal => who == Ungranted,
             About::WritersGrant => who == Writer,
+            About::Rule => who == Masked,
             About::OwnerOnly => false,
         }
     }
@@ -421,6 +424,84 @@ fn table() -> Vec<Case> {
         "liaison.v1.SharingService/DeleteFieldPreset", OwnerOnly, refused NOT_YOURS => {
             |c| sharing.delete_field_preset(pb::DeleteFieldPresetRequest {
                 name: c.n.preset.clone(), ..Default::default()
+            })
+        },
+        // Segments are the owner's alone, filter and members.
+        "liaison.v1.SharingService/CreateSegment", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.create_segment(pb::CreateSegmentRequest {
+                parent: c.n.owner.clone(),
+                segment: Some(pb::Segment {
+                    display_name: "Mole".into(), filter: "tag = vip".into(), ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/GetSegment", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.get_segment(pb::GetSegmentRequest { name: c.n.segment.clone() })
+        },
+        "liaison.v1.SharingService/ListSegments", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.list_segments(pb::ListSegmentsRequest {
+                parent: c.n.owner.clone(), page_size: 1, ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/UpdateSegment", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.update_segment(pb::UpdateSegmentRequest {
+                segment: Some(pb::Segment {
+                    name: c.n.segment.clone(), filter: "kind = COMPANY".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/DeleteSegment", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.delete_segment(pb::DeleteSegmentRequest {
+                name: c.n.segment.clone(), ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/CountSegmentMembers", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.count_segment_members(pb::CountSegmentMembersRequest {
+                name: c.n.segment.clone()
+            })
+        },
+        "liaison.v1.SharingService/ListSegmentMembers", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.list_segment_members(pb::ListSegmentMembersRequest {
+                name: c.n.segment.clone(), page_size: 1, ..Default::default()
+            })
+        },
+        // Rules: an organization a live rule reaches sees it (not its segment's
+        // filter, not its etag); nobody else can tell it from one that does not exist.
+        "liaison.v1.SharingService/CreateSharingRule", OwnerOnly, refused NOT_YOURS => {
+            |c| sharing.create_sharing_rule(pb::CreateSharingRuleRequest {
+                parent: c.n.owner.clone(),
+                sharing_rule: Some(pb::SharingRule {
+                    display_name: "Mole".into(),
+                    relationship: pb::Relationship::Supplies as i32,
+                    level: Read as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/GetSharingRule", Rule => {
+            |c| sharing.get_sharing_rule(pb::GetSharingRuleRequest { name: c.n.rule.clone() })
+        },
+        "liaison.v1.SharingService/ListSharingRules", Rule => {
+            |c| sharing.list_sharing_rules(pb::ListSharingRulesRequest {
+                parent: c.n.owner.clone(), page_size: 5, show_revoked: true,
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/UpdateSharingRule", Rule, refused NOT_YOURS => {
+            |c| sharing.update_sharing_rule(pb::UpdateSharingRuleRequest {
+                sharing_rule: Some(pb::SharingRule {
+                    name: c.n.rule.clone(), fields: vec!["emails".into()], ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/RevokeSharingRule", Rule, refused NOT_YOURS => {
+            |c| sharing.revoke_sharing_rule(pb::RevokeSharingRuleRequest {
+                name: c.n.rule.clone(), ..Default::default()
             })
         },
         // A holder is named with a handle, never the record.
@@ -1026,12 +1107,15 @@ struct Names {
     certificate: String,
     /// The owner's field preset.
     preset: String,
+    /// The owner's segment, and its rule sharing it with Masked.
+    segment: String,
+    rule: String,
     /// An event of the owner's feed.
     event_id: String,
 }
 
 impl Names {
-    fn labelled(&self) -> [(&'static str, &str); 19] {
+    fn labelled(&self) -> [(&'static str, &str); 21] {
         [
             ("<owner>", &self.owner),
             ("<customer>", &self.customer),
@@ -1051,6 +1135,8 @@ impl Names {
             ("<api_key>", &self.api_key),
             ("<certificate>", &self.certificate),
             ("<preset>", &self.preset),
+            ("<segment>", &self.segment),
+            ("<rule>", &self.rule),
             ("<event>", &self.event_id),
         ]
     }
@@ -1081,6 +1167,8 @@ impl Names {
             api_key: new(&self.api_key),
             certificate: new(&self.certificate),
             preset: new(&self.preset),
+            segment: new(&self.segment),
+            rule: new(&self.rule),
             event_id: new(&self.event_id),
         }
     }
@@ -1775,9 +1863,57 @@ async fn set_up(backend: Backend) -> Scene {
         .await
         .expect("create preset")
         .into_inner();
+    // A segment holding the customer alone (the twin and the rest are named
+    // otherwise), shared with Masked by a rule as its grant shares it: display name.
+    let sharing = app.sharing(&acme.admin_key);
+    let segment = sharing
+        .clone()
+        .create_segment(pb::CreateSegmentRequest {
+            parent: acme.name.clone(),
+            segment: Some(pb::Segment {
+                display_name: "Canaryseg Vera".into(),
+                filter: r#"display_name = "vera*" AND update_time > "2001-02-03T04:05:06Z""#.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create segment")
+        .into_inner();
+    let rule = |display_name: &str, grantee: &Org, segment: &str, fields: &[&str]| {
+        pb::CreateSharingRuleRequest {
+            parent: acme.name.clone(),
+            sharing_rule: Some(pb::SharingRule {
+                display_name: display_name.into(),
+                segment: segment.into(),
+                grantee: grantee.name.clone(),
+                level: Read as i32,
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }
+    };
+    let masked_rule = sharing
+        .clone()
+        .create_sharing_rule(rule(
+            "Canaryrule Vera",
+            of(Masked),
+            &segment.name,
+            &["display_name"],
+        ))
+        .await
+        .expect("create rule")
+        .into_inner();
     grant(&app, acme, c, of(Suspended), Read, &[])
         .await
         .unwrap();
+    // Every customer, every field, for Suspended: the suspension below must end it.
+    sharing
+        .clone()
+        .create_sharing_rule(rule("Canarysusrule", of(Suspended), "", &[]))
+        .await
+        .expect("create rule");
     for p in parties
         .iter()
         .filter(|p| matches!(p.who, Masked | Writer | Suspended))
@@ -1981,6 +2117,13 @@ async fn set_up(backend: Backend) -> Scene {
         ),
         canary("unshared customer's id", id_of(&twin.name), &[]),
         canary("Writer's grant id", id_of(&writers_grant.name), &[Writer]),
+        canary("segment", "Canaryseg", &[Masked]),
+        canary("segment id", id_of(&segment.name), &[Masked]),
+        canary("segment filter", "2001-02-03T04:05:06Z", &[]),
+        canary("rule", "Canaryrule", &[Masked]),
+        canary("rule id", id_of(&masked_rule.name), &[Masked]),
+        // Seen before the suspension, never after.
+        canary("Suspended's rule", "Canarysusrule", &[Suspended]),
     ];
     let names = Names {
         owner: acme.name.clone(),
@@ -2001,6 +2144,8 @@ async fn set_up(backend: Backend) -> Scene {
         api_key: spare.api_key.unwrap().name,
         certificate: certificate.name,
         preset: preset.name,
+        segment: segment.name,
+        rule: masked_rule.name,
         event_id: owners_event.id,
     };
     Scene {

@@ -420,6 +420,29 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
             }
             (generic_summary(event), false)
         }
+        Some(Payload::SharingRule(r)) => {
+            if !r.segment_display_name.is_empty() {
+                details.push(Detail::new("Segment", r.segment_display_name.clone()));
+            } else if r.segment.is_empty() {
+                details.push(Detail::new("Segment", "Every customer".to_owned()));
+            }
+            let level = pb::AccessLevel::try_from(r.level)
+                .map(|l| capitalized(&words(l.as_str_name().trim_start_matches("ACCESS_LEVEL_"))))
+                .unwrap_or_default();
+            details.push(Detail::new("Access", level));
+            if !r.fields.is_empty() {
+                details.push(Detail::new("Fields", r.fields.join(", ")));
+            }
+            if r.expire_time.is_some() {
+                details.push(Detail::new("Until", local_time(r.expire_time.as_ref(), tz)));
+            }
+            let what = match kind {
+                Some(EventType::SharingRuleCreated) => "Customers shared",
+                Some(EventType::SharingRuleRevoked) => "Sharing ended",
+                _ => "Sharing changed",
+            };
+            by(&format!("{what}: {}", r.display_name))
+        }
         Some(Payload::WebhookEndpoint(e)) => {
             details.push(Detail::new("Endpoint", e.url.clone()));
             details.push(Detail::new("Reason", e.disabled_reason.clone()));

@@ -12,7 +12,7 @@ mod overlays;
 mod query;
 mod row;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use jiff::Timestamp;
@@ -24,18 +24,19 @@ use crate::domain::customer::RecordState;
 use crate::domain::customer::{Customer, Profile};
 use crate::domain::error::{Error, Result};
 use crate::domain::match_key::MatchSecret;
-use crate::domain::visibility::GrantStanding;
+use crate::domain::visibility::{GrantStanding, RuleStanding};
+use crate::store::rules::{standing, standings, standings_sql};
 
 pub use self::history::HistoryEntry;
 pub use self::overlays::Overlay;
 pub use self::query::{CustomerOrder, CustomerQuery, MatchRule, OrderKey, Reach};
 pub use self::row::SeenCustomer;
+pub(crate) use self::row::state_name;
 use self::row::{Bind, CustomerRow, select};
-pub(crate) use self::row::{level_name, parse_fields, parse_level, state_name};
+use super::{parse_fields, parse_level};
 
-/// A grantee's grant on a customer: grantee, level, fields, partnership state and the
-/// grantee's external id.
-type AudienceGrantRow = (String, String, String, Option<String>, Option<String>);
+/// A grantee's grant on a customer: grantee, level, fields and partnership state.
+type AudienceGrantRow = (String, String, String, Option<String>);
 
 /// The lower-cased display name lists sort and filter by.
 pub fn sort_name(customer: &Customer) -> String {
@@ -76,6 +77,8 @@ fn stored_keys(customer: &Customer, secret: &MatchSecret) -> BTreeSet<(&'static 
 static BY_ID: LazyLock<String> =
     LazyLock::new(|| format!("{} WHERE c.id = $2", select("LEFT JOIN")));
 
+/// One customer by id as the viewer `$1` sees it, without the owner's rules (see
+/// [`with_rules`]).
 async fn by_id<'c>(
     db: impl AnyExecutor<'c>,
     viewer_id: &str,
@@ -90,25 +93,69 @@ async fn by_id<'c>(
         .transpose()
 }
 
+/// Owner's live rules reaching the viewer: `$1` owner, `$2` now, `$3` viewer.
+static RULES_FOR_VIEWER: LazyLock<String> = LazyLock::new(|| standings_sql(true));
+
+/// `seen` with the owner's live rules that reach its viewer, read with `db`, if they
+/// may matter.
+async fn with_rules<'c>(db: impl AnyExecutor<'c>, mut seen: SeenCustomer) -> Result<SeenCustomer> {
+    if seen.wants_rules() {
+        let now = crate::domain::now();
+        seen.rules = standings(db, &seen.customer.owner.id, Some(&seen.viewer_id), now).await?;
+    }
+    Ok(seen)
+}
+
 fn profile_json(profile: &Profile) -> Result<String> {
     serde_json::to_string(profile).map_err(|e| Error::Internal(anyhow::anyhow!("profile: {e}")))
 }
 
 impl Store {
+    /// Customer `id` as `viewer_id` sees it: the row, the viewer's grant and the
+    /// owner's rules that reach the viewer.
     pub async fn customer(&self, viewer_id: &str, id: &str) -> Result<Option<SeenCustomer>> {
         if let Some(points) = &self.points {
+            let now = micros(crate::domain::now());
             let read = points.run(|conn| {
                 let mut statement = conn.prepare_cached(&BY_ID)?;
                 let mut rows = statement.query(rusqlite::params![viewer_id, id])?;
-                rows.next()?.map(CustomerRow::from_point).transpose()
+                let Some(row) = rows.next()?.map(CustomerRow::from_point).transpose()? else {
+                    return Ok(None);
+                };
+                let (owner, active) = row.owner_and_active();
+                let mut rules = vec![];
+                if owner != viewer_id && active {
+                    let mut statement = conn.prepare_cached(&RULES_FOR_VIEWER)?;
+                    // By name: SQLite numbers `$n` in the order they first appear.
+                    let params =
+                        rusqlite::named_params! { "$1": owner, "$2": now, "$3": viewer_id };
+                    let mut found = statement.query(params)?;
+                    while let Some(r) = found.next()? {
+                        rules.push((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ));
+                    }
+                }
+                Ok(Some((row, rules)))
             });
-            if let Point::Read(row) = read {
-                return row?
-                    .map(|r| r.into_seen(viewer_id).map(|(seen, _)| seen))
-                    .transpose();
+            if let Point::Read(read) = read {
+                let Some((row, rules)) = read? else {
+                    return Ok(None);
+                };
+                let (mut seen, _) = row.into_seen(viewer_id)?;
+                seen.rules = rules.into_iter().map(standing).collect::<Result<_>>()?;
+                return Ok(Some(seen));
             }
         }
-        by_id(self.reader(), viewer_id, id).await
+        match by_id(self.reader(), viewer_id, id).await? {
+            Some(seen) => with_rules(self.reader(), seen).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A setting, or `value` stored as it if there is none yet (first writer wins).
@@ -193,12 +240,15 @@ impl Tx {
     }
 
     pub async fn customer(&mut self, viewer_id: &str, id: &str) -> Result<Option<SeenCustomer>> {
-        by_id(self.conn(), viewer_id, id).await
+        match by_id(self.conn(), viewer_id, id).await? {
+            Some(seen) => with_rules(self.conn(), seen).await.map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// The customer as read by each organization that might see it: its owner and
-    /// every holder of an unrevoked grant. Whether each one does is for
-    /// [`SeenCustomer::access`] to say.
+    /// The customer as read by each organization that might see it: its owner, every
+    /// holder of an unrevoked grant and every partner a live rule of the owner
+    /// reaches. Whether each one does is for [`SeenCustomer::access`] to say.
     pub async fn customer_audience(&mut self, id: &str) -> Result<Vec<SeenCustomer>> {
         let Some(base) = by_id(self.conn(), "", id).await? else {
             return Ok(vec![]);
@@ -207,49 +257,92 @@ impl Tx {
     }
 
     /// [`Tx::customer_audience`] of `c` as this transaction holds it (just written,
-    /// say), without reading the record again: the owner's external id and the
-    /// grants, two queries however many grants there are.
+    /// say), without reading the record again: the external ids, the grants and the
+    /// owner's rules, three queries however many grants and rules there are.
     pub async fn customer_audience_of(&mut self, c: &Customer) -> Result<Vec<SeenCustomer>> {
         let id = c.id.as_str();
-        let owner_external_id: Option<String> = sqlx::query_scalar(
-            "SELECT external_id FROM customer_external_ids WHERE customer_id = $1 AND org_id = $2",
+        let external_ids: BTreeMap<String, String> = sqlx::query_as(
+            "SELECT org_id, external_id FROM customer_external_ids WHERE customer_id = $1",
         )
         .bind(id)
-        .bind(&c.owner.id)
-        .fetch_optional(self.conn())
-        .await?;
-        let owner = SeenCustomer {
-            customer: c.clone(),
-            grant: None,
-            external_id: owner_external_id,
-            viewer_id: c.owner.id.clone(),
-        };
+        .fetch_all(self.conn())
+        .await?
+        .into_iter()
+        .collect();
         let grants: Vec<AudienceGrantRow> = sqlx::query_as(
-            "SELECT g.grantee_id, g.level, g.fields, p.state, x.external_id \
-                 FROM customer_grants g LEFT JOIN partnerships p ON p.id = g.partnership_id \
-                 LEFT JOIN customer_external_ids x ON x.customer_id = g.customer_id \
-                 AND x.org_id = g.grantee_id \
-                 WHERE g.customer_id = $1 AND g.revoke_time IS NULL ORDER BY g.grantee_id",
+            "SELECT g.grantee_id, g.level, g.fields, p.state \
+             FROM customer_grants g LEFT JOIN partnerships p ON p.id = g.partnership_id \
+             WHERE g.customer_id = $1 AND g.revoke_time IS NULL ORDER BY g.grantee_id",
         )
         .bind(id)
         .fetch_all(self.conn())
         .await?;
-        let mut audience = vec![owner];
-        for (grantee_id, level, fields, partnership_state, external_id) in grants {
-            audience.push(SeenCustomer {
-                customer: c.clone(),
-                grant: Some(GrantStanding {
-                    grantee_id: grantee_id.clone(),
-                    level: parse_level(&level)?,
-                    fields: parse_fields(&fields)?,
-                    revoked: false,
-                    partnership_active: partnership_state.as_deref() == Some("active"),
-                }),
-                external_id,
-                viewer_id: grantee_id,
-            });
+        let rules = if c.state == RecordState::Active {
+            standings(self.conn(), &c.owner.id, None, crate::domain::now()).await?
+        } else {
+            vec![]
+        };
+        // Each viewer once, after the owner: its grant (if any) and the rules reaching it.
+        let mut viewers: BTreeMap<String, (Option<GrantStanding>, Vec<RuleStanding>)> =
+            BTreeMap::new();
+        for (grantee_id, level, fields, partnership_state) in grants {
+            let grant = GrantStanding {
+                grantee_id: grantee_id.clone(),
+                level: parse_level(&level)?,
+                fields: parse_fields(&fields)?,
+                revoked: false,
+                partnership_active: partnership_state.as_deref() == Some("active"),
+            };
+            viewers.entry(grantee_id).or_default().0 = Some(grant);
+        }
+        for rule in rules {
+            viewers
+                .entry(rule.grantee_id.clone())
+                .or_default()
+                .1
+                .push(rule);
+        }
+        let seen = |viewer_id: &str, grant, rules| SeenCustomer {
+            customer: c.clone(),
+            grant,
+            rules,
+            external_id: external_ids.get(viewer_id).cloned(),
+            viewer_id: viewer_id.to_owned(),
+        };
+        let mut audience = vec![seen(&c.owner.id, None, vec![])];
+        for (viewer_id, (grant, rules)) in viewers {
+            if viewer_id != c.owner.id {
+                audience.push(seen(&viewer_id, grant, rules));
+            }
         }
         Ok(audience)
+    }
+
+    /// Customer `c` (just created, say) as read by each partner a live rule of its
+    /// owner reaches, with the rules reaching it; whether a rule covers it is for
+    /// [`SeenCustomer::access`] to say.
+    pub async fn rule_audience(&mut self, c: &Customer) -> Result<Vec<SeenCustomer>> {
+        if c.state != RecordState::Active {
+            return Ok(vec![]);
+        }
+        let rules = standings(self.conn(), &c.owner.id, None, crate::domain::now()).await?;
+        let mut by_viewer: BTreeMap<String, Vec<RuleStanding>> = BTreeMap::new();
+        for rule in rules {
+            by_viewer
+                .entry(rule.grantee_id.clone())
+                .or_default()
+                .push(rule);
+        }
+        Ok(by_viewer
+            .into_iter()
+            .map(|(viewer_id, rules)| SeenCustomer {
+                customer: c.clone(),
+                grant: None,
+                rules,
+                external_id: None,
+                viewer_id,
+            })
+            .collect())
     }
 
     /// The customer `org_id` knows by `external_id`, if any.

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::row::{Bind, Query, SeenCustomer, select, select_from};
+use super::row::{Bind, Query, SeenCustomer, select_from};
 use crate::domain::customer::CustomerField;
 use crate::domain::error::{Error, Result};
 use crate::domain::filter::{CustomerCondition, NameMatch, Op};
 use crate::domain::match_key::MatchSecret;
+use crate::domain::visibility::RuleStanding;
+use crate::store::rules::standings_of_viewer;
 use crate::store::{Page, Store, micros};
 
 /// What a customer list is ordered by.
@@ -59,19 +61,61 @@ pub(super) enum SortValue {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(super) struct Cursor(SortValue, String);
 
+/// Which customers one walk of a list covers.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Branch<'a> {
+    /// The viewer's own.
+    Owned,
+    /// Those the viewer holds live grants on.
+    Granted,
+    /// Owner `owner_id`'s active customers in the segment of a rule that reaches the
+    /// viewer (all of them, without a segment).
+    Ruled {
+        owner_id: &'a str,
+        rule: &'a RuleStanding,
+    },
+}
+
+/// How a condition reads the record in one branch.
+#[derive(Clone, Copy)]
+enum Narrowing<'a> {
+    /// As is: the record of the owner whose id is bound at this placeholder.
+    Record { owner: &'a str },
+    /// Through the viewer's grant (`g`): a field it hides matches nothing.
+    Grant,
+}
+
+/// The field a condition reads, if it reads one a mask may hide.
+fn field_of(condition: &CustomerCondition) -> Option<CustomerField> {
+    match condition {
+        CustomerCondition::DisplayName(_) => Some(CustomerField::DisplayName),
+        CustomerCondition::Email(_) => Some(CustomerField::Emails),
+        CustomerCondition::Phone(_) => Some(CustomerField::Phones),
+        CustomerCondition::Tag(_) => Some(CustomerField::Tags),
+        _ => None,
+    }
+}
+
 impl CustomerOrder {
-    /// The SQL the order sorts by in the owned or the granted branch; `None`: by id.
-    /// A grantee that may not see the display name sorts it as empty, so neither the
-    /// order nor a page boundary tells it anything of the hidden name.
-    fn column(self, owned: bool) -> Option<String> {
-        match self.key {
-            OrderKey::Id => None,
-            OrderKey::UpdateTime => Some("c.update_time".into()),
-            OrderKey::DisplayName if owned => Some("c.sort_name".into()),
-            OrderKey::DisplayName => Some(format!(
+    /// The SQL a branch sorts by; `None`: by id. A grantee that may not see the
+    /// display name sorts it as empty, so neither the order nor a page boundary tells
+    /// it anything of the hidden name.
+    fn column(self, branch: Branch<'_>) -> Option<String> {
+        match (self.key, branch) {
+            (OrderKey::Id, _) => None,
+            (OrderKey::UpdateTime, _) => Some("c.update_time".into()),
+            (OrderKey::DisplayName, Branch::Owned) => Some("c.sort_name".into()),
+            (OrderKey::DisplayName, Branch::Granted) => Some(format!(
                 "(CASE WHEN {} THEN c.sort_name ELSE '' END)",
                 grant_shows(CustomerField::DisplayName)
             )),
+            (OrderKey::DisplayName, Branch::Ruled { rule, .. }) => {
+                Some(if rule.fields.contains(CustomerField::DisplayName) {
+                    "c.sort_name".into()
+                } else {
+                    "''".into()
+                })
+            }
         }
     }
 
@@ -101,44 +145,34 @@ pub(super) fn grant_shows(field: CustomerField) -> String {
     format!("(',' || g.fields || ',') LIKE '%,{},%'", field.as_str())
 }
 
-/// Adds the SQL that keeps only rows meeting `condition` as the viewer sees them: in
-/// the granted branch a condition on a field the grant hides matches nothing, so which
-/// rows come back (and where a page ends) never depends on a hidden value.
-pub(super) fn narrow(
-    q: &mut Query,
-    condition: &CustomerCondition,
-    secret: &MatchSecret,
-    owned: bool,
-) {
-    let shown = |q: &mut Query, field: CustomerField| {
-        if !owned {
-            q.push(&format!(" AND {}", grant_shows(field)));
-        }
-    };
+/// Adds the SQL that keeps only rows meeting `condition` as the branch reads the
+/// record: through a grant, a condition on a field the grant hides matches nothing,
+/// so which rows come back (and where a page ends) never depends on a hidden value.
+fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, how: Narrowing<'_>) {
+    if let (Narrowing::Grant, Some(field)) = (how, field_of(condition)) {
+        q.push(&format!(" AND {}", grant_shows(field)));
+    }
     // The owner's keys are found by the key's primary key (kind, key, owner); a
     // granted record's by the record (`customer_keys_by_customer_key`), one probe each.
     let key_in = |q: &mut Query, kind: &str, key: String| {
         let k = q.arg(Bind::Text(key));
-        if owned {
-            q.push(&format!(
+        match how {
+            Narrowing::Record { owner } => q.push(&format!(
                 " AND c.id IN (SELECT customer_id FROM customer_keys \
-                 WHERE kind = '{kind}' AND key = {k} AND owner_id = $1)"
-            ));
-        } else {
-            q.push(&format!(
+                 WHERE kind = '{kind}' AND key = {k} AND owner_id = {owner})"
+            )),
+            Narrowing::Grant => q.push(&format!(
                 " AND EXISTS (SELECT 1 FROM customer_keys ck WHERE ck.customer_id = c.id \
                  AND ck.kind = '{kind}' AND ck.key = {k})"
-            ));
+            )),
         }
     };
     match condition {
         CustomerCondition::DisplayName(NameMatch::Exact(name)) => {
-            shown(q, CustomerField::DisplayName);
             let a = q.arg(Bind::Text(name.clone()));
             q.push(&format!(" AND c.sort_name = {a}"));
         }
         CustomerCondition::DisplayName(NameMatch::Prefix(prefix)) => {
-            shown(q, CustomerField::DisplayName);
             // Byte order in both dialects: every name with the prefix lies in
             // [prefix, prefix + U+10FFFF).
             let lo = q.arg(Bind::Text(prefix.clone()));
@@ -146,8 +180,7 @@ pub(super) fn narrow(
             q.push(&format!(" AND c.sort_name >= {lo} AND c.sort_name < {hi}"));
         }
         CustomerCondition::Email(_) | CustomerCondition::Phone(_) | CustomerCondition::Tag(_) => {
-            let (field, kind, key) = key_of(condition, secret).expect("a key condition");
-            shown(q, field);
+            let (_, kind, key) = key_of(condition, secret).expect("a key condition");
             key_in(q, kind, key)
         }
         CustomerCondition::ExternalId(x) => {
@@ -159,7 +192,9 @@ pub(super) fn narrow(
         }
         CustomerCondition::Owner(slug) => {
             let a = q.arg(Bind::Text(slug.as_str().to_owned()));
-            q.push(&format!(" AND o.slug = {a}"));
+            q.push(&format!(
+                " AND c.owner_id IN (SELECT id FROM organizations WHERE slug = {a})"
+            ));
         }
         CustomerCondition::Kind(kind) => {
             let a = q.arg(Bind::Text(kind.as_str().to_owned()));
@@ -195,87 +230,146 @@ fn key_of(
     }
 }
 
-/// One branch (owned or granted) of a list, ordered and limited on its own so each
-/// walks an index rather than the table.
+/// What a branch selects: whole rows (`select_from`) or ids only (to count).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Selecting {
+    Rows,
+    Ids,
+}
+
+/// Whether a branch can match anything: a viewer's condition on a field a rule hides
+/// finds nothing through that rule.
+fn possible(query: &CustomerQuery<'_>, branch: Branch<'_>) -> bool {
+    match branch {
+        Branch::Ruled { rule, .. } => query
+            .conditions
+            .iter()
+            .filter_map(field_of)
+            .all(|f| rule.fields.contains(f)),
+        _ => true,
+    }
+}
+
+/// One branch's query pushed onto `q` (whose `$1` is the viewer), without order or
+/// limit; `None` if the branch can match nothing. Returns the column its id order
+/// follows.
 ///
 /// In creation (id) order each walk follows an index in that order and stops after the
 /// page: the owner's records by `customers_by_owner`, or, with a tag, email or phone
 /// condition, the owner's entries of that key (`customer_keys`' primary key ends with
 /// the customer id), so a common tag costs a page of entries however many records
 /// there are; a grantee's by its live grants (`customer_grants_by_grantee`), each
-/// probed for the other conditions.
-pub(super) async fn list_branch(
+/// probed for the other conditions. A rule's branch walks its owner's records as the
+/// owner's own list does, with the segment's conditions and the viewer's.
+fn push_branch(
     store: &Store,
+    q: &mut Query,
     query: &CustomerQuery<'_>,
-    owned: bool,
-    after: Option<&Cursor>,
+    branch: Branch<'_>,
     secret: &MatchSecret,
-) -> Result<Vec<(SeenCustomer, Cursor)>> {
-    let viewer = query.viewer_id;
-    let column = query.order.column(owned);
-    // The first key condition drives the walk (its position, and the key).
-    let driving = match (owned, &column) {
-        (true, None) => query
-            .conditions
+    selecting: Selecting,
+) -> Option<&'static str> {
+    if !possible(query, branch) {
+        return None;
+    }
+    let (owner, segment): (Option<String>, &[CustomerCondition]) = match branch {
+        Branch::Owned => (Some("$1".into()), &[]),
+        Branch::Granted => (None, &[]),
+        Branch::Ruled { owner_id, rule } => {
+            let owner = q.arg(Bind::text(owner_id));
+            let segment = rule.segment.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+            (Some(owner), segment)
+        }
+    };
+    let conditions: Vec<&CustomerCondition> = segment.iter().chain(query.conditions).collect();
+    let column = query.order.column(branch);
+    // The first key condition drives the walk of an owner's records in id order.
+    let driving = match (&owner, &column) {
+        (Some(_), None) => conditions
             .iter()
             .enumerate()
             .find_map(|(i, c)| key_of(c, secret).map(|key| (i, key))),
         _ => None,
     };
     let driving_key = driving.as_ref().map(|(i, _)| *i);
-    // The column the walk is ordered by, which the id order and the cursor follow.
-    let id_column = match (owned, driving_key) {
-        (true, Some(_)) => "k.customer_id",
-        (true, None) => "c.id",
-        (false, _) => "g.customer_id",
+    let select = |from: &str, grant_join: &str| match selecting {
+        Selecting::Rows => select_from(from, grant_join),
+        Selecting::Ids if grant_join == "JOIN" => format!(
+            "SELECT c.id FROM {from} JOIN customer_grants g ON g.customer_id = c.id \
+             AND g.grantee_id = $1 AND g.revoke_time IS NULL \
+             LEFT JOIN partnerships p ON p.id = g.partnership_id"
+        ),
+        Selecting::Ids => format!("SELECT c.id FROM {from}"),
     };
-    let mut q = if owned {
-        let mut q = match driving.map(|(_, key)| key) {
-            Some((_, kind, key)) => {
-                // SQLite takes `CROSS JOIN` as "walk the left side first".
-                let join = match store.dialect() {
-                    crate::store::Dialect::Sqlite => "CROSS JOIN",
-                    crate::store::Dialect::Postgres => "JOIN",
-                };
-                let mut q = Query::new(
-                    format!(
-                        "{} WHERE k.kind = '{kind}' AND k.owner_id = $1 AND c.owner_id = $1",
-                        select_from(
-                            &format!("customer_keys k {join} customers c ON c.id = k.customer_id"),
-                            "LEFT JOIN"
-                        )
-                    ),
-                    Bind::Text(viewer.to_owned()),
-                );
-                let k = q.arg(Bind::Text(key));
-                q.push(&format!(" AND k.key = {k}"));
-                q
+    let id_column = match &owner {
+        Some(owner) => {
+            match driving.map(|(_, key)| key) {
+                Some((_, kind, key)) => {
+                    // SQLite takes `CROSS JOIN` as "walk the left side first".
+                    let join = match store.dialect() {
+                        crate::store::Dialect::Sqlite => "CROSS JOIN",
+                        crate::store::Dialect::Postgres => "JOIN",
+                    };
+                    let from =
+                        format!("customer_keys k {join} customers c ON c.id = k.customer_id");
+                    q.push(&format!(
+                        "{} WHERE k.kind = '{kind}' AND k.owner_id = {owner} AND c.owner_id = {owner}",
+                        select(&from, "LEFT JOIN")
+                    ));
+                    let k = q.arg(Bind::Text(key));
+                    q.push(&format!(" AND k.key = {k}"));
+                }
+                None => q.push(&format!(
+                    "{} WHERE c.owner_id = {owner}",
+                    select("customers c", "LEFT JOIN")
+                )),
             }
-            None => Query::new(
-                format!("{} WHERE c.owner_id = $1", select("LEFT JOIN")),
-                Bind::Text(viewer.to_owned()),
-            ),
-        };
-        if query.show_deleted {
-            q.push(" AND c.state <> 'merged'");
-        } else {
-            q.push(" AND c.state = 'active'");
+            if matches!(branch, Branch::Owned) && query.show_deleted {
+                q.push(" AND c.state <> 'merged'");
+            } else {
+                q.push(" AND c.state = 'active'");
+            }
+            if driving_key.is_some() {
+                "k.customer_id"
+            } else {
+                "c.id"
+            }
         }
-        q
-    } else {
-        Query::new(
-            format!(
+        None => {
+            q.push(&format!(
                 "{} WHERE p.state = 'active' AND c.state = 'active'",
-                select("JOIN")
-            ),
-            Bind::Text(viewer.to_owned()),
-        )
+                select("customers c", "JOIN")
+            ));
+            "g.customer_id"
+        }
     };
-    for (i, condition) in query.conditions.iter().enumerate() {
+    let how = match &owner {
+        Some(owner) => Narrowing::Record { owner },
+        None => Narrowing::Grant,
+    };
+    for (i, condition) in conditions.iter().enumerate() {
         if Some(i) != driving_key {
-            narrow(&mut q, condition, secret, owned);
+            narrow(q, condition, secret, how);
         }
     }
+    Some(id_column)
+}
+
+/// One branch of a list, ordered and limited on its own so each walks an index rather
+/// than the table (see [`push_branch`]): its rows, and each one's sort name.
+pub(super) async fn list_branch(
+    store: &Store,
+    query: &CustomerQuery<'_>,
+    branch: Branch<'_>,
+    after: Option<&Cursor>,
+    secret: &MatchSecret,
+) -> Result<Vec<(SeenCustomer, String)>> {
+    let viewer = query.viewer_id;
+    let mut q = Query::new(String::new(), Bind::text(viewer));
+    let Some(id_column) = push_branch(store, &mut q, query, branch, secret, Selecting::Rows) else {
+        return Ok(vec![]);
+    };
+    let column = query.order.column(branch);
     let (gt, dir) = if query.order.descending {
         ("<", "DESC")
     } else {
@@ -307,11 +401,7 @@ pub(super) async fn list_branch(
     q.fetch(store.reader())
         .await?
         .into_iter()
-        .map(|row| {
-            let (seen, sort_name) = row.into_seen(viewer)?;
-            let cursor = query.order.cursor(&seen, &sort_name);
-            Ok((seen, cursor))
-        })
+        .map(|row| row.into_seen(viewer))
         .collect()
 }
 
@@ -343,8 +433,10 @@ impl MatchRule {
 }
 
 impl Store {
-    /// A page of customers for `query.viewer_id`, as two index walks (owned, granted)
-    /// merged in order. `next_after` is the cursor of the last row looked at.
+    /// A page of customers for `query.viewer_id`, as index walks (owned, granted, one
+    /// per rule reaching the viewer) merged in order, each customer once with every
+    /// rule of its owner that reaches the viewer. `next_after` is the cursor of the
+    /// last row looked at.
     pub async fn customers(
         &self,
         query: &CustomerQuery<'_>,
@@ -357,13 +449,33 @@ impl Store {
                     .map_err(|_| Error::invalid("page_token", "is not a token this list returned"))
             })
             .transpose()?;
+        let after = after.as_ref();
+        let rules = self.viewer_rules(query).await?;
         let mut rows = vec![];
         if query.reach != Reach::Granted {
-            rows.extend(list_branch(self, query, true, after.as_ref(), secret).await?);
+            rows.extend(list_branch(self, query, Branch::Owned, after, secret).await?);
         }
         if query.reach != Reach::Owned {
-            rows.extend(list_branch(self, query, false, after.as_ref(), secret).await?);
+            rows.extend(list_branch(self, query, Branch::Granted, after, secret).await?);
+            for (owner_id, rule) in &rules {
+                let branch = Branch::Ruled { owner_id, rule };
+                rows.extend(list_branch(self, query, branch, after, secret).await?);
+            }
         }
+        let mut rows: Vec<(SeenCustomer, Cursor)> = rows
+            .into_iter()
+            .map(|(mut seen, sort_name)| {
+                if seen.wants_rules() {
+                    seen.rules = rules
+                        .iter()
+                        .filter(|(owner, _)| *owner == seen.customer.owner.id)
+                        .map(|(_, r)| r.clone())
+                        .collect();
+                }
+                let cursor = query.order.cursor(&seen, &sort_name);
+                (seen, cursor)
+            })
+            .collect();
         rows.sort_by(|a, b| {
             let ord = a.1.cmp(&b.1);
             if query.order.descending {
@@ -372,6 +484,8 @@ impl Store {
                 ord
             }
         });
+        // A customer a grant and a rule (or two rules) share came once per walk.
+        rows.dedup_by(|a, b| a.0.customer.id == b.0.customer.id);
         rows.truncate(query.limit + 1);
         let page = Page::from_rows(rows, query.limit, |(_, cursor)| {
             serde_json::to_string(cursor).expect("cursors serialize")
@@ -380,6 +494,53 @@ impl Store {
             items: page.items.into_iter().map(|(seen, _)| seen).collect(),
             next_after: page.next_after,
         })
+    }
+
+    /// The live rules reaching the viewer of `query`, if its reach takes in others'
+    /// customers: `(owner id, rule)`.
+    async fn viewer_rules(&self, query: &CustomerQuery<'_>) -> Result<Vec<(String, RuleStanding)>> {
+        if query.reach == Reach::Owned {
+            return Ok(vec![]);
+        }
+        standings_of_viewer(self.reader(), query.viewer_id, crate::domain::now()).await
+    }
+
+    /// How many customers `query` would list (its order, cursor and limit aside): the
+    /// viewer's own counted in the database, and the others (granted, shared by rules)
+    /// as one union, so a customer two of them share counts once. The SQL narrowing is
+    /// what lists use; segments do not filter on external ids, so it is exact for them.
+    pub async fn count_customers(
+        &self,
+        query: &CustomerQuery<'_>,
+        secret: &MatchSecret,
+    ) -> Result<i64> {
+        let rules = self.viewer_rules(query).await?;
+        let mut total = 0;
+        if query.reach != Reach::Granted {
+            let mut q = Query::new("SELECT COUNT(*) FROM (".into(), Bind::text(query.viewer_id));
+            push_branch(self, &mut q, query, Branch::Owned, secret, Selecting::Ids);
+            q.push(") t");
+            total += q.count(self.reader()).await?;
+        }
+        if query.reach != Reach::Owned {
+            let mut q = Query::new("SELECT COUNT(*) FROM (".into(), Bind::text(query.viewer_id));
+            let branches = std::iter::once(Branch::Granted)
+                .chain(
+                    rules
+                        .iter()
+                        .map(|(owner_id, rule)| Branch::Ruled { owner_id, rule }),
+                )
+                .filter(|b| possible(query, *b));
+            for (i, branch) in branches.enumerate() {
+                if i > 0 {
+                    q.push(" UNION ");
+                }
+                push_branch(self, &mut q, query, branch, secret, Selecting::Ids);
+            }
+            q.push(") t");
+            total += q.count(self.reader()).await?;
+        }
+        Ok(total)
     }
 
     /// The owner's other live customers sharing a lookup key with `customer_id`, with

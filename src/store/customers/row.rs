@@ -5,31 +5,41 @@
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use crate::domain::customer::{Customer, CustomerKind, FieldSet, Profile, RecordState};
+use crate::domain::customer::{Customer, CustomerKind, Profile, RecordState};
 use crate::domain::error::Result;
-use crate::domain::visibility::{Access, AccessLevel, GrantStanding, access};
+use crate::domain::visibility::{Access, GrantStanding, RuleStanding, access};
 use crate::domain::{OrgRef, Slug};
-use crate::store::{corrupt, timestamp};
+use crate::store::{corrupt, parse_fields, parse_level, timestamp};
 
 /// A customer as read for one viewer: the record, the viewer's live grant on it (if
-/// any) and the viewer's external id for it.
+/// any), the owner's live rules that reach the viewer, and the viewer's external id
+/// for it.
 #[derive(Debug, Clone)]
 pub struct SeenCustomer {
     pub customer: Customer,
     pub grant: Option<GrantStanding>,
+    pub rules: Vec<RuleStanding>,
     pub external_id: Option<String>,
     pub viewer_id: String,
 }
 
 impl SeenCustomer {
-    /// How the viewer may see it; `None`: NOT_FOUND.
+    /// How the viewer may see it now; `None`: NOT_FOUND.
     pub fn access(&self) -> Option<Access> {
         access(
             &self.viewer_id,
-            &self.customer.owner.id,
-            self.customer.state,
+            &self.customer,
             self.grant.as_ref(),
+            &self.rules,
+            crate::domain::now(),
         )
+    }
+
+    /// Whether the owner's rules may matter to this viewer: it is not the owner and
+    /// the record is active (a rule never shows anything else).
+    pub(crate) fn wants_rules(&self) -> bool {
+        self.viewer_id != self.customer.owner.id
+            && self.customer.state == crate::domain::customer::RecordState::Active
     }
 }
 
@@ -50,25 +60,6 @@ pub(super) fn parse_state(raw: &str) -> Result<RecordState> {
         "erased" => RecordState::Erased,
         other => return Err(corrupt("customer state", other)),
     })
-}
-
-pub(crate) fn level_name(level: AccessLevel) -> &'static str {
-    match level {
-        AccessLevel::Read => "read",
-        AccessLevel::ReadWrite => "read_write",
-    }
-}
-
-pub(crate) fn parse_level(raw: &str) -> Result<AccessLevel> {
-    match raw {
-        "read" => Ok(AccessLevel::Read),
-        "read_write" => Ok(AccessLevel::ReadWrite),
-        other => Err(corrupt("access level", other)),
-    }
-}
-
-pub(crate) fn parse_fields(raw: &str) -> Result<FieldSet> {
-    FieldSet::from_csv(raw).ok_or_else(|| corrupt("field set", raw))
 }
 
 /// `$1` is the viewer's organization id in every query built on this.
@@ -136,6 +127,11 @@ impl CustomerRow {
         })
     }
 
+    /// The owner's id, and whether the record is active.
+    pub(super) fn owner_and_active(&self) -> (&str, bool) {
+        (&self.owner_id, self.state == "active")
+    }
+
     pub(super) fn into_seen(self, viewer_id: &str) -> Result<(SeenCustomer, String)> {
         let grant = match (self.grant_level, self.grant_fields) {
             (Some(level), Some(fields)) => Some(GrantStanding {
@@ -168,6 +164,7 @@ impl CustomerRow {
         let seen = SeenCustomer {
             customer,
             grant,
+            rules: vec![],
             external_id: self.external_id,
             viewer_id: viewer_id.to_owned(),
         };
@@ -209,6 +206,18 @@ impl Query {
 
     pub(super) fn push(&mut self, sql: &str) {
         self.sql.push_str(sql);
+    }
+
+    /// Runs a `SELECT COUNT(*)`.
+    pub(super) async fn count<'c>(self, db: impl AnyExecutor<'c>) -> Result<i64> {
+        let mut q = sqlx::query_scalar::<_, i64>(&self.sql);
+        for b in self.binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        Ok(q.fetch_one(db).await?)
     }
 
     pub(super) async fn fetch<'c>(self, db: impl AnyExecutor<'c>) -> Result<Vec<CustomerRow>> {
