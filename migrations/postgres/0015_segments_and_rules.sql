@@ -1,6 +1,7 @@
 -- Segments: an organization's saved customer filters, in the ListCustomers filter
 -- language, kept in canonical form (phones in E.164) so they read the same under any
--- phone region.
+-- phone region. A deleted segment keeps its row (delete_time) so that the revoked rules
+-- that shared it still name it.
 CREATE TABLE segments (
     id               TEXT    PRIMARY KEY,
     organization_id  TEXT    NOT NULL REFERENCES organizations (id),
@@ -8,13 +9,14 @@ CREATE TABLE segments (
     filter           TEXT    NOT NULL,
     revision         BIGINT  NOT NULL,
     create_time      BIGINT  NOT NULL,
-    update_time      BIGINT  NOT NULL
+    update_time      BIGINT  NOT NULL,
+    delete_time      BIGINT
 );
 CREATE INDEX segments_by_organization ON segments (organization_id, id);
 
 -- Sharing rules: an owner shares a segment (or every customer it owns: segment_id
--- NULL) with one partner (grantee_id) or with every partner of a relationship
--- (relationship). Reads evaluate the live rules themselves; nothing is stored per
+-- NULL) with one partner (grantee_id) or with every organization the owner stands in
+-- a relationship to ("owner <relationship> partner": partnerships the owner proposed). Reads evaluate the live rules themselves; nothing is stored per
 -- customer, so a revocation, an expiry or a customer leaving the segment takes effect
 -- at the next read.
 CREATE TABLE sharing_rules (

@@ -123,7 +123,7 @@ pub async fn update_segment(
         return Err(Error::StaleEtag(name.to_owned()));
     }
     // Partners see the segment's display name in the rule, and what it covers.
-    for rule in tx.live_rules_using(&org.id, Some(&s.id), None).await? {
+    for rule in tx.live_rules_sharing(&org.id, &s.id).await? {
         let reached = tx.rule_reaches(&rule).await?;
         rule_event(tx, EventType::SharingRuleUpdated, &rule, &reached);
     }
@@ -410,33 +410,46 @@ async fn live_rule(
     Ok(r)
 }
 
-/// Changes the caller's rule; the owner and each organization it reaches hear one
-/// `sharing_rule.updated`.
+/// Changes the caller's rule; the owner and each organization it reaches (while
+/// live before or after the change) hear one `sharing_rule.updated`.
 pub async fn update_rule(
     tx: &mut Tx,
     caller: &Caller,
     target: (&Slug, &RuleId, &str, &str),
     change: RuleChange,
 ) -> Result<SharingRule> {
+    let owner = own_organization(caller, target.0, || rule_not_found(target.2))?.clone();
+    // The segment and preset it is to share, locked before the rule: a change of the
+    // preset locks the preset, then rewrites the rules using it, so this order
+    // cannot deadlock with one.
+    let segment = match &change.segment {
+        Some(Some(id)) => Some(Some(rule_segment(tx, &owner, id).await?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let preset = match &change.preset {
+        Some(Some(id)) => Some(Some(
+            rule_fields(tx, &owner, FieldSet::NONE, Some(id)).await?,
+        )),
+        Some(None) => Some(None),
+        None => None,
+    };
     let mut r = live_rule(tx, caller, target).await?;
     let before = r.clone();
-    let owner = r.owner.clone();
     if let Some(v) = change.display_name {
         r.display_name = v.as_str().to_owned();
     }
-    if let Some(segment) = change.segment {
-        r.segment = match segment {
-            Some(id) => Some(rule_segment(tx, &owner, &id).await?),
-            None => None,
-        };
+    if let Some(segment) = segment {
+        r.segment = segment;
     }
     if let Some(level) = change.level {
         r.level = level;
     }
-    match change.preset {
-        Some(preset) => {
-            let fields = change.fields.unwrap_or(r.fields);
-            (r.fields, r.preset_id) = rule_fields(tx, &owner, fields, preset.as_ref()).await?;
+    match preset {
+        Some(Some((fields, id))) => (r.fields, r.preset_id) = (fields, id),
+        Some(None) => {
+            // Fields of its own from now on: those given, or the preset's last.
+            (r.fields, r.preset_id) = (change.fields.unwrap_or(r.fields), None);
         }
         None => {
             if let Some(fields) = change.fields {
@@ -457,7 +470,12 @@ pub async fn update_rule(
     if !tx.update_sharing_rule(&r).await? {
         return Err(Error::StaleEtag(target.2.to_owned()));
     }
-    let reached = tx.rule_reaches(&r).await?;
+    let now = now();
+    let reached = if before.live_at(now) || r.live_at(now) {
+        tx.rule_reaches(&r).await?
+    } else {
+        vec![]
+    };
     rule_event(tx, EventType::SharingRuleUpdated, &r, &reached);
     Ok(r)
 }
@@ -470,8 +488,13 @@ pub async fn revoke_rule(
     target: (&Slug, &RuleId, &str, &str),
 ) -> Result<SharingRule> {
     let mut r = live_rule(tx, caller, target).await?;
-    let reached = tx.rule_reaches(&r).await?;
     let now = now();
+    // An expired rule reaches no one any more: only its owner hears.
+    let reached = if r.live_at(now) {
+        tx.rule_reaches(&r).await?
+    } else {
+        vec![]
+    };
     r.revoke_time = Some(now);
     r.update_time = now;
     r.revision += 1;

@@ -324,6 +324,13 @@ impl CustomerFilter {
                 "a segment cannot filter on external_id: external ids are each organization's own; use a tag",
             ));
         }
+        // It is stored as its canonical text, which must read back.
+        let canonical = parsed.to_text().chars().count();
+        if canonical > MAX_FILTER_CHARS {
+            return Err(bad(format!(
+                "is {canonical} characters once written out in canonical form; a segment's filter may have at most {MAX_FILTER_CHARS}"
+            )));
+        }
         Ok(parsed)
     }
 
@@ -681,7 +688,10 @@ mod tests {
         // Read back under another region, the phone is the same number.
         let us = PhoneRegion::parse("US").unwrap();
         assert_eq!(CustomerFilter::parse_segment(&text, us).unwrap(), filter);
+        let long = format!("display_name = {}", "a".repeat(MAX_FILTER_CHARS - 15));
+        assert!(long.len() <= MAX_FILTER_CHARS && CustomerFilter::parse(&long, de()).is_ok());
         for (bad_filter, expected) in [
+            (long.as_str(), "once written out in canonical form"),
             ("", "at least one comparison"),
             (
                 "external_id = C-1",

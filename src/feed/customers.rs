@@ -10,7 +10,7 @@ use crate::domain::customer::{Customer, RecordState};
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
 use crate::domain::names;
-use crate::domain::visibility::CustomerView;
+use crate::domain::visibility::{Access, CustomerView};
 use crate::pb::{self, event::Payload};
 use crate::store::{Overlay, SeenCustomer, Tx};
 
@@ -54,19 +54,19 @@ pub async fn customer_changed(
     Ok(())
 }
 
-/// Whether the viewer of `seen` could see the record as it was `before` a change,
-/// by the same grant and rules: a change of the profile moves a record into or out of
-/// a rule's segment. Grants and states are the same before and after a change of
-/// the profile (a change of state names those who saw it in `saw_before`).
-fn saw(seen: &SeenCustomer, before: &Customer) -> bool {
+/// How the viewer of `seen` saw the record as it was `before` a change, by the same
+/// grant and rules: a change of the profile moves a record into or out of a rule's
+/// segment. Grants and states are the same before and after a change of the profile
+/// (a change of state names those who saw it in `saw_before`).
+fn saw(seen: &SeenCustomer, before: &Customer) -> Option<Access> {
     if seen.rules.is_empty() {
-        return seen.access().is_some();
+        return seen.access();
     }
     let then = SeenCustomer {
         customer: before.clone(),
         ..seen.clone()
     };
-    then.access().is_some()
+    then.access()
 }
 
 /// [`customer_changed`] for a caller that already holds the audience (a new record's:
@@ -81,17 +81,22 @@ pub fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) 
     let mut left = change.saw_before.clone();
     for seen in audience {
         last_state = Some(seen.customer.state);
-        let before_seen = change.before.is_some_and(|b| saw(seen, b));
+        let before_access = change.before.and_then(|b| saw(seen, b));
         let Some(access) = seen.access() else {
-            if before_seen && seen.customer.state == RecordState::Active {
+            if before_access.is_some() && seen.customer.state == RecordState::Active {
                 left.push(seen.viewer_id.clone());
             }
             continue;
         };
         let c = &seen.customer;
         let after = access.view(c.kind, &c.profile);
-        let before = match change.before {
-            Some(b) if before_seen => access.view(b.kind, &b.profile),
+        // Each field as the viewer saw it: one it sees only since this change (a rule
+        // that now covers the record shows it) counts as changed.
+        let before = match (change.before, before_access) {
+            (Some(b), Some(then)) => CustomerView {
+                fields: after.fields,
+                ..then.view(b.kind, &b.profile)
+            },
             _ => CustomerView {
                 display_name: after.display_name.as_ref().map(|_| String::new()),
                 profile: Default::default(),

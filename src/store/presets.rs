@@ -177,11 +177,13 @@ impl Tx {
              ELSE p.proposer_id END FROM sharing_rules r JOIN partnerships p \
              ON (p.proposer_id = r.owner_id OR p.recipient_id = r.owner_id) \
              AND (p.proposer_id = r.grantee_id OR p.recipient_id = r.grantee_id \
-             OR p.relationship = r.relationship) \
-             WHERE r.preset_id = $1 AND r.revoke_time IS NULL AND p.state = 'active') \
+             OR (p.relationship = r.relationship AND p.proposer_id = r.owner_id)) \
+             WHERE r.preset_id = $1 AND r.revoke_time IS NULL \
+             AND (r.expire_time IS NULL OR r.expire_time > $2) AND p.state = 'active') \
              ORDER BY o.id",
         )
         .bind(id)
+        .bind(micros(crate::domain::now()))
         .fetch_all(self.conn())
         .await?;
         rows.into_iter()

@@ -72,6 +72,13 @@ pub struct SharingRule {
     pub update_time: Timestamp,
 }
 
+impl SharingRule {
+    /// Neither revoked nor expired at `now`.
+    pub fn live_at(&self, now: Timestamp) -> bool {
+        self.revoke_time.is_none() && self.expire_time.is_none_or(|t| now < t)
+    }
+}
+
 #[derive(FromRow)]
 struct SegmentRow {
     id: String,
@@ -99,8 +106,9 @@ impl TryFrom<SegmentRow> for Segment {
     }
 }
 
+/// Live (not deleted) segments.
 const SEGMENT_SELECT: &str = "SELECT id, organization_id, display_name, filter, revision, \
-     create_time, update_time FROM segments";
+     create_time, update_time FROM segments WHERE delete_time IS NULL";
 
 #[derive(FromRow)]
 struct RuleRow {
@@ -200,19 +208,26 @@ pub(super) fn standing(row: StandingRow) -> Result<RuleStanding> {
 /// The live, unexpired rules of owner `$1` and the partners each reaches through an
 /// ACTIVE partnership (`$2` is now), as [`StandingRow`]s; with `one_viewer`, only
 /// those reaching viewer `$3`. A partner two partnerships reach appears once.
+///
+/// A rule for one grantee reaches it through any ACTIVE partnership between the two;
+/// a rule for a relationship reaches the organizations the owner stands in that
+/// relationship to: ACTIVE partnerships "owner <relationship> partner", which the
+/// owner proposed.
 pub(super) fn standings_sql(one_viewer: bool) -> String {
     let partners = if one_viewer {
-        "SELECT $3 AS other, relationship FROM partnerships WHERE state = 'active' \
+        "SELECT $3 AS other, relationship, proposer_id FROM partnerships \
+         WHERE state = 'active' \
          AND ((proposer_id = $1 AND recipient_id = $3) OR (proposer_id = $3 AND recipient_id = $1))"
     } else {
         "SELECT CASE WHEN proposer_id = $1 THEN recipient_id ELSE proposer_id END AS other, \
-         relationship FROM partnerships WHERE state = 'active' \
+         relationship, proposer_id FROM partnerships WHERE state = 'active' \
          AND (proposer_id = $1 OR recipient_id = $1)"
     };
     format!(
         "SELECT DISTINCT r.id, pt.other, r.level, r.fields, s.filter, r.expire_time \
          FROM sharing_rules r JOIN ({partners}) pt \
-         ON (r.grantee_id = pt.other OR r.relationship = pt.relationship) \
+         ON (r.grantee_id = pt.other \
+         OR (r.relationship = pt.relationship AND pt.proposer_id = r.owner_id)) \
          LEFT JOIN segments s ON s.id = r.segment_id \
          WHERE r.owner_id = $1 AND r.revoke_time IS NULL \
          AND (r.expire_time IS NULL OR r.expire_time > $2) ORDER BY r.id, pt.other"
@@ -248,7 +263,8 @@ pub(super) async fn standings_of_viewer<'c>(
         "SELECT DISTINCT r.owner_id, r.id, r.level, r.fields, s.filter, r.expire_time \
              FROM partnerships p JOIN sharing_rules r ON r.owner_id = \
              (CASE WHEN p.proposer_id = $1 THEN p.recipient_id ELSE p.proposer_id END) \
-             AND r.revoke_time IS NULL AND (r.grantee_id = $1 OR r.relationship = p.relationship) \
+             AND r.revoke_time IS NULL AND (r.grantee_id = $1 \
+             OR (r.relationship = p.relationship AND p.proposer_id = r.owner_id)) \
              LEFT JOIN segments s ON s.id = r.segment_id \
              WHERE p.state = 'active' AND (p.proposer_id = $1 OR p.recipient_id = $1) \
              AND (r.expire_time IS NULL OR r.expire_time > $2) ORDER BY r.owner_id, r.id",
@@ -271,7 +287,7 @@ async fn segment_by_id<'c>(
     id: &str,
     lock: &str,
 ) -> Result<Option<Segment>> {
-    let sql = format!("{SEGMENT_SELECT} WHERE organization_id = $1 AND id = $2{lock}");
+    let sql = format!("{SEGMENT_SELECT} AND organization_id = $1 AND id = $2{lock}");
     let row: Option<SegmentRow> = sqlx::query_as(&sql)
         .bind(org_id)
         .bind(id)
@@ -309,7 +325,7 @@ impl Store {
         limit: usize,
     ) -> Result<Page<Segment>> {
         let sql =
-            format!("{SEGMENT_SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+            format!("{SEGMENT_SELECT} AND organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
         let rows: Vec<SegmentRow> = sqlx::query_as(&sql)
             .bind(org_id)
             .bind(after.unwrap_or(""))
@@ -456,12 +472,9 @@ impl Tx {
         if in_use.is_some() {
             return Ok(false);
         }
-        // Revoked rules keep their history but no longer name the segment.
-        sqlx::query("UPDATE sharing_rules SET segment_id = NULL WHERE segment_id = $1")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
-        sqlx::query("DELETE FROM segments WHERE id = $1")
+        // Revoked rules keep naming it.
+        sqlx::query("UPDATE segments SET delete_time = $1 WHERE id = $2")
+            .bind(micros(crate::domain::now()))
             .bind(id)
             .execute(self.conn())
             .await?;
@@ -481,22 +494,21 @@ impl Tx {
         rule_by_id(self.conn(), owner_id, id, lock).await
     }
 
-    /// The live rules of owner `owner_id` that share segment `segment_id` or go
-    /// through preset `preset_id`.
-    pub async fn live_rules_using(
+    /// The live, unexpired rules of owner `owner_id` that share segment `segment_id`.
+    pub async fn live_rules_sharing(
         &mut self,
         owner_id: &str,
-        segment_id: Option<&str>,
-        preset_id: Option<&str>,
+        segment_id: &str,
     ) -> Result<Vec<SharingRule>> {
         let sql = format!(
             "{RULE_SELECT} WHERE r.owner_id = $1 AND r.revoke_time IS NULL \
-             AND (r.segment_id = $2 OR r.preset_id = $3) ORDER BY r.id"
+             AND (r.expire_time IS NULL OR r.expire_time > $3) AND r.segment_id = $2 \
+             ORDER BY r.id"
         );
         let rows: Vec<RuleRow> = sqlx::query_as(&sql)
             .bind(owner_id)
             .bind(segment_id)
-            .bind(preset_id)
+            .bind(micros(crate::domain::now()))
             .fetch_all(self.conn())
             .await?;
         rows.into_iter().map(SharingRule::try_from).collect()
@@ -552,7 +564,8 @@ impl Tx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The organizations rule `r` reaches now through ACTIVE partnerships, by id.
+    /// The organizations rule `r` reaches through ACTIVE partnerships, by id, were it
+    /// live (whether it is, is the caller's to weigh).
     pub async fn rule_reaches(&mut self, r: &SharingRule) -> Result<Vec<OrgRef>> {
         let (grantee, relationship) = target_columns(&r.target);
         let rows: Vec<(String, String)> = sqlx::query_as(
@@ -560,7 +573,8 @@ impl Tx {
              SELECT CASE WHEN p.proposer_id = $1 THEN p.recipient_id ELSE p.proposer_id END \
              FROM partnerships p WHERE p.state = 'active' \
              AND (p.proposer_id = $1 OR p.recipient_id = $1) \
-             AND (p.proposer_id = $2 OR p.recipient_id = $2 OR p.relationship = $3)) \
+             AND (p.proposer_id = $2 OR p.recipient_id = $2 \
+             OR (p.relationship = $3 AND p.proposer_id = $1))) \
              ORDER BY o.id",
         )
         .bind(&r.owner.id)

@@ -14,6 +14,7 @@ crate::on_both_backends!(
     segments_count_and_list_their_members_as_they_change,
     a_rule_shares_its_segment_at_every_read_and_stops_at_once,
     a_relationship_rule_reaches_every_partner_of_that_relationship_now_and_later,
+    rules_and_grants_page_as_one_list_and_odd_segments_share_nothing,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -876,4 +877,213 @@ async fn a_relationship_rule_reaches_every_partner_of_that_relationship_now_and_
         members(&app, &late.read_key, &mine.name, 10).await,
         std::slice::from_ref(&ann.name)
     );
+}
+
+/// Every page of `order_by` for `key`, `page_size` 1: the names in order.
+async fn ordered(app: &TestApp, key: &str, order_by: &str) -> Vec<String> {
+    let mut names = vec![];
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .customers(key)
+            .list_customers(pb::ListCustomersRequest {
+                page_size: 1,
+                page_token,
+                order_by: order_by.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        names.extend(page.customers.iter().map(|c| c.display_name.clone()));
+        if page.next_page_token.is_empty() {
+            return names;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn rules_and_grants_page_as_one_list_and_odd_segments_share_nothing(backend: Backend) {
+    use pb::AccessLevel::Read;
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    let other = app
+        .create_org("other", pb::OrganizationKind::Retailer)
+        .await;
+    app.partner(&acme, &dist).await;
+    app.partner(&other, &acme).await;
+    let mut made = vec![];
+    for given in ["Dan", "Bea", "Eli", "Abe", "Cal"] {
+        made.push(create(&app, &acme, tagged(given, &["x"])).await);
+    }
+    // Names shown by grants on two of them; a rule shares all five, emails only.
+    for c in &made[..2] {
+        grant(&app, &acme, &c.name, &dist, Read, &["display_name"])
+            .await
+            .unwrap();
+    }
+    let all = create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "All, emails".into(),
+            grantee: dist.name.clone(),
+            level: Read as i32,
+            fields: vec!["emails".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // By display name, one a page: hidden names (empty) first, each record once.
+    let names = ordered(&app, &dist.read_key, "display_name").await;
+    assert_eq!(names, ["", "", "", "Bea Doe", "Dan Doe"]);
+    let names = ordered(&app, &dist.read_key, "display_name desc").await;
+    assert_eq!(names, ["Dan Doe", "Bea Doe", "", "", ""]);
+    assert_eq!(ordered(&app, &dist.read_key, "update_time").await.len(), 5);
+    // A rule that shows the name too: every name, in order.
+    let named = create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "Names of x".into(),
+            grantee: dist.name.clone(),
+            level: Read as i32,
+            fields: vec!["display_name".into()],
+            segment: create_segment(&app, &acme, "x", "tag = x")
+                .await
+                .unwrap()
+                .name,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ordered(&app, &dist.read_key, "display_name").await,
+        ["Abe Doe", "Bea Doe", "Cal Doe", "Dan Doe", "Eli Doe"]
+    );
+    // A change that brings a field into view lists it as changed.
+    let heads = feed(&app, &dist.read_key).await.len();
+    update_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            name: named.name.clone(),
+            etag: named.etag.clone(),
+            segment: create_segment(&app, &acme, "y", "tag = y")
+                .await
+                .unwrap()
+                .name,
+            ..Default::default()
+        },
+        &["segment"],
+    )
+    .await
+    .unwrap();
+    update(
+        &app,
+        &acme.admin_key,
+        set_tags(&made[2].name, &["y"]),
+        &["tags"],
+    )
+    .await
+    .unwrap();
+    let news = feed(&app, &dist.read_key).await;
+    let entered = news[heads..]
+        .iter()
+        .find(|e| e.r#type == "customer.updated")
+        .expect("Eli's update reached dist");
+    assert_eq!(entered.resource, made[2].name);
+    assert_eq!(entered.changed_fields, ["display_name"], "{entered:?}");
+
+    // A segment of what partners granted the owner holds nothing of the owner's own:
+    // a rule sharing it shares nothing, and counts say so.
+    revoke(&app, &acme, &all.name).await;
+    revoke(&app, &acme, &named.name).await;
+    let granted = create_segment(&app, &acme, "Granted to us", "granted = true")
+        .await
+        .unwrap();
+    create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "Odd".into(),
+            segment: granted.name.clone(),
+            grantee: dist.name.clone(),
+            level: Read as i32,
+            fields: vec!["emails".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let probe = create_segment(&app, &dist, "Probe", "kind = PERSON")
+        .await
+        .unwrap();
+    // Dist sees the two granted records, and nothing through the odd rule.
+    assert_eq!(count(&app, &dist.read_key, &probe.name).await.unwrap(), 2);
+    assert_eq!(list(&app, &dist.read_key, "").await.len(), 2);
+
+    // A relationship rule reaches those the owner stands in it to, not those who
+    // stand in it to the owner: `other` supplies acme, acme does not supply it.
+    create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "To those we supply".into(),
+            relationship: pb::Relationship::Supplies as i32,
+            level: Read as i32,
+            fields: vec!["display_name".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(list(&app, &dist.read_key, "").await.len(), 5);
+    assert!(list(&app, &other.read_key, "").await.is_empty());
+    assert!(events_of(&feed(&app, &other.read_key).await, "sharing_rule.created").is_empty());
+
+    // A deleted segment is still named by the revoked rules that shared it.
+    let gone = app
+        .sharing(&acme.admin_key)
+        .get_sharing_rule(pb::GetSharingRuleRequest {
+            name: named.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let segment = gone.segment.clone();
+    app.sharing(&acme.admin_key)
+        .delete_segment(pb::DeleteSegmentRequest {
+            name: segment.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    let after = app
+        .sharing(&acme.admin_key)
+        .get_sharing_rule(pb::GetSharingRuleRequest {
+            name: named.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (after.segment, after.segment_display_name),
+        (segment, "y".to_owned())
+    );
+}
+
+async fn revoke(app: &TestApp, owner: &Org, name: &str) {
+    app.sharing(&owner.admin_key)
+        .revoke_sharing_rule(pb::RevokeSharingRuleRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
 }

@@ -30,6 +30,8 @@ use crate::scenarios::{Ctx, Row};
 const ALL: &[&str] = &[
     "baseline_echo",
     "get_customer",
+    "get_by_rule",
+    "segments",
     "list_customers",
     "update_customer",
     "batch_upsert",
@@ -270,6 +272,15 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         };
     }
     scenario!("get_customer", scenarios::get_customer(&ctx));
+    scenario!("get_by_rule", scenarios::get_by_rule(&ctx));
+    if wanted(args, "segments") {
+        progress(args, "segments");
+        rows.extend(scenarios::segments(&ctx).await?);
+        // Its database work is not counted, nor left to the next scenario's.
+        if let (Some(d), Some(m)) = (&dbwork, mark.take()) {
+            mark = Some(d.since(m).await?.1);
+        }
+    }
     scenario!("list_customers", scenarios::list_customers(&ctx));
     scenario!("update_customer", scenarios::update_customer(&ctx));
     scenario!("batch_upsert", scenarios::batch_upsert(&ctx));

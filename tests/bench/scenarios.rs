@@ -826,3 +826,171 @@ pub async fn replicas(ctx: &Ctx, url: &str, logs: &std::path::Path) -> anyhow::R
         ),
     ))
 }
+
+/// Runs `call` `n` times one after another (each alone on the hub) and returns its
+/// row: single-call latency, not throughput under load.
+async fn one_at_a_time<F, Fut>(
+    ctx: &Ctx,
+    scenario: &str,
+    n: usize,
+    note: String,
+    mut call: F,
+) -> Row
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Status>>,
+{
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let mut samples = Samples::default();
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        match call().await {
+            Ok(()) => samples.micros.push(t.elapsed().as_micros() as u64),
+            Err(e) => {
+                samples.errors += 1;
+                samples.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ops = samples.micros.len() as u64;
+    Row::new(scenario, "req/s", samples, ops, secs, meter.finish(), note)
+}
+
+/// Segments over the vendor's customers: one of 1 in 100 (`tag = vip`) and one of
+/// every customer (`kind = PERSON`); counted and their first page listed, one call at
+/// a time.
+pub async fn segments(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let conns = ctx.conns();
+    let vendor = &ctx.fx.vendor;
+    let mut rows = vec![];
+    for (label, filter) in [("vip", "tag = vip"), ("all", "kind = PERSON")] {
+        let segment = conns
+            .sharing(0, &vendor.admin_key)
+            .create_segment(pb::CreateSegmentRequest {
+                parent: vendor.name.clone(),
+                segment: Some(pb::Segment {
+                    display_name: label.into(),
+                    filter: filter.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        let count = conns
+            .sharing(0, &vendor.read_key)
+            .count_segment_members(pb::CountSegmentMembersRequest {
+                name: segment.name.clone(),
+            })
+            .await?
+            .into_inner()
+            .count;
+        let client = conns.sharing(0, &vendor.read_key);
+        let name = segment.name.clone();
+        rows.push(
+            one_at_a_time(
+                ctx,
+                &format!("segment_count_{label}"),
+                20,
+                format!("`{filter}`: {count} members; CountSegmentMembers, one at a time"),
+                || {
+                    let (mut client, name) = (client.clone(), name.clone());
+                    async move {
+                        client
+                            .count_segment_members(pb::CountSegmentMembersRequest { name })
+                            .await
+                            .map(|_| ())
+                    }
+                },
+            )
+            .await,
+        );
+        rows.push(
+            one_at_a_time(
+                ctx,
+                &format!("segment_page_{label}"),
+                50,
+                format!("`{filter}`: ListSegmentMembers, first page of 50, one at a time"),
+                || {
+                    let (mut client, name) = (client.clone(), name.clone());
+                    async move {
+                        client
+                            .list_segment_members(pb::ListSegmentMembersRequest {
+                                name,
+                                page_size: 50,
+                                page_token: String::new(),
+                            })
+                            .await
+                            .map(|_| ())
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    Ok(rows)
+}
+
+/// A partner reads customers shared with it by a rule over every customer in a
+/// segment (`kind = PERSON`, which holds them all), as `get_customer` reads them
+/// through grants. Also times creating the rule, and a rule over every customer
+/// without a segment.
+pub async fn get_by_rule(ctx: &Ctx) -> anyhow::Result<Row> {
+    let conns = ctx.conns();
+    let vendor = &ctx.fx.vendor;
+    let ruled = seed::create_org(&conns, &ctx.fx.operator, "ruled").await?;
+    seed::partner(&conns, vendor, &ruled).await?;
+    let segment = conns
+        .sharing(0, &vendor.admin_key)
+        .create_segment(pb::CreateSegmentRequest {
+            parent: vendor.name.clone(),
+            segment: Some(pb::Segment {
+                display_name: "People".into(),
+                filter: "kind = PERSON".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut created_ms = vec![];
+    for (segment, label) in [(String::new(), "every customer"), (segment.name, "segment")] {
+        let t = Instant::now();
+        let rule = conns
+            .sharing(0, &vendor.admin_key)
+            .create_sharing_rule(pb::CreateSharingRuleRequest {
+                parent: vendor.name.clone(),
+                sharing_rule: Some(pb::SharingRule {
+                    display_name: label.into(),
+                    segment,
+                    grantee: ruled.name.clone(),
+                    level: pb::AccessLevel::Read as i32,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        created_ms.push(format!("{label} {:.1} ms", t.elapsed().as_secs_f64() * 1e3));
+        if label == "every customer" {
+            // Measure reads through the segment's rule alone.
+            conns
+                .sharing(0, &vendor.admin_key)
+                .revoke_sharing_rule(pb::RevokeSharingRuleRequest {
+                    name: rule.name,
+                    ..Default::default()
+                })
+                .await?;
+        }
+    }
+    let mut row = gets(ctx, conns, &ruled.read_key, ctx.hub_pid, "get_by_rule").await;
+    row.note = format!(
+        "{}; a partner reads customers a rule over a segment shares (no grants); CreateSharingRule over {} customers: {}",
+        row.note,
+        ctx.fx.customers.len(),
+        created_ms.join(", ")
+    );
+    Ok(row)
+}

@@ -97,24 +97,47 @@ fn field_of(condition: &CustomerCondition) -> Option<CustomerField> {
 }
 
 impl CustomerOrder {
-    /// The SQL a branch sorts by; `None`: by id. A grantee that may not see the
-    /// display name sorts it as empty, so neither the order nor a page boundary tells
-    /// it anything of the hidden name.
-    fn column(self, branch: Branch<'_>) -> Option<String> {
+    /// The SQL a branch sorts by (binding what it needs in `q`); `None`: by id.
+    ///
+    /// Another organization's record sorts by its display name only where the
+    /// viewer sees the name (some source that covers the record shows it: `rules` are
+    /// every rule reaching the viewer), and as empty elsewhere, so neither the order
+    /// nor a page boundary tells anything of a hidden name. Every branch sorts a
+    /// record by the same expression, so the merged order is one order.
+    fn column(
+        self,
+        q: &mut Query,
+        branch: Branch<'_>,
+        rules: &[(String, RuleStanding)],
+        secret: &MatchSecret,
+    ) -> Option<String> {
         match (self.key, branch) {
             (OrderKey::Id, _) => None,
             (OrderKey::UpdateTime, _) => Some("c.update_time".into()),
             (OrderKey::DisplayName, Branch::Owned) => Some("c.sort_name".into()),
-            (OrderKey::DisplayName, Branch::Granted) => Some(format!(
-                "(CASE WHEN {} THEN c.sort_name ELSE '' END)",
-                grant_shows(CustomerField::DisplayName)
-            )),
-            (OrderKey::DisplayName, Branch::Ruled { rule, .. }) => {
-                Some(if rule.fields.contains(CustomerField::DisplayName) {
-                    "c.sort_name".into()
-                } else {
-                    "''".into()
-                })
+            (OrderKey::DisplayName, _) => {
+                let name = CustomerField::DisplayName;
+                let mut shows = vec![format!(
+                    "(g.fields IS NOT NULL AND p.state = 'active' AND {})",
+                    grant_shows(name)
+                )];
+                for (owner_id, rule) in rules.iter().filter(|(_, r)| r.fields.contains(name)) {
+                    let segment = segment_of(rule);
+                    if !covers_anything(segment) {
+                        continue;
+                    }
+                    let owner = q.arg(Bind::text(owner_id));
+                    let start = q.len();
+                    for condition in segment {
+                        narrow(q, condition, secret, Narrowing::Record { owner: &owner });
+                    }
+                    let conditions = q.cut(start);
+                    shows.push(format!("(c.owner_id = {owner}{conditions})"));
+                }
+                Some(format!(
+                    "(CASE WHEN {} THEN c.sort_name ELSE CAST('' AS TEXT) END)",
+                    shows.join(" OR ")
+                ))
             }
         }
     }
@@ -241,13 +264,28 @@ enum Selecting {
 /// finds nothing through that rule.
 fn possible(query: &CustomerQuery<'_>, branch: Branch<'_>) -> bool {
     match branch {
-        Branch::Ruled { rule, .. } => query
-            .conditions
-            .iter()
-            .filter_map(field_of)
-            .all(|f| rule.fields.contains(f)),
+        Branch::Ruled { rule, .. } => {
+            covers_anything(segment_of(rule))
+                && query
+                    .conditions
+                    .iter()
+                    .filter_map(field_of)
+                    .all(|f| rule.fields.contains(f))
+        }
         _ => true,
     }
+}
+
+/// A rule's segment conditions; none for every customer.
+fn segment_of(rule: &RuleStanding) -> &[CustomerCondition] {
+    rule.segment.as_ref().map_or(&[][..], |s| &s.conditions[..])
+}
+
+/// Whether a segment can hold any of its owner's own records: `granted = true` is
+/// read from the owner's side, where nothing of its own is granted to it (as
+/// `domain::visibility` reads it).
+fn covers_anything(segment: &[CustomerCondition]) -> bool {
+    !segment.contains(&CustomerCondition::Granted(true))
 }
 
 /// One branch's query pushed onto `q` (whose `$1` is the viewer), without order or
@@ -277,15 +315,14 @@ fn push_branch(
         Branch::Granted => (None, &[]),
         Branch::Ruled { owner_id, rule } => {
             let owner = q.arg(Bind::text(owner_id));
-            let segment = rule.segment.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-            (Some(owner), segment)
+            (Some(owner), segment_of(rule))
         }
     };
     let conditions: Vec<&CustomerCondition> = segment.iter().chain(query.conditions).collect();
-    let column = query.order.column(branch);
+    let by_id = query.order.key == OrderKey::Id;
     // The first key condition drives the walk of an owner's records in id order.
-    let driving = match (&owner, &column) {
-        (Some(_), None) => conditions
+    let driving = match (&owner, by_id) {
+        (Some(_), true) => conditions
             .iter()
             .enumerate()
             .find_map(|(i, c)| key_of(c, secret).map(|key| (i, key))),
@@ -360,7 +397,7 @@ fn push_branch(
 pub(super) async fn list_branch(
     store: &Store,
     query: &CustomerQuery<'_>,
-    branch: Branch<'_>,
+    (branch, rules): (Branch<'_>, &[(String, RuleStanding)]),
     after: Option<&Cursor>,
     secret: &MatchSecret,
 ) -> Result<Vec<(SeenCustomer, String)>> {
@@ -369,7 +406,7 @@ pub(super) async fn list_branch(
     let Some(id_column) = push_branch(store, &mut q, query, branch, secret, Selecting::Rows) else {
         return Ok(vec![]);
     };
-    let column = query.order.column(branch);
+    let column = query.order.column(&mut q, branch, rules, secret);
     let (gt, dir) = if query.order.descending {
         ("<", "DESC")
     } else {
@@ -453,12 +490,14 @@ impl Store {
         let rules = self.viewer_rules(query).await?;
         let mut rows = vec![];
         if query.reach != Reach::Granted {
-            rows.extend(list_branch(self, query, Branch::Owned, after, secret).await?);
+            let branch = (Branch::Owned, &rules[..]);
+            rows.extend(list_branch(self, query, branch, after, secret).await?);
         }
         if query.reach != Reach::Owned {
-            rows.extend(list_branch(self, query, Branch::Granted, after, secret).await?);
+            let branch = (Branch::Granted, &rules[..]);
+            rows.extend(list_branch(self, query, branch, after, secret).await?);
             for (owner_id, rule) in &rules {
-                let branch = Branch::Ruled { owner_id, rule };
+                let branch = (Branch::Ruled { owner_id, rule }, &rules[..]);
                 rows.extend(list_branch(self, query, branch, after, secret).await?);
             }
         }

@@ -208,6 +208,17 @@ impl Query {
         self.sql.push_str(sql);
     }
 
+    /// How much SQL there is so far.
+    pub(super) fn len(&self) -> usize {
+        self.sql.len()
+    }
+
+    /// Takes back the SQL pushed since `start` (its binds stay), to use elsewhere in
+    /// the statement.
+    pub(super) fn cut(&mut self, start: usize) -> String {
+        self.sql.split_off(start)
+    }
+
     /// Runs a `SELECT COUNT(*)`.
     pub(super) async fn count<'c>(self, db: impl AnyExecutor<'c>) -> Result<i64> {
         let mut q = sqlx::query_scalar::<_, i64>(&self.sql);
