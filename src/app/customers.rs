@@ -864,23 +864,32 @@ pub async fn list(
         .await?;
     // SQL filtered on the viewer's view already; visibility and the filter on the
     // masked view have the final word on each row.
-    let customers = found
-        .items
-        .into_iter()
-        .filter_map(|seen| {
-            let access = seen.access()?;
-            let view = access.view(seen.customer.kind, &seen.customer.profile);
-            let facts = CustomerFacts {
-                view: &view,
-                kind: seen.customer.kind,
-                owner: &seen.customer.owner.slug,
-                external_id: seen.external_id.as_deref(),
-                update_time: seen.customer.update_time,
-                granted: !access.is_owner(),
-            };
-            l.filter.matches(&facts).then_some((seen, access))
-        })
-        .collect();
+    let now = now();
+    let mut customers = vec![];
+    for seen in found.items {
+        let Some(access) = seen.access() else {
+            continue;
+        };
+        let activity = if l.filter.needs_activity() {
+            Some(store.activity(&seen.customer.id, &org.id).await?)
+        } else {
+            None
+        };
+        let view = access.view(seen.customer.kind, &seen.customer.profile);
+        let facts = CustomerFacts {
+            view: &view,
+            kind: seen.customer.kind,
+            owner: &seen.customer.owner.slug,
+            external_id: seen.external_id.as_deref(),
+            update_time: seen.customer.update_time,
+            granted: !access.is_owner(),
+            activity: activity.as_ref(),
+            now,
+        };
+        if l.filter.matches(&facts) {
+            customers.push((seen, access));
+        }
+    }
     Ok(Page {
         items: customers,
         next_after: found.next_after,

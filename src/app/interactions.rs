@@ -8,6 +8,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::ids::{CustomerId, InteractionId};
 use crate::domain::interaction::Interaction;
 use crate::domain::names;
+use crate::feed::customers::coverage_changed;
 use crate::feed::interactions::interaction_logged;
 use crate::store::{InteractionFilter, Page, Store, Tx};
 
@@ -46,8 +47,19 @@ pub async fn log(
             format!("{parent} is not active"),
         ));
     }
+    // Who sees the customer, before and after: an interaction can move it into or
+    // out of a rule's segment that filters on interactions.
+    let before = tx.customer_audience_of(&seen.customer).await?;
     tx.insert_interaction(interaction).await?;
-    interaction_logged(tx, interaction).await
+    let audience = if before.iter().any(|s| s.rules_need_activity()) {
+        let after = tx.customer_audience_of(&seen.customer).await?;
+        coverage_changed(tx, &seen.customer.id, &before, &after);
+        after
+    } else {
+        before
+    };
+    interaction_logged(tx, interaction, &audience);
+    Ok(())
 }
 
 /// Interaction `id` of customer `customer_id`, if the caller may see both; NOT_FOUND

@@ -10,10 +10,11 @@
 //! `OR`, `NOT` and parentheses are refused with a message saying so, rather than
 //! misread. Each resource types the comparisons it allows (see [`CustomerFilter`]).
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use super::customer::CustomerView;
 use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
+use super::interaction::InteractionType;
 use super::text::{self, Lines};
 use super::{EmailAddress, Slug};
 use crate::domain::error::FieldViolation;
@@ -195,6 +196,89 @@ pub enum NameMatch {
     Prefix(String),
 }
 
+/// A time in a filter: fixed, or relative to the moment the filter is read
+/// (`now-90d`), so a condition such as "a purchase in the past 90 days" holds at
+/// every read as of that read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    At(Timestamp),
+    /// `now` minus this much; written `now-{n}{d|h|m|s}` with the unit it was given in.
+    Ago(i64, char),
+}
+
+impl Moment {
+    /// An RFC 3339 time, `now`, or `now-` a whole number of days, hours, minutes or
+    /// seconds (at most ten years back).
+    fn parse(raw: &str) -> Option<Moment> {
+        if raw == "now" {
+            return Some(Moment::Ago(0, 's'));
+        }
+        if let Some(ago) = raw.strip_prefix("now-") {
+            let unit = ago.chars().last()?;
+            let n: i64 = ago[..ago.len() - unit.len_utf8()].parse().ok()?;
+            let moment = Moment::Ago(n, unit);
+            let ten_years = SignedDuration::from_hours(24 * 3660);
+            return (n >= 0 && moment.span()? <= ten_years).then_some(moment);
+        }
+        raw.parse::<Timestamp>().ok().map(Moment::At)
+    }
+
+    fn span(self) -> Option<SignedDuration> {
+        match self {
+            Moment::At(_) => None,
+            Moment::Ago(n, 'd') => Some(SignedDuration::from_hours(n.checked_mul(24)?)),
+            Moment::Ago(n, 'h') => Some(SignedDuration::from_hours(n)),
+            Moment::Ago(n, 'm') => Some(SignedDuration::from_mins(n)),
+            Moment::Ago(n, 's') => Some(SignedDuration::from_secs(n)),
+            Moment::Ago(..) => None,
+        }
+    }
+
+    /// The time this moment is at `now`.
+    pub fn at(self, now: Timestamp) -> Timestamp {
+        match self {
+            Moment::At(t) => t,
+            ago => now - ago.span().unwrap_or_default(),
+        }
+    }
+
+    fn to_text(self) -> String {
+        match self {
+            Moment::At(t) => t.to_string(),
+            Moment::Ago(0, _) => "now".into(),
+            Moment::Ago(n, unit) => format!("now-{n}{unit}"),
+        }
+    }
+}
+
+/// When a customer last had an interaction of each type, among the interactions one
+/// organization can see (its own and the shared ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub last: Vec<(InteractionType, Timestamp)>,
+}
+
+impl Activity {
+    /// The last interaction of `kind` (any type: `None`), if any.
+    pub fn last(&self, kind: Option<InteractionType>) -> Option<Timestamp> {
+        self.last
+            .iter()
+            .filter(|(t, _)| kind.is_none_or(|k| k == *t))
+            .map(|(_, at)| *at)
+            .max()
+    }
+}
+
+fn compare(op: Op, left: Timestamp, right: Timestamp) -> bool {
+    match op {
+        Op::Lt => left < right,
+        Op::Le => left <= right,
+        Op::Gt => left > right,
+        Op::Ge => left >= right,
+        Op::Eq | Op::Ne | Op::Has => false,
+    }
+}
+
 /// One typed condition on customers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CustomerCondition {
@@ -205,7 +289,10 @@ pub enum CustomerCondition {
     ExternalId(String),
     Owner(Slug),
     Kind(CustomerKind),
-    UpdateTime(Op, Timestamp),
+    UpdateTime(Op, Moment),
+    /// The time of the last interaction of a type (any type: `None`) the viewer can
+    /// see; a customer without one does not match.
+    LastInteraction(Option<InteractionType>, Op, Moment),
     /// `granted = true`: only customers granted to the viewer; `false`: only its own.
     Granted(bool),
 }
@@ -287,20 +374,50 @@ impl CustomerFilter {
                 }
                 "update_time" => {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
-                    let time = value.parse::<Timestamp>().map_err(|_| {
-                        bad("update_time needs an RFC 3339 time such as \"2026-01-01T00:00:00Z\"")
-                    })?;
-                    CustomerCondition::UpdateTime(op, time)
+                    CustomerCondition::UpdateTime(op, moment(&field, &value)?)
                 }
-                other => {
-                    return Err(bad(format!(
-                        "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted or update_time"
-                    )));
+                "last_interaction_time" => {
+                    only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                    CustomerCondition::LastInteraction(None, op, moment(&field, &value)?)
                 }
+                other => match last_of(other) {
+                    Some(kind) => {
+                        only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                        CustomerCondition::LastInteraction(Some(kind), op, moment(&field, &value)?)
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted, update_time, last_interaction_time or last_{{call|meeting|email|purchase|complaint|incident|note}}_time"
+                        )));
+                    }
+                },
             };
             conditions.push(condition);
         }
         Ok(Self { conditions })
+    }
+}
+
+/// A time value of `field`: RFC 3339, `now` or `now-90d`.
+fn moment(field: &str, value: &str) -> Result<Moment, FieldViolation> {
+    Moment::parse(value).ok_or_else(|| {
+        bad(format!(
+            "{field} needs an RFC 3339 time such as \"2026-01-01T00:00:00Z\", or now-{{n}}{{d|h|m|s}} such as now-90d"
+        ))
+    })
+}
+
+/// The interaction type of a `last_{type}_time` field.
+fn last_of(field: &str) -> Option<InteractionType> {
+    InteractionType::parse(field.strip_prefix("last_")?.strip_suffix("_time")?)
+}
+
+impl CustomerFilter {
+    /// Whether checking the filter needs the customer's interactions.
+    pub fn needs_activity(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| matches!(c, CustomerCondition::LastInteraction(..)))
     }
 }
 
@@ -360,8 +477,14 @@ impl CustomerFilter {
                     }
                 ),
                 CustomerCondition::UpdateTime(op, t) => {
-                    format!("update_time {} {}", op.symbol(), quoted(&t.to_string()))
+                    format!("update_time {} {}", op.symbol(), quoted(&t.to_text()))
                 }
+                CustomerCondition::LastInteraction(kind, op, t) => format!(
+                    "last_{}_time {} {}",
+                    kind.map_or("interaction", |k| k.as_str()),
+                    op.symbol(),
+                    quoted(&t.to_text())
+                ),
                 CustomerCondition::Granted(g) => format!("granted = {g}"),
             })
             .collect::<Vec<_>>()
@@ -379,6 +502,11 @@ pub struct CustomerFacts<'a> {
     pub update_time: Timestamp,
     /// Whether the customer is granted to the viewer (rather than owned by it).
     pub granted: bool,
+    /// The customer's interactions as the viewer can see them; `None` if not read
+    /// (a condition on them then does not match: see [`CustomerFilter::needs_activity`]).
+    pub activity: Option<&'a Activity>,
+    /// When the filter is read: relative times count back from it.
+    pub now: Timestamp,
 }
 
 impl CustomerFilter {
@@ -404,13 +532,13 @@ impl CustomerFilter {
             CustomerCondition::Owner(o) => facts.owner == o,
             CustomerCondition::Kind(k) => facts.kind == *k,
             CustomerCondition::Granted(g) => facts.granted == *g,
-            CustomerCondition::UpdateTime(op, t) => match op {
-                Op::Lt => facts.update_time < *t,
-                Op::Le => facts.update_time <= *t,
-                Op::Gt => facts.update_time > *t,
-                Op::Ge => facts.update_time >= *t,
-                Op::Eq | Op::Ne | Op::Has => false,
-            },
+            CustomerCondition::UpdateTime(op, t) => {
+                compare(*op, facts.update_time, t.at(facts.now))
+            }
+            CustomerCondition::LastInteraction(kind, op, t) => facts
+                .activity
+                .and_then(|a| a.last(*kind))
+                .is_some_and(|last| compare(*op, last, t.at(facts.now))),
         })
     }
 }
@@ -418,6 +546,8 @@ impl CustomerFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::domain::customer::Profile;
 
     fn de() -> PhoneRegion {
         PhoneRegion::parse("DE").unwrap()
@@ -591,6 +721,8 @@ mod tests {
             external_id: Some("C-1"),
             update_time: "2026-01-01T00:00:00Z".parse().unwrap(),
             granted: false,
+            activity: None,
+            now: Timestamp::UNIX_EPOCH,
         };
         for (filter, expected) in [
             (r#"display_name = "jane doe""#, true),
@@ -640,6 +772,8 @@ mod tests {
             external_id: Some("C-1"),
             update_time: Timestamp::UNIX_EPOCH,
             granted: false,
+            activity: None,
+            now: Timestamp::UNIX_EPOCH,
         };
         let by_email = CustomerFilter::parse(
             "email = jane@doe.example AND owner = organizations/acme",
@@ -706,5 +840,68 @@ mod tests {
                 err.description
             );
         }
+    }
+
+    #[test]
+    fn interaction_times_and_relative_moments_are_read_at_each_check() {
+        let filter = CustomerFilter::parse_segment(
+            "last_purchase_time >= now-90d AND last_interaction_time > \"2026-01-01T00:00:00Z\" AND update_time < now",
+            de(),
+        )
+        .unwrap();
+        assert!(filter.needs_activity());
+        assert_eq!(
+            filter.to_text(),
+            r#"last_purchase_time >= "now-90d" AND last_interaction_time > "2026-01-01T00:00:00Z" AND update_time < "now""#
+        );
+        assert_eq!(
+            CustomerFilter::parse(&filter.to_text(), de()).unwrap(),
+            filter
+        );
+        for (bad_filter, expected) in [
+            ("last_purchase_time > now-90x", "now-{n}{d|h|m|s}"),
+            ("last_purchase_time > now-99999d", "now-{n}{d|h|m|s}"),
+            ("last_purchase_time > yesterday", "RFC 3339"),
+            ("last_purchase_time = now", "supports < <= > >= only"),
+            ("last_shoe_time > now", "unknown field"),
+        ] {
+            let err = CustomerFilter::parse(bad_filter, de()).unwrap_err();
+            assert!(
+                err.description.contains(expected),
+                "{bad_filter}: {}",
+                err.description
+            );
+        }
+        let now: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
+        let day = SignedDuration::from_hours(24);
+        let profile = Profile::default();
+        let view = crate::domain::visibility::Access::Owner.view(CustomerKind::Person, &profile);
+        let owner = Slug::parse("acme").unwrap();
+        let check = |activity: Option<&Activity>, at: Timestamp| {
+            filter.matches(&CustomerFacts {
+                view: &view,
+                kind: CustomerKind::Person,
+                owner: &owner,
+                external_id: None,
+                update_time: now - day,
+                granted: false,
+                activity,
+                now: at,
+            })
+        };
+        let bought = Activity {
+            last: vec![
+                (InteractionType::Purchase, now - day * 10),
+                (InteractionType::Call, now - day),
+            ],
+        };
+        assert!(check(Some(&bought), now));
+        // The same facts 81 days later: the purchase is 91 days old.
+        assert!(!check(Some(&bought), now + day * 81));
+        let called_only = Activity {
+            last: vec![(InteractionType::Call, now - day)],
+        };
+        assert!(!check(Some(&called_only), now), "no purchase at all");
+        assert!(!check(None, now), "interactions not read: no match");
     }
 }

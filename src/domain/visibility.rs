@@ -11,7 +11,7 @@ use jiff::Timestamp;
 
 pub use super::customer::CustomerView;
 use super::customer::{Customer, CustomerField, CustomerKind, FieldSet, Profile, RecordState};
-use super::filter::{CustomerFacts, CustomerFilter};
+use super::filter::{Activity, CustomerFacts, CustomerFilter};
 
 /// What a grant allows besides seeing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct RuleStanding {
     pub level: AccessLevel,
     pub fields: FieldSet,
     /// The owner's segment the rule shares; `None`: every customer of the owner.
+    /// One that filters on interactions is weighed with the owner's
+    /// [`Activity`] on the customer.
     pub segment: Option<Arc<CustomerFilter>>,
     pub expire_time: Option<Timestamp>,
     pub revoked: bool,
@@ -50,8 +52,14 @@ pub struct RuleStanding {
 impl RuleStanding {
     /// Whether the rule shares `customer` with `viewer_id` at `now`: live, not
     /// expired, through an ACTIVE partnership, and the customer, as its owner sees
-    /// it now, in the rule's segment.
-    fn covers(&self, viewer_id: &str, customer: &Customer, now: Timestamp) -> bool {
+    /// it now (with its interactions as the owner sees them), in the rule's segment.
+    fn covers(
+        &self,
+        viewer_id: &str,
+        customer: &Customer,
+        owner_activity: Option<&Activity>,
+        now: Timestamp,
+    ) -> bool {
         let live = self.grantee_id == viewer_id
             && !self.revoked
             && self.partnership_active
@@ -66,6 +74,8 @@ impl RuleStanding {
                 external_id: None,
                 update_time: customer.update_time,
                 granted: false,
+                activity: owner_activity,
+                now,
             })
         })
     }
@@ -85,8 +95,10 @@ pub enum Access {
     },
 }
 
-/// Whether `viewer_id` may see `customer`, given the viewer's grant on it (if any) and
-/// its owner's sharing rules that name the viewer, and how, at `now`. `None` means
+/// Whether `viewer_id` may see `customer`, given the viewer's grant on it (if any),
+/// its owner's sharing rules that name the viewer and the customer's interactions as
+/// its owner sees them (read when a rule's segment filters on them), and how, at
+/// `now`. `None` means
 /// the viewer must be told NOT_FOUND, exactly as for a record that does not exist.
 ///
 /// A partner's access is the union of every source that works: the grant (live, its
@@ -98,6 +110,7 @@ pub fn access(
     customer: &Customer,
     grant: Option<&GrantStanding>,
     rules: &[RuleStanding],
+    owner_activity: Option<&Activity>,
     now: Timestamp,
 ) -> Option<Access> {
     if viewer_id == customer.owner.id {
@@ -111,7 +124,7 @@ pub fn access(
         .map(|g| (g.level, g.fields));
     let ruled = rules
         .iter()
-        .filter(|r| r.covers(viewer_id, customer, now))
+        .filter(|r| r.covers(viewer_id, customer, owner_activity, now))
         .map(|r| (r.level, r.fields));
     let mut found = false;
     let (mut fields, mut writable) = (FieldSet::NONE, FieldSet::NONE);
@@ -243,6 +256,7 @@ mod tests {
             &customer(owner, state),
             grant,
             &[],
+            None,
             Timestamp::UNIX_EPOCH,
         )
     }
@@ -421,7 +435,7 @@ mod tests {
         let now = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(1);
         let vip = customer("acme", RecordState::Active);
         let sees = |r: &RuleStanding, c: &Customer| {
-            super::access("shop", c, None, std::slice::from_ref(r), now)
+            super::access("shop", c, None, std::slice::from_ref(r), None, now)
         };
         let in_segment = rule(AccessLevel::Read, &["emails"], "tag = vip");
         let a = sees(&in_segment, &vip).expect("a vip is in the segment");
@@ -484,7 +498,7 @@ mod tests {
             rule(AccessLevel::ReadWrite, &["addresses"], "tag = vip"),
             rule(AccessLevel::ReadWrite, &["tags"], "tag = nobody"),
         ];
-        let a = super::access("shop", &c, Some(&g), &rules, now).unwrap();
+        let a = super::access("shop", &c, Some(&g), &rules, None, now).unwrap();
         use CustomerField as F;
         for (field, seen, writable) in [
             (F::Emails, true, true),
@@ -501,7 +515,7 @@ mod tests {
         };
         assert_eq!(level, AccessLevel::ReadWrite);
         // A READ rule alone: read only, however much it shows.
-        let read = super::access("shop", &c, None, &rules[..1], now).unwrap();
+        let read = super::access("shop", &c, None, &rules[..1], None, now).unwrap();
         assert!(matches!(
             read,
             Access::Grantee {
@@ -512,7 +526,7 @@ mod tests {
         assert!(!read.may_change(F::Emails));
         // The owner is the owner, whatever rules say.
         assert_eq!(
-            super::access("acme", &c, None, &rules, now),
+            super::access("acme", &c, None, &rules, None, now),
             Some(Access::Owner)
         );
     }

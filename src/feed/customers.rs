@@ -159,3 +159,38 @@ pub fn overlay_updated(
     draft.changed_fields = changed_fields;
     emit(tx, organization_id, draft);
 }
+
+/// Tells each organization of `after` that sees customer `id` now but did not in
+/// `before` (an interaction moved it into a rule's segment) of the record, every
+/// field it sees, as `customer.updated`; and each that saw it in `before` but no
+/// longer does (moved out) a last, bare event.
+pub fn coverage_changed(tx: &mut Tx, id: &str, before: &[SeenCustomer], after: &[SeenCustomer]) {
+    let saw = |viewer: &str| {
+        before
+            .iter()
+            .any(|s| s.viewer_id == viewer && s.access().is_some())
+    };
+    let mut moved = vec![];
+    let mut left = vec![];
+    for seen in after {
+        match (saw(&seen.viewer_id), seen.access().is_some()) {
+            (false, true) => moved.push(seen.clone()),
+            (true, false) => {
+                left.push(seen.viewer_id.clone());
+                moved.push(seen.clone());
+            }
+            _ => {}
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    let change = CustomerChange {
+        event_type: EventType::CustomerUpdated,
+        id,
+        before: None,
+        merged_customers: vec![],
+        saw_before: left,
+    };
+    tell(tx, change, &moved);
+}

@@ -2,9 +2,11 @@
 
 use jiff::Timestamp;
 use sqlx::FromRow;
+use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, micros, timestamp};
 use crate::domain::error::{Error, Result};
+use crate::domain::filter::Activity;
 use crate::domain::interaction::{
     Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
@@ -86,7 +88,36 @@ pub struct InteractionFilter {
     pub until: Option<Timestamp>,
 }
 
+/// Customer `customer_id`'s interactions as organization `org_id` sees them (its own
+/// and the shared ones): the time of the last of each type.
+pub(crate) async fn activity<'c>(
+    db: impl AnyExecutor<'c>,
+    customer_id: &str,
+    org_id: &str,
+) -> Result<Activity> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT type, MAX(occur_time) FROM interactions WHERE customer_id = $1 \
+         AND (org_id = $2 OR visibility = 'shared') GROUP BY type",
+    )
+    .bind(customer_id)
+    .bind(org_id)
+    .fetch_all(db)
+    .await?;
+    let mut last = vec![];
+    for (kind, at) in rows {
+        let kind =
+            InteractionType::parse(&kind).ok_or_else(|| corrupt("interaction type", &kind))?;
+        last.push((kind, timestamp(at)?));
+    }
+    Ok(Activity { last })
+}
+
 impl Store {
+    /// [`activity`] on the read pool.
+    pub async fn activity(&self, customer_id: &str, org_id: &str) -> Result<Activity> {
+        activity(self.reader(), customer_id, org_id).await
+    }
+
     pub async fn interaction(&self, customer_id: &str, id: &str) -> Result<Option<Interaction>> {
         let sql = format!("{SELECT} WHERE i.customer_id = $1 AND i.id = $2");
         let row: Option<InteractionRow> = sqlx::query_as(&sql)

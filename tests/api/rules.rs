@@ -15,6 +15,7 @@ crate::on_both_backends!(
     a_rule_shares_its_segment_at_every_read_and_stops_at_once,
     a_relationship_rule_reaches_every_partner_of_that_relationship_now_and_later,
     rules_and_grants_page_as_one_list_and_odd_segments_share_nothing,
+    segments_on_interactions_follow_each_purchase,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1086,4 +1087,142 @@ async fn revoke(app: &TestApp, owner: &Org, name: &str) {
         })
         .await
         .expect("revoke");
+}
+
+/// Logs an interaction of `kind` on `customer` `days_ago` days back.
+async fn interact(
+    app: &TestApp,
+    org: &Org,
+    customer: &str,
+    kind: pb::InteractionType,
+    visibility: pb::InteractionVisibility,
+    days_ago: i64,
+) {
+    let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days_ago);
+    app.interactions(&org.admin_key)
+        .log_interaction(pb::LogInteractionRequest {
+            parent: customer.into(),
+            interaction: Some(pb::Interaction {
+                r#type: kind as i32,
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: at.as_second(),
+                    nanos: 0,
+                }),
+                summary: format!("{kind:?} {days_ago} days ago"),
+                visibility: visibility as i32,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("log interaction");
+}
+
+async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
+    use pb::InteractionType::{Call, Purchase};
+    use pb::InteractionVisibility::{Organization, Shared};
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    app.partner(&acme, &dist).await;
+    let ann = create(&app, &acme, tagged("Ann", &[])).await;
+    let bob = create(&app, &acme, tagged("Bob", &[])).await;
+    let cy = create(&app, &acme, tagged("Cy", &[])).await;
+    interact(&app, &acme, &ann.name, Purchase, Organization, 10).await;
+    interact(&app, &acme, &bob.name, Purchase, Shared, 200).await;
+    interact(&app, &acme, &cy.name, Call, Shared, 1).await;
+
+    // Bought in the past 90 days, as acme sees its interactions.
+    let recent = create_segment(
+        &app,
+        &acme,
+        "Recent buyers",
+        "last_purchase_time >= now-90d",
+    )
+    .await
+    .unwrap();
+    assert_eq!(recent.filter, r#"last_purchase_time >= "now-90d""#);
+    assert_eq!(count(&app, &acme.read_key, &recent.name).await.unwrap(), 1);
+    assert_eq!(
+        members(&app, &acme.read_key, &recent.name, 10).await,
+        std::slice::from_ref(&ann.name)
+    );
+    assert_eq!(
+        names_of(&list(&app, &acme.read_key, "last_interaction_time > now-2d").await),
+        std::slice::from_ref(&cy.name)
+    );
+    create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "Recent buyers".into(),
+            segment: recent.name.clone(),
+            grantee: dist.name.clone(),
+            level: pb::AccessLevel::Read as i32,
+            fields: vec!["display_name".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The rule reads acme's interactions, private ones included; dist sees Ann.
+    assert!(get(&app, &dist.read_key, &ann.name).await.is_ok());
+    assert_eq!(
+        get(&app, &dist.read_key, &bob.name)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        names_of(&list(&app, &dist.read_key, "").await),
+        std::slice::from_ref(&ann.name)
+    );
+    // Dist's own filter on interactions reads them as dist sees them: Ann's purchase
+    // is acme's own, so dist knows of none.
+    assert!(
+        list(&app, &dist.read_key, "last_purchase_time > now-90d")
+            .await
+            .is_empty()
+    );
+
+    // A purchase brings Bob into the segment: dist hears of Bob once, with every
+    // field it sees, and then of the (shared) purchase.
+    let heads = feed(&app, &dist.read_key).await.len();
+    interact(&app, &acme, &bob.name, Purchase, Shared, 0).await;
+    let news = feed(&app, &dist.read_key).await;
+    let about: Vec<(&str, &str, Vec<String>)> = news[heads..]
+        .iter()
+        .map(|e| {
+            (
+                e.r#type.as_str(),
+                e.resource.as_str(),
+                e.changed_fields.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(about.len(), 2, "{about:?}");
+    assert_eq!(
+        about[0],
+        (
+            "customer.updated",
+            bob.name.as_str(),
+            vec!["display_name".to_owned()]
+        )
+    );
+    assert_eq!(about[1].0, "interaction.logged");
+    assert!(get(&app, &dist.read_key, &bob.name).await.is_ok());
+    assert_eq!(count(&app, &acme.read_key, &recent.name).await.unwrap(), 2);
+    let mut listed = names_of(&list(&app, &dist.read_key, "").await);
+    listed.sort();
+    let mut expected = vec![ann.name.clone(), bob.name.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    // Now dist sees a purchase of Bob's (a shared one) in the past 90 days.
+    assert_eq!(
+        names_of(&list(&app, &dist.read_key, "last_purchase_time > now-90d").await),
+        std::slice::from_ref(&bob.name)
+    );
 }

@@ -23,8 +23,10 @@ use super::{Store, Tx, is_unique_violation, micros, placeholders};
 use crate::domain::customer::RecordState;
 use crate::domain::customer::{Customer, Profile};
 use crate::domain::error::{Error, Result};
+use crate::domain::filter::Activity;
 use crate::domain::match_key::MatchSecret;
 use crate::domain::visibility::{GrantStanding, RuleStanding};
+use crate::store::interactions::activity;
 use crate::store::rules::{standing, standings, standings_sql};
 
 pub use self::history::HistoryEntry;
@@ -96,14 +98,28 @@ async fn by_id<'c>(
 /// Owner's live rules reaching the viewer: `$1` owner, `$2` now, `$3` viewer.
 static RULES_FOR_VIEWER: LazyLock<String> = LazyLock::new(|| standings_sql(true));
 
-/// `seen` with the owner's live rules that reach its viewer, read with `db`, if they
-/// may matter.
-async fn with_rules<'c>(db: impl AnyExecutor<'c>, mut seen: SeenCustomer) -> Result<SeenCustomer> {
+/// `seen` with the owner's live rules that reach its viewer (and the owner's view of
+/// the customer's interactions, if a rule's segment filters on them), read with
+/// `db`, if they may matter.
+async fn with_rules<'c, E>(db: E, mut seen: SeenCustomer) -> Result<SeenCustomer>
+where
+    E: AnyExecutor<'c> + Copy,
+{
     if seen.wants_rules() {
         let now = crate::domain::now();
         seen.rules = standings(db, &seen.customer.owner.id, Some(&seen.viewer_id), now).await?;
+        with_activity(db, &mut seen).await?;
     }
     Ok(seen)
+}
+
+/// Reads the owner's view of `seen`'s interactions if one of its rules needs it.
+async fn with_activity<'c>(db: impl AnyExecutor<'c>, seen: &mut SeenCustomer) -> Result<()> {
+    if seen.rules_need_activity() {
+        let c = &seen.customer;
+        seen.owner_activity = Some(activity(db, &c.id, &c.owner.id).await?);
+    }
+    Ok(())
 }
 
 fn profile_json(profile: &Profile) -> Result<String> {
@@ -149,6 +165,7 @@ impl Store {
                 };
                 let (mut seen, _) = row.into_seen(viewer_id)?;
                 seen.rules = rules.into_iter().map(standing).collect::<Result<_>>()?;
+                with_activity(self.reader(), &mut seen).await?;
                 return Ok(Some(seen));
             }
         }
@@ -240,10 +257,15 @@ impl Tx {
     }
 
     pub async fn customer(&mut self, viewer_id: &str, id: &str) -> Result<Option<SeenCustomer>> {
-        match by_id(self.conn(), viewer_id, id).await? {
-            Some(seen) => with_rules(self.conn(), seen).await.map(Some),
-            None => Ok(None),
+        let Some(mut seen) = by_id(self.conn(), viewer_id, id).await? else {
+            return Ok(None);
+        };
+        if seen.wants_rules() {
+            let (owner, now) = (&seen.customer.owner.id, crate::domain::now());
+            seen.rules = standings(self.conn(), owner, Some(viewer_id), now).await?;
+            with_activity(self.conn(), &mut seen).await?;
         }
+        Ok(Some(seen))
     }
 
     /// The customer as read by each organization that might see it: its owner, every
@@ -302,10 +324,14 @@ impl Tx {
                 .1
                 .push(rule);
         }
+        let owner_activity = self
+            .owner_activity_for(c, viewers.values().flat_map(|v| &v.1))
+            .await?;
         let seen = |viewer_id: &str, grant, rules| SeenCustomer {
             customer: c.clone(),
             grant,
             rules,
+            owner_activity: owner_activity.clone(),
             external_id: external_ids.get(viewer_id).cloned(),
             viewer_id: viewer_id.to_owned(),
         };
@@ -326,6 +352,7 @@ impl Tx {
             return Ok(vec![]);
         }
         let rules = standings(self.conn(), &c.owner.id, None, crate::domain::now()).await?;
+        let owner_activity = self.owner_activity_for(c, rules.iter()).await?;
         let mut by_viewer: BTreeMap<String, Vec<RuleStanding>> = BTreeMap::new();
         for rule in rules {
             by_viewer
@@ -339,10 +366,24 @@ impl Tx {
                 customer: c.clone(),
                 grant: None,
                 rules,
+                owner_activity: owner_activity.clone(),
                 external_id: None,
                 viewer_id,
             })
             .collect())
+    }
+
+    /// The owner's view of `c`'s interactions, if one of `rules` filters on them.
+    async fn owner_activity_for<'r>(
+        &mut self,
+        c: &Customer,
+        mut rules: impl Iterator<Item = &'r RuleStanding>,
+    ) -> Result<Option<Activity>> {
+        let needed = rules.any(|r| r.segment.as_ref().is_some_and(|s| s.needs_activity()));
+        if !needed {
+            return Ok(None);
+        }
+        Ok(Some(activity(self.conn(), &c.id, &c.owner.id).await?))
     }
 
     /// The customer `org_id` knows by `external_id`, if any.

@@ -79,9 +79,14 @@ pub(super) enum Branch<'a> {
 /// How a condition reads the record in one branch.
 #[derive(Clone, Copy)]
 enum Narrowing<'a> {
-    /// As is: the record of the owner whose id is bound at this placeholder.
-    Record { owner: &'a str },
-    /// Through the viewer's grant (`g`): a field it hides matches nothing.
+    /// As is: the record of the owner whose id is bound at `owner`, its interactions
+    /// as the organization bound at `perspective` sees them.
+    Record {
+        owner: &'a str,
+        perspective: &'a str,
+    },
+    /// Through the viewer's grant (`g`): a field it hides matches nothing; its
+    /// interactions as the viewer (`$1`) sees them.
     Grant,
 }
 
@@ -129,7 +134,11 @@ impl CustomerOrder {
                     let owner = q.arg(Bind::text(owner_id));
                     let start = q.len();
                     for condition in segment {
-                        narrow(q, condition, secret, Narrowing::Record { owner: &owner });
+                        let how = Narrowing::Record {
+                            owner: &owner,
+                            perspective: &owner,
+                        };
+                        narrow(q, condition, secret, how);
                     }
                     let conditions = q.cut(start);
                     shows.push(format!("(c.owner_id = {owner}{conditions})"));
@@ -180,7 +189,7 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
     let key_in = |q: &mut Query, kind: &str, key: String| {
         let k = q.arg(Bind::Text(key));
         match how {
-            Narrowing::Record { owner } => q.push(&format!(
+            Narrowing::Record { owner, .. } => q.push(&format!(
                 " AND c.id IN (SELECT customer_id FROM customer_keys \
                  WHERE kind = '{kind}' AND key = {k} AND owner_id = {owner})"
             )),
@@ -226,16 +235,36 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
         // Decided by which branches run (see `Reach`).
         CustomerCondition::Granted(_) => {}
         CustomerCondition::UpdateTime(op, t) => {
-            let symbol = match op {
-                Op::Lt => "<",
-                Op::Le => "<=",
-                Op::Gt => ">",
-                Op::Ge => ">=",
-                Op::Eq | Op::Ne | Op::Has => return,
-            };
-            let a = q.arg(Bind::Int(micros(*t)));
+            let Some(symbol) = symbol(*op) else { return };
+            let a = q.arg(Bind::Int(micros(t.at(crate::domain::now()))));
             q.push(&format!(" AND c.update_time {symbol} {a}"));
         }
+        CustomerCondition::LastInteraction(kind, op, t) => {
+            let Some(symbol) = symbol(*op) else { return };
+            let perspective = match how {
+                Narrowing::Record { perspective, .. } => perspective,
+                Narrowing::Grant => "$1",
+            };
+            let of_kind = kind.map_or(String::new(), |k| format!(" AND i.type = '{}'", k.as_str()));
+            let a = q.arg(Bind::Int(micros(t.at(crate::domain::now()))));
+            // The last of the interactions the organization sees: its own and the
+            // shared ones (`interactions_by_customer` holds them by time).
+            q.push(&format!(
+                " AND (SELECT MAX(i.occur_time) FROM interactions i WHERE i.customer_id = c.id{of_kind} \
+                 AND (i.org_id = {perspective} OR i.visibility = 'shared')) {symbol} {a}"
+            ));
+        }
+    }
+}
+
+/// A time comparison in SQL; `None` for an operator times do not take.
+fn symbol(op: Op) -> Option<&'static str> {
+    match op {
+        Op::Lt => Some("<"),
+        Op::Le => Some("<="),
+        Op::Gt => Some(">"),
+        Op::Ge => Some(">="),
+        Op::Eq | Op::Ne | Op::Has => None,
     }
 }
 
@@ -380,11 +409,20 @@ fn push_branch(
             "g.customer_id"
         }
     };
-    let how = match &owner {
-        Some(owner) => Narrowing::Record { owner },
-        None => Narrowing::Grant,
-    };
+    // The segment's conditions read interactions as the owner sees them, the
+    // viewer's as the viewer does.
     for (i, condition) in conditions.iter().enumerate() {
+        let how = match &owner {
+            Some(owner) if i < segment.len() => Narrowing::Record {
+                owner,
+                perspective: owner,
+            },
+            Some(owner) => Narrowing::Record {
+                owner,
+                perspective: "$1",
+            },
+            None => Narrowing::Grant,
+        };
         if Some(i) != driving_key {
             narrow(q, condition, secret, how);
         }
@@ -501,20 +539,23 @@ impl Store {
                 rows.extend(list_branch(self, query, branch, after, secret).await?);
             }
         }
-        let mut rows: Vec<(SeenCustomer, Cursor)> = rows
-            .into_iter()
-            .map(|(mut seen, sort_name)| {
-                if seen.wants_rules() {
-                    seen.rules = rules
-                        .iter()
-                        .filter(|(owner, _)| *owner == seen.customer.owner.id)
-                        .map(|(_, r)| r.clone())
-                        .collect();
+        let mut with_cursors: Vec<(SeenCustomer, Cursor)> = Vec::with_capacity(rows.len());
+        for (mut seen, sort_name) in rows {
+            if seen.wants_rules() {
+                seen.rules = rules
+                    .iter()
+                    .filter(|(owner, _)| *owner == seen.customer.owner.id)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                if seen.rules_need_activity() {
+                    let c = &seen.customer;
+                    seen.owner_activity = Some(self.activity(&c.id, &c.owner.id).await?);
                 }
-                let cursor = query.order.cursor(&seen, &sort_name);
-                (seen, cursor)
-            })
-            .collect();
+            }
+            let cursor = query.order.cursor(&seen, &sort_name);
+            with_cursors.push((seen, cursor));
+        }
+        let mut rows = with_cursors;
         rows.sort_by(|a, b| {
             let ord = a.1.cmp(&b.1);
             if query.order.descending {

@@ -7,6 +7,7 @@ use sqlx::any::AnyExecutor;
 
 use crate::domain::customer::{Customer, CustomerKind, Profile, RecordState};
 use crate::domain::error::Result;
+use crate::domain::filter::Activity;
 use crate::domain::visibility::{Access, GrantStanding, RuleStanding, access};
 use crate::domain::{OrgRef, Slug};
 use crate::store::{corrupt, parse_fields, parse_level, timestamp};
@@ -19,6 +20,9 @@ pub struct SeenCustomer {
     pub customer: Customer,
     pub grant: Option<GrantStanding>,
     pub rules: Vec<RuleStanding>,
+    /// The customer's interactions as its owner sees them, read when a rule's segment
+    /// filters on them.
+    pub owner_activity: Option<Activity>,
     pub external_id: Option<String>,
     pub viewer_id: String,
 }
@@ -31,8 +35,16 @@ impl SeenCustomer {
             &self.customer,
             self.grant.as_ref(),
             &self.rules,
+            self.owner_activity.as_ref(),
             crate::domain::now(),
         )
+    }
+
+    /// Whether some rule's segment filters on the customer's interactions.
+    pub(crate) fn rules_need_activity(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.segment.as_ref().is_some_and(|s| s.needs_activity()))
     }
 
     /// Whether the owner's rules may matter to this viewer: it is not the owner and
@@ -165,6 +177,7 @@ impl CustomerRow {
             customer,
             grant,
             rules: vec![],
+            owner_activity: None,
             external_id: self.external_id,
             viewer_id: viewer_id.to_owned(),
         };
