@@ -643,11 +643,12 @@ pub struct CustomerView {
 impl CustomerView {
     /// The fields that read differently in this view than in `before` (the same
     /// viewer's view of the previous version): what a change looks like to someone
-    /// who sees only this much. A change to a hidden field is no change here.
+    /// who sees only this much. A change to a field hidden in both is no change here;
+    /// a field it saw before and no longer does reads as emptied.
     pub fn changes_since(&self, before: &CustomerView) -> Vec<CustomerField> {
         CustomerField::ALL
             .into_iter()
-            .filter(|f| self.fields.contains(*f))
+            .filter(|f| self.fields.contains(*f) || before.fields.contains(*f))
             .filter(|f| match f {
                 CustomerField::DisplayName => self.display_name != before.display_name,
                 _ => self.profile.value_of(*f) != before.profile.value_of(*f),

@@ -91,12 +91,10 @@ pub fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) 
         let c = &seen.customer;
         let after = access.view(c.kind, &c.profile);
         // Each field as the viewer saw it: one it sees only since this change (a rule
-        // that now covers the record shows it) counts as changed.
+        // that now covers the record shows it) counts as changed, and so does one it
+        // no longer sees (emptied in its view).
         let before = match (change.before, before_access) {
-            (Some(b), Some(then)) => CustomerView {
-                fields: after.fields,
-                ..then.view(b.kind, &b.profile)
-            },
+            (Some(b), Some(then)) => then.view(b.kind, &b.profile),
             _ => CustomerView {
                 display_name: after.display_name.as_ref().map(|_| String::new()),
                 profile: Default::default(),

@@ -1000,6 +1000,30 @@ async fn rules_and_grants_page_as_one_list_and_odd_segments_share_nothing(backen
         .expect("Eli's update reached dist");
     assert_eq!(entered.resource, made[2].name);
     assert_eq!(entered.changed_fields, ["display_name"], "{entered:?}");
+    // Leaving that segment while another rule still shows the record: the name it no
+    // longer sees is listed as changed, and is empty.
+    let heads = feed(&app, &dist.read_key).await.len();
+    update(
+        &app,
+        &acme.admin_key,
+        set_tags(&made[2].name, &["x"]),
+        &["tags"],
+    )
+    .await
+    .unwrap();
+    let news = feed(&app, &dist.read_key).await;
+    let narrowed: Vec<&pb::Event> = news[heads..]
+        .iter()
+        .filter(|e| e.resource == made[2].name)
+        .collect();
+    assert_eq!(narrowed.len(), 1, "{narrowed:?}");
+    assert_eq!(narrowed[0].changed_fields, ["display_name"]);
+    match &narrowed[0].payload {
+        Some(pb::event::Payload::Customer(c)) => {
+            assert!(c.display_name.is_empty() && c.emails.len() == 1, "{c:?}")
+        }
+        other => panic!("{other:?}"),
+    }
 
     // A segment of what partners granted the owner holds nothing of the owner's own:
     // a rule sharing it shares nothing, and counts say so.
