@@ -523,6 +523,75 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 /// A page of results and the key to continue after, if there may be more.
+/// A locking clause for a row a transaction reads: shared (`change` false) or
+/// exclusive, on PostgreSQL; SQLite's write transactions run one at a time already.
+pub(crate) fn lock_clause(dialect: Dialect, change: bool) -> &'static str {
+    match (dialect, change) {
+        (Dialect::Postgres, false) => " FOR SHARE",
+        (Dialect::Postgres, true) => " FOR UPDATE",
+        _ => "",
+    }
+}
+
+/// An organization's own resources of one table (`select` reads its columns, `live`
+/// adds a condition such as ` AND delete_time IS NULL`), read by id or a page at a
+/// time in id order.
+pub(crate) struct OwnedRows<'a> {
+    pub select: &'a str,
+    pub live: &'a str,
+}
+
+impl OwnedRows<'_> {
+    /// Row `id` of organization `org_id`, with `lock` (a locking clause, or empty).
+    pub(crate) async fn one<'c, R, T>(
+        &self,
+        db: impl sqlx::any::AnyExecutor<'c>,
+        (org_id, id): (&str, &str),
+        lock: &str,
+    ) -> Result<Option<T>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+        T: TryFrom<R, Error = Error>,
+    {
+        let (select, live) = (self.select, self.live);
+        let sql = format!("{select} WHERE organization_id = $1 AND id = $2{live}{lock}");
+        let row: Option<R> = sqlx::query_as(&sql)
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+        row.map(T::try_from).transpose()
+    }
+
+    /// A page of organization `org_id`'s rows after id `after`; `id` is a row's id.
+    pub(crate) async fn page<'c, R, T>(
+        &self,
+        db: impl sqlx::any::AnyExecutor<'c>,
+        org_id: &str,
+        (after, limit): (Option<&str>, usize),
+        id: impl Fn(&T) -> String,
+    ) -> Result<Page<T>>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+        T: TryFrom<R, Error = Error>,
+    {
+        let (select, live) = (self.select, self.live);
+        let sql =
+            format!("{select} WHERE organization_id = $1 AND id > $2{live} ORDER BY id LIMIT $3");
+        let rows: Vec<R> = sqlx::query_as(&sql)
+            .bind(org_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit as i64 + 1)
+            .fetch_all(db)
+            .await?;
+        let items = rows
+            .into_iter()
+            .map(T::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows(items, limit, id))
+    }
+}
+
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_after: Option<String>,

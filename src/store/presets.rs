@@ -2,10 +2,9 @@
 
 use jiff::Timestamp;
 use sqlx::FromRow;
-use sqlx::any::AnyExecutor;
 
 use super::sharing::org_ref;
-use super::{Page, Store, Tx, micros, parse_fields, timestamp};
+use super::{OwnedRows, Page, Store, Tx, micros, parse_fields, timestamp};
 use crate::domain::OrgRef;
 use crate::domain::customer::FieldSet;
 use crate::domain::error::Result;
@@ -49,29 +48,18 @@ impl TryFrom<PresetRow> for FieldPreset {
     }
 }
 
-const PRESET_SELECT: &str = "SELECT id, organization_id, display_name, fields, revision, \
-     create_time, update_time FROM field_presets";
-
-/// Preset `id` of organization `org_id`, with `lock` (a locking clause, or empty).
-async fn preset_by_id<'c>(
-    db: impl AnyExecutor<'c>,
-    org_id: &str,
-    id: &str,
-    lock: &str,
-) -> Result<Option<FieldPreset>> {
-    let sql = format!("{PRESET_SELECT} WHERE organization_id = $1 AND id = $2{lock}");
-    let row: Option<PresetRow> = sqlx::query_as(&sql)
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    row.map(FieldPreset::try_from).transpose()
-}
+const PRESETS: OwnedRows = OwnedRows {
+    select: "SELECT id, organization_id, display_name, fields, revision, create_time, \
+             update_time FROM field_presets",
+    live: "",
+};
 
 impl Store {
     /// Preset `id` of organization `org_id`.
     pub async fn field_preset(&self, org_id: &str, id: &str) -> Result<Option<FieldPreset>> {
-        preset_by_id(self.reader(), org_id, id, "").await
+        PRESETS
+            .one::<PresetRow, _>(self.reader(), (org_id, id), "")
+            .await
     }
 
     /// A page of organization `org_id`'s presets, by id, after `after`.
@@ -81,19 +69,10 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<FieldPreset>> {
-        let sql =
-            format!("{PRESET_SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
-        let rows: Vec<PresetRow> = sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(after.unwrap_or(""))
-            .bind(limit as i64 + 1)
-            .fetch_all(self.reader())
-            .await?;
-        let items = rows
-            .into_iter()
-            .map(FieldPreset::try_from)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_rows(items, limit, |p| p.id.clone()))
+        let id = |p: &FieldPreset| p.id.clone();
+        PRESETS
+            .page::<PresetRow, _>(self.reader(), org_id, (after, limit), id)
+            .await
     }
 }
 
@@ -109,12 +88,10 @@ impl Tx {
         id: &str,
         change: bool,
     ) -> Result<Option<FieldPreset>> {
-        let lock = match (self.dialect, change) {
-            (super::Dialect::Postgres, false) => " FOR SHARE",
-            (super::Dialect::Postgres, true) => " FOR UPDATE",
-            _ => "",
-        };
-        preset_by_id(self.conn(), org_id, id, lock).await
+        let lock = super::lock_clause(self.dialect, change);
+        PRESETS
+            .one::<PresetRow, _>(self.conn(), (org_id, id), lock)
+            .await
     }
 
     pub async fn insert_field_preset(&mut self, p: &FieldPreset) -> Result<()> {

@@ -13,7 +13,8 @@ use sqlx::any::AnyExecutor;
 
 use super::sharing::org_ref;
 use super::{
-    Dialect, Page, Store, Tx, corrupt, level_name, micros, parse_fields, parse_level, timestamp,
+    Dialect, OwnedRows, Page, Store, Tx, corrupt, level_name, micros, parse_fields, parse_level,
+    timestamp,
 };
 use crate::domain::OrgRef;
 use crate::domain::customer::{FieldSet, PhoneRegion};
@@ -107,8 +108,11 @@ impl TryFrom<SegmentRow> for Segment {
 }
 
 /// Live (not deleted) segments.
-const SEGMENT_SELECT: &str = "SELECT id, organization_id, display_name, filter, revision, \
-     create_time, update_time FROM segments WHERE delete_time IS NULL";
+const SEGMENTS: OwnedRows = OwnedRows {
+    select: "SELECT id, organization_id, display_name, filter, revision, create_time, \
+             update_time FROM segments",
+    live: " AND delete_time IS NULL",
+};
 
 #[derive(FromRow)]
 struct RuleRow {
@@ -281,21 +285,6 @@ pub(super) async fn standings_of_viewer<'c>(
         .collect()
 }
 
-async fn segment_by_id<'c>(
-    db: impl AnyExecutor<'c>,
-    org_id: &str,
-    id: &str,
-    lock: &str,
-) -> Result<Option<Segment>> {
-    let sql = format!("{SEGMENT_SELECT} AND organization_id = $1 AND id = $2{lock}");
-    let row: Option<SegmentRow> = sqlx::query_as(&sql)
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    row.map(Segment::try_from).transpose()
-}
-
 async fn rule_by_id<'c>(
     db: impl AnyExecutor<'c>,
     owner_id: &str,
@@ -314,7 +303,9 @@ async fn rule_by_id<'c>(
 impl Store {
     /// Segment `id` of organization `org_id`.
     pub async fn segment(&self, org_id: &str, id: &str) -> Result<Option<Segment>> {
-        segment_by_id(self.reader(), org_id, id, "").await
+        SEGMENTS
+            .one::<SegmentRow, _>(self.reader(), (org_id, id), "")
+            .await
     }
 
     /// A page of organization `org_id`'s segments, by id, after `after`.
@@ -324,19 +315,10 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<Segment>> {
-        let sql =
-            format!("{SEGMENT_SELECT} AND organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
-        let rows: Vec<SegmentRow> = sqlx::query_as(&sql)
-            .bind(org_id)
-            .bind(after.unwrap_or(""))
-            .bind(limit as i64 + 1)
-            .fetch_all(self.reader())
-            .await?;
-        let items = rows
-            .into_iter()
-            .map(Segment::try_from)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_rows(items, limit, |s| s.id.clone()))
+        let id = |s: &Segment| s.id.clone();
+        SEGMENTS
+            .page::<SegmentRow, _>(self.reader(), org_id, (after, limit), id)
+            .await
     }
 
     /// Rule `id` of owner `owner_id`.
@@ -402,16 +384,6 @@ impl Store {
     }
 }
 
-/// A locking clause for a row a transaction reads: shared (`change` false) or
-/// exclusive, on PostgreSQL; SQLite's write transactions run one at a time already.
-fn lock_clause(dialect: Dialect, change: bool) -> &'static str {
-    match (dialect, change) {
-        (Dialect::Postgres, false) => " FOR SHARE",
-        (Dialect::Postgres, true) => " FOR UPDATE",
-        _ => "",
-    }
-}
-
 impl Tx {
     /// Segment `id` of organization `org_id`, locked shared by a rule made through it
     /// (`change` false), so a concurrent change of its filter waits and then tells
@@ -422,8 +394,10 @@ impl Tx {
         id: &str,
         change: bool,
     ) -> Result<Option<Segment>> {
-        let lock = lock_clause(self.dialect, change);
-        segment_by_id(self.conn(), org_id, id, lock).await
+        let lock = super::lock_clause(self.dialect, change);
+        SEGMENTS
+            .one::<SegmentRow, _>(self.conn(), (org_id, id), lock)
+            .await
     }
 
     pub async fn insert_segment(&mut self, s: &Segment) -> Result<()> {
@@ -483,13 +457,11 @@ impl Tx {
 
     /// Rule `id` of owner `owner_id`, locked for a change.
     pub async fn sharing_rule(&mut self, owner_id: &str, id: &str) -> Result<Option<SharingRule>> {
-        let lock = lock_clause(self.dialect, true);
         // PostgreSQL locks the rows of every table a `FOR UPDATE` joins; `OF r` keeps
         // the lock on the rule.
-        let lock = if lock.is_empty() {
-            ""
-        } else {
-            " FOR UPDATE OF r"
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE OF r",
+            Dialect::Sqlite => "",
         };
         rule_by_id(self.conn(), owner_id, id, lock).await
     }
