@@ -266,6 +266,7 @@ pub async fn create(
         before: None,
         merged_customers: vec![],
         saw_before: vec![],
+        before_audience: None,
     };
     // A new record's audience: its owner, and the partners the owner's rules reach
     // if it lands in a segment they share.
@@ -344,6 +345,7 @@ async fn write_change(
             before: Some(before),
             merged_customers: merged,
             saw_before,
+            before_audience: None,
         },
         after,
     )
@@ -765,6 +767,7 @@ pub async fn erase(
             before: Some(&seen.customer),
             merged_customers: vec![],
             saw_before,
+            before_audience: None,
         },
         &after,
     )

@@ -53,7 +53,7 @@ pub async fn log(
     tx.insert_interaction(interaction).await?;
     let audience = if before.iter().any(|s| s.rules_need_activity()) {
         let after = tx.customer_audience_of(&seen.customer).await?;
-        coverage_changed(tx, &seen.customer.id, &before, &after);
+        coverage_changed(tx, &seen.customer, &before, &after);
         after
     } else {
         before

@@ -25,6 +25,10 @@ pub struct CustomerChange<'a> {
     /// Organizations that saw the record before the change. Those that no longer see
     /// it after get a last event with its name and state only.
     pub saw_before: Vec<String>,
+    /// The audience as read before the change, where the change moves what each
+    /// viewer sees without being a change of the record (an interaction logged);
+    /// `None`: each viewer's grant and rules weighed on `before`.
+    pub before_audience: Option<&'a [SeenCustomer]>,
 }
 
 /// The organizations that may see customer `id` now (read inside `tx`).
@@ -81,7 +85,13 @@ pub fn tell(tx: &mut Tx, change: CustomerChange<'_>, audience: &[SeenCustomer]) 
     let mut left = change.saw_before.clone();
     for seen in audience {
         last_state = Some(seen.customer.state);
-        let before_access = change.before.and_then(|b| saw(seen, b));
+        let before_access = match change.before_audience {
+            Some(then) => then
+                .iter()
+                .find(|s| s.viewer_id == seen.viewer_id)
+                .and_then(SeenCustomer::access),
+            None => change.before.and_then(|b| saw(seen, b)),
+        };
         let Some(access) = seen.access() else {
             if before_access.is_some() && seen.customer.state == RecordState::Active {
                 left.push(seen.viewer_id.clone());
@@ -158,37 +168,24 @@ pub fn overlay_updated(
     emit(tx, organization_id, draft);
 }
 
-/// Tells each organization of `after` that sees customer `id` now but did not in
-/// `before` (an interaction moved it into a rule's segment) of the record, every
-/// field it sees, as `customer.updated`; and each that saw it in `before` but no
-/// longer does (moved out) a last, bare event.
-pub fn coverage_changed(tx: &mut Tx, id: &str, before: &[SeenCustomer], after: &[SeenCustomer]) {
-    let saw = |viewer: &str| {
-        before
-            .iter()
-            .any(|s| s.viewer_id == viewer && s.access().is_some())
-    };
-    let mut moved = vec![];
-    let mut left = vec![];
-    for seen in after {
-        match (saw(&seen.viewer_id), seen.access().is_some()) {
-            (false, true) => moved.push(seen.clone()),
-            (true, false) => {
-                left.push(seen.viewer_id.clone());
-                moved.push(seen.clone());
-            }
-            _ => {}
-        }
-    }
-    if moved.is_empty() {
-        return;
-    }
+/// Tells each organization of the customer's audience whose view of it an
+/// interaction changed (it moved the record into or out of a rule's segment that
+/// filters on interactions): those that see it now and did not, or see other fields
+/// now, hear of the fields that changed in their view; those that no longer see it get
+/// a last, bare event. `before` and `after` are the audience read before and after.
+pub fn coverage_changed(
+    tx: &mut Tx,
+    customer: &Customer,
+    before: &[SeenCustomer],
+    after: &[SeenCustomer],
+) {
     let change = CustomerChange {
         event_type: EventType::CustomerUpdated,
-        id,
-        before: None,
+        id: &customer.id,
+        before: Some(customer),
         merged_customers: vec![],
-        saw_before: left,
+        saw_before: vec![],
+        before_audience: Some(before),
     };
-    tell(tx, change, &moved);
+    tell(tx, change, after);
 }

@@ -1249,4 +1249,52 @@ async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
         names_of(&list(&app, &dist.read_key, "last_purchase_time > now-90d").await),
         std::slice::from_ref(&bob.name)
     );
+
+    // An interaction that widens what a partner already sees (through a grant) tells
+    // it of the fields that came into view, once.
+    grant(
+        &app,
+        &acme,
+        &cy.name,
+        &dist,
+        pb::AccessLevel::Read,
+        &["phones"],
+    )
+    .await
+    .unwrap();
+    create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "Recent buyers' emails".into(),
+            segment: recent.name.clone(),
+            grantee: dist.name.clone(),
+            level: pb::AccessLevel::Read as i32,
+            fields: vec!["emails".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let heads = feed(&app, &dist.read_key).await.len();
+    interact(&app, &acme, &cy.name, Purchase, Organization, 0).await;
+    let news = feed(&app, &dist.read_key).await;
+    let about: Vec<(&str, &str, Vec<String>)> = news[heads..]
+        .iter()
+        .map(|e| {
+            (
+                e.r#type.as_str(),
+                e.resource.as_str(),
+                e.changed_fields.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        about,
+        [(
+            "customer.updated",
+            cy.name.as_str(),
+            vec!["display_name".to_owned(), "emails".to_owned()]
+        )]
+    );
 }

@@ -120,6 +120,12 @@ impl CustomerOrder {
             (OrderKey::Id, _) => None,
             (OrderKey::UpdateTime, _) => Some("c.update_time".into()),
             (OrderKey::DisplayName, Branch::Owned) => Some("c.sort_name".into()),
+            // Every record this walk finds, the rule covers, and it shows the name.
+            (OrderKey::DisplayName, Branch::Ruled { rule, .. })
+                if rule.fields.contains(CustomerField::DisplayName) =>
+            {
+                Some("c.sort_name".into())
+            }
             (OrderKey::DisplayName, _) => {
                 let name = CustomerField::DisplayName;
                 let mut shows = vec![format!(
@@ -247,11 +253,13 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
             };
             let of_kind = kind.map_or(String::new(), |k| format!(" AND i.type = '{}'", k.as_str()));
             let a = q.arg(Bind::Int(micros(t.at(crate::domain::now()))));
-            // The last of the interactions the organization sees: its own and the
-            // shared ones (`interactions_by_customer` holds them by time).
+            // The last of the interactions the organization sees (its own and the
+            // shared ones): `interactions_by_customer` walked from the newest, to the
+            // first that qualifies.
             q.push(&format!(
-                " AND (SELECT MAX(i.occur_time) FROM interactions i WHERE i.customer_id = c.id{of_kind} \
-                 AND (i.org_id = {perspective} OR i.visibility = 'shared')) {symbol} {a}"
+                " AND (SELECT i.occur_time FROM interactions i WHERE i.customer_id = c.id{of_kind} \
+                 AND (i.org_id = {perspective} OR i.visibility = 'shared') \
+                 ORDER BY i.occur_time DESC LIMIT 1) {symbol} {a}"
             ));
         }
     }
