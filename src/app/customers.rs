@@ -317,7 +317,7 @@ async fn write_change(
     after: &mut Customer,
     action: Action,
     note: String,
-    merged: Vec<String>,
+    (merged, before_audience): (Vec<String>, Option<&[SeenCustomer]>),
 ) -> Result<bool> {
     let changes: Vec<FieldChange> = after
         .profile
@@ -345,7 +345,7 @@ async fn write_change(
             before: Some(before),
             merged_customers: merged,
             saw_before,
-            before_audience: None,
+            before_audience,
         },
         after,
     )
@@ -411,7 +411,7 @@ async fn change_profile(
         &mut after,
         Action::Updated,
         String::new(),
-        vec![],
+        (vec![], None),
     )
     .await?
     {
@@ -501,7 +501,7 @@ pub async fn set_state(
         &mut after,
         action,
         String::new(),
-        vec![],
+        (vec![], None),
     )
     .await?
     {
@@ -681,6 +681,9 @@ pub async fn merge(
     only_owner(access, "merge it")?;
     must_be_active(&survivor.customer, name)?;
     check_etag(m.etag, survivor.customer.revision, name)?;
+    // Who sees the survivor before anything moves: the losers' interactions moving
+    // in can move it into or out of a rule's segment that filters on them.
+    let before_audience = tx.customer_audience_of(&survivor.customer).await?;
     let mut after = survivor.customer.clone();
     for (i, loser_id) in m.losers.iter().enumerate() {
         let loser_name = names::customer(loser_id);
@@ -717,7 +720,7 @@ pub async fn merge(
         &mut after,
         Action::Merged,
         note,
-        merged,
+        (merged, Some(&before_audience)),
     )
     .await?
     {

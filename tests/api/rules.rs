@@ -16,6 +16,7 @@ crate::on_both_backends!(
     a_relationship_rule_reaches_every_partner_of_that_relationship_now_and_later,
     rules_and_grants_page_as_one_list_and_odd_segments_share_nothing,
     segments_on_interactions_follow_each_purchase,
+    a_merge_that_moves_a_customer_out_of_a_shared_segment_tells_the_partner,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1297,4 +1298,67 @@ async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
             vec!["display_name".to_owned(), "emails".to_owned()]
         )]
     );
+}
+
+async fn a_merge_that_moves_a_customer_out_of_a_shared_segment_tells_the_partner(backend: Backend) {
+    use pb::InteractionType::Call;
+    use pb::InteractionVisibility::Organization;
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    app.partner(&acme, &dist).await;
+    let quiet = create(&app, &acme, tagged("Quinn", &[])).await;
+    let busy = create(&app, &acme, tagged("Quinn", &[])).await;
+    interact(&app, &acme, &quiet.name, Call, Organization, 400).await;
+    interact(&app, &acme, &busy.name, Call, Organization, 1).await;
+    let dormant = create_segment(&app, &acme, "Dormant", "last_interaction_time < now-365d")
+        .await
+        .unwrap();
+    create_rule(
+        &app,
+        &acme,
+        pb::SharingRule {
+            display_name: "Dormant, to win back".into(),
+            segment: dormant.name.clone(),
+            grantee: dist.name.clone(),
+            level: pb::AccessLevel::Read as i32,
+            fields: vec!["display_name".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(get(&app, &dist.read_key, &quiet.name).await.is_ok());
+
+    // Merging the busy record into the quiet one brings its recent call along: the
+    // survivor leaves the segment, and dist hears so.
+    let heads = feed(&app, &dist.read_key).await.len();
+    app.customers(&acme.admin_key)
+        .merge_customers(pb::MergeCustomersRequest {
+            name: quiet.name.clone(),
+            merged: vec![busy.name.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("merge");
+    assert_eq!(
+        get(&app, &dist.read_key, &quiet.name)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let news = feed(&app, &dist.read_key).await;
+    let last: Vec<&pb::Event> = news[heads..]
+        .iter()
+        .filter(|e| e.resource == quiet.name)
+        .collect();
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(last[0].r#type, "customer.merged");
+    match &last[0].payload {
+        Some(pb::event::Payload::Customer(c)) => assert!(c.display_name.is_empty(), "{c:?}"),
+        other => panic!("{other:?}"),
+    }
 }
