@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use crate::customers::{create, list, names_of, person};
 use crate::events::feed;
 use crate::helpers::*;
-use crate::sharing::{grant, update};
+use crate::sharing::{get, grant, update};
 
 crate::on_both_backends!(
     segments_count_and_list_their_members_as_they_change,
@@ -310,11 +310,43 @@ async fn create_rule(
         .map(|r| r.into_inner())
 }
 
-async fn get(app: &TestApp, key: &str, name: &str) -> Result<pb::Customer, Status> {
-    app.customers(key)
-        .get_customer(pb::GetCustomerRequest { name: name.into() })
-        .await
-        .map(|r| r.into_inner())
+/// A READ rule of `owner` sharing `segment` (empty: every customer) with `grantee`,
+/// with `fields`.
+async fn share(
+    app: &TestApp,
+    owner: &Org,
+    (display_name, segment): (&str, &str),
+    grantee: &Org,
+    fields: &[&str],
+) -> pb::SharingRule {
+    create_rule(
+        app,
+        owner,
+        pb::SharingRule {
+            display_name: display_name.into(),
+            segment: segment.into(),
+            grantee: grantee.name.clone(),
+            level: pb::AccessLevel::Read as i32,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create rule")
+}
+
+/// What `events` after the first `heads` are: type, resource and changed fields.
+fn since(events: &[pb::Event], heads: usize) -> Vec<(&str, &str, Vec<String>)> {
+    events[heads..]
+        .iter()
+        .map(|e| {
+            (
+                e.r#type.as_str(),
+                e.resource.as_str(),
+                e.changed_fields.clone(),
+            )
+        })
+        .collect()
 }
 
 fn events_of<'a>(events: &'a [pb::Event], kind: &str) -> Vec<&'a pb::Event> {
@@ -1033,20 +1065,7 @@ async fn rules_and_grants_page_as_one_list_and_odd_segments_share_nothing(backen
     let granted = create_segment(&app, &acme, "Granted to us", "granted = true")
         .await
         .unwrap();
-    create_rule(
-        &app,
-        &acme,
-        pb::SharingRule {
-            display_name: "Odd".into(),
-            segment: granted.name.clone(),
-            grantee: dist.name.clone(),
-            level: Read as i32,
-            fields: vec!["emails".into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    share(&app, &acme, ("Odd", &granted.name), &dist, &["emails"]).await;
     let probe = create_segment(&app, &dist, "Probe", "kind = PERSON")
         .await
         .unwrap();
@@ -1178,20 +1197,14 @@ async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
         names_of(&list(&app, &acme.read_key, "last_interaction_time > now-2d").await),
         std::slice::from_ref(&cy.name)
     );
-    create_rule(
+    share(
         &app,
         &acme,
-        pb::SharingRule {
-            display_name: "Recent buyers".into(),
-            segment: recent.name.clone(),
-            grantee: dist.name.clone(),
-            level: pb::AccessLevel::Read as i32,
-            fields: vec!["display_name".into()],
-            ..Default::default()
-        },
+        ("Recent buyers", &recent.name),
+        &dist,
+        &["display_name"],
     )
-    .await
-    .unwrap();
+    .await;
     // The rule reads acme's interactions, private ones included; dist sees Ann.
     assert!(get(&app, &dist.read_key, &ann.name).await.is_ok());
     assert_eq!(
@@ -1218,16 +1231,7 @@ async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
     let heads = feed(&app, &dist.read_key).await.len();
     interact(&app, &acme, &bob.name, Purchase, Shared, 0).await;
     let news = feed(&app, &dist.read_key).await;
-    let about: Vec<(&str, &str, Vec<String>)> = news[heads..]
-        .iter()
-        .map(|e| {
-            (
-                e.r#type.as_str(),
-                e.resource.as_str(),
-                e.changed_fields.clone(),
-            )
-        })
-        .collect();
+    let about = since(&news, heads);
     assert_eq!(about.len(), 2, "{about:?}");
     assert_eq!(
         about[0],
@@ -1263,33 +1267,18 @@ async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
     )
     .await
     .unwrap();
-    create_rule(
+    share(
         &app,
         &acme,
-        pb::SharingRule {
-            display_name: "Recent buyers' emails".into(),
-            segment: recent.name.clone(),
-            grantee: dist.name.clone(),
-            level: pb::AccessLevel::Read as i32,
-            fields: vec!["emails".into()],
-            ..Default::default()
-        },
+        ("Recent buyers' emails", &recent.name),
+        &dist,
+        &["emails"],
     )
-    .await
-    .unwrap();
+    .await;
     let heads = feed(&app, &dist.read_key).await.len();
     interact(&app, &acme, &cy.name, Purchase, Organization, 0).await;
     let news = feed(&app, &dist.read_key).await;
-    let about: Vec<(&str, &str, Vec<String>)> = news[heads..]
-        .iter()
-        .map(|e| {
-            (
-                e.r#type.as_str(),
-                e.resource.as_str(),
-                e.changed_fields.clone(),
-            )
-        })
-        .collect();
+    let about = since(&news, heads);
     assert_eq!(
         about,
         [(
@@ -1316,20 +1305,14 @@ async fn a_merge_that_moves_a_customer_out_of_a_shared_segment_tells_the_partner
     let dormant = create_segment(&app, &acme, "Dormant", "last_interaction_time < now-365d")
         .await
         .unwrap();
-    create_rule(
+    share(
         &app,
         &acme,
-        pb::SharingRule {
-            display_name: "Dormant, to win back".into(),
-            segment: dormant.name.clone(),
-            grantee: dist.name.clone(),
-            level: pb::AccessLevel::Read as i32,
-            fields: vec!["display_name".into()],
-            ..Default::default()
-        },
+        ("Dormant, to win back", &dormant.name),
+        &dist,
+        &["display_name"],
     )
-    .await
-    .unwrap();
+    .await;
     assert!(get(&app, &dist.read_key, &quiet.name).await.is_ok());
 
     // Merging the busy record into the quiet one brings its recent call along: the

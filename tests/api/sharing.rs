@@ -40,7 +40,7 @@ pub(crate) async fn grant(
         .map(|r| r.into_inner())
 }
 
-async fn get(app: &TestApp, key: &str, name: &str) -> Result<pb::Customer, Status> {
+pub(crate) async fn get(app: &TestApp, key: &str, name: &str) -> Result<pb::Customer, Status> {
     app.customers(key)
         .get_customer(pb::GetCustomerRequest { name: name.into() })
         .await
