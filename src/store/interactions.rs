@@ -1,10 +1,12 @@
 //! Interactions logged on customers.
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
-use super::{Page, Store, Tx, corrupt, micros, timestamp};
+use super::{Page, Store, Tx, corrupt, micros, placeholders, timestamp};
 use crate::domain::error::{Error, Result};
 use crate::domain::filter::Activity;
 use crate::domain::interaction::{
@@ -113,9 +115,42 @@ pub(crate) async fn activity<'c>(
 }
 
 impl Store {
-    /// [`activity`] on the read pool.
-    pub async fn activity(&self, customer_id: &str, org_id: &str) -> Result<Activity> {
-        activity(self.reader(), customer_id, org_id).await
+    /// [`activity`] of each of `customer_ids` in one statement, as organization
+    /// `viewer` sees its interactions, or (`None`) as each customer's owner does. A
+    /// customer without interactions has an empty [`Activity`].
+    pub async fn activities(
+        &self,
+        customer_ids: &[&str],
+        viewer: Option<&str>,
+    ) -> Result<HashMap<String, Activity>> {
+        let mut found: HashMap<String, Activity> = customer_ids
+            .iter()
+            .map(|id| (id.to_string(), Activity::default()))
+            .collect();
+        if customer_ids.is_empty() {
+            return Ok(found);
+        }
+        let org = if viewer.is_some() { "$1" } else { "c.owner_id" };
+        let sql = format!(
+            "SELECT i.customer_id, i.type, MAX(i.occur_time) FROM interactions i \
+             JOIN customers c ON c.id = i.customer_id WHERE i.customer_id IN ({}) \
+             AND (i.org_id = {org} OR i.visibility = 'shared') GROUP BY i.customer_id, i.type",
+            placeholders(2, customer_ids.len())
+        );
+        let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql).bind(viewer.unwrap_or(""));
+        for id in customer_ids {
+            q = q.bind(*id);
+        }
+        for (id, kind, at) in q.fetch_all(self.reader()).await? {
+            let kind =
+                InteractionType::parse(&kind).ok_or_else(|| corrupt("interaction type", &kind))?;
+            found
+                .entry(id)
+                .or_default()
+                .last
+                .push((kind, timestamp(at)?));
+        }
+        Ok(found)
     }
 
     pub async fn interaction(&self, customer_id: &str, id: &str) -> Result<Option<Interaction>> {

@@ -1249,6 +1249,10 @@ async fn segments_on_interactions_follow_each_purchase(backend: Backend) {
     let mut expected = vec![ann.name.clone(), bob.name.clone()];
     expected.sort();
     assert_eq!(listed, expected);
+    assert_eq!(
+        ordered(&app, &dist.read_key, "display_name").await,
+        ["Ann Doe", "Bob Doe"]
+    );
     // Now dist sees a purchase of Bob's (a shared one) in the past 90 days.
     assert_eq!(
         names_of(&list(&app, &dist.read_key, "last_purchase_time > now-90d").await),

@@ -547,23 +547,30 @@ impl Store {
                 rows.extend(list_branch(self, query, branch, after, secret).await?);
             }
         }
-        let mut with_cursors: Vec<(SeenCustomer, Cursor)> = Vec::with_capacity(rows.len());
-        for (mut seen, sort_name) in rows {
+        for (seen, _) in &mut rows {
             if seen.wants_rules() {
                 seen.rules = rules
                     .iter()
                     .filter(|(owner, _)| *owner == seen.customer.owner.id)
                     .map(|(_, r)| r.clone())
                     .collect();
-                if seen.rules_need_activity() {
-                    let c = &seen.customer;
-                    seen.owner_activity = Some(self.activity(&c.id, &c.owner.id).await?);
-                }
             }
-            let cursor = query.order.cursor(&seen, &sort_name);
-            with_cursors.push((seen, cursor));
         }
-        let mut rows = with_cursors;
+        // A cursor by name asks whether the viewer sees the name, which a rule on
+        // interactions answers only with them; other cursors do not, so those pages
+        // read interactions only for the rows they keep.
+        let by_name = query.order.key == OrderKey::DisplayName;
+        if by_name {
+            self.with_owner_activity(rows.iter_mut().map(|(seen, _)| seen))
+                .await?;
+        }
+        let mut rows: Vec<(SeenCustomer, Cursor)> = rows
+            .into_iter()
+            .map(|(seen, sort_name)| {
+                let cursor = query.order.cursor(&seen, &sort_name);
+                (seen, cursor)
+            })
+            .collect();
         rows.sort_by(|a, b| {
             let ord = a.1.cmp(&b.1);
             if query.order.descending {
@@ -575,6 +582,10 @@ impl Store {
         // A customer a grant and a rule (or two rules) share came once per walk.
         rows.dedup_by(|a, b| a.0.customer.id == b.0.customer.id);
         rows.truncate(query.limit + 1);
+        if !by_name {
+            self.with_owner_activity(rows.iter_mut().map(|(seen, _)| seen))
+                .await?;
+        }
         let page = Page::from_rows(rows, query.limit, |(_, cursor)| {
             serde_json::to_string(cursor).expect("cursors serialize")
         });
@@ -582,6 +593,26 @@ impl Store {
             items: page.items.into_iter().map(|(seen, _)| seen).collect(),
             next_after: page.next_after,
         })
+    }
+
+    /// Reads, in one statement, the owner's view of the interactions of each record
+    /// of `seen` whose rules filter on them.
+    async fn with_owner_activity<'s>(
+        &self,
+        seen: impl Iterator<Item = &'s mut SeenCustomer>,
+    ) -> Result<()> {
+        let mut wanting: Vec<&mut SeenCustomer> = seen
+            .filter(|s| s.rules_need_activity() && s.owner_activity.is_none())
+            .collect();
+        let ids: Vec<&str> = wanting.iter().map(|s| s.customer.id.as_str()).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.activities(&ids, None).await?;
+        for s in &mut wanting {
+            s.owner_activity = Some(found.remove(&s.customer.id).unwrap_or_default());
+        }
+        Ok(())
     }
 
     /// The live rules reaching the viewer of `query`, if its reach takes in others'
