@@ -2,8 +2,10 @@
 
 use jiff::Timestamp;
 
-use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::ids::PresetId;
 use crate::domain::visibility::AccessLevel;
+use crate::domain::{Slug, names};
 use crate::pb;
 
 pub use crate::feed::render::{
@@ -62,6 +64,39 @@ pub fn level_from_pb(raw: i32) -> Result<AccessLevel, FieldViolation> {
             "must be ACCESS_LEVEL_READ or ACCESS_LEVEL_READ_WRITE",
         )),
     }
+}
+
+/// One of the owner's resources named in a grant or rule (`organizations/{owner}/…`): its id,
+/// or a violation if another organization's.
+pub fn owners<T>(
+    parsed: Option<(Slug, T)>,
+    owner: &Slug,
+    v: &mut Violations,
+    field: &str,
+    what: &str,
+) -> Option<T> {
+    match parsed {
+        Some((slug, id)) if &slug == owner => Some(id),
+        Some(_) => {
+            v.add(field, format!("must be one of the owner's {what}"));
+            None
+        }
+        None => None,
+    }
+}
+
+/// The owner's field preset a grant or rule names in `field`; empty: none.
+pub fn owners_preset(
+    raw: &str,
+    owner: &Slug,
+    v: &mut Violations,
+    field: &str,
+) -> Option<Option<PresetId>> {
+    if raw.is_empty() {
+        return Some(None);
+    }
+    let parsed = v.check(field, names::parse_field_preset(raw));
+    owners(parsed, owner, v, field, "field presets").map(Some)
 }
 
 #[cfg(test)]

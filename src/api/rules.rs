@@ -3,7 +3,9 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{level_from_pb, parse_timestamp, relationship_from_pb, update_paths};
+use super::convert::{
+    level_from_pb, owners, owners_preset, parse_timestamp, relationship_from_pb, update_paths,
+};
 use super::write::idempotent;
 use super::{Hub, caller_of};
 use crate::app::rules::{self as app, NewRule, RuleChange, SegmentChange, TargetAsked};
@@ -203,25 +205,6 @@ pub async fn list_segment_members(
     }))
 }
 
-/// One of the owner's resources named in a rule (`organizations/{owner}/…`): its id,
-/// or a violation if another organization's.
-fn owners<T>(
-    parsed: Option<(Slug, T)>,
-    owner: &Slug,
-    v: &mut Violations,
-    field: &str,
-    what: &str,
-) -> Option<T> {
-    match parsed {
-        Some((slug, id)) if &slug == owner => Some(id),
-        Some(_) => {
-            v.add(field, format!("must be one of the owner's {what}"));
-            None
-        }
-        None => None,
-    }
-}
-
 /// A rule's optional segment: empty for every customer.
 fn rule_segment(raw: &str, owner: &Slug, v: &mut Violations) -> Option<Option<SegmentId>> {
     if raw.is_empty() {
@@ -233,11 +216,7 @@ fn rule_segment(raw: &str, owner: &Slug, v: &mut Violations) -> Option<Option<Se
 
 /// A rule's optional preset: empty for fields of its own.
 fn rule_preset(raw: &str, owner: &Slug, v: &mut Violations) -> Option<Option<PresetId>> {
-    if raw.is_empty() {
-        return Some(None);
-    }
-    let parsed = v.check("sharing_rule.preset", names::parse_field_preset(raw));
-    owners(parsed, owner, v, "sharing_rule.preset", "field presets").map(Some)
+    owners_preset(raw, owner, v, "sharing_rule.preset")
 }
 
 /// A rule's own fields: empty for all of them.

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{level_from_pb, update_paths};
+use super::convert::{level_from_pb, owners_preset, update_paths};
 use super::rules;
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
@@ -48,18 +48,7 @@ fn grant_from_pb(r: &pb::CreateGrantRequest, owner: &crate::domain::Slug) -> Res
     let grantee = v.check("grant.grantee", names::parse_organization(&input.grantee));
     let level = v.check("grant.level", level_from_pb(input.level));
     let fields = v.check("grant.fields", FieldSet::parse(&input.fields));
-    let preset = if input.preset.is_empty() {
-        Some(None)
-    } else {
-        match v.check("grant.preset", names::parse_field_preset(&input.preset)) {
-            Some((slug, id)) if &slug == owner => Some(Some(id)),
-            Some(_) => {
-                v.add("grant.preset", "must be one of the owner's field presets");
-                None
-            }
-            None => None,
-        }
-    };
+    let preset = owners_preset(&input.preset, owner, &mut v, "grant.preset");
     if !input.preset.is_empty() && !input.fields.is_empty() {
         v.add(
             "grant.fields",

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::check_etag;
 use super::customers::{CustomerSettings, Listing, count, list};
-use super::sharing::{own_organization, preset_not_found};
+use super::sharing::{own_organization, partnership_to_share_through, preset_not_found};
 use crate::domain::caller::Caller;
 use crate::domain::customer::FieldSet;
 use crate::domain::error::{Error, Result};
@@ -276,19 +276,7 @@ pub async fn create_rule(
                     "must be a partner, not the owner itself",
                 ));
             }
-            if tx
-                .active_partnership_between(&owner.id, &grantee.id)
-                .await?
-                .is_none()
-            {
-                return Err(Error::failed_precondition(
-                    "NO_ACTIVE_PARTNERSHIP",
-                    format!(
-                        "{} and {} have no active partnership to share customers through",
-                        owner.slug, grantee.slug
-                    ),
-                ));
-            }
+            partnership_to_share_through(tx, &owner, &grantee).await?;
             RuleTarget::Grantee(grantee)
         }
         TargetAsked::Relationship(r) => RuleTarget::Relationship(r),

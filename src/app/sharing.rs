@@ -37,6 +37,26 @@ fn owner_only(access: Access) -> Result<()> {
     }
 }
 
+/// The ACTIVE partnership `owner` shares customers with `grantee` through (by grant
+/// or rule), or FAILED_PRECONDITION.
+pub(super) async fn partnership_to_share_through(
+    tx: &mut Tx,
+    owner: &OrgRef,
+    grantee: &OrgRef,
+) -> Result<String> {
+    tx.active_partnership_between(&owner.id, &grantee.id)
+        .await?
+        .ok_or_else(|| {
+            Error::failed_precondition(
+                "NO_ACTIVE_PARTNERSHIP",
+                format!(
+                    "{} and {} have no active partnership to share customers through",
+                    owner.slug, grantee.slug
+                ),
+            )
+        })
+}
+
 /// Grants `customer_id` to `grantee` on behalf of its owner `owner`, which must have
 /// an ACTIVE partnership with it.
 async fn grant(
@@ -48,18 +68,7 @@ async fn grant(
     fields: FieldSet,
     preset: Option<(Slug, String)>,
 ) -> Result<Grant> {
-    let partnership = tx
-        .active_partnership_between(&owner.id, &grantee.id)
-        .await?
-        .ok_or_else(|| {
-            Error::failed_precondition(
-                "NO_ACTIVE_PARTNERSHIP",
-                format!(
-                    "{} and {} have no active partnership to share customers through",
-                    owner.slug, grantee.slug
-                ),
-            )
-        })?;
+    let partnership = partnership_to_share_through(tx, owner, &grantee).await?;
     let g = Grant {
         id: Uuid::now_v7().to_string(),
         customer_id: customer_id.to_owned(),
