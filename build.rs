@@ -15,6 +15,8 @@ const PROTOS: &[&str] = &[
     "liaison/v1/events.proto",
     "liaison/v1/webhooks.proto",
     "liaison/v1/cases.proto",
+    "liaison/v1/mapping.proto",
+    "google/longrunning/operations.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

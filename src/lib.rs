@@ -49,10 +49,35 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-/// Code generated from `proto/liaison/v1` (package `liaison.v1`).
+/// Code generated from `proto/liaison/v1` (package `liaison.v1`), at the path its
+/// references to the `google` packages expect.
+pub mod liaison {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("liaison.v1");
+    }
+}
+
+/// Code generated from the vendored `proto/google` files: long-running operations and
+/// the status they end with.
+pub mod google {
+    pub mod api {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("google.api");
+    }
+    pub mod longrunning {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("google.longrunning");
+    }
+    pub mod rpc {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+/// The `liaison.v1` API.
 pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("liaison.v1");
+    pub use crate::liaison::v1::*;
 
     /// The descriptor set of every proto file, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

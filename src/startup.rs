@@ -15,13 +15,15 @@ use tonic_health::ServingStatus;
 
 use crate::api::edge::EdgeLayer;
 use crate::api::{
-    AdminApi, CaseApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi, PartnershipApi,
-    SharingApi, WebhookApi,
+    AccountMappingApi, AdminApi, CaseApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi,
+    OperationsApi, PartnershipApi, SharingApi, WebhookApi,
 };
 use crate::config::{Config, redact_url};
+use crate::google::longrunning::operations_server::OperationsServer;
 use crate::outbound::Shutdown;
 use crate::outbound::email::EmailWorker;
 use crate::outbound::webhooks::{Sender, WebhookWorker};
+use crate::pb::account_mapping_service_server::AccountMappingServiceServer;
 use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::case_service_server::CaseServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
@@ -51,6 +53,8 @@ const SERVICE_NAMES: &[&str] = &[
     "liaison.v1.EventService",
     "liaison.v1.WebhookService",
     "liaison.v1.CaseService",
+    "liaison.v1.AccountMappingService",
+    "google.longrunning.Operations",
 ];
 
 pub struct Application {
@@ -182,6 +186,17 @@ impl Application {
         let cases = CaseServiceServer::new(CaseApi::new(hub.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let mappings = AccountMappingServiceServer::new(AccountMappingApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let operations = OperationsServer::new(OperationsApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let comparisons = crate::app::mapping::Comparisons::new(
+            hub.store.clone(),
+            hub.customers.clone(),
+            (*hub.mapping).clone(),
+        );
         let case_timers =
             crate::outbound::timers::CaseTimers::new(hub.store.clone(), hub.workflows.clone());
 
@@ -254,7 +269,9 @@ impl Application {
             .add_service(interactions)
             .add_service(events)
             .add_service(webhooks)
-            .add_service(cases);
+            .add_service(cases)
+            .add_service(mappings)
+            .add_service(operations);
         let server: futures_util::future::BoxFuture<'_, Result<(), tonic::transport::Error>> =
             match tls.clone() {
                 Some(tls) => {
@@ -296,6 +313,12 @@ impl Application {
                 async {
                     tokio::select! {
                         () = case_timers.run() => {}
+                        () = stop.cancelled() => {}
+                    }
+                },
+                async {
+                    tokio::select! {
+                        () = comparisons.run() => {}
                         () = stop.cancelled() => {}
                     }
                 },

@@ -16,6 +16,8 @@ pub mod customers;
 mod events;
 mod interactions;
 pub mod limits;
+mod long_running;
+mod mapping;
 mod members;
 mod partnerships;
 mod rules;
@@ -32,6 +34,8 @@ pub use customers::CustomerApi;
 pub use events::EventApi;
 pub use interactions::InteractionApi;
 pub use limits::Limiter;
+pub use long_running::OperationsApi;
+pub use mapping::AccountMappingApi;
 pub use members::MemberApi;
 pub use partnerships::PartnershipApi;
 pub use sharing::SharingApi;
@@ -52,6 +56,8 @@ pub struct Hub {
     pub limits: Arc<Limiter>,
     /// Seals and opens every List's page tokens.
     pub pages: Arc<paging::PageTokens>,
+    /// Account mapping settings (threshold, refresh interval).
+    pub mapping: Arc<crate::app::mapping::MappingSettings>,
 }
 
 impl Hub {
@@ -70,6 +76,9 @@ impl Hub {
             workflows: Arc::new(workflows),
             limits: Arc::new(limits),
             pages: Arc::new(pages),
+            mapping: Arc::new(crate::app::mapping::MappingSettings::from_config(
+                &crate::config::MappingConfig::default(),
+            )),
         }
     }
 
@@ -82,6 +91,10 @@ impl Hub {
         }
         let limits = Limiter::new(&config.limits, config.server.max_message_bytes);
         let pages = paging::PageTokens::load(&store, &config.server.page_token_keys.0).await?;
-        Ok(Self::new(store, customers, workflows, limits, pages))
+        let mut hub = Self::new(store, customers, workflows, limits, pages);
+        hub.mapping = Arc::new(crate::app::mapping::MappingSettings::from_config(
+            &config.mapping,
+        ));
+        Ok(hub)
     }
 }

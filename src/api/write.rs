@@ -49,7 +49,11 @@ replay_as_is!(
     pb::DeleteWebhookEndpointResponse,
     pb::Case,
     pb::CaseTask,
-    pb::CaseHistoryEntry
+    pb::CaseHistoryEntry,
+    pb::AccountMapping,
+    pb::RequestOverlapAccessResponse,
+    pb::AnswerOverlapAccessResponse,
+    crate::google::longrunning::Operation
 );
 
 impl Replayable for pb::WebhookEndpointSecret {
@@ -89,6 +93,13 @@ macro_rules! retryable {
 }
 retryable!(
     AcceptPartnership: pb::AcceptPartnershipRequest,
+    CreateAccountMapping: pb::CreateAccountMappingRequest,
+    AcceptAccountMapping: pb::AcceptAccountMappingRequest,
+    DeclineAccountMapping: pb::DeclineAccountMappingRequest,
+    UpdateAccountMapping: pb::UpdateAccountMappingRequest,
+    EndAccountMapping: pb::EndAccountMappingRequest,
+    RequestOverlapAccess: pb::RequestOverlapAccessRequest,
+    AnswerOverlapAccess: pb::AnswerOverlapAccessRequest,
     AcceptTask: pb::AcceptTaskRequest,
     AddCaseParticipant: pb::AddCaseParticipantRequest,
     ApproveAccessRequest: pb::ApproveAccessRequestRequest,

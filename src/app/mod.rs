@@ -7,6 +7,7 @@ pub mod cases;
 pub mod customers;
 pub mod events;
 pub mod interactions;
+pub mod mapping;
 pub mod members;
 pub mod organizations;
 pub mod partnerships;

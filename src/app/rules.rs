@@ -143,6 +143,14 @@ pub async fn delete_segment(
         .await?
         .ok_or_else(|| segment_not_found(name))?;
     check_etag(etag, s.revision, name)?;
+    if tx.segment_in_open_mapping(&s.id).await? {
+        return Err(Error::failed_precondition(
+            "SEGMENT_IN_USE",
+            format!(
+                "{name} takes part in an open account mapping; take it out of the mapping first"
+            ),
+        ));
+    }
     if !tx.delete_segment(&s.id).await? {
         return Err(Error::failed_precondition(
             "SEGMENT_IN_USE",

@@ -472,6 +472,7 @@ pub async fn create_access_request(
         owner,
         customer_id: m.customer_id,
         match_id: m.id,
+        mapping_id: None,
         level: a.level,
         fields: a.fields,
         reason: a.reason.as_str().to_owned(),
@@ -527,6 +528,26 @@ pub async fn decide(
             format!("{name} was already {}", r.state.as_str()),
         ));
     }
+    answer(tx, org, &mut r, approve, reason, name).await?;
+    let event_type = if approve {
+        EventType::AccessRequestApproved
+    } else {
+        EventType::AccessRequestDeclined
+    };
+    request_event(tx, event_type, &r);
+    Ok(r)
+}
+
+/// Approves (a grant of what was asked) or declines pending request `r` to `org`,
+/// named `name`, without telling anyone: the caller tells.
+pub(super) async fn answer(
+    tx: &mut Tx,
+    org: &OrgRef,
+    r: &mut AccessRequest,
+    approve: bool,
+    reason: Reason,
+    name: &str,
+) -> Result<()> {
     if approve {
         let customer = tx
             .customer(&org.id, &r.customer_id)
@@ -555,14 +576,8 @@ pub async fn decide(
         r.decision_reason = reason.as_str().to_owned();
     }
     r.decide_time = Some(now());
-    if !tx.decide_access_request(&r).await? {
+    if !tx.decide_access_request(r).await? {
         return Err(Error::StaleEtag(name.to_owned()));
     }
-    let event_type = if approve {
-        EventType::AccessRequestApproved
-    } else {
-        EventType::AccessRequestDeclined
-    };
-    request_event(tx, event_type, &r);
-    Ok(r)
+    Ok(())
 }

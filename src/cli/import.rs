@@ -267,15 +267,8 @@ impl Progress {
         } else {
             (bytes as f64 / self.total_bytes as f64).min(1.0)
         };
-        let width = 30;
-        let filled = (fraction * width as f64) as usize;
         let rate = rows as f64 / self.start.elapsed().as_secs_f64().max(0.001);
-        eprint!(
-            "\r[{}{}] {:>3.0}%  {rows} rows  {rate:.0} rows/s ",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            fraction * 100.0
-        );
+        eprint!("\r{}  {rows} rows  {rate:.0} rows/s ", super::bar(fraction));
         let _ = std::io::stderr().flush();
     }
 }

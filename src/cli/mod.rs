@@ -5,6 +5,7 @@
 mod admin;
 mod health;
 pub mod import;
+mod operations;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +106,11 @@ enum Command {
         /// A service name to ask about instead of the whole server.
         #[arg(long, default_value = "")]
         service: String,
+    },
+    /// Long-running operations of a running hub (account mapping comparisons).
+    Operations {
+        #[command(subcommand)]
+        command: operations::OperationsCommand,
     },
     /// Tools for partners writing a webhook receiver.
     Webhook {
@@ -210,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca,
             service,
         } => health::health(&server, ca.as_deref(), service).await,
+        Command::Operations { command } => operations::run(command).await,
         Command::Email {
             common,
             command: EmailCommand::Test { to },
@@ -315,4 +322,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// A progress bar of 30 cells and the percentage: `[#####.....]  50%`.
+fn bar(fraction: f64) -> String {
+    let width = 30;
+    let fraction = fraction.clamp(0.0, 1.0);
+    let filled = (fraction * width as f64) as usize;
+    format!(
+        "[{}{}] {:>3.0}%",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        fraction * 100.0
+    )
 }

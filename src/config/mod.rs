@@ -29,6 +29,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub server: ServerConfig,
     pub customers: CustomersConfig,
+    pub mapping: MappingConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
     pub email: EmailConfig,
@@ -48,6 +49,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             server: ServerConfig::default(),
             customers: CustomersConfig::default(),
+            mapping: MappingConfig::default(),
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
             email: EmailConfig::default(),
@@ -300,6 +302,13 @@ impl Config {
         if !self.customers.match_secret.is_empty() {
             crate::domain::match_key::MatchSecret::decode(&self.customers.match_secret)
                 .context("customers.match_secret")?;
+        }
+        let min = crate::domain::mapping::MIN_THRESHOLD;
+        if self.mapping.threshold < min || self.mapping.threshold > 1000 {
+            bail!("mapping.threshold must be between {min} and 1000");
+        }
+        if self.mapping.refresh_interval_secs > 30 * 24 * 3600 {
+            bail!("mapping.refresh_interval_secs must be at most 30 days");
         }
         Ok(())
     }

@@ -239,6 +239,27 @@ impl Default for EventsConfig {
     }
 }
 
+/// Account mappings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Counts under this show as "fewer than" it, and segments with fewer members
+    /// cannot take part. Kept by each mapping as asked for. At least 2.
+    pub threshold: u32,
+    /// A mapping is compared again at most this often (and only when its inputs
+    /// changed by more than the threshold).
+    pub refresh_interval_secs: u64,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            refresh_interval_secs: 3600,
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CustomersConfig {

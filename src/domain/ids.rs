@@ -97,6 +97,10 @@ id_types!(
     SegmentId,
     /// A sharing rule.
     RuleId,
+    /// An account mapping between two partners.
+    MappingId,
+    /// A long-running operation.
+    OperationId,
     /// A case.
     CaseId,
     /// A task of a case.

@@ -12,6 +12,7 @@ pub mod event;
 pub mod filter;
 pub mod ids;
 pub mod interaction;
+pub mod mapping;
 pub mod match_key;
 pub mod member;
 pub mod names;

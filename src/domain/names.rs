@@ -6,7 +6,8 @@ use crate::domain::Slug;
 use crate::domain::error::FieldViolation;
 use crate::domain::ids::{
     AccessRequestId, ApiKeyId, CaseId, CertificateId, CustomerId, EndpointId, GrantId, Id,
-    InteractionId, MatchId, MemberId, PartnershipId, PresetId, RuleId, SegmentId, TaskId,
+    InteractionId, MappingId, MatchId, MemberId, OperationId, PartnershipId, PresetId, RuleId,
+    SegmentId, TaskId,
 };
 
 pub fn organization(slug: &Slug) -> String {
@@ -170,6 +171,14 @@ pub fn customer_match(id: &str) -> String {
     format!("customerMatches/{id}")
 }
 
+pub fn account_mapping(id: &str) -> String {
+    format!("accountMappings/{id}")
+}
+
+pub fn operation(id: &str) -> String {
+    format!("operations/{id}")
+}
+
 /// `{collection}/{id}` with a server-assigned id.
 fn parse_top<I: Id>(name: &str, collection: &str, form: &str) -> Result<I, FieldViolation> {
     if name.is_empty() {
@@ -235,6 +244,14 @@ pub fn parse_access_request(name: &str) -> Result<AccessRequestId, FieldViolatio
 
 pub fn parse_customer_match(name: &str) -> Result<MatchId, FieldViolation> {
     parse_top(name, "customerMatches", "customerMatches/{match}")
+}
+
+pub fn parse_account_mapping(name: &str) -> Result<MappingId, FieldViolation> {
+    parse_top(name, "accountMappings", "accountMappings/{mapping}")
+}
+
+pub fn parse_operation(name: &str) -> Result<OperationId, FieldViolation> {
+    parse_top(name, "operations", "operations/{operation}")
 }
 
 /// `cases/{case}`.

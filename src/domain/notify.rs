@@ -40,6 +40,13 @@ impl Category {
             AccessRequestCreated | PartnershipProposed => Some(Category::Work),
             // A partner's customers shared with the organization, or no longer.
             SharingRuleCreated | SharingRuleUpdated | SharingRuleRevoked => Some(Category::Work),
+            // A mapping asked for or answered, access asked for or answered through one.
+            AccountMappingRequested
+            | AccountMappingAccepted
+            | AccountMappingDeclined
+            | AccountMappingEnded
+            | AccountMappingAccessRequested
+            | AccountMappingAccessAnswered => Some(Category::Work),
             CaseOpened
             | CaseTransitioned
             | CaseCommented
@@ -72,7 +79,9 @@ impl Category {
             | PartnershipEnded
             | MemberCreated
             | MemberUpdated
-            | MemberDeleted => None,
+            | MemberDeleted
+            | AccountMappingUpdated
+            | AccountMappingCompared => None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod customers;
 pub mod draft;
 pub mod interactions;
 pub mod json;
+pub mod mapping;
 pub mod members;
 pub mod partnerships;
 pub mod render;

@@ -19,8 +19,8 @@ use crate::domain::{
 };
 use crate::pb;
 use crate::store::{
-    AccessRequest, Endpoint, FieldPreset, Grant, Overlay, RequestState, RuleTarget, SeenCustomer,
-    Segment, SharingRule,
+    AccessRequest, AccountMapping, Endpoint, FieldPreset, Grant, Operation, Overlay, RequestState,
+    RuleTarget, SeenCustomer, Segment, SharingRule,
 };
 
 /// Maps a domain enum to its protobuf enum and back (the edge parses requests with
@@ -534,7 +534,16 @@ pub fn request_to_pb(r: &AccessRequest, viewer_id: &str) -> pb::AccessRequest {
         name: names::access_request(&r.id),
         requester: names::organization(&r.requester.slug),
         owner: names::organization(&r.owner.slug),
-        r#match: names::customer_match(&r.match_id),
+        r#match: if r.match_id.is_empty() {
+            String::new()
+        } else {
+            names::customer_match(&r.match_id)
+        },
+        account_mapping: r
+            .mapping_id
+            .as_deref()
+            .map(names::account_mapping)
+            .unwrap_or_default(),
         level: grant_level_to_pb(r.level) as i32,
         fields: field_names(r.fields),
         reason: r.reason.clone(),
@@ -598,5 +607,120 @@ pub fn partnership_to_pb(p: &Partnership) -> pb::Partnership {
         create_time: timestamp(p.create_time),
         update_time: timestamp(p.update_time),
         etag: etag(p.revision),
+    }
+}
+
+/// A mapping, as both of its sides see it.
+pub fn mapping_to_pb(m: &AccountMapping) -> pb::AccountMapping {
+    use crate::domain::mapping::{MappingState, Side};
+    use pb::account_mapping::State;
+    let segment_name = |side: Side, id: &str| names::segment(&m.org(side).slug, id);
+    let segments = |side: Side| -> Vec<pb::MappingSegment> {
+        m.segments
+            .iter()
+            .filter(|s| s.side == side)
+            .map(|s| pb::MappingSegment {
+                segment: segment_name(side, &s.segment_id),
+                display_name: s.display_name.clone(),
+                too_small: m
+                    .inputs
+                    .iter()
+                    .any(|i| i.segment_id == s.segment_id && i.members < i64::from(m.threshold)),
+            })
+            .collect()
+    };
+    let count = |c: &crate::domain::mapping::Count| {
+        use crate::domain::mapping::Bound;
+        use pb::mapping_count::Bound as B;
+        pb::MappingCount {
+            value: c.value,
+            bound: match c.bound {
+                Bound::Exact => B::Exact,
+                Bound::FewerThan => B::FewerThan,
+                Bound::MoreThan => B::MoreThan,
+            } as i32,
+        }
+    };
+    pb::AccountMapping {
+        name: names::account_mapping(&m.id),
+        requester: names::organization(&m.requester.slug),
+        partner: names::organization(&m.partner.slug),
+        state: match m.state {
+            MappingState::Proposed => State::Proposed,
+            MappingState::Active => State::Active,
+            MappingState::Declined => State::Declined,
+            MappingState::Ended => State::Ended,
+        } as i32,
+        requester_segments: segments(Side::Requester),
+        partner_segments: segments(Side::Partner),
+        threshold: m.threshold as i32,
+        overlaps: m
+            .overlaps
+            .iter()
+            .map(|o| pb::SegmentOverlap {
+                requester_segment: segment_name(Side::Requester, &o.requester_segment),
+                partner_segment: segment_name(Side::Partner, &o.partner_segment),
+                both: Some(count(&o.both)),
+                only_requester: Some(count(&o.only_requester)),
+                only_partner: Some(count(&o.only_partner)),
+            })
+            .collect(),
+        compare_time: m.compare_time.and_then(timestamp),
+        next_refresh_time: m.refresh_time.and_then(timestamp),
+        operation: m
+            .operation_id
+            .as_deref()
+            .map(names::operation)
+            .unwrap_or_default(),
+        ended_by: m
+            .ended_by
+            .as_ref()
+            .map(|o| names::organization(&o.slug))
+            .unwrap_or_default(),
+        etag: etag(m.revision),
+        create_time: timestamp(m.create_time),
+        update_time: timestamp(m.update_time),
+        end_time: m.end_time.and_then(timestamp),
+    }
+}
+
+/// A long-running operation; `response` is what it produced, when it succeeded.
+pub fn operation_to_pb(
+    o: &Operation,
+    response: Option<prost_types::Any>,
+) -> crate::google::longrunning::Operation {
+    use crate::google::longrunning::operation::Result as Outcome;
+    use prost::Message;
+    let target = match o.verb.as_str() {
+        crate::domain::mapping::COMPARE_VERB => names::account_mapping(&o.target_id),
+        _ => o.target_id.clone(),
+    };
+    let metadata = pb::OperationMetadata {
+        target,
+        verb: o.verb.clone(),
+        done: o.done,
+        total: o.total,
+        cancel_requested: o.cancel_requested,
+        create_time: timestamp(o.create_time),
+        update_time: timestamp(o.update_time),
+        end_time: o.end_time.and_then(timestamp),
+    };
+    let result = match (&o.error, response) {
+        (Some((code, message)), _) => Some(Outcome::Error(crate::google::rpc::Status {
+            code: *code,
+            message: message.clone(),
+            details: vec![],
+        })),
+        (None, Some(any)) if o.state.done() => Some(Outcome::Response(any)),
+        _ => None,
+    };
+    crate::google::longrunning::Operation {
+        name: names::operation(&o.id),
+        metadata: Some(prost_types::Any {
+            type_url: "type.googleapis.com/liaison.v1.OperationMetadata".into(),
+            value: metadata.encode_to_vec(),
+        }),
+        done: o.state.done(),
+        result,
     }
 }

@@ -22,6 +22,8 @@ mod events;
 mod group;
 mod idempotency;
 mod interactions;
+mod long_running;
+mod mappings;
 mod members;
 mod operations;
 mod organizations;
@@ -52,6 +54,8 @@ pub use email::{EmailOutcome, EmailToSend, NewEmail, PendingNotification};
 pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
 pub use idempotency::{Claim, REQUEST_ID_RETENTION};
 pub use interactions::InteractionFilter;
+pub use long_running::Operation;
+pub use mappings::{AccountMapping, MappedSegment, Unasked};
 pub use operations::OperationalCounts;
 pub use partnerships::PartnershipFilter;
 pub use presets::FieldPreset;
@@ -162,6 +166,8 @@ pub struct Store {
     emails: Arc<tokio::sync::Notify>,
     /// Wakes the case timer worker when timers are set.
     timers: Arc<tokio::sync::Notify>,
+    /// Wakes the worker that runs long-running operations.
+    operations: Arc<tokio::sync::Notify>,
     /// Counts credential changes seen (see `credentials`).
     credentials: Arc<tokio::sync::watch::Sender<u64>>,
     /// The workers' time (tests move it forward).
@@ -228,6 +234,7 @@ impl Store {
                     deliveries: Arc::default(),
                     emails: Arc::default(),
                     timers: Arc::default(),
+                    operations: Arc::default(),
                     credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
                     pulses: Arc::default(),
@@ -263,6 +270,7 @@ impl Store {
                     deliveries: Arc::default(),
                     emails: Arc::default(),
                     timers: Arc::default(),
+                    operations: Arc::default(),
                     credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
                     pulses: Arc::default(),
@@ -338,6 +346,7 @@ impl Store {
             deliveries_queued: false,
             emails_queued: false,
             timers_queued: false,
+            operations_queued: false,
             credentials_changed: false,
             stashed: None,
             heads: vec![],
@@ -403,6 +412,8 @@ pub struct Tx {
     emails_queued: bool,
     /// Whether committing sets case timers.
     timers_queued: bool,
+    /// Whether committing queues a long-running operation.
+    operations_queued: bool,
     /// Whether committing revokes credentials (see `credentials`).
     credentials_changed: bool,
     /// PostgreSQL: the inbox row holding this transaction's events, if it emitted any
@@ -441,6 +452,9 @@ impl Tx {
         }
         if self.timers_queued {
             store.timers.notify_one();
+        }
+        if self.operations_queued {
+            store.operations.notify_one();
         }
         if self.credentials_changed {
             store.credentials.send_modify(|g| *g += 1);

@@ -20,16 +20,23 @@ pub enum Worker {
     Webhooks,
     Emails,
     Timers,
+    Operations,
 }
 
 impl Worker {
-    pub const ALL: [Worker; 3] = [Worker::Webhooks, Worker::Emails, Worker::Timers];
+    pub const ALL: [Worker; 4] = [
+        Worker::Webhooks,
+        Worker::Emails,
+        Worker::Timers,
+        Worker::Operations,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Worker::Webhooks => "webhooks",
             Worker::Emails => "emails",
             Worker::Timers => "timers",
+            Worker::Operations => "operations",
         }
     }
 }
@@ -47,6 +54,7 @@ pub struct Pulses {
     webhooks: watch::Sender<Looks>,
     emails: watch::Sender<Looks>,
     timers: watch::Sender<Looks>,
+    operations: watch::Sender<Looks>,
 }
 
 impl Pulses {
@@ -55,6 +63,7 @@ impl Pulses {
             Worker::Webhooks => &self.webhooks,
             Worker::Emails => &self.emails,
             Worker::Timers => &self.timers,
+            Worker::Operations => &self.operations,
         }
     }
 }
@@ -84,6 +93,7 @@ impl Store {
             Worker::Webhooks => &self.deliveries,
             Worker::Emails => &self.emails,
             Worker::Timers => &self.timers,
+            Worker::Operations => &self.operations,
         }
     }
 

@@ -143,7 +143,10 @@ pub struct AccessRequest {
     pub requester: OrgRef,
     pub owner: OrgRef,
     pub customer_id: String,
+    /// Empty when asked for through a mapping.
     pub match_id: String,
+    /// The account mapping whose overlap it was asked for from.
+    pub mapping_id: Option<String>,
     pub level: AccessLevel,
     pub fields: FieldSet,
     pub reason: String,
@@ -163,6 +166,7 @@ struct RequestRow {
     owner_slug: String,
     customer_id: String,
     match_id: String,
+    mapping_id: Option<String>,
     level: String,
     fields: String,
     reason: String,
@@ -174,7 +178,7 @@ struct RequestRow {
 }
 
 const REQUEST_SELECT: &str = "SELECT r.id, r.requester_id, ro.slug AS requester_slug, r.owner_id, \
-     oo.slug AS owner_slug, r.customer_id, r.match_id, r.level, r.fields, r.reason, r.state, \
+     oo.slug AS owner_slug, r.customer_id, r.match_id, r.mapping_id, r.level, r.fields, r.reason, r.state, \
      r.decision_reason, r.grant_id, r.create_time, r.decide_time FROM access_requests r \
      JOIN organizations ro ON ro.id = r.requester_id JOIN organizations oo ON oo.id = r.owner_id";
 
@@ -193,6 +197,7 @@ impl TryFrom<RequestRow> for AccessRequest {
             id: row.id,
             customer_id: row.customer_id,
             match_id: row.match_id,
+            mapping_id: row.mapping_id,
             reason: row.reason,
             decision_reason: row.decision_reason,
             grant_id: row.grant_id,
@@ -409,8 +414,8 @@ impl Tx {
     pub async fn insert_access_request(&mut self, r: &AccessRequest) -> Result<()> {
         let result = sqlx::query(
             "INSERT INTO access_requests (id, requester_id, owner_id, customer_id, match_id, level, \
-             fields, reason, state, decision_reason, grant_id, create_time, decide_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '', NULL, $10, NULL)",
+             fields, reason, state, decision_reason, grant_id, create_time, decide_time, \
+             mapping_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '', NULL, $10, NULL, $11)",
         )
         .bind(&r.id)
         .bind(&r.requester.id)
@@ -422,6 +427,7 @@ impl Tx {
         .bind(&r.reason)
         .bind(r.state.as_str())
         .bind(micros(r.create_time))
+        .bind(r.mapping_id.as_deref())
         .execute(self.conn())
         .await;
         match result {

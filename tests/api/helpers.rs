@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
+pub use liaison::google::longrunning::operations_client::OperationsClient;
+pub use pb::account_mapping_service_client::AccountMappingServiceClient;
 pub use pb::admin_service_client::AdminServiceClient;
 pub use pb::case_service_client::CaseServiceClient;
 pub use pb::customer_service_client::CustomerServiceClient;
@@ -364,6 +366,15 @@ impl TestApp {
 
     pub fn interactions(&self, key: &str) -> InteractionServiceClient<Authed> {
         InteractionServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn mappings(&self, key: &str) -> AccountMappingServiceClient<Authed> {
+        AccountMappingServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    /// `google.longrunning.Operations`: the account mappings' comparisons.
+    pub fn operations(&self, key: &str) -> OperationsClient<Authed> {
+        OperationsClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
     }
 
     /// Makes `a` and `b` partners (a proposes, b accepts); returns the partnership.

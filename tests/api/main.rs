@@ -12,6 +12,7 @@ mod cli;
 mod customers;
 mod email;
 mod events;
+mod mapping;
 mod matrix;
 mod members;
 mod operations;

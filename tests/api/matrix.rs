@@ -1,7 +1,7 @@
 //! The tenant matrix (DESIGN.md invariant 6, "tenants are walls"): every RPC of every
-//! `liaison.v1` service, called by each kind of outsider against one owner's records,
-//! and every egress channel (feeds, webhooks, email), searched for canary values the
-//! caller may not see.
+//! `liaison.v1` service and of `google.longrunning.Operations`, called by each kind of
+//! outsider against one owner's records, and every egress channel (feeds, webhooks,
+//! email), searched for canary values the caller may not see.
 //!
 //! Each call is judged three ways: what comes back holds no canary hidden from the
 //! caller; a refusal carries a code that says what to do; and where the caller may not
@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use liaison::google::longrunning::{
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    WaitOperationRequest,
+};
 use liaison::pb;
 use mail_parser::MessageParser;
 use prost::Message;
@@ -33,6 +37,8 @@ use uuid::Uuid;
 use crate::customers::{create, person};
 use crate::email::{member, set_preferences};
 use crate::helpers::*;
+use crate::mapping::{finish, mapping_of};
+use crate::rules::create_segment;
 use crate::sharing::{grant, log, update};
 use crate::webhooks::{Receiver, reply};
 
@@ -78,6 +84,8 @@ enum About {
     WritersGrant,
     /// The owner's sharing rule that reaches Masked.
     Rule,
+    /// The owner's account mapping with Masked: its operation, its segments.
+    Mapping,
     /// What only the owner knows: its organization's members, endpoints, keys,
     /// certificates and events, its private interaction, its unshared customer and
     /// the customers it merged away, deleted or erased.
@@ -93,6 +101,7 @@ impl About {
             About::Proposal => who == Ungranted,
             About::WritersGrant => who == Writer,
             About::Rule => who == Masked,
+            About::Mapping => who == Masked,
             About::OwnerOnly => false,
         }
     }
@@ -536,6 +545,128 @@ fn table() -> Vec<Case> {
         "liaison.v1.SharingService/DeclineAccessRequest", Proposal, refused NOT_YOURS => {
             |c| sharing.decline_access_request(pb::DeclineAccessRequestRequest {
                 name: c.n.access_request.clone(), reason: "matrix".into(), ..Default::default()
+            })
+        },
+
+        // --- AccountMappingService, on the owner's mapping with Masked (compared):
+        // only Masked knows of it, its segments and its operation; no one, Masked
+        // included, learns which of the owner's customers are in it. Asking for one
+        // with the owner names Masked's segment: Masked has a mapping with the owner
+        // already, the others no partnership or not that segment.
+        "liaison.v1.AccountMappingService/CreateAccountMapping", Own, refused REFUSALS => {
+            |c| mappings.create_account_mapping(pb::CreateAccountMappingRequest {
+                account_mapping: Some(pb::AccountMapping {
+                    partner: c.n.owner.clone(),
+                    requester_segments: vec![pb::MappingSegment {
+                        segment: c.n.partner_segment.clone(), ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.AccountMappingService/GetAccountMapping", Mapping, tolerates NOT_FOUND => {
+            |c| mappings.get_account_mapping(pb::GetAccountMappingRequest {
+                name: c.n.mapping.clone()
+            })
+        },
+        "liaison.v1.AccountMappingService/ListAccountMappings", Own => {
+            |c| mappings.list_account_mappings(pb::ListAccountMappingsRequest {
+                page_size: 1, ..Default::default()
+            })
+        },
+        // Active already: too late for Masked.
+        "liaison.v1.AccountMappingService/AcceptAccountMapping", Mapping, refused NOT_YET => {
+            |c| mappings.accept_account_mapping(pb::AcceptAccountMappingRequest {
+                name: c.n.mapping.clone(),
+                segments: vec![c.n.partner_segment.clone()],
+                ..Default::default()
+            })
+        },
+        "liaison.v1.AccountMappingService/DeclineAccountMapping", Mapping, refused NOT_YET => {
+            |c| mappings.decline_account_mapping(pb::DeclineAccountMappingRequest {
+                name: c.n.mapping.clone(), ..Default::default()
+            })
+        },
+        // Masked names its own segment again.
+        "liaison.v1.AccountMappingService/UpdateAccountMapping", Mapping,
+        tolerates NOT_FOUND => {
+            |c| mappings.update_account_mapping(pb::UpdateAccountMappingRequest {
+                account_mapping: Some(pb::AccountMapping {
+                    name: c.n.mapping.clone(),
+                    partner_segments: vec![pb::MappingSegment {
+                        segment: c.n.partner_segment.clone(), ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                update_mask: mask(&["partner_segments"]),
+                ..Default::default()
+            })
+        },
+        // Just compared: fresh, for Masked.
+        "liaison.v1.AccountMappingService/RefreshAccountMapping", Mapping,
+        tolerates NOT_YET => {
+            |c| mappings.refresh_account_mapping(pb::RefreshAccountMappingRequest {
+                name: c.n.mapping.clone(), ..Default::default()
+            })
+        },
+        // Masked asks for the owner's matched records: requests it cannot read the
+        // records from (the next row lists them).
+        "liaison.v1.AccountMappingService/RequestOverlapAccess", Mapping,
+        tolerates NOT_FOUND => {
+            |c| mappings.request_overlap_access(pb::RequestOverlapAccessRequest {
+                name: c.n.mapping.clone(),
+                segment: c.n.partner_segment.clone(),
+                partner_segment: c.n.mapping_segment.clone(),
+                level: Read as i32,
+                reason: "matrix".into(),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.SharingService/ListAccessRequests", Own => {
+            |c| sharing.list_access_requests(pb::ListAccessRequestsRequest {
+                direction: pb::list_access_requests_request::Direction::Outgoing as i32,
+                page_size: 50,
+                ..Default::default()
+            })
+        },
+        "liaison.v1.AccountMappingService/AnswerOverlapAccess", Mapping,
+        tolerates NOT_FOUND => {
+            |c| mappings.answer_overlap_access(pb::AnswerOverlapAccessRequest {
+                name: c.n.mapping.clone(), approve: false, reason: "matrix".into(),
+                ..Default::default()
+            })
+        },
+
+        // --- google.longrunning.Operations: the mapping's comparison, finished.
+        "google.longrunning.Operations/GetOperation", Mapping, tolerates NOT_FOUND => {
+            |c| operations.get_operation(GetOperationRequest { name: c.n.operation.clone() })
+        },
+        "google.longrunning.Operations/ListOperations", Own => {
+            |c| operations.list_operations(ListOperationsRequest {
+                name: "operations".into(), page_size: 1, ..Default::default()
+            })
+        },
+        "google.longrunning.Operations/WaitOperation", Mapping, tolerates NOT_FOUND => {
+            |c| operations.wait_operation(WaitOperationRequest {
+                name: c.n.operation.clone(),
+                timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            })
+        },
+        // Finished: too late for Masked.
+        "google.longrunning.Operations/CancelOperation", Mapping, refused NOT_YET => {
+            |c| operations.cancel_operation(CancelOperationRequest {
+                name: c.n.operation.clone()
+            })
+        },
+        "google.longrunning.Operations/DeleteOperation", Mapping, tolerates NOT_FOUND => {
+            |c| operations.delete_operation(DeleteOperationRequest {
+                name: c.n.operation.clone()
+            })
+        },
+        "liaison.v1.AccountMappingService/EndAccountMapping", Mapping, tolerates NOT_FOUND => {
+            |c| mappings.end_account_mapping(pb::EndAccountMappingRequest {
+                name: c.n.mapping.clone(), ..Default::default()
             })
         },
 
@@ -1061,7 +1192,10 @@ fn watch_feed(c: Ctx) -> Reply {
 fn assert_every_method_has_a_case(pool: &DescriptorPool, cases: &[Case]) {
     let methods: BTreeSet<String> = pool
         .services()
-        .filter(|s| s.full_name().starts_with("liaison.v1."))
+        .filter(|s| {
+            s.full_name().starts_with("liaison.v1.")
+                || s.full_name().starts_with("google.longrunning.")
+        })
         .flat_map(|s| {
             s.methods()
                 .map(|m| format!("{}/{}", s.full_name(), m.name()))
@@ -1110,12 +1244,18 @@ struct Names {
     /// The owner's segment, and its rule sharing it with Masked.
     segment: String,
     rule: String,
+    /// The owner's account mapping with Masked, its comparison's operation, and the
+    /// segments in it: the owner's and Masked's.
+    mapping: String,
+    operation: String,
+    mapping_segment: String,
+    partner_segment: String,
     /// An event of the owner's feed.
     event_id: String,
 }
 
 impl Names {
-    fn labelled(&self) -> [(&'static str, &str); 21] {
+    fn labelled(&self) -> [(&'static str, &str); 25] {
         [
             ("<owner>", &self.owner),
             ("<customer>", &self.customer),
@@ -1137,6 +1277,10 @@ impl Names {
             ("<preset>", &self.preset),
             ("<segment>", &self.segment),
             ("<rule>", &self.rule),
+            ("<mapping>", &self.mapping),
+            ("<operation>", &self.operation),
+            ("<mapping_segment>", &self.mapping_segment),
+            ("<partner_segment>", &self.partner_segment),
             ("<event>", &self.event_id),
         ]
     }
@@ -1169,6 +1313,10 @@ impl Names {
             preset: new(&self.preset),
             segment: new(&self.segment),
             rule: new(&self.rule),
+            mapping: new(&self.mapping),
+            operation: new(&self.operation),
+            mapping_segment: new(&self.mapping_segment),
+            partner_segment: new(&self.partner_segment),
             event_id: new(&self.event_id),
         }
     }
@@ -1207,7 +1355,9 @@ clients!(
     customers: CustomerServiceClient,
     events: EventServiceClient,
     interactions: InteractionServiceClient,
+    mappings: AccountMappingServiceClient,
     members: MemberServiceClient,
+    operations: OperationsClient,
     partnerships: PartnershipServiceClient,
     sharing: SharingServiceClient,
     webhooks: WebhookServiceClient,
@@ -1717,6 +1867,105 @@ async fn owner_writes_canaries(app: &TestApp, owner: &Org, customer: &str, case:
         .unwrap();
 }
 
+/// The owner's account mapping with Masked, as the set-up made it.
+struct Mapped {
+    name: String,
+    /// Its first comparison's operation, finished.
+    operation: String,
+    /// The owner's segment in it, and Masked's.
+    ours: String,
+    theirs: String,
+}
+
+/// The owner asks Masked to map accounts and Masked accepts: five customers of each,
+/// matching by phone. The owner's are named and mailed with canaries no one may read,
+/// Masked included; its segment's filter is another. Returns the mapping, compared,
+/// and the owner's customers in it.
+async fn map_accounts(app: &TestApp, acme: &Org, masked: &Org) -> (Mapped, Vec<String>) {
+    let mut mapped = vec![];
+    for (i, family) in ["Ash", "Birch", "Cedar", "Dogwood", "Elm"]
+        .into_iter()
+        .enumerate()
+    {
+        let phones = vec![pb::PhoneContact {
+            number: format!("+141555501{}", 60 + i),
+            ..Default::default()
+        }];
+        let lower = family.to_lowercase();
+        let ours = pb::Customer {
+            phones: phones.clone(),
+            tags: vec!["canarymapfilter".into()],
+            ..person(
+                "Canarymapped",
+                family,
+                &format!("canarymapped.{lower}@clients.example"),
+            )
+        };
+        mapped.push(create(app, acme, ours).await.name);
+        let theirs = pb::Customer {
+            phones,
+            tags: vec!["partnermapped".into()],
+            ..person(
+                "Partner",
+                family,
+                &format!("{lower}@masked-clients.example"),
+            )
+        };
+        create(app, masked, theirs).await;
+    }
+    let ours = create_segment(app, acme, "Canarymapseg Clients", "tag = canarymapfilter")
+        .await
+        .expect("the owner's segment");
+    let theirs = create_segment(app, masked, "Canarypartseg Clients", "tag = partnermapped")
+        .await
+        .expect("Masked's segment");
+    let proposed = app
+        .mappings(&acme.admin_key)
+        .create_account_mapping(pb::CreateAccountMappingRequest {
+            account_mapping: Some(pb::AccountMapping {
+                partner: masked.name.clone(),
+                requester_segments: vec![pb::MappingSegment {
+                    segment: ours.name.clone(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("ask for a mapping")
+        .into_inner();
+    let operation = app
+        .mappings(&masked.admin_key)
+        .accept_account_mapping(pb::AcceptAccountMappingRequest {
+            name: proposed.name.clone(),
+            segments: vec![theirs.name.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("accept the mapping")
+        .into_inner();
+    let operation = finish(app, &acme.read_key, operation).await;
+    let compared = mapping_of(&operation);
+    // All five in both: Masked may ask for the owner's records.
+    let both = compared.overlaps.first().and_then(|o| o.both);
+    assert_eq!(
+        both,
+        Some(pb::MappingCount {
+            value: 5,
+            bound: pb::mapping_count::Bound::Exact as i32,
+        }),
+        "{compared:?}"
+    );
+    let mapping = Mapped {
+        name: proposed.name,
+        operation: operation.name,
+        ours: ours.name,
+        theirs: theirs.name,
+    };
+    (mapping, mapped)
+}
+
 /// Everything set up before the matrix runs.
 struct Scene {
     app: TestApp,
@@ -2018,6 +2267,7 @@ async fn set_up(backend: Backend) -> Scene {
         .await
         .unwrap()
         .into_inner();
+    let (mapping, mapped) = map_accounts(&app, acme, of(Masked)).await;
 
     // The owner's keys and certificate: one to revoke by name, one revoked already.
     let certificate = app
@@ -2078,7 +2328,7 @@ async fn set_up(backend: Backend) -> Scene {
         needle: fold(value),
         seen_by,
     };
-    let canaries = vec![
+    let mut canaries = vec![
         // Masked sees the display name, "Vera Canaryfamily", so the family name too.
         canary("family name", "Canaryfamily", &[Masked]),
         canary("email", "canarymail", &[Writer]),
@@ -2124,7 +2374,32 @@ async fn set_up(backend: Backend) -> Scene {
         canary("rule id", id_of(&masked_rule.name), &[Masked]),
         // Seen before the suspension, never after.
         canary("Suspended's rule", "Canarysusrule", &[Suspended]),
+        // The mapping is Masked's to know, with both sides' segments (never a filter);
+        // the owner's records in it are no one's.
+        canary("mapping id", id_of(&mapping.name), &[Masked]),
+        canary(
+            "mapping's operation id",
+            id_of(&mapping.operation),
+            &[Masked],
+        ),
+        canary("owner's mapping segment", "Canarymapseg", &[Masked]),
+        canary(
+            "owner's mapping segment id",
+            id_of(&mapping.ours),
+            &[Masked],
+        ),
+        canary("Masked's mapping segment", "Canarypartseg", &[Masked]),
+        canary(
+            "Masked's mapping segment id",
+            id_of(&mapping.theirs),
+            &[Masked],
+        ),
+        canary("owner's mapping segment filter", "canarymapfilter", &[]),
+        canary("mapped customers' names and emails", "canarymapped", &[]),
     ];
+    for customer in &mapped {
+        canaries.push(canary("mapped customer's id", id_of(customer), &[]));
+    }
     let names = Names {
         owner: acme.name.clone(),
         customer: c.clone(),
@@ -2146,6 +2421,10 @@ async fn set_up(backend: Backend) -> Scene {
         preset: preset.name,
         segment: segment.name,
         rule: masked_rule.name,
+        mapping: mapping.name,
+        operation: mapping.operation,
+        mapping_segment: mapping.ours,
+        partner_segment: mapping.theirs,
         event_id: owners_event.id,
     };
     Scene {

@@ -35,7 +35,7 @@ fn tagged(given: &str, tags: &[&str]) -> pb::Customer {
     c
 }
 
-async fn create_segment(
+pub(crate) async fn create_segment(
     app: &TestApp,
     org: &Org,
     display_name: &str,
@@ -55,7 +55,7 @@ async fn create_segment(
         .map(|r| r.into_inner())
 }
 
-async fn count(app: &TestApp, key: &str, segment: &str) -> Result<i64, Status> {
+pub(crate) async fn count(app: &TestApp, key: &str, segment: &str) -> Result<i64, Status> {
     app.sharing(key)
         .count_segment_members(pb::CountSegmentMembersRequest {
             name: segment.into(),

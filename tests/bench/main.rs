@@ -32,6 +32,7 @@ const ALL: &[&str] = &[
     "get_customer",
     "get_by_rule",
     "segments",
+    "mapping",
     "list_customers",
     "update_customer",
     "batch_upsert",
@@ -277,6 +278,13 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         progress(args, "segments");
         rows.extend(scenarios::segments(&ctx).await?);
         // Its database work is not counted, nor left to the next scenario's.
+        if let (Some(d), Some(m)) = (&dbwork, mark.take()) {
+            mark = Some(d.since(m).await?.1);
+        }
+    }
+    if wanted(args, "mapping") {
+        progress(args, "mapping");
+        rows.extend(scenarios::mapping(&ctx).await?);
         if let (Some(d), Some(m)) = (&dbwork, mark.take()) {
             mark = Some(d.since(m).await?.1);
         }

@@ -994,3 +994,172 @@ pub async fn get_by_rule(ctx: &Ctx) -> anyhow::Result<Row> {
     );
     Ok(row)
 }
+
+/// An account mapping between the vendor (its segment of every person: all its
+/// customers) and the retailer (its segment of every person it sees: the customers
+/// granted to it): the comparison's time from AcceptAccountMapping to a finished
+/// operation, and the hub's peak memory while it ran. Then one RequestOverlapAccess
+/// (1,000 access requests) and one AnswerOverlapAccess approving them (1,000 grants).
+pub async fn mapping(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    use liaison::google::longrunning::{GetOperationRequest, operation::Result as Outcome};
+    let conns = ctx.conns();
+    let (vendor, retail) = (&ctx.fx.vendor, &ctx.fx.retail);
+    let mut segments = vec![];
+    for org in [vendor, retail] {
+        let s = conns
+            .sharing(0, &org.admin_key)
+            .create_segment(pb::CreateSegmentRequest {
+                parent: org.name.clone(),
+                segment: Some(pb::Segment {
+                    display_name: "People".into(),
+                    filter: "kind = PERSON".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        segments.push(s.name);
+    }
+    let t = Instant::now();
+    let m = conns
+        .mappings(0, &vendor.admin_key)
+        .create_account_mapping(pb::CreateAccountMappingRequest {
+            account_mapping: Some(pb::AccountMapping {
+                partner: retail.name.clone(),
+                requester_segments: vec![pb::MappingSegment {
+                    segment: segments[0].clone(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner();
+    let create_ms = t.elapsed().as_secs_f64() * 1e3;
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let t = Instant::now();
+    let op = conns
+        .mappings(0, &retail.admin_key)
+        .accept_account_mapping(pb::AcceptAccountMappingRequest {
+            name: m.name.clone(),
+            segments: vec![segments[1].clone()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let accept_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut ops = conns.operations(0, &vendor.read_key);
+    let done = loop {
+        let o = ops
+            .get_operation(GetOperationRequest {
+                name: op.name.clone(),
+            })
+            .await?
+            .into_inner();
+        if o.done {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    let spent = meter.finish();
+    if let Some(Outcome::Error(e)) = &done.result {
+        anyhow::bail!("the comparison failed: {}", e.message);
+    }
+    let read = done
+        .metadata
+        .as_ref()
+        .and_then(|a| <pb::OperationMetadata as prost::Message>::decode(a.value.as_slice()).ok())
+        .map_or(0, |m| m.done);
+    let mapping = conns
+        .mappings(0, &vendor.read_key)
+        .get_account_mapping(pb::GetAccountMappingRequest {
+            name: m.name.clone(),
+        })
+        .await?
+        .into_inner();
+    let both = mapping
+        .overlaps
+        .first()
+        .and_then(|o| o.both)
+        .map_or(0, |c| c.value);
+    let samples = Samples {
+        micros: vec![(seconds * 1e6) as u64],
+        errors: 0,
+        first_error: None,
+    };
+    let mut rows = vec![Row::new(
+        "mapping_compare",
+        "records/s",
+        samples,
+        read as u64,
+        seconds,
+        spent,
+        format!(
+            "AcceptAccountMapping to a finished comparison: {read} records read on both sides, {both} in both; CreateAccountMapping {create_ms:.0} ms (counts the segment), AcceptAccountMapping {accept_ms:.0} ms"
+        ),
+    )];
+    let timed = async |label: &str,
+                       call: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<i64, Status>> + '_>,
+    >| {
+        let meter = Meter::start(Some(ctx.hub_pid));
+        let t = Instant::now();
+        let result = call.await;
+        let seconds = t.elapsed().as_secs_f64();
+        let n = result.as_ref().map_or(0, |n| *n);
+        Row::new(
+            label,
+            "records/s",
+            Samples {
+                micros: vec![(seconds * 1e6) as u64],
+                errors: u64::from(result.is_err()),
+                first_error: result.err().map(|e| e.to_string()),
+            },
+            n as u64,
+            seconds,
+            meter.finish(),
+            format!("one call, {n} records"),
+        )
+    };
+    let mut asker = conns.mappings(0, &vendor.admin_key);
+    rows.push(
+        timed(
+            "mapping_request_access",
+            Box::pin(async {
+                asker
+                    .request_overlap_access(pb::RequestOverlapAccessRequest {
+                        name: m.name.clone(),
+                        segment: segments[0].clone(),
+                        partner_segment: segments[1].clone(),
+                        level: pb::AccessLevel::Read as i32,
+                        reason: "benchmark".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().requested)
+            }),
+        )
+        .await,
+    );
+    let mut answerer = conns.mappings(0, &retail.admin_key);
+    rows.push(
+        timed(
+            "mapping_answer_access",
+            Box::pin(async {
+                answerer
+                    .answer_overlap_access(pb::AnswerOverlapAccessRequest {
+                        name: m.name.clone(),
+                        approve: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().answered)
+            }),
+        )
+        .await,
+    );
+    Ok(rows)
+}

@@ -12,6 +12,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use liaison::google::longrunning::operations_client::OperationsClient;
+use pb::account_mapping_service_client::AccountMappingServiceClient;
 use pb::admin_service_client::AdminServiceClient;
 use pb::customer_service_client::CustomerServiceClient;
 use pb::event_service_client::EventServiceClient;
@@ -71,6 +73,12 @@ impl Conns {
     }
     pub fn sharing(&self, i: usize, key: &str) -> SharingServiceClient<Authed> {
         SharingServiceClient::new(self.authed(i, key))
+    }
+    pub fn mappings(&self, i: usize, key: &str) -> AccountMappingServiceClient<Authed> {
+        AccountMappingServiceClient::new(self.authed(i, key))
+    }
+    pub fn operations(&self, i: usize, key: &str) -> OperationsClient<Authed> {
+        OperationsClient::new(self.authed(i, key))
     }
     pub fn partnerships(&self, i: usize, key: &str) -> PartnershipServiceClient<Authed> {
         PartnershipServiceClient::new(self.authed(i, key))

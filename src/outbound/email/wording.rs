@@ -161,6 +161,9 @@ pub(super) fn organizations_in(event: &pb::Event) -> Vec<&str> {
         Some(Payload::Case(c)) => named.push(&c.opened_by),
         Some(Payload::CaseHistoryEntry(h)) => named.push(&h.organization),
         Some(Payload::AccessRequest(r)) => named.extend([r.requester.as_str(), r.owner.as_str()]),
+        Some(Payload::AccountMapping(m)) => {
+            named.extend([m.requester.as_str(), m.partner.as_str()])
+        }
         _ => {}
     }
     named.retain(|o| o.starts_with("organizations/"));
@@ -266,6 +269,14 @@ fn heading(thread: &Thread<'_>, names: &Names) -> (String, Vec<Detail>) {
             format!("Access request from {}", names.organization(&r.requester))
         }
         Some(Payload::WebhookEndpoint(e)) => format!("Webhook endpoint {}", e.url),
+        Some(Payload::AccountMapping(m)) => {
+            let other = if m.requester == names.own {
+                &m.partner
+            } else {
+                &m.requester
+            };
+            format!("Account mapping with {}", names.organization(other))
+        }
         _ => key.to_owned(),
     };
     (title, vec![])
@@ -442,6 +453,38 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
                 _ => "Sharing changed",
             };
             by(&format!("{what}: {}", r.display_name))
+        }
+        Some(Payload::AccountMapping(m)) => {
+            let segments = |list: &[pb::MappingSegment]| {
+                list.iter()
+                    .map(|s| s.display_name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            details.push(Detail::new(
+                "Requester's segments",
+                segments(&m.requester_segments),
+            ));
+            if !m.partner_segments.is_empty() {
+                details.push(Detail::new(
+                    "Partner's segments",
+                    segments(&m.partner_segments),
+                ));
+            }
+            let what = match kind {
+                Some(EventType::AccountMappingRequested) => "Account mapping asked for",
+                Some(EventType::AccountMappingAccepted) => "Account mapping accepted",
+                Some(EventType::AccountMappingDeclined) => "Account mapping declined",
+                Some(EventType::AccountMappingEnded) => "Account mapping ended",
+                Some(EventType::AccountMappingAccessRequested) => {
+                    "Access asked for to the overlap of an account mapping"
+                }
+                Some(EventType::AccountMappingAccessAnswered) => {
+                    "Access to the overlap of an account mapping answered"
+                }
+                _ => "Account mapping changed",
+            };
+            by(what)
         }
         Some(Payload::WebhookEndpoint(e)) => {
             details.push(Detail::new("Endpoint", e.url.clone()));

@@ -230,6 +230,11 @@ impl Store {
         &self.timers
     }
 
+    /// Wakes the operations worker (an operation was queued or cancelled here).
+    pub fn operations_signal(&self) -> &Arc<Notify> {
+        &self.operations
+    }
+
     pub fn clock(&self) -> &crate::domain::notify::Clock {
         &self.clock
     }
