@@ -13,6 +13,8 @@ CREATE TABLE account_mappings (
     compare_time    BIGINT,
     -- The earliest time it may be compared again.
     refresh_time    BIGINT,
+    -- When the hub next weighs whether to compare it again by itself.
+    check_time      BIGINT,
     operation_id    TEXT,
     ended_by        TEXT    REFERENCES organizations (id),
     revision        BIGINT  NOT NULL,
@@ -22,7 +24,10 @@ CREATE TABLE account_mappings (
 );
 CREATE INDEX account_mappings_by_requester ON account_mappings (requester_id, id);
 CREATE INDEX account_mappings_by_partner ON account_mappings (partner_id, id);
-CREATE INDEX account_mappings_by_state ON account_mappings (state, compare_time);
+CREATE INDEX account_mappings_to_check ON account_mappings (state, check_time);
+-- One open mapping between two organizations, whichever asked.
+CREATE UNIQUE INDEX account_mappings_one_open ON account_mappings
+    (min(requester_id, partner_id), max(requester_id, partner_id)) WHERE state IN ('proposed', 'active');
 
 -- The segments each side named, in order.
 CREATE TABLE mapping_segments (
@@ -47,7 +52,13 @@ CREATE TABLE mapping_matches (
 );
 
 -- Access requests made through a mapping's overlap name it (and no match handle).
+-- One pending request per requester and customer, and per mapping: asking through a
+-- mapping is independent of what else the requester asked for (so the number asked
+-- gives nothing else away).
 ALTER TABLE access_requests ADD COLUMN mapping_id TEXT REFERENCES account_mappings (id);
+DROP INDEX access_requests_one_pending;
+CREATE UNIQUE INDEX access_requests_one_pending
+    ON access_requests (requester_id, customer_id, COALESCE(mapping_id, '')) WHERE state = 'pending';
 CREATE INDEX access_requests_by_mapping ON access_requests (mapping_id, owner_id, state)
     WHERE mapping_id IS NOT NULL;
 

@@ -257,19 +257,24 @@ impl AccountMappingService for AccountMappingApi {
     ) -> Result<Response<Operation>, Status> {
         let caller = caller_of(&request)?;
         caller.require(Scope::Write)?;
-        let name = &request.get_ref().name;
+        let request = request.into_inner();
+        let name = request.name.as_str();
         let id = mapping_name(name, "name")?;
         let hub = &self.hub;
-        let op = app::refresh(
-            &hub.store,
-            &hub.customers,
-            &hub.mapping,
-            Some(&caller),
-            (&id, name),
-        )
-        .await?;
-        tracing::info!(mapping = %name, operation = %op.id, "account mapping refresh asked for");
-        Ok(Response::new(operation_to_pb(&op, None)))
+        let m = app::mapping(&hub.store, &caller, (&id, name)).await?;
+        let weighed = app::weigh_refresh(&hub.store, &hub.customers, &hub.mapping, &m).await?;
+        let response = match weighed {
+            app::Weighed::Running(op) => operation_to_pb(&op, None),
+            app::Weighed::Start => {
+                idempotent(hub, &caller, &request, async |tx| {
+                    let op = app::start_refresh(tx, (&id, name)).await?;
+                    Ok(operation_to_pb(&op, None))
+                })
+                .await?
+            }
+        };
+        tracing::info!(mapping = %name, operation = %response.name, "account mapping refresh asked for");
+        Ok(Response::new(response))
     }
 
     async fn end_account_mapping(

@@ -98,6 +98,7 @@ retryable!(
     DeclineAccountMapping: pb::DeclineAccountMappingRequest,
     UpdateAccountMapping: pb::UpdateAccountMappingRequest,
     EndAccountMapping: pb::EndAccountMappingRequest,
+    RefreshAccountMapping: pb::RefreshAccountMappingRequest,
     RequestOverlapAccess: pb::RequestOverlapAccessRequest,
     AnswerOverlapAccess: pb::AnswerOverlapAccessRequest,
     AcceptTask: pb::AcceptTaskRequest,

@@ -40,8 +40,9 @@ pub const MAX_OVERLAP_BATCH: usize = 1000;
 const PAGE: usize = 1000;
 
 /// How long a worker holds an operation without recording progress before another
-/// replica may take it over.
-const LEASE: SignedDuration = SignedDuration::from_secs(60);
+/// replica may take it over: longer than any step between two records of progress
+/// (counting the segments first, writing the matched records last).
+const LEASE: SignedDuration = SignedDuration::from_mins(10);
 
 /// The hub's mapping settings.
 #[derive(Debug, Clone)]
@@ -179,6 +180,7 @@ pub async fn create_mapping(
         inputs: vec![],
         compare_time: None,
         refresh_time: None,
+        check_time: None,
         operation_id: None,
         ended_by: None,
         revision: 1,
@@ -415,6 +417,36 @@ pub async fn end(
     Ok(m)
 }
 
+/// Ends the open mappings between `a` and `b` once no active partnership joins them
+/// (one was ended by `actor`): a mapping needs a partnership, as sharing does.
+pub async fn end_with_partnership(tx: &mut Tx, actor: &OrgRef, (a, b): (&str, &str)) -> Result<()> {
+    if tx.active_partnership_between(a, b).await?.is_some() {
+        return Ok(());
+    }
+    let now = now();
+    for id in tx.open_mappings_between(a, b).await? {
+        let Some(mut m) = tx.account_mapping(&id, true).await? else {
+            continue;
+        };
+        if let Some(op) = m.operation_id.take() {
+            tx.finish_operation(
+                &op,
+                OperationState::Cancelled,
+                Some((tonic_code::CANCELLED, "the partnership ended")),
+                now,
+            )
+            .await?;
+        }
+        m.state = MappingState::Ended;
+        m.ended_by = Some(actor.clone());
+        m.end_time = Some(now);
+        let name = names::account_mapping(&m.id);
+        write(tx, &mut m, &name).await?;
+        mapping_event(tx, EventType::AccountMappingEnded, &m);
+    }
+    Ok(())
+}
+
 /// gRPC status codes an operation's error carries (google.rpc.Code).
 pub mod tonic_code {
     pub const CANCELLED: i32 = 1;
@@ -460,7 +492,7 @@ async fn current_inputs(
 /// Whether active mapping `m` may be compared again now (see
 /// [`crate::domain::mapping::may_refresh`]); `Err(FAILED_PRECONDITION MAPPING_FRESH)`
 /// says why not.
-pub async fn refresh_allowed(
+async fn refresh_allowed(
     store: &Store,
     customers: &CustomerSettings,
     settings: &MappingSettings,
@@ -498,22 +530,68 @@ pub async fn refresh_allowed(
     .map_err(fresh)
 }
 
-/// Starts a comparison of mapping `id` if it is active, not being compared, and may
-/// be refreshed: returns the operation (a running one as it is).
-pub async fn refresh(
+/// Refused unless the two sides of `m` stand in an active partnership.
+async fn partnered(store: &Store, m: &AccountMapping) -> Result<()> {
+    match store
+        .active_partnership_between(&m.requester.id, &m.partner.id)
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(no_partnership(m)),
+    }
+}
+
+fn no_partnership(m: &AccountMapping) -> Error {
+    Error::failed_precondition(
+        "NO_ACTIVE_PARTNERSHIP",
+        format!(
+            "{} and {} have no active partnership",
+            m.requester.slug, m.partner.slug
+        ),
+    )
+}
+
+/// What weighing a refresh of a mapping found.
+pub enum Weighed {
+    /// A comparison is running already.
+    Running(Box<Operation>),
+    /// One may start ([`start_refresh`]).
+    Start,
+}
+
+/// Weighs whether active mapping `m` may be compared again now, outside a
+/// transaction (it counts the segments' members).
+pub async fn weigh_refresh(
     store: &Store,
     customers: &CustomerSettings,
     settings: &MappingSettings,
-    caller: Option<&Caller>,
-    (id, name): (&MappingId, &str),
-) -> Result<Operation> {
-    let m = match caller {
-        Some(caller) => mapping(store, caller, (id, name)).await?,
-        None => store
-            .account_mapping(id)
-            .await?
-            .ok_or_else(|| mapping_not_found(name))?,
-    };
+    m: &AccountMapping,
+) -> Result<Weighed> {
+    let name = names::account_mapping(&m.id);
+    if m.state != MappingState::Active {
+        return Err(Error::failed_precondition(
+            "MAPPING_NOT_ACTIVE",
+            format!("{name} is {}", m.state.as_str()),
+        ));
+    }
+    partnered(store, m).await?;
+    if let Some(op) = &m.operation_id
+        && let Some(op) = store.operation(op).await?
+        && !op.state.done()
+    {
+        return Ok(Weighed::Running(Box::new(op)));
+    }
+    refresh_allowed(store, customers, settings, m).await?;
+    Ok(Weighed::Start)
+}
+
+/// Starts the comparison [`weigh_refresh`] allowed; if another started meanwhile,
+/// returns that one.
+pub async fn start_refresh(tx: &mut Tx, (id, name): (&MappingId, &str)) -> Result<Operation> {
+    let mut m = tx
+        .account_mapping(id, true)
+        .await?
+        .ok_or_else(|| mapping_not_found(name))?;
     if m.state != MappingState::Active {
         return Err(Error::failed_precondition(
             "MAPPING_NOT_ACTIVE",
@@ -521,22 +599,13 @@ pub async fn refresh(
         ));
     }
     if let Some(op) = &m.operation_id
-        && let Some(op) = store.operation(op).await?
+        && let Some(op) = tx.operation(op).await?
+        && !op.state.done()
     {
         return Ok(op);
     }
-    refresh_allowed(store, customers, settings, &m).await?;
-    let mut tx = store.begin().await?;
-    let (mut current, _) = match tx.account_mapping(id, true).await? {
-        Some(current) if current.revision == m.revision => (current, ()),
-        _ => {
-            // Changed while its refresh was weighed.
-            return Err(Error::StaleEtag(name.to_owned()));
-        }
-    };
-    let op = start_comparison(&mut tx, &mut current).await?;
-    write(&mut tx, &mut current, name).await?;
-    tx.commit().await?;
+    let op = start_comparison(tx, &mut m).await?;
+    write(tx, &mut m, name).await?;
     Ok(op)
 }
 
@@ -565,7 +634,8 @@ pub async fn list_operations(
     store.operations_of(&org.id, done, page).await
 }
 
-/// Asks a running operation to stop.
+/// Asks a running operation to stop. One still waiting ends at once, and the mapping
+/// it was to compare may be compared again.
 pub async fn cancel_operation(
     store: &Store,
     caller: &Caller,
@@ -578,7 +648,16 @@ pub async fn cancel_operation(
             format!("{name} has finished"),
         ));
     }
-    Ok(())
+    let mut tx = store.begin().await?;
+    if let Some(mut m) = tx.account_mapping(&op.target_id, true).await?
+        && m.operation_id.as_deref() == Some(op.id.as_str())
+        && tx.operation(&op.id).await?.is_some_and(|o| o.state.done())
+    {
+        m.operation_id = None;
+        let mapping_name = names::account_mapping(&m.id);
+        write(&mut tx, &mut m, &mapping_name).await?;
+    }
+    tx.commit().await
 }
 
 /// Forgets a finished operation.
@@ -656,6 +735,13 @@ pub async fn request_overlap_access(
             ))
         }
     };
+    if tx
+        .active_partnership_between(&m.requester.id, &m.partner.id)
+        .await?
+        .is_none()
+    {
+        return Err(no_partnership(&m));
+    }
     let mine = in_side(&ask.segment, side, "segment")?;
     let theirs = in_side(&ask.partner_segment, side.other(), "partner_segment")?;
     let (requester_segment, partner_segment) = match side {
@@ -688,7 +774,7 @@ pub async fn request_overlap_access(
             &m.id,
             (&requester_segment, &partner_segment),
             side.other(),
-            &me.id,
+            (&me.id, &owner.id),
             MAX_OVERLAP_BATCH,
         )
         .await?;
@@ -737,10 +823,10 @@ pub async fn answer_overlap_access(
     let answered = pending.len() as i64;
     for mut r in pending {
         let request_name = names::access_request(&r.id);
-        let still_there = tx
-            .customer(&me.id, &r.customer_id)
-            .await?
-            .is_some_and(|c| c.customer.state == crate::domain::customer::RecordState::Active);
+        let still_there = tx.customer(&me.id, &r.customer_id).await?.is_some_and(|c| {
+            c.customer.state == crate::domain::customer::RecordState::Active
+                && c.customer.owner.id == me.id
+        });
         if approve && !still_there {
             let gone = Reason::parse("the customer is no longer active")
                 .map_err(|v| Error::Internal(anyhow::anyhow!(v.description)))?;
@@ -764,6 +850,8 @@ struct Reading<'a> {
     done: i64,
     total: i64,
     hasher: &'a RandomState,
+    /// Segments that had fewer members than the threshold once read, with their size.
+    left_out: Vec<(String, i64)>,
 }
 
 /// Runs the hub's long-running operations (comparisons) and starts the refreshes of
@@ -772,9 +860,6 @@ pub struct Comparisons {
     store: Store,
     customers: Arc<CustomerSettings>,
     settings: MappingSettings,
-    /// When each mapping's inputs were last weighed for a refresh (by the workers'
-    /// clock), so an unchanged mapping is not counted again at every look.
-    weighed: HashMap<String, Timestamp>,
 }
 
 impl Comparisons {
@@ -783,18 +868,17 @@ impl Comparisons {
             store,
             customers,
             settings,
-            weighed: HashMap::new(),
         }
     }
 
     /// How often the worker looks for due refreshes (by the workers' clock, which
     /// tests move): the refresh interval, between a second and a minute.
-    fn cadence(&self) -> Duration {
+    fn cadence(&self) -> SignedDuration {
         let secs = self.settings.refresh_interval.as_secs().clamp(1, 60);
-        Duration::from_secs(secs as u64)
+        SignedDuration::from_secs(secs)
     }
 
-    pub async fn run(mut self) {
+    pub async fn run(self) {
         let mut last_look: Option<Timestamp> = None;
         loop {
             let mut busy = false;
@@ -807,10 +891,9 @@ impl Comparisons {
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "failed to look for operations"),
             }
-            let cadence = SignedDuration::try_from(self.cadence()).unwrap_or(LEASE);
-            if !busy && last_look.is_none_or(|t| now.duration_since(t) >= cadence) {
+            if !busy && last_look.is_none_or(|t| now.duration_since(t) >= self.cadence()) {
                 last_look = Some(now);
-                if let Err(error) = self.refresh_due().await {
+                if let Err(error) = self.refresh_due(now).await {
                     tracing::warn!(%error, "failed to look for mappings to refresh");
                 }
             }
@@ -818,43 +901,53 @@ impl Comparisons {
             if busy {
                 continue;
             }
-            let nap = self.cadence().min(Duration::from_secs(5));
+            let nap = Duration::try_from(self.cadence())
+                .unwrap_or(Duration::from_secs(5))
+                .min(Duration::from_secs(5));
             let _ = tokio::time::timeout(nap, self.store.operations_signal().notified()).await;
         }
     }
 
-    /// Starts a comparison of each active mapping whose refresh is due.
-    async fn refresh_due(&mut self) -> Result<()> {
-        let now = self.store.clock().now();
-        let before = now - self.settings.refresh_interval;
-        for id in self.store.mappings_to_refresh(before, 20).await? {
-            if self
-                .weighed
-                .get(&id)
-                .is_some_and(|t| now.duration_since(*t) < SignedDuration::from_mins(1))
-            {
+    /// Weighs each active mapping whose check time has come, and starts the
+    /// comparisons that may run; the others are weighed again later (when the
+    /// interval ends, or a minute on if too little changed).
+    async fn refresh_due(&self, now: Timestamp) -> Result<()> {
+        let store = &self.store;
+        for id in store.mappings_to_check(now, 20).await? {
+            let Some(m) = store.account_mapping(&id).await? else {
                 continue;
-            }
-            self.weighed.insert(id.clone(), now);
-            let mapping_id = MappingId::from_stored(id.clone());
+            };
             let name = names::account_mapping(&id);
-            match refresh(
-                &self.store,
-                &self.customers,
-                &self.settings,
-                None,
-                (&mapping_id, &name),
-            )
-            .await
-            {
-                Ok(op) => {
-                    tracing::info!(mapping = %name, operation = %op.id, "mapping refresh started")
+            let weighed = weigh_refresh(store, &self.customers, &self.settings, &m).await;
+            let mut tx = store.begin().await?;
+            match weighed {
+                Ok(Weighed::Start) => {
+                    let mapping_id = MappingId::from_stored(id.clone());
+                    match start_refresh(&mut tx, (&mapping_id, &name)).await {
+                        Ok(op) => {
+                            tx.commit().await?;
+                            tracing::info!(mapping = %name, operation = %op.id, "mapping refresh started");
+                        }
+                        Err(error) => {
+                            tracing::warn!(mapping = %name, %error, "failed to refresh a mapping")
+                        }
+                    }
+                    continue;
                 }
-                Err(Error::FailedPrecondition { .. }) | Err(Error::StaleEtag(_)) => {}
+                Ok(Weighed::Running(_)) => continue,
+                Err(Error::FailedPrecondition { .. }) => {}
                 Err(error) => {
-                    tracing::warn!(mapping = %name, %error, "failed to refresh a mapping")
+                    tracing::warn!(mapping = %name, %error, "failed to weigh a mapping's refresh")
                 }
             }
+            // Not now: when the interval ends, or at the next look.
+            let due = m
+                .compare_time
+                .and_then(|t| t.checked_add(self.settings.refresh_interval).ok())
+                .filter(|t| *t > now)
+                .unwrap_or(now + self.cadence());
+            tx.check_mapping_at(&id, m.revision, due).await?;
+            tx.commit().await?;
         }
         Ok(())
     }
@@ -863,28 +956,38 @@ impl Comparisons {
         let outcome = self.compare(op).await;
         let now = self.store.clock().now();
         let finished = async {
-            let mut tx = self.store.begin().await?;
             let (state, error) = match &outcome {
                 Ok(Some(())) => return Ok(()),
                 Ok(None) => (
                     OperationState::Cancelled,
-                    Some((tonic_code::CANCELLED, "cancelled".to_owned())),
+                    (tonic_code::CANCELLED, "cancelled".to_owned()),
                 ),
                 Err(Error::FailedPrecondition { message, .. }) => (
                     OperationState::Failed,
-                    Some((tonic_code::FAILED_PRECONDITION, message.clone())),
+                    (tonic_code::FAILED_PRECONDITION, message.clone()),
                 ),
-                Err(e) => (
+                // Its cause is the hub's to log, not the partners' to read (it may
+                // quote a stored filter).
+                Err(_) => (
                     OperationState::Failed,
-                    Some((tonic_code::INTERNAL, format!("the comparison failed: {e}"))),
+                    (
+                        tonic_code::INTERNAL,
+                        "the comparison failed; the hub's operator has the cause in its log"
+                            .to_owned(),
+                    ),
                 ),
             };
-            let error = error.as_ref().map(|(c, m)| (*c, m.as_str()));
-            tx.finish_operation(&op.id, state, error, now).await?;
-            if let Some(mut m) = tx.account_mapping(&op.target_id, true).await?
+            // The mapping first, as every other change of both takes them.
+            let mut tx = self.store.begin().await?;
+            let mapping = tx.account_mapping(&op.target_id, true).await?;
+            tx.finish_operation(&op.id, state, Some((error.0, &error.1)), now)
+                .await?;
+            if let Some(mut m) = mapping
                 && m.operation_id.as_deref() == Some(op.id.as_str())
             {
                 m.operation_id = None;
+                // Weighed again after an interval, not at once.
+                m.check_time = now.checked_add(self.settings.refresh_interval).ok();
                 let name = names::account_mapping(&m.id);
                 write(&mut tx, &mut m, &name).await?;
             }
@@ -912,6 +1015,10 @@ impl Comparisons {
                 format!("the mapping is {}", m.state.as_str()),
             ));
         }
+        partnered(store, &m).await?;
+        // Changes from here on count towards the next refresh. (By the workers'
+        // clock, which is the system's but where tests move it.)
+        let started = store.clock().now();
         let (inputs, _) = current_inputs(store, &self.customers, &m, None).await?;
         let threshold = i64::from(m.threshold);
         // Segments under the threshold are left out, and their members not read.
@@ -929,6 +1036,7 @@ impl Comparisons {
             done: 0,
             total,
             hasher: &hasher,
+            left_out: vec![],
         };
         let Some((r_members, r_segments)) = self
             .read_side(&m, Side::Requester, &inputs, &mut read)
@@ -972,6 +1080,7 @@ impl Comparisons {
             if let Some((_, size)) = r_segments
                 .iter()
                 .chain(&p_segments)
+                .chain(&read.left_out)
                 .find(|(id, _)| id == &input.segment_id)
             {
                 input.members = *size;
@@ -999,9 +1108,9 @@ impl Comparisons {
         tx.replace_mapping_matches(&m.id, &matches).await?;
         current.overlaps = overlaps;
         current.inputs = inputs;
-        let compared = store.clock().now();
-        current.compare_time = Some(compared);
-        current.refresh_time = compared.checked_add(self.settings.refresh_interval).ok();
+        current.compare_time = Some(started);
+        current.refresh_time = started.checked_add(self.settings.refresh_interval).ok();
+        current.check_time = current.refresh_time;
         current.operation_id = None;
         let name = names::account_mapping(&m.id);
         write(&mut tx, &mut current, &name).await?;
@@ -1058,6 +1167,7 @@ impl Comparisons {
                             customer_id: c.id.clone(),
                             segments: 0,
                             keys: match_keys(read.hasher, c.kind, &c.profile, access.fields()),
+                            owned: c.owner.id == org.id,
                         })
                         .segments |= bit;
                 }
@@ -1070,6 +1180,15 @@ impl Comparisons {
                     Some(next) => after = Some(next),
                     None => break,
                 }
+            }
+            if size < i64::from(m.threshold) {
+                // It shrank under the threshold while being read: left out after all.
+                members.retain(|_, member| {
+                    member.segments &= !bit;
+                    member.segments != 0
+                });
+                read.left_out.push((input.segment_id.clone(), size));
+                continue;
             }
             included.push((input.segment_id.clone(), size));
         }

@@ -115,5 +115,9 @@ pub async fn transition(
         PartnershipAction::End => EventType::PartnershipEnded,
     };
     partnership_event(tx, event_type, &p);
+    if action == PartnershipAction::End {
+        let (a, b) = (&p.proposer.id, &p.recipient.id);
+        super::mapping::end_with_partnership(tx, actor, (a, b)).await?;
+    }
     Ok(p)
 }

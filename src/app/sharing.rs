@@ -559,6 +559,28 @@ pub(super) async fn answer(
                     "the customer asked for is no longer active",
                 )
             })?;
+        // Only an owner grants (a record another organization shares with this one
+        // is not this one's to pass on).
+        if customer.customer.owner.id != org.id {
+            return Err(Error::failed_precondition(
+                "CUSTOMER_NOT_OWNED",
+                "the customer asked for belongs to another organization; only its owner may grant it",
+            ));
+        }
+        // Asked for twice (through a match and through a mapping): the grant the
+        // first approval made serves both.
+        if let Some(existing) = tx
+            .live_grant_to(&customer.customer.id, &r.requester.id)
+            .await?
+        {
+            r.grant_id = Some(existing);
+            r.state = RequestState::Approved;
+            r.decide_time = Some(now());
+            if !tx.decide_access_request(r).await? {
+                return Err(Error::StaleEtag(name.to_owned()));
+            }
+            return Ok(());
+        }
         let g = grant(
             tx,
             org,

@@ -168,18 +168,31 @@ pub struct PairCounts {
 }
 
 impl PairCounts {
-    /// The figures as both sides may see them. Under the threshold the overlap is
-    /// "fewer than" it, and the one-sided counts become bounds: each side knows its
-    /// own segment's size, so an exact "only mine" would give the overlap away.
+    /// Whether the overlap is under the threshold on either side: `both` counts the
+    /// requester's records, and a requester holding many records with one key (say
+    /// N companies at one domain) could otherwise reach the threshold on its side
+    /// with a single record of the partner's.
+    pub fn small(self, threshold: u32) -> bool {
+        let n = i64::from(threshold);
+        self.both < n || self.partner_matched < n
+    }
+
+    /// The figures as both sides may see them. Under the threshold (on either side:
+    /// [`PairCounts::small`]) the overlap is "fewer than" it, and the one-sided counts
+    /// become bounds: each side knows its own segment's size, so an exact "only mine"
+    /// would give the overlap away.
     pub fn shown(self, threshold: u32) -> (Count, Count, Count) {
         let n = i64::from(threshold);
-        if self.both < n {
+        if self.small(threshold) {
             let more_than = |size: i64| Count {
                 value: (size - n).max(0),
                 bound: Bound::MoreThan,
             };
             return (
-                Count::shown(self.both, n),
+                Count {
+                    value: n,
+                    bound: Bound::FewerThan,
+                },
                 more_than(self.requester_size),
                 more_than(self.partner_size),
             );
@@ -243,6 +256,9 @@ pub struct Member {
     pub customer_id: String,
     pub segments: u16,
     pub keys: Vec<u64>,
+    /// Whether the side owns the record (rather than sees another's): only owned
+    /// records can be asked for from the side.
+    pub owned: bool,
 }
 
 /// The outcome of comparing both sides' members: per pair (requester segment `i`,
@@ -250,7 +266,7 @@ pub struct Member {
 #[derive(Debug, Default)]
 pub struct Compared {
     pub pairs: HashMap<(usize, usize), PairCounts>,
-    /// (i, j, side) → the matched records of that side.
+    /// (i, j, side) → the matched records that side owns.
     pub matched: HashMap<(usize, usize, Side), Vec<String>>,
 }
 
@@ -297,6 +313,9 @@ pub fn compare(requester: &[Member], partner: &[Member], sizes: (&[i64], &[i64])
                         match side {
                             Side::Requester => pair.both += 1,
                             Side::Partner => pair.partner_matched += 1,
+                        }
+                        if !m.owned {
+                            continue;
                         }
                         out.matched
                             .entry((i, j, side))
@@ -364,17 +383,21 @@ pub fn may_refresh(
     if ids(before) != ids(after) {
         return Ok(());
     }
-    let sizes: i64 = before
+    let sizes: i64 = after
         .iter()
-        .zip(after)
-        .map(|(b, a)| (a.members - b.members).abs())
+        .filter_map(|a| {
+            let b = before
+                .iter()
+                .find(|b| b.segment_id == a.segment_id && b.side == a.side)?;
+            Some((a.members - b.members).abs())
+        })
         .sum();
     if changed + sizes > i64::from(threshold) {
         Ok(())
     } else {
+        // Not how many: a few changes on the other side are what the threshold hides.
         Err(format!(
-            "its inputs changed by {} records since the last comparison; it is compared again only after more than {threshold}",
-            changed + sizes
+            "its inputs changed by at most {threshold} records since the last comparison; it is compared again only after more"
         ))
     }
 }
@@ -430,6 +453,7 @@ mod tests {
             customer_id: id.into(),
             segments,
             keys: keys.to_vec(),
+            owned: !id.starts_with('x'),
         }
     }
 
@@ -446,10 +470,12 @@ mod tests {
             member("b1", 0b1, &[1]),
             member("b2", 0b1, &[3, 7]),
             member("a4", 0b1, &[]),
+            // A record the partner sees but does not own: counted, never asked for.
+            member("x5", 0b1, &[2]),
         ];
-        let out = compare(&r, &p, (&[3, 2], &[3]));
+        let out = compare(&r, &p, (&[3, 2], &[4]));
         let first = out.pairs[&(0, 0)];
-        assert_eq!((first.both, first.partner_matched), (2, 2));
+        assert_eq!((first.both, first.partner_matched), (2, 3));
         let second = out.pairs[&(1, 0)];
         // a4 is a record both sides see: a match without a key.
         assert_eq!((second.both, second.partner_matched), (1, 1));
@@ -497,6 +523,9 @@ mod tests {
         );
         // No overlap at all reads the same as a small one.
         assert_eq!(shown(0, 0), shown(4, 4));
+        // Nine of the requester's records matching two of the partner's: small too
+        // (the requester could hold nine records with one key).
+        assert_eq!(shown(9, 2), shown(0, 0));
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Store {
         );
         let rows: Vec<OperationRow> = sqlx::query_as(&sql)
             .bind(org_id)
-            .bind(after.unwrap_or("~"))
+            .bind(after.unwrap_or("\u{10FFFF}"))
             .bind(limit as i64 + 1)
             .fetch_all(self.reader())
             .await?;
@@ -260,6 +260,14 @@ impl Store {
 }
 
 impl Tx {
+    pub async fn operation(&mut self, id: &str) -> Result<Option<Operation>> {
+        let row: Option<OperationRow> = sqlx::query_as(&format!("{SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(Operation::try_from).transpose()
+    }
+
     pub async fn insert_operation(&mut self, o: &Operation) -> Result<()> {
         sqlx::query(
             "INSERT INTO operations (id, verb, target_id, org_id, other_org_id, state, done, \

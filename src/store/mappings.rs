@@ -7,7 +7,8 @@ use sqlx::any::AnyExecutor;
 
 use super::sharing::org_ref;
 use super::{
-    AccessRequest, Dialect, Page, Store, Tx, corrupt, lock_clause, micros, placeholders, timestamp,
+    AccessRequest, Dialect, Page, Store, Tx, corrupt, is_unique_violation, lock_clause, micros,
+    placeholders, timestamp,
 };
 use crate::domain::OrgRef;
 use crate::domain::error::{Error, Result};
@@ -37,6 +38,8 @@ pub struct AccountMapping {
     pub compare_time: Option<Timestamp>,
     /// The earliest time it may be compared again.
     pub refresh_time: Option<Timestamp>,
+    /// When the hub next weighs whether to compare it again by itself.
+    pub check_time: Option<Timestamp>,
     /// The comparison running now.
     pub operation_id: Option<String>,
     pub ended_by: Option<OrgRef>,
@@ -88,6 +91,7 @@ struct MappingRow {
     inputs: String,
     compare_time: Option<i64>,
     refresh_time: Option<i64>,
+    check_time: Option<i64>,
     operation_id: Option<String>,
     ended_by: Option<String>,
     revision: i64,
@@ -106,7 +110,7 @@ struct SegmentRow {
 
 const MAPPING_SELECT: &str = "SELECT m.id, m.requester_id, ro.slug AS requester_slug, \
      m.partner_id, po.slug AS partner_slug, m.state, m.threshold, m.figures, m.inputs, \
-     m.compare_time, m.refresh_time, m.operation_id, m.ended_by, m.revision, m.create_time, m.update_time, \
+     m.compare_time, m.refresh_time, m.check_time, m.operation_id, m.ended_by, m.revision, m.create_time, m.update_time, \
      m.end_time FROM account_mappings m JOIN organizations ro ON ro.id = m.requester_id \
      JOIN organizations po ON po.id = m.partner_id";
 
@@ -137,6 +141,7 @@ impl MappingRow {
             inputs: json("mapping inputs", &self.inputs)?,
             compare_time: self.compare_time.map(timestamp).transpose()?,
             refresh_time: self.refresh_time.map(timestamp).transpose()?,
+            check_time: self.check_time.map(timestamp).transpose()?,
             create_time: timestamp(self.create_time)?,
             update_time: timestamp(self.update_time)?,
             end_time: self.end_time.map(timestamp).transpose()?,
@@ -223,7 +228,7 @@ impl Store {
              ORDER BY id DESC LIMIT $3) b) AND ($4 = '' OR m.state = $4) ORDER BY m.id DESC \
              LIMIT $3"
         );
-        let after = after.unwrap_or("~");
+        let after = after.unwrap_or("\u{10FFFF}");
         let rows: Vec<MappingRow> = if state.is_none() {
             sqlx::query_as(&sql)
                 .bind(org_id)
@@ -250,18 +255,14 @@ impl Store {
         Ok(Page::from_rows(items, limit, |m| m.id.clone()))
     }
 
-    /// Active mappings compared before `before` (or never), oldest comparison first:
-    /// those a refresh may be due for.
-    pub async fn mappings_to_refresh(
-        &self,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    /// Active mappings whose check time has come (`now`), the longest waiting first:
+    /// those the hub weighs comparing again.
+    pub async fn mappings_to_check(&self, now: Timestamp, limit: usize) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT id FROM account_mappings WHERE state = 'active' AND operation_id IS NULL \
-             AND (compare_time IS NULL OR compare_time < $1) ORDER BY compare_time LIMIT $2",
+             AND COALESCE(check_time, 0) <= $1 ORDER BY COALESCE(check_time, 0), id LIMIT $2",
         )
-        .bind(micros(before))
+        .bind(micros(now))
         .bind(limit as i64)
         .fetch_all(self.reader())
         .await?;
@@ -300,7 +301,7 @@ impl Tx {
     }
 
     pub async fn insert_account_mapping(&mut self, m: &AccountMapping) -> Result<()> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO account_mappings (id, requester_id, partner_id, state, threshold, \
              figures, inputs, compare_time, operation_id, ended_by, revision, create_time, \
              update_time, end_time) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, $8, \
@@ -317,7 +318,19 @@ impl Tx {
         .bind(micros(m.create_time))
         .bind(micros(m.update_time))
         .execute(self.conn())
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::AlreadyExists {
+                    reason: "MAPPING_OPEN",
+                    message:
+                        "a mapping is already open between the two organizations; end it first"
+                            .into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         for side in [Side::Requester, Side::Partner] {
             self.set_mapping_segments(&m.id, side, &m.segment_ids(side))
                 .await?;
@@ -331,7 +344,8 @@ impl Tx {
         let done = sqlx::query(
             "UPDATE account_mappings SET state = $1, figures = $2, inputs = $3, \
              compare_time = $4, operation_id = $5, ended_by = $6, revision = $7, \
-             update_time = $8, end_time = $9, refresh_time = $12 WHERE id = $10 AND revision = $11",
+             update_time = $8, end_time = $9, refresh_time = $12, check_time = $13 \
+             WHERE id = $10 AND revision = $11",
         )
         .bind(m.state.as_str())
         .bind(to_json(&m.overlaps)?)
@@ -345,6 +359,7 @@ impl Tx {
         .bind(&m.id)
         .bind(m.revision - 1)
         .bind(m.refresh_time.map(micros))
+        .bind(m.check_time.map(micros))
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected() == 1)
@@ -413,40 +428,41 @@ impl Tx {
         Ok(())
     }
 
-    /// `side`'s matched records of the pair that `requester_id` has not asked for
-    /// (no pending request) and holds no live grant on, up to `limit`, and how many
-    /// there are.
+    /// `side`'s matched records of the pair, owned by `owner_id`, that `requester_id`
+    /// has not asked for through this mapping, up to `limit`, and how many there are.
     pub async fn unasked_matches(
         &mut self,
         id: &str,
         (requester_segment, partner_segment): (&str, &str),
         side: Side,
-        requester_id: &str,
+        (requester_id, owner_id): (&str, &str),
         limit: usize,
     ) -> Result<Unasked> {
+        // Nothing here depends on what else the requester sees or asked for, so the
+        // count gives nothing away beyond the figures.
         const UNASKED: &str = "FROM mapping_matches mm JOIN customers c ON c.id = mm.customer_id \
-             AND c.state = 'active' WHERE mm.mapping_id = $1 AND mm.requester_segment = $2 \
-             AND mm.partner_segment = $3 AND mm.side = $4 AND NOT EXISTS (SELECT 1 FROM \
-             access_requests r WHERE r.requester_id = $5 AND r.customer_id = mm.customer_id \
-             AND r.state = 'pending') AND NOT EXISTS (SELECT 1 FROM customer_grants g \
-             WHERE g.customer_id = mm.customer_id AND g.grantee_id = $5 \
-             AND g.revoke_time IS NULL)";
+             AND c.state = 'active' AND c.owner_id = $6 WHERE mm.mapping_id = $1 \
+             AND mm.requester_segment = $2 AND mm.partner_segment = $3 AND mm.side = $4 \
+             AND NOT EXISTS (SELECT 1 FROM access_requests r WHERE r.mapping_id = $1 \
+             AND r.requester_id = $5 AND r.customer_id = mm.customer_id)";
         let (total,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) {UNASKED}"))
             .bind(id)
             .bind(requester_segment)
             .bind(partner_segment)
             .bind(side.as_str())
             .bind(requester_id)
+            .bind(owner_id)
             .fetch_one(self.conn())
             .await?;
         let rows: Vec<(String,)> = sqlx::query_as(&format!(
-            "SELECT mm.customer_id {UNASKED} ORDER BY mm.customer_id LIMIT $6"
+            "SELECT mm.customer_id {UNASKED} ORDER BY mm.customer_id LIMIT $7"
         ))
         .bind(id)
         .bind(requester_segment)
         .bind(partner_segment)
         .bind(side.as_str())
         .bind(requester_id)
+        .bind(owner_id)
         .bind(limit as i64)
         .fetch_all(self.conn())
         .await?;
@@ -472,10 +488,11 @@ impl Tx {
         .bind(owner_id)
         .fetch_one(self.conn())
         .await?;
-        let ids: Vec<(String,)> = sqlx::query_as(
+        let lock = lock_clause(self.dialect, true);
+        let ids: Vec<(String,)> = sqlx::query_as(&format!(
             "SELECT id FROM access_requests WHERE mapping_id = $1 AND owner_id = $2 \
-             AND state = 'pending' ORDER BY id LIMIT $3",
-        )
+             AND state = 'pending' ORDER BY id LIMIT $3{lock}"
+        ))
         .bind(id)
         .bind(owner_id)
         .bind(limit as i64)
@@ -488,6 +505,47 @@ impl Tx {
             }
         }
         Ok((found, total))
+    }
+
+    /// The open (proposed or active) mappings between `a` and `b`, either way round.
+    pub async fn open_mappings_between(&mut self, a: &str, b: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM account_mappings WHERE state IN ('proposed', 'active') AND \
+             ((requester_id = $1 AND partner_id = $2) OR (requester_id = $2 AND partner_id = $1))",
+        )
+        .bind(a)
+        .bind(b)
+        .fetch_all(self.conn())
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Puts the next weighing of mapping `id` off until `at`, unless it changed.
+    pub async fn check_mapping_at(&mut self, id: &str, revision: i64, at: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE account_mappings SET check_time = $1 WHERE id = $2 AND revision = $3")
+            .bind(micros(at))
+            .bind(id)
+            .bind(revision)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The live grant of customer `customer_id` to `grantee_id`, if any.
+    pub async fn live_grant_to(
+        &mut self,
+        customer_id: &str,
+        grantee_id: &str,
+    ) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM customer_grants WHERE customer_id = $1 AND grantee_id = $2 \
+             AND revoke_time IS NULL LIMIT 1",
+        )
+        .bind(customer_id)
+        .bind(grantee_id)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(row.map(|(id,)| id))
     }
 
     /// Whether an open mapping names segment `id`.

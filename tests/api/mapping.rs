@@ -20,7 +20,7 @@ use crate::customers::{list, person};
 use crate::events::feed;
 use crate::helpers::*;
 use crate::rules::{count, create_segment};
-use crate::sharing::{get, update};
+use crate::sharing::{get, grant, update};
 use crate::webhooks::eventually;
 
 crate::on_both_backends!(
@@ -31,6 +31,9 @@ crate::on_both_backends!(
     either_side_ends_a_mapping_and_outsiders_see_nothing,
     operations_can_be_listed_cancelled_and_deleted,
     the_cli_waits_for_an_operation_and_names_an_unknown_one,
+    lopsided_overlaps_are_small_and_only_the_owners_records_are_asked_for,
+    ending_the_partnership_ends_the_mapping_and_a_cancelled_comparison_frees_it,
+    members_changed_in_place_count_towards_a_refresh,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1851,5 +1854,315 @@ async fn the_cli_waits_for_an_operation_and_names_an_unknown_one(backend: Backen
         assert!(!out.status.success(), "{name}: {}", both(&out));
         let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert!(stderr.contains("not found"), "{name}: {stderr}");
+    }
+}
+
+/// `both` counts the requester's records: six of the vendor's companies at one domain
+/// match a single company of the distributor's. Shown exactly, that would test one
+/// record of the partner's; the pair is small on the partner's side, so it shows as
+/// small and no access may be asked from it. And a record a third organization shares
+/// with the partner matches, but is never the partner's to be asked for or to grant.
+async fn lopsided_overlaps_are_small_and_only_the_owners_records_are_asked_for(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let v = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let d = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    let c = app.create_org("third", pb::OrganizationKind::Vendor).await;
+    app.partner(&v, &d).await;
+    app.partner(&c, &d).await;
+
+    let mut ours = vec![];
+    for i in 0..6 {
+        ours.push(company(
+            &format!("Target {i}"),
+            &format!("buyer{i}@target.example"),
+            "many",
+        ));
+    }
+    for i in 0..6 {
+        ours.push(client(
+            "Vendorside",
+            &format!("shared{i}@both.example"),
+            "",
+            "six",
+        ));
+    }
+    add(&app, &v, ours).await;
+    let mut theirs = vec![company("Target HQ", "boss@target.example", "one")];
+    for i in 0..4 {
+        theirs.push(client(
+            "Distside",
+            &format!("other{i}@else.example"),
+            "",
+            "one",
+        ));
+    }
+    for i in 0..5 {
+        theirs.push(client(
+            "Distside",
+            &format!("shared{i}@both.example"),
+            "",
+            "shared",
+        ));
+    }
+    let theirs = add(&app, &d, theirs).await;
+    // The sixth shared customer is the third organization's, granted to the
+    // distributor whole.
+    let foreign = add(
+        &app,
+        &c,
+        vec![client("Thirdside", "shared5@both.example", "", "shared")],
+    )
+    .await
+    .remove(0);
+    grant(&app, &c, &foreign.name, &d, pb::AccessLevel::Read, &[])
+        .await
+        .expect("grant to the distributor");
+
+    let many = segment(&app, &v, "Many", "many", 6).await;
+    let six = segment(&app, &v, "Six", "six", 6).await;
+    let one = segment(&app, &d, "One", "one", 5).await;
+    let shared = segment(&app, &d, "Shared", "shared", 6).await;
+    let proposed = propose(&app, &v, &d.name, &[&many.name, &six.name])
+        .await
+        .expect("propose");
+    let name = proposed.name.clone();
+    let op = accept(&app, &d.admin_key, &name, &[&one.name, &shared.name])
+        .await
+        .expect("accept");
+    let mapping = compared(&finish(&app, &v.read_key, op).await, &name);
+    assert_eq!(
+        mapping.overlaps,
+        vec![
+            // Six of ours match one of theirs: small, whatever `both` is.
+            overlap(
+                &many.name,
+                &one.name,
+                fewer_than(5),
+                more_than(1),
+                more_than(0)
+            ),
+            overlap(
+                &many.name,
+                &shared.name,
+                fewer_than(5),
+                more_than(1),
+                more_than(1)
+            ),
+            overlap(
+                &six.name,
+                &one.name,
+                fewer_than(5),
+                more_than(1),
+                more_than(0)
+            ),
+            // All six match, the third organization's record among them.
+            overlap(
+                &six.name,
+                &shared.name,
+                exact(6),
+                fewer_than(5),
+                fewer_than(5)
+            ),
+        ]
+    );
+    assert_error(
+        ask_overlap(&app, &v, &name, &many.name, &one.name).await,
+        Code::FailedPrecondition,
+        "OVERLAP_TOO_SMALL",
+    );
+    // Five requests, not six: the record the distributor sees but does not own is
+    // not its to be asked for.
+    let asked = ask_overlap(&app, &v, &name, &six.name, &shared.name)
+        .await
+        .expect("ask");
+    assert_eq!((asked.requested, asked.remaining), (5, 0));
+    let incoming = access_requests(&app, &d.read_key, false).await;
+    let mut asked_for: Vec<String> = incoming.iter().map(|r| r.customer.clone()).collect();
+    asked_for.sort();
+    let mut owned: Vec<String> = theirs
+        .iter()
+        .filter(|c| c.tags == ["shared"])
+        .map(|c| c.name.clone())
+        .collect();
+    owned.sort();
+    assert_eq!(asked_for, owned);
+    let answered = answer_overlap(&app, &d, &name, true, "")
+        .await
+        .expect("answer");
+    assert_eq!((answered.answered, answered.remaining), (5, 0));
+    for customer in &owned {
+        get(&app, &v.read_key, customer)
+            .await
+            .expect("granted through the mapping");
+    }
+    assert_error(
+        get(&app, &v.read_key, &foreign.name).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+}
+
+/// A mapping needs a partnership, as sharing does: ending the last one between the two
+/// ends the mapping. And a comparison cancelled as soon as it is asked for leaves the
+/// mapping free: it names no operation once that one has ended.
+async fn ending_the_partnership_ends_the_mapping_and_a_cancelled_comparison_frees_it(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let v = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let d = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    let partnership = app.partner(&v, &d).await;
+    let mut ours = vec![];
+    let mut theirs = vec![];
+    for i in 0..5 {
+        ours.push(client(
+            "Vendorside",
+            &format!("both{i}@x.example"),
+            "",
+            "ours",
+        ));
+        theirs.push(client(
+            "Distside",
+            &format!("both{i}@x.example"),
+            "",
+            "theirs",
+        ));
+    }
+    add(&app, &v, ours).await;
+    add(&app, &d, theirs).await;
+    let a = segment(&app, &v, "Ours", "ours", 5).await;
+    let b = segment(&app, &d, "Theirs", "theirs", 5).await;
+    let name = propose(&app, &v, &d.name, &[&a.name])
+        .await
+        .expect("propose")
+        .name;
+    let op = accept(&app, &d.admin_key, &name, &[&b.name])
+        .await
+        .expect("accept");
+    let cancelled = app
+        .operations(&v.admin_key)
+        .cancel_operation(CancelOperationRequest {
+            name: op.name.clone(),
+        })
+        .await;
+    let ended = finish(&app, &v.read_key, op).await;
+    match (&cancelled, &ended.result) {
+        // Cancelled in time: it ends as CANCELLED.
+        (Ok(_), Some(lro::operation::Result::Error(e))) => {
+            assert_eq!(e.code, Code::Cancelled as i32)
+        }
+        // Or the comparison was quicker than the cancellation.
+        (Ok(_), Some(lro::operation::Result::Response(_))) => {}
+        (Err(status), _) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        other => panic!("unexpected: {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get_mapping(&app, &v.read_key, &name).await.unwrap();
+        if m.operation.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mapping still names {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Ending the partnership ends the mapping, for both, with an event each.
+    let heads = mapping_events(&app, &v.read_key, 0).await.len();
+    app.partnerships(&d.admin_key)
+        .end_partnership(pb::EndPartnershipRequest {
+            name: partnership.name.clone(),
+            reason: "Contract over".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("end the partnership");
+    for key in [&v.read_key, &d.read_key] {
+        let m = get_mapping(&app, key, &name).await.unwrap();
+        assert_eq!(m.state, State::Ended as i32);
+        assert_eq!(m.ended_by, d.name);
+    }
+    let events = mapping_events(&app, &v.read_key, 0).await;
+    assert_eq!(events[heads..], kinds("account_mapping.ended", &name, 1));
+    assert_error(
+        refresh(&app, &v.admin_key, &name).await,
+        Code::FailedPrecondition,
+        "MAPPING_NOT_ACTIVE",
+    );
+    assert_error(
+        ask_overlap(&app, &v, &name, &a.name, &b.name).await,
+        Code::FailedPrecondition,
+        "MAPPING_NOT_ACTIVE",
+    );
+}
+
+/// With no interval to wait, what decides a refresh is how much changed: members
+/// edited in place (the segments keep their sizes) count, one at a time they do not
+/// reach the threshold, six do, and the hub compares by itself.
+async fn members_changed_in_place_count_towards_a_refresh(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.mapping.refresh_interval_secs = 0).await;
+    let v = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
+    let d = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    app.partner(&v, &d).await;
+    let mut ours = vec![];
+    let mut theirs = vec![];
+    for i in 0..8 {
+        ours.push(client("Vendorside", &format!("m{i}@x.example"), "", "ours"));
+        theirs.push(client("Distside", &format!("m{i}@x.example"), "", "theirs"));
+    }
+    let ours = add(&app, &v, ours).await;
+    add(&app, &d, theirs).await;
+    let a = segment(&app, &v, "Ours", "ours", 8).await;
+    let b = segment(&app, &d, "Theirs", "theirs", 8).await;
+    let name = propose(&app, &v, &d.name, &[&a.name])
+        .await
+        .expect("propose")
+        .name;
+    let op = accept(&app, &d.admin_key, &name, &[&b.name])
+        .await
+        .expect("accept");
+    let first = compared(&finish(&app, &v.read_key, op).await, &name);
+    let rename = async |c: &pb::Customer, given: &str| {
+        let renamed = pb::Customer {
+            name: c.name.clone(),
+            given_name: given.into(),
+            ..Default::default()
+        };
+        update(&app, &v.admin_key, renamed, &["given_name"])
+            .await
+            .expect("rename");
+    };
+    // One edit: the hub looks (every second here) and leaves the mapping be.
+    rename(&ours[0], "Once").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    app.settle().await;
+    let unchanged = get_mapping(&app, &v.read_key, &name).await.unwrap();
+    assert_eq!(at(&unchanged.compare_time), at(&first.compare_time));
+    assert_error(
+        refresh(&app, &v.admin_key, &name).await,
+        Code::FailedPrecondition,
+        "MAPPING_FRESH",
+    );
+    // Five more: six edits, more than the threshold, and the sizes unchanged.
+    for c in &ours[1..6] {
+        rename(c, "Again").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = get_mapping(&app, &v.read_key, &name).await.unwrap();
+        if at(&now.compare_time) > at(&first.compare_time) && now.operation.is_empty() {
+            assert_eq!(now.overlaps, first.overlaps);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub did not compare again: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
