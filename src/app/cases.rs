@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use super::check_etag;
-use super::customers::visible_in;
+use super::customers::{audience_before, coverage_after, visible_in};
 use crate::domain::case::sla::SlaClock;
 use crate::domain::case::timer::{Timer, TimerKind};
 use crate::domain::case::workflow::{Refusal, Template, Workflows};
@@ -19,7 +19,7 @@ use crate::domain::case::{
     Case, CommentVisibility, HistoryEntry, MAX_PARTICIPANTS, Participant, Priority, Task,
     TaskAction, TaskState,
 };
-use crate::domain::customer::RecordState;
+use crate::domain::customer::{Customer, RecordState};
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::event::EventType;
 use crate::domain::ids::{CaseId, CustomerId, MemberId, TaskId};
@@ -192,6 +192,8 @@ pub async fn open(
 ) -> Result<Seen> {
     let template = o.template;
     let (seen, _) = visible_in(tx, org, &o.customer_id, &names::customer(&o.customer_id)).await?;
+    // A case open on a customer can move it into a rule's segment on `open_cases`.
+    let audience = audience_before(tx, &seen.customer).await?;
     if seen.customer.state != RecordState::Active {
         return Err(Error::failed_precondition(
             "CUSTOMER_NOT_ACTIVE",
@@ -243,6 +245,7 @@ pub async fn open(
         revision: 1,
     };
     tx.create_case(&case, template).await?;
+    coverage_after(tx, &seen.customer, audience).await?;
     let mut entry = HistoryEntry::new(id, EventType::CaseOpened, Some(org.clone()), now);
     entry.to_state.clone_from(&case.state);
     tx.insert_case_history(&entry).await?;
@@ -290,6 +293,28 @@ pub async fn list(
     })
 }
 
+/// The case's customer and who sees it, before a change to the case that may change
+/// its open cases as its owner counts them (see [`audience_before`]).
+async fn case_audience(
+    tx: &mut Tx,
+    org: &OrgRef,
+    case: &Case,
+) -> Result<Option<(Customer, Vec<SeenCustomer>)>> {
+    let Some(seen) = tx.customer(&org.id, &case.customer_id).await? else {
+        return Ok(None);
+    };
+    let audience = audience_before(tx, &seen.customer).await?;
+    Ok(Some((seen.customer, audience)))
+}
+
+/// After the change: [`coverage_after`].
+async fn case_coverage(tx: &mut Tx, before: Option<(Customer, Vec<SeenCustomer>)>) -> Result<()> {
+    if let Some((customer, audience)) = before {
+        coverage_after(tx, &customer, audience).await?;
+    }
+    Ok(())
+}
+
 /// A transition to fire on a case.
 pub struct Transition<'a> {
     pub id: &'a CaseId,
@@ -328,7 +353,9 @@ pub async fn transition(
     entry.from_state = from;
     entry.to_state = to;
     entry.body = t.comment;
+    let audience = case_audience(tx, org, &case).await?;
     record_change(tx, &mut case, template, &entry, &[], now).await?;
+    case_coverage(tx, audience).await?;
     seen_in(tx, org, case).await
 }
 
@@ -396,7 +423,9 @@ pub async fn add_participant(
     let mut entry = HistoryEntry::new(id, EventType::CaseParticipantAdded, Some(org.clone()), now);
     entry.subject = org_name.to_owned();
     entry.body = role.to_owned();
+    let audience = case_audience(tx, org, &case).await?;
     record_change(tx, &mut case, template, &entry, &[], now).await?;
+    case_coverage(tx, audience).await?;
     seen_in(tx, org, case).await
 }
 
@@ -444,6 +473,7 @@ pub async fn remove_participant(
         now,
     );
     entry.subject = org_name.to_owned();
+    let audience = case_audience(tx, org, &case).await?;
     record_change(
         tx,
         &mut case,
@@ -453,6 +483,7 @@ pub async fn remove_participant(
         now,
     )
     .await?;
+    case_coverage(tx, audience).await?;
     seen_in(tx, org, case).await
 }
 

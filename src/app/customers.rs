@@ -27,7 +27,7 @@ use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{OrgRef, Reason, now};
 use crate::feed::customers::{
-    CustomerChange, customer_changed, customer_viewers, overlay_updated, tell,
+    CustomerChange, coverage_changed, customer_changed, customer_viewers, overlay_updated, tell,
 };
 use crate::store::{
     CustomerOrder, CustomerQuery, HistoryEntry, MatchRule, Overlay, Page, Reach, SeenCustomer,
@@ -137,6 +137,28 @@ pub async fn visible(
     name: &str,
 ) -> Result<(SeenCustomer, Access)> {
     resolve(Reader::Store(store), viewer, id, name).await
+}
+
+/// Who sees `customer` now, read before a change to what its owner knows of it
+/// (its interactions, its cases, its overlay) that may move it into or out of a
+/// rule's segment filtering on that; hand it to [`coverage_after`].
+pub(super) async fn audience_before(tx: &mut Tx, customer: &Customer) -> Result<Vec<SeenCustomer>> {
+    tx.customer_audience_of(customer).await
+}
+
+/// After such a change: tells each organization whose view of `customer` it moved
+/// (see `coverage_changed`), and returns who sees it now.
+pub(super) async fn coverage_after(
+    tx: &mut Tx,
+    customer: &Customer,
+    before: Vec<SeenCustomer>,
+) -> Result<Vec<SeenCustomer>> {
+    if !before.iter().any(|s| s.rules_need_activity()) {
+        return Ok(before);
+    }
+    let after = tx.customer_audience_of(customer).await?;
+    coverage_changed(tx, customer, &before, &after);
+    Ok(after)
 }
 
 /// [`visible`] inside a write transaction.
@@ -1005,6 +1027,12 @@ pub async fn update_overlay(
     let org = caller.organization()?;
     let id = u.customer_id;
     let (seen, _) = visible_in(tx, org, id, &names::customer(id)).await?;
+    // The owner's overlay is what its rules' segments read.
+    let audience = if seen.customer.owner.id == org.id {
+        Some(audience_before(tx, &seen.customer).await?)
+    } else {
+        None
+    };
     let before = tx.overlay(id, &org.id).await?;
     check_etag(u.etag, before.revision, u.name)?;
     let mut after = before.clone();
@@ -1068,6 +1096,9 @@ pub async fn update_overlay(
     let mut e = entry(caller, id, "overlay_updated", changes, String::new());
     e.private_to = Some(org.id.clone());
     tx.insert_history(&e).await?;
+    if let Some(audience) = audience {
+        coverage_after(tx, &seen.customer, audience).await?;
+    }
     overlay_updated(tx, &org.id, id, &after, &external_id, changed_paths);
     Ok((after, external_id))
 }

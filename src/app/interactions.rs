@@ -8,11 +8,10 @@ use crate::domain::error::{Error, Result};
 use crate::domain::ids::{CustomerId, InteractionId};
 use crate::domain::interaction::Interaction;
 use crate::domain::names;
-use crate::feed::customers::coverage_changed;
 use crate::feed::interactions::interaction_logged;
 use crate::store::{InteractionFilter, Page, Store, Tx};
 
-use super::customers::{visible, visible_in};
+use super::customers::{audience_before, coverage_after, visible, visible_in};
 
 /// NOT_FOUND unless `member_id` (named `name` by the caller), if given, is a member
 /// of the caller's organization.
@@ -49,15 +48,9 @@ pub async fn log(
     }
     // Who sees the customer, before and after: an interaction can move it into or
     // out of a rule's segment that filters on interactions.
-    let before = tx.customer_audience_of(&seen.customer).await?;
+    let before = audience_before(tx, &seen.customer).await?;
     tx.insert_interaction(interaction).await?;
-    let audience = if before.iter().any(|s| s.rules_need_activity()) {
-        let after = tx.customer_audience_of(&seen.customer).await?;
-        coverage_changed(tx, &seen.customer, &before, &after);
-        after
-    } else {
-        before
-    };
+    let audience = coverage_after(tx, &seen.customer, before).await?;
     interaction_logged(tx, interaction, &audience);
     Ok(())
 }

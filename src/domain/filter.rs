@@ -56,6 +56,9 @@ pub struct Comparison {
     pub value: String,
 }
 
+/// The largest number `open_cases` compares with.
+pub const MAX_OPEN_CASES: i64 = 1_000_000;
+
 fn bad(message: impl Into<String>) -> FieldViolation {
     FieldViolation::new("filter", message)
 }
@@ -251,11 +254,17 @@ impl Moment {
     }
 }
 
-/// When a customer last had an interaction of each type, among the interactions one
-/// organization can see (its own and the shared ones).
+/// What one organization knows of a customer beyond the record: when it last had an
+/// interaction of each type (among those the organization can see: its own and the
+/// shared ones), how many open cases on it the organization takes part in, and the
+/// organization's own overlay status and account number.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Activity {
     pub last: Vec<(InteractionType, Timestamp)>,
+    pub open_cases: i64,
+    /// Empty without an overlay.
+    pub status: String,
+    pub account_number: String,
 }
 
 impl Activity {
@@ -295,6 +304,12 @@ pub enum CustomerCondition {
     LastInteraction(Option<InteractionType>, Op, Moment),
     /// `granted = true`: only customers granted to the viewer; `false`: only its own.
     Granted(bool),
+    /// How many open cases on the customer the viewer takes part in.
+    OpenCases(Op, i64),
+    /// The viewer's own overlay status (`status = "key account"`).
+    Status(String),
+    /// The viewer's own overlay account number.
+    AccountNumber(String),
 }
 
 /// A customer list filter: every condition must hold.
@@ -376,6 +391,29 @@ impl CustomerFilter {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                     CustomerCondition::UpdateTime(op, moment(&field, &value)?)
                 }
+                "open_cases" => {
+                    only(&[Op::Eq, Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                    let n: i64 = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (0..=MAX_OPEN_CASES).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "open_cases compares with a whole number from 0 to {MAX_OPEN_CASES}"
+                            ))
+                        })?;
+                    CustomerCondition::OpenCases(op, n)
+                }
+                "status" => {
+                    only(&[Op::Eq])?;
+                    CustomerCondition::Status(super::customer::label(&value).map_err(within)?)
+                }
+                "account_number" => {
+                    only(&[Op::Eq])?;
+                    CustomerCondition::AccountNumber(
+                        super::customer::account_number(&value).map_err(within)?,
+                    )
+                }
                 "last_interaction_time" => {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                     CustomerCondition::LastInteraction(None, op, moment(&field, &value)?)
@@ -387,7 +425,7 @@ impl CustomerFilter {
                     }
                     None => {
                         return Err(bad(format!(
-                            "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted, update_time, last_interaction_time or last_{{call|meeting|email|purchase|complaint|incident|note}}_time"
+                            "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted, update_time, open_cases, status, account_number, last_interaction_time or last_{{call|meeting|email|purchase|complaint|incident|note}}_time"
                         )));
                     }
                 },
@@ -413,11 +451,18 @@ fn last_of(field: &str) -> Option<InteractionType> {
 }
 
 impl CustomerFilter {
-    /// Whether checking the filter needs the customer's interactions.
+    /// Whether checking the filter needs what the organization knows beyond the record
+    /// ([`Activity`]: interactions, open cases, its overlay).
     pub fn needs_activity(&self) -> bool {
-        self.conditions
-            .iter()
-            .any(|c| matches!(c, CustomerCondition::LastInteraction(..)))
+        self.conditions.iter().any(|c| {
+            matches!(
+                c,
+                CustomerCondition::LastInteraction(..)
+                    | CustomerCondition::OpenCases(..)
+                    | CustomerCondition::Status(_)
+                    | CustomerCondition::AccountNumber(_)
+            )
+        })
     }
 }
 
@@ -486,6 +531,9 @@ impl CustomerFilter {
                     quoted(&t.to_text())
                 ),
                 CustomerCondition::Granted(g) => format!("granted = {g}"),
+                CustomerCondition::OpenCases(op, n) => format!("open_cases {} {n}", op.symbol()),
+                CustomerCondition::Status(s) => format!("status = {}", quoted(s)),
+                CustomerCondition::AccountNumber(a) => format!("account_number = {}", quoted(a)),
             })
             .collect::<Vec<_>>()
             .join(" AND ")
@@ -539,6 +587,20 @@ impl CustomerFilter {
                 .activity
                 .and_then(|a| a.last(*kind))
                 .is_some_and(|last| compare(*op, last, t.at(facts.now))),
+            CustomerCondition::OpenCases(op, n) => facts.activity.is_some_and(|a| match op {
+                Op::Eq => a.open_cases == *n,
+                Op::Lt => a.open_cases < *n,
+                Op::Le => a.open_cases <= *n,
+                Op::Gt => a.open_cases > *n,
+                Op::Ge => a.open_cases >= *n,
+                Op::Ne | Op::Has => false,
+            }),
+            CustomerCondition::Status(s) => facts
+                .activity
+                .is_some_and(|a| !a.status.is_empty() && a.status == *s),
+            CustomerCondition::AccountNumber(x) => facts
+                .activity
+                .is_some_and(|a| !a.account_number.is_empty() && a.account_number == *x),
         })
     }
 }
@@ -900,14 +962,76 @@ mod tests {
                 (InteractionType::Purchase, now - day * 10),
                 (InteractionType::Call, now - day),
             ],
+            ..Default::default()
         };
         assert!(check(Some(&bought), now));
         // The same facts 81 days later: the purchase is 91 days old.
         assert!(!check(Some(&bought), now + day * 81));
         let called_only = Activity {
             last: vec![(InteractionType::Call, now - day)],
+            ..Default::default()
         };
         assert!(!check(Some(&called_only), now), "no purchase at all");
         assert!(!check(None, now), "interactions not read: no match");
+    }
+
+    #[test]
+    fn open_cases_and_the_overlay_are_what_the_organization_knows() {
+        let filter =
+            CustomerFilter::parse(r#"open_cases >= 2 AND status = "Key account""#, de()).unwrap();
+        assert!(filter.needs_activity());
+        assert_eq!(
+            filter.to_text(),
+            r#"open_cases >= 2 AND status = "Key account""#
+        );
+        assert_eq!(
+            CustomerFilter::parse(&filter.to_text(), de()).unwrap(),
+            filter
+        );
+        let numbered = CustomerFilter::parse(r#"account_number = "A-17""#, de()).unwrap();
+        for (bad_filter, expected) in [
+            ("open_cases > -1", "whole number from 0"),
+            ("open_cases > many", "whole number from 0"),
+            ("open_cases : 2", "supports = < <= > >= only"),
+            ("status > \"x\"", "supports = only"),
+            ("status = \"a\nb\"", "one line"),
+        ] {
+            let err = CustomerFilter::parse(bad_filter, de()).unwrap_err();
+            assert!(
+                err.description.contains(expected),
+                "{bad_filter}: {}",
+                err.description
+            );
+        }
+        let profile = Profile::default();
+        let view = crate::domain::visibility::Access::Owner.view(CustomerKind::Person, &profile);
+        let owner = Slug::parse("acme").unwrap();
+        let check = |filter: &CustomerFilter, activity: Option<&Activity>| {
+            filter.matches(&CustomerFacts {
+                view: &view,
+                kind: CustomerKind::Person,
+                owner: &owner,
+                external_id: None,
+                update_time: Timestamp::UNIX_EPOCH,
+                granted: false,
+                activity,
+                now: Timestamp::UNIX_EPOCH,
+            })
+        };
+        let known = |open_cases, status: &str| Activity {
+            open_cases,
+            status: status.into(),
+            account_number: "A-17".into(),
+            ..Default::default()
+        };
+        assert!(check(&filter, Some(&known(2, "Key account"))));
+        assert!(!check(&filter, Some(&known(1, "Key account"))));
+        assert!(
+            !check(&filter, Some(&known(3, "key account"))),
+            "exact status"
+        );
+        assert!(!check(&filter, None), "not read: no match");
+        assert!(check(&numbered, Some(&known(0, ""))));
+        assert!(!check(&numbered, Some(&Activity::default())), "no overlay");
     }
 }

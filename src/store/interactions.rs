@@ -90,34 +90,80 @@ pub struct InteractionFilter {
     pub until: Option<Timestamp>,
 }
 
-/// Customer `customer_id`'s interactions as organization `org_id` sees them (its own
-/// and the shared ones): the time of the last of each type.
+/// What organization `org_id` knows of customer `customer_id` beyond the record
+/// ([`Activity`]): the time of the last interaction of each type it sees (its own and
+/// the shared ones), the open cases it takes part in, its overlay's status and account
+/// number. One statement.
 pub(crate) async fn activity<'c>(
     db: impl AnyExecutor<'c>,
     customer_id: &str,
     org_id: &str,
 ) -> Result<Activity> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT type, MAX(occur_time) FROM interactions WHERE customer_id = $1 \
-         AND (org_id = $2 OR visibility = 'shared') GROUP BY type",
-    )
-    .bind(customer_id)
-    .bind(org_id)
-    .fetch_all(db)
-    .await?;
-    let mut last = vec![];
-    for (kind, at) in rows {
-        let kind =
-            InteractionType::parse(&kind).ok_or_else(|| corrupt("interaction type", &kind))?;
-        last.push((kind, timestamp(at)?));
+    let sql = facts_sql("$2", "$1");
+    let rows: Vec<FactRow> = sqlx::query_as(&sql)
+        .bind(customer_id)
+        .bind(org_id)
+        .fetch_all(db)
+        .await?;
+    let mut found = Activity::default();
+    for row in rows {
+        row.add_to(&mut found)?;
     }
-    Ok(Activity { last })
+    Ok(found)
+}
+
+/// The facts of [`activity`] of the `customers` (placeholders) as organization `org`
+/// (a placeholder, or `c.owner_id`: each record's owner) knows them, as rows
+/// `(customer_id, what, name, n, s)`: one per interaction type, one count of open
+/// cases, one overlay.
+fn facts_sql(org: &str, customers: &str) -> String {
+    format!(
+        "SELECT f.customer_id, f.what, f.name, f.n, f.s FROM ( \
+         SELECT i.customer_id, 'last' AS what, i.type AS name, MAX(i.occur_time) AS n, '' AS s \
+         FROM interactions i JOIN customers c ON c.id = i.customer_id \
+         WHERE i.customer_id IN ({customers}) AND (i.org_id = {org} OR i.visibility = 'shared') \
+         GROUP BY i.customer_id, i.type \
+         UNION ALL SELECT k.customer_id, 'cases', '', COUNT(*), '' FROM cases k \
+         JOIN customers c ON c.id = k.customer_id JOIN case_participants cp \
+         ON cp.case_id = k.id AND cp.organization_id = {org} \
+         WHERE k.customer_id IN ({customers}) AND k.closed = 0 GROUP BY k.customer_id \
+         UNION ALL SELECT o.customer_id, 'overlay', o.account_number, CAST(0 AS BIGINT), o.status \
+         FROM customer_overlays o JOIN customers c ON c.id = o.customer_id \
+         WHERE o.customer_id IN ({customers}) AND o.org_id = {org}) f"
+    )
+}
+
+#[derive(sqlx::FromRow)]
+struct FactRow {
+    customer_id: String,
+    what: String,
+    name: String,
+    n: i64,
+    s: String,
+}
+
+impl FactRow {
+    fn add_to(self, a: &mut Activity) -> Result<()> {
+        match self.what.as_str() {
+            "last" => {
+                let kind = InteractionType::parse(&self.name)
+                    .ok_or_else(|| corrupt("interaction type", &self.name))?;
+                a.last.push((kind, timestamp(self.n)?));
+            }
+            "cases" => a.open_cases = self.n,
+            _ => {
+                a.status = self.s;
+                a.account_number = self.name;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store {
     /// [`activity`] of each of `customer_ids` in one statement, as organization
-    /// `viewer` sees its interactions, or (`None`) as each customer's owner does. A
-    /// customer without interactions has an empty [`Activity`].
+    /// `viewer` knows them, or (`None`) as each customer's owner does. A customer
+    /// nothing is known of has an empty [`Activity`].
     pub async fn activities(
         &self,
         customer_ids: &[&str],
@@ -131,24 +177,14 @@ impl Store {
             return Ok(found);
         }
         let org = if viewer.is_some() { "$1" } else { "c.owner_id" };
-        let sql = format!(
-            "SELECT i.customer_id, i.type, MAX(i.occur_time) FROM interactions i \
-             JOIN customers c ON c.id = i.customer_id WHERE i.customer_id IN ({}) \
-             AND (i.org_id = {org} OR i.visibility = 'shared') GROUP BY i.customer_id, i.type",
-            placeholders(2, customer_ids.len())
-        );
-        let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql).bind(viewer.unwrap_or(""));
+        let sql = facts_sql(org, &placeholders(2, customer_ids.len()));
+        let mut q = sqlx::query_as::<_, FactRow>(&sql).bind(viewer.unwrap_or(""));
         for id in customer_ids {
             q = q.bind(*id);
         }
-        for (id, kind, at) in q.fetch_all(self.reader()).await? {
-            let kind =
-                InteractionType::parse(&kind).ok_or_else(|| corrupt("interaction type", &kind))?;
-            found
-                .entry(id)
-                .or_default()
-                .last
-                .push((kind, timestamp(at)?));
+        for row in q.fetch_all(self.reader()).await? {
+            let id = row.customer_id.clone();
+            row.add_to(found.entry(id).or_default())?;
         }
         Ok(found)
     }

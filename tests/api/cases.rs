@@ -80,7 +80,7 @@ fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-async fn open(
+pub(crate) async fn open(
     app: &TestApp,
     by: &Org,
     template: &str,
@@ -115,7 +115,7 @@ async fn get(app: &TestApp, org: &Org, name: &str) -> Result<pb::Case, Status> {
 }
 
 /// Fires `transition` as `org`, with the etag `org` reads now.
-async fn fire(
+pub(crate) async fn fire(
     app: &TestApp,
     org: &Org,
     case: &str,

@@ -17,6 +17,7 @@ crate::on_both_backends!(
     rules_and_grants_page_as_one_list_and_odd_segments_share_nothing,
     segments_on_interactions_follow_each_purchase,
     a_merge_that_moves_a_customer_out_of_a_shared_segment_tells_the_partner,
+    segments_on_open_cases_and_the_owners_overlay_follow_them,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -1348,4 +1349,146 @@ async fn a_merge_that_moves_a_customer_out_of_a_shared_segment_tells_the_partner
         Some(pb::event::Payload::Customer(c)) => assert!(c.display_name.is_empty(), "{c:?}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// What an owner alone knows of a customer: the open cases on it it takes part in, and
+/// its overlay. A rule on "escalated" customers shares a customer while a case on it is
+/// open, and the partner hears of it coming and going; the overlay's status reads the
+/// reader's own overlay.
+async fn segments_on_open_cases_and_the_owners_overlay_follow_them(backend: Backend) {
+    use crate::cases::{fire, open};
+    let app = spawn_app(backend).await;
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let dist = app
+        .create_org("dist", pb::OrganizationKind::Distributor)
+        .await;
+    app.partner(&acme, &dist).await;
+    let ann = create(&app, &acme, tagged("Ann", &[])).await;
+    let bob = create(&app, &acme, tagged("Bob", &[])).await;
+    let escalated = create_segment(&app, &acme, "Escalated", "open_cases >= 1")
+        .await
+        .unwrap();
+    let key = create_segment(&app, &acme, "Key", r#"status = "Key account""#)
+        .await
+        .unwrap();
+    assert_eq!(
+        violated_fields(
+            &create_segment(&app, &acme, "Bad", "open_cases > lots")
+                .await
+                .unwrap_err()
+        ),
+        ["segment.filter"]
+    );
+    share(
+        &app,
+        &acme,
+        ("Escalated to dist", &escalated.name),
+        &dist,
+        &["display_name"],
+    )
+    .await;
+    assert_eq!(
+        count(&app, &acme.read_key, &escalated.name).await.unwrap(),
+        0
+    );
+    assert_error(
+        get(&app, &dist.read_key, &ann.name).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+
+    // A case opened on Ann: she is escalated, and the partner sees her at once.
+    let heads = feed(&app, &dist.read_key).await.len();
+    let who = [(&acme, "vendor"), (&dist, "reseller")];
+    let case = open(
+        &app,
+        &acme,
+        "deal_registration",
+        &ann.name,
+        &who,
+        pb::CasePriority::Normal,
+        &[("expiry_date", "2099-12-31")],
+    )
+    .await
+    .expect("open a case");
+    assert_eq!(
+        count(&app, &acme.read_key, &escalated.name).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        get(&app, &dist.read_key, &ann.name)
+            .await
+            .unwrap()
+            .display_name,
+        "Ann Doe"
+    );
+    let events = feed(&app, &dist.read_key).await;
+    assert!(
+        since(&events, heads)
+            .iter()
+            .any(|(kind, resource, fields)| *kind == "customer.updated"
+                && *resource == ann.name
+                && fields.contains(&"display_name".to_owned())),
+        "{:?}",
+        since(&events, heads)
+    );
+
+    // Rejected: the case is closed, Ann is no longer escalated, and the partner's
+    // last event on her is a bare one.
+    let heads = feed(&app, &dist.read_key).await.len();
+    fire(
+        &app,
+        &acme,
+        &case.name,
+        "reject",
+        &[("rejection_reason", "Outside the program")],
+    )
+    .await
+    .expect("reject");
+    assert_eq!(
+        count(&app, &acme.read_key, &escalated.name).await.unwrap(),
+        0
+    );
+    assert_error(
+        get(&app, &dist.read_key, &ann.name).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    let events = feed(&app, &dist.read_key).await;
+    assert!(
+        since(&events, heads)
+            .iter()
+            .any(|(kind, resource, _)| *kind == "customer.updated" && *resource == ann.name),
+        "{:?}",
+        since(&events, heads)
+    );
+
+    // The overlay: Acme's status on Bob puts him in "Key"; a partner's filter on
+    // `status` reads its own overlay, not Acme's.
+    app.customers(&acme.admin_key)
+        .update_customer_overlay(pb::UpdateCustomerOverlayRequest {
+            overlay: Some(pb::CustomerOverlay {
+                name: format!("{}/overlay", bob.name),
+                status: "Key account".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["status"]),
+            request_id: String::new(),
+        })
+        .await
+        .expect("set the status");
+    assert_eq!(count(&app, &acme.read_key, &key.name).await.unwrap(), 1);
+    assert_eq!(
+        names_of(&list(&app, &acme.read_key, r#"status = "Key account""#).await),
+        [bob.name.clone()]
+    );
+    assert_eq!(
+        names_of(&list(&app, &acme.read_key, "open_cases = 0").await),
+        [ann.name.clone(), bob.name.clone()]
+    );
+    assert!(
+        list(&app, &dist.read_key, r#"status = "Key account""#)
+            .await
+            .is_empty()
+    );
 }

@@ -245,12 +245,39 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
             let a = q.arg(Bind::Int(micros(t.at(crate::domain::now()))));
             q.push(&format!(" AND c.update_time {symbol} {a}"));
         }
+        CustomerCondition::OpenCases(op, n) => {
+            let symbol = match op {
+                Op::Eq => "=",
+                other => match symbol(*other) {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let perspective = perspective_of(how);
+            let a = q.arg(Bind::Int(*n));
+            // The open cases on the record the organization takes part in.
+            q.push(&format!(
+                " AND (SELECT COUNT(*) FROM cases k JOIN case_participants cp \
+                 ON cp.case_id = k.id AND cp.organization_id = {perspective} \
+                 WHERE k.customer_id = c.id AND k.closed = 0) {symbol} {a}"
+            ));
+        }
+        CustomerCondition::Status(v) | CustomerCondition::AccountNumber(v) => {
+            let column = match condition {
+                CustomerCondition::Status(_) => "status",
+                _ => "account_number",
+            };
+            let perspective = perspective_of(how);
+            let a = q.arg(Bind::Text(v.clone()));
+            // The organization's own overlay on the record.
+            q.push(&format!(
+                " AND EXISTS (SELECT 1 FROM customer_overlays o WHERE o.customer_id = c.id \
+                 AND o.org_id = {perspective} AND o.{column} = {a})"
+            ));
+        }
         CustomerCondition::LastInteraction(kind, op, t) => {
             let Some(symbol) = symbol(*op) else { return };
-            let perspective = match how {
-                Narrowing::Record { perspective, .. } => perspective,
-                Narrowing::Grant => "$1",
-            };
+            let perspective = perspective_of(how);
             let of_kind = kind.map_or(String::new(), |k| format!(" AND i.type = '{}'", k.as_str()));
             let a = q.arg(Bind::Int(micros(t.at(crate::domain::now()))));
             // The last of the interactions the organization sees (its own and the
@@ -262,6 +289,14 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
                  ORDER BY i.occur_time DESC LIMIT 1) {symbol} {a}"
             ));
         }
+    }
+}
+
+/// Whose view of the record's interactions, cases and overlay a condition reads.
+fn perspective_of<'a>(how: Narrowing<'a>) -> &'a str {
+    match how {
+        Narrowing::Record { perspective, .. } => perspective,
+        Narrowing::Grant => "$1",
     }
 }
 
