@@ -1480,7 +1480,7 @@ async fn segments_on_open_cases_and_the_owners_overlay_follow_them(backend: Back
     assert_eq!(count(&app, &acme.read_key, &key.name).await.unwrap(), 1);
     assert_eq!(
         names_of(&list(&app, &acme.read_key, r#"status = "Key account""#).await),
-        [bob.name.clone()]
+        vec![bob.name.clone()]
     );
     assert_eq!(
         names_of(&list(&app, &acme.read_key, "open_cases = 0").await),
