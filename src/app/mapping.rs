@@ -257,6 +257,21 @@ async fn locked(
     Ok((m, side))
 }
 
+/// Refused unless `m` is active (accepted, not ended).
+fn active(m: &AccountMapping) -> Result<()> {
+    if m.state == MappingState::Active {
+        return Ok(());
+    }
+    Err(Error::failed_precondition(
+        "MAPPING_NOT_ACTIVE",
+        format!(
+            "{} is {}",
+            names::account_mapping(&m.id),
+            m.state.as_str()
+        ),
+    ))
+}
+
 fn not_open(name: &str, m: &AccountMapping) -> Error {
     Error::failed_precondition("MAPPING_ENDED", format!("{name} is {}", m.state.as_str()))
 }
@@ -567,13 +582,7 @@ pub async fn weigh_refresh(
     settings: &MappingSettings,
     m: &AccountMapping,
 ) -> Result<Weighed> {
-    let name = names::account_mapping(&m.id);
-    if m.state != MappingState::Active {
-        return Err(Error::failed_precondition(
-            "MAPPING_NOT_ACTIVE",
-            format!("{name} is {}", m.state.as_str()),
-        ));
-    }
+    active(m)?;
     partnered(store, m).await?;
     if let Some(op) = &m.operation_id
         && let Some(op) = store.operation(op).await?
@@ -592,12 +601,7 @@ pub async fn start_refresh(tx: &mut Tx, (id, name): (&MappingId, &str)) -> Resul
         .account_mapping(id, true)
         .await?
         .ok_or_else(|| mapping_not_found(name))?;
-    if m.state != MappingState::Active {
-        return Err(Error::failed_precondition(
-            "MAPPING_NOT_ACTIVE",
-            format!("{name} is {}", m.state.as_str()),
-        ));
-    }
+    active(&m)?;
     if let Some(op) = &m.operation_id
         && let Some(op) = tx.operation(op).await?
         && !op.state.done()
@@ -713,12 +717,7 @@ pub async fn request_overlap_access(
 ) -> Result<(i64, i64)> {
     let name = target.1;
     let (m, side) = locked(tx, caller, (target.0, name, "")).await?;
-    if m.state != MappingState::Active {
-        return Err(Error::failed_precondition(
-            "MAPPING_NOT_ACTIVE",
-            format!("{name} is {}", m.state.as_str()),
-        ));
-    }
+    active(&m)?;
     let in_side = |(slug, id, written): &(Slug, SegmentId, String), s: Side, field: &str| {
         if slug == &m.org(s).slug && m.segment_ids(s).iter().any(|x| x == id.as_str()) {
             Ok(id.as_str().to_owned())
@@ -1009,12 +1008,7 @@ impl Comparisons {
             .account_mapping(&op.target_id)
             .await?
             .ok_or_else(|| Error::failed_precondition("MAPPING_GONE", "the mapping is gone"))?;
-        if m.state != MappingState::Active {
-            return Err(Error::failed_precondition(
-                "MAPPING_NOT_ACTIVE",
-                format!("the mapping is {}", m.state.as_str()),
-            ));
-        }
+        active(&m)?;
         partnered(store, &m).await?;
         // Changes from here on count towards the next refresh. (By the workers'
         // clock, which is the system's but where tests move it.)
