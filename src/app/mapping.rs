@@ -113,8 +113,7 @@ pub async fn check_segments(
             .await?
             .ok_or_else(|| segment_not_found(name))?;
         let filter = crate::store::stored_filter(&s.filter)?;
-        let members = count(store, customers, caller, &filter).await?;
-        if members < i64::from(threshold) {
+        if !at_least(store, customers, caller, &filter, threshold as usize).await? {
             return Err(Error::failed_precondition(
                 "SEGMENT_TOO_SMALL",
                 format!(
@@ -125,6 +124,38 @@ pub async fn check_segments(
         ids.push(s.id);
     }
     Ok(ids)
+}
+
+/// Whether the caller sees at least `n` customers matching `filter`: the first `n`
+/// in creation order, not a count of all (a segment of a million answers at once).
+async fn at_least(
+    store: &Store,
+    customers: &CustomerSettings,
+    caller: &Caller,
+    filter: &CustomerFilter,
+    n: usize,
+) -> Result<bool> {
+    let mut seen = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let listing = Listing {
+            filter,
+            order: CustomerOrder {
+                key: OrderKey::Id,
+                descending: false,
+            },
+            show_deleted: false,
+            after: after.as_deref(),
+            limit: n,
+        };
+        let page = list(store, customers, caller, listing).await?;
+        seen += page.items.len();
+        match page.next_after {
+            _ if seen >= n => return Ok(true),
+            Some(next) => after = Some(next),
+            None => return Ok(false),
+        }
+    }
 }
 
 /// The caller asks `partner` to map accounts with the caller's `segments` (checked
@@ -264,11 +295,7 @@ fn active(m: &AccountMapping) -> Result<()> {
     }
     Err(Error::failed_precondition(
         "MAPPING_NOT_ACTIVE",
-        format!(
-            "{} is {}",
-            names::account_mapping(&m.id),
-            m.state.as_str()
-        ),
+        format!("{} is {}", names::account_mapping(&m.id), m.state.as_str()),
     ))
 }
 
@@ -1049,7 +1076,7 @@ impl Comparisons {
         let p_sizes: Vec<i64> = p_segments.iter().map(|s| s.1).collect();
         let compared = compare(&r_members, &p_members, (&r_sizes, &p_sizes));
         let mut overlaps = vec![];
-        let mut matches = vec![];
+        let mut matches: Vec<(&str, &str, Side, &[String])> = vec![];
         for (i, (r_id, _)) in r_segments.iter().enumerate() {
             for (j, (p_id, _)) in p_segments.iter().enumerate() {
                 let counts = compared.pairs.get(&(i, j)).copied().unwrap_or_default();
@@ -1062,8 +1089,8 @@ impl Comparisons {
                     only_partner,
                 });
                 for side in [Side::Requester, Side::Partner] {
-                    for c in compared.matched.get(&(i, j, side)).into_iter().flatten() {
-                        matches.push((r_id.clone(), p_id.clone(), side, c.clone()));
+                    if let Some(ids) = compared.matched.get(&(i, j, side)) {
+                        matches.push((r_id, p_id, side, ids));
                     }
                 }
             }

@@ -392,38 +392,40 @@ impl Tx {
         Ok(())
     }
 
-    /// Replaces the matched records of mapping `id` with `matches`: (requester
-    /// segment, partner segment, side, customer).
+    /// Replaces the matched records of mapping `id` with `matches`: per pair
+    /// (requester segment, partner segment) and side, the records.
     pub async fn replace_mapping_matches(
         &mut self,
         id: &str,
-        matches: &[(String, String, Side, String)],
+        matches: &[(&str, &str, Side, &[String])],
     ) -> Result<()> {
         sqlx::query("DELETE FROM mapping_matches WHERE mapping_id = $1")
             .bind(id)
             .execute(self.conn())
             .await?;
-        // Five values a row; 200 rows a statement stays under SQLite's limit on
-        // parameters.
-        for chunk in matches.chunks(200) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO mapping_matches (mapping_id, requester_segment, partner_segment, \
-                 side, customer_id) VALUES {}",
-                rows.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for (r, p, side, customer) in chunk {
-                q = q
-                    .bind(id)
-                    .bind(r)
-                    .bind(p)
-                    .bind(side.as_str())
-                    .bind(customer);
+        for (r, p, side, customers) in matches {
+            // Five values a row; 200 rows a statement stays under SQLite's limit on
+            // parameters.
+            for chunk in customers.chunks(200) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO mapping_matches (mapping_id, requester_segment, \
+                     partner_segment, side, customer_id) VALUES {}",
+                    rows.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for customer in chunk {
+                    q = q
+                        .bind(id)
+                        .bind(*r)
+                        .bind(*p)
+                        .bind(side.as_str())
+                        .bind(customer);
+                }
+                q.execute(self.conn()).await?;
             }
-            q.execute(self.conn()).await?;
         }
         Ok(())
     }

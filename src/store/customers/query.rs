@@ -199,9 +199,12 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
                 " AND c.id IN (SELECT customer_id FROM customer_keys \
                  WHERE kind = '{kind}' AND key = {k} AND owner_id = {owner})"
             )),
+            // `OFFSET 0` keeps PostgreSQL from turning the probe into a join driven
+            // by every organization's entries of the key (10,000 for a common tag,
+            // 150 ms at a million customers), so the grants drive, in order.
             Narrowing::Grant => q.push(&format!(
                 " AND EXISTS (SELECT 1 FROM customer_keys ck WHERE ck.customer_id = c.id \
-                 AND ck.kind = '{kind}' AND ck.key = {k})"
+                 AND ck.kind = '{kind}' AND ck.key = {k} LIMIT 1 OFFSET 0)"
             )),
         }
     };
