@@ -131,7 +131,7 @@ impl Operations for OperationsApi {
         caller.require(Scope::Write)?;
         let name = &request.get_ref().name;
         let id = operation_id(name)?;
-        app::cancel_operation(&self.hub.store, &caller, (&id, name)).await?;
+        app::cancel_operation(&self.hub.store, &caller, &self.hub.mapping, (&id, name)).await?;
         tracing::info!(operation = %name, "operation cancellation asked for");
         Ok(Response::new(()))
     }

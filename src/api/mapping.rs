@@ -267,7 +267,7 @@ impl AccountMappingService for AccountMappingApi {
             app::Weighed::Running(op) => operation_to_pb(&op, None),
             app::Weighed::Start => {
                 idempotent(hub, &caller, &request, async |tx| {
-                    let op = app::start_refresh(tx, (&id, name)).await?;
+                    let op = app::start_refresh(tx, &m, name).await?;
                     Ok(operation_to_pb(&op, None))
                 })
                 .await?

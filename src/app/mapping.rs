@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::check_etag;
 use super::customers::{CustomerSettings, Listing, count, list};
-use super::sharing::{answer, organization};
+use super::sharing::{answer, covers, existing_grant, organization};
 use crate::domain::caller::Caller;
 use crate::domain::customer::FieldSet;
 use crate::domain::error::{Error, Result};
@@ -146,7 +146,9 @@ async fn at_least(
             },
             show_deleted: false,
             after: after.as_deref(),
-            limit: n,
+            // Pages of at least 100: rows the filter drops in memory cost no round trip
+            // each.
+            limit: n.max(100),
         };
         let page = list(store, customers, caller, listing).await?;
         seen += page.items.len();
@@ -345,6 +347,13 @@ pub async fn accept(
             "MAPPING_NOT_PROPOSED",
             format!("{name} is {}", m.state.as_str()),
         ));
+    }
+    if tx
+        .active_partnership_between(&m.requester.id, &m.partner.id)
+        .await?
+        .is_none()
+    {
+        return Err(no_partnership(&m));
     }
     let partner = m.partner.clone();
     let mine = locked_segments(tx, &partner, Side::Partner, &segments).await?;
@@ -621,11 +630,12 @@ pub async fn weigh_refresh(
     Ok(Weighed::Start)
 }
 
-/// Starts the comparison [`weigh_refresh`] allowed; if another started meanwhile,
-/// returns that one.
-pub async fn start_refresh(tx: &mut Tx, (id, name): (&MappingId, &str)) -> Result<Operation> {
+/// Starts the comparison [`weigh_refresh`] allowed for mapping `weighed` as it read
+/// it; if another started meanwhile, returns that one, and if another finished
+/// meanwhile, refuses (`MAPPING_FRESH`): one comparison per interval.
+pub async fn start_refresh(tx: &mut Tx, weighed: &AccountMapping, name: &str) -> Result<Operation> {
     let mut m = tx
-        .account_mapping(id, true)
+        .account_mapping(&weighed.id, true)
         .await?
         .ok_or_else(|| mapping_not_found(name))?;
     active(&m)?;
@@ -634,6 +644,12 @@ pub async fn start_refresh(tx: &mut Tx, (id, name): (&MappingId, &str)) -> Resul
         && !op.state.done()
     {
         return Ok(op);
+    }
+    if m.compare_time != weighed.compare_time {
+        return Err(Error::failed_precondition(
+            "MAPPING_FRESH",
+            format!("{name} was compared while its refresh was weighed"),
+        ));
     }
     let op = start_comparison(tx, &mut m).await?;
     write(tx, &mut m, name).await?;
@@ -666,25 +682,34 @@ pub async fn list_operations(
 }
 
 /// Asks a running operation to stop. One still waiting ends at once, and the mapping
-/// it was to compare may be compared again.
+/// it was to compare is free (weighed again after a refresh interval, not restarted).
 pub async fn cancel_operation(
     store: &Store,
     caller: &Caller,
+    settings: &MappingSettings,
     (id, name): (&str, &str),
 ) -> Result<()> {
     let op = operation(store, caller, (id, name)).await?;
-    if !store.cancel_operation(&op.id, now()).await? {
+    let now = now();
+    let mut tx = store.begin().await?;
+    // The mapping first, as every change of both takes them.
+    let mapping = tx.account_mapping(&op.target_id, true).await?;
+    if !tx.cancel_operation(&op.id, now).await? {
         return Err(Error::failed_precondition(
             "OPERATION_DONE",
             format!("{name} has finished"),
         ));
     }
-    let mut tx = store.begin().await?;
-    if let Some(mut m) = tx.account_mapping(&op.target_id, true).await?
+    if let Some(mut m) = mapping
         && m.operation_id.as_deref() == Some(op.id.as_str())
         && tx.operation(&op.id).await?.is_some_and(|o| o.state.done())
     {
         m.operation_id = None;
+        m.check_time = store
+            .clock()
+            .now()
+            .checked_add(settings.refresh_interval)
+            .ok();
         let mapping_name = names::account_mapping(&m.id);
         write(&mut tx, &mut m, &mapping_name).await?;
     }
@@ -804,6 +829,17 @@ pub async fn request_overlap_access(
             MAX_OVERLAP_BATCH,
         )
         .await?;
+    // The figures count every match; the records that can be asked for are the other
+    // side's own. Fewer of those than the threshold would show a small overlap's size.
+    if found.matched < i64::from(m.threshold) {
+        return Err(Error::failed_precondition(
+            "OVERLAP_TOO_SMALL",
+            format!(
+                "fewer than {} of the matching records are the other side's own; asking would show how many",
+                m.threshold
+            ),
+        ));
+    }
     let now = now();
     for customer_id in &found.customer_ids {
         let r = AccessRequest {
@@ -853,10 +889,20 @@ pub async fn answer_overlap_access(
             c.customer.state == crate::domain::customer::RecordState::Active
                 && c.customer.owner.id == me.id
         });
+        let narrower = match existing_grant(tx, &r).await? {
+            Some(g) => !covers(&g, &r),
+            None => false,
+        };
         if approve && !still_there {
             let gone = Reason::parse("the customer is no longer active")
                 .map_err(|v| Error::Internal(anyhow::anyhow!(v.description)))?;
             answer(tx, &me, &mut r, false, gone, &request_name).await?;
+        } else if approve && narrower {
+            // All at once cannot widen a grant the requester holds: declined, saying
+            // why; one by one, the owner may revoke it and approve.
+            let held = Reason::parse("you hold a narrower grant on this customer already")
+                .map_err(|v| Error::Internal(anyhow::anyhow!(v.description)))?;
+            answer(tx, &me, &mut r, false, held, &request_name).await?;
         } else {
             answer(tx, &me, &mut r, approve, reason.clone(), &request_name).await?;
         }
@@ -948,8 +994,7 @@ impl Comparisons {
             let mut tx = store.begin().await?;
             match weighed {
                 Ok(Weighed::Start) => {
-                    let mapping_id = MappingId::from_stored(id.clone());
-                    match start_refresh(&mut tx, (&mapping_id, &name)).await {
+                    match start_refresh(&mut tx, &m, &name).await {
                         Ok(op) => {
                             tx.commit().await?;
                             tracing::info!(mapping = %name, operation = %op.id, "mapping refresh started");
@@ -966,12 +1011,14 @@ impl Comparisons {
                     tracing::warn!(mapping = %name, %error, "failed to weigh a mapping's refresh")
                 }
             }
-            // Not now: when the interval ends, or at the next look.
+            // Not now: when the interval ends, or (too little changed) a quarter of an
+            // interval on, so an unchanged mapping is not counted at every look.
+            let later = now + self.cadence().max(self.settings.refresh_interval / 4);
             let due = m
                 .compare_time
                 .and_then(|t| t.checked_add(self.settings.refresh_interval).ok())
                 .filter(|t| *t > now)
-                .unwrap_or(now + self.cadence());
+                .unwrap_or(later);
             tx.check_mapping_at(&id, m.revision, due).await?;
             tx.commit().await?;
         }

@@ -538,6 +538,20 @@ pub async fn decide(
     Ok(r)
 }
 
+/// The requester's live grant on the customer request `r` asks for, if any.
+pub(super) async fn existing_grant(tx: &mut Tx, r: &AccessRequest) -> Result<Option<Grant>> {
+    match tx.live_grant_to(&r.customer_id, &r.requester.id).await? {
+        Some(id) => tx.grant(&r.customer_id, &id).await,
+        None => Ok(None),
+    }
+}
+
+/// Whether grant `g` gives at least what request `r` asks: its level and its fields.
+pub(super) fn covers(g: &Grant, r: &AccessRequest) -> bool {
+    let level = g.level == AccessLevel::ReadWrite || r.level == AccessLevel::Read;
+    level && r.fields.iter().all(|f| g.fields.contains(f))
+}
+
 /// Approves (a grant of what was asked) or declines pending request `r` to `org`,
 /// named `name`, without telling anyone: the caller tells.
 pub(super) async fn answer(
@@ -568,12 +582,18 @@ pub(super) async fn answer(
             ));
         }
         // Asked for twice (through a match and through a mapping): the grant the
-        // first approval made serves both.
-        if let Some(existing) = tx
-            .live_grant_to(&customer.customer.id, &r.requester.id)
-            .await?
-        {
-            r.grant_id = Some(existing);
+        // first approval made serves both, if it gives what this one asks.
+        if let Some(existing) = existing_grant(tx, r).await? {
+            if !covers(&existing, r) {
+                return Err(Error::AlreadyExists {
+                    reason: "GRANT_EXISTS",
+                    message: format!(
+                        "{} holds a narrower grant on this customer; revoke it to grant what {name} asks",
+                        r.requester.slug
+                    ),
+                });
+            }
+            r.grant_id = Some(existing.id);
             r.state = RequestState::Approved;
             r.decide_time = Some(now());
             if !tx.decide_access_request(r).await? {

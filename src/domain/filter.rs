@@ -404,15 +404,25 @@ impl CustomerFilter {
                         })?;
                     CustomerCondition::OpenCases(op, n)
                 }
+                // Not empty: no overlay and an empty one read alike, so "" matches
+                // nothing anywhere.
                 "status" => {
                     only(&[Op::Eq])?;
-                    CustomerCondition::Status(super::customer::label(&value).map_err(within)?)
+                    let v = super::customer::label(&value).map_err(within)?;
+                    if v.is_empty() {
+                        return Err(bad("status compares with a status, not an empty one"));
+                    }
+                    CustomerCondition::Status(v)
                 }
                 "account_number" => {
                     only(&[Op::Eq])?;
-                    CustomerCondition::AccountNumber(
-                        super::customer::account_number(&value).map_err(within)?,
-                    )
+                    let v = super::customer::account_number(&value).map_err(within)?;
+                    if v.is_empty() {
+                        return Err(bad(
+                            "account_number compares with an account number, not an empty one",
+                        ));
+                    }
+                    CustomerCondition::AccountNumber(v)
                 }
                 "last_interaction_time" => {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
@@ -995,6 +1005,8 @@ mod tests {
             ("open_cases : 2", "supports = < <= > >= only"),
             ("status > \"x\"", "supports = only"),
             ("status = \"a\nb\"", "one line"),
+            ("status = \"\"", "not an empty one"),
+            ("account_number = \" \"", "not an empty one"),
         ] {
             let err = CustomerFilter::parse(bad_filter, de()).unwrap_err();
             assert!(

@@ -219,32 +219,6 @@ impl Store {
         })
     }
 
-    /// Asks operation `id` to stop: a waiting one ends at once as cancelled, a running
-    /// one at its worker's next step. False if it had already ended.
-    pub async fn cancel_operation(&self, id: &str, now: Timestamp) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let ended = sqlx::query(
-            "UPDATE operations SET state = 'cancelled', cancel_requested = 1, error_code = 1, \
-             error_message = 'cancelled', update_time = $1, end_time = $1 \
-             WHERE id = $2 AND state = 'pending'",
-        )
-        .bind(micros(now))
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-        let asked = sqlx::query(
-            "UPDATE operations SET cancel_requested = 1, update_time = $1 \
-             WHERE id = $2 AND state = 'running'",
-        )
-        .bind(micros(now))
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
-        self.operations_signal().notify_one();
-        Ok(ended.rows_affected() + asked.rows_affected() > 0)
-    }
-
     /// Forgets finished operation `id`; false if it has not finished.
     pub async fn delete_operation(&self, id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
@@ -260,6 +234,30 @@ impl Store {
 }
 
 impl Tx {
+    /// Asks operation `id` to stop: a waiting one ends at once as cancelled, a running
+    /// one at its worker's next step (woken at commit). False if it had already ended.
+    pub async fn cancel_operation(&mut self, id: &str, now: Timestamp) -> Result<bool> {
+        let ended = sqlx::query(
+            "UPDATE operations SET state = 'cancelled', cancel_requested = 1, error_code = 1, \
+             error_message = 'cancelled', update_time = $1, end_time = $1 \
+             WHERE id = $2 AND state = 'pending'",
+        )
+        .bind(micros(now))
+        .bind(id)
+        .execute(self.conn())
+        .await?;
+        let asked = sqlx::query(
+            "UPDATE operations SET cancel_requested = 1, update_time = $1 \
+             WHERE id = $2 AND state = 'running'",
+        )
+        .bind(micros(now))
+        .bind(id)
+        .execute(self.conn())
+        .await?;
+        self.operations_queued = true;
+        Ok(ended.rows_affected() + asked.rows_affected() > 0)
+    }
+
     pub async fn operation(&mut self, id: &str) -> Result<Option<Operation>> {
         let row: Option<OperationRow> = sqlx::query_as(&format!("{SELECT} WHERE id = $1"))
             .bind(id)

@@ -199,6 +199,8 @@ async fn with_segments<'c>(
 pub struct Unasked {
     pub customer_ids: Vec<String>,
     pub total: i64,
+    /// The side's own matched records of the pair, asked for or not.
+    pub matched: i64,
 }
 
 impl Store {
@@ -259,8 +261,11 @@ impl Store {
     /// those the hub weighs comparing again.
     pub async fn mappings_to_check(&self, now: Timestamp, limit: usize) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM account_mappings WHERE state = 'active' AND operation_id IS NULL \
-             AND COALESCE(check_time, 0) <= $1 ORDER BY COALESCE(check_time, 0), id LIMIT $2",
+            "SELECT m.id FROM account_mappings m WHERE m.state = 'active' \
+             AND COALESCE(m.check_time, 0) <= $1 AND (m.operation_id IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM operations o WHERE o.id = m.operation_id \
+             AND o.state IN ('pending', 'running'))) \
+             ORDER BY COALESCE(m.check_time, 0), m.id LIMIT $2",
         )
         .bind(micros(now))
         .bind(limit as i64)
@@ -468,9 +473,22 @@ impl Tx {
         .bind(limit as i64)
         .fetch_all(self.conn())
         .await?;
+        let (matched,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM mapping_matches mm JOIN customers c ON c.id = mm.customer_id \
+             AND c.owner_id = $5 WHERE mm.mapping_id = $1 AND mm.requester_segment = $2 \
+             AND mm.partner_segment = $3 AND mm.side = $4",
+        )
+        .bind(id)
+        .bind(requester_segment)
+        .bind(partner_segment)
+        .bind(side.as_str())
+        .bind(owner_id)
+        .fetch_one(self.conn())
+        .await?;
         Ok(Unasked {
             customer_ids: rows.into_iter().map(|(c,)| c).collect(),
             total,
+            matched,
         })
     }
 

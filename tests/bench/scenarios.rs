@@ -998,8 +998,11 @@ pub async fn get_by_rule(ctx: &Ctx) -> anyhow::Result<Row> {
 /// An account mapping between the vendor (its segment of every person: all its
 /// customers) and the retailer (its segment of every person it sees: the customers
 /// granted to it): the comparison's time from AcceptAccountMapping to a finished
-/// operation, and the hub's peak memory while it ran. Then one RequestOverlapAccess
-/// (1,000 access requests) and one AnswerOverlapAccess approving them (1,000 grants).
+/// operation, and the hub's peak memory while it ran. Then the retailer asks for the
+/// vendor's matching records (the vendor owns them all; the retailer's own none) with
+/// one RequestOverlapAccess (1,000 access requests), and the vendor approves them with
+/// one AnswerOverlapAccess (the retailer's grants give what was asked already, so each
+/// approval keeps its grant).
 pub async fn mapping(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     use liaison::google::longrunning::{GetOperationRequest, operation::Result as Outcome};
     let conns = ctx.conns();
@@ -1124,7 +1127,7 @@ pub async fn mapping(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             format!("one call, {n} records"),
         )
     };
-    let mut asker = conns.mappings(0, &vendor.admin_key);
+    let mut asker = conns.mappings(0, &retail.admin_key);
     rows.push(
         timed(
             "mapping_request_access",
@@ -1132,8 +1135,8 @@ pub async fn mapping(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 asker
                     .request_overlap_access(pb::RequestOverlapAccessRequest {
                         name: m.name.clone(),
-                        segment: segments[0].clone(),
-                        partner_segment: segments[1].clone(),
+                        segment: segments[1].clone(),
+                        partner_segment: segments[0].clone(),
                         level: pb::AccessLevel::Read as i32,
                         reason: "benchmark".into(),
                         ..Default::default()
@@ -1144,7 +1147,7 @@ pub async fn mapping(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         )
         .await,
     );
-    let mut answerer = conns.mappings(0, &retail.admin_key);
+    let mut answerer = conns.mappings(0, &vendor.admin_key);
     rows.push(
         timed(
             "mapping_answer_access",
