@@ -20,7 +20,7 @@ use crate::domain::customer::FieldSet;
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
 use crate::domain::filter::{CustomerCondition, CustomerFilter, Moment, Op};
-use crate::domain::ids::{Id, MappingId, SegmentId};
+use crate::domain::ids::{MappingId, SegmentId};
 use crate::domain::mapping::{
     Bound, COMPARE_VERB, MAX_SEGMENTS_PER_SIDE, MappingState, Member, OperationState, Overlap,
     SegmentInput, Side, compare, match_keys, may_refresh,
