@@ -1101,7 +1101,7 @@ pub async fn mapping(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         seconds,
         spent,
         format!(
-            "AcceptAccountMapping to a finished comparison: {read} records read on both sides, {both} in both; CreateAccountMapping {create_ms:.0} ms (counts the segment), AcceptAccountMapping {accept_ms:.0} ms"
+            "AcceptAccountMapping to a finished comparison: {read} records read on both sides, {both} in both; CreateAccountMapping {create_ms:.0} ms (checks the segment's size), AcceptAccountMapping {accept_ms:.0} ms"
         ),
     )];
     let timed = async |label: &str,
