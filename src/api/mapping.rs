@@ -5,7 +5,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::level_from_pb;
-use super::write::idempotent;
+use super::write::{idempotent, replayed};
 use super::{Hub, caller_of};
 use crate::app::mapping::{self as app, OverlapAsk, SegmentsAsked};
 use crate::domain::Scope;
@@ -261,6 +261,11 @@ impl AccountMappingService for AccountMappingApi {
         let name = request.name.as_str();
         let id = mapping_name(name, "name")?;
         let hub = &self.hub;
+        // A retry replays the first answer, before anything is weighed again (the
+        // comparison it started may have made the mapping fresh since).
+        if let Some(first) = replayed::<_, Operation>(hub, &caller, &request).await? {
+            return Ok(Response::new(first));
+        }
         let m = app::mapping(&hub.store, &caller, (&id, name)).await?;
         let weighed = app::weigh_refresh(&hub.store, &hub.customers, &hub.mapping, &m).await?;
         let response = match weighed {

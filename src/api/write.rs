@@ -181,6 +181,32 @@ where
     app::write::idempotent(&hub.store, caller, retry, change).await
 }
 
+/// The answer a first call of `request` (same `request_id`, method and request)
+/// kept, if there is one: for a method that weighs something before its change and
+/// must replay rather than weigh again.
+pub async fn replayed<R: Retryable, M: Replayable>(
+    hub: &Hub,
+    caller: &Caller,
+    request: &R,
+) -> Result<Option<M>> {
+    let request_id = request.request_id();
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    let hash = format!("{:x}", Sha256::digest(request.encode_to_vec()));
+    let scope = caller.idempotency_scope();
+    let stored = hub
+        .store
+        .stored_response(&scope, (request_id, R::METHOD, &hash), crate::domain::now())
+        .await?;
+    stored
+        .map(|bytes| {
+            M::decode(bytes.as_slice())
+                .map_err(|e| anyhow::anyhow!("stored response does not decode: {e}").into())
+        })
+        .transpose()
+}
+
 impl<M: Replayable> Answer for M {
     fn to_replay(&self) -> Vec<u8> {
         self.for_replay().encode_to_vec()

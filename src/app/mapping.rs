@@ -471,6 +471,9 @@ pub async fn end(
 /// Ends the open mappings between `a` and `b` once no active partnership joins them
 /// (one was ended by `actor`): a mapping needs a partnership, as sharing does.
 pub async fn end_with_partnership(tx: &mut Tx, actor: &OrgRef, (a, b): (&str, &str)) -> Result<()> {
+    // Two ends of the last two partnerships at once: the second waits for the first
+    // (or one is told to retry), so neither misses that none is left.
+    tx.lock_partnerships_between(a, b).await?;
     if tx.active_partnership_between(a, b).await?.is_some() {
         return Ok(());
     }

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use super::{Tx, micros};
+use super::{Store, Tx, micros};
 use crate::domain::error::{Error, Result};
 
 /// How long a `request_id` is remembered: long enough for a partner system to retry
@@ -17,6 +17,31 @@ pub enum Claim {
     New,
     /// Already answered: return this encoded response and write nothing.
     Replay(Vec<u8>),
+}
+
+impl Store {
+    /// The answer kept for a retry of `request_id` (same method and request), if
+    /// the first call finished within the retention; looked up without claiming the
+    /// id, for a method that must know before it does any work.
+    pub async fn stored_response(
+        &self,
+        scope: &str,
+        (request_id, method, request_hash): (&str, &str, &str),
+        now: Timestamp,
+    ) -> Result<Option<Vec<u8>>> {
+        let row: Option<(Option<Vec<u8>>,)> = sqlx::query_as(
+            "SELECT response FROM idempotency_records WHERE scope = $1 AND request_id = $2 \
+             AND method = $3 AND request_hash = $4 AND create_time >= $5",
+        )
+        .bind(scope)
+        .bind(request_id)
+        .bind(method)
+        .bind(request_hash)
+        .bind(micros(now - REQUEST_ID_RETENTION))
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(row.and_then(|(response,)| response))
+    }
 }
 
 impl Tx {

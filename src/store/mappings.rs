@@ -527,6 +527,23 @@ impl Tx {
         Ok((found, total))
     }
 
+    /// Locks every partnership between `a` and `b` (PostgreSQL; SQLite's writes run
+    /// one at a time), so two ends of the last two at once see each other.
+    pub async fn lock_partnerships_between(&mut self, a: &str, b: &str) -> Result<()> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(());
+        }
+        sqlx::query(
+            "SELECT id FROM partnerships WHERE (proposer_id = $1 AND recipient_id = $2) \
+             OR (proposer_id = $2 AND recipient_id = $1) ORDER BY id FOR UPDATE",
+        )
+        .bind(a)
+        .bind(b)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
     /// The open (proposed or active) mappings between `a` and `b`, either way round.
     pub async fn open_mappings_between(&mut self, a: &str, b: &str) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
