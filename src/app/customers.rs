@@ -861,6 +861,23 @@ pub struct Listing<'a> {
     pub limit: usize,
 }
 
+impl<'a> Listing<'a> {
+    /// Live customers matching `filter`, in creation order: how segments and mappings
+    /// walk their members.
+    pub fn by_creation(filter: &'a CustomerFilter, after: Option<&'a str>, limit: usize) -> Self {
+        Self {
+            filter,
+            order: CustomerOrder {
+                key: crate::store::OrderKey::Id,
+                descending: false,
+            },
+            show_deleted: false,
+            after,
+            limit,
+        }
+    }
+}
+
 /// The customers the caller may see that match the listing's filter, each with how
 /// the caller sees it, and the row to continue after.
 pub async fn list(

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::check_etag;
 use super::customers::{CustomerSettings, Listing, count, list};
-use super::sharing::{answer, covers, existing_grant, organization};
+use super::sharing::{answer, covers, existing_grant, organization, partnership_to_share_through};
 use crate::domain::caller::Caller;
 use crate::domain::customer::FieldSet;
 use crate::domain::error::{Error, Result};
@@ -29,8 +29,7 @@ use crate::domain::visibility::AccessLevel;
 use crate::domain::{OrgRef, Principal, Reason, Scope, Scopes, Slug, names, now};
 use crate::feed::mapping::mapping_event;
 use crate::store::{
-    AccessRequest, AccountMapping, CustomerOrder, MappedSegment, Operation, OrderKey, Page,
-    RequestState, Store, Tx, Worker,
+    AccessRequest, AccountMapping, MappedSegment, Operation, Page, RequestState, Store, Tx, Worker,
 };
 
 /// Most access requests one call makes or answers.
@@ -138,18 +137,9 @@ async fn at_least(
     let mut seen = 0;
     let mut after: Option<String> = None;
     loop {
-        let listing = Listing {
-            filter,
-            order: CustomerOrder {
-                key: OrderKey::Id,
-                descending: false,
-            },
-            show_deleted: false,
-            after: after.as_deref(),
-            // Pages of at least 100: rows the filter drops in memory cost no round trip
-            // each.
-            limit: n.max(100),
-        };
+        // Pages of at least 100: rows the filter drops in memory cost no round trip
+        // each.
+        let listing = Listing::by_creation(filter, after.as_deref(), n.max(100));
         let page = list(store, customers, caller, listing).await?;
         seen += page.items.len();
         match page.next_after {
@@ -176,19 +166,7 @@ pub async fn create_mapping(
             "must be a partner, not the caller itself",
         ));
     }
-    if tx
-        .active_partnership_between(&org.id, &partner.id)
-        .await?
-        .is_none()
-    {
-        return Err(Error::failed_precondition(
-            "NO_ACTIVE_PARTNERSHIP",
-            format!(
-                "{} and {} have no active partnership",
-                org.slug, partner.slug
-            ),
-        ));
-    }
+    partnership_to_share_through(tx, &org, partner).await?;
     if let Some(open) = tx.open_mapping_between(&org.id, &partner.id).await? {
         return Err(Error::AlreadyExists {
             reason: "MAPPING_OPEN",
@@ -348,13 +326,7 @@ pub async fn accept(
             format!("{name} is {}", m.state.as_str()),
         ));
     }
-    if tx
-        .active_partnership_between(&m.requester.id, &m.partner.id)
-        .await?
-        .is_none()
-    {
-        return Err(no_partnership(&m));
-    }
+    partnership_to_share_through(tx, &m.requester, &m.partner).await?;
     let partner = m.partner.clone();
     let mine = locked_segments(tx, &partner, Side::Partner, &segments).await?;
     tx.set_mapping_segments(&m.id, Side::Partner, &segments)
@@ -789,13 +761,7 @@ pub async fn request_overlap_access(
             ))
         }
     };
-    if tx
-        .active_partnership_between(&m.requester.id, &m.partner.id)
-        .await?
-        .is_none()
-    {
-        return Err(no_partnership(&m));
-    }
+    partnership_to_share_through(tx, &m.requester, &m.partner).await?;
     let mine = in_side(&ask.segment, side, "segment")?;
     let theirs = in_side(&ask.partner_segment, side.other(), "partner_segment")?;
     let (requester_segment, partner_segment) = match side {
@@ -1218,16 +1184,7 @@ impl Comparisons {
             let mut after: Option<String> = None;
             let mut size = 0;
             loop {
-                let listing = Listing {
-                    filter: &filter,
-                    order: CustomerOrder {
-                        key: OrderKey::Id,
-                        descending: false,
-                    },
-                    show_deleted: false,
-                    after: after.as_deref(),
-                    limit: PAGE,
-                };
+                let listing = Listing::by_creation(&filter, after.as_deref(), PAGE);
                 let page = list(store, &self.customers, &reader, listing).await?;
                 for (seen, access) in &page.items {
                     let c = &seen.customer;

@@ -22,10 +22,7 @@ use crate::domain::ids::{PresetId, RuleId, SegmentId};
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{DisplayName, OrgRef, Relationship, Slug, names, now};
 use crate::feed::sharing::rule_event;
-use crate::store::{
-    CustomerOrder, OrderKey, Page, RuleSegment, RuleTarget, SeenCustomer, Segment, SharingRule,
-    Store, Tx,
-};
+use crate::store::{Page, RuleSegment, RuleTarget, SeenCustomer, Segment, SharingRule, Store, Tx};
 
 fn segment_not_found(name: &str) -> Error {
     Error::NotFound(format!("segment {name:?}"))
@@ -194,16 +191,7 @@ pub async fn list_members(
     (after, limit): (Option<&str>, usize),
 ) -> Result<Page<(SeenCustomer, Access)>> {
     let filter = segment_filter(store, caller, target).await?;
-    let listing = Listing {
-        filter: &filter,
-        order: CustomerOrder {
-            key: OrderKey::Id,
-            descending: false,
-        },
-        show_deleted: false,
-        after,
-        limit,
-    };
+    let listing = Listing::by_creation(&filter, after, limit);
     list(store, settings, caller, listing).await
 }
 

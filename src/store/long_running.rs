@@ -150,13 +150,16 @@ impl Store {
         now: Timestamp,
         lease: SignedDuration,
     ) -> Result<Option<Operation>> {
-        const WAITING: &str = "(state = 'pending' OR (state = 'running' AND lease_expire < $2))";
+        // Waiting, or running under a lease that lapsed before `at`.
+        let waiting = |at: &str| {
+            format!("(state = 'pending' OR (state = 'running' AND lease_expire < {at}))")
+        };
         let mut tx = self.begin().await?;
         let candidate: Option<(String,)> = sqlx::query_as(&format!(
-            "SELECT id FROM operations WHERE state IN ('pending', 'running') AND $1 = $1 AND \
-             {WAITING} ORDER BY id LIMIT 1"
+            "SELECT id FROM operations WHERE state IN ('pending', 'running') AND {} \
+             ORDER BY id LIMIT 1",
+            waiting("$1")
         ))
-        .bind(0_i64)
         .bind(micros(now))
         .fetch_optional(tx.conn())
         .await?;
@@ -165,11 +168,11 @@ impl Store {
             return Ok(None);
         };
         let taken = sqlx::query(&format!(
-            "UPDATE operations SET state = 'running', lease_expire = $1, update_time = $3 \
-             WHERE id = $4 AND {WAITING}"
+            "UPDATE operations SET state = 'running', lease_expire = $1, update_time = $2 \
+             WHERE id = $3 AND {}",
+            waiting("$2")
         ))
         .bind(micros(now + lease))
-        .bind(micros(now))
         .bind(micros(now))
         .bind(&id)
         .execute(tx.conn())
