@@ -2,6 +2,7 @@
 //! Nothing here knows of tonic or sqlx; a value that exists here is valid.
 
 pub mod api_key;
+pub mod audit;
 pub mod calendar;
 pub mod caller;
 pub mod case;

@@ -12,6 +12,7 @@
 //! hand-off to sqlx's connection thread.
 
 mod api_keys;
+mod audit;
 mod cases;
 mod client_certs;
 mod credentials;
@@ -45,6 +46,7 @@ use jiff::Timestamp;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor};
 
+pub use audit::{AuditHead, AuditedOrganization};
 pub use cases::CaseQuery;
 pub use client_certs::CertificateRecord;
 pub use customers::{

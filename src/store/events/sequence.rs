@@ -60,7 +60,8 @@ use super::{CHANNEL, INSERT_CHUNK, NewEvent, announcements};
 use crate::domain::error::Result;
 use crate::domain::event::{EventType, numbered};
 use crate::domain::notify::Notifiable;
-use crate::store::{Dialect, Store, Tx, corrupt, micros, placeholders, timestamp};
+use crate::store::audit::erased_customer;
+use crate::store::{AuditHead, Dialect, Store, Tx, corrupt, micros, placeholders, timestamp};
 
 /// Inbox rows (committed transactions) one sequencer batch takes at most.
 const BATCH: usize = 256;
@@ -258,6 +259,8 @@ impl Tx {
         let mut heads = vec![];
         let mut queued = false;
         let mut numbered_events: Vec<(&NewEvent, i64)> = Vec::with_capacity(all.len());
+        // Per organization: its audit head and where its events sit in `numbered_events`.
+        let mut audit_heads: Vec<(&str, AuditHead, std::ops::Range<usize>)> = vec![];
         let mut rest = all.as_slice();
         while let Some((_, first)) = rest.first() {
             let org = first.organization_id.as_str();
@@ -267,16 +270,25 @@ impl Tx {
                 .count();
             let (group, tail) = rest.split_at(n);
             rest = tail;
-            let (last,): (i64,) = sqlx::query_as(
+            // The audit head comes back with the numbers: the chain continues from it.
+            let (last, audit_position, audit_hash): (i64, i64, Option<Vec<u8>>) = sqlx::query_as(
                 "INSERT INTO event_feeds (organization_id, last_sequence) VALUES ($1, $2) \
                  ON CONFLICT (organization_id) \
                  DO UPDATE SET last_sequence = event_feeds.last_sequence + excluded.last_sequence \
-                 RETURNING last_sequence",
+                 RETURNING last_sequence, audit_position, audit_hash",
             )
             .bind(org)
             .bind(n as i64)
             .fetch_one(self.conn())
             .await?;
+            audit_heads.push((
+                org,
+                AuditHead {
+                    position: audit_position,
+                    hash: audit_hash,
+                },
+                numbered_events.len()..numbered_events.len() + n,
+            ));
             let start = last - n as i64 + 1;
             let deliveries: Vec<(&str, &str, i64)> = group
                 .iter()
@@ -306,7 +318,15 @@ impl Tx {
             numbered_events.extend(group.iter().map(|(_, e)| *e).zip(start..));
             heads.push((org.to_owned(), last));
         }
-        for chunk in numbered_events.chunks(INSERT_CHUNK) {
+        // Each body once, with its number: the feed's copy and the audit log's content.
+        let bodies: Vec<Vec<u8>> = numbered_events
+            .iter()
+            .map(|(e, sequence)| numbered(&e.body, *sequence))
+            .collect();
+        for (chunk, bodies) in numbered_events
+            .chunks(INSERT_CHUNK)
+            .zip(bodies.chunks(INSERT_CHUNK))
+        {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| format!("({})", placeholders(i * 7 + 1, 7)))
                 .collect();
@@ -316,7 +336,7 @@ impl Tx {
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql);
-            for (e, sequence) in chunk {
+            for ((e, sequence), body) in chunk.iter().zip(bodies) {
                 query = query
                     .bind(&e.organization_id)
                     .bind(*sequence)
@@ -324,10 +344,30 @@ impl Tx {
                     .bind(e.event_type.as_str())
                     .bind(&e.resource)
                     .bind(micros(e.create_time))
-                    .bind(numbered(&e.body, *sequence));
+                    .bind(body.as_slice());
             }
             query.execute(self.conn()).await?;
         }
+        let chains: Vec<_> = audit_heads
+            .into_iter()
+            .map(|(org, head, range)| {
+                let events = range
+                    .map(|k| {
+                        (
+                            numbered_events[k].0,
+                            numbered_events[k].1,
+                            bodies[k].as_slice(),
+                        )
+                    })
+                    .collect();
+                (org, head, events)
+            })
+            .collect();
+        let erased: Vec<&str> = numbered_events
+            .iter()
+            .filter_map(|(e, _)| erased_customer(e))
+            .collect();
+        self.append_audit(&chains, &erased).await?;
         self.deliveries_queued |= queued;
         if self.dialect == Dialect::Postgres {
             for payload in announcements(&heads) {
