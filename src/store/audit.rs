@@ -35,6 +35,10 @@ impl AuditHead {
     }
 }
 
+/// One organization's part of a numbering batch: its head, and its events with their
+/// sequences and stored bodies, in feed order.
+pub(in crate::store) type Chain<'a> = (&'a str, AuditHead, Vec<(&'a NewEvent, i64, &'a [u8])>);
+
 /// An entry on its way into the log.
 struct Appended<'a> {
     organization_id: &'a str,
@@ -118,7 +122,7 @@ impl Tx {
     /// customer this batch erased (`erased`), in every organization's log.
     pub(in crate::store) async fn append_audit(
         &mut self,
-        chains: &[(&str, AuditHead, Vec<(&NewEvent, i64, &[u8])>)],
+        chains: &[Chain<'_>],
         erased: &[&str],
     ) -> Result<()> {
         let mut rows: Vec<Appended<'_>> = vec![];
