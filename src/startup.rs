@@ -15,8 +15,8 @@ use tonic_health::ServingStatus;
 
 use crate::api::edge::EdgeLayer;
 use crate::api::{
-    AccountMappingApi, AdminApi, CaseApi, CustomerApi, EventApi, Hub, InteractionApi, MemberApi,
-    OperationsApi, PartnershipApi, SharingApi, WebhookApi,
+    AccountMappingApi, AdminApi, AuditApi, CaseApi, CustomerApi, EventApi, Hub, InteractionApi,
+    MemberApi, OperationsApi, PartnershipApi, SharingApi, WebhookApi,
 };
 use crate::config::{Config, redact_url};
 use crate::google::longrunning::operations_server::OperationsServer;
@@ -25,6 +25,7 @@ use crate::outbound::email::EmailWorker;
 use crate::outbound::webhooks::{Sender, WebhookWorker};
 use crate::pb::account_mapping_service_server::AccountMappingServiceServer;
 use crate::pb::admin_service_server::AdminServiceServer;
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::case_service_server::CaseServiceServer;
 use crate::pb::customer_service_server::CustomerServiceServer;
 use crate::pb::event_service_server::EventServiceServer;
@@ -54,6 +55,7 @@ const SERVICE_NAMES: &[&str] = &[
     "liaison.v1.WebhookService",
     "liaison.v1.CaseService",
     "liaison.v1.AccountMappingService",
+    "liaison.v1.AuditService",
     "google.longrunning.Operations",
 ];
 
@@ -189,6 +191,9 @@ impl Application {
         let mappings = AccountMappingServiceServer::new(AccountMappingApi::new(hub.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let audit = AuditServiceServer::new(AuditApi::new(hub.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let operations = OperationsServer::new(OperationsApi::new(hub.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
@@ -271,6 +276,7 @@ impl Application {
             .add_service(webhooks)
             .add_service(cases)
             .add_service(mappings)
+            .add_service(audit)
             .add_service(operations);
         let server: futures_util::future::BoxFuture<'_, Result<(), tonic::transport::Error>> =
             match tls.clone() {
@@ -301,6 +307,7 @@ impl Application {
                 () = hub.store.listen_for_events() => {}
                 () = hub.store.run_sequencer() => {}
                 () = hub.store.follow_credentials() => {}
+                () = crate::app::audit::run_checkpoints(hub.store.clone(), hub.audit.clone()) => {}
                 () = crate::metrics::serve(metrics_listener, hub.store.clone()) => {}
                 () = crate::tls::reload_on_hangup(tls) => {}
             }

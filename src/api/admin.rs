@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    org_kind_from_pb, org_kind_to_pb, parse_timestamp, scope_from_pb, scope_to_pb, update_paths,
+    org_kind_from_pb, org_kind_to_pb, parse_timestamp, scope_from_pb, update_paths,
 };
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
@@ -13,10 +13,10 @@ use crate::domain::error::{FieldViolation, Result, Violations};
 use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::{
-    ApiKey, DisplayName, Organization, OrganizationKind, OrganizationState, Principal, Reason,
-    Scope, Scopes, Slug, now,
+    DisplayName, Organization, OrganizationKind, OrganizationState, Reason, Scope, Scopes, Slug,
+    now,
 };
-use crate::feed::render::{etag, timestamp};
+use crate::feed::render::{api_key_to_pb, etag, timestamp};
 use crate::pb::{self, admin_service_server::AdminService};
 use crate::store::Page;
 
@@ -52,22 +52,6 @@ pub(super) fn organization_to_pb(o: &Organization) -> pb::Organization {
         create_time: timestamp(o.create_time),
         update_time: timestamp(o.update_time),
         etag: etag(o.revision),
-    }
-}
-
-fn key_to_pb(k: &ApiKey) -> pb::ApiKey {
-    let owner = match &k.principal {
-        Principal::Operator => None,
-        Principal::Organization(org) => Some(&org.slug),
-    };
-    pb::ApiKey {
-        name: names::api_key(owner, &k.id),
-        display_name: k.display_name.clone(),
-        scopes: k.scopes.iter().map(|s| scope_to_pb(s) as i32).collect(),
-        prefix: k.prefix.clone(),
-        create_time: timestamp(k.create_time),
-        expire_time: k.expire_time.and_then(timestamp),
-        revoke_time: k.revoke_time.and_then(timestamp),
     }
 }
 
@@ -311,7 +295,7 @@ impl AdminService for AdminApi {
         let (key, secret) = app::new_key(owner, display_name, scopes, expire_time);
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
             app::create_key(tx, &key, &secret).await?;
-            let (api_key, key) = (Some(key_to_pb(&key)), secret.expose().to_owned());
+            let (api_key, key) = (Some(api_key_to_pb(&key)), secret.expose().to_owned());
             Ok(pb::CreateApiKeyResponse { api_key, key })
         })
         .await?;
@@ -344,7 +328,7 @@ impl AdminService for AdminApi {
             next_after: next,
         } = app::keys(&self.hub.store, &owner, r.show_revoked, at).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
-            api_keys: found.iter().map(key_to_pb).collect(),
+            api_keys: found.iter().map(api_key_to_pb).collect(),
             next_page_token: page.next_token(next),
         }))
     }
@@ -361,7 +345,9 @@ impl AdminService for AdminApi {
             app::revocable_key_owner(&self.hub.store, &caller, owner_slug.as_ref(), &r.name)
                 .await?;
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
-            Ok(key_to_pb(&app::revoke_key(tx, &owner, &id, &r.name).await?))
+            Ok(api_key_to_pb(
+                &app::revoke_key(tx, &owner, &id, &r.name).await?,
+            ))
         })
         .await?;
         self.hub.auth.forget_all();

@@ -10,6 +10,7 @@ pub mod status;
 mod write;
 
 mod admin;
+mod audit;
 mod cases;
 mod client_certs;
 pub mod customers;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 pub use crate::app::customers::CustomerSettings;
 pub use admin::AdminApi;
+pub use audit::AuditApi;
 pub use auth::{Authenticator, Caller, caller_of};
 pub use cases::CaseApi;
 pub use customers::CustomerApi;
@@ -58,6 +60,8 @@ pub struct Hub {
     pub pages: Arc<paging::PageTokens>,
     /// Account mapping settings (threshold, refresh interval).
     pub mapping: Arc<crate::app::mapping::MappingSettings>,
+    /// The audit log's checkpoint key and trusted keys.
+    pub audit: Arc<crate::app::audit::AuditSettings>,
 }
 
 impl Hub {
@@ -79,6 +83,7 @@ impl Hub {
             mapping: Arc::new(crate::app::mapping::MappingSettings::from_config(
                 &crate::config::MappingConfig::default(),
             )),
+            audit: Arc::default(),
         }
     }
 
@@ -95,6 +100,15 @@ impl Hub {
         hub.mapping = Arc::new(crate::app::mapping::MappingSettings::from_config(
             &config.mapping,
         ));
+        hub.audit = Arc::new(crate::app::audit::AuditSettings::from_config(
+            &config.audit,
+        )?);
+        if hub.audit.signing_key.is_none() {
+            tracing::warn!(
+                "audit.signing_key is not set: audit checkpoints are not signed \
+                 (make a key with `liaison admin audit keygen`)"
+            );
+        }
         Ok(hub)
     }
 }

@@ -276,7 +276,7 @@ impl WebhookService for WebhookApi {
         let org = app::organization(&self.hub.store, &caller, &slug, &r.parent).await?;
         let endpoint = app::new_endpoint(&org, fields);
         let response = idempotent(&self.hub, &caller, &r, async |tx| {
-            app::create(tx, &endpoint).await?;
+            app::create(tx, &org, &endpoint).await?;
             Ok(endpoint_to_pb(&org.slug, &endpoint))
         })
         .await?;

@@ -3,6 +3,7 @@
 //! transaction it is given (or reads from the store), and tells the feed what changed;
 //! the edge (`api`) decodes requests into commands and renders what comes back.
 
+pub mod audit;
 pub mod cases;
 pub mod customers;
 pub mod events;

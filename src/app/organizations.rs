@@ -12,12 +12,14 @@ use super::check_etag;
 use crate::domain::caller::Caller;
 use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
 use crate::domain::error::{Error, Result};
+use crate::domain::event::EventType;
 use crate::domain::ids::{ApiKeyId, CertificateId};
 use crate::domain::names;
 use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState,
     Principal, Reason, Scopes, Slug, now,
 };
+use crate::feed::configuration::key_event;
 use crate::store::{Page, Store, Tx};
 
 /// A new organization, not yet stored: its id is chosen once, so a retried create
@@ -155,7 +157,9 @@ pub fn new_key(
 
 /// Stores `key` (from [`new_key`]) by the hash of its secret.
 pub async fn create_key(tx: &mut Tx, key: &ApiKey, secret: &ApiKeySecret) -> Result<()> {
-    tx.insert_api_key(key, &secret.hash()).await
+    tx.insert_api_key(key, &secret.hash()).await?;
+    key_event(tx, EventType::ApiKeyCreated, key);
+    Ok(())
 }
 
 /// The keys of `owner` (from [`key_owner`]); a page of `size` after `after`.
@@ -204,6 +208,7 @@ pub async fn revoke_key(
         let now = now();
         tx.revoke_api_key(&key.id, now).await?;
         key.revoke_time = Some(now);
+        key_event(tx, EventType::ApiKeyRevoked, &key);
     }
     Ok(key)
 }

@@ -18,6 +18,7 @@ use crate::domain::ids::{AccessRequestId, CustomerId, GrantId, MatchId, PresetId
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{DisplayName, OrgRef, Reason, Slug, now};
+use crate::feed::configuration::own_preset_event;
 use crate::feed::sharing::{grant_event, preset_event, request_event};
 use crate::store::{
     AccessRequest, CustomerMatch, FieldPreset, Grant, MatchRule, Page, RequestState, Store, Tx,
@@ -225,6 +226,7 @@ pub async fn create_preset(
         update_time: now,
     };
     tx.insert_field_preset(&p).await?;
+    own_preset_event(tx, EventType::FieldPresetCreated, org, &p);
     Ok((org.slug.clone(), p))
 }
 
@@ -317,6 +319,7 @@ pub async fn delete_preset(
             format!("{name} is used by live grants; revoke them (or grant them otherwise) first"),
         ));
     }
+    own_preset_event(tx, EventType::FieldPresetDeleted, org, &p);
     Ok(())
 }
 

@@ -10,11 +10,12 @@ use uuid::Uuid;
 use super::check_etag;
 use crate::domain::caller::Caller;
 use crate::domain::error::{Error, Result};
-use crate::domain::event::TEST_EVENT_TYPE;
+use crate::domain::event::{EventType, TEST_EVENT_TYPE};
 use crate::domain::ids::EndpointId;
 use crate::domain::names;
 use crate::domain::webhook::WebhookSecret;
 use crate::domain::{Organization, Slug, now};
+use crate::feed::configuration::endpoint_event;
 use crate::feed::draft::test_event;
 use crate::outbound::webhooks::Sender;
 use crate::store::{
@@ -121,7 +122,7 @@ pub fn new_endpoint(org: &Organization, fields: EndpointFields) -> Endpoint {
 
 /// Stores `endpoint` (from [`new_endpoint`]) unless its organization has as many as
 /// it may.
-pub async fn create(tx: &mut Tx, endpoint: &Endpoint) -> Result<()> {
+pub async fn create(tx: &mut Tx, org: &Organization, endpoint: &Endpoint) -> Result<()> {
     if tx
         .count_endpoints_for_insert(&endpoint.organization_id)
         .await?
@@ -132,7 +133,15 @@ pub async fn create(tx: &mut Tx, endpoint: &Endpoint) -> Result<()> {
             format!("an organization may have at most {MAX_ENDPOINTS} webhook endpoints"),
         ));
     }
-    tx.insert_endpoint(endpoint).await
+    tx.insert_endpoint(endpoint).await?;
+    endpoint_event(
+        tx,
+        EventType::WebhookEndpointCreated,
+        &org.slug,
+        endpoint,
+        vec![],
+    );
+    Ok(())
 }
 
 /// The endpoints of `org` (as [`organization`] found it); a page of `size` after
@@ -156,6 +165,13 @@ pub async fn delete(
     if !tx.delete_endpoint(&org.id, &endpoint.id).await? {
         return Err(Error::NotFound(format!("webhook endpoint {name:?}")));
     }
+    endpoint_event(
+        tx,
+        EventType::WebhookEndpointDeleted,
+        &org.slug,
+        endpoint,
+        vec![],
+    );
     Ok(())
 }
 
@@ -172,6 +188,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| Error::NotFound(format!("webhook endpoint {name:?}")))?;
     check_etag(etag, e.revision, name)?;
+    let before = e.clone();
     if let Some(v) = &fields.url {
         e.url = v.clone();
     }
@@ -204,7 +221,38 @@ pub async fn update(
     if !tx.update_endpoint(&mut e).await? {
         return Err(Error::StaleEtag(name.to_owned()));
     }
+    let changed = changed_fields(&before, &e);
+    endpoint_event(
+        tx,
+        EventType::WebhookEndpointUpdated,
+        &org.slug,
+        &e,
+        changed,
+    );
     Ok(e)
+}
+
+/// The fields of an endpoint an update changed, by their API names.
+fn changed_fields(before: &Endpoint, after: &Endpoint) -> Vec<String> {
+    [
+        ("url", before.url != after.url),
+        ("description", before.description != after.description),
+        ("event_types", before.event_types != after.event_types),
+        (
+            "rate_limit_per_second",
+            before.rate_limit_per_second != after.rate_limit_per_second,
+        ),
+        ("ordered", before.ordered != after.ordered),
+        ("enabled", before.enabled != after.enabled),
+        (
+            "disabled_reason",
+            before.disabled_reason != after.disabled_reason,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(field, _)| field.to_owned())
+    .collect()
 }
 
 /// Gives endpoint `endpoint` of `org` (named `name`) a new secret; the old one keeps
@@ -232,6 +280,13 @@ pub async fn rotate_secret(
     if !tx.update_endpoint(&mut e).await? {
         return Err(Error::StaleEtag(name.to_owned()));
     }
+    endpoint_event(
+        tx,
+        EventType::WebhookEndpointSecretRotated,
+        &org.slug,
+        &e,
+        vec![],
+    );
     Ok(e)
 }
 

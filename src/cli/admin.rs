@@ -68,6 +68,11 @@ pub(super) enum AdminCommand {
     /// Takes a consistent copy of the SQLite database into PATH (`VACUUM INTO`) while
     /// the hub keeps serving. PATH must not exist.
     Backup { path: PathBuf },
+    /// The audit log: verify every chain, sign checkpoints now.
+    Audit {
+        #[command(subcommand)]
+        command: AdminAuditCommand,
+    },
     /// Seals new page tokens with a fresh key kept in the database; tokens sealed with
     /// the previous keys keep working for a day. Not for keys given in the config.
     RotatePageTokenKey,
@@ -315,9 +320,26 @@ pub(super) async fn admin(
                 .into_inner();
             println!("{}\tREVOKED", key.name);
         }
-        AdminCommand::Backup { .. } | AdminCommand::RotatePageTokenKey => {
+        AdminCommand::Backup { .. }
+        | AdminCommand::RotatePageTokenKey
+        | AdminCommand::Audit { .. } => {
             unreachable!("handled before the admin API is needed")
         }
     }
     Ok(())
+}
+
+/// `liaison admin audit …`: run against the database.
+#[derive(Subcommand)]
+pub(super) enum AdminAuditCommand {
+    /// Checks every organization's chain (or one's) against its checkpoints and head;
+    /// names the first bad entry of each and exits 1 if any is bad.
+    Verify {
+        /// Only this organization (slug).
+        #[arg(long)]
+        organization: Option<String>,
+    },
+    /// Signs each organization's newest entry now (the hub also does so every
+    /// `audit.checkpoint_interval_secs`).
+    Checkpoint,
 }

@@ -3,6 +3,7 @@
 //! it returns.
 
 mod admin;
+mod audit;
 mod health;
 pub mod import;
 mod operations;
@@ -106,6 +107,12 @@ enum Command {
         /// A service name to ask about instead of the whole server.
         #[arg(long, default_value = "")]
         service: String,
+    },
+    /// The audit log: a checkpoint signing key, and an organization's log exported
+    /// from a running hub and verified offline.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Long-running operations of a running hub (account mapping comparisons).
     Operations {
@@ -217,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
         } => health::health(&server, ca.as_deref(), service).await,
         Command::Operations { command } => operations::run(command).await,
+        Command::Audit { command } => audit::run(command).await,
         Command::Email {
             common,
             command: EmailCommand::Test { to },
@@ -316,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ))
                     }
                 }
+                AdminCommand::Audit { command } => audit::admin(&store, &hub.audit, command).await,
                 command => admin::admin(AdminApi::new(hub), &store, command).await,
             };
             store.close().await;

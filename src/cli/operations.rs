@@ -78,25 +78,37 @@ fn as_json(op: &Operation) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(&message)?)
 }
 
-pub(super) async fn run(command: OperationsCommand) -> anyhow::Result<()> {
-    let (OperationsCommand::Wait { hub, .. } | OperationsCommand::Get { hub, .. }) = &command;
-    let (server, key) = (hub.server.as_str(), hub.key.as_str());
-    let channel = Channel::from_shared(server.to_owned())
-        .with_context(|| {
-            format!("--server {server:?} must be a URL such as http://127.0.0.1:50051")
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {key}")
-        .parse()
-        .context("the API key is not valid")?;
-    let mut client =
-        OperationsClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+impl Remote {
+    /// A channel to the hub and an interceptor that sends the key with every call.
+    pub(super) async fn connect(
+        &self,
+    ) -> anyhow::Result<(
+        Channel,
+        impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<>,
+    )> {
+        let server = self.server.as_str();
+        let channel = Channel::from_shared(server.to_owned())
+            .with_context(|| {
+                format!("--server {server:?} must be a URL such as http://127.0.0.1:50051")
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {server}"))?;
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", self.key)
+            .parse()
+            .context("the API key is not valid")?;
+        Ok((channel, move |mut r: tonic::Request<()>| {
             r.metadata_mut().insert("authorization", bearer.clone());
             Ok(r)
-        });
+        }))
+    }
+}
+
+pub(super) async fn run(command: OperationsCommand) -> anyhow::Result<()> {
+    let (OperationsCommand::Wait { hub, .. } | OperationsCommand::Get { hub, .. }) = &command;
+    let (channel, with_key) = hub.connect().await?;
+    let mut client = OperationsClient::with_interceptor(channel, with_key);
     match command {
         OperationsCommand::Get { name, .. } => {
             let op = client

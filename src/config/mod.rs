@@ -30,6 +30,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub customers: CustomersConfig,
     pub mapping: MappingConfig,
+    pub audit: AuditConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
     pub email: EmailConfig,
@@ -50,6 +51,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             customers: CustomersConfig::default(),
             mapping: MappingConfig::default(),
+            audit: AuditConfig::default(),
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
             email: EmailConfig::default(),
@@ -310,6 +312,17 @@ impl Config {
         if self.mapping.refresh_interval_secs > 30 * 24 * 3600 {
             bail!("mapping.refresh_interval_secs must be at most 30 days");
         }
+        if !(1..=7 * 24 * 3600).contains(&self.audit.checkpoint_interval_secs) {
+            bail!("audit.checkpoint_interval_secs must be between 1 and 7 days");
+        }
+        if !self.audit.signing_key.is_empty() {
+            crate::domain::audit::SigningKey::parse(&self.audit.signing_key)
+                .map_err(|e| anyhow::anyhow!("audit.signing_key {e}"))?;
+        }
+        for (i, key) in self.audit.trusted_public_keys.iter().enumerate() {
+            crate::domain::audit::parse_public_key(key)
+                .map_err(|e| anyhow::anyhow!("audit.trusted_public_keys[{i}] {e}"))?;
+        }
         Ok(())
     }
 
@@ -413,7 +426,11 @@ impl Config {
         for secret in shown.server.page_token_keys.0.iter_mut() {
             *secret = "***".into();
         }
-        for secret in [&mut shown.smtp.password, &mut shown.customers.match_secret] {
+        for secret in [
+            &mut shown.smtp.password,
+            &mut shown.customers.match_secret,
+            &mut shown.audit.signing_key,
+        ] {
             if !secret.is_empty() {
                 *secret = "***".into();
             }

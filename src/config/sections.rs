@@ -260,6 +260,46 @@ impl Default for MappingConfig {
     }
 }
 
+/// The audit log's signed checkpoints.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Base64 of a PKCS#8 Ed25519 key (`liaison admin audit keygen` makes one). Empty:
+    /// no checkpoints are signed, and the chains alone show tampering.
+    pub signing_key: String,
+    /// Public keys (base64, 32 bytes) whose checkpoints verification still trusts:
+    /// those of signing keys this one replaced.
+    pub trusted_public_keys: Vec<String>,
+    /// How often each organization's newest entry is signed, if its log grew.
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: String::new(),
+            trusted_public_keys: vec![],
+            checkpoint_interval_secs: 3600,
+        }
+    }
+}
+
+/// Debug output masks the signing key.
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.signing_key.is_empty() {
+            ""
+        } else {
+            "***"
+        };
+        f.debug_struct("AuditConfig")
+            .field("signing_key", &key)
+            .field("trusted_public_keys", &self.trusted_public_keys)
+            .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
+            .finish()
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CustomersConfig {

@@ -310,6 +310,20 @@ impl Chain {
         }
     }
 
+    /// Adds checkpoints to meet on the way (those before the next entry are ignored):
+    /// an export's, page by page.
+    pub fn expect(&mut self, checkpoints: Vec<Checkpoint>) {
+        let mut all: Vec<Checkpoint> = self.checkpoints.drain(..).collect();
+        all.extend(checkpoints.into_iter().filter(|c| c.position >= self.next));
+        all.sort_by_key(|c| c.position);
+        self.checkpoints = all.into();
+    }
+
+    /// The position the next entry must have.
+    pub fn next_position(&self) -> i64 {
+        self.next
+    }
+
     /// Checks the next entry.
     pub fn check(&mut self, r: &Record) -> Result<(), Fault> {
         if r.position != self.next {

@@ -67,6 +67,16 @@ impl Category {
             | CustomerOverlayUpdated
             | InteractionLogged => Some(Category::Customers),
             WebhookEndpointDisabled => Some(Category::Integration),
+            // The organization's own configuration, changed by its own keys (or the
+            // operator): in the feed and the audit log, not worth an email.
+            ApiKeyCreated
+            | ApiKeyRevoked
+            | WebhookEndpointCreated
+            | WebhookEndpointUpdated
+            | WebhookEndpointSecretRotated
+            | WebhookEndpointDeleted
+            | FieldPresetCreated
+            | FieldPresetDeleted => None,
             GrantCreated
             | GrantRevoked
             | FieldPresetUpdated

@@ -3,6 +3,7 @@
 //! Called inside the change's transaction; below the API, above the store.
 
 pub mod cases;
+pub mod configuration;
 pub mod customers;
 pub mod draft;
 pub mod interactions;

@@ -181,6 +181,23 @@ fn filter_to_pb(types: &[String]) -> Vec<String> {
 
 /// The endpoint as its organization sees it (never its secret); `pending_deliveries`
 /// is left 0 for the caller to fill in.
+/// An API key as its owner sees it (never its secret).
+pub fn api_key_to_pb(k: &crate::domain::ApiKey) -> pb::ApiKey {
+    let owner = match &k.principal {
+        crate::domain::Principal::Operator => None,
+        crate::domain::Principal::Organization(org) => Some(&org.slug),
+    };
+    pb::ApiKey {
+        name: names::api_key(owner, &k.id),
+        display_name: k.display_name.clone(),
+        scopes: k.scopes.iter().map(|s| scope_to_pb(s) as i32).collect(),
+        prefix: k.prefix.clone(),
+        create_time: timestamp(k.create_time),
+        expire_time: k.expire_time.and_then(timestamp),
+        revoke_time: k.revoke_time.and_then(timestamp),
+    }
+}
+
 pub fn endpoint_to_pb(org: &Slug, e: &Endpoint) -> pb::WebhookEndpoint {
     pb::WebhookEndpoint {
         name: names::webhook_endpoint(org, &e.id),

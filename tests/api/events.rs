@@ -145,7 +145,12 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
     let partnership_events = feed(&app, &dist.read_key).await;
     assert_eq!(
         types(&partnership_events),
-        ["partnership.proposed", "partnership.accepted"]
+        [
+            "api_key.created",
+            "api_key.created",
+            "partnership.proposed",
+            "partnership.accepted"
+        ]
     );
 
     let mut input = person("Ada", "Lovelace", "ada@example.com");
@@ -251,7 +256,8 @@ async fn each_organization_hears_exactly_what_it_may_see(backend: Backend) {
     assert!(
         shop_feed
             .iter()
-            .all(|e| e.resource.starts_with("partnerships/")),
+            .all(|e| e.resource.starts_with("partnerships/")
+                || e.resource.starts_with("organizations/shop/apiKeys/")),
         "{:?}",
         types(&shop_feed)
     );
@@ -432,7 +438,7 @@ async fn a_failed_transaction_leaves_no_event(backend: Backend) {
     let vendor = app.create_org("vendor", pb::OrganizationKind::Vendor).await;
     let c = create(&app, &vendor, person("Ada", "Lovelace", "")).await;
     let head = feed(&app, &vendor.read_key).await.len();
-    assert_eq!(head, 1);
+    assert_eq!(head as i64, KEY_EVENTS + 1);
 
     // A stale etag: refused, nothing emitted.
     let mut stale = c.clone();
@@ -666,27 +672,34 @@ async fn pruned_positions_are_out_of_range(backend: Backend) {
         jiff::Timestamp::new(t.seconds, t.nanos).unwrap()
     };
     let all = feed(&app, &vendor.read_key).await;
-    let cutoff = time(&all[3]);
+    let k = KEY_EVENTS as usize;
+    let cutoff = time(&all[k + 3]);
     assert!(
-        time(&all[2]) < cutoff,
+        time(&all[k + 2]) < cutoff,
         "two writes a round trip apart have distinct times"
     );
-    assert_eq!(app.store.prune_events(cutoff).await.unwrap(), 3);
+    assert_eq!(
+        app.store.prune_events(cutoff).await.unwrap(),
+        KEY_EVENTS as u64 + 3
+    );
 
     let kept = feed(&app, &vendor.read_key).await;
-    assert_eq!(kept.iter().map(|e| e.sequence).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        kept.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [KEY_EVENTS + 4, KEY_EVENTS + 5]
+    );
     // Resuming right at the edge works; before it, the answer names the oldest kept.
     let page = app
         .events(&vendor.read_key)
         .list_events(pb::ListEventsRequest {
-            after_sequence: 3,
+            after_sequence: KEY_EVENTS + 3,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(page.events.len(), 2);
-    for after in [1, 2] {
+    for after in 1..KEY_EVENTS + 3 {
         let status = assert_error(
             app.events(&vendor.read_key)
                 .list_events(pb::ListEventsRequest {
@@ -699,7 +712,7 @@ async fn pruned_positions_are_out_of_range(backend: Backend) {
         );
         assert_eq!(
             status.get_details_error_info().unwrap().metadata["oldest_sequence"],
-            "4"
+            (KEY_EVENTS + 4).to_string()
         );
     }
     let watch = app
@@ -748,7 +761,7 @@ async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {
         .unwrap()
         .unwrap();
     match message.message {
-        Some(Out::Progress(p)) => assert_eq!(p.sequence, 1),
+        Some(Out::Progress(p)) => assert_eq!(p.sequence, KEY_EVENTS + 1),
         other => panic!("expected progress, got {other:?}"),
     }
     let second = watch(&app, &vendor.read_key, 0, &[]).await;
@@ -814,7 +827,12 @@ async fn streams_are_limited_and_idle_ones_hear_a_heartbeat(backend: Backend) {
     };
     let status = ended.expect_err("the stream ends with an error");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("after_sequence 1"), "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("after_sequence {}", KEY_EVENTS + 1)),
+        "{status:?}"
+    );
 }
 
 /// `events.max_streams` caps a hub's open streams whoever opens them: each of three
@@ -868,7 +886,7 @@ async fn a_watcher_on_one_replica_sees_writes_through_another() {
     let one = spawn_app_with(backend, |c| c.events.heartbeat_secs = 3600).await;
     let two = one.replica().await;
     let vendor = one.create_org("vendor", pb::OrganizationKind::Vendor).await;
-    let mut stream = watch(&two, &vendor.read_key, 0, &[]).await;
+    let mut stream = watch(&two, &vendor.read_key, KEY_EVENTS, &[]).await;
     let mut worst = Duration::ZERO;
     for i in 0..20 {
         let began = Instant::now();
@@ -876,7 +894,7 @@ async fn a_watcher_on_one_replica_sees_writes_through_another() {
         let event = next_event(&mut stream).await;
         worst = worst.max(began.elapsed());
         assert_eq!(event.resource, c.name);
-        assert_eq!(event.sequence, i + 1);
+        assert_eq!(event.sequence, KEY_EVENTS + i + 1);
     }
     eprintln!("slowest write-to-other-replica delivery of 20: {worst:?}");
 }

@@ -16,6 +16,7 @@ use tonic_types::StatusExt;
 pub use liaison::google::longrunning::operations_client::OperationsClient;
 pub use pb::account_mapping_service_client::AccountMappingServiceClient;
 pub use pb::admin_service_client::AdminServiceClient;
+pub use pb::audit_service_client::AuditServiceClient;
 pub use pb::case_service_client::CaseServiceClient;
 pub use pb::customer_service_client::CustomerServiceClient;
 pub use pb::event_service_client::EventServiceClient;
@@ -325,6 +326,10 @@ impl Interceptor for Bearer {
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// An organization set up for a test, with keys of each scope.
+/// Events `create_org` leaves at the start of each new organization's feed: the
+/// `api_key.created` of its two keys.
+pub const KEY_EVENTS: i64 = 2;
+
 pub struct Org {
     pub name: String,
     pub admin_key: String,
@@ -366,6 +371,10 @@ impl TestApp {
 
     pub fn interactions(&self, key: &str) -> InteractionServiceClient<Authed> {
         InteractionServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
+    pub fn audit(&self, key: &str) -> AuditServiceClient<Authed> {
+        AuditServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
     }
 
     pub fn mappings(&self, key: &str) -> AccountMappingServiceClient<Authed> {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod architecture;
+mod audit;
 mod auth;
 mod cases;
 mod cli;

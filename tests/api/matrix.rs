@@ -850,6 +850,19 @@ fn table() -> Vec<Case> {
         "liaison.v1.EventService/ListEvents", Own => { list_feed },
         "liaison.v1.EventService/WatchEvents", Own => { watch_feed },
 
+        // --- AuditService: each caller's own log (what its feed carried), whole; the
+        // owner's log is the owner's alone.
+        "liaison.v1.AuditService/ListAuditEntries", Own => {
+            |c| audit.list_audit_entries(pb::ListAuditEntriesRequest {
+                parent: c.me.org.clone(), page_size: 1000, ..Default::default()
+            })
+        },
+        "liaison.v1.AuditService/ListAuditEntries", OwnerOnly, refused NOT_YOURS => {
+            |c| audit.list_audit_entries(pb::ListAuditEntriesRequest {
+                parent: c.n.owner.clone(), page_size: 1000, ..Default::default()
+            })
+        },
+
         // --- CaseService.
         "liaison.v1.CaseService/ListWorkflowTemplates", Own => {
             |c| cases.list_workflow_templates(pb::ListWorkflowTemplatesRequest {})
@@ -1351,6 +1364,7 @@ macro_rules! clients {
 
 clients!(
     admin: AdminServiceClient,
+    audit: AuditServiceClient,
     cases: CaseServiceClient,
     customers: CustomerServiceClient,
     events: EventServiceClient,

@@ -157,7 +157,8 @@ async fn a_receiver_is_called_only_if_its_certificate_chains_to_a_trusted_ca(bac
     let trusted = Receiver::over_tls(acceptor(&ours.server()), |_| reply(200)).await;
     let untrusted = Receiver::over_tls(acceptor(&theirs.server()), |_| reply(200)).await;
     assert!(trusted.url.starts_with("https://127.0.0.1:"));
-    let good = create_endpoint(&app, &vendor, &trusted.url, &[])
+    // Filtered, so the good one is not told of the bad one's creation.
+    let good = create_endpoint(&app, &vendor, &trusted.url, &["customer.*"])
         .await
         .unwrap();
     let bad = create_endpoint(&app, &vendor, &untrusted.url, &[])

@@ -290,10 +290,10 @@ impl Tx {
                 numbered_events.len()..numbered_events.len() + n,
             ));
             let start = last - n as i64 + 1;
-            let deliveries: Vec<(&str, &str, i64)> = group
+            let deliveries: Vec<(&NewEvent, i64)> = group
                 .iter()
                 .zip(start..)
-                .map(|((_, e), sequence)| (e.id.as_str(), e.event_type.as_str(), sequence))
+                .map(|((_, e), sequence)| (*e, sequence))
                 .collect();
             queued |= self.queue_deliveries(org, &deliveries).await?;
             // Whether a notification is the organization's own work depends on who

@@ -568,7 +568,7 @@ impl Tx {
     pub(in crate::store) async fn queue_deliveries(
         &mut self,
         organization_id: &str,
-        events: &[(&str, &str, i64)],
+        events: &[(&crate::store::NewEvent, i64)],
     ) -> Result<bool> {
         let endpoints: Vec<(String, String)> = sqlx::query_as(
             "SELECT id, event_types FROM webhook_endpoints WHERE organization_id = $1 AND enabled = 1",
@@ -580,10 +580,18 @@ impl Tx {
         let mut rows: Vec<(String, &str, &str, &str, i64)> = vec![];
         for (endpoint_id, filter) in &endpoints {
             let filter: Vec<String> = filter.split_whitespace().map(str::to_owned).collect();
-            for (event_id, event_type, sequence) in events {
-                if type_matches(&filter, event_type) {
+            for (event, sequence) in events {
+                let event_type = event.event_type.as_str();
+                // An endpoint is not told of its own changes: the first would reach it
+                // (as `webhook_endpoint.created`) before its receiver holds the secret.
+                let about_itself = event_type.starts_with("webhook_endpoint.")
+                    && event
+                        .resource
+                        .rsplit_once("/webhookEndpoints/")
+                        .is_some_and(|(_, id)| id == endpoint_id);
+                if type_matches(&filter, event_type) && !about_itself {
                     let id = Uuid::now_v7().to_string();
-                    rows.push((id, endpoint_id, event_id, event_type, *sequence));
+                    rows.push((id, endpoint_id, &event.id, event_type, *sequence));
                 }
             }
         }

@@ -1,0 +1,219 @@
+//! The audit log's use cases: signing checkpoints, verifying every organization's
+//! chain, and exporting a range for an organization (or the operator) to verify
+//! offline. The chain itself is appended by the store where events are numbered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::AuditConfig;
+use crate::domain::audit::{
+    self, Chain, Checkpoint, Fault, GENESIS, Hash, Record, SigningKey, Summary,
+};
+use crate::domain::caller::Caller;
+use crate::domain::error::{Error, Result};
+use crate::domain::{Principal, Slug, now};
+use crate::store::Store;
+
+/// Entries read per statement while verifying.
+const VERIFY_PAGE: usize = 5_000;
+
+/// The checkpoint key and the keys verification trusts, from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSettings {
+    pub signing_key: Option<Arc<SigningKey>>,
+    /// The public keys checkpoints may be signed with: the signing key's first, then
+    /// those of keys it replaced.
+    pub trusted: Vec<Vec<u8>>,
+    pub checkpoint_interval: Duration,
+}
+
+impl AuditSettings {
+    /// Reads `config` (validated at start, so a bad key here is a startup error).
+    pub fn from_config(config: &AuditConfig) -> anyhow::Result<Self> {
+        let signing_key = if config.signing_key.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                SigningKey::parse(&config.signing_key)
+                    .map_err(|e| anyhow::anyhow!("audit.signing_key {e}"))?,
+            ))
+        };
+        let mut trusted: Vec<Vec<u8>> = signing_key.iter().map(|k| k.public_key()).collect();
+        for (i, key) in config.trusted_public_keys.iter().enumerate() {
+            trusted.push(
+                audit::parse_public_key(key)
+                    .map_err(|e| anyhow::anyhow!("audit.trusted_public_keys[{i}] {e}"))?,
+            );
+        }
+        Ok(Self {
+            signing_key,
+            trusted,
+            checkpoint_interval: Duration::from_secs(config.checkpoint_interval_secs.max(1)),
+        })
+    }
+}
+
+/// Signs the newest entry of every organization whose log grew since its last
+/// checkpoint. Returns how many were signed.
+pub async fn sign_checkpoints(store: &Store, key: &SigningKey) -> Result<usize> {
+    let heads = store.unsigned_audit_heads().await?;
+    let time = now().as_microsecond();
+    for (org, position, hash) in &heads {
+        let hash: Hash = hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Internal(anyhow::anyhow!("audit head of {org} is not a hash")))?;
+        let message = audit::checkpoint_message(org, *position, &hash, time);
+        let checkpoint = Checkpoint {
+            position: *position,
+            hash: hash.to_vec(),
+            create_time: time,
+            public_key: key.public_key(),
+            signature: key.sign(&message),
+        };
+        store.insert_audit_checkpoint(org, &checkpoint).await?;
+    }
+    Ok(heads.len())
+}
+
+/// Signs checkpoints every `settings.checkpoint_interval`, forever (nothing without a
+/// signing key).
+pub async fn run_checkpoints(store: Store, settings: Arc<AuditSettings>) {
+    let Some(key) = settings.signing_key.clone() else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(settings.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match sign_checkpoints(&store, &key).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(organizations = n, "signed audit checkpoints"),
+            Err(error) => tracing::warn!(%error, "failed to sign audit checkpoints"),
+        }
+    }
+}
+
+/// What verifying one organization's log found.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub slug: String,
+    pub outcome: std::result::Result<Summary, Fault>,
+}
+
+/// Verifies the log of `only` (every organization's if `None`) against the
+/// checkpoints and the head, trusting checkpoints signed with `trusted`.
+pub async fn verify(
+    store: &Store,
+    trusted: &[Vec<u8>],
+    only: Option<&Slug>,
+) -> Result<Vec<Verdict>> {
+    let mut orgs = store.audited_organizations().await?;
+    if let Some(slug) = only {
+        let org = store
+            .organization(slug)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("organization {:?}", slug.as_str())))?;
+        orgs.retain(|o| o.organization_id == org.id);
+        if orgs.is_empty() {
+            return Ok(vec![Verdict {
+                slug: slug.to_string(),
+                outcome: Ok(Summary::default()),
+            }]);
+        }
+    }
+    let mut verdicts = vec![];
+    for org in orgs {
+        let outcome = verify_one(store, &org.organization_id, org.audit_position, trusted).await?;
+        verdicts.push(Verdict {
+            slug: org.slug,
+            outcome,
+        });
+    }
+    Ok(verdicts)
+}
+
+async fn verify_one(
+    store: &Store,
+    organization_id: &str,
+    head: i64,
+    trusted: &[Vec<u8>],
+) -> Result<std::result::Result<Summary, Fault>> {
+    let checkpoints = store
+        .audit_checkpoints(organization_id, (1, i64::MAX))
+        .await?;
+    let mut chain = Chain::new(organization_id, (1, GENESIS), checkpoints, trusted.to_vec());
+    let mut next = 1;
+    loop {
+        let page = store
+            .audit_entries(organization_id, next, VERIFY_PAGE)
+            .await?;
+        for record in &page {
+            if let Err(fault) = chain.check(record) {
+                return Ok(Err(fault));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == VERIFY_PAGE => next = last.position + 1,
+            _ => break,
+        }
+    }
+    Ok(chain.finish(Some(head)))
+}
+
+/// A range of an organization's log, as an export carries it.
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub entries: Vec<Record>,
+    /// The checkpoints among `entries`.
+    pub checkpoints: Vec<Checkpoint>,
+    /// The hash of the entry before the first ([`GENESIS`] before entry 1).
+    pub previous_hash: Vec<u8>,
+    /// How many entries the log has now.
+    pub head: i64,
+    /// Where the next page starts, if the log goes on.
+    pub next: Option<i64>,
+    /// The organization's id, which every hash covers.
+    pub organization_id: String,
+}
+
+/// Up to `size` entries of the log of organization `slug` (named `parent`) from
+/// position `first`, for its own admin keys or the operator; NOT_FOUND for anyone else.
+pub async fn export(
+    store: &Store,
+    caller: &Caller,
+    (slug, parent): (&Slug, &str),
+    first: i64,
+    size: usize,
+) -> Result<Export> {
+    let org = store
+        .organization(slug)
+        .await?
+        .filter(|o| match &caller.principal {
+            Principal::Operator => true,
+            Principal::Organization(me) => me.id == o.id,
+        })
+        .ok_or_else(|| Error::NotFound(format!("organization {parent:?}")))?;
+    let first = first.max(1);
+    let head = store.audit_head(&org.id).await?;
+    let entries = store.audit_entries(&org.id, first, size).await?;
+    let previous_hash = if first == 1 {
+        GENESIS.to_vec()
+    } else {
+        store
+            .audit_entry_hash(&org.id, first - 1)
+            .await?
+            .unwrap_or_default()
+    };
+    let last = entries.last().map_or(first - 1, |e| e.position);
+    let checkpoints = store.audit_checkpoints(&org.id, (first, last)).await?;
+    let next = (entries.len() == size && last < head).then_some(last + 1);
+    Ok(Export {
+        entries,
+        checkpoints,
+        previous_hash,
+        head,
+        next,
+        organization_id: org.id,
+    })
+}
