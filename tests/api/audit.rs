@@ -415,7 +415,8 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
         .unwrap();
         verdicts[0].outcome.clone().unwrap_err()
     };
-    let cases: Vec<(&str, String, Box<dyn Fn(&Fault) -> bool>)> = vec![
+    type Expected = Box<dyn Fn(&Fault) -> bool>;
+    let cases: Vec<(&str, String, Expected)> = vec![
         (
             "content edited",
             format!(
