@@ -15,11 +15,16 @@ CREATE TABLE audit_entries (
     event_id        TEXT    NOT NULL,
     type            TEXT    NOT NULL,
     resource        TEXT    NOT NULL,
-    -- The customer the event is about, if any: what an erasure empties.
+    -- The customer the event is about, if any (hashed): only its entries may be
+    -- emptied, and only by its erasure.
     customer_id     TEXT,
+    -- customer.erased: the customers whose entries it emptied (hashed).
+    erases          TEXT,
     create_time     BIGINT  NOT NULL,
-    -- The event as the feed carried it (liaison.v1.Event); NULL once erased.
+    -- The event as the feed carried it (liaison.v1.Event) and the random salt
+    -- hashed with it; both NULL once erased.
     content         BLOB,
+    salt            BLOB,
     content_hash    BLOB   NOT NULL,
     hash            BLOB   NOT NULL,
     PRIMARY KEY (organization_id, position)

@@ -39,6 +39,13 @@ fn entry_to_pb(slug: &Slug, r: Record) -> pb::AuditEntry {
         create_time: time(r.create_time),
         erased: r.content.is_none(),
         content: r.content.unwrap_or_default(),
+        salt: r.salt.unwrap_or_default(),
+        customer: if r.customer.is_empty() {
+            String::new()
+        } else {
+            names::customer(&r.customer)
+        },
+        erases: r.erases.split_whitespace().map(names::customer).collect(),
         content_hash: r.content_hash,
         hash: r.hash,
     }

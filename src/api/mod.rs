@@ -106,7 +106,7 @@ impl Hub {
         if hub.audit.signing_key.is_none() {
             tracing::warn!(
                 "audit.signing_key is not set: audit checkpoints are not signed \
-                 (make a key with `liaison admin audit keygen`)"
+                 (make a key with `liaison audit keygen`)"
             );
         }
         Ok(hub)

@@ -54,26 +54,91 @@ impl AuditSettings {
 }
 
 /// Signs the newest entry of every organization whose log grew since its last
-/// checkpoint. Returns how many were signed.
+/// checkpoint, once the entries since then are checked (a chain rebuilt meanwhile is
+/// not signed: it is logged, as is any organization whose log could not be read, and
+/// the others are signed all the same). Returns how many were signed.
 pub async fn sign_checkpoints(store: &Store, key: &SigningKey) -> Result<usize> {
     let heads = store.unsigned_audit_heads().await?;
     let time = now().as_microsecond();
-    for (org, position, hash) in &heads {
-        let hash: Hash = hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::Internal(anyhow::anyhow!("audit head of {org} is not a hash")))?;
-        let message = audit::checkpoint_message(org, *position, &hash, time);
-        let checkpoint = Checkpoint {
-            position: *position,
-            hash: hash.to_vec(),
-            create_time: time,
-            public_key: key.public_key(),
-            signature: key.sign(&message),
-        };
-        store.insert_audit_checkpoint(org, &checkpoint).await?;
+    let mut signed = vec![];
+    for (org, position, _) in &heads {
+        match checked_head(store, org, *position).await {
+            Ok(Ok(hash)) => {
+                let message = audit::checkpoint_message(org, *position, &hash, time);
+                let checkpoint = Checkpoint {
+                    position: *position,
+                    hash: hash.to_vec(),
+                    create_time: time,
+                    public_key: key.public_key(),
+                    signature: key.sign(&message),
+                };
+                signed.push((org.clone(), checkpoint));
+            }
+            Ok(Err(fault)) => tracing::error!(
+                organization_id = %org,
+                %fault,
+                "not signing an audit log that does not verify; run `liaison admin audit verify`"
+            ),
+            Err(error) => {
+                tracing::warn!(organization_id = %org, %error, "could not read an audit log to sign it")
+            }
+        }
     }
-    Ok(heads.len())
+    store.insert_audit_checkpoints(&signed).await?;
+    Ok(signed.len())
+}
+
+/// The hash of entry `head` of `organization_id`'s log, once the entries since its
+/// last checkpoint are checked against it.
+async fn checked_head(
+    store: &Store,
+    organization_id: &str,
+    head: i64,
+) -> Result<std::result::Result<Hash, Fault>> {
+    let last = store.last_audit_checkpoint(organization_id).await?;
+    let (first, previous) = match &last {
+        Some(c) => (
+            c.position + 1,
+            c.hash.as_slice().try_into().unwrap_or(GENESIS),
+        ),
+        None => (1, GENESIS),
+    };
+    let mut chain = Chain::new(organization_id, (first, previous), vec![], vec![]);
+    if let Err(fault) = walk(store, organization_id, (first, head), &mut chain).await? {
+        return Ok(Err(fault));
+    }
+    if chain.next_position() != head + 1 {
+        return Ok(Err(Fault::Head {
+            last: chain.next_position() - 1,
+            head,
+        }));
+    }
+    Ok(Ok(chain.last_hash()))
+}
+
+/// Feeds `chain` the entries at `first..=last`, a page at a time.
+async fn walk(
+    store: &Store,
+    organization_id: &str,
+    (first, last): (i64, i64),
+    chain: &mut Chain,
+) -> Result<std::result::Result<(), Fault>> {
+    let mut next = first;
+    while next <= last {
+        let page = store
+            .audit_entries(organization_id, (next, last), VERIFY_PAGE)
+            .await?;
+        for record in &page {
+            if let Err(fault) = chain.check(record) {
+                return Ok(Err(fault));
+            }
+        }
+        match page.last() {
+            Some(r) if page.len() == VERIFY_PAGE => next = r.position + 1,
+            _ => break,
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Signs checkpoints every `settings.checkpoint_interval`, forever (nothing without a
@@ -139,26 +204,42 @@ async fn verify_one(
     head: i64,
     trusted: &[Vec<u8>],
 ) -> Result<std::result::Result<Summary, Fault>> {
+    // Entries up to the head as it was read: a hub that goes on writing meanwhile
+    // appends past it, which is not tampering.
     let checkpoints = store
         .audit_checkpoints(organization_id, (1, i64::MAX))
         .await?;
     let mut chain = Chain::new(organization_id, (1, GENESIS), checkpoints, trusted.to_vec());
-    let mut next = 1;
-    loop {
-        let page = store
-            .audit_entries(organization_id, next, VERIFY_PAGE)
-            .await?;
-        for record in &page {
-            if let Err(fault) = chain.check(record) {
-                return Ok(Err(fault));
-            }
-        }
-        match page.last() {
-            Some(last) if page.len() == VERIFY_PAGE => next = last.position + 1,
-            _ => break,
-        }
+    if let Err(fault) = walk(store, organization_id, (1, head), &mut chain).await? {
+        return Ok(Err(fault));
     }
-    Ok(chain.finish(Some(head)))
+    let next = chain.next_position();
+    let summary = match chain.finish(Some(head)) {
+        Ok(summary) => summary,
+        // A checkpoint past the head read (signed since) is checked on the next run.
+        Err(Fault::Missing { found: None, .. }) if head > 0 => {
+            let stored = store.audit_last_position(organization_id).await?;
+            if stored <= head {
+                return Ok(Err(Fault::Missing {
+                    expected: next,
+                    found: None,
+                }));
+            }
+            return Box::pin(verify_one(store, organization_id, stored, trusted)).await;
+        }
+        Err(fault) => return Ok(Err(fault)),
+    };
+    // Rows past the head: inserted. Read in this order, since a row and the head that
+    // counts it commit together: a row read first is counted by a head read after.
+    let stored = store.audit_last_position(organization_id).await?;
+    let now_head = store.audit_head(organization_id).await?;
+    if stored > now_head {
+        return Ok(Err(Fault::Head {
+            last: stored,
+            head: now_head,
+        }));
+    }
+    Ok(Ok(summary))
 }
 
 /// A range of an organization's log, as an export carries it.
@@ -196,7 +277,9 @@ pub async fn export(
         .ok_or_else(|| Error::NotFound(format!("organization {parent:?}")))?;
     let first = first.max(1);
     let head = store.audit_head(&org.id).await?;
-    let entries = store.audit_entries(&org.id, first, size).await?;
+    let entries = store
+        .audit_entries(&org.id, (first, i64::MAX), size)
+        .await?;
     let previous_hash = if first == 1 {
         GENESIS.to_vec()
     } else {
@@ -207,7 +290,8 @@ pub async fn export(
     };
     let last = entries.last().map_or(first - 1, |e| e.position);
     let checkpoints = store.audit_checkpoints(&org.id, (first, last)).await?;
-    let next = (entries.len() == size && last < head).then_some(last + 1);
+    // A full page may have more behind it, whatever the head said a moment before.
+    let next = (entries.len() == size).then_some(last + 1);
     Ok(Export {
         entries,
         checkpoints,

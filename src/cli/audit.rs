@@ -48,7 +48,32 @@ pub(super) enum AuditCommand {
         /// for keys it replaced. Without one, signatures are not checked.
         #[arg(long = "public-key")]
         public_keys: Vec<String>,
+        /// Fail unless the export is of this organization (its `organization_uid`,
+        /// which every hash covers).
+        #[arg(long)]
+        organization_uid: Option<String>,
     },
+}
+
+/// A verified log in a line: entries, erasures, checkpoints, and how far they vouch.
+fn describe(s: &audit::Summary, no_key: &str) -> String {
+    let mut out = format!(
+        "{} entries ({} erased), {} checkpoints verified",
+        s.entries, s.erased, s.checkpoints
+    );
+    if s.unchecked_checkpoints > 0 {
+        out.push_str(&format!(
+            ", {} not checked ({no_key})",
+            s.unchecked_checkpoints
+        ));
+    }
+    if s.vouched_through > 0 {
+        out.push_str(&format!("; signed through entry {}", s.vouched_through));
+    }
+    if s.unvouched_since.is_some() {
+        out.push_str("; the entries after that are covered by the chain alone");
+    }
+    out
 }
 
 pub(super) async fn admin(
@@ -85,21 +110,21 @@ pub(super) async fn admin(
                 match &v.outcome {
                     Ok(s) => {
                         entries += s.entries;
-                        println!(
-                            "ok\t{}\t{} entries ({} erased), {} checkpoints verified{}",
-                            v.slug,
-                            s.entries,
-                            s.erased,
-                            s.checkpoints,
-                            if s.unchecked_checkpoints > 0 {
-                                format!(
-                                    ", {} not checked (no trusted key)",
-                                    s.unchecked_checkpoints
-                                )
-                            } else {
-                                String::new()
-                            }
-                        );
+                        println!("ok\t{}\t{}", v.slug, describe(s, "no trusted key"));
+                        // The hub signs every interval: an older unsigned tail means it
+                        // has not run since, or its checkpoints were deleted.
+                        let stale = jiff::Timestamp::now().as_microsecond()
+                            - 2 * settings.checkpoint_interval.as_micros() as i64;
+                        if settings.signing_key.is_some()
+                            && s.unvouched_since.is_some_and(|t| t < stale)
+                        {
+                            println!(
+                                "warning\t{}\tentries after {} are older than two checkpoint \
+                                 intervals and unsigned: checkpoints deleted, or the hub has not \
+                                 run since (then `liaison admin audit checkpoint`)",
+                                v.slug, s.vouched_through
+                            );
+                        }
                     }
                     Err(fault) => {
                         bad += 1;
@@ -145,27 +170,31 @@ pub(super) async fn run(command: AuditCommand) -> anyhow::Result<()> {
             out,
             hub,
         } => export(&organization, start, out, &hub).await,
-        AuditCommand::Verify { file, public_keys } => {
+        AuditCommand::Verify {
+            file,
+            public_keys,
+            organization_uid,
+        } => {
             let trusted = public_keys
                 .iter()
                 .map(|k| {
                     audit::parse_public_key(k).map_err(|e| anyhow::anyhow!("--public-key {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let (first, last, summary) = verify_export(&file, trusted)?;
+            let keys_given = !trusted.is_empty();
+            let (org, first, last, summary) = verify_export(&file, trusted)?;
+            if let Some(expected) = &organization_uid
+                && *expected != org
+            {
+                bail!("the export is of organization {org}, not {expected}");
+            }
             println!(
-                "ok: entries {first} to {last} ({} erased), {} checkpoints verified{}",
-                summary.erased,
-                summary.checkpoints,
-                if summary.unchecked_checkpoints > 0 {
-                    format!(
-                        ", {} not checked (no --public-key)",
-                        summary.unchecked_checkpoints
-                    )
-                } else {
-                    String::new()
-                }
+                "ok: organization {org}, entries {first} to {last}; {}",
+                describe(&summary, "no --public-key")
             );
+            if keys_given && summary.checkpoints == 0 {
+                bail!("no entry is vouched for by a checkpoint signed with the key given");
+            }
             Ok(())
         }
     }
@@ -223,16 +252,24 @@ async fn export(
     Ok(())
 }
 
+/// The id in a customer's resource name (as the hub hashed it).
+fn customer_id(name: &str) -> String {
+    name.strip_prefix("customers/").unwrap_or(name).to_owned()
+}
+
 fn time_micros(t: &Option<prost_types::Timestamp>) -> i64 {
     t.as_ref()
         .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
 }
 
-/// Checks an export written by `export`: returns its first and last positions.
+/// Checks an export written by `export`: returns its organization's id, its first and
+/// last positions, and what the check found. Pages must follow each other with no
+/// gap (the chain breaks otherwise), and a file that starts past entry 1 is checked
+/// from the hash its first page gives, so only its checkpoints vouch for it.
 fn verify_export(
     file: &PathBuf,
     trusted: Vec<Vec<u8>>,
-) -> anyhow::Result<(i64, i64, audit::Summary)> {
+) -> anyhow::Result<(String, i64, i64, audit::Summary)> {
     let descriptor = descriptor()?;
     let reader = std::io::BufReader::new(
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
@@ -293,7 +330,15 @@ fn verify_export(
                 event_type: e.event_type.clone(),
                 resource: e.resource.clone(),
                 create_time: time_micros(&e.create_time),
+                customer: customer_id(&e.customer),
+                erases: e
+                    .erases
+                    .iter()
+                    .map(|c| customer_id(c))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 content: (!e.erased).then(|| e.content.clone()),
+                salt: (!e.erased).then(|| e.salt.clone()),
                 content_hash: e.content_hash.clone(),
                 hash: e.hash.clone(),
             };
@@ -302,12 +347,12 @@ fn verify_export(
             }
         }
     }
-    let Some((_, chain)) = chain else {
+    let Some((org, chain)) = chain else {
         bail!("{} holds no entries", file.display());
     };
     let last = chain.next_position() - 1;
     let summary = chain
         .finish(None)
         .map_err(|fault| anyhow::anyhow!("first bad entry {}: {fault}", fault.position()))?;
-    Ok((first, last, summary))
+    Ok((org, first, last, summary))
 }

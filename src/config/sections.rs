@@ -264,7 +264,7 @@ impl Default for MappingConfig {
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
-    /// Base64 of a PKCS#8 Ed25519 key (`liaison admin audit keygen` makes one). Empty:
+    /// Base64 of a PKCS#8 Ed25519 key (`liaison audit keygen` makes one). Empty:
     /// no checkpoints are signed, and the chains alone show tampering.
     pub signing_key: String,
     /// Public keys (base64, 32 bytes) whose checkpoints verification still trusts:

@@ -19,7 +19,7 @@
 //! Anyone can recompute a chain; only the key's holder can sign one, so a checkpoint
 //! shows that the chain up to it was not rebuilt after an edit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -44,6 +44,12 @@ pub fn audited(event_type: EventType) -> bool {
     event_type != EventType::InteractionLogged
 }
 
+/// The customer a resource name is about (`customers/{id}` and what hangs off it).
+pub fn customer_in(resource: &str) -> Option<&str> {
+    let rest = resource.strip_prefix("customers/")?;
+    Some(rest.split('/').next().unwrap_or(rest)).filter(|id| !id.is_empty())
+}
+
 /// What an entry's hash covers besides its content.
 #[derive(Debug, Clone, Copy)]
 pub struct Header<'a> {
@@ -56,10 +62,24 @@ pub struct Header<'a> {
     pub resource: &'a str,
     /// Microseconds since the Unix epoch.
     pub create_time: i64,
+    /// The id of the customer the event is about; empty if none. Only such an entry's
+    /// content may be erased, and only once its customer was.
+    pub customer: &'a str,
+    /// For `customer.erased`: the customers whose entries the erasure emptied (the
+    /// erased one and those merged into it), space-separated; empty otherwise.
+    pub erases: &'a str,
 }
 
-pub fn content_hash(content: &[u8]) -> Hash {
-    Sha256::digest(content).into()
+/// Bytes of random salt hashed with each entry's content, so that once the content is
+/// erased (with its salt) no one can confirm a guess at it against the hash.
+pub const SALT_BYTES: usize = 16;
+
+/// SHA-256 of `salt` and `content`.
+pub fn content_hash(salt: &[u8], content: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    put(&mut h, salt);
+    h.update(content);
+    h.finalize().into()
 }
 
 /// The hash of the entry `header` with content hash `content`, following `previous`.
@@ -73,6 +93,8 @@ pub fn entry_hash(header: &Header<'_>, content: &Hash, previous: &Hash) -> Hash 
     put(&mut h, header.event_type.as_bytes());
     put(&mut h, header.resource.as_bytes());
     h.update(header.create_time.to_be_bytes());
+    put(&mut h, header.customer.as_bytes());
+    put(&mut h, header.erases.as_bytes());
     h.update(content);
     h.update(previous);
     h.finalize().into()
@@ -115,8 +137,7 @@ impl SigningKey {
         Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
             .map(Self)
             .map_err(|_| {
-                "is not a PKCS#8 Ed25519 key (make one with `liaison admin audit keygen`)"
-                    .to_owned()
+                "is not a PKCS#8 Ed25519 key (make one with `liaison audit keygen`)".to_owned()
             })
     }
 
@@ -171,10 +192,32 @@ pub struct Record {
     pub event_type: String,
     pub resource: String,
     pub create_time: i64,
-    /// `None` once erased.
+    /// The customer the entry is about (an id; empty if none).
+    pub customer: String,
+    /// For `customer.erased`: the customers whose entries it emptied, space-separated.
+    pub erases: String,
+    /// `None` once erased, as is the salt.
     pub content: Option<Vec<u8>>,
+    pub salt: Option<Vec<u8>>,
     pub content_hash: Vec<u8>,
     pub hash: Vec<u8>,
+}
+
+impl Record {
+    /// What the entry's hash covers besides its content, for `organization_id`'s log.
+    pub fn header<'a>(&'a self, organization_id: &'a str) -> Header<'a> {
+        Header {
+            organization_id,
+            position: self.position,
+            sequence: self.sequence,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            resource: &self.resource,
+            create_time: self.create_time,
+            customer: &self.customer,
+            erases: &self.erases,
+        }
+    }
 }
 
 /// A signed checkpoint as it was stored or exported.
@@ -196,6 +239,8 @@ pub enum Fault {
     Content { position: i64, event_id: String },
     /// The entry's hash does not follow from its fields and the entry before it.
     Hash { position: i64, event_id: String },
+    /// The content is gone, but no erasure of the entry's customer is recorded.
+    Emptied { position: i64, event_id: String },
     /// A checkpoint does not vouch for the chain.
     Checkpoint { position: i64, why: &'static str },
     /// The chain does not end where the organization's head says.
@@ -208,6 +253,7 @@ impl Fault {
         match self {
             Fault::Missing { expected, .. } => *expected,
             Fault::Content { position, .. }
+            | Fault::Emptied { position, .. }
             | Fault::Hash { position, .. }
             | Fault::Checkpoint { position, .. } => *position,
             Fault::Head { last, head } => (*last).min(*head) + 1,
@@ -241,6 +287,11 @@ impl std::fmt::Display for Fault {
                 "entry {position} (event {event_id}): its hash does not follow from its fields and \
                  the entry before it: edited, inserted or moved"
             ),
+            Fault::Emptied { position, event_id } => write!(
+                f,
+                "entry {position} (event {event_id}): its content was removed, but the log \
+                 records no erasure of its customer"
+            ),
             Fault::Checkpoint { position, why } => {
                 write!(f, "the checkpoint at entry {position}: {why}")
             }
@@ -257,7 +308,8 @@ impl std::fmt::Display for Fault {
 }
 
 /// Checks one organization's entries in position order, one at a time, so a log of
-/// any length is checked in constant memory.
+/// any length is checked in constant memory (but for erased entries waiting for the
+/// erasure that emptied them).
 #[derive(Debug)]
 pub struct Chain {
     organization_id: String,
@@ -266,10 +318,12 @@ pub struct Chain {
     /// Checkpoints not yet reached, by position.
     checkpoints: VecDeque<Checkpoint>,
     trusted: Vec<Vec<u8>>,
-    entries: u64,
-    erased: u64,
-    checked_checkpoints: u64,
-    unvouched_checkpoints: u64,
+    /// Customers an erasure entry met so far emptied.
+    erased_customers: HashSet<String>,
+    /// Emptied entries whose erasure has not been met yet: customer → first position
+    /// and event id.
+    waiting: HashMap<String, (i64, String)>,
+    summary: Summary,
 }
 
 /// What a whole check found.
@@ -282,32 +336,36 @@ pub struct Summary {
     pub checkpoints: u64,
     /// Checkpoints not checked because no trusted key was given.
     pub unchecked_checkpoints: u64,
+    /// The last entry a checkpoint vouches for (0: none).
+    pub vouched_through: i64,
+    /// The time of the first entry after it, if any: how long the log's tail has gone
+    /// without a checkpoint.
+    pub unvouched_since: Option<i64>,
 }
 
 impl Chain {
-    /// A check starting at entry `first`, which follows the hash `previous` (the
-    /// [`GENESIS`] for entry 1); `checkpoints` in any order, `trusted` the public keys
-    /// checkpoints must be signed with (none: signatures are not checked, and the
-    /// summary says how many went unchecked).
+    /// A check starting at entry `first`, which follows the hash `previous` (ignored
+    /// for entry 1, which follows the [`GENESIS`]); `checkpoints` in any order,
+    /// `trusted` the public keys checkpoints must be signed with (none: signatures are
+    /// not checked, and the summary says how many went unchecked).
     pub fn new(
         organization_id: &str,
         (first, previous): (i64, Hash),
-        mut checkpoints: Vec<Checkpoint>,
+        checkpoints: Vec<Checkpoint>,
         trusted: Vec<Vec<u8>>,
     ) -> Self {
-        checkpoints.sort_by_key(|c| c.position);
-        checkpoints.retain(|c| c.position >= first);
-        Self {
+        let mut chain = Self {
             organization_id: organization_id.to_owned(),
             next: first,
-            previous,
-            checkpoints: checkpoints.into(),
+            previous: if first == 1 { GENESIS } else { previous },
+            checkpoints: VecDeque::new(),
             trusted,
-            entries: 0,
-            erased: 0,
-            checked_checkpoints: 0,
-            unvouched_checkpoints: 0,
-        }
+            erased_customers: HashSet::new(),
+            waiting: HashMap::new(),
+            summary: Summary::default(),
+        };
+        chain.expect(checkpoints);
+        chain
     }
 
     /// Adds checkpoints to meet on the way (those before the next entry are ignored):
@@ -336,28 +394,36 @@ impl Chain {
         let Some(content) = stored_content else {
             return Err(self.bad_hash(r));
         };
-        match &r.content {
-            Some(bytes) if content_hash(bytes) != content => {
-                return Err(Fault::Content {
-                    position: r.position,
-                    event_id: r.event_id.clone(),
-                });
-            }
-            Some(_) => {}
-            None => self.erased += 1,
-        }
-        let header = Header {
-            organization_id: &self.organization_id,
+        let edited = || Fault::Content {
             position: r.position,
-            sequence: r.sequence,
-            event_id: &r.event_id,
-            event_type: &r.event_type,
-            resource: &r.resource,
-            create_time: r.create_time,
+            event_id: r.event_id.clone(),
         };
-        let hash = entry_hash(&header, &content, &self.previous);
+        match (&r.content, &r.salt) {
+            (Some(bytes), Some(salt)) if content_hash(salt, bytes) == content => {}
+            // Only an entry about a customer may be emptied, and only by an erasure of
+            // that customer recorded in the log (now or later).
+            (None, None) if !r.customer.is_empty() => {
+                self.summary.erased += 1;
+                if !self.erased_customers.contains(&r.customer) {
+                    self.waiting
+                        .entry(r.customer.clone())
+                        .or_insert_with(|| (r.position, r.event_id.clone()));
+                }
+            }
+            _ => return Err(edited()),
+        }
+        let hash = entry_hash(&r.header(&self.organization_id), &content, &self.previous);
         if r.hash != hash {
             return Err(self.bad_hash(r));
+        }
+        if r.event_type == EventType::CustomerErased.as_str() {
+            for customer in r.erases.split_whitespace() {
+                self.waiting.remove(customer);
+                self.erased_customers.insert(customer.to_owned());
+            }
+        }
+        if self.summary.unvouched_since.is_none() {
+            self.summary.unvouched_since = Some(r.create_time);
         }
         while self
             .checkpoints
@@ -366,10 +432,12 @@ impl Chain {
         {
             let c = self.checkpoints.pop_front().expect("just seen");
             self.vouch(&c, &hash)?;
+            self.summary.vouched_through = r.position;
+            self.summary.unvouched_since = None;
         }
         self.previous = hash;
         self.next += 1;
-        self.entries += 1;
+        self.summary.entries += 1;
         Ok(())
     }
 
@@ -391,7 +459,7 @@ impl Chain {
             ));
         }
         if self.trusted.is_empty() {
-            self.unvouched_checkpoints += 1;
+            self.summary.unchecked_checkpoints += 1;
             return Ok(());
         }
         if !self.trusted.contains(&c.public_key) {
@@ -404,7 +472,7 @@ impl Chain {
         {
             return Err(fault("the signature is not valid"));
         }
-        self.checked_checkpoints += 1;
+        self.summary.checkpoints += 1;
         Ok(())
     }
 
@@ -420,17 +488,15 @@ impl Chain {
                 found: None,
             });
         }
+        if let Some((position, event_id)) = self.waiting.into_values().min() {
+            return Err(Fault::Emptied { position, event_id });
+        }
         if let Some(head) = head
             && head != last
         {
             return Err(Fault::Head { last, head });
         }
-        Ok(Summary {
-            entries: self.entries,
-            erased: self.erased,
-            checkpoints: self.checked_checkpoints,
-            unchecked_checkpoints: self.unvouched_checkpoints,
-        })
+        Ok(self.summary)
     }
 
     /// The hash of the last entry checked.
@@ -445,42 +511,38 @@ mod tests {
 
     const ORG: &str = "0198e1f2-7c3a-7def-8000-000000000001";
 
-    /// A chain of `n` entries as the hub would store them.
+    /// Recomputes every hash from `previous` on, as anyone with write access could.
+    fn seal(records: &mut [Record], mut previous: Hash) {
+        for r in records {
+            if let (Some(content), Some(salt)) = (&r.content, &r.salt) {
+                r.content_hash = content_hash(salt, content).to_vec();
+            }
+            let content: Hash = r.content_hash.as_slice().try_into().unwrap();
+            previous = entry_hash(&r.header(ORG), &content, &previous);
+            r.hash = previous.to_vec();
+        }
+    }
+
+    /// A chain of `n` entries as the hub would store them, about customers c1, c2, …
     fn chain(n: i64) -> Vec<Record> {
-        let mut previous = GENESIS;
-        (1..=n)
-            .map(|position| {
-                let content = format!("event body {position}").into_bytes();
-                let mut r = Record {
-                    position,
-                    sequence: position * 2,
-                    event_id: format!("e{position}"),
-                    event_type: "customer.updated".into(),
-                    resource: format!("customers/c{position}"),
-                    create_time: 1_700_000_000_000_000 + position,
-                    content_hash: content_hash(&content).to_vec(),
-                    content: Some(content),
-                    hash: vec![],
-                };
-                let header = Header {
-                    organization_id: ORG,
-                    position,
-                    sequence: r.sequence,
-                    event_id: &r.event_id,
-                    event_type: &r.event_type,
-                    resource: &r.resource,
-                    create_time: r.create_time,
-                };
-                let h = entry_hash(
-                    &header,
-                    &content_hash(r.content.as_ref().unwrap()),
-                    &previous,
-                );
-                r.hash = h.to_vec();
-                previous = h;
-                r
+        let mut records: Vec<Record> = (1..=n)
+            .map(|position| Record {
+                position,
+                sequence: position * 2,
+                event_id: format!("e{position}"),
+                event_type: "customer.updated".into(),
+                resource: format!("customers/c{position}"),
+                create_time: 1_700_000_000_000_000 + position,
+                customer: format!("c{position}"),
+                erases: String::new(),
+                content: Some(format!("event body {position}").into_bytes()),
+                salt: Some(vec![position as u8; SALT_BYTES]),
+                content_hash: vec![],
+                hash: vec![],
             })
-            .collect()
+            .collect();
+        seal(&mut records, GENESIS);
+        records
     }
 
     fn verify(
@@ -515,9 +577,64 @@ mod tests {
             verify(&records, vec![], vec![], Some(5)).unwrap().entries,
             5
         );
+        // Emptied, and the erasure of its customer recorded later in the log.
         records[2].content = None;
-        let summary = verify(&records, vec![], vec![], Some(5)).unwrap();
-        assert_eq!((summary.entries, summary.erased), (5, 1));
+        records[2].salt = None;
+        let mut erasure = records[4].clone();
+        erasure.position = 6;
+        erasure.event_type = "customer.erased".into();
+        erasure.resource = "customers/c3".into();
+        erasure.customer = "c3".into();
+        erasure.erases = "c3 c9".into();
+        records.push(erasure);
+        let previous: Hash = records[4].hash.as_slice().try_into().unwrap();
+        seal(&mut records[5..], previous);
+        let summary = verify(&records, vec![], vec![], Some(6)).unwrap();
+        assert_eq!((summary.entries, summary.erased), (6, 1));
+    }
+
+    #[test]
+    fn content_removed_without_an_erasure_or_from_no_customers_entry_is_found() {
+        let mut records = chain(5);
+        records[1].content = None;
+        records[1].salt = None;
+        assert_eq!(
+            verify(&records, vec![], vec![], Some(5)).unwrap_err(),
+            Fault::Emptied {
+                position: 2,
+                event_id: "e2".into()
+            }
+        );
+        // An erasure of another customer does not cover it.
+        let mut erasure = records[4].clone();
+        erasure.position = 6;
+        erasure.event_type = "customer.erased".into();
+        erasure.erases = "c4".into();
+        records.push(erasure);
+        let previous: Hash = records[4].hash.as_slice().try_into().unwrap();
+        seal(&mut records[5..], previous);
+        assert_eq!(
+            verify(&records, vec![], vec![], Some(6))
+                .unwrap_err()
+                .position(),
+            2
+        );
+        // An entry about no customer cannot be emptied at all; nor can the salt go alone.
+        let mut records = chain(3);
+        records[0].customer.clear();
+        seal(&mut records, GENESIS);
+        records[0].content = None;
+        records[0].salt = None;
+        assert!(matches!(
+            verify(&records, vec![], vec![], Some(3)),
+            Err(Fault::Content { position: 1, .. })
+        ));
+        let mut records = chain(3);
+        records[2].salt = None;
+        assert!(matches!(
+            verify(&records, vec![], vec![], Some(3)),
+            Err(Fault::Content { position: 3, .. })
+        ));
     }
 
     #[test]
@@ -611,22 +728,8 @@ mod tests {
         // An edit with every later hash recomputed passes the chain, not the checkpoint.
         let mut rebuilt = base.clone();
         rebuilt[1].content = Some(b"forged".to_vec());
-        let mut previous: Hash = rebuilt[0].hash.as_slice().try_into().unwrap();
-        for r in &mut rebuilt[1..] {
-            let content = content_hash(r.content.as_ref().unwrap());
-            r.content_hash = content.to_vec();
-            let header = Header {
-                organization_id: ORG,
-                position: r.position,
-                sequence: r.sequence,
-                event_id: &r.event_id,
-                event_type: &r.event_type,
-                resource: &r.resource,
-                create_time: r.create_time,
-            };
-            previous = entry_hash(&header, &content, &previous);
-            r.hash = previous.to_vec();
-        }
+        let previous: Hash = rebuilt[0].hash.as_slice().try_into().unwrap();
+        seal(&mut rebuilt[1..], previous);
         assert!(verify(&rebuilt, vec![], trusted.clone(), Some(6)).is_ok());
         let fault =
             verify(&rebuilt, vec![checkpoint.clone()], trusted.clone(), Some(6)).unwrap_err();

@@ -24,6 +24,9 @@ pub struct Draft {
     /// Members of the receiving organization told at once whatever their
     /// preferences (an SLA breach's escalation contacts), by id.
     pub escalate_to: Vec<String>,
+    /// The customer the event is about when its resource does not say (an access
+    /// request's), by id.
+    pub customer: Option<String>,
     pub payload: Payload,
 }
 
@@ -36,6 +39,7 @@ impl Draft {
             merged_customers: vec![],
             member: String::new(),
             escalate_to: vec![],
+            customer: None,
             payload,
         }
     }
@@ -71,7 +75,11 @@ pub fn emit(tx: &mut Tx, organization_id: &str, draft: Draft) {
         merged_customers: draft.merged_customers,
         payload: Some(draft.payload),
     };
+    let customer_id = draft
+        .customer
+        .or_else(|| crate::domain::audit::customer_in(&draft.resource).map(str::to_owned));
     tx.emit(NewEvent {
+        customer_id,
         organization_id: organization_id.to_owned(),
         id,
         event_type: draft.event_type,

@@ -20,7 +20,8 @@ pub fn grant_event(tx: &mut Tx, event_type: EventType, owner: &OrgRef, g: &Grant
 pub fn request_event(tx: &mut Tx, event_type: EventType, r: &AccessRequest) {
     for org in [&r.requester, &r.owner] {
         let pb = request_to_pb(r, &org.id);
-        let draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
+        let mut draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
+        draft.customer = Some(r.customer_id.clone());
         emit(tx, &org.id, draft);
     }
 }

@@ -10,8 +10,9 @@
 use sqlx::FromRow;
 
 use super::{NewEvent, Store, Tx, placeholders};
-use crate::domain::audit::{self, Checkpoint, GENESIS, Hash, Header, Record};
-use crate::domain::error::Result;
+use crate::domain::audit::{self, Checkpoint, GENESIS, Hash, Header, Record, SALT_BYTES};
+use crate::domain::error::{Error, Result};
+use crate::domain::event::EventType;
 
 /// Entries per multi-row INSERT (11 parameters each, under SQLite's 32,766).
 const INSERT_CHUNK: usize = 500;
@@ -42,19 +43,15 @@ pub(in crate::store) type Chain<'a> = (&'a str, AuditHead, Vec<(&'a NewEvent, i6
 /// An entry on its way into the log.
 struct Appended<'a> {
     organization_id: &'a str,
-    header_position: i64,
+    position: i64,
     sequence: i64,
     event: &'a NewEvent,
     customer_id: Option<&'a str>,
-    content: &'a [u8],
+    erases: Option<String>,
+    /// With its salt; `None` when its customer is already erased.
+    content: Option<(&'a [u8], [u8; SALT_BYTES])>,
     content_hash: Hash,
     hash: Hash,
-}
-
-/// The customer a resource name is about (`customers/{id}` and what hangs off it).
-fn customer_of(resource: &str) -> Option<&str> {
-    let rest = resource.strip_prefix("customers/")?;
-    Some(rest.split('/').next().unwrap_or(rest)).filter(|id| !id.is_empty())
 }
 
 #[derive(FromRow)]
@@ -65,7 +62,10 @@ struct EntryRow {
     r#type: String,
     resource: String,
     create_time: i64,
+    customer_id: Option<String>,
+    erases: Option<String>,
     content: Option<Vec<u8>>,
+    salt: Option<Vec<u8>>,
     content_hash: Vec<u8>,
     hash: Vec<u8>,
 }
@@ -79,7 +79,10 @@ impl From<EntryRow> for Record {
             event_type: r.r#type,
             resource: r.resource,
             create_time: r.create_time,
+            customer: r.customer_id.unwrap_or_default(),
+            erases: r.erases.unwrap_or_default(),
             content: r.content,
+            salt: r.salt,
             content_hash: r.content_hash,
             hash: r.hash,
         }
@@ -116,15 +119,38 @@ pub struct AuditedOrganization {
 }
 
 impl Tx {
-    /// Appends the audited ones of `numbered` (an organization's events with their
-    /// sequences and stored bodies, in feed order) to `organization_id`'s chain after
-    /// `head`, and moves the head. Then empties the content of every entry about a
-    /// customer this batch erased (`erased`), in every organization's log.
-    pub(in crate::store) async fn append_audit(
-        &mut self,
-        chains: &[Chain<'_>],
-        erased: &[&str],
-    ) -> Result<()> {
+    /// Appends the audited events of `chains` (per organization: its head, and its
+    /// events with their sequences and stored bodies, in feed order) to each
+    /// organization's log and moves the heads. An erasure in the batch empties every
+    /// entry about its customer (and those merged into it), in every organization's
+    /// log; an entry about a customer erased before is appended empty.
+    pub(in crate::store) async fn append_audit(&mut self, chains: &[Chain<'_>]) -> Result<()> {
+        let events: Vec<&NewEvent> = chains
+            .iter()
+            .flat_map(|(_, _, events)| events.iter().map(|(e, _, _)| *e))
+            .filter(|e| audit::audited(e.event_type))
+            .collect();
+        let mut about: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.customer_id.as_deref())
+            .collect();
+        about.sort_unstable();
+        about.dedup();
+        let gone = self.erased_among(&about).await?;
+        let mut erased_now: Vec<&str> = events
+            .iter()
+            .filter(|e| e.event_type == EventType::CustomerErased)
+            .filter_map(|e| e.customer_id.as_deref())
+            .collect();
+        erased_now.sort_unstable();
+        erased_now.dedup();
+        // Per erasure: the customer and those merged into it.
+        let mut erasures: Vec<(&str, Vec<String>)> = vec![];
+        for customer in erased_now {
+            let mut erased = vec![customer.to_owned()];
+            erased.extend(self.merged_into(customer).await?);
+            erasures.push((customer, erased));
+        }
         let mut rows: Vec<Appended<'_>> = vec![];
         let mut heads: Vec<(&str, i64, Hash)> = vec![];
         for (org, head, events) in chains {
@@ -135,7 +161,21 @@ impl Tx {
                     continue;
                 }
                 position += 1;
-                let content_hash = audit::content_hash(content);
+                let customer_id = event.customer_id.as_deref();
+                let erases = (event.event_type == EventType::CustomerErased)
+                    .then(|| {
+                        erasures
+                            .iter()
+                            .find(|(c, _)| Some(*c) == customer_id)
+                            .map(|(_, all)| all.join(" "))
+                    })
+                    .flatten();
+                let kept = event.event_type == EventType::CustomerErased
+                    || customer_id.is_none_or(|c| !gone.iter().any(|g| g == c));
+                let mut salt = [0u8; SALT_BYTES];
+                getrandom::fill(&mut salt)
+                    .map_err(|e| Error::Internal(anyhow::anyhow!("no randomness: {e}")))?;
+                let content_hash = audit::content_hash(&salt, content);
                 let header = Header {
                     organization_id: org,
                     position,
@@ -144,15 +184,18 @@ impl Tx {
                     event_type: event.event_type.as_str(),
                     resource: &event.resource,
                     create_time: super::micros(event.create_time),
+                    customer: customer_id.unwrap_or(""),
+                    erases: erases.as_deref().unwrap_or(""),
                 };
                 let hash = audit::entry_hash(&header, &content_hash, &previous);
                 rows.push(Appended {
                     organization_id: org,
-                    header_position: position,
+                    position,
                     sequence: *sequence,
                     event,
-                    customer_id: customer_of(&event.resource),
-                    content,
+                    customer_id,
+                    erases,
+                    content: kept.then_some((*content, salt)),
                     content_hash,
                     hash,
                 });
@@ -162,70 +205,133 @@ impl Tx {
                 heads.push((org, position, previous));
             }
         }
+        self.insert_entries(&rows).await?;
+        // One statement for every head the batch moved.
+        if !heads.is_empty() {
+            let values: Vec<String> = (0..heads.len())
+                .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
+                .collect();
+            let sql = format!(
+                "WITH h (organization_id, position, hash) AS (VALUES {}) \
+                 UPDATE event_feeds SET \
+                 audit_position = (SELECT h.position FROM h \
+                 WHERE h.organization_id = event_feeds.organization_id), \
+                 audit_hash = (SELECT h.hash FROM h \
+                 WHERE h.organization_id = event_feeds.organization_id) \
+                 WHERE organization_id IN (SELECT organization_id FROM h)",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (org, position, hash) in &heads {
+                query = query.bind(*org).bind(*position).bind(hash.as_slice());
+            }
+            query.execute(self.conn()).await?;
+        }
+        for (_, erased) in &erasures {
+            let sql = format!(
+                "UPDATE audit_entries SET content = NULL, salt = NULL \
+                 WHERE customer_id IN ({}) AND content IS NOT NULL AND type <> 'customer.erased'",
+                placeholders(1, erased.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for customer in erased {
+                query = query.bind(customer);
+            }
+            query.execute(self.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `rows`, many a statement. A position already taken means the log was
+    /// tampered with (its head moved back): the rows are dropped and the damage logged,
+    /// for verification to name; the feeds go on being numbered.
+    async fn insert_entries(&mut self, rows: &[Appended<'_>]) -> Result<()> {
         for chunk in rows.chunks(INSERT_CHUNK) {
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 11 + 1, 11)))
+                .map(|i| format!("({})", placeholders(i * 13 + 1, 13)))
                 .collect();
             let sql = format!(
                 "INSERT INTO audit_entries (organization_id, position, sequence, event_id, type, \
-                 resource, customer_id, create_time, content, content_hash, hash) VALUES {}",
+                 resource, customer_id, erases, create_time, content, salt, content_hash, hash) \
+                 VALUES {} ON CONFLICT (organization_id, position) DO NOTHING",
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql);
             for r in chunk {
+                let (content, salt) = match &r.content {
+                    Some((content, salt)) => (Some(*content), Some(salt.as_slice())),
+                    None => (None, None),
+                };
                 query = query
                     .bind(r.organization_id)
-                    .bind(r.header_position)
+                    .bind(r.position)
                     .bind(r.sequence)
                     .bind(&r.event.id)
                     .bind(r.event.event_type.as_str())
                     .bind(&r.event.resource)
                     .bind(r.customer_id)
+                    .bind(r.erases.as_deref())
                     .bind(super::micros(r.event.create_time))
-                    .bind(r.content)
+                    .bind(content)
+                    .bind(salt)
                     .bind(r.content_hash.as_slice())
                     .bind(r.hash.as_slice());
             }
-            query.execute(self.conn()).await?;
-        }
-        for (org, position, hash) in heads {
-            sqlx::query(
-                "UPDATE event_feeds SET audit_position = $2, audit_hash = $3 \
-                 WHERE organization_id = $1",
-            )
-            .bind(org)
-            .bind(position)
-            .bind(hash.as_slice())
-            .execute(self.conn())
-            .await?;
-        }
-        for customer in erased {
-            sqlx::query(
-                "UPDATE audit_entries SET content = NULL \
-                 WHERE customer_id = $1 AND content IS NOT NULL",
-            )
-            .bind(*customer)
-            .execute(self.conn())
-            .await?;
+            let done = query.execute(self.conn()).await?.rows_affected();
+            if done < chunk.len() as u64 {
+                let mut orgs: Vec<&str> = chunk.iter().map(|r| r.organization_id).collect();
+                orgs.sort_unstable();
+                orgs.dedup();
+                tracing::error!(
+                    organizations = ?orgs,
+                    dropped = chunk.len() as u64 - done,
+                    "audit entries found their positions taken: an audit log was tampered \
+                     with; run `liaison admin audit verify`"
+                );
+            }
         }
         Ok(())
     }
-}
 
-/// The customer an erasure event is about.
-pub(in crate::store) fn erased_customer(event: &NewEvent) -> Option<&str> {
-    (event.event_type == crate::domain::event::EventType::CustomerErased)
-        .then(|| customer_of(&event.resource))
-        .flatten()
+    /// Which of `customers` are erased.
+    async fn erased_among(&mut self, customers: &[&str]) -> Result<Vec<String>> {
+        let mut out = vec![];
+        for chunk in customers.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "SELECT id FROM customers WHERE state = 'erased' AND id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for c in chunk {
+                query = query.bind(*c);
+            }
+            out.extend(query.fetch_all(self.conn()).await?.into_iter().map(|r| r.0));
+        }
+        Ok(out)
+    }
+
+    /// The customers merged into `customer`.
+    async fn merged_into(&mut self, customer: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM customers WHERE merged_into = $1")
+                .bind(customer)
+                .fetch_all(self.conn())
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
 }
 
 impl Store {
-    /// Every organization with entries, by slug.
+    /// Every organization with a log, by slug: also those whose head says none but
+    /// which have entries or checkpoints, so a head reset to nothing hides no log.
     pub async fn audited_organizations(&self) -> Result<Vec<AuditedOrganization>> {
         Ok(sqlx::query_as(
-            "SELECT f.organization_id, o.slug, f.audit_position FROM event_feeds f \
-             JOIN organizations o ON o.id = f.organization_id \
-             WHERE f.audit_position > 0 ORDER BY o.slug",
+            "SELECT o.id AS organization_id, o.slug, COALESCE(f.audit_position, 0) AS audit_position \
+             FROM organizations o LEFT JOIN event_feeds f ON f.organization_id = o.id \
+             WHERE f.audit_position > 0 \
+             OR EXISTS (SELECT 1 FROM audit_entries e WHERE e.organization_id = o.id) \
+             OR EXISTS (SELECT 1 FROM audit_checkpoints c WHERE c.organization_id = o.id) \
+             ORDER BY o.slug",
         )
         .fetch_all(self.reader())
         .await?)
@@ -241,20 +347,44 @@ impl Store {
         Ok(row.map_or(0, |r| r.0))
     }
 
-    /// Up to `limit` entries of `organization_id` from position `first`, in order.
+    /// The largest position stored for `organization_id` (0: none).
+    pub async fn audit_last_position(&self, organization_id: &str) -> Result<i64> {
+        let row: (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(position) FROM audit_entries WHERE organization_id = $1")
+                .bind(organization_id)
+                .fetch_one(self.reader())
+                .await?;
+        Ok(row.0.unwrap_or(0))
+    }
+
+    /// The newest checkpoint of `organization_id`, if any.
+    pub async fn last_audit_checkpoint(&self, organization_id: &str) -> Result<Option<Checkpoint>> {
+        let row: Option<CheckpointRow> = sqlx::query_as(
+            "SELECT position, hash, create_time, public_key, signature FROM audit_checkpoints \
+             WHERE organization_id = $1 ORDER BY position DESC LIMIT 1",
+        )
+        .bind(organization_id)
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(row.map(Checkpoint::from))
+    }
+
+    /// Up to `limit` entries of `organization_id` at positions `first..=last`, in order.
     pub async fn audit_entries(
         &self,
         organization_id: &str,
-        first: i64,
+        (first, last): (i64, i64),
         limit: usize,
     ) -> Result<Vec<Record>> {
         let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-            "SELECT position, sequence, event_id, type, resource, create_time, content, \
-             content_hash, hash FROM audit_entries WHERE organization_id = $1 AND position >= $2 \
+            "SELECT position, sequence, event_id, type, resource, create_time, customer_id, \
+             erases, content, salt, content_hash, hash FROM audit_entries \
+             WHERE organization_id = $1 AND position >= $2 AND position <= $3 \
              ORDER BY position LIMIT {limit}"
         ))
         .bind(organization_id)
         .bind(first)
+        .bind(last)
         .fetch_all(self.reader())
         .await?;
         Ok(rows.into_iter().map(Record::from).collect())
@@ -306,41 +436,35 @@ impl Store {
         .await?)
     }
 
-    /// Stores a checkpoint; a second one at the same position (another replica's) is
-    /// dropped.
-    pub async fn insert_audit_checkpoint(
+    /// Stores checkpoints (organization id, checkpoint) in one transaction; one at a
+    /// position already signed (another replica's) is dropped.
+    pub async fn insert_audit_checkpoints(
         &self,
-        organization_id: &str,
-        c: &Checkpoint,
+        checkpoints: &[(String, Checkpoint)],
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (organization_id, position, hash, create_time, \
-             public_key, signature) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (organization_id, position) DO NOTHING",
-        )
-        .bind(organization_id)
-        .bind(c.position)
-        .bind(&c.hash)
-        .bind(c.create_time)
-        .bind(&c.public_key)
-        .bind(&c.signature)
-        .execute(tx.conn())
-        .await?;
+        for chunk in checkpoints.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_checkpoints (organization_id, position, hash, create_time, \
+                 public_key, signature) VALUES {} ON CONFLICT (organization_id, position) DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (org, c) in chunk {
+                query = query
+                    .bind(org)
+                    .bind(c.position)
+                    .bind(&c.hash)
+                    .bind(c.create_time)
+                    .bind(&c.public_key)
+                    .bind(&c.signature);
+            }
+            query.execute(tx.conn()).await?;
+        }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_know_the_customer_they_are_about() {
-        assert_eq!(customer_of("customers/c1"), Some("c1"));
-        assert_eq!(customer_of("customers/c1/grants/g1"), Some("c1"));
-        assert_eq!(customer_of("customers/"), None);
-        assert_eq!(customer_of("cases/k1"), None);
     }
 }

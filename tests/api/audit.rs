@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use liaison::app::audit::{AuditSettings, Verdict, sign_checkpoints, verify};
-use liaison::domain::audit::{self, Fault, Hash, Header, SigningKey};
+use liaison::domain::audit::{self, Fault, Hash, SigningKey};
 use liaison::pb;
 use prost::Message;
 use tonic::Code;
@@ -247,7 +247,27 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
     assert_eq!(pages[1].previous_hash, entries[6].hash);
     assert_eq!(pages[0].head_position, entries.len() as i64);
 
-    // Every organization's chain verifies; checkpoints are signed and checked.
+    // Every organization's chain verifies, also while the hub goes on writing.
+    let writer = {
+        let (channel, key) = (app.channel.clone(), vendor.admin_key.clone());
+        tokio::spawn(async move {
+            for i in 0..30 {
+                CustomerServiceClient::with_interceptor(channel.clone(), Bearer(key.clone()))
+                    .create_customer(pb::CreateCustomerRequest {
+                        customer: Some(person("Busy", &format!("Writer{i}"), "")),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    while !writer.is_finished() {
+        let verdicts = verify(&app.store, &settings.trusted, None).await.unwrap();
+        assert!(verdicts.iter().all(|v| v.outcome.is_ok()), "{verdicts:?}");
+    }
+    writer.await.unwrap();
+    app.settle().await;
     let verdicts = verify(&app.store, &settings.trusted, None).await.unwrap();
     assert!(verdicts.len() >= 2, "{verdicts:?}");
     assert!(verdicts.iter().all(|v| v.outcome.is_ok()), "{verdicts:?}");
@@ -260,7 +280,8 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
     );
     let verdicts = verify(&app.store, &settings.trusted, None).await.unwrap();
     let vendor_summary = verdict_of(&verdicts, "vendor").outcome.clone().unwrap();
-    assert_eq!(vendor_summary.entries, entries.len() as u64);
+    // And the 30 customers written meanwhile.
+    assert_eq!(vendor_summary.entries, entries.len() as u64 + 30);
     assert_eq!(vendor_summary.checkpoints, 1);
     // Another key's checkpoints are not trusted.
     let stranger = SigningKey::parse(&SigningKey::generate()).unwrap();
@@ -283,7 +304,7 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
     let by_operator = export(&app, &app.operator_key, &vendor, 1000)
         .await
         .unwrap();
-    assert_eq!(by_operator[0].entries.len(), entries.len());
+    assert_eq!(by_operator[0].entries.len(), entries.len() + 30);
     assert_eq!(by_operator[0].checkpoints.len(), 1);
     let status = app
         .audit(&vendor.admin_key)
@@ -320,7 +341,7 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(checked.status.success(), "{checked:?}");
     assert!(
-        said.contains(&format!("entries 1 to {}", entries.len()))
+        said.contains(&format!("entries 1 to {}", entries.len() + 30))
             && said.contains("1 checkpoints verified"),
         "{said}"
     );
@@ -347,6 +368,36 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
         String::from_utf8_lossy(&checked.stderr).contains(&format!("first bad entry {position}")),
         "{checked:?}"
     );
+    // Checkpoints stripped from the file: nothing is vouched for by the key given.
+    let stripped = dir.path().join("stripped.jsonl");
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut page: serde_json::Value = serde_json::from_str(line).unwrap();
+            page.as_object_mut().unwrap().remove("checkpoints");
+            page.to_string()
+        })
+        .collect();
+    std::fs::write(&stripped, lines.join("\n")).unwrap();
+    let checked = offline(&stripped, &public);
+    assert!(!checked.status.success());
+    assert!(
+        String::from_utf8_lossy(&checked.stderr).contains("no entry is vouched"),
+        "{checked:?}"
+    );
+    // Another organization's export is not taken for this one's.
+    let checked = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["audit", "verify"])
+        .arg(&file)
+        .args([
+            "--public-key",
+            &public,
+            "--organization-uid",
+            "someone-else",
+        ])
+        .output()
+        .unwrap();
+    assert!(!checked.status.success(), "{checked:?}");
     // Checked with another key: the checkpoint is not vouched for.
     let checked = offline(&file, &audit::public_key_text(&stranger.public_key()));
     assert!(!checked.status.success());
@@ -400,10 +451,13 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
     let rows = format!("audit_entries WHERE organization_id = '{id}'");
     tamper(
         &app,
-        "CREATE TABLE audit_copy AS SELECT * FROM audit_entries",
+        "CREATE TABLE audit_copy AS SELECT * FROM audit_entries; \
+         CREATE TABLE feeds_copy AS SELECT * FROM event_feeds",
     )
     .await;
-    let restore = "DELETE FROM audit_entries; INSERT INTO audit_entries SELECT * FROM audit_copy";
+    let restore = "DELETE FROM audit_entries; INSERT INTO audit_entries SELECT * FROM audit_copy; \
+                   UPDATE event_feeds SET audit_position = (SELECT c.audit_position FROM feeds_copy c \
+                   WHERE c.organization_id = event_feeds.organization_id)";
 
     let first_fault = async || {
         let verdicts = verify(
@@ -415,6 +469,21 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
         .unwrap();
         verdicts[0].outcome.clone().unwrap_err()
     };
+    let stored = app
+        .store
+        .audit_entries(id, (1, i64::MAX), 10_000)
+        .await
+        .unwrap();
+    let about_customer = stored
+        .iter()
+        .find(|r| !r.customer.is_empty())
+        .unwrap()
+        .position;
+    let about_none = stored
+        .iter()
+        .find(|r| r.customer.is_empty())
+        .unwrap()
+        .position;
     type Expected = Box<dyn Fn(&Fault) -> bool>;
     let cases: Vec<(&str, String, Expected)> = vec![
         (
@@ -433,13 +502,51 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
             Box::new(|f| matches!(f, Fault::Hash { position: 4, .. })),
         ),
         (
-            "content and its hash edited",
+            "content, salt and content hash edited",
             format!(
-                "UPDATE audit_entries SET content = {}, content_hash = {} WHERE organization_id = '{id}' AND position = 2",
+                "UPDATE audit_entries SET content = {}, salt = {}, content_hash = {} \
+                 WHERE organization_id = '{id}' AND position = 2",
                 bytes(&app, b"forged"),
-                bytes(&app, &audit::content_hash(b"forged"))
+                bytes(&app, &[0; audit::SALT_BYTES]),
+                bytes(
+                    &app,
+                    &audit::content_hash(&[0; audit::SALT_BYTES], b"forged")
+                )
             ),
             Box::new(|f| matches!(f, Fault::Hash { position: 2, .. })),
+        ),
+        (
+            "content of an entry about a customer removed as if erased",
+            format!(
+                "UPDATE audit_entries SET content = NULL, salt = NULL \
+                 WHERE organization_id = '{id}' AND position = {about_customer}"
+            ),
+            Box::new(
+                move |f| matches!(f, Fault::Emptied { position, .. } if *position == about_customer),
+            ),
+        ),
+        (
+            "content of an entry about no customer removed",
+            format!(
+                "UPDATE audit_entries SET content = NULL, salt = NULL \
+                 WHERE organization_id = '{id}' AND position = {about_none}"
+            ),
+            Box::new(
+                move |f| matches!(f, Fault::Content { position, .. } if *position == about_none),
+            ),
+        ),
+        (
+            "head reset to hide the log",
+            format!("UPDATE event_feeds SET audit_position = 0 WHERE organization_id = '{id}'"),
+            Box::new(|f| {
+                matches!(
+                    f,
+                    Fault::Missing {
+                        expected: 1,
+                        found: None
+                    } | Fault::Head { .. }
+                )
+            }),
         ),
         (
             "row deleted",
@@ -465,8 +572,9 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
             format!(
                 "UPDATE audit_entries SET position = position + 100000 WHERE organization_id = '{id}' AND position >= 4; \
                  UPDATE audit_entries SET position = position - 99999 WHERE organization_id = '{id}' AND position >= 100000; \
-                 INSERT INTO audit_entries SELECT organization_id, 4, sequence, 'forged', type, resource, customer_id, \
-                 create_time, content, content_hash, hash FROM audit_entries WHERE organization_id = '{id}' AND position = 3"
+                 INSERT INTO audit_entries SELECT organization_id, 4, sequence, 'forged', type, resource, \
+                 customer_id, erases, create_time, content, salt, content_hash, hash FROM audit_entries \
+                 WHERE organization_id = '{id}' AND position = 3"
             ),
             Box::new(|f| matches!(f, Fault::Hash { position: 4, .. })),
         ),
@@ -499,29 +607,24 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
 
     // An edit with every later hash recomputed (anyone can compute SHA-256) passes the
     // chain but not the signed checkpoint.
-    let records = app.store.audit_entries(id, 1, 10_000).await.unwrap();
+    let mut records = app
+        .store
+        .audit_entries(id, (1, i64::MAX), 10_000)
+        .await
+        .unwrap();
+    let salt = [7; audit::SALT_BYTES];
     let mut previous: Hash = records[1].hash.as_slice().try_into().unwrap();
     let mut sql = format!(
-        "UPDATE audit_entries SET content = {}, content_hash = {} WHERE organization_id = '{id}' AND position = 3;",
+        "UPDATE audit_entries SET content = {}, salt = {}, content_hash = {} \
+         WHERE organization_id = '{id}' AND position = 3;",
         bytes(&app, b"forged"),
-        bytes(&app, &audit::content_hash(b"forged"))
+        bytes(&app, &salt),
+        bytes(&app, &audit::content_hash(&salt, b"forged"))
     );
+    records[2].content_hash = audit::content_hash(&salt, b"forged").to_vec();
     for r in &records[2..] {
-        let content = if r.position == 3 {
-            audit::content_hash(b"forged")
-        } else {
-            r.content_hash.as_slice().try_into().unwrap()
-        };
-        let header = Header {
-            organization_id: id,
-            position: r.position,
-            sequence: r.sequence,
-            event_id: &r.event_id,
-            event_type: &r.event_type,
-            resource: &r.resource,
-            create_time: r.create_time,
-        };
-        previous = audit::entry_hash(&header, &content, &previous);
+        let content: Hash = r.content_hash.as_slice().try_into().unwrap();
+        previous = audit::entry_hash(&r.header(id), &content, &previous);
         sql.push_str(&format!(
             " UPDATE audit_entries SET hash = {} WHERE organization_id = '{id}' AND position = {};",
             bytes(&app, &previous),
@@ -572,6 +675,16 @@ async fn erasure_empties_the_content_and_the_chain_still_verifies(backend: Backe
         person("Grace", "Hopper", "grace@example.com"),
     )
     .await;
+    // A duplicate merged into Ada: erasing her empties its entries too.
+    let twin = create(&app, &vendor, person("Ada", "King", "ada.king@example.com")).await;
+    app.customers(&vendor.admin_key)
+        .merge_customers(pb::MergeCustomersRequest {
+            name: ada.name.clone(),
+            merged: vec![twin.name.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     app.customers(&vendor.admin_key)
         .erase_customer(pb::EraseCustomerRequest {
             name: ada.name.clone(),
@@ -592,27 +705,52 @@ async fn erasure_empties_the_content_and_the_chain_still_verifies(backend: Backe
         (&retailer, &retailer.admin_key),
     ] {
         let pages = export(&app, key, org, 1000).await.unwrap();
+        let entries: Vec<&pb::AuditEntry> = pages.iter().flat_map(|p| &p.entries).collect();
         let about = |name: &str| -> Vec<&pb::AuditEntry> {
-            pages
+            entries
                 .iter()
-                .flat_map(|p| &p.entries)
-                .filter(|e| e.resource == name || e.resource.starts_with(&format!("{name}/")))
+                .filter(|e| e.customer == name)
+                .copied()
                 .collect()
         };
         let erased = about(&ada.name);
         assert!(erased.len() >= 2, "{}: {erased:?}", org.name);
-        assert!(erased.iter().any(|e| e.event_type == "customer.erased"));
-        for e in &erased {
-            assert!(e.erased && e.content.is_empty(), "{e:?}");
+        let erasure = erased
+            .iter()
+            .find(|e| e.event_type == "customer.erased")
+            .expect("the erasure is in the log");
+        assert!(
+            !erasure.erased,
+            "the erasure keeps its own content (name and state)"
+        );
+        for e in erased.iter().filter(|e| e.event_type != "customer.erased") {
+            assert!(
+                e.erased && e.content.is_empty() && e.salt.is_empty(),
+                "{e:?}"
+            );
             assert_eq!(e.content_hash.len(), 32);
         }
-        for e in about(&other.name) {
-            assert!(!e.erased && !e.content.is_empty());
+        if org.name == vendor.name {
+            assert_eq!(erasure.erases, [ada.name.clone(), twin.name.clone()]);
+            let twins = about(&twin.name);
+            assert!(
+                !twins.is_empty() && twins.iter().all(|e| e.erased),
+                "{twins:?}"
+            );
+            let others = about(&other.name);
+            assert!(!others.is_empty());
+            assert!(
+                others
+                    .iter()
+                    .all(|e| !e.erased && e.salt.len() == audit::SALT_BYTES)
+            );
         }
         let summary = verdict_of(&verdicts, org.name.trim_start_matches("organizations/"))
             .outcome
             .clone()
             .unwrap();
-        assert_eq!(summary.erased, erased.len() as u64);
+        let emptied = entries.iter().filter(|e| e.erased).count();
+        assert!(emptied > 0);
+        assert_eq!(summary.erased, emptied as u64);
     }
 }

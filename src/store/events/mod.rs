@@ -60,6 +60,9 @@ pub struct NewEvent {
     /// Members (ids, of this organization) to alert at once whatever their
     /// preferences: an SLA breach's escalation contacts.
     pub escalate_to: Vec<String>,
+    /// The customer the event is about, if any (the audit log empties its entries
+    /// when the customer is erased).
+    pub customer_id: Option<String>,
 }
 
 /// An event read back from a feed.

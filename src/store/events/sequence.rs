@@ -60,7 +60,6 @@ use super::{CHANNEL, INSERT_CHUNK, NewEvent, announcements};
 use crate::domain::error::Result;
 use crate::domain::event::{EventType, numbered};
 use crate::domain::notify::Notifiable;
-use crate::store::audit::erased_customer;
 use crate::store::{AuditHead, Dialect, Store, Tx, corrupt, micros, placeholders, timestamp};
 
 /// Inbox rows (committed transactions) one sequencer batch takes at most.
@@ -96,6 +95,8 @@ struct StashedEvent {
     body: Vec<u8>,
     #[prost(string, repeated, tag = "7")]
     escalate_to: Vec<String>,
+    #[prost(string, optional, tag = "8")]
+    customer_id: Option<String>,
 }
 
 /// The events of one committed transaction, waiting for their numbers.
@@ -119,6 +120,7 @@ impl Committed {
                     create_time: micros(e.create_time),
                     body: e.body.clone(),
                     escalate_to: e.escalate_to.clone(),
+                    customer_id: e.customer_id.clone(),
                 })
                 .collect(),
         }
@@ -140,6 +142,7 @@ impl Committed {
                     resource: e.resource,
                     body: e.body,
                     escalate_to: e.escalate_to,
+                    customer_id: e.customer_id,
                 })
             })
             .collect::<Result<_>>()?;
@@ -363,11 +366,7 @@ impl Tx {
                 (org, head, events)
             })
             .collect();
-        let erased: Vec<&str> = numbered_events
-            .iter()
-            .filter_map(|(e, _)| erased_customer(e))
-            .collect();
-        self.append_audit(&chains, &erased).await?;
+        self.append_audit(&chains).await?;
         self.deliveries_queued |= queued;
         if self.dialect == Dialect::Postgres {
             for payload in announcements(&heads) {
@@ -560,6 +559,7 @@ mod tests {
                 create_time: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
                 body: vec![1, 2, 3],
                 escalate_to: vec!["m".into()],
+                customer_id: Some("c".into()),
             }],
         };
         let back = Committed::decode(&committed.encode()).unwrap();
