@@ -21,7 +21,11 @@ pub fn request_event(tx: &mut Tx, event_type: EventType, r: &AccessRequest) {
     for org in [&r.requester, &r.owner] {
         let pb = request_to_pb(r, &org.id);
         let mut draft = Draft::new(event_type, pb.name.clone(), Payload::AccessRequest(pb));
-        draft.customer = Some(r.customer_id.clone());
+        // The owner's copy is about its customer (its audit entries go when the customer
+        // is erased); the requester may not know which customer it asked for.
+        if org.id == r.owner.id {
+            draft.customer = Some(r.customer_id.clone());
+        }
         emit(tx, &org.id, draft);
     }
 }
