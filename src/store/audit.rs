@@ -42,16 +42,45 @@ pub(in crate::store) type Chain<'a> = (&'a str, AuditHead, Vec<(&'a NewEvent, i6
 
 /// An entry on its way into the log.
 struct Appended<'a> {
-    organization_id: &'a str,
+    organization_id: String,
     position: i64,
     sequence: i64,
-    event: &'a NewEvent,
-    customer_id: Option<&'a str>,
+    event_id: String,
+    event_type: &'static str,
+    resource: String,
+    create_time: i64,
+    customer_id: Option<String>,
     erases: Option<String>,
     /// With its salt; `None` when its customer is already erased.
     content: Option<(&'a [u8], [u8; SALT_BYTES])>,
     content_hash: Hash,
     hash: Hash,
+}
+
+impl Appended<'_> {
+    /// Hashes an entry following `previous` (`content` `None`: stored empty).
+    fn seal(mut self, content: &[u8], previous: &Hash) -> Result<Self> {
+        let mut salt = [0u8; SALT_BYTES];
+        getrandom::fill(&mut salt)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("no randomness: {e}")))?;
+        self.content_hash = audit::content_hash(&salt, content);
+        if let Some((_, s)) = &mut self.content {
+            *s = salt;
+        }
+        let header = Header {
+            organization_id: &self.organization_id,
+            position: self.position,
+            sequence: self.sequence,
+            event_id: &self.event_id,
+            event_type: self.event_type,
+            resource: &self.resource,
+            create_time: self.create_time,
+            customer: self.customer_id.as_deref().unwrap_or(""),
+            erases: self.erases.as_deref().unwrap_or(""),
+        };
+        self.hash = audit::entry_hash(&header, &self.content_hash, previous);
+        Ok(self)
+    }
 }
 
 #[derive(FromRow)]
@@ -144,15 +173,35 @@ impl Tx {
             .collect();
         erased_now.sort_unstable();
         erased_now.dedup();
-        // Per erasure: the customer and those merged into it.
+        // Per erasure: the customer and those merged into it, and who holds entries
+        // about which of them (every such log gets an erasure entry naming them).
         let mut erasures: Vec<(&str, Vec<String>)> = vec![];
-        for customer in erased_now {
-            let mut erased = vec![customer.to_owned()];
+        for customer in &erased_now {
+            let mut erased = vec![(*customer).to_owned()];
             erased.extend(self.merged_into(customer).await?);
             erasures.push((customer, erased));
         }
+        let mut holders: Vec<(String, String)> = vec![];
+        for (_, erased) in &erasures {
+            holders.extend(self.holders_of(erased).await?);
+        }
+        // What an organization's erasure entry for `customer` names: what it knew of.
+        let named = |org: &str, customer: &str| -> String {
+            let mut ids: Vec<&str> = vec![customer];
+            if let Some((_, all)) = erasures.iter().find(|(c, _)| *c == customer) {
+                ids.extend(
+                    all.iter()
+                        .skip(1)
+                        .map(String::as_str)
+                        .filter(|id| holders.iter().any(|(o, c)| o == org && c == id)),
+                );
+            }
+            ids.join(" ")
+        };
         let mut rows: Vec<Appended<'_>> = vec![];
-        let mut heads: Vec<(&str, i64, Hash)> = vec![];
+        let mut heads: Vec<(String, i64, Hash)> = vec![];
+        // The erasures each organization's log records in this batch.
+        let mut recorded: Vec<(String, &str)> = vec![];
         for (org, head, events) in chains {
             let mut position = head.position;
             let mut previous = head.hash()?;
@@ -162,47 +211,88 @@ impl Tx {
                 }
                 position += 1;
                 let customer_id = event.customer_id.as_deref();
-                let erases = (event.event_type == EventType::CustomerErased)
-                    .then(|| {
-                        erasures
-                            .iter()
-                            .find(|(c, _)| Some(*c) == customer_id)
-                            .map(|(_, all)| all.join(" "))
-                    })
-                    .flatten();
-                let kept = event.event_type == EventType::CustomerErased
-                    || customer_id.is_none_or(|c| !gone.iter().any(|g| g == c));
-                let mut salt = [0u8; SALT_BYTES];
-                getrandom::fill(&mut salt)
-                    .map_err(|e| Error::Internal(anyhow::anyhow!("no randomness: {e}")))?;
-                let content_hash = audit::content_hash(&salt, content);
-                let header = Header {
-                    organization_id: org,
-                    position,
-                    sequence: *sequence,
-                    event_id: &event.id,
-                    event_type: event.event_type.as_str(),
-                    resource: &event.resource,
-                    create_time: super::micros(event.create_time),
-                    customer: customer_id.unwrap_or(""),
-                    erases: erases.as_deref().unwrap_or(""),
-                };
-                let hash = audit::entry_hash(&header, &content_hash, &previous);
-                rows.push(Appended {
-                    organization_id: org,
-                    position,
-                    sequence: *sequence,
-                    event,
-                    customer_id,
-                    erases,
-                    content: kept.then_some((*content, salt)),
-                    content_hash,
-                    hash,
+                let erasure = event.event_type == EventType::CustomerErased;
+                let erases = customer_id.filter(|_| erasure).map(|c| {
+                    recorded.push(((*org).to_owned(), c));
+                    named(org, c)
                 });
-                previous = hash;
+                let kept = erasure || customer_id.is_none_or(|c| !gone.iter().any(|g| g == c));
+                let row = Appended {
+                    organization_id: (*org).to_owned(),
+                    position,
+                    sequence: *sequence,
+                    event_id: event.id.clone(),
+                    event_type: event.event_type.as_str(),
+                    resource: event.resource.clone(),
+                    create_time: super::micros(event.create_time),
+                    customer_id: customer_id.map(str::to_owned),
+                    erases,
+                    content: kept.then_some((*content, [0; SALT_BYTES])),
+                    content_hash: GENESIS,
+                    hash: GENESIS,
+                }
+                .seal(content, &previous)?;
+                previous = row.hash;
+                rows.push(row);
             }
             if position > head.position {
-                heads.push((org, position, previous));
+                heads.push(((*org).to_owned(), position, previous));
+            }
+        }
+        // Organizations holding entries about an erased customer that were not told of
+        // the erasure (they no longer see the customer): an entry of the log alone (no
+        // feed sequence) records it, so emptying their entries is accounted for.
+        let now = super::micros(crate::domain::now());
+        for (customer, _) in &erasures {
+            let mut orgs: Vec<&str> = holders
+                .iter()
+                .filter(|(o, c)| {
+                    erasures
+                        .iter()
+                        .any(|(x, all)| x == customer && all.contains(c))
+                        && !recorded.iter().any(|(r, x)| r == o && x == customer)
+                })
+                .map(|(o, _)| o.as_str())
+                .collect();
+            orgs.sort_unstable();
+            orgs.dedup();
+            for org in orgs {
+                let (position, previous) = match heads.iter().find(|(o, _, _)| o == org) {
+                    Some((_, p, h)) => (*p, *h),
+                    None => {
+                        let head = self.audit_head_in_tx(org).await?;
+                        (head.position, head.hash()?)
+                    }
+                };
+                let known: Vec<&str> = holders
+                    .iter()
+                    .filter(|(o, c)| {
+                        o == org
+                            && erasures
+                                .iter()
+                                .any(|(x, all)| x == customer && all.contains(c))
+                    })
+                    .map(|(_, c)| c.as_str())
+                    .collect();
+                let first = known.first().copied().unwrap_or(customer);
+                let row = Appended {
+                    organization_id: org.to_owned(),
+                    position: position + 1,
+                    sequence: 0,
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    event_type: EventType::CustomerErased.as_str(),
+                    resource: crate::domain::names::customer(first),
+                    create_time: now,
+                    customer_id: Some(first.to_owned()),
+                    erases: Some(known.join(" ")),
+                    content: Some((&[], [0; SALT_BYTES])),
+                    content_hash: GENESIS,
+                    hash: GENESIS,
+                }
+                .seal(&[], &previous)?;
+                heads.retain(|(o, _, _)| o != org);
+                heads.push((org.to_owned(), row.position, row.hash));
+                rows.push(row);
             }
         }
         self.insert_entries(&rows).await?;
@@ -223,7 +313,7 @@ impl Tx {
             );
             let mut query = sqlx::query(&sql);
             for (org, position, hash) in &heads {
-                query = query.bind(*org).bind(*position).bind(hash.as_slice());
+                query = query.bind(org).bind(*position).bind(hash.as_slice());
             }
             query.execute(self.conn()).await?;
         }
@@ -240,6 +330,36 @@ impl Tx {
             query.execute(self.conn()).await?;
         }
         Ok(())
+    }
+
+    /// Which organizations hold entries about which of `customers`.
+    async fn holders_of(&mut self, customers: &[String]) -> Result<Vec<(String, String)>> {
+        let sql = format!(
+            "SELECT organization_id, customer_id FROM audit_entries WHERE customer_id IN ({}) \
+             GROUP BY organization_id, customer_id",
+            placeholders(1, customers.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for c in customers {
+            query = query.bind(c);
+        }
+        Ok(query.fetch_all(self.conn()).await?)
+    }
+
+    /// `organization_id`'s head, read inside the numbering transaction.
+    async fn audit_head_in_tx(&mut self, organization_id: &str) -> Result<AuditHead> {
+        let row: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT audit_position, audit_hash FROM event_feeds WHERE organization_id = $1",
+        )
+        .bind(organization_id)
+        .fetch_optional(self.conn())
+        .await?;
+        Ok(
+            row.map_or_else(AuditHead::default, |(position, hash)| AuditHead {
+                position,
+                hash,
+            }),
+        )
     }
 
     /// Writes `rows`, many a statement. A position already taken means the log was
@@ -263,15 +383,15 @@ impl Tx {
                     None => (None, None),
                 };
                 query = query
-                    .bind(r.organization_id)
+                    .bind(&r.organization_id)
                     .bind(r.position)
                     .bind(r.sequence)
-                    .bind(&r.event.id)
-                    .bind(r.event.event_type.as_str())
-                    .bind(&r.event.resource)
-                    .bind(r.customer_id)
+                    .bind(&r.event_id)
+                    .bind(r.event_type)
+                    .bind(&r.resource)
+                    .bind(r.customer_id.as_deref())
                     .bind(r.erases.as_deref())
-                    .bind(super::micros(r.event.create_time))
+                    .bind(r.create_time)
                     .bind(content)
                     .bind(salt)
                     .bind(r.content_hash.as_slice())
@@ -279,7 +399,8 @@ impl Tx {
             }
             let done = query.execute(self.conn()).await?.rows_affected();
             if done < chunk.len() as u64 {
-                let mut orgs: Vec<&str> = chunk.iter().map(|r| r.organization_id).collect();
+                let mut orgs: Vec<&str> =
+                    chunk.iter().map(|r| r.organization_id.as_str()).collect();
                 orgs.sort_unstable();
                 orgs.dedup();
                 tracing::error!(

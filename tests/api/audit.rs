@@ -675,6 +675,27 @@ async fn erasure_empties_the_content_and_the_chain_still_verifies(backend: Backe
         person("Grace", "Hopper", "grace@example.com"),
     )
     .await;
+    // A shop that saw Ada and no longer does: not told of the erasure, but its log
+    // records it, and its entries about her are emptied.
+    let shop = app.create_org("shop", pb::OrganizationKind::Retailer).await;
+    app.partner(&vendor, &shop).await;
+    let shared = grant(
+        &app,
+        &vendor,
+        &ada.name,
+        &shop,
+        pb::AccessLevel::Read,
+        &["given_name"],
+    )
+    .await
+    .unwrap();
+    app.sharing(&vendor.admin_key)
+        .revoke_grant(pb::RevokeGrantRequest {
+            name: shared.name,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     // A duplicate merged into Ada: erasing her empties its entries too.
     let twin = create(&app, &vendor, person("Ada", "King", "ada.king@example.com")).await;
     app.customers(&vendor.admin_key)
@@ -745,6 +766,7 @@ async fn erasure_empties_the_content_and_the_chain_still_verifies(backend: Backe
                     .all(|e| !e.erased && e.salt.len() == audit::SALT_BYTES)
             );
         }
+        assert!(erasure.sequence > 0, "told through the feed");
         let summary = verdict_of(&verdicts, org.name.trim_start_matches("organizations/"))
             .outcome
             .clone()
@@ -753,4 +775,28 @@ async fn erasure_empties_the_content_and_the_chain_still_verifies(backend: Backe
         assert!(emptied > 0);
         assert_eq!(summary.erased, emptied as u64);
     }
+    let pages = export(&app, &shop.admin_key, &shop, 1000).await.unwrap();
+    let entries: Vec<&pb::AuditEntry> = pages.iter().flat_map(|p| &p.entries).collect();
+    let about_ada: Vec<&&pb::AuditEntry> =
+        entries.iter().filter(|e| e.customer == ada.name).collect();
+    let recorded = about_ada
+        .iter()
+        .find(|e| e.event_type == "customer.erased")
+        .expect("the shop's log records the erasure");
+    assert_eq!(recorded.sequence, 0, "not in the shop's feed");
+    assert_eq!(recorded.erases, [&ada.name], "the twin was never the shop's");
+    assert!(about_ada.len() >= 3, "{about_ada:?}");
+    assert!(
+        about_ada
+            .iter()
+            .filter(|e| e.event_type != "customer.erased")
+            .all(|e| e.erased)
+    );
+    assert!(verdict_of(&verdicts, "shop").outcome.is_ok());
+    assert!(
+        !feed(&app, &shop.read_key)
+            .await
+            .iter()
+            .any(|e| e.r#type == "customer.erased")
+    );
 }
