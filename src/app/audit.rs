@@ -62,7 +62,7 @@ pub async fn sign_checkpoints(store: &Store, key: &SigningKey) -> Result<usize> 
     let time = now().as_microsecond();
     let mut signed = vec![];
     for (org, position, _) in &heads {
-        match checked_head(store, org, *position).await {
+        match checked_head(store, org, *position, &key.public_key()).await {
             Ok(Ok(hash)) => {
                 let message = audit::checkpoint_message(org, *position, &hash, time);
                 let checkpoint = Checkpoint {
@@ -94,8 +94,21 @@ async fn checked_head(
     store: &Store,
     organization_id: &str,
     head: i64,
+    public_key: &[u8],
 ) -> Result<std::result::Result<Hash, Fault>> {
     let last = store.last_audit_checkpoint(organization_id).await?;
+    // The last checkpoint is where the check starts, so it must be the hub's own.
+    if let Some(c) = &last {
+        let hash: Hash = c.hash.as_slice().try_into().unwrap_or(GENESIS);
+        let message = audit::checkpoint_message(organization_id, c.position, &hash, c.create_time);
+        if c.public_key != public_key || !audit::signature_valid(public_key, &message, &c.signature)
+        {
+            return Ok(Err(Fault::Checkpoint {
+                position: c.position,
+                why: "not signed by this hub's key",
+            }));
+        }
+    }
     let (first, previous) = match &last {
         Some(c) => (
             c.position + 1,
@@ -107,6 +120,9 @@ async fn checked_head(
     if let Err(fault) = walk(store, organization_id, (first, head), &mut chain).await? {
         return Ok(Err(fault));
     }
+    if let Some(fault) = forged_erasure(store, &chain).await? {
+        return Ok(Err(fault));
+    }
     if chain.next_position() != head + 1 {
         return Ok(Err(Fault::Head {
             last: chain.next_position() - 1,
@@ -114,6 +130,24 @@ async fn checked_head(
         }));
     }
     Ok(Ok(chain.last_hash()))
+}
+
+/// An erasure entry of `chain` naming a customer the hub did not erase.
+async fn forged_erasure(store: &Store, chain: &Chain) -> Result<Option<Fault>> {
+    let named: Vec<(&str, i64)> = chain.erased_customers().collect();
+    if named.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<&str> = named.iter().map(|(c, _)| *c).collect();
+    let not_erased = store.not_erased(&ids).await?;
+    Ok(named
+        .iter()
+        .filter(|(c, _)| not_erased.iter().any(|n| n == c))
+        .min_by_key(|(_, p)| *p)
+        .map(|(customer, position)| Fault::Erasure {
+            position: *position,
+            customer: (*customer).to_owned(),
+        }))
 }
 
 /// Feeds `chain` the entries at `first..=last`, a page at a time.
@@ -213,11 +247,20 @@ async fn verify_one(
     if let Err(fault) = walk(store, organization_id, (1, head), &mut chain).await? {
         return Ok(Err(fault));
     }
+    if let Some(fault) = forged_erasure(store, &chain).await? {
+        return Ok(Err(fault));
+    }
     let next = chain.next_position();
     let summary = match chain.finish(Some(head)) {
         Ok(summary) => summary,
+        // Content emptied by an erasure committed since the head was read (its entry is
+        // past that head): checked again up to what is stored now.
+        Err(Fault::Emptied { .. }) if store.audit_last_position(organization_id).await? > head => {
+            let stored = store.audit_last_position(organization_id).await?;
+            return Box::pin(verify_one(store, organization_id, stored, trusted)).await;
+        }
         // A checkpoint past the head read (signed since) is checked on the next run.
-        Err(Fault::Missing { found: None, .. }) if head > 0 => {
+        Err(Fault::Missing { found: None, .. }) => {
             let stored = store.audit_last_position(organization_id).await?;
             if stored <= head {
                 return Ok(Err(Fault::Missing {

@@ -188,13 +188,13 @@ pub(super) async fn run(command: AuditCommand) -> anyhow::Result<()> {
             {
                 bail!("the export is of organization {org}, not {expected}");
             }
+            if keys_given && summary.checkpoints == 0 {
+                bail!("no entry is vouched for by a checkpoint signed with the key given");
+            }
             println!(
                 "ok: organization {org}, entries {first} to {last}; {}",
                 describe(&summary, "no --public-key")
             );
-            if keys_given && summary.checkpoints == 0 {
-                bail!("no entry is vouched for by a checkpoint signed with the key given");
-            }
             Ok(())
         }
     }

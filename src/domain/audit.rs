@@ -19,7 +19,7 @@
 //! Anyone can recompute a chain; only the key's holder can sign one, so a checkpoint
 //! shows that the chain up to it was not rebuilt after an edit.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -183,6 +183,13 @@ pub fn parse_public_key(text: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Whether `signature` is `public_key`'s Ed25519 signature of `message`.
+pub fn signature_valid(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// An entry as it was stored or exported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -241,6 +248,8 @@ pub enum Fault {
     Hash { position: i64, event_id: String },
     /// The content is gone, but no erasure of the entry's customer is recorded.
     Emptied { position: i64, event_id: String },
+    /// An erasure entry names a customer the hub never erased.
+    Erasure { position: i64, customer: String },
     /// A checkpoint does not vouch for the chain.
     Checkpoint { position: i64, why: &'static str },
     /// The chain does not end where the organization's head says.
@@ -254,6 +263,7 @@ impl Fault {
             Fault::Missing { expected, .. } => *expected,
             Fault::Content { position, .. }
             | Fault::Emptied { position, .. }
+            | Fault::Erasure { position, .. }
             | Fault::Hash { position, .. }
             | Fault::Checkpoint { position, .. } => *position,
             Fault::Head { last, head } => (*last).min(*head) + 1,
@@ -292,6 +302,11 @@ impl std::fmt::Display for Fault {
                 "entry {position} (event {event_id}): its content was removed, but the log \
                  records no erasure of its customer"
             ),
+            Fault::Erasure { position, customer } => write!(
+                f,
+                "entry {position} records the erasure of customers/{customer}, which was not \
+                 erased: forged to hide content"
+            ),
             Fault::Checkpoint { position, why } => {
                 write!(f, "the checkpoint at entry {position}: {why}")
             }
@@ -301,7 +316,8 @@ impl std::fmt::Display for Fault {
             ),
             Fault::Head { last, head } => write!(
                 f,
-                "the log goes on to entry {last} but only {head} were appended: entries after {head} inserted"
+                "the log goes on to entry {last} but only {head} were appended: entries after {head} \
+                 inserted, or the head moved back"
             ),
         }
     }
@@ -318,8 +334,8 @@ pub struct Chain {
     /// Checkpoints not yet reached, by position.
     checkpoints: VecDeque<Checkpoint>,
     trusted: Vec<Vec<u8>>,
-    /// Customers an erasure entry met so far emptied.
-    erased_customers: HashSet<String>,
+    /// Customers an erasure entry met so far emptied, and that entry's position.
+    erased_customers: HashMap<String, i64>,
     /// Emptied entries whose erasure has not been met yet: customer → first position
     /// and event id.
     waiting: HashMap<String, (i64, String)>,
@@ -360,7 +376,7 @@ impl Chain {
             previous: if first == 1 { GENESIS } else { previous },
             checkpoints: VecDeque::new(),
             trusted,
-            erased_customers: HashSet::new(),
+            erased_customers: HashMap::new(),
             waiting: HashMap::new(),
             summary: Summary::default(),
         };
@@ -404,7 +420,7 @@ impl Chain {
             // that customer recorded in the log (now or later).
             (None, None) if !r.customer.is_empty() => {
                 self.summary.erased += 1;
-                if !self.erased_customers.contains(&r.customer) {
+                if !self.erased_customers.contains_key(&r.customer) {
                     self.waiting
                         .entry(r.customer.clone())
                         .or_insert_with(|| (r.position, r.event_id.clone()));
@@ -417,9 +433,15 @@ impl Chain {
             return Err(self.bad_hash(r));
         }
         if r.event_type == EventType::CustomerErased.as_str() {
+            // An erasure entry vouches for emptied entries, so it must be whole itself.
+            if r.content.is_none() {
+                return Err(edited());
+            }
             for customer in r.erases.split_whitespace() {
                 self.waiting.remove(customer);
-                self.erased_customers.insert(customer.to_owned());
+                self.erased_customers
+                    .entry(customer.to_owned())
+                    .or_insert(r.position);
             }
         }
         if self.summary.unvouched_since.is_none() {
@@ -466,10 +488,7 @@ impl Chain {
             return Err(fault("signed by a key that is not trusted"));
         }
         let message = checkpoint_message(&self.organization_id, c.position, hash, c.create_time);
-        if UnparsedPublicKey::new(&ED25519, &c.public_key)
-            .verify(&message, &c.signature)
-            .is_err()
-        {
+        if !signature_valid(&c.public_key, &message, &c.signature) {
             return Err(fault("the signature is not valid"));
         }
         self.summary.checkpoints += 1;
@@ -497,6 +516,13 @@ impl Chain {
             return Err(Fault::Head { last, head });
         }
         Ok(self.summary)
+    }
+
+    /// The customers the erasure entries checked so far name, with the first such
+    /// entry's position: the hub checks them against its records (an erasure entry
+    /// forged to hide content names a customer that was not erased).
+    pub fn erased_customers(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.erased_customers.iter().map(|(c, p)| (c.as_str(), *p))
     }
 
     /// The hash of the last entry checked.

@@ -46,6 +46,11 @@ pub async fn tell_case(
         let view = case_to_pb(c, template, &org.id, seen.as_ref(), now);
         let mut draft = Draft::new(event_type, view.name.clone(), Payload::Case(view));
         draft.escalate_to = escalate.get(&org.id).cloned().unwrap_or_default();
+        // A copy showing the customer is about it (its audit entries are emptied when
+        // the customer is erased).
+        if seen.is_some() {
+            draft.customer = Some(c.customer_id.clone());
+        }
         emit(tx, &org.id, draft);
     }
     Ok(())

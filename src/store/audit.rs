@@ -25,13 +25,19 @@ pub struct AuditHead {
 }
 
 impl AuditHead {
+    /// The head's hash. A damaged one (tampering) is logged and the chain goes on from
+    /// the genesis hash, for verification to name: numbering the feeds must not stop.
     fn hash(&self) -> Result<Hash> {
         match &self.hash {
             None => Ok(GENESIS),
-            Some(h) => h
-                .as_slice()
-                .try_into()
-                .map_err(|_| super::corrupt("audit head hash of length", &h.len().to_string())),
+            Some(h) => Ok(h.as_slice().try_into().unwrap_or_else(|_| {
+                tracing::error!(
+                    position = self.position,
+                    "an audit head's hash is damaged: the log was tampered with; \
+                     run `liaison admin audit verify`"
+                );
+                GENESIS
+            })),
         }
     }
 }
@@ -476,6 +482,36 @@ impl Store {
                 .fetch_one(self.reader())
                 .await?;
         Ok(row.0.unwrap_or(0))
+    }
+
+    /// Which of `customers` the hub did not erase (neither erased nor merged into an
+    /// erased customer), or does not know.
+    pub async fn not_erased(&self, customers: &[&str]) -> Result<Vec<String>> {
+        let mut out = vec![];
+        for chunk in customers.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "SELECT c.id FROM customers c LEFT JOIN customers s ON s.id = c.merged_into \
+                 WHERE c.id IN ({}) AND (c.state = 'erased' OR s.state = 'erased')",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(&sql);
+            for c in chunk {
+                query = query.bind(*c);
+            }
+            let erased: Vec<String> = query
+                .fetch_all(self.reader())
+                .await?
+                .into_iter()
+                .map(|r| r.0)
+                .collect();
+            out.extend(
+                chunk
+                    .iter()
+                    .filter(|c| !erased.iter().any(|e| e == *c))
+                    .map(|c| (*c).to_owned()),
+            );
+        }
+        Ok(out)
     }
 
     /// The newest checkpoint of `organization_id`, if any.

@@ -449,26 +449,6 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
     assert!(n >= 10, "{n} entries");
     let id = &org.organization_id;
     let rows = format!("audit_entries WHERE organization_id = '{id}'");
-    tamper(
-        &app,
-        "CREATE TABLE audit_copy AS SELECT * FROM audit_entries; \
-         CREATE TABLE feeds_copy AS SELECT * FROM event_feeds",
-    )
-    .await;
-    let restore = "DELETE FROM audit_entries; INSERT INTO audit_entries SELECT * FROM audit_copy; \
-                   UPDATE event_feeds SET audit_position = (SELECT c.audit_position FROM feeds_copy c \
-                   WHERE c.organization_id = event_feeds.organization_id)";
-
-    let first_fault = async || {
-        let verdicts = verify(
-            &app.store,
-            &settings.trusted,
-            Some(&liaison::domain::Slug::parse("vendor").unwrap()),
-        )
-        .await
-        .unwrap();
-        verdicts[0].outcome.clone().unwrap_err()
-    };
     let stored = app
         .store
         .audit_entries(id, (1, i64::MAX), 10_000)
@@ -484,6 +464,72 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
         .find(|r| r.customer.is_empty())
         .unwrap()
         .position;
+    tamper(
+        &app,
+        "CREATE TABLE audit_copy AS SELECT * FROM audit_entries; \
+         CREATE TABLE feeds_copy AS SELECT * FROM event_feeds",
+    )
+    .await;
+    let restore = "DELETE FROM audit_entries; INSERT INTO audit_entries SELECT * FROM audit_copy; \
+                   UPDATE event_feeds SET audit_position = (SELECT c.audit_position FROM feeds_copy c \
+                   WHERE c.organization_id = event_feeds.organization_id), \
+                   audit_hash = (SELECT c.audit_hash FROM feeds_copy c \
+                   WHERE c.organization_id = event_feeds.organization_id)";
+    // An erasure entry forged at the end (a valid link: anyone can compute one) to pass
+    // off a customer's emptied entry as erased.
+    let forged_erasure = {
+        let victim = stored.iter().find(|r| !r.customer.is_empty()).unwrap();
+        let last = stored.last().unwrap();
+        let mut forged = audit::Record {
+            position: last.position + 1,
+            sequence: 0,
+            event_id: "forged".into(),
+            event_type: "customer.erased".into(),
+            resource: format!("customers/{}", victim.customer),
+            create_time: last.create_time + 1,
+            customer: victim.customer.clone(),
+            erases: victim.customer.clone(),
+            content: Some(b"{}".to_vec()),
+            salt: Some(vec![1; audit::SALT_BYTES]),
+            content_hash: audit::content_hash(&[1; audit::SALT_BYTES], b"{}").to_vec(),
+            hash: vec![],
+        };
+        let previous: Hash = last.hash.as_slice().try_into().unwrap();
+        let content: Hash = forged.content_hash.as_slice().try_into().unwrap();
+        forged.hash = audit::entry_hash(&forged.header(id), &content, &previous).to_vec();
+        format!(
+            "INSERT INTO audit_entries (organization_id, position, sequence, event_id, type, \
+             resource, customer_id, erases, create_time, content, salt, content_hash, hash) \
+             VALUES ('{id}', {}, 0, 'forged', 'customer.erased', '{}', '{}', '{}', {}, {}, {}, {}, {}); \
+             UPDATE event_feeds SET audit_position = {}, audit_hash = {} WHERE organization_id = '{id}'; \
+             UPDATE audit_entries SET content = NULL, salt = NULL \
+             WHERE organization_id = '{id}' AND position = {}",
+            forged.position,
+            forged.resource,
+            forged.customer,
+            forged.erases,
+            forged.create_time,
+            bytes(&app, b"{}"),
+            bytes(&app, &[1; audit::SALT_BYTES]),
+            bytes(&app, &forged.content_hash),
+            bytes(&app, &forged.hash),
+            forged.position,
+            bytes(&app, &forged.hash),
+            victim.position,
+        )
+    };
+    let forged_position = stored.last().unwrap().position + 1;
+
+    let first_fault = async || {
+        let verdicts = verify(
+            &app.store,
+            &settings.trusted,
+            Some(&liaison::domain::Slug::parse("vendor").unwrap()),
+        )
+        .await
+        .unwrap();
+        verdicts[0].outcome.clone().unwrap_err()
+    };
     type Expected = Box<dyn Fn(&Fault) -> bool>;
     let cases: Vec<(&str, String, Expected)> = vec![
         (
@@ -577,6 +623,13 @@ async fn rows_tampered_with_in_the_database_are_found_and_the_first_bad_one_name
                  WHERE organization_id = '{id}' AND position = 3"
             ),
             Box::new(|f| matches!(f, Fault::Hash { position: 4, .. })),
+        ),
+        (
+            "an erasure forged to hide content",
+            forged_erasure,
+            Box::new(
+                move |f| matches!(f, Fault::Erasure { position, .. } if *position == forged_position),
+            ),
         ),
         (
             "tail deleted",
@@ -784,7 +837,11 @@ async fn erasure_empties_the_content_and_the_chain_still_verifies(backend: Backe
         .find(|e| e.event_type == "customer.erased")
         .expect("the shop's log records the erasure");
     assert_eq!(recorded.sequence, 0, "not in the shop's feed");
-    assert_eq!(recorded.erases, [&ada.name], "the twin was never the shop's");
+    assert_eq!(
+        recorded.erases,
+        std::slice::from_ref(&ada.name),
+        "the twin was never the shop's"
+    );
     assert!(about_ada.len() >= 3, "{about_ada:?}");
     assert!(
         about_ada
