@@ -4,35 +4,17 @@
 use tonic::Request;
 
 use super::admin::scopes_from_pb;
-use super::convert::scope_to_pb;
 use super::write::idempotent;
 use super::{AdminApi, caller_of};
 use crate::app::organizations as app;
 use crate::domain::Scope;
-use crate::domain::client_cert::{CertificateMatch, ClientCertificate};
+use crate::domain::client_cert::CertificateMatch;
 use crate::domain::error::{Result, Violations};
 use crate::domain::names;
 use crate::domain::text::{self, MAX_DISPLAY_NAME_CHARS};
-use crate::feed::render::timestamp;
+use crate::feed::render::certificate_to_pb;
 use crate::pb;
 use crate::store::Page;
-
-fn to_pb(c: &ClientCertificate) -> pb::ClientCertificate {
-    let r#match = match &c.matches {
-        CertificateMatch::Fingerprint(f) => {
-            pb::client_certificate::Match::FingerprintSha256(f.clone())
-        }
-        CertificateMatch::Subject(s) => pb::client_certificate::Match::SubjectCommonName(s.clone()),
-    };
-    pb::ClientCertificate {
-        name: names::client_certificate(&c.organization.slug, &c.id),
-        display_name: c.display_name.clone(),
-        r#match: Some(r#match),
-        scopes: c.scopes.iter().map(|s| scope_to_pb(s) as i32).collect(),
-        create_time: timestamp(c.create_time),
-        revoke_time: c.revoke_time.and_then(timestamp),
-    }
-}
 
 /// How a registration matches presented certificates: exactly one of a SHA-256
 /// fingerprint and a subject common name.
@@ -85,7 +67,7 @@ impl AdminApi {
         let certificate = app::new_certificate(organization?, matches, display_name, scopes);
         let response = idempotent(self.hub(), &caller, &r, async |tx| {
             app::register_certificate(tx, &certificate).await?;
-            Ok(to_pb(&certificate))
+            Ok(certificate_to_pb(&certificate))
         })
         .await?;
         tracing::info!(certificate = %response.name, "client certificate registered");
@@ -112,7 +94,7 @@ impl AdminApi {
             next_after: next,
         } = app::certificates(&self.hub().store, &owner, r.show_revoked, at).await?;
         Ok(pb::ListClientCertificatesResponse {
-            client_certificates: found.iter().map(to_pb).collect(),
+            client_certificates: found.iter().map(certificate_to_pb).collect(),
             next_page_token: page.next_token(next),
         })
     }
@@ -128,7 +110,7 @@ impl AdminApi {
         let parent = names::organization(&slug);
         let owner = app::certificate_owner(&self.hub().store, &caller, "name", &parent).await?;
         let response = idempotent(self.hub(), &caller, &r, async |tx| {
-            Ok(to_pb(
+            Ok(certificate_to_pb(
                 &app::revoke_certificate(tx, &owner, &id, &r.name).await?,
             ))
         })

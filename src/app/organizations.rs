@@ -19,7 +19,7 @@ use crate::domain::{
     ApiKey, ApiKeySecret, DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState,
     Principal, Reason, Scopes, Slug, now,
 };
-use crate::feed::configuration::key_event;
+use crate::feed::configuration::{certificate_event, key_event};
 use crate::store::{Page, Store, Tx};
 
 /// A new organization, not yet stored: its id is chosen once, so a retried create
@@ -249,7 +249,9 @@ pub fn new_certificate(
 
 /// Stores `certificate` (from [`new_certificate`]).
 pub async fn register_certificate(tx: &mut Tx, certificate: &ClientCertificate) -> Result<()> {
-    tx.insert_client_certificate(certificate).await
+    tx.insert_client_certificate(certificate).await?;
+    certificate_event(tx, EventType::ClientCertificateRegistered, certificate);
+    Ok(())
 }
 
 /// The certificates of `owner`; a page of `size` after `after`.
@@ -281,6 +283,7 @@ pub async fn revoke_certificate(
         let now = now();
         tx.revoke_client_certificate(&certificate.id, now).await?;
         certificate.revoke_time = Some(now);
+        certificate_event(tx, EventType::ClientCertificateRevoked, &certificate);
     }
     Ok(certificate)
 }

@@ -72,6 +72,8 @@ event_types! {
     MemberDeleted => "member.deleted",
     ApiKeyCreated => "api_key.created",
     ApiKeyRevoked => "api_key.revoked",
+    ClientCertificateRegistered => "client_certificate.registered",
+    ClientCertificateRevoked => "client_certificate.revoked",
     WebhookEndpointCreated => "webhook_endpoint.created",
     WebhookEndpointUpdated => "webhook_endpoint.updated",
     WebhookEndpointSecretRotated => "webhook_endpoint.secret_rotated",

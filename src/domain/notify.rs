@@ -71,6 +71,8 @@ impl Category {
             // operator): in the feed and the audit log, not worth an email.
             ApiKeyCreated
             | ApiKeyRevoked
+            | ClientCertificateRegistered
+            | ClientCertificateRevoked
             | WebhookEndpointCreated
             | WebhookEndpointUpdated
             | WebhookEndpointSecretRotated

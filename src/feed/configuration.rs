@@ -1,9 +1,10 @@
-//! Who hears of changes to an organization's own configuration (its API keys, webhook
-//! endpoints, and field presets created or deleted): that organization alone. Keys of
+//! Who hears of changes to an organization's own configuration (its API keys, client
+//! certificates, webhook endpoints, and field presets created or deleted): that organization alone. Keys of
 //! the hub's operator belong to no feed.
 
 use super::draft::{Draft, emit};
-use super::render::{api_key_to_pb, endpoint_to_pb, preset_to_pb};
+use super::render::{api_key_to_pb, certificate_to_pb, endpoint_to_pb, preset_to_pb};
+use crate::domain::client_cert::ClientCertificate;
 use crate::domain::event::EventType;
 use crate::domain::{ApiKey, OrgRef, Principal, Slug};
 use crate::pb::event::Payload;
@@ -19,6 +20,16 @@ pub fn key_event(tx: &mut Tx, event_type: EventType, key: &ApiKey) {
         tx,
         &org.id,
         Draft::new(event_type, pb.name.clone(), Payload::ApiKey(pb)),
+    );
+}
+
+/// Tells the certificate's organization of `event_type`.
+pub fn certificate_event(tx: &mut Tx, event_type: EventType, c: &ClientCertificate) {
+    let pb = certificate_to_pb(c);
+    emit(
+        tx,
+        &c.organization.id,
+        Draft::new(event_type, pb.name.clone(), Payload::ClientCertificate(pb)),
     );
 }
 

@@ -198,6 +198,28 @@ pub fn api_key_to_pb(k: &crate::domain::ApiKey) -> pb::ApiKey {
     }
 }
 
+/// A client certificate registration as its organization sees it.
+pub fn certificate_to_pb(
+    c: &crate::domain::client_cert::ClientCertificate,
+) -> pb::ClientCertificate {
+    let r#match = match &c.matches {
+        crate::domain::client_cert::CertificateMatch::Fingerprint(f) => {
+            pb::client_certificate::Match::FingerprintSha256(f.clone())
+        }
+        crate::domain::client_cert::CertificateMatch::Subject(s) => {
+            pb::client_certificate::Match::SubjectCommonName(s.clone())
+        }
+    };
+    pb::ClientCertificate {
+        name: names::client_certificate(&c.organization.slug, &c.id),
+        display_name: c.display_name.clone(),
+        r#match: Some(r#match),
+        scopes: c.scopes.iter().map(|s| scope_to_pb(s) as i32).collect(),
+        create_time: timestamp(c.create_time),
+        revoke_time: c.revoke_time.and_then(timestamp),
+    }
+}
+
 pub fn endpoint_to_pb(org: &Slug, e: &Endpoint) -> pb::WebhookEndpoint {
     pb::WebhookEndpoint {
         name: names::webhook_endpoint(org, &e.id),

@@ -173,6 +173,30 @@ async fn busy_network(app: &TestApp) -> (Org, Org, pb::Customer) {
         })
         .await
         .unwrap();
+    let certificate = app
+        .operator()
+        .register_client_certificate(pb::RegisterClientCertificateRequest {
+            parent: vendor.name.clone(),
+            client_certificate: Some(pb::ClientCertificate {
+                display_name: "ERP".into(),
+                r#match: Some(pb::client_certificate::Match::SubjectCommonName(
+                    "erp.vendor.example".into(),
+                )),
+                scopes: vec![pb::ApiKeyScope::Read as i32],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    app.operator()
+        .revoke_client_certificate(pb::RevokeClientCertificateRequest {
+            name: certificate.name,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     app.settle().await;
     (vendor, retailer, c)
 }
@@ -189,6 +213,8 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
     for expected in [
         "api_key.created",
         "api_key.revoked",
+        "client_certificate.registered",
+        "client_certificate.revoked",
         "webhook_endpoint.created",
         "webhook_endpoint.updated",
         "webhook_endpoint.secret_rotated",
@@ -213,6 +239,7 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
             .iter()
             .any(|e| e.r#type.starts_with("webhook_endpoint.")
                 || e.r#type.starts_with("field_preset.")
+                || e.r#type.starts_with("client_certificate.")
                 || (e.r#type.starts_with("api_key.") && e.resource.contains("/vendor/"))),
         "{retailer_feed:?}"
     );
