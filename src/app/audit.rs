@@ -224,7 +224,13 @@ pub async fn verify(
     }
     let mut verdicts = vec![];
     for org in orgs {
-        let outcome = verify_one(store, &org.organization_id, org.audit_position, trusted).await?;
+        let outcome = verify_one(
+            store,
+            &org.organization_id,
+            (org.audit_position, RECHECKS),
+            trusted,
+        )
+        .await?;
         verdicts.push(Verdict {
             slug: org.slug,
             outcome,
@@ -233,10 +239,14 @@ pub async fn verify(
     Ok(verdicts)
 }
 
+/// How many times a log is checked again up to a newer head (written meanwhile)
+/// before what it shows is taken as it is.
+const RECHECKS: u32 = 3;
+
 async fn verify_one(
     store: &Store,
     organization_id: &str,
-    head: i64,
+    (head, rechecks): (i64, u32),
     trusted: &[Vec<u8>],
 ) -> Result<std::result::Result<Summary, Fault>> {
     // Entries up to the head as it was read: a hub that goes on writing meanwhile
@@ -256,20 +266,34 @@ async fn verify_one(
         Ok(summary) => summary,
         // Content emptied by an erasure committed since the head was read (its entry is
         // past that head): checked again up to what is stored now.
-        Err(Fault::Emptied { .. }) if store.audit_last_position(organization_id).await? > head => {
+        Err(Fault::Emptied { .. })
+            if rechecks > 0 && store.audit_last_position(organization_id).await? > head =>
+        {
             let stored = store.audit_last_position(organization_id).await?;
-            return Box::pin(verify_one(store, organization_id, stored, trusted)).await;
+            return Box::pin(verify_one(
+                store,
+                organization_id,
+                (stored, rechecks - 1),
+                trusted,
+            ))
+            .await;
         }
         // A checkpoint past the head read (signed since) is checked on the next run.
         Err(Fault::Missing { found: None, .. }) => {
             let stored = store.audit_last_position(organization_id).await?;
-            if stored <= head {
+            if stored <= head || rechecks == 0 {
                 return Ok(Err(Fault::Missing {
                     expected: next,
                     found: None,
                 }));
             }
-            return Box::pin(verify_one(store, organization_id, stored, trusted)).await;
+            return Box::pin(verify_one(
+                store,
+                organization_id,
+                (stored, rechecks - 1),
+                trusted,
+            ))
+            .await;
         }
         Err(fault) => return Ok(Err(fault)),
     };
