@@ -8,6 +8,7 @@ use crate::app::audit as app;
 use crate::domain::audit::Record;
 use crate::domain::error::Error;
 use crate::domain::{Scope, Slug, names};
+use crate::feed::render::timestamp;
 use crate::pb;
 use crate::pb::audit_service_server::AuditService;
 
@@ -22,10 +23,9 @@ impl AuditApi {
 }
 
 fn time(micros: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
-    })
+    jiff::Timestamp::from_microsecond(micros)
+        .ok()
+        .and_then(timestamp)
 }
 
 fn entry_to_pb(slug: &Slug, r: Record) -> pb::AuditEntry {

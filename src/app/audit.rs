@@ -261,31 +261,14 @@ async fn verify_one(
     if let Some(fault) = forged_erasure(store, &chain).await? {
         return Ok(Err(fault));
     }
-    let next = chain.next_position();
     let summary = match chain.finish(Some(head)) {
         Ok(summary) => summary,
-        // Content emptied by an erasure committed since the head was read (its entry is
-        // past that head): checked again up to what is stored now.
-        Err(Fault::Emptied { .. })
-            if rechecks > 0 && store.audit_last_position(organization_id).await? > head =>
-        {
+        // An erasure entry or a checkpoint committed since the head was read lies past
+        // it: check again up to what is stored now.
+        Err(fault @ (Fault::Emptied { .. } | Fault::Missing { found: None, .. })) => {
             let stored = store.audit_last_position(organization_id).await?;
-            return Box::pin(verify_one(
-                store,
-                organization_id,
-                (stored, rechecks - 1),
-                trusted,
-            ))
-            .await;
-        }
-        // A checkpoint past the head read (signed since) is checked on the next run.
-        Err(Fault::Missing { found: None, .. }) => {
-            let stored = store.audit_last_position(organization_id).await?;
-            if stored <= head || rechecks == 0 {
-                return Ok(Err(Fault::Missing {
-                    expected: next,
-                    found: None,
-                }));
+            if rechecks == 0 || stored <= head {
+                return Ok(Err(fault));
             }
             return Box::pin(verify_one(
                 store,
