@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::check_etag;
 use super::customers::{audience_before, coverage_after, visible_in};
+use crate::domain::case::conflict::{Conflict, ConflictPolicy};
 use crate::domain::case::sla::SlaClock;
 use crate::domain::case::timer::{Timer, TimerKind};
 use crate::domain::case::workflow::{Refusal, Template, Workflows};
@@ -25,8 +26,8 @@ use crate::domain::event::EventType;
 use crate::domain::ids::{CaseId, CustomerId, MemberId, TaskId};
 use crate::domain::names;
 use crate::domain::{OrgRef, Slug};
-use crate::feed::cases::{record_change, tell_case, tell_comment, tell_task};
-use crate::store::{CaseQuery, Page, SeenCustomer, Store, Tx};
+use crate::feed::cases::{record_change, tell_case, tell_comment, tell_conflict, tell_task};
+use crate::store::{CaseQuery, Cause, Page, SeenCustomer, Store, Tx};
 
 /// A case and its customer as one participant sees it (`None` if it may not).
 pub struct Seen {
@@ -238,17 +239,20 @@ pub async fn open(
             .map(|(s, m)| names::member(s, m))
             .collect(),
         clocks: SlaClock::start_all(template, o.priority, &template.initial, now),
+        conflicts: vec![],
         opened_by: org.clone(),
         create_time: now,
         update_time: now,
         state_time: now,
         revision: 1,
     };
+    let mut case = case;
     tx.create_case(&case, template).await?;
     coverage_after(tx, &seen.customer, audience).await?;
     let mut entry = HistoryEntry::new(id, EventType::CaseOpened, Some(org.clone()), now);
     entry.to_state.clone_from(&case.state);
     tx.insert_case_history(&entry).await?;
+    let conflicts = find_conflicts(tx, &mut case, template, now).await?;
     tell_case(
         tx,
         &case,
@@ -259,10 +263,126 @@ pub async fn open(
         now,
     )
     .await?;
+    settle_conflicts(tx, &mut case, template, conflicts, true, now).await?;
     Ok(Seen {
         case,
         customer: Some(seen),
     })
+}
+
+/// Most open cases of one template on one customer weighed for a conflict.
+const CONFLICT_SCAN: usize = 200;
+
+/// The open cases `case` conflicts with under its template's rule, each with the
+/// organizations judging; each conflict is recorded (and shown on both cases to their
+/// judges). Locks the customer first, so two registrations opened at once queue and
+/// the second sees the first.
+async fn find_conflicts(
+    tx: &mut Tx,
+    case: &mut Case,
+    template: &Template,
+    now: Timestamp,
+) -> Result<Vec<(Case, Vec<OrgRef>)>> {
+    let Some(rule) = &template.conflict else {
+        return Ok(vec![]);
+    };
+    if template.is_final(&case.state) {
+        return Ok(vec![]);
+    }
+    tx.lock_customers(&[&case.customer_id]).await?;
+    let others = tx
+        .open_cases_on(&case.customer_id, &case.template, CONFLICT_SCAN)
+        .await?;
+    let mut found = vec![];
+    for mut other in others {
+        let judges = case.conflict_judges(rule, &other);
+        if judges.is_empty() {
+            continue;
+        }
+        for judge in &judges {
+            tx.insert_conflict((&case.id, &other.id), &judge.id, now)
+                .await?;
+            case.conflicts.push(Conflict {
+                case_id: other.id.clone(),
+                judge_id: judge.id.clone(),
+                detect_time: now,
+            });
+            other.conflicts.push(Conflict {
+                case_id: case.id.clone(),
+                judge_id: judge.id.clone(),
+                detect_time: now,
+            });
+        }
+        found.push((other, judges));
+    }
+    Ok(found)
+}
+
+/// After [`find_conflicts`]: under `first_come`, a case found in conflict when it
+/// opened is turned down at once by the hub (its template's reject transition, the
+/// reason written in); then each judge is told, with both cases side by side.
+async fn settle_conflicts(
+    tx: &mut Tx,
+    case: &mut Case,
+    template: &Template,
+    found: Vec<(Case, Vec<OrgRef>)>,
+    at_open: bool,
+    now: Timestamp,
+) -> Result<()> {
+    let Some(rule) = &template.conflict else {
+        return Ok(());
+    };
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut found = found;
+    if at_open
+        && let ConflictPolicy::FirstCome {
+            transition,
+            reason_field,
+        } = &rule.policy
+    {
+        if let Some(field) = reason_field {
+            case.fields.insert(field.clone(), rule.reason());
+        }
+        let to = template
+            .fire(&case.state, transition, None, &case.fields)
+            .map(|t| t.to.clone())
+            .map_err(|r| {
+                Error::Internal(anyhow::anyhow!(
+                    "template {}: reject_transition {transition} cannot fire at open: {r:?}",
+                    template.name
+                ))
+            })?;
+        let from = case.state.clone();
+        case.enter_state(template, &to, now);
+        let mut entry = HistoryEntry::new(&case.id, EventType::CaseTransitioned, None, now);
+        entry.transition.clone_from(transition);
+        entry.from_state = from;
+        entry.to_state = to;
+        entry.body = rule.reason();
+        // The hub acts, as its timers do; the request that set it off stays named.
+        let caller = tx.cause().clone();
+        tx.set_cause(Cause {
+            organization: None,
+            key_id: String::new(),
+            request_id: caller.request_id.clone(),
+        });
+        let recorded = record_change(tx, case, template, &entry, &[], now).await;
+        tx.set_cause(caller);
+        recorded?;
+        // Closed: its conflicts are gone (the store dropped them with the close).
+        case.conflicts.clear();
+        for (other, _) in &mut found {
+            other.conflicts.retain(|k| k.case_id != case.id);
+        }
+    }
+    for (other, judges) in &found {
+        for judge in judges {
+            tell_conflict(tx, (case, other), (template, rule), judge, now).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The cases `query` selects among those `org` participates in; its participant
@@ -340,6 +460,7 @@ pub async fn transition(
     let mut case = read_in(tx, org, t.id, t.name).await?;
     check_etag(t.etag, case.revision, t.name)?;
     let roles = case.roles_of(&org.id);
+    fixed_fields(template, &case, &t.fields)?;
     let mut merged = case.fields.clone();
     merged.extend(t.fields);
     let fired = template
@@ -353,10 +474,52 @@ pub async fn transition(
     entry.from_state = from;
     entry.to_state = to;
     entry.body = t.comment;
+    let reopened = template.is_final(&entry.from_state) && !template.is_final(&entry.to_state);
     let audience = case_audience(tx, org, &case).await?;
+    // A reopened case is open again, so it may conflict again (the judge decides).
+    let conflicts = if reopened {
+        find_conflicts(tx, &mut case, template, now).await?
+    } else {
+        vec![]
+    };
     record_change(tx, &mut case, template, &entry, &[], now).await?;
+    settle_conflicts(tx, &mut case, template, conflicts, false, now).await?;
     case_coverage(tx, audience).await?;
     seen_in(tx, org, case).await
+}
+
+/// Refuses a change to a field the template's conflict rule compares: it is fixed
+/// once the case is open, or a registration could move onto another's ground unseen.
+fn fixed_fields(
+    template: &Template,
+    case: &Case,
+    changes: &BTreeMap<String, String>,
+) -> Result<()> {
+    let Some(rule) = &template.conflict else {
+        return Ok(());
+    };
+    let violations: Vec<FieldViolation> = rule
+        .fields
+        .iter()
+        .filter(|f| {
+            changes
+                .get(*f)
+                .is_some_and(|v| case.fields.get(*f) != Some(v))
+        })
+        .map(|f| {
+            FieldViolation::new(
+                format!("fields.{f}"),
+                "is fixed once the case is open (the template's conflict rule compares it); \
+                 open a new case instead",
+            )
+            .because("FIELD_FIXED")
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
 }
 
 /// A comment on a case.

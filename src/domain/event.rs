@@ -86,6 +86,7 @@ event_types! {
     CaseParticipantRemoved => "case.participant_removed",
     CaseSlaWarning => "case.sla_warning",
     CaseSlaBreached => "case.sla_breached",
+    CaseConflictDetected => "case.conflict_detected",
     TaskAssigned => "task.assigned",
     TaskAccepted => "task.accepted",
     TaskDeclined => "task.declined",

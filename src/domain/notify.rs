@@ -58,6 +58,8 @@ impl Category {
             | TaskCompleted
             | TaskOverdue => Some(Category::Work),
             CaseSlaWarning | CaseSlaBreached => Some(Category::Sla),
+            // Two partners' registrations of one deal, for the vendor to decide.
+            CaseConflictDetected => Some(Category::Work),
             CustomerCreated
             | CustomerUpdated
             | CustomerDeleted

@@ -9,12 +9,13 @@ use jiff::Timestamp;
 use super::draft::{Draft, emit};
 use super::render::{case_to_pb, history_to_pb, task_to_pb};
 use crate::domain::OrgRef;
+use crate::domain::case::conflict::ConflictRule;
 use crate::domain::case::workflow::Template;
 use crate::domain::case::{Case, HistoryEntry, Task};
 use crate::domain::error::Result;
 use crate::domain::event::EventType;
 use crate::domain::names;
-use crate::pb::event::Payload;
+use crate::pb::{self, event::Payload};
 use crate::store::Tx;
 
 /// The organizations to tell of a change: the participants, then `also` (one
@@ -53,6 +54,35 @@ pub async fn tell_case(
         }
         emit(tx, &org.id, draft);
     }
+    Ok(())
+}
+
+/// Tells `judge` that `case` (just opened) conflicts with `earlier`, both as the judge
+/// sees them; no one else hears of it.
+pub async fn tell_conflict(
+    tx: &mut Tx,
+    (case, earlier): (&Case, &Case),
+    (template, rule): (&Template, &ConflictRule),
+    judge: &OrgRef,
+    now: Timestamp,
+) -> Result<()> {
+    let seen = tx.customer(&judge.id, &case.customer_id).await?;
+    let view = |c: &Case| case_to_pb(c, Some(template), &judge.id, seen.as_ref(), now);
+    let pb = pb::CaseConflict {
+        case: Some(view(case)),
+        conflicting_case: Some(view(earlier)),
+        fields: rule.fields.clone(),
+        policy: rule.policy.as_str().to_owned(),
+    };
+    let mut draft = Draft::new(
+        EventType::CaseConflictDetected,
+        names::case(&case.id),
+        Payload::CaseConflict(pb),
+    );
+    if seen.is_some() {
+        draft.customer = Some(case.customer_id.clone());
+    }
+    emit(tx, &judge.id, draft);
     Ok(())
 }
 

@@ -327,6 +327,13 @@ pub fn case_to_pb(
         state_time: timestamp(c.state_time),
         closed: template.is_some_and(|t| t.is_final(&c.state)),
         etag: etag(c.revision),
+        // A conflict is the judge's to see: the other side's case is not the viewer's.
+        conflicting_cases: c
+            .conflicts
+            .iter()
+            .filter(|k| k.judge_id == viewer_id)
+            .map(|k| names::case(&k.case_id))
+            .collect(),
     }
 }
 

@@ -381,7 +381,12 @@ async fn every_built_in_template_runs_its_happy_path_and_refuses_every_illegal_t
         &c,
         "deal_registration",
         ["reseller", "distributor", "vendor"],
-        &[("expiry_date", "2099-12-31"), ("deal_value", "EUR 120000")],
+        &[
+            ("product_line", "Blenders"),
+            ("expected_close_date", "2099-06-30"),
+            ("expiry_date", "2099-12-31"),
+            ("deal_value", "EUR 120000"),
+        ],
         &[("approve", &[]), ("win", &[])],
         "won",
     )
@@ -1340,9 +1345,14 @@ async fn a_deal_expires_on_its_date_and_open_checks_every_field(backend: Backend
         &[],
     )
     .await;
+    let mut missing = violated_fields(&missing.unwrap_err());
+    missing.sort();
     assert_eq!(
-        violated_fields(&missing.unwrap_err()),
-        ["case.fields.expiry_date"]
+        missing,
+        [
+            "case.fields.expected_close_date",
+            "case.fields.product_line"
+        ]
     );
     let today = app
         .store
@@ -1358,7 +1368,11 @@ async fn a_deal_expires_on_its_date_and_open_checks_every_field(backend: Backend
         &c.customer.name,
         &who,
         pb::CasePriority::Normal,
-        &[("expiry_date", &today)],
+        &[
+            ("expiry_date", &today),
+            ("product_line", "Blenders"),
+            ("expected_close_date", &today),
+        ],
     )
     .await
     .unwrap();

@@ -11,6 +11,7 @@ mod auth;
 mod cases;
 mod cli;
 mod customers;
+mod deals;
 mod email;
 mod events;
 mod mapping;

@@ -2222,6 +2222,52 @@ async fn set_up(backend: Backend) -> Scene {
         .await
         .unwrap()
         .into_inner();
+    // Two partners register one deal with the owner, which alone is told of the
+    // conflict: neither learns of the other's registration.
+    let mut deals = vec![];
+    for (who, title) in [
+        (Masked, "Canarydealm: mainframes"),
+        (Writer, "Canarydealw: mainframes"),
+    ] {
+        let deal = app
+            .cases(&of(who).admin_key)
+            .open_case(pb::OpenCaseRequest {
+                case: Some(pb::Case {
+                    template: "workflowTemplates/deal_registration".into(),
+                    customer: c.clone(),
+                    title: title.into(),
+                    priority: pb::CasePriority::Normal as i32,
+                    participants: vec![
+                        participant(&of(who).name, "reseller"),
+                        participant(&acme.name, "vendor"),
+                    ],
+                    fields: [
+                        ("product_line".to_owned(), "Mainframes".to_owned()),
+                        ("expected_close_date".to_owned(), "2099-01-31".to_owned()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        deals.push(deal);
+    }
+    let judged = app
+        .cases(&acme.admin_key)
+        .get_case(pb::GetCaseRequest {
+            name: deals[1].name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        judged.conflicting_cases,
+        [deals[0].name.clone()],
+        "the owner judges"
+    );
     let task = app
         .cases(&acme.admin_key)
         .assign_task(pb::AssignTaskRequest {
@@ -2357,6 +2403,10 @@ async fn set_up(backend: Backend) -> Scene {
         canary("private case comment", "canarycomment", &[]),
         canary("case", "Canarycase", &[Masked, Participant]),
         canary("case id", id_of(&case.name), &[Masked, Participant]),
+        canary("Masked's deal", "Canarydealm", &[Masked]),
+        canary("Masked's deal id", id_of(&deals[0].name), &[Masked]),
+        canary("Writer's deal", "Canarydealw", &[Writer]),
+        canary("Writer's deal id", id_of(&deals[1].name), &[Writer]),
         canary("partnership message", "canaryproposal", &[Ungranted]),
         canary("partnership id", id_of(&proposal.name), &[Ungranted]),
         canary("access request reason", "canaryreason", &[Ungranted]),

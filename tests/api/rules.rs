@@ -1407,7 +1407,11 @@ async fn segments_on_open_cases_and_the_owners_overlay_follow_them(backend: Back
         &ann.name,
         &who,
         pb::CasePriority::Normal,
-        &[("expiry_date", "2099-12-31")],
+        &[
+            ("expiry_date", "2099-12-31"),
+            ("product_line", "Blenders"),
+            ("expected_close_date", "2099-06-30"),
+        ],
     )
     .await
     .expect("open a case");

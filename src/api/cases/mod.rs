@@ -140,6 +140,7 @@ fn parse_case_filter(raw: &str, query: &mut CaseQuery) -> Result<()> {
             }
             ("breached", Op::Eq) => query.breached = Some(flag(&value)?),
             ("closed", Op::Eq) => query.closed = Some(flag(&value)?),
+            ("conflicted", Op::Eq) => query.conflicted = Some(flag(&value)?),
             ("due_time", Op::Lt) => {
                 query.due_before =
                     Some(value.parse().map_err(|_| {
@@ -149,7 +150,7 @@ fn parse_case_filter(raw: &str, query: &mut CaseQuery) -> Result<()> {
             ("due_time", _) => return Err(bad("supports < only")),
             (
                 "state" | "template" | "participant" | "customer" | "priority" | "breached"
-                | "closed",
+                | "closed" | "conflicted",
                 _,
             ) => return Err(bad("supports = only")),
             _ => {
@@ -157,7 +158,7 @@ fn parse_case_filter(raw: &str, query: &mut CaseQuery) -> Result<()> {
                     "filter",
                     format!(
                         "unknown field {field:?}; use state, template, participant, customer, \
-                         priority, breached, closed or due_time"
+                         priority, breached, closed, conflicted or due_time"
                     ),
                 ));
             }

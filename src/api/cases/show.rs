@@ -1,5 +1,6 @@
 //! Workflow templates as protobuf.
 
+use crate::domain::case::conflict::ConflictPolicy;
 use crate::domain::case::workflow::{FieldKind, Template};
 use crate::domain::names;
 use crate::feed::render::duration;
@@ -30,6 +31,9 @@ pub fn template_to_pb(t: &Template) -> pb::WorkflowTemplate {
                 roles: x.roles.clone(),
                 required_fields: x.required_fields.clone(),
                 automatic_at: x.automatic_at.clone().unwrap_or_default(),
+                automatic_after_idle_days: x
+                    .automatic_after_idle
+                    .map_or(0, |d| (d.as_hours() / 24) as i32),
             })
             .collect(),
         fields: t
@@ -69,5 +73,21 @@ pub fn template_to_pb(t: &Template) -> pb::WorkflowTemplate {
         sla_pause_states: t.sla_pause_states.clone(),
         escalation_contacts: t.escalation_contacts.clone(),
         built_in: t.built_in,
+        conflict_rule: t.conflict.as_ref().map(|r| {
+            let (reject_transition, reason_field) = match &r.policy {
+                ConflictPolicy::FirstCome {
+                    transition,
+                    reason_field,
+                } => (transition.clone(), reason_field.clone().unwrap_or_default()),
+                ConflictPolicy::JudgeDecides => (String::new(), String::new()),
+            };
+            pb::CaseConflictRule {
+                fields: r.fields.clone(),
+                judge: r.judge.clone(),
+                policy: r.policy.as_str().to_owned(),
+                reject_transition,
+                reason_field,
+            }
+        }),
     }
 }

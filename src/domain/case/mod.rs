@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
+pub mod conflict;
 pub mod priority;
 pub mod sla;
 pub mod timer;
 pub mod workflow;
 
+use self::conflict::{Conflict, ConflictRule};
 use self::sla::SlaClock;
 use self::workflow::Template;
 use crate::domain::OrgRef;
@@ -59,6 +61,8 @@ pub struct Case {
     /// Member resource names.
     pub escalation_contacts: Vec<String>,
     pub clocks: Vec<SlaClock>,
+    /// Open cases this one conflicts with, each with the organization judging it.
+    pub conflicts: Vec<Conflict>,
     pub opened_by: OrgRef,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
@@ -85,6 +89,37 @@ impl Case {
             .filter(|p| p.organization.id == org_id)
             .map(|p| p.role.as_str())
             .collect()
+    }
+
+    /// The organizations judging both this case and `other` when the two conflict under
+    /// `rule` (empty when they do not): same template and customer, opened by different
+    /// organizations, the same values of the rule's fields, a judge on both. Whether
+    /// both are open is the caller's to know.
+    pub fn conflict_judges(&self, rule: &ConflictRule, other: &Case) -> Vec<OrgRef> {
+        let key = rule.key(&self.fields);
+        if self.id == other.id
+            || self.template != other.template
+            || self.customer_id != other.customer_id
+            || self.opened_by.id == other.opened_by.id
+            || key.is_none()
+            || key != rule.key(&other.fields)
+        {
+            return vec![];
+        }
+        let judges_of = |c: &Case| -> Vec<OrgRef> {
+            c.participants
+                .iter()
+                .filter(|p| p.role == rule.judge)
+                .map(|p| p.organization.clone())
+                .collect()
+        };
+        let on_other = judges_of(other);
+        let mut both: Vec<OrgRef> = judges_of(self)
+            .into_iter()
+            .filter(|o| on_other.iter().any(|x| x.id == o.id))
+            .collect();
+        both.dedup_by(|x, y| x.id == y.id);
+        both
     }
 
     /// Moves the case into state `to` at `now`; its SLA clocks follow.
@@ -302,6 +337,7 @@ mod tests {
             fields: BTreeMap::new(),
             escalation_contacts: vec![],
             clocks,
+            conflicts: vec![],
             opened_by: org("o1"),
             create_time: Timestamp::UNIX_EPOCH,
             update_time: Timestamp::UNIX_EPOCH,
@@ -471,5 +507,54 @@ mod tests {
                 Ok(TaskState::Completed { .. })
             ));
         }
+    }
+
+    fn deal(id: &str, by: &str, judges: &[&str], product: &str) -> Case {
+        let mut c = case(&[(by, "reseller")], vec![]);
+        c.participants.extend(judges.iter().map(|j| Participant {
+            organization: org(j),
+            role: "vendor".into(),
+        }));
+        c.id = id.into();
+        c.template = "deal_registration".into();
+        c.opened_by = org(by);
+        c.fields = BTreeMap::from([("product_line".to_owned(), product.to_owned())]);
+        c
+    }
+
+    #[test]
+    fn two_partners_registering_one_customer_and_product_line_conflict_before_a_common_judge() {
+        use super::conflict::ConflictPolicy;
+        let r = ConflictRule {
+            fields: vec!["product_line".into()],
+            judge: "vendor".into(),
+            policy: ConflictPolicy::JudgeDecides,
+        };
+        let ids = |orgs: Vec<OrgRef>| -> Vec<String> { orgs.into_iter().map(|o| o.id).collect() };
+        let a = deal("a", "r1", &["v"], "Blenders");
+        let judges = |b: &Case| ids(a.conflict_judges(&r, b));
+        assert_eq!(judges(&deal("b", "r2", &["v"], " blenders ")), ["v"]);
+        // The same organization twice, another product line, another customer,
+        // another template, the case itself: no conflict.
+        assert!(judges(&deal("b", "r1", &["v"], "Blenders")).is_empty());
+        assert!(judges(&deal("b", "r2", &["v"], "Toasters")).is_empty());
+        let mut other_customer = deal("b", "r2", &["v"], "Blenders");
+        other_customer.customer_id = "someone-else".into();
+        assert!(judges(&other_customer).is_empty());
+        let mut other_template = deal("b", "r2", &["v"], "Blenders");
+        other_template.template = "service_case".into();
+        assert!(judges(&other_template).is_empty());
+        assert!(judges(&a.clone()).is_empty());
+        // Only a judge on both hears of it: a vendor the other registration was not
+        // made with does not.
+        assert!(judges(&deal("b", "r2", &["w"], "Blenders")).is_empty());
+        assert_eq!(judges(&deal("c", "r3", &["w", "v"], "Blenders")), ["v"]);
+        // A case without the field conflicts with nothing.
+        let mut bare = deal("d", "r4", &["v"], "Blenders");
+        bare.fields.clear();
+        assert!(
+            bare.conflict_judges(&r, &deal("e", "r5", &["v"], ""))
+                .is_empty()
+        );
     }
 }

@@ -75,20 +75,26 @@ pub fn schedule(c: &Case, template: &Template) -> (Vec<Timer>, Option<Timestamp>
         }
     }
     for t in &template.transitions {
-        let Some(field) = &t.automatic_at else {
-            continue;
-        };
         if !t.from.contains(&c.state) {
             continue;
         }
         // A date passes at the end of its day, UTC.
-        let due = c
-            .fields
-            .get(field)
+        let on_date = t
+            .automatic_at
+            .as_ref()
+            .and_then(|field| c.fields.get(field))
             .and_then(|v| v.parse::<jiff::civil::Date>().ok())
             .and_then(|d| d.tomorrow().ok())
             .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
             .map(|z| z.timestamp());
+        // Idle since the case last changed (a transition, a field, a participant).
+        let when_idle = t
+            .automatic_after_idle
+            .and_then(|idle| c.update_time.checked_add(idle).ok());
+        let due = match (on_date, when_idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(due) = due {
             timers.push(Timer {
                 case_id: c.id.clone(),
@@ -119,5 +125,64 @@ mod tests {
         }
         assert_eq!(TimerKind::parse(""), None);
         assert_eq!(TimerKind::parse("SLA_WARNING"), None);
+    }
+
+    #[test]
+    fn a_deal_expires_on_its_date_or_after_ninety_idle_days_whichever_comes_first() {
+        use std::collections::BTreeMap;
+
+        use crate::domain::OrgRef;
+        use crate::domain::case::Priority;
+        let workflows = crate::domain::case::workflow::Workflows::built_in();
+        let template = workflows.get("deal_registration").unwrap();
+        let changed: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
+        let org = OrgRef {
+            id: "o".into(),
+            slug: crate::domain::Slug::parse("org-o").unwrap(),
+        };
+        let mut deal = Case {
+            id: "k".into(),
+            template: template.name.clone(),
+            state: "submitted".into(),
+            title: "Deal".into(),
+            description: String::new(),
+            priority: Priority::Normal,
+            customer_id: "c".into(),
+            participants: vec![],
+            fields: BTreeMap::new(),
+            escalation_contacts: vec![],
+            clocks: vec![],
+            conflicts: vec![],
+            opened_by: org,
+            create_time: changed,
+            update_time: changed,
+            state_time: changed,
+            revision: 1,
+        };
+        let expiry = |deal: &Case| -> Vec<Timestamp> {
+            schedule(deal, template)
+                .0
+                .into_iter()
+                .filter(|t| t.kind == TimerKind::Automatic && t.subject == "expire")
+                .map(|t| t.due_time)
+                .collect()
+        };
+        let idle: Timestamp = "2026-05-30T12:00:00Z".parse().unwrap();
+        assert_eq!(expiry(&deal), [idle]);
+        deal.fields
+            .insert("expiry_date".into(), "2026-04-01".into());
+        let on_date: Timestamp = "2026-04-02T00:00:00Z".parse().unwrap();
+        assert_eq!(expiry(&deal), [on_date]);
+        deal.fields
+            .insert("expiry_date".into(), "2027-01-01".into());
+        assert_eq!(expiry(&deal), [idle]);
+        // A change moves the idle expiry; a final state has none.
+        deal.update_time = "2026-04-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            expiry(&deal),
+            ["2026-06-30T00:00:00Z".parse::<Timestamp>().unwrap()]
+        );
+        deal.state = "won".into();
+        assert!(expiry(&deal).is_empty());
     }
 }

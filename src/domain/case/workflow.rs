@@ -9,6 +9,7 @@ use jiff::SignedDuration;
 use jiff::civil::Date;
 use serde::Deserialize;
 
+use super::conflict::{ConflictPolicy, ConflictRule};
 use super::priority::Priority;
 use crate::domain::calendar::{Calendar, Hours};
 use crate::domain::error::FieldViolation;
@@ -26,6 +27,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("workflows/return_authorization.toml"),
     ),
 ];
+
+/// Longest a case may go without a change before an idle transition fires: ten years
+/// is a typo, not a policy.
+const MAX_IDLE_DAYS: u32 = 3650;
 
 /// Longest a field value may be.
 pub const MAX_FIELD_CHARS: usize = 1_000;
@@ -54,6 +59,20 @@ struct RawTemplate {
     calendars: BTreeMap<String, RawCalendar>,
     #[serde(default)]
     escalation_contacts: Vec<String>,
+    #[serde(default)]
+    conflict: Option<RawConflict>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConflict {
+    fields: Vec<String>,
+    judge: String,
+    policy: String,
+    #[serde(default)]
+    reject_transition: Option<String>,
+    #[serde(default)]
+    reason_field: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +97,9 @@ struct RawTransition {
     leaves_final: bool,
     #[serde(default)]
     automatic_at: Option<String>,
+    /// The hub fires it once the case has gone this many days without a change.
+    #[serde(default)]
+    automatic_after_idle_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +150,8 @@ pub struct Transition {
     pub roles: Vec<String>,
     pub required_fields: Vec<String>,
     pub automatic_at: Option<String>,
+    /// Fired by the hub once the case has gone this long without a change.
+    pub automatic_after_idle: Option<SignedDuration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +205,8 @@ pub struct Template {
     pub sla: Vec<SlaPolicy>,
     /// Member resource names (`organizations/{o}/members/{m}`).
     pub escalation_contacts: Vec<String>,
+    /// When two open cases of this template are the same piece of work.
+    pub conflict: Option<ConflictRule>,
     pub built_in: bool,
 }
 
@@ -191,6 +217,94 @@ pub enum Refusal {
     NotFromHere { state: String, allowed: Vec<String> },
     RoleNotAllowed { roles: Vec<String> },
     MissingFields(Vec<String>),
+}
+
+/// Checks a template's `[conflict]` section against its fields, roles and transitions.
+fn conflict_rule(
+    c: &RawConflict,
+    raw: &RawTemplate,
+    fields: &HashMap<&str, &RawField>,
+    roles: &HashSet<&str>,
+) -> Result<ConflictRule, Vec<String>> {
+    let mut problems = vec![];
+    if c.fields.is_empty() {
+        problems.push("conflict: fields must name what makes two cases the same work".into());
+    }
+    for f in &c.fields {
+        match fields.get(f.as_str()) {
+            None => problems.push(format!("conflict: field {f:?} is not declared")),
+            Some(field) if !field.required_at_open => problems.push(format!(
+                "conflict: field {f:?} must be required_at_open, so every case has it"
+            )),
+            Some(_) => {}
+        }
+    }
+    if !roles.contains(c.judge.as_str()) {
+        problems.push(format!(
+            "conflict: judge {:?} is not one of the template's roles",
+            c.judge
+        ));
+    }
+    // Checked whatever the policy, so switching to first_come needs no other edit.
+    if let Some(transition) = &c.reject_transition {
+        match raw.transitions.iter().find(|t| t.name == *transition) {
+            None => problems.push(format!(
+                "conflict: reject_transition {transition:?} is not declared"
+            )),
+            Some(t) if !t.from.contains(&raw.initial) => problems.push(format!(
+                "conflict: reject_transition {transition:?} must leave the initial state"
+            )),
+            Some(t) => {
+                let missing: Vec<&String> = t
+                    .required_fields
+                    .iter()
+                    .filter(|f| c.reason_field.as_ref() != Some(*f))
+                    .collect();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "conflict: reject_transition {transition:?} requires {missing:?}, \
+                         which the hub cannot fill (it fills reason_field only)"
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(f) = &c.reason_field
+        && fields.get(f.as_str()).is_none_or(|f| f.kind != "text")
+    {
+        problems.push(format!("conflict: reason_field {f:?} must be a text field"));
+    }
+    let policy = match c.policy.as_str() {
+        "judge_decides" => ConflictPolicy::JudgeDecides,
+        "first_come" => {
+            if c.reject_transition.is_none() {
+                problems.push(
+                    "conflict: first_come needs reject_transition, the transition out of \
+                     the initial state the hub fires on the later case"
+                        .into(),
+                );
+            }
+            ConflictPolicy::FirstCome {
+                transition: c.reject_transition.clone().unwrap_or_default(),
+                reason_field: c.reason_field.clone(),
+            }
+        }
+        other => {
+            problems.push(format!(
+                "conflict: policy {other:?} must be judge_decides or first_come"
+            ));
+            ConflictPolicy::JudgeDecides
+        }
+    };
+    if problems.is_empty() {
+        Ok(ConflictRule {
+            fields: c.fields.clone(),
+            judge: c.judge.clone(),
+            policy,
+        })
+    } else {
+        Err(problems)
+    }
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -309,6 +423,13 @@ impl Template {
                     _ => problem(format!("{at}: automatic_at must name a date field")),
                 }
             }
+            if let Some(days) = t.automatic_after_idle_days
+                && !(1..=MAX_IDLE_DAYS).contains(&days)
+            {
+                problem(format!(
+                    "{at}: automatic_after_idle_days must be 1 to {MAX_IDLE_DAYS}"
+                ));
+            }
         }
         // Every state must be reachable from the initial one, and every state that is
         // not final must lead somewhere.
@@ -426,6 +547,13 @@ impl Template {
                 ));
             }
         }
+        let conflict = raw.conflict.as_ref().and_then(|c| {
+            let found = conflict_rule(c, &raw, &fields, &roles);
+            if let Err(p) = &found {
+                problems.extend(p.iter().cloned());
+            }
+            found.ok()
+        });
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -453,6 +581,9 @@ impl Template {
                     roles: t.roles,
                     required_fields: t.required_fields,
                     automatic_at: t.automatic_at,
+                    automatic_after_idle: t
+                        .automatic_after_idle_days
+                        .map(|d| SignedDuration::from_hours(i64::from(d) * 24)),
                 })
                 .collect(),
             fields: raw
@@ -471,6 +602,7 @@ impl Template {
             sla_pause_states: raw.sla_pause_states,
             sla,
             escalation_contacts: raw.escalation_contacts,
+            conflict,
             built_in,
         })
     }
@@ -918,5 +1050,120 @@ mod tests {
         let err =
             Workflows::with_files(vec![("t/missing.toml".to_owned(), Err(unread))]).unwrap_err();
         assert!(err.contains("missing.toml: cannot read it"), "{err}");
+    }
+
+    #[test]
+    fn conflict_rules_and_idle_transitions_are_checked() {
+        let with = |extra: &str| {
+            Template::from_toml(&format!(
+                "{MINIMAL}
+                [[transitions]]
+                name = \"refuse\"
+                from = [\"open\"]
+                to = \"done\"
+                roles = [\"vendor\"]
+                required_fields = [\"why\"]
+                {extra}
+                [[fields]]
+                name = \"line\"
+                kind = \"text\"
+                required_at_open = true
+                [[fields]]
+                name = \"why\"
+                kind = \"text\"
+                [[fields]]
+                name = \"note\"
+                kind = \"text\"
+                "
+            ))
+        };
+        let conflict = |body: &str| with(&format!("[conflict]\n{body}"));
+        let t = conflict(
+            "fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"first_come\"\n\
+             reject_transition = \"refuse\"\nreason_field = \"why\"",
+        )
+        .unwrap();
+        let rule = t.conflict.unwrap();
+        assert_eq!(rule.fields, ["line"]);
+        assert_eq!(
+            rule.policy,
+            ConflictPolicy::FirstCome {
+                transition: "refuse".into(),
+                reason_field: Some("why".into())
+            }
+        );
+        let judged =
+            conflict("fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"judge_decides\"");
+        assert_eq!(
+            judged.unwrap().conflict.unwrap().policy,
+            ConflictPolicy::JudgeDecides
+        );
+        for (body, why) in [
+            (
+                "fields = []\njudge = \"vendor\"\npolicy = \"judge_decides\"",
+                "fields must name",
+            ),
+            (
+                "fields = [\"colour\"]\njudge = \"vendor\"\npolicy = \"judge_decides\"",
+                "field \"colour\" is not declared",
+            ),
+            (
+                "fields = [\"note\"]\njudge = \"vendor\"\npolicy = \"judge_decides\"",
+                "\"note\" must be required_at_open",
+            ),
+            (
+                "fields = [\"line\"]\njudge = \"king\"\npolicy = \"judge_decides\"",
+                "judge \"king\" is not one of",
+            ),
+            (
+                "fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"coin_toss\"",
+                "policy \"coin_toss\" must be",
+            ),
+            (
+                "fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"first_come\"",
+                "first_come needs reject_transition",
+            ),
+            (
+                "fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"first_come\"\nreject_transition = \"fly\"",
+                "\"fly\" is not declared",
+            ),
+            (
+                "fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"first_come\"\nreject_transition = \"refuse\"",
+                "requires [\"why\"], which the hub cannot fill",
+            ),
+            (
+                "fields = [\"line\"]\njudge = \"vendor\"\npolicy = \"judge_decides\"\nreason_field = \"line2\"",
+                "reason_field \"line2\" must be a text field",
+            ),
+        ] {
+            let err = conflict(body).unwrap_err();
+            assert!(err.contains(why), "{why:?} missing from {err}");
+        }
+        let idle = |days: &str| {
+            with(&format!(
+                "[[transitions]]\nname = \"lapse\"\nfrom = [\"open\"]\nto = \"done\"\n\
+                 roles = [\"vendor\"]\nautomatic_after_idle_days = {days}\n"
+            ))
+        };
+        let t = idle("90").unwrap();
+        assert_eq!(
+            t.transition("lapse").unwrap().automatic_after_idle,
+            Some(SignedDuration::from_hours(90 * 24))
+        );
+        for days in ["0", "3651"] {
+            let err = idle(days).unwrap_err();
+            assert!(
+                err.contains("automatic_after_idle_days must be 1 to 3650"),
+                "{err}"
+            );
+        }
+        // The built-in deal registration judges conflicts by product line.
+        let w = Workflows::built_in();
+        let deal = w.get("deal_registration").unwrap();
+        let rule = deal.conflict.as_ref().unwrap();
+        assert_eq!(
+            (rule.fields.as_slice(), rule.judge.as_str()),
+            (&["product_line".to_owned()][..], "vendor")
+        );
     }
 }

@@ -159,6 +159,12 @@ pub(super) fn organizations_in(event: &pb::Event) -> Vec<&str> {
         ]),
         Some(Payload::Interaction(i)) => named.push(&i.organization),
         Some(Payload::Case(c)) => named.push(&c.opened_by),
+        Some(Payload::CaseConflict(k)) => named.extend(
+            k.case
+                .iter()
+                .chain(&k.conflicting_case)
+                .map(|c| c.opened_by.as_str()),
+        ),
         Some(Payload::CaseHistoryEntry(h)) => named.push(&h.organization),
         Some(Payload::AccessRequest(r)) => named.extend([r.requester.as_str(), r.owner.as_str()]),
         Some(Payload::AccountMapping(m)) => {
@@ -485,6 +491,42 @@ fn event_view(event: &pb::Event, names: &Names, tz: &TimeZone) -> EventView {
                 _ => "Account mapping changed",
             };
             by(what)
+        }
+        Some(Payload::CaseConflict(k)) => {
+            // Both registrations side by side, as the judge sees them.
+            for (label, c) in [
+                ("This case", &k.case),
+                ("Conflicts with", &k.conflicting_case),
+            ] {
+                if let Some(c) = c {
+                    details.push(Detail::new(
+                        label,
+                        format!(
+                            "{} ({}), opened by {} on {}, {}",
+                            c.title,
+                            c.name,
+                            names.organization(&c.opened_by),
+                            local_time(c.create_time.as_ref(), tz),
+                            words(&c.state)
+                        ),
+                    ));
+                }
+            }
+            let key: Vec<String> = k
+                .fields
+                .iter()
+                .filter_map(|f| {
+                    let v = k.case.as_ref()?.fields.get(f)?;
+                    Some(format!("{} {v}", words(f)))
+                })
+                .collect();
+            details.push(Detail::new("Same customer and", key.join(", ")));
+            let what = if k.policy == "first_come" {
+                "Conflicting registration, turned down as the later one"
+            } else {
+                "Conflicting registration, for you to decide"
+            };
+            (what.to_owned(), false)
         }
         Some(Payload::WebhookEndpoint(e)) => {
             details.push(Detail::new("Endpoint", e.url.clone()));

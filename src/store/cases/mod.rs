@@ -12,6 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use sqlx::{AnyConnection, FromRow};
 
 use super::{Dialect, Page, Store, Tx, corrupt, micros, timestamp};
+use crate::domain::case::conflict::Conflict;
 use crate::domain::case::sla::{Phase, SlaClock};
 use crate::domain::case::timer::{Timer, TimerKind, schedule};
 use crate::domain::case::workflow::Template;
@@ -146,11 +147,28 @@ async fn assemble(conn: &mut AnyConnection, rows: Vec<CaseRow>) -> Result<Vec<Ca
             .or_default()
             .push(SlaClock::try_from(c)?);
     }
+    let sql = format!(
+        "SELECT case_id, other_case_id, judge_id, detect_time FROM case_conflicts \
+         WHERE case_id IN ({ids}) ORDER BY case_id, detect_time, other_case_id"
+    );
+    let mut q = sqlx::query_as::<_, (String, String, String, i64)>(&sql);
+    for r in &rows {
+        q = q.bind(&r.id);
+    }
+    let mut conflicts: BTreeMap<String, Vec<Conflict>> = BTreeMap::new();
+    for (case_id, other, judge_id, at) in q.fetch_all(&mut *conn).await? {
+        conflicts.entry(case_id).or_default().push(Conflict {
+            case_id: other,
+            judge_id,
+            detect_time: timestamp(at)?,
+        });
+    }
     rows.into_iter()
         .map(|r| {
             Ok(Case {
                 participants: participants.remove(&r.id).unwrap_or_default(),
                 clocks: clocks.remove(&r.id).unwrap_or_default(),
+                conflicts: conflicts.remove(&r.id).unwrap_or_default(),
                 priority: Priority::parse(&r.priority)
                     .ok_or_else(|| corrupt("priority", &r.priority))?,
                 fields: serde_json::from_str(&r.fields)
@@ -199,6 +217,8 @@ pub struct CaseQuery {
     pub closed: Option<bool>,
     /// A running clock falls due before this.
     pub due_before: Option<Timestamp>,
+    /// Conflicts the viewer judges (only the judge sees a conflict).
+    pub conflicted: Option<bool>,
     /// Continue after this case id (newest first).
     pub after: Option<String>,
     pub limit: usize,
@@ -333,6 +353,8 @@ impl Store {
              AND ($5 = '' OR c.customer_id = $5) AND ($6 = '' OR c.priority = $6) \
              AND ($7 < 0 OR c.breached = $7) AND ($8 < 0 OR c.closed = $8) \
              AND ($9 = {max} OR c.due_time < $9) AND c.id < $10 \
+             AND ($12 < 0 OR $12 = (CASE WHEN EXISTS (SELECT 1 FROM case_conflicts k \
+                  WHERE k.case_id = c.id AND k.judge_id = $1) THEN 1 ELSE 0 END)) \
              ORDER BY c.id DESC LIMIT $11",
             max = i64::MAX
         );
@@ -349,6 +371,7 @@ impl Store {
             .bind(query.due_before.map_or(i64::MAX, micros))
             .bind(query.after.as_deref().unwrap_or("\u{10FFFF}"))
             .bind(query.limit as i64 + 1)
+            .bind(flag(query.conflicted))
             .fetch_all(self.reader())
             .await?;
         let items = self
@@ -365,6 +388,50 @@ impl Tx {
     pub async fn case(&mut self, id: &str) -> Result<Option<Case>> {
         let lock = self.dialect == Dialect::Postgres;
         case_by_id(self.conn(), id, lock).await
+    }
+
+    /// The open cases of `template` on customer `customer_id`, oldest first (at most
+    /// `limit`), for finding conflicts. The caller locks the customer first.
+    pub async fn open_cases_on(
+        &mut self,
+        customer_id: &str,
+        template: &str,
+        limit: usize,
+    ) -> Result<Vec<Case>> {
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM cases c JOIN organizations o ON o.id = c.opened_by \
+             WHERE c.customer_id = $1 AND c.template = $2 AND c.closed = 0 \
+             ORDER BY c.create_time, c.id LIMIT $3"
+        );
+        let rows: Vec<CaseRow> = sqlx::query_as(&sql)
+            .bind(customer_id)
+            .bind(template)
+            .bind(limit as i64)
+            .fetch_all(self.conn())
+            .await?;
+        assemble(self.conn(), rows).await
+    }
+
+    /// Records that cases `a` and `b` conflict, judged by `judge_id`, both ways.
+    pub async fn insert_conflict(
+        &mut self,
+        (a, b): (&str, &str),
+        judge_id: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        for (x, y) in [(a, b), (b, a)] {
+            sqlx::query(
+                "INSERT INTO case_conflicts (case_id, other_case_id, judge_id, detect_time) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(x)
+            .bind(y)
+            .bind(judge_id)
+            .bind(micros(now))
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(())
     }
 
     /// Inserts a new case; `closed` and `due_time` as for [`Tx::update_case`].
@@ -438,6 +505,12 @@ impl Tx {
         .await?
         .rows_affected()
             == 1;
+        if done && closed {
+            sqlx::query("DELETE FROM case_conflicts WHERE case_id = $1 OR other_case_id = $1")
+                .bind(&c.id)
+                .execute(self.conn())
+                .await?;
+        }
         if done {
             sqlx::query("DELETE FROM case_participants WHERE case_id = $1")
                 .bind(&c.id)
