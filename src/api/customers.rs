@@ -17,12 +17,13 @@ use crate::domain::customer::{self, CustomerField, CustomerKind, PhoneRegion, Pr
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::filter::CustomerFilter;
 use crate::domain::ids::CustomerId;
+use crate::domain::metrics::CustomerMetrics;
 use crate::domain::names;
 use crate::domain::visibility::Access;
 use crate::domain::{EmailAddress, Reason, Scope};
-use crate::feed::render::{customer_to_pb, overlay_to_pb, timestamp};
+use crate::feed::render::{customer_to_pb, metrics_to_pb, overlay_to_pb, timestamp};
 use crate::pb::{self, customer_service_server::CustomerService};
-use crate::store::{CustomerOrder, HistoryEntry, OrderKey, Overlay, Page};
+use crate::store::{CustomerOrder, HistoryEntry, OrderKey, Overlay, Page, SeenCustomer};
 
 #[derive(Clone)]
 pub struct CustomerApi {
@@ -166,6 +167,23 @@ fn populated(c: &pb::Customer) -> Vec<&'static str> {
 
 fn settable_names() -> Vec<&'static str> {
     CustomerField::SETTABLE.iter().map(|f| f.as_str()).collect()
+}
+
+/// Customers as read, each with the metrics [`app::metrics_of`] found for it.
+fn with_metrics(
+    found: &[(SeenCustomer, Access)],
+    metrics: Vec<(CustomerMetrics, Option<CustomerMetrics>)>,
+) -> Vec<pb::Customer> {
+    found
+        .iter()
+        .zip(metrics)
+        .map(|((seen, access), (own, owner))| {
+            let mut pb = customer_to_pb(seen, *access);
+            pb.metrics = Some(metrics_to_pb(&own));
+            pb.owner_metrics = owner.as_ref().map(metrics_to_pb);
+            pb
+        })
+        .collect()
 }
 
 fn order_from(raw: &str) -> Result<CustomerOrder> {
@@ -412,7 +430,7 @@ impl CustomerService for CustomerApi {
         })
         .await?;
         tracing::info!(customer = %response.name, "customer created");
-        Ok(Response::new(response))
+        Ok(Response::new(self.read_metrics(&caller, response).await?))
     }
 
     async fn get_customer(
@@ -425,7 +443,9 @@ impl CustomerService for CustomerApi {
         let name = &request.get_ref().name;
         let id = names::parse_customer(name).map_err(|v| v.under("name"))?;
         let (seen, access) = app::visible(&self.hub.store, org, &id, name).await?;
-        Ok(Response::new(customer_to_pb(&seen, access)))
+        let found = [(seen, access)];
+        let metrics = app::metrics_of(&self.hub.store, org, &found).await?;
+        Ok(Response::new(with_metrics(&found, metrics).remove(0)))
     }
 
     async fn list_customers(
@@ -454,11 +474,9 @@ impl CustomerService for CustomerApi {
             items: found,
             next_after: next,
         } = app::list(&self.hub.store, &self.hub.customers, &caller, listing).await?;
+        let metrics = app::metrics_of(&self.hub.store, caller.organization()?, &found).await?;
         Ok(Response::new(pb::ListCustomersResponse {
-            customers: found
-                .iter()
-                .map(|(seen, access)| customer_to_pb(seen, *access))
-                .collect(),
+            customers: with_metrics(&found, metrics),
             next_page_token: page.next_token(next),
         }))
     }
@@ -500,7 +518,7 @@ impl CustomerService for CustomerApi {
         })
         .await?;
         tracing::info!(customer = %response.name, fields = ?paths, "customer updated");
-        Ok(Response::new(response))
+        Ok(Response::new(self.read_metrics(&caller, response).await?))
     }
 
     async fn delete_customer(
@@ -511,7 +529,7 @@ impl CustomerService for CustomerApi {
         let r = request.into_inner();
         let target = (r.name.as_str(), r.etag.as_str());
         let response = self.set_state(&caller, target, &r, true).await?;
-        Ok(Response::new(response))
+        Ok(Response::new(self.read_metrics(&caller, response).await?))
     }
 
     async fn undelete_customer(
@@ -522,7 +540,7 @@ impl CustomerService for CustomerApi {
         let r = request.into_inner();
         let target = (r.name.as_str(), r.etag.as_str());
         let response = self.set_state(&caller, target, &r, false).await?;
-        Ok(Response::new(response))
+        Ok(Response::new(self.read_metrics(&caller, response).await?))
     }
 
     async fn batch_upsert_customers(
@@ -594,7 +612,7 @@ impl CustomerService for CustomerApi {
         })
         .await?;
         tracing::info!(customer = %response.name, merged = request.merged.len(), "customers merged");
-        Ok(Response::new(response))
+        Ok(Response::new(self.read_metrics(&caller, response).await?))
     }
 
     async fn erase_customer(
@@ -615,7 +633,7 @@ impl CustomerService for CustomerApi {
         })
         .await?;
         tracing::info!(customer = %response.name, "customer erased");
-        Ok(Response::new(response))
+        Ok(Response::new(self.read_metrics(&caller, response).await?))
     }
 
     async fn list_customer_history(
@@ -700,6 +718,32 @@ impl CustomerService for CustomerApi {
 }
 
 impl CustomerApi {
+    /// A customer a write returns, with the metrics a read shows, read after the
+    /// write: the caller's own, and the owner's where the visibility function showed
+    /// the caller the `owner_metrics` field.
+    async fn read_metrics(
+        &self,
+        caller: &crate::domain::caller::Caller,
+        mut c: pb::Customer,
+    ) -> Result<pb::Customer> {
+        let org = caller.organization()?;
+        let id = names::parse_customer(&c.name).map_err(|v| v.under("name"))?;
+        let wanted = app::Wanted {
+            id: &id,
+            owned: c.access == pb::AccessLevel::Owner as i32,
+            owners_shown: c
+                .visible_fields
+                .iter()
+                .any(|f| f == CustomerField::OwnerMetrics.as_str()),
+        };
+        let (own, owner) = app::metrics_for(&self.hub.store, org, &[wanted])
+            .await?
+            .remove(0);
+        c.metrics = Some(metrics_to_pb(&own));
+        c.owner_metrics = owner.as_ref().map(metrics_to_pb);
+        Ok(c)
+    }
+
     /// DeleteCustomer (`delete`) or UndeleteCustomer of `name`, read at `etag`.
     async fn set_state(
         &self,

@@ -23,6 +23,7 @@ use crate::domain::event::EventType;
 use crate::domain::filter::{CustomerCondition, CustomerFacts, CustomerFilter};
 use crate::domain::ids::CustomerId;
 use crate::domain::match_key::MatchSecret;
+use crate::domain::metrics::CustomerMetrics;
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{OrgRef, Reason, now};
@@ -1118,4 +1119,60 @@ pub async fn update_overlay(
     }
     overlay_updated(tx, &org.id, id, &after, &external_id, changed_paths);
     Ok((after, external_id))
+}
+
+/// The metrics shown with `found` (customers read by `org`, each with its access):
+/// `org`'s own of each, and the owner's where the access shows the `owner_metrics`
+/// field (the owner's own access does).
+pub async fn metrics_of(
+    store: &Store,
+    org: &OrgRef,
+    found: &[(SeenCustomer, Access)],
+) -> Result<Vec<(CustomerMetrics, Option<CustomerMetrics>)>> {
+    let wanted: Vec<Wanted<'_>> = found
+        .iter()
+        .map(|(s, access)| Wanted {
+            id: &s.customer.id,
+            owned: s.customer.owner.id == org.id,
+            owners_shown: access.sees(CustomerField::OwnerMetrics),
+        })
+        .collect();
+    metrics_for(store, org, &wanted).await
+}
+
+/// One customer whose metrics are shown to `org`: whether `org` owns it, and whether
+/// the visibility function showed it the `owner_metrics` field.
+pub struct Wanted<'a> {
+    pub id: &'a str,
+    pub owned: bool,
+    pub owners_shown: bool,
+}
+
+/// `org`'s metrics of each of `wanted`, and the owner's where shown (for the owner,
+/// its own).
+pub async fn metrics_for(
+    store: &Store,
+    org: &OrgRef,
+    wanted: &[Wanted<'_>],
+) -> Result<Vec<(CustomerMetrics, Option<CustomerMetrics>)>> {
+    let ids: Vec<&str> = wanted.iter().map(|w| w.id).collect();
+    let mut own = store.activities(&ids, Some(&org.id)).await?;
+    let theirs: Vec<&str> = wanted
+        .iter()
+        .filter(|w| !w.owned && w.owners_shown)
+        .map(|w| w.id)
+        .collect();
+    let owners = store.activities(&theirs, None).await?;
+    Ok(wanted
+        .iter()
+        .map(|w| {
+            let mine = own.remove(w.id).unwrap_or_default().metrics();
+            let owner = if w.owned {
+                Some(mine.clone())
+            } else {
+                owners.get(w.id).map(|a| a.metrics())
+            };
+            (mine, owner)
+        })
+        .collect())
 }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod interactions;
 pub mod mapping;
 pub mod members;
+pub mod metrics;
 pub mod organizations;
 pub mod partnerships;
 pub mod rules;

@@ -76,6 +76,75 @@ pub(super) enum AdminCommand {
     /// Seals new page tokens with a fresh key kept in the database; tokens sealed with
     /// the previous keys keep working for a day. Not for keys given in the config.
     RotatePageTokenKey,
+    /// Customer metrics: recompute them from the interactions.
+    Metrics {
+        #[command(subcommand)]
+        command: AdminMetricsCommand,
+    },
+}
+
+/// `liaison admin metrics …`: run against the database.
+#[derive(Subcommand)]
+pub(super) enum AdminMetricsCommand {
+    /// Recomputes every customer's running totals from its interactions, prints each
+    /// difference from the stored ones, and replaces those that differ. With
+    /// `--check`, changes nothing and exits 1 if any differ.
+    Repair {
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+/// Runs `liaison admin metrics …`.
+pub(super) async fn metrics(store: &Store, command: AdminMetricsCommand) -> anyhow::Result<()> {
+    let AdminMetricsCommand::Repair { check } = command;
+    let found = crate::app::metrics::check(store, !check).await?;
+    let total = |t: &Option<crate::domain::metrics::Total>| match t {
+        None => "none".to_owned(),
+        Some(t) => format!(
+            "count={} amount={} first={} last={}",
+            t.count,
+            crate::domain::metrics::decimal(t.amount),
+            t.first,
+            t.last
+        ),
+    };
+    for d in &found.differences {
+        let any = d.stored.as_ref().or(d.recomputed.as_ref());
+        println!(
+            "customers/{}\tscope={}\ttype={}\tcurrency={}\tstored: {}\trecomputed: {}",
+            d.customer_id,
+            if d.scope.is_empty() {
+                "shared"
+            } else {
+                &d.scope
+            },
+            any.map_or("", |t| t.kind.as_str()),
+            any.and_then(|t| t.currency.as_deref()).unwrap_or("-"),
+            total(&d.stored),
+            total(&d.recomputed)
+        );
+    }
+    if found.differences.len() < found.customers_differing as usize {
+        println!(
+            "(the first {} differences only)",
+            crate::store::MAX_REPORTED
+        );
+    }
+    println!(
+        "checked {} customers: {} with metrics that differed from their interactions{}",
+        found.customers,
+        found.customers_differing,
+        match (found.customers_differing, check) {
+            (0, _) => "",
+            (_, true) => " (not repaired: --check)",
+            (_, false) => ", repaired",
+        }
+    );
+    if check && found.customers_differing > 0 {
+        anyhow::bail!("customer metrics differ from the interactions");
+    }
+    Ok(())
 }
 
 /// A request as the operator, for calling the service in-process.
@@ -322,6 +391,7 @@ pub(super) async fn admin(
         }
         AdminCommand::Backup { .. }
         | AdminCommand::RotatePageTokenKey
+        | AdminCommand::Metrics { .. }
         | AdminCommand::Audit { .. } => {
             unreachable!("handled before the admin API is needed")
         }

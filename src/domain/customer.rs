@@ -355,10 +355,14 @@ pub enum CustomerField {
     Addresses,
     Tags,
     Attributes,
+    /// The owner's metrics of the customer (`CustomerMetrics`), computed from what
+    /// the owner sees, its private interactions included: shown to a partner only
+    /// where a grant names it.
+    OwnerMetrics,
 }
 
 impl CustomerField {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::DisplayName,
         Self::GivenName,
         Self::FamilyName,
@@ -368,6 +372,7 @@ impl CustomerField {
         Self::Addresses,
         Self::Tags,
         Self::Attributes,
+        Self::OwnerMetrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -381,6 +386,7 @@ impl CustomerField {
             Self::Addresses => "addresses",
             Self::Tags => "tags",
             Self::Attributes => "attributes",
+            Self::OwnerMetrics => "owner_metrics",
         }
     }
 
@@ -486,7 +492,7 @@ impl Profile {
     pub fn value_of(&self, field: CustomerField) -> Option<serde_json::Value> {
         use serde_json::to_value;
         let value = match field {
-            CustomerField::DisplayName => return None,
+            CustomerField::DisplayName | CustomerField::OwnerMetrics => return None,
             CustomerField::GivenName => to_value(&self.given_name),
             CustomerField::FamilyName => to_value(&self.family_name),
             CustomerField::LegalName => to_value(&self.legal_name),
@@ -509,7 +515,7 @@ impl Profile {
     /// Copies `field` from `other`.
     pub fn set_from(&mut self, field: CustomerField, other: &Profile) {
         match field {
-            CustomerField::DisplayName => {}
+            CustomerField::DisplayName | CustomerField::OwnerMetrics => {}
             CustomerField::GivenName => self.given_name = other.given_name.clone(),
             CustomerField::FamilyName => self.family_name = other.family_name.clone(),
             CustomerField::LegalName => self.legal_name = other.legal_name.clone(),

@@ -15,6 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::customer::CustomerView;
 use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
 use super::interaction::InteractionType;
+use super::metrics::{CustomerMetrics, Total, decimal};
 use super::text::{self, Lines};
 use super::{EmailAddress, Slug};
 use crate::domain::error::FieldViolation;
@@ -260,7 +261,9 @@ impl Moment {
 /// organization's own overlay status and account number.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Activity {
-    pub last: Vec<(InteractionType, Timestamp)>,
+    /// The running totals of the interactions the organization sees (the shared
+    /// scope's and its own), by type and currency.
+    pub totals: Vec<Total>,
     pub open_cases: i64,
     /// Empty without an overlay.
     pub status: String,
@@ -270,11 +273,23 @@ pub struct Activity {
 impl Activity {
     /// The last interaction of `kind` (any type: `None`), if any.
     pub fn last(&self, kind: Option<InteractionType>) -> Option<Timestamp> {
-        self.last
+        self.of_kind(kind).map(|t| t.last).max()
+    }
+
+    /// The first interaction of `kind` (any type: `None`), if any.
+    pub fn first(&self, kind: Option<InteractionType>) -> Option<Timestamp> {
+        self.of_kind(kind).map(|t| t.first).min()
+    }
+
+    fn of_kind(&self, kind: Option<InteractionType>) -> impl Iterator<Item = &Total> {
+        self.totals
             .iter()
-            .filter(|(t, _)| kind.is_none_or(|k| k == *t))
-            .map(|(_, at)| *at)
-            .max()
+            .filter(move |t| kind.is_none_or(|k| k == t.kind))
+    }
+
+    /// The organization's metrics of the customer.
+    pub fn metrics(&self) -> CustomerMetrics {
+        CustomerMetrics::from_totals(&self.totals, self.open_cases)
     }
 }
 
@@ -302,6 +317,14 @@ pub enum CustomerCondition {
     /// The time of the last interaction of a type (any type: `None`) the viewer can
     /// see; a customer without one does not match.
     LastInteraction(Option<InteractionType>, Op, Moment),
+    /// The time of the first such interaction; without one, no match.
+    FirstInteraction(Option<InteractionType>, Op, Moment),
+    /// How many purchases the viewer sees.
+    PurchaseCount(Op, i64),
+    /// The viewer's purchase value (`purchase_value.EUR`) or lifetime value
+    /// (`lifetime_value.EUR`) in one currency, in billionths; no amounts in that
+    /// currency count as zero.
+    Value(ValueKind, String, Op, i128),
     /// `granted = true`: only customers granted to the viewer; `false`: only its own.
     Granted(bool),
     /// How many open cases on the customer the viewer takes part in.
@@ -310,6 +333,80 @@ pub enum CustomerCondition {
     Status(String),
     /// The viewer's own overlay account number.
     AccountNumber(String),
+}
+
+/// Which sum of amounts a [`CustomerCondition::Value`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Purchase,
+    Lifetime,
+}
+
+impl ValueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueKind::Purchase => "purchase_value",
+            ValueKind::Lifetime => "lifetime_value",
+        }
+    }
+
+    /// The value of this kind in `currency` among `m`, in billionths.
+    pub fn of(self, m: &CustomerMetrics, currency: &str) -> i128 {
+        let values = match self {
+            ValueKind::Purchase => &m.purchase_value,
+            ValueKind::Lifetime => &m.lifetime_value,
+        };
+        values.get(currency).copied().unwrap_or_default()
+    }
+}
+
+/// The largest amount a value condition compares with, in whole units: sums stay
+/// exact in 64-bit billionths below it.
+pub const MAX_VALUE_UNITS: i128 = 9_000_000_000;
+
+/// A decimal amount (`1250`, `-19.99`, up to nine decimals) in billionths.
+fn amount(raw: &str) -> Option<i128> {
+    let (negative, digits) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) || fraction.len() > 9 {
+        return None;
+    }
+    if digits.contains('.') && fraction.is_empty() {
+        return None;
+    }
+    let units: i128 = whole.parse().ok()?;
+    if units > MAX_VALUE_UNITS {
+        return None;
+    }
+    let nanos: i128 = format!("{fraction:0<9}").parse().ok()?;
+    let value = units * 1_000_000_000 + nanos;
+    Some(if negative { -value } else { value })
+}
+
+fn compare_count(op: Op, left: i64, right: i64) -> bool {
+    match op {
+        Op::Eq => left == right,
+        Op::Lt => left < right,
+        Op::Le => left <= right,
+        Op::Gt => left > right,
+        Op::Ge => left >= right,
+        Op::Ne | Op::Has => false,
+    }
+}
+
+fn compare_amount(op: Op, left: i128, right: i128) -> bool {
+    match op {
+        Op::Eq => left == right,
+        Op::Lt => left < right,
+        Op::Le => left <= right,
+        Op::Gt => left > right,
+        Op::Ge => left >= right,
+        Op::Ne | Op::Has => false,
+    }
 }
 
 /// A customer list filter: every condition must hold.
@@ -428,17 +525,52 @@ impl CustomerFilter {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                     CustomerCondition::LastInteraction(None, op, moment(&field, &value)?)
                 }
-                other => match last_of(other) {
-                    Some(kind) => {
+                "first_interaction_time" => {
+                    only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                    CustomerCondition::FirstInteraction(None, op, moment(&field, &value)?)
+                }
+                "purchase_count" => {
+                    only(&[Op::Eq, Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                    let n: i64 = value
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| bad("purchase_count compares with a whole number"))?;
+                    CustomerCondition::PurchaseCount(op, n)
+                }
+                other => {
+                    let value_of =
+                        |prefix: &str| other.strip_prefix(prefix).and_then(|c| c.strip_prefix('.'));
+                    if let Some((kind, currency)) = [ValueKind::Purchase, ValueKind::Lifetime]
+                        .into_iter()
+                        .find_map(|k| value_of(k.as_str()).map(|c| (k, c)))
+                    {
+                        only(&[Op::Eq, Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                        let currency = super::interaction::Money::new(currency, 0, 0)
+                            .map_err(|_| {
+                                bad(format!(
+                                    "{other}: {currency:?} is not an ISO 4217 currency code such as EUR"
+                                ))
+                            })?
+                            .currency;
+                        let n = amount(&value).ok_or_else(|| {
+                            bad(format!(
+                                "{other} compares with an amount such as 1250 or 19.99 (at most 9 decimals, at most {MAX_VALUE_UNITS} units)"
+                            ))
+                        })?;
+                        CustomerCondition::Value(kind, currency, op, n)
+                    } else if let Some(kind) = last_of(other) {
                         only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                         CustomerCondition::LastInteraction(Some(kind), op, moment(&field, &value)?)
-                    }
-                    None => {
+                    } else if let Some(kind) = first_of(other) {
+                        only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                        CustomerCondition::FirstInteraction(Some(kind), op, moment(&field, &value)?)
+                    } else {
                         return Err(bad(format!(
-                            "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted, update_time, open_cases, status, account_number, last_interaction_time or last_{{call|meeting|email|purchase|complaint|incident|note}}_time"
+                            "unknown field {other:?}; use display_name, email, phone, tag, external_id, owner, kind, granted, update_time, open_cases, status, account_number, purchase_count, purchase_value.{{currency}}, lifetime_value.{{currency}}, first_ or last_interaction_time, or first_ or last_{{call|meeting|email|purchase|complaint|incident|note}}_time"
                         )));
                     }
-                },
+                }
             };
             conditions.push(condition);
         }
@@ -460,6 +592,11 @@ fn last_of(field: &str) -> Option<InteractionType> {
     InteractionType::parse(field.strip_prefix("last_")?.strip_suffix("_time")?)
 }
 
+/// The interaction type of a `first_{type}_time` field.
+fn first_of(field: &str) -> Option<InteractionType> {
+    InteractionType::parse(field.strip_prefix("first_")?.strip_suffix("_time")?)
+}
+
 impl CustomerFilter {
     /// Whether checking the filter needs what the organization knows beyond the record
     /// ([`Activity`]: interactions, open cases, its overlay).
@@ -468,6 +605,9 @@ impl CustomerFilter {
             matches!(
                 c,
                 CustomerCondition::LastInteraction(..)
+                    | CustomerCondition::FirstInteraction(..)
+                    | CustomerCondition::PurchaseCount(..)
+                    | CustomerCondition::Value(..)
                     | CustomerCondition::OpenCases(..)
                     | CustomerCondition::Status(_)
                     | CustomerCondition::AccountNumber(_)
@@ -540,6 +680,21 @@ impl CustomerFilter {
                     op.symbol(),
                     quoted(&t.to_text())
                 ),
+                CustomerCondition::FirstInteraction(kind, op, t) => format!(
+                    "first_{}_time {} {}",
+                    kind.map_or("interaction", |k| k.as_str()),
+                    op.symbol(),
+                    quoted(&t.to_text())
+                ),
+                CustomerCondition::PurchaseCount(op, n) => {
+                    format!("purchase_count {} {n}", op.symbol())
+                }
+                CustomerCondition::Value(kind, currency, op, n) => format!(
+                    "{}.{currency} {} {}",
+                    kind.as_str(),
+                    op.symbol(),
+                    decimal(*n)
+                ),
                 CustomerCondition::Granted(g) => format!("granted = {g}"),
                 CustomerCondition::OpenCases(op, n) => format!("open_cases {} {n}", op.symbol()),
                 CustomerCondition::Status(s) => format!("status = {}", quoted(s)),
@@ -597,14 +752,19 @@ impl CustomerFilter {
                 .activity
                 .and_then(|a| a.last(*kind))
                 .is_some_and(|last| compare(*op, last, t.at(facts.now))),
-            CustomerCondition::OpenCases(op, n) => facts.activity.is_some_and(|a| match op {
-                Op::Eq => a.open_cases == *n,
-                Op::Lt => a.open_cases < *n,
-                Op::Le => a.open_cases <= *n,
-                Op::Gt => a.open_cases > *n,
-                Op::Ge => a.open_cases >= *n,
-                Op::Ne | Op::Has => false,
-            }),
+            CustomerCondition::FirstInteraction(kind, op, t) => facts
+                .activity
+                .and_then(|a| a.first(*kind))
+                .is_some_and(|first| compare(*op, first, t.at(facts.now))),
+            CustomerCondition::OpenCases(op, n) => facts
+                .activity
+                .is_some_and(|a| compare_count(*op, a.open_cases, *n)),
+            CustomerCondition::PurchaseCount(op, n) => facts
+                .activity
+                .is_some_and(|a| compare_count(*op, a.metrics().purchases, *n)),
+            CustomerCondition::Value(kind, currency, op, n) => facts
+                .activity
+                .is_some_and(|a| compare_amount(*op, kind.of(&a.metrics(), currency), *n)),
             CustomerCondition::Status(s) => facts
                 .activity
                 .is_some_and(|a| !a.status.is_empty() && a.status == *s),
@@ -967,10 +1127,18 @@ mod tests {
                 now: at,
             })
         };
+        let seen = |kind, at| Total {
+            kind,
+            currency: None,
+            count: 1,
+            amount: 0,
+            first: at,
+            last: at,
+        };
         let bought = Activity {
-            last: vec![
-                (InteractionType::Purchase, now - day * 10),
-                (InteractionType::Call, now - day),
+            totals: vec![
+                seen(InteractionType::Purchase, now - day * 10),
+                seen(InteractionType::Call, now - day),
             ],
             ..Default::default()
         };
@@ -978,7 +1146,7 @@ mod tests {
         // The same facts 81 days later: the purchase is 91 days old.
         assert!(!check(Some(&bought), now + day * 81));
         let called_only = Activity {
-            last: vec![(InteractionType::Call, now - day)],
+            totals: vec![seen(InteractionType::Call, now - day)],
             ..Default::default()
         };
         assert!(!check(Some(&called_only), now), "no purchase at all");

@@ -29,7 +29,7 @@ pub fn channel(raw: &str) -> Result<String, FieldViolation> {
     text::line(raw, MAX_CHANNEL_CHARS)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum InteractionType {
     Call,
     Meeting,

@@ -16,6 +16,7 @@ pub mod interaction;
 pub mod mapping;
 pub mod match_key;
 pub mod member;
+pub mod metrics;
 pub mod names;
 pub mod notify;
 pub mod organization;

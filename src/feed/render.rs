@@ -12,6 +12,7 @@ use crate::domain::customer::FieldSet;
 use crate::domain::customer::{CustomerKind, RecordState};
 use crate::domain::error::FieldViolation;
 use crate::domain::interaction::{Direction, Interaction, InteractionType, InteractionVisibility};
+use crate::domain::metrics::{CustomerMetrics, units_and_nanos};
 use crate::domain::names;
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{
@@ -165,6 +166,42 @@ pub fn customer_to_pb(seen: &SeenCustomer, access: Access) -> pb::Customer {
         update_time: timestamp(c.update_time),
         delete_time: c.delete_time.and_then(timestamp),
         etag: etag(c.revision),
+        metrics: None,
+        owner_metrics: None,
+    }
+}
+
+/// An organization's metrics of a customer. An amount past what 64-bit units hold is
+/// left out rather than shown wrong.
+pub fn metrics_to_pb(m: &CustomerMetrics) -> pb::CustomerMetrics {
+    let money = |values: &std::collections::BTreeMap<String, i128>| -> Vec<pb::Money> {
+        values
+            .iter()
+            .filter_map(|(currency, amount)| {
+                let (units, nanos) = units_and_nanos(*amount)?;
+                Some(pb::Money {
+                    currency_code: currency.clone(),
+                    units,
+                    nanos,
+                })
+            })
+            .collect()
+    };
+    pb::CustomerMetrics {
+        purchase_count: m.purchases,
+        purchase_value: money(&m.purchase_value),
+        lifetime_value: money(&m.lifetime_value),
+        interactions: m
+            .spans
+            .iter()
+            .map(|(kind, span)| pb::InteractionSpan {
+                r#type: type_to_pb(*kind) as i32,
+                count: span.count,
+                first_time: timestamp(span.first),
+                last_time: timestamp(span.last),
+            })
+            .collect(),
+        open_cases: m.open_cases,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::domain::filter::Activity;
 use crate::domain::interaction::{
     Direction, Interaction, InteractionType, InteractionVisibility, Money,
 };
+use crate::domain::metrics::{SHARED, Total};
 use crate::domain::{OrgRef, Slug};
 
 const SELECT: &str = "SELECT i.id, i.customer_id, i.org_id, o.slug AS org_slug, i.type, i.occur_time, \
@@ -117,17 +118,20 @@ pub(crate) async fn activity<'c>(
 /// `(customer_id, what, name, n, s)`: one per interaction type, one count of open
 /// cases, one overlay.
 fn facts_sql(org: &str, customers: &str) -> String {
+    let zero = "CAST(0 AS BIGINT)";
     format!(
-        "SELECT f.customer_id, f.what, f.name, f.n, f.s FROM ( \
-         SELECT i.customer_id, 'last' AS what, i.type AS name, MAX(i.occur_time) AS n, '' AS s \
-         FROM interactions i JOIN customers c ON c.id = i.customer_id \
-         WHERE i.customer_id IN ({customers}) AND (i.org_id = {org} OR i.visibility = 'shared') \
-         GROUP BY i.customer_id, i.type \
-         UNION ALL SELECT k.customer_id, 'cases', '', COUNT(*), '' FROM cases k \
+        "SELECT f.customer_id, f.what, f.name, f.n, f.s, f.u, f.v, f.a, f.b FROM ( \
+         SELECT t.customer_id, 'total' AS what, t.type AS name, t.count AS n, t.currency AS s, \
+         t.units AS u, t.nanos AS v, t.first_time AS a, t.last_time AS b \
+         FROM interaction_totals t JOIN customers c ON c.id = t.customer_id \
+         WHERE t.customer_id IN ({customers}) AND t.scope IN ('{SHARED}', {org}) \
+         UNION ALL SELECT k.customer_id, 'cases', '', COUNT(*), '', {zero}, {zero}, {zero}, \
+         {zero} FROM cases k \
          JOIN customers c ON c.id = k.customer_id JOIN case_participants cp \
          ON cp.case_id = k.id AND cp.organization_id = {org} \
          WHERE k.customer_id IN ({customers}) AND k.closed = 0 GROUP BY k.customer_id \
-         UNION ALL SELECT o.customer_id, 'overlay', o.account_number, CAST(0 AS BIGINT), o.status \
+         UNION ALL SELECT o.customer_id, 'overlay', o.account_number, {zero}, o.status, {zero}, \
+         {zero}, {zero}, {zero} \
          FROM customer_overlays o JOIN customers c ON c.id = o.customer_id \
          WHERE o.customer_id IN ({customers}) AND o.org_id = {org}) f"
     )
@@ -140,15 +144,26 @@ struct FactRow {
     name: String,
     n: i64,
     s: String,
+    u: i64,
+    v: i64,
+    a: i64,
+    b: i64,
 }
 
 impl FactRow {
     fn add_to(self, a: &mut Activity) -> Result<()> {
         match self.what.as_str() {
-            "last" => {
+            "total" => {
                 let kind = InteractionType::parse(&self.name)
                     .ok_or_else(|| corrupt("interaction type", &self.name))?;
-                a.last.push((kind, timestamp(self.n)?));
+                a.totals.push(Total {
+                    kind,
+                    currency: (!self.s.is_empty()).then_some(self.s),
+                    count: self.n,
+                    amount: i128::from(self.u) * 1_000_000_000 + i128::from(self.v),
+                    first: timestamp(self.a)?,
+                    last: timestamp(self.b)?,
+                });
             }
             "cases" => a.open_cases = self.n,
             _ => {
@@ -275,6 +290,6 @@ impl Tx {
         .bind(micros(i.create_time))
         .execute(self.conn())
         .await?;
-        Ok(())
+        self.add_to_totals(i).await
     }
 }

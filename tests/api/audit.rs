@@ -434,19 +434,6 @@ async fn every_change_is_chained_in_each_organizations_log_and_an_export_verifie
     );
 }
 
-/// Runs `sql` on `app`'s database directly, as someone with database access would.
-async fn tamper(app: &TestApp, sql: &str) {
-    use sqlx::Connection;
-    let url = &app.config.database.url;
-    if url.starts_with("sqlite:") {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-    } else {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
-    }
-}
-
 /// A byte string as a literal of `app`'s database.
 fn bytes(app: &TestApp, b: &[u8]) -> String {
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();

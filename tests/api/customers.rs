@@ -101,7 +101,7 @@ async fn a_customer_is_created_normalized_and_read_back(backend: Backend) {
     assert_eq!(created.external_id, "CRM-1");
     assert_eq!(created.access, pb::AccessLevel::Owner as i32);
     assert_eq!(created.state, State::Active as i32);
-    assert_eq!(created.visible_fields.len(), 9);
+    assert_eq!(created.visible_fields.len(), 10);
 
     let read = app
         .customers(&acme.read_key)

@@ -611,3 +611,16 @@ pub fn sigterm(child: &tokio::process::Child) {
         .expect("run kill");
     assert!(sent.success(), "kill -TERM {pid}");
 }
+
+/// Runs `sql` on `app`'s database directly, as someone with database access would.
+pub async fn tamper(app: &TestApp, sql: &str) {
+    use sqlx::Connection;
+    let url = &app.config.database.url;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+}

@@ -17,6 +17,7 @@ mod events;
 mod mapping;
 mod matrix;
 mod members;
+mod metrics;
 mod operations;
 mod partnerships;
 mod replicas;

@@ -2291,6 +2291,30 @@ async fn set_up(backend: Backend) -> Scene {
         "canarysummary: a note of the owner's own",
     )
     .await;
+    // A private purchase: its amount reaches the owner's metrics, which no grant here
+    // names, so no partner sees it in any form.
+    app.interactions(&acme.admin_key)
+        .log_interaction(pb::LogInteractionRequest {
+            parent: c.clone(),
+            interaction: Some(pb::Interaction {
+                r#type: pb::InteractionType::Purchase as i32,
+                occur_time: Some(prost_types::Timestamp {
+                    seconds: 1_790_000_000,
+                    nanos: 0,
+                }),
+                summary: "canarysummary: a purchase of the owner's own".into(),
+                visibility: pb::InteractionVisibility::Organization as i32,
+                amount: Some(pb::Money {
+                    currency_code: "EUR".into(),
+                    units: 7_654_321,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
     log(
         &app,
         acme,
@@ -2400,6 +2424,7 @@ async fn set_up(backend: Backend) -> Scene {
         canary("owner's overlay note", "canarynote", &[]),
         canary("private interaction", "canarysummary", &[]),
         canary("private interaction's id", id_of(&private.name), &[]),
+        canary("owner's private purchase amount", "7654321", &[]),
         canary("private case comment", "canarycomment", &[]),
         canary("case", "Canarycase", &[Masked, Participant]),
         canary("case id", id_of(&case.name), &[Masked, Participant]),

@@ -541,6 +541,7 @@ impl Tx {
             self.execute_with(sql, &[Bind::text(loser), Bind::text(survivor)])
                 .await?;
         }
+        self.move_totals(loser, survivor).await?;
         let ends = [
             "UPDATE customer_grants SET revoke_time = $2 WHERE customer_id = $1 AND revoke_time IS NULL",
             "UPDATE access_requests SET state = 'declined', decision_reason = 'merged into another record', \
@@ -566,6 +567,7 @@ impl Tx {
             "DELETE FROM customer_external_ids WHERE customer_id = $1",
             "DELETE FROM customer_overlays WHERE customer_id = $1",
             "DELETE FROM interactions WHERE customer_id = $1",
+            "DELETE FROM interaction_totals WHERE customer_id = $1",
             "DELETE FROM customer_history WHERE customer_id = $1",
             "DELETE FROM customer_matches WHERE customer_id = $1",
             "UPDATE customer_grants SET revoke_time = $2 WHERE customer_id = $1 AND revoke_time IS NULL",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::row::{Bind, Query, SeenCustomer, select_from};
 use crate::domain::customer::CustomerField;
 use crate::domain::error::{Error, Result};
-use crate::domain::filter::{CustomerCondition, NameMatch, Op};
+use crate::domain::filter::{CustomerCondition, NameMatch, Op, ValueKind};
 use crate::domain::match_key::MatchSecret;
 use crate::domain::visibility::RuleStanding;
 use crate::store::rules::standings_of_viewer;
@@ -278,21 +278,72 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
                  AND o.org_id = {perspective} AND o.{column} = {a})"
             ));
         }
-        CustomerCondition::LastInteraction(kind, op, t) => {
+        CustomerCondition::LastInteraction(kind, op, t)
+        | CustomerCondition::FirstInteraction(kind, op, t) => {
             let Some(symbol) = symbol(*op) else { return };
-            let perspective = perspective_of(how);
-            let of_kind = kind.map_or(String::new(), |k| format!(" AND i.type = '{}'", k.as_str()));
+            let (column, pick) = match condition {
+                CustomerCondition::LastInteraction(..) => ("last_time", "MAX"),
+                _ => ("first_time", "MIN"),
+            };
+            let of_kind = kind.map_or(String::new(), |k| format!(" AND t.type = '{}'", k.as_str()));
             let a = q.arg(Bind::Int(micros(t.at(crate::domain::now()))));
-            // The last of the interactions the organization sees (its own and the
-            // shared ones): `interactions_by_customer` walked from the newest, to the
-            // first that qualifies.
+            // Of the interactions the organization sees (its own and the shared ones),
+            // from their running totals: a handful of rows per customer.
             q.push(&format!(
-                " AND (SELECT i.occur_time FROM interactions i WHERE i.customer_id = c.id{of_kind} \
-                 AND (i.org_id = {perspective} OR i.visibility = 'shared') \
-                 ORDER BY i.occur_time DESC LIMIT 1) {symbol} {a}"
+                " AND (SELECT {pick}(t.{column}) FROM interaction_totals t \
+                 WHERE t.customer_id = c.id{of_kind} AND {}) {symbol} {a}",
+                totals_seen(how)
+            ));
+        }
+        CustomerCondition::PurchaseCount(op, n) => {
+            let symbol = match op {
+                Op::Eq => "=",
+                other => match symbol(*other) {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let a = q.arg(Bind::Int(*n));
+            q.push(&format!(
+                " AND (SELECT COALESCE(SUM(t.count), 0) FROM interaction_totals t \
+                 WHERE t.customer_id = c.id AND t.type = 'purchase' AND {}) {symbol} {a}",
+                totals_seen(how)
+            ));
+        }
+        CustomerCondition::Value(kind, currency, op, n) => {
+            let symbol = match op {
+                Op::Eq => "=",
+                other => match symbol(*other) {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let of_kind = match kind {
+                ValueKind::Purchase => " AND t.type = 'purchase'",
+                ValueKind::Lifetime => "",
+            };
+            let c = q.arg(Bind::Text(currency.clone()));
+            // Within MAX_VALUE_UNITS, so it fits; exact integer arithmetic either way
+            // (PostgreSQL's SUM of BIGINT is NUMERIC).
+            let a = q.arg(Bind::Int(i64::try_from(*n).unwrap_or(i64::MAX)));
+            q.push(&format!(
+                " AND (SELECT COALESCE(SUM(t.units), 0) * 1000000000 + COALESCE(SUM(t.nanos), 0) \
+                 FROM interaction_totals t WHERE t.customer_id = c.id AND t.currency = {c}{of_kind} \
+                 AND {}) {symbol} {a}",
+                totals_seen(how)
             ));
         }
     }
+}
+
+/// SQL true for the rows of `interaction_totals t` the condition's perspective sees:
+/// the shared scope and its own.
+fn totals_seen(how: Narrowing<'_>) -> String {
+    format!(
+        "t.scope IN ('{}', {})",
+        crate::domain::metrics::SHARED,
+        perspective_of(how)
+    )
 }
 
 /// Whose view of the record's interactions, cases and overlay a condition reads.
