@@ -35,6 +35,7 @@ const ALL: &[&str] = &[
     "mapping",
     "list_customers",
     "update_customer",
+    "log_interaction",
     "batch_upsert",
     "watch_latency",
     "webhook_latency",
@@ -291,6 +292,7 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     }
     scenario!("list_customers", scenarios::list_customers(&ctx));
     scenario!("update_customer", scenarios::update_customer(&ctx));
+    scenario!("log_interaction", scenarios::log_interaction(&ctx));
     scenario!("batch_upsert", scenarios::batch_upsert(&ctx));
     // The latency targets hold at a fixed rate, or at 80 % of the update throughput
     // this run measured where that is lower (a rate the hub cannot sustain measures

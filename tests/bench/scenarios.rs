@@ -277,6 +277,68 @@ pub async fn update_customer(ctx: &Ctx) -> anyhow::Result<Row> {
     ))
 }
 
+/// Purchases logged by the vendor on its granted customers, each with an amount in
+/// one of two currencies, every other one private: the write that keeps customer
+/// metrics (one running-totals upsert each).
+pub async fn log_interaction(ctx: &Ctx) -> anyhow::Result<Row> {
+    ctx.drain().await?;
+    let conns = ctx.conns();
+    let key = ctx.fx.vendor.admin_key.clone();
+    let names = Arc::new(ctx.fx.customers[..ctx.fx.granted.max(1)].to_vec());
+    let meter = Meter::start(Some(ctx.hub_pid));
+    let (samples, secs) = closed_loop(ctx.concurrency, ctx.warmup, ctx.duration, move |w, i| {
+        let mut client = conns.interactions(w, &key);
+        let n = w as u64 * 1_000_003 + i;
+        let parent = names[n as usize % names.len()].clone();
+        let visibility = if n % 2 == 0 {
+            pb::InteractionVisibility::Shared
+        } else {
+            pb::InteractionVisibility::Organization
+        };
+        async move {
+            client
+                .log_interaction(pb::LogInteractionRequest {
+                    parent,
+                    interaction: Some(pb::Interaction {
+                        r#type: pb::InteractionType::Purchase as i32,
+                        occur_time: Some(prost_types::Timestamp {
+                            seconds: 1_767_225_600 + (n % 86_400) as i64 * 60,
+                            nanos: 0,
+                        }),
+                        summary: format!("Order {n}"),
+                        visibility: visibility as i32,
+                        amount: Some(pb::Money {
+                            currency_code: if n % 3 == 0 { "USD" } else { "EUR" }.into(),
+                            units: (n % 500) as i64 + 1,
+                            nanos: 250_000_000,
+                        }),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let spent = meter.finish();
+    let n = samples.micros.len() as u64;
+    Ok(Row::new(
+        "log_interaction",
+        "logged/s",
+        samples,
+        n,
+        secs,
+        spent,
+        format!(
+            "concurrency {}, purchases with amounts (half shared, half private) on \
+             granted customers; each writes the interaction, its running totals and \
+             the events to those who see it",
+            ctx.concurrency
+        ),
+    ))
+}
+
 pub async fn batch_upsert(ctx: &Ctx) -> anyhow::Result<Row> {
     const BATCH: usize = 100;
     const WRITERS: usize = 4;

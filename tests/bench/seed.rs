@@ -17,6 +17,7 @@ use pb::account_mapping_service_client::AccountMappingServiceClient;
 use pb::admin_service_client::AdminServiceClient;
 use pb::customer_service_client::CustomerServiceClient;
 use pb::event_service_client::EventServiceClient;
+use pb::interaction_service_client::InteractionServiceClient;
 use pb::partnership_service_client::PartnershipServiceClient;
 use pb::sharing_service_client::SharingServiceClient;
 use pb::webhook_service_client::WebhookServiceClient;
@@ -70,6 +71,9 @@ impl Conns {
     }
     pub fn customers(&self, i: usize, key: &str) -> CustomerServiceClient<Authed> {
         CustomerServiceClient::new(self.authed(i, key))
+    }
+    pub fn interactions(&self, i: usize, key: &str) -> InteractionServiceClient<Authed> {
+        InteractionServiceClient::new(self.authed(i, key))
     }
     pub fn sharing(&self, i: usize, key: &str) -> SharingServiceClient<Authed> {
         SharingServiceClient::new(self.authed(i, key))
