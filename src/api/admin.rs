@@ -52,6 +52,7 @@ pub(super) fn organization_to_pb(o: &Organization) -> pb::Organization {
         create_time: timestamp(o.create_time),
         update_time: timestamp(o.update_time),
         etag: etag(o.revision),
+        reporting_currency: o.reporting_currency.clone(),
     }
 }
 
@@ -64,10 +65,15 @@ pub(super) fn scopes_from_pb(raw: &[i32]) -> Result<Scopes, FieldViolation> {
 }
 
 /// The fields of an organization an update names in `paths`, checked.
-fn organization_change(
-    input: &pb::Organization,
-    paths: &[String],
-) -> Result<(Option<DisplayName>, Option<OrganizationKind>)> {
+/// What an UpdateOrganization request changes: display name, kind, reporting
+/// currency (`Some("")` clears it).
+type OrganizationChange = (
+    Option<DisplayName>,
+    Option<OrganizationKind>,
+    Option<String>,
+);
+
+fn organization_change(input: &pb::Organization, paths: &[String]) -> Result<OrganizationChange> {
     let wants = |f: &str| paths.iter().any(|p| p == f);
     let mut v = Violations::new();
     let display_name = wants("display_name")
@@ -81,8 +87,19 @@ fn organization_change(
     let kind = wants("kind")
         .then(|| v.check("organization.kind", org_kind_from_pb(input.kind)))
         .flatten();
+    let currency = wants("reporting_currency")
+        .then(|| match input.reporting_currency.trim() {
+            "" => Some(String::new()),
+            code => v.check(
+                "organization.reporting_currency",
+                crate::domain::interaction::Money::new(code, 0, 0)
+                    .map(|m| m.currency)
+                    .map_err(|e| FieldViolation::new("", e.description)),
+            ),
+        })
+        .flatten();
     v.finish()?;
-    Ok((display_name, kind))
+    Ok((display_name, kind, currency))
 }
 
 /// The display name, scopes and expiry a CreateApiKey request carries, checked; the
@@ -140,8 +157,28 @@ impl AdminApi {
         request: &impl Retryable,
         change: impl FnOnce(&mut Organization) -> Result<()>,
     ) -> Result<pb::Organization> {
-        caller.require_operator()?;
+        self.change_organization_as(caller, (name, etag), request, false, change)
+            .await
+    }
+
+    /// [`Self::change_organization`]; with `own_setting`, an admin key of the
+    /// organization itself may make the change too (its own business settings).
+    async fn change_organization_as(
+        &self,
+        caller: &Caller,
+        (name, etag): (&str, &str),
+        request: &impl Retryable,
+        own_setting: bool,
+        change: impl FnOnce(&mut Organization) -> Result<()>,
+    ) -> Result<pb::Organization> {
         let slug = names::parse_organization(name).map_err(|v| v.under("name"))?;
+        let own = own_setting
+            && caller
+                .organization()
+                .is_ok_and(|o| o.slug == slug && caller.require(Scope::Admin).is_ok());
+        if !own {
+            caller.require_operator()?;
+        }
         let response = idempotent(&self.hub, caller, request, async |tx| {
             Ok(organization_to_pb(
                 &app::change(tx, (&slug, name, etag), change).await?,
@@ -228,24 +265,30 @@ impl AdminService for AdminApi {
         let populated: Vec<&str> = [
             ("display_name", !input.display_name.is_empty()),
             ("kind", input.kind != 0),
+            ("reporting_currency", !input.reporting_currency.is_empty()),
         ]
         .into_iter()
         .filter_map(|(f, set)| set.then_some(f))
         .collect();
         let paths = update_paths(
             r.update_mask.as_ref(),
-            &["display_name", "kind"],
+            &["display_name", "kind", "reporting_currency"],
             &populated,
         )?;
-        let (display_name, kind) = organization_change(&input, &paths)?;
+        let (display_name, kind, currency) = organization_change(&input, &paths)?;
+        // The reporting currency is the organization's own to choose.
+        let own_setting = paths.iter().all(|p| p == "reporting_currency");
         let target = (input.name.as_str(), input.etag.as_str());
         let response = self
-            .change_organization(&caller, target, &r, |org| {
+            .change_organization_as(&caller, target, &r, own_setting, |org| {
                 if let Some(name) = display_name {
                     org.display_name = name;
                 }
                 if let Some(kind) = kind {
                     org.kind = kind;
+                }
+                if let Some(currency) = currency {
+                    org.reporting_currency = currency;
                 }
                 Ok(())
             })

@@ -208,10 +208,13 @@ fn order_from(raw: &str) -> Result<CustomerOrder> {
     let key = match field {
         "update_time" => OrderKey::UpdateTime,
         "display_name" => OrderKey::DisplayName,
+        "purchase_count" => OrderKey::PurchaseCount,
         other => {
             return Err(Error::invalid(
                 "order_by",
-                format!("cannot order by {other:?}; use update_time or display_name"),
+                format!(
+                    "cannot order by {other:?}; use update_time, display_name or purchase_count"
+                ),
             ));
         }
     };

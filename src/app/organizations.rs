@@ -36,6 +36,7 @@ pub fn new_organization(
         display_name,
         kind,
         state: OrganizationState::Active,
+        reporting_currency: String::new(),
         create_time: now,
         update_time: now,
         revision: 1,

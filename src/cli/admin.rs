@@ -93,11 +93,54 @@ pub(super) enum AdminMetricsCommand {
         #[arg(long)]
         check: bool,
     },
+    /// Recomputes every active organization's RFM quintiles now (the hub does so every
+    /// `customers.rfm_interval_secs`) and prints them.
+    Rfm,
 }
 
 /// Runs `liaison admin metrics …`.
-pub(super) async fn metrics(store: &Store, command: AdminMetricsCommand) -> anyhow::Result<()> {
-    let AdminMetricsCommand::Repair { check } = command;
+pub(super) async fn metrics(
+    store: &Store,
+    settings: &crate::app::customers::CustomerSettings,
+    command: AdminMetricsCommand,
+) -> anyhow::Result<()> {
+    let check = match command {
+        AdminMetricsCommand::Repair { check } => check,
+        AdminMetricsCommand::Rfm => {
+            let now = store.clock().now();
+            let mut after: Option<String> = None;
+            loop {
+                let page = store.organizations(after.as_deref(), 100).await?;
+                for org in page.items.iter().filter(|o| o.is_active()) {
+                    match crate::app::metrics::compute_rfm(store, settings, org, now).await? {
+                        None => println!("{}\tno customer bought", org.slug),
+                        Some(b) => println!(
+                            "{}\t{} customers\trecency {:?}\tfrequency {:?}\tmonetary ({}) {}",
+                            org.slug,
+                            b.customers,
+                            b.recency
+                                .map(|m| jiff::Timestamp::from_microsecond(m as i64)
+                                    .map_or_else(|_| m.to_string(), |t| t.to_string())),
+                            b.frequency,
+                            if b.currency.is_empty() {
+                                "no reporting currency"
+                            } else {
+                                &b.currency
+                            },
+                            b.monetary.map_or("-".to_owned(), |m| format!(
+                                "{:?}",
+                                m.map(crate::domain::metrics::decimal)
+                            )),
+                        ),
+                    }
+                }
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => return Ok(()),
+                }
+            }
+        }
+    };
     let found = crate::app::metrics::check(store, !check).await?;
     let total = |t: &Option<crate::domain::metrics::Total>| match t {
         None => "none".to_owned(),

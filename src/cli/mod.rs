@@ -325,7 +325,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 AdminCommand::Audit { command } => audit::admin(&store, &hub.audit, command).await,
-                AdminCommand::Metrics { command } => admin::metrics(&store, command).await,
+                AdminCommand::Metrics { command } => {
+                    admin::metrics(&store, &hub.customers, command).await
+                }
                 command => admin::admin(AdminApi::new(hub), &store, command).await,
             };
             store.close().await;

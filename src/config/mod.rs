@@ -312,6 +312,9 @@ impl Config {
         if self.mapping.refresh_interval_secs > 30 * 24 * 3600 {
             bail!("mapping.refresh_interval_secs must be at most 30 days");
         }
+        if !(1..=7 * 24 * 3600).contains(&self.customers.rfm_interval_secs) {
+            bail!("customers.rfm_interval_secs must be between 1 second and 7 days");
+        }
         if !(1..=7 * 24 * 3600).contains(&self.audit.checkpoint_interval_secs) {
             bail!("audit.checkpoint_interval_secs must be between 1 and 7 days");
         }

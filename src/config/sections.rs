@@ -308,6 +308,8 @@ pub struct CustomersConfig {
     /// Key of the match-key HMACs, base64 (at least 32 bytes). Empty: the hub generates
     /// one on first start and keeps it in the database. Replicas must share it.
     pub match_secret: String,
+    /// How often each organization's RFM quintiles are recomputed.
+    pub rfm_interval_secs: u64,
 }
 
 impl Default for CustomersConfig {
@@ -315,6 +317,7 @@ impl Default for CustomersConfig {
         Self {
             default_phone_region: "US".into(),
             match_secret: String::new(),
+            rfm_interval_secs: 3600,
         }
     }
 }
@@ -330,6 +333,7 @@ impl std::fmt::Debug for CustomersConfig {
         f.debug_struct("CustomersConfig")
             .field("default_phone_region", &self.default_phone_region)
             .field("match_secret", &secret)
+            .field("rfm_interval_secs", &self.rfm_interval_secs)
             .finish()
     }
 }

@@ -21,6 +21,16 @@ impl Caller {
         }
     }
 
+    /// The hub reading for organization `org` in a background job (the RFM
+    /// quintiles): what that organization may read, and nothing it may change.
+    pub fn job(org: OrgRef) -> Self {
+        Self {
+            key_id: "job".into(),
+            principal: Principal::Organization(org),
+            scopes: Scopes::new(vec![Scope::Read]).expect("non-empty"),
+        }
+    }
+
     pub fn require(&self, scope: Scope) -> Result<()> {
         if self.scopes.allows(scope) {
             Ok(())

@@ -15,7 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::customer::CustomerView;
 use super::customer::{CustomerKind, PhoneNumber, PhoneRegion};
 use super::interaction::InteractionType;
-use super::metrics::{CustomerMetrics, Total, decimal};
+use super::metrics::{CustomerMetrics, RfmBoundaries, RfmScores, Total, decimal};
 use super::text::{self, Lines};
 use super::{EmailAddress, Slug};
 use crate::domain::error::FieldViolation;
@@ -265,6 +265,8 @@ pub struct Activity {
     /// scope's and its own), by type and currency.
     pub totals: Vec<Total>,
     pub open_cases: i64,
+    /// The organization's RFM quintiles, once computed.
+    pub rfm: Option<RfmBoundaries>,
     /// Empty without an overlay.
     pub status: String,
     pub account_number: String,
@@ -287,9 +289,12 @@ impl Activity {
             .filter(move |t| kind.is_none_or(|k| k == t.kind))
     }
 
-    /// The organization's metrics of the customer.
+    /// The organization's metrics of the customer, with its RFM scores once the
+    /// quintiles are computed.
     pub fn metrics(&self) -> CustomerMetrics {
-        CustomerMetrics::from_totals(&self.totals, self.open_cases)
+        let mut m = CustomerMetrics::from_totals(&self.totals, self.open_cases);
+        m.rfm = self.rfm.as_ref().map(|b| RfmScores::of(&m, b));
+        m
     }
 }
 
@@ -321,6 +326,10 @@ pub enum CustomerCondition {
     FirstInteraction(Option<InteractionType>, Op, Moment),
     /// How many purchases the viewer sees.
     PurchaseCount(Op, i64),
+    /// The viewer's RFM score (1 to 5) of one kind; a customer without that score (no
+    /// purchase, none in the reporting currency, quintiles not yet computed) does not
+    /// match.
+    Rfm(RfmPart, Op, u8),
     /// The viewer's purchase value (`purchase_value.EUR`) or lifetime value
     /// (`lifetime_value.EUR`) in one currency, in billionths; no amounts in that
     /// currency count as zero.
@@ -333,6 +342,33 @@ pub enum CustomerCondition {
     Status(String),
     /// The viewer's own overlay account number.
     AccountNumber(String),
+}
+
+/// Which RFM score a [`CustomerCondition::Rfm`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RfmPart {
+    Recency,
+    Frequency,
+    Monetary,
+}
+
+impl RfmPart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RfmPart::Recency => "rfm_recency",
+            RfmPart::Frequency => "rfm_frequency",
+            RfmPart::Monetary => "rfm_monetary",
+        }
+    }
+
+    /// This score among `s`; 0 for none.
+    pub fn of(self, s: &RfmScores) -> u8 {
+        match self {
+            RfmPart::Recency => s.recency,
+            RfmPart::Frequency => s.frequency,
+            RfmPart::Monetary => s.monetary,
+        }
+    }
 }
 
 /// Which sum of amounts a [`CustomerCondition::Value`] reads.
@@ -529,6 +565,20 @@ impl CustomerFilter {
                     only(&[Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                     CustomerCondition::FirstInteraction(None, op, moment(&field, &value)?)
                 }
+                "rfm_recency" | "rfm_frequency" | "rfm_monetary" => {
+                    only(&[Op::Eq, Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
+                    let part = match field.as_str() {
+                        "rfm_recency" => RfmPart::Recency,
+                        "rfm_frequency" => RfmPart::Frequency,
+                        _ => RfmPart::Monetary,
+                    };
+                    let n: u8 = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=5).contains(n))
+                        .ok_or_else(|| bad(format!("{field} compares with a score from 1 to 5")))?;
+                    CustomerCondition::Rfm(part, op, n)
+                }
                 "purchase_count" => {
                     only(&[Op::Eq, Op::Lt, Op::Le, Op::Gt, Op::Ge])?;
                     let n: i64 = value
@@ -608,6 +658,7 @@ impl CustomerFilter {
                     | CustomerCondition::FirstInteraction(..)
                     | CustomerCondition::PurchaseCount(..)
                     | CustomerCondition::Value(..)
+                    | CustomerCondition::Rfm(..)
                     | CustomerCondition::OpenCases(..)
                     | CustomerCondition::Status(_)
                     | CustomerCondition::AccountNumber(_)
@@ -625,6 +676,15 @@ impl CustomerFilter {
         if parsed.conditions.is_empty() {
             return Err(bad(
                 "a segment needs at least one comparison (a sharing rule without a segment shares every customer)",
+            ));
+        }
+        if parsed
+            .conditions
+            .iter()
+            .any(|c| matches!(c, CustomerCondition::Rfm(..)))
+        {
+            return Err(bad(
+                "a segment cannot filter on RFM scores: they move when the hourly job recomputes the quintiles, which no partner would hear of; use purchase_count, purchase_value or last_purchase_time",
             ));
         }
         if parsed
@@ -688,6 +748,9 @@ impl CustomerFilter {
                 ),
                 CustomerCondition::PurchaseCount(op, n) => {
                     format!("purchase_count {} {n}", op.symbol())
+                }
+                CustomerCondition::Rfm(part, op, n) => {
+                    format!("{} {} {n}", part.as_str(), op.symbol())
                 }
                 CustomerCondition::Value(kind, currency, op, n) => format!(
                     "{}.{currency} {} {}",
@@ -762,6 +825,12 @@ impl CustomerFilter {
             CustomerCondition::PurchaseCount(op, n) => facts
                 .activity
                 .is_some_and(|a| compare_count(*op, a.metrics().purchases, *n)),
+            CustomerCondition::Rfm(part, op, n) => facts.activity.is_some_and(|a| {
+                a.metrics()
+                    .rfm
+                    .map(|s| part.of(&s))
+                    .is_some_and(|score| score > 0 && compare_count(*op, score.into(), (*n).into()))
+            }),
             CustomerCondition::Value(kind, currency, op, n) => facts
                 .activity
                 .is_some_and(|a| compare_amount(*op, kind.of(&a.metrics(), currency), *n)),

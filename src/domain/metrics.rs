@@ -45,6 +45,67 @@ pub struct Span {
     pub last: Timestamp,
 }
 
+/// Where one organization's customers split into quintiles, by the hourly job: the
+/// values at the 20th, 40th, 60th and 80th percentile of recency (the last purchase,
+/// in microseconds), frequency (purchases) and monetary value (purchase value in the
+/// reporting currency, in billionths), among the customers it sees that bought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RfmBoundaries {
+    pub recency: [i128; 4],
+    pub frequency: [i128; 4],
+    /// `None` without a reporting currency, or with no purchases in it.
+    pub monetary: Option<[i128; 4]>,
+    /// The reporting currency when they were computed.
+    pub currency: String,
+    /// How many customers they were computed over.
+    pub customers: i64,
+    pub compute_time: Timestamp,
+}
+
+/// The quintile boundaries of `values`: the values at the 20th, 40th, 60th and 80th
+/// percentile; `None` for no values.
+pub fn quintiles(mut values: Vec<i128>) -> Option<[i128; 4]> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let n = values.len();
+    Some([1, 2, 3, 4].map(|k| values[k * n / 5]))
+}
+
+/// The score 1 to 5 of `value` against quintile `boundaries`: 1 plus the number of
+/// boundaries at or below it, so the top fifth scores 5.
+pub fn score(value: i128, boundaries: &[i128; 4]) -> u8 {
+    1 + boundaries.iter().filter(|b| **b <= value).count() as u8
+}
+
+/// A customer's RFM scores, 1 (lowest fifth) to 5 (highest) within the organization;
+/// 0 where there is none (no purchase; no purchase in the reporting currency).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RfmScores {
+    pub recency: u8,
+    pub frequency: u8,
+    pub monetary: u8,
+}
+
+impl RfmScores {
+    /// The scores of `m` against `b`.
+    pub fn of(m: &CustomerMetrics, b: &RfmBoundaries) -> RfmScores {
+        let Some(last) = m.last_purchase() else {
+            return RfmScores::default();
+        };
+        let monetary = match (&b.monetary, m.purchase_value.get(&b.currency)) {
+            (Some(bounds), Some(value)) => score(*value, bounds),
+            _ => 0,
+        };
+        RfmScores {
+            recency: score(i128::from(last.as_microsecond()), &b.recency),
+            frequency: score(i128::from(m.purchases), &b.frequency),
+            monetary,
+        }
+    }
+}
+
 /// One organization's metrics of one customer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomerMetrics {
@@ -60,6 +121,8 @@ pub struct CustomerMetrics {
     pub spans: BTreeMap<InteractionType, Span>,
     /// Open cases on the customer the organization takes part in.
     pub open_cases: i64,
+    /// Against the organization's quintiles, once the hourly job has computed them.
+    pub rfm: Option<RfmScores>,
 }
 
 impl CustomerMetrics {
@@ -169,6 +232,55 @@ mod tests {
         assert!(!m.spans.contains_key(&Call));
         assert_eq!(m.open_cases, 2);
         assert_eq!(CustomerMetrics::from_totals([], 0).last_purchase(), None);
+    }
+
+    #[test]
+    fn quintiles_split_the_customers_in_fifths_and_scores_place_them() {
+        assert_eq!(quintiles(vec![]), None);
+        let b = quintiles((1..=10).rev().collect()).unwrap();
+        assert_eq!(b, [3, 5, 7, 9]);
+        let scores: Vec<u8> = (1..=10).map(|v| score(v, &b)).collect();
+        assert_eq!(scores, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
+        // Ties share a score; one customer alone is in the top fifth.
+        let same = quintiles(vec![4; 7]).unwrap();
+        assert_eq!(score(4, &same), 5);
+        assert_eq!(score(3, &same), 1);
+        assert_eq!(score(9, &quintiles(vec![9]).unwrap()), 5);
+    }
+
+    #[test]
+    fn rfm_scores_need_a_purchase_and_monetary_one_in_the_reporting_currency() {
+        use InteractionType::*;
+        let bounds = RfmBoundaries {
+            recency: [10, 20, 28, 30]
+                .map(|d| i128::from(at(&format!("2026-01-{d}T00:00:00Z")).as_microsecond())),
+            frequency: [1, 2, 4, 8],
+            monetary: Some([10, 100, 1_000, 10_000].map(|u| u * 1_000_000_000)),
+            currency: "EUR".into(),
+            customers: 100,
+            compute_time: at("2026-03-01T00:00:00Z"),
+        };
+        let mut t = total(Purchase, Some("EUR"), 3, 500_000_000_000);
+        t.last = at("2026-01-25T00:00:00Z");
+        let m = CustomerMetrics::from_totals([&t], 0);
+        assert_eq!(
+            RfmScores::of(&m, &bounds),
+            RfmScores {
+                recency: 3,
+                frequency: 3,
+                monetary: 3
+            }
+        );
+        // Dollars only: no monetary score.
+        let mut usd = t.clone();
+        usd.currency = Some("USD".into());
+        let m = CustomerMetrics::from_totals([&usd], 0);
+        assert_eq!(RfmScores::of(&m, &bounds).monetary, 0);
+        assert_eq!(RfmScores::of(&m, &bounds).frequency, 3);
+        // No purchase: no scores at all.
+        let call = total(Call, None, 9, 0);
+        let m = CustomerMetrics::from_totals([&call], 0);
+        assert_eq!(RfmScores::of(&m, &bounds), RfmScores::default());
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct Organization {
     pub display_name: DisplayName,
     pub kind: OrganizationKind,
     pub state: OrganizationState,
+    /// ISO 4217 code RFM monetary scores are computed in; empty for none.
+    pub reporting_currency: String,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     /// Increases by one on every change; the etag is derived from it.
@@ -138,6 +140,7 @@ mod tests {
             display_name: DisplayName::parse("Acme").unwrap(),
             kind: OrganizationKind::Vendor,
             state: OrganizationState::Active,
+            reporting_currency: String::new(),
             create_time: Timestamp::UNIX_EPOCH,
             update_time: Timestamp::UNIX_EPOCH,
             revision: 1,

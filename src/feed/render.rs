@@ -202,6 +202,11 @@ pub fn metrics_to_pb(m: &CustomerMetrics) -> pb::CustomerMetrics {
             })
             .collect(),
         open_cases: m.open_cases,
+        rfm: m.rfm.map(|s| pb::RfmScores {
+            recency: s.recency.into(),
+            frequency: s.frequency.into(),
+            monetary: s.monetary.into(),
+        }),
     }
 }
 

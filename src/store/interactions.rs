@@ -201,6 +201,24 @@ impl Store {
             let id = row.customer_id.clone();
             row.add_to(found.entry(id).or_default())?;
         }
+        // The quintiles of the organization whose view it is: the viewer's, or each
+        // record's owner's.
+        match viewer {
+            Some(v) => {
+                if let Some(b) = self.rfm_of(v).await? {
+                    for a in found.values_mut() {
+                        a.rfm = Some(b.clone());
+                    }
+                }
+            }
+            None => {
+                for (id, b) in self.owners_rfm(customer_ids).await? {
+                    if let Some(a) = found.get_mut(&id) {
+                        a.rfm = Some(b);
+                    }
+                }
+            }
+        }
         Ok(found)
     }
 

@@ -8,7 +8,7 @@ use sqlx::FromRow;
 use super::{Dialect, Store, Tx, corrupt, micros, placeholders, timestamp};
 use crate::domain::error::Result;
 use crate::domain::interaction::{Interaction, InteractionType};
-use crate::domain::metrics::{Total, scope_of};
+use crate::domain::metrics::{RfmBoundaries, Total, scope_of};
 
 #[derive(FromRow)]
 struct TotalRow {
@@ -246,5 +246,112 @@ impl Store {
             }
             tx.commit().await?;
         }
+    }
+}
+
+/// Quintile boundaries as stored (`rfm_boundaries.boundaries`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredBoundaries {
+    recency: [i128; 4],
+    frequency: [i128; 4],
+    monetary: Option<[i128; 4]>,
+}
+
+#[derive(FromRow)]
+struct BoundariesRow {
+    key: String,
+    currency: String,
+    boundaries: String,
+    customers: i64,
+    compute_time: i64,
+}
+
+impl BoundariesRow {
+    fn read(self) -> Result<(String, RfmBoundaries)> {
+        let b: StoredBoundaries = serde_json::from_str(&self.boundaries)
+            .map_err(|_| corrupt("rfm boundaries", &self.boundaries))?;
+        Ok((
+            self.key,
+            RfmBoundaries {
+                recency: b.recency,
+                frequency: b.frequency,
+                monetary: b.monetary,
+                currency: self.currency,
+                customers: self.customers,
+                compute_time: timestamp(self.compute_time)?,
+            },
+        ))
+    }
+}
+
+impl Store {
+    /// The RFM quintiles of the organization `org_id`, if the job has computed them.
+    pub async fn rfm_of(&self, org_id: &str) -> Result<Option<RfmBoundaries>> {
+        let row: Option<BoundariesRow> = sqlx::query_as(
+            "SELECT organization_id AS key, currency, boundaries, customers, compute_time \
+             FROM rfm_boundaries WHERE organization_id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(self.reader())
+        .await?;
+        Ok(row.map(BoundariesRow::read).transpose()?.map(|(_, b)| b))
+    }
+
+    /// The RFM quintiles of the owner of each of `customer_ids` that has them, by
+    /// customer id.
+    pub async fn owners_rfm(
+        &self,
+        customer_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, RfmBoundaries>> {
+        if customer_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = format!(
+            "SELECT c.id AS key, b.currency, b.boundaries, b.customers, b.compute_time \
+             FROM customers c JOIN rfm_boundaries b ON b.organization_id = c.owner_id \
+             WHERE c.id IN ({})",
+            placeholders(1, customer_ids.len())
+        );
+        let mut q = sqlx::query_as::<_, BoundariesRow>(&sql);
+        for id in customer_ids {
+            q = q.bind(*id);
+        }
+        q.fetch_all(self.reader())
+            .await?
+            .into_iter()
+            .map(BoundariesRow::read)
+            .collect()
+    }
+}
+
+impl Tx {
+    /// Stores organization `org_id`'s RFM quintiles (`None`: it has none, as no
+    /// customer it sees bought).
+    pub async fn save_rfm(&mut self, org_id: &str, b: Option<&RfmBoundaries>) -> Result<()> {
+        sqlx::query("DELETE FROM rfm_boundaries WHERE organization_id = $1")
+            .bind(org_id)
+            .execute(self.conn())
+            .await?;
+        let Some(b) = b else {
+            return Ok(());
+        };
+        let stored = serde_json::to_string(&StoredBoundaries {
+            recency: b.recency,
+            frequency: b.frequency,
+            monetary: b.monetary,
+        })
+        .map_err(|e| crate::domain::error::Error::Internal(e.into()))?;
+        sqlx::query(
+            "INSERT INTO rfm_boundaries (organization_id, currency, boundaries, customers, \
+             compute_time) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(org_id)
+        .bind(&b.currency)
+        .bind(stored)
+        .bind(b.customers)
+        .bind(micros(b.compute_time))
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 }

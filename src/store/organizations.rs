@@ -7,8 +7,8 @@ use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
 use crate::domain::error::{Error, Result};
 use crate::domain::{DisplayName, OrgRef, Organization, OrganizationKind, OrganizationState, Slug};
 
-const COLUMNS: &str =
-    "id, slug, display_name, kind, state, suspend_reason, create_time, update_time, revision";
+const COLUMNS: &str = "id, slug, display_name, kind, state, suspend_reason, reporting_currency, create_time, \
+     update_time, revision";
 
 #[derive(FromRow)]
 struct OrganizationRow {
@@ -18,6 +18,7 @@ struct OrganizationRow {
     kind: String,
     state: String,
     suspend_reason: Option<String>,
+    reporting_currency: String,
     create_time: i64,
     update_time: i64,
     revision: i64,
@@ -41,6 +42,7 @@ impl TryFrom<OrganizationRow> for Organization {
             kind: OrganizationKind::parse(&row.kind)
                 .map_err(|_| corrupt("organization kind", &row.kind))?,
             state,
+            reporting_currency: row.reporting_currency,
             create_time: timestamp(row.create_time)?,
             update_time: timestamp(row.update_time)?,
             revision: row.revision,
@@ -111,7 +113,8 @@ impl Tx {
         let (state, reason) = state_columns(&org.state);
         let result = sqlx::query(
             "INSERT INTO organizations (id, slug, display_name, kind, state, suspend_reason, \
-             create_time, update_time, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             create_time, update_time, revision, reporting_currency) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&org.id)
         .bind(org.slug.as_str())
@@ -122,6 +125,7 @@ impl Tx {
         .bind(micros(org.create_time))
         .bind(micros(org.update_time))
         .bind(org.revision)
+        .bind(&org.reporting_currency)
         .execute(self.conn())
         .await;
         match result {
@@ -143,7 +147,8 @@ impl Tx {
         let (state, reason) = state_columns(&org.state);
         let done = sqlx::query(
             "UPDATE organizations SET display_name = $1, kind = $2, state = $3, suspend_reason = $4, \
-             update_time = $5, revision = revision + 1 WHERE id = $6 AND revision = $7",
+             update_time = $5, revision = revision + 1, reporting_currency = $8 \
+             WHERE id = $6 AND revision = $7",
         )
         .bind(org.display_name.as_str())
         .bind(org.kind.as_str())
@@ -152,6 +157,7 @@ impl Tx {
         .bind(micros(org.update_time))
         .bind(&org.id)
         .bind(org.revision)
+        .bind(&org.reporting_currency)
         .execute(self.conn())
         .await?;
         if done.rows_affected() == 1 {

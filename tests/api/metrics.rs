@@ -7,11 +7,13 @@ use liaison::pb;
 use tonic::Code;
 
 use crate::customers::{create, person};
-use crate::helpers::{Backend, Org, TestApp, spawn_app, tamper, violated_fields};
+use crate::helpers::{Backend, Org, TestApp, spawn_app, spawn_app_with, tamper, violated_fields};
 use crate::rules::{count, create_segment};
 use crate::sharing::grant;
+use crate::webhooks::eventually;
 
 crate::on_both_backends!(
+    rfm_scores_rank_each_organizations_buyers_in_fifths_of_its_own,
     each_organization_counts_what_it_sees_and_the_owners_metrics_need_a_grant,
     metrics_filter_and_segment_customers_and_follow_merges_and_erasure,
     the_repair_command_finds_and_mends_totals_that_drifted,
@@ -295,7 +297,11 @@ async fn metrics_filter_and_segment_customers_and_follow_merges_and_erasure(back
     for (org, filter, expected) in [
         (&owner, "purchase_value.EUR >= 150.25", vec![&ada.name]),
         (&owner, "purchase_value.EUR > 150.25", vec![]),
-        (&owner, "purchase_value.eur < 100", vec![&bob.name]),
+        (
+            &owner,
+            "purchase_value.eur < 100 AND purchase_count >= 1",
+            vec![&bob.name],
+        ),
         (&owner, "lifetime_value.EUR = 140.25", vec![&ada.name]),
         (&owner, "purchase_count >= 1", vec![&bob.name, &ada.name]),
         (&owner, "purchase_count = 3", vec![&ada.name]),
@@ -342,6 +348,33 @@ async fn metrics_filter_and_segment_customers_and_follow_merges_and_erasure(back
         assert_eq!(refused.code(), Code::InvalidArgument, "{bad}");
         assert_eq!(violated_fields(&refused), ["filter"], "{bad}");
     }
+
+    // Ordered by the caller's purchase count, a page at a time.
+    let cy = create(&app, &owner, person("Cy", "Young", "cy@example.com")).await;
+    let mut ordered = vec![];
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .customers(&owner.read_key)
+            .list_customers(pb::ListCustomersRequest {
+                order_by: "purchase_count desc".into(),
+                page_size: 1,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list by purchase count")
+            .into_inner();
+        ordered.extend(page.customers.into_iter().map(|c| c.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        ordered,
+        [ada.name.clone(), bob.name.clone(), cy.name.clone()]
+    );
 
     // A segment on metrics follows new interactions.
     let big = create_segment(&app, &owner, "Big spenders", "purchase_count >= 2")
@@ -461,4 +494,168 @@ async fn the_repair_command_finds_and_mends_totals_that_drifted(backend: Backend
         0
     );
     assert_eq!(read(&app, &owner, &ada.name).await.metrics, before);
+}
+
+async fn set_currency(
+    app: &TestApp,
+    key: &str,
+    org: &Org,
+    code: &str,
+) -> Result<pb::Organization, tonic::Status> {
+    app.admin(key)
+        .update_organization(pb::UpdateOrganizationRequest {
+            organization: Some(pb::Organization {
+                name: org.name.clone(),
+                reporting_currency: code.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["reporting_currency".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn rfm_scores_rank_each_organizations_buyers_in_fifths_of_its_own(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.customers.rfm_interval_secs = 1).await;
+    let owner = app.create_org("owner", pb::OrganizationKind::Vendor).await;
+    let partner = app
+        .create_org("partner", pb::OrganizationKind::Retailer)
+        .await;
+    app.partner(&owner, &partner).await;
+    // The organization sets its own reporting currency; nothing else of itself.
+    let set = set_currency(&app, &owner.admin_key, &owner, "eur")
+        .await
+        .unwrap();
+    assert_eq!(set.reporting_currency, "EUR");
+    let bad = set_currency(&app, &owner.admin_key, &owner, "EURO")
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad), ["organization.reporting_currency"]);
+    let theirs = set_currency(&app, &partner.admin_key, &owner, "USD").await;
+    assert_eq!(theirs.unwrap_err().code(), Code::PermissionDenied);
+    let renamed = app
+        .admin(&owner.admin_key)
+        .update_organization(pb::UpdateOrganizationRequest {
+            organization: Some(pb::Organization {
+                name: owner.name.clone(),
+                display_name: "Renamed".into(),
+                reporting_currency: "EUR".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into(), "reporting_currency".into()],
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(renamed.unwrap_err().code(), Code::PermissionDenied);
+
+    // Customer i buys i times, EUR 10·i each, the last on day 10·i; one more buys
+    // once in dollars; one never.
+    let mut buyers = vec![];
+    for i in 1..=10_i64 {
+        let c = create(
+            &app,
+            &owner,
+            person(&format!("Buyer{i}"), "Doe", &format!("b{i}@example.com")),
+        )
+        .await;
+        for k in 1..=i {
+            log(
+                &app,
+                &owner,
+                &c.name,
+                (Purchase, true),
+                Some(money("EUR", 10 * i, 0)),
+                10 * i - k + 1,
+            )
+            .await;
+        }
+        buyers.push(c);
+    }
+    let dollars = create(&app, &owner, person("Dollar", "Doe", "usd@example.com")).await;
+    log(
+        &app,
+        &owner,
+        &dollars.name,
+        (Purchase, true),
+        Some(money("USD", 99, 0)),
+        1,
+    )
+    .await;
+    let never = create(&app, &owner, person("Never", "Doe", "never@example.com")).await;
+    for c in [&buyers[0], &buyers[9]] {
+        grant(&app, &owner, &c.name, &partner, pb::AccessLevel::Read, &[])
+            .await
+            .unwrap();
+    }
+
+    // The job has computed the owner's quintiles over its 11 buyers.
+    eventually("the owner's RFM quintiles", async || {
+        rfm(&app, &owner, buyers[9].name.clone())
+            .await
+            .filter(|s| *s == (5, 5, 5))
+    })
+    .await;
+    assert_eq!(
+        rfm(&app, &owner, buyers[0].name.clone()).await,
+        Some((1, 1, 1))
+    );
+    assert_eq!(
+        rfm(&app, &owner, buyers[4].name.clone()).await,
+        Some((3, 3, 3))
+    );
+    assert_eq!(
+        rfm(&app, &owner, dollars.name.clone()).await,
+        Some((1, 1, 0)),
+        "no euros"
+    );
+    assert_eq!(
+        rfm(&app, &owner, never.name.clone()).await,
+        Some((0, 0, 0)),
+        "never bought"
+    );
+    // Scores filter lists (not segments).
+    let mut top = listed(&app, &owner, "rfm_frequency >= 5").await.unwrap();
+    top.sort();
+    let mut want: Vec<String> = buyers[7..].iter().map(|c| c.name.clone()).collect();
+    want.sort();
+    assert_eq!(top, want);
+    let mut lowest = listed(&app, &owner, "rfm_monetary = 1").await.unwrap();
+    lowest.sort();
+    let mut want: Vec<String> = buyers[..2].iter().map(|c| c.name.clone()).collect();
+    want.sort();
+    assert_eq!(lowest, want, "EUR 10 and 40, under the first boundary (90)");
+    let refused = create_segment(&app, &owner, "Champions", "rfm_recency >= 4").await;
+    assert_eq!(violated_fields(&refused.unwrap_err()), ["segment.filter"]);
+    for bad in ["rfm_recency >= 6", "rfm_recency >= 0", "rfm_loyalty = 3"] {
+        let refused = listed(&app, &owner, bad).await.expect_err(bad);
+        assert_eq!(violated_fields(&refused), ["filter"], "{bad}");
+    }
+
+    // The partner ranks the two customers it sees among themselves, without a
+    // reporting currency.
+    eventually("the partner's RFM quintiles", async || {
+        rfm(&app, &partner, buyers[9].name.clone())
+            .await
+            .filter(|s| *s == (5, 5, 0))
+    })
+    .await;
+    assert_eq!(
+        rfm(&app, &partner, buyers[0].name.clone()).await,
+        Some((3, 3, 0))
+    );
+}
+
+/// The RFM scores `org` reads on customer `name`.
+async fn rfm(app: &TestApp, org: &Org, name: String) -> Option<(i32, i32, i32)> {
+    read(app, org, &name)
+        .await
+        .metrics
+        .and_then(|m| m.rfm)
+        .map(|s| (s.recency, s.frequency, s.monetary))
 }

@@ -290,7 +290,7 @@ pub async fn log_interaction(ctx: &Ctx) -> anyhow::Result<Row> {
         let mut client = conns.interactions(w, &key);
         let n = w as u64 * 1_000_003 + i;
         let parent = names[n as usize % names.len()].clone();
-        let visibility = if n % 2 == 0 {
+        let visibility = if n.is_multiple_of(2) {
             pb::InteractionVisibility::Shared
         } else {
             pb::InteractionVisibility::Organization
@@ -308,7 +308,7 @@ pub async fn log_interaction(ctx: &Ctx) -> anyhow::Result<Row> {
                         summary: format!("Order {n}"),
                         visibility: visibility as i32,
                         amount: Some(pb::Money {
-                            currency_code: if n % 3 == 0 { "USD" } else { "EUR" }.into(),
+                            currency_code: if n.is_multiple_of(3) { "USD" } else { "EUR" }.into(),
                             units: (n % 500) as i64 + 1,
                             nanos: 250_000_000,
                         }),

@@ -22,6 +22,8 @@ pub enum OrderKey {
     Id,
     UpdateTime,
     DisplayName,
+    /// The viewer's purchase count (its metrics), then creation.
+    PurchaseCount,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +121,12 @@ impl CustomerOrder {
         match (self.key, branch) {
             (OrderKey::Id, _) => None,
             (OrderKey::UpdateTime, _) => Some("c.update_time".into()),
+            // The viewer's own metric, the same expression in every branch.
+            (OrderKey::PurchaseCount, _) => Some(format!(
+                "(SELECT COALESCE(SUM(t.count), 0) FROM interaction_totals t \
+                 WHERE t.customer_id = c.id AND t.type = 'purchase' AND t.scope IN ('{}', $1))",
+                crate::domain::metrics::SHARED
+            )),
             (OrderKey::DisplayName, Branch::Owned) => Some("c.sort_name".into()),
             // Every record this walk finds, the rule covers, and it shows the name.
             (OrderKey::DisplayName, Branch::Ruled { rule, .. })
@@ -157,10 +165,12 @@ impl CustomerOrder {
         }
     }
 
-    /// Where a page ends after `seen`, in values the viewer may read.
-    fn cursor(self, seen: &SeenCustomer, sort_name: &str) -> Cursor {
+    /// Where a page ends after `seen`, in values the viewer may read (`purchases`:
+    /// its purchase count, read for this order).
+    fn cursor(self, seen: &SeenCustomer, sort_name: &str, purchases: Option<i64>) -> Cursor {
         let value = match self.key {
             OrderKey::Id => SortValue::None,
+            OrderKey::PurchaseCount => SortValue::Int(purchases.unwrap_or_default()),
             OrderKey::UpdateTime => SortValue::Int(micros(seen.customer.update_time)),
             OrderKey::DisplayName => SortValue::Text(
                 if seen
@@ -295,6 +305,9 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
                 totals_seen(how)
             ));
         }
+        // Scores move with the hourly quintiles; read from the metrics in memory
+        // (`CustomerFilter::matches`), not narrowed here.
+        CustomerCondition::Rfm(..) => {}
         CustomerCondition::PurchaseCount(op, n) => {
             let symbol = match op {
                 Op::Eq => "=",
@@ -653,10 +666,20 @@ impl Store {
             self.with_owner_activity(rows.iter_mut().map(|(seen, _)| seen))
                 .await?;
         }
+        // A page by purchase count needs each row's, as the viewer counts them.
+        let purchases = if query.order.key == OrderKey::PurchaseCount {
+            let ids: Vec<&str> = rows.iter().map(|(s, _)| s.customer.id.as_str()).collect();
+            self.activities(&ids, Some(query.viewer_id)).await?
+        } else {
+            Default::default()
+        };
         let mut rows: Vec<(SeenCustomer, Cursor)> = rows
             .into_iter()
             .map(|(seen, sort_name)| {
-                let cursor = query.order.cursor(&seen, &sort_name);
+                let count = purchases
+                    .get(&seen.customer.id)
+                    .map(|a| a.metrics().purchases);
+                let cursor = query.order.cursor(&seen, &sort_name, count);
                 (seen, cursor)
             })
             .collect();
