@@ -248,7 +248,6 @@ pub async fn open(
     };
     let mut case = case;
     tx.create_case(&case, template).await?;
-    coverage_after(tx, &seen.customer, audience).await?;
     let mut entry = HistoryEntry::new(id, EventType::CaseOpened, Some(org.clone()), now);
     entry.to_state.clone_from(&case.state);
     tx.insert_case_history(&entry).await?;
@@ -264,6 +263,8 @@ pub async fn open(
     )
     .await?;
     settle_conflicts(tx, &mut case, template, conflicts, true, now).await?;
+    // After a first-come rejection, so partners are told of the case as it commits.
+    coverage_after(tx, &seen.customer, audience).await?;
     Ok(Seen {
         case,
         customer: Some(seen),
@@ -588,6 +589,11 @@ pub async fn add_participant(
     entry.body = role.to_owned();
     let audience = case_audience(tx, org, &case).await?;
     record_change(tx, &mut case, template, &entry, &[], now).await?;
+    // A judge joining an open case judges its conflicts from now on.
+    if template.conflict.as_ref().is_some_and(|r| r.judge == role) {
+        let conflicts = find_conflicts(tx, &mut case, template, now).await?;
+        settle_conflicts(tx, &mut case, template, conflicts, false, now).await?;
+    }
     case_coverage(tx, audience).await?;
     seen_in(tx, org, case).await
 }
@@ -626,6 +632,9 @@ pub async fn remove_participant(
         ));
     }
     case.participants.retain(|p| p.organization.id != gone.id);
+    // A judge that leaves no longer judges this case's conflicts.
+    tx.drop_conflicts_judged_by(&case.id, &gone.id).await?;
+    case.conflicts.retain(|k| k.judge_id != gone.id);
     let prefix = format!("{}/", names::organization(&gone.slug));
     case.escalation_contacts.retain(|m| !m.starts_with(&prefix));
     case.update_time = now;

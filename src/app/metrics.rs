@@ -106,9 +106,21 @@ async fn rfm_round(store: &Store, settings: &CustomerSettings, interval: Duratio
                 .rfm_of(&org.id)
                 .await?
                 .is_some_and(|b| now.duration_since(b.compute_time) < half);
-            if !fresh {
-                let found = compute_rfm(store, settings, org, now).await?;
-                tracing::debug!(organization = %org.slug, customers = found.map_or(0, |b| b.customers), "RFM quintiles computed");
+            if fresh {
+                continue;
+            }
+            // One organization's failure is logged; the others still get theirs.
+            match compute_rfm(store, settings, org, now).await {
+                Ok(found) => tracing::debug!(
+                    organization = %org.slug,
+                    customers = found.map_or(0, |b| b.customers),
+                    "RFM quintiles computed"
+                ),
+                Err(error) => tracing::warn!(
+                    organization = %org.slug,
+                    %error,
+                    "failed to compute RFM quintiles"
+                ),
             }
         }
         match page.next_after {

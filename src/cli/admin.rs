@@ -168,7 +168,7 @@ pub(super) async fn metrics(
             total(&d.recomputed)
         );
     }
-    if found.differences.len() < found.customers_differing as usize {
+    if found.differences.len() == crate::store::MAX_REPORTED {
         println!(
             "(the first {} differences only)",
             crate::store::MAX_REPORTED

@@ -406,11 +406,15 @@ pub struct FieldSet(u16);
 impl FieldSet {
     pub const ALL: Self = Self((1 << CustomerField::ALL.len()) - 1);
     pub const NONE: Self = Self(0);
+    /// Every field of the record itself: what an empty list shares. The owner's
+    /// metrics are shared only where named.
+    pub const PROFILE: Self = Self(Self::ALL.0 & !(1 << CustomerField::OwnerMetrics as u16));
 
-    /// Parses field names; an empty list means every field.
+    /// Parses field names; an empty list means every field of the record
+    /// ([`FieldSet::PROFILE`]: not the owner's metrics, which must be named).
     pub fn parse(names: &[String]) -> Result<Self, FieldViolation> {
         if names.is_empty() {
-            return Ok(Self::ALL);
+            return Ok(Self::PROFILE);
         }
         let mut set = Self::NONE;
         for name in names {
@@ -1047,7 +1051,9 @@ mod tests {
 
     #[test]
     fn field_sets_parse_and_round_trip() {
-        assert_eq!(FieldSet::parse(&[]).unwrap(), FieldSet::ALL);
+        assert_eq!(FieldSet::parse(&[]).unwrap(), FieldSet::PROFILE);
+        assert!(!FieldSet::PROFILE.contains(CustomerField::OwnerMetrics));
+        assert!(FieldSet::PROFILE.contains(CustomerField::Attributes));
         let set = FieldSet::parse(&["emails".into(), "display_name".into()]).unwrap();
         assert!(set.contains(CustomerField::Emails) && !set.contains(CustomerField::Phones));
         assert_eq!(set.to_csv(), "display_name,emails");

@@ -82,6 +82,9 @@ pub struct Money {
     pub nanos: i32,
 }
 
+/// The largest amount one interaction carries, in whole units either way.
+pub const MAX_UNITS: u64 = 1_000_000_000_000;
+
 impl Money {
     pub fn new(currency: &str, units: i64, nanos: i32) -> Result<Self, FieldViolation> {
         let currency = currency.trim().to_ascii_uppercase();
@@ -99,6 +102,13 @@ impl Money {
         }
         if (units > 0 && nanos < 0) || (units < 0 && nanos > 0) {
             return Err(FieldViolation::new("nanos", "must have the sign of units"));
+        }
+        // Sums of millions of amounts per customer stay exact in 64 bits.
+        if units.unsigned_abs() > MAX_UNITS {
+            return Err(FieldViolation::new(
+                "units",
+                "must be at most 1,000,000,000,000 either way",
+            ));
         }
         Ok(Self {
             currency,
@@ -164,6 +174,12 @@ mod tests {
         assert_eq!(Money::new("XYZ", 1, 0).unwrap_err().field, "currency_code");
         assert_eq!(Money::new("EUR", 1, -5).unwrap_err().field, "nanos");
         assert!(Money::new("EUR", -1, -5).is_ok());
+        assert!(Money::new("EUR", 1_000_000_000_000, 0).is_ok());
+        assert_eq!(
+            Money::new("EUR", -1_000_000_000_001, 0).unwrap_err().field,
+            "units"
+        );
+        assert_eq!(Money::new("EUR", i64::MIN, 0).unwrap_err().field, "units");
         assert!(Money::new("EUR", 0, 1_000_000_000).is_err());
         assert!(
             CURRENCIES.windows(2).all(|w| w[0] < w[1]),

@@ -509,8 +509,10 @@ pub fn grant_level_to_pb(level: AccessLevel) -> pb::AccessLevel {
     }
 }
 
+/// The fields a grant, rule or request shares, as written: empty for every field of
+/// the record (what an empty list reads as).
 pub fn field_names(fields: FieldSet) -> Vec<String> {
-    if fields == FieldSet::ALL {
+    if fields == FieldSet::PROFILE {
         vec![]
     } else {
         fields.iter().map(|f| f.as_str().to_owned()).collect()

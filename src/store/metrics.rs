@@ -328,11 +328,11 @@ impl Tx {
     /// Stores organization `org_id`'s RFM quintiles (`None`: it has none, as no
     /// customer it sees bought).
     pub async fn save_rfm(&mut self, org_id: &str, b: Option<&RfmBoundaries>) -> Result<()> {
-        sqlx::query("DELETE FROM rfm_boundaries WHERE organization_id = $1")
-            .bind(org_id)
-            .execute(self.conn())
-            .await?;
         let Some(b) = b else {
+            sqlx::query("DELETE FROM rfm_boundaries WHERE organization_id = $1")
+                .bind(org_id)
+                .execute(self.conn())
+                .await?;
             return Ok(());
         };
         let stored = serde_json::to_string(&StoredBoundaries {
@@ -343,7 +343,9 @@ impl Tx {
         .map_err(|e| crate::domain::error::Error::Internal(e.into()))?;
         sqlx::query(
             "INSERT INTO rfm_boundaries (organization_id, currency, boundaries, customers, \
-             compute_time) VALUES ($1, $2, $3, $4, $5)",
+             compute_time) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (organization_id) DO UPDATE \
+             SET currency = excluded.currency, boundaries = excluded.boundaries, \
+             customers = excluded.customers, compute_time = excluded.compute_time",
         )
         .bind(org_id)
         .bind(&b.currency)

@@ -313,6 +313,62 @@ async fn a_second_resellers_registration_is_flagged_to_the_vendor_alone(backend:
         third_seen.conflicting_cases,
         std::slice::from_ref(&first.name)
     );
+
+    // A registration the vendor joins later is weighed when it joins, and no longer
+    // once it leaves.
+    let quiet = open(
+        &app,
+        &p.alpha,
+        "deal_registration",
+        &p.customer.name,
+        &[(&p.alpha, "reseller")],
+        pb::CasePriority::Normal,
+        &[
+            ("product_line", "Storage"),
+            ("expected_close_date", "2027-03-31"),
+        ],
+    )
+    .await
+    .expect("a registration without the vendor");
+    let loud = register(&app, &p, &p.beta, &p.vendor, "Storage").await;
+    assert!(
+        seen_by(&app, &p.vendor, &loud.name)
+            .await
+            .conflicting_cases
+            .is_empty()
+    );
+    let before = conflicts(&feed(&app, &p.vendor.read_key).await).len();
+    app.cases(&p.alpha.admin_key)
+        .add_case_participant(pb::AddCaseParticipantRequest {
+            name: quiet.name.clone(),
+            participant: Some(pb::CaseParticipant {
+                organization: p.vendor.name.clone(),
+                role: "vendor".into(),
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("add the vendor");
+    let vendor_feed = feed(&app, &p.vendor.read_key).await;
+    assert_eq!(conflicts(&vendor_feed).len(), before + 1);
+    assert_eq!(
+        seen_by(&app, &p.vendor, &loud.name).await.conflicting_cases,
+        std::slice::from_ref(&quiet.name)
+    );
+    app.cases(&p.alpha.admin_key)
+        .remove_case_participant(pb::RemoveCaseParticipantRequest {
+            name: quiet.name.clone(),
+            organization: p.vendor.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("remove the vendor");
+    assert!(
+        seen_by(&app, &p.vendor, &loud.name)
+            .await
+            .conflicting_cases
+            .is_empty()
+    );
 }
 
 /// Two resellers registering the same deal at the same moment: the customer's lock

@@ -412,6 +412,20 @@ impl Tx {
         assemble(self.conn(), rows).await
     }
 
+    /// Forgets the conflicts of case `case_id` that organization `judge_id` judged
+    /// (it left the case), both ways.
+    pub async fn drop_conflicts_judged_by(&mut self, case_id: &str, judge_id: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM case_conflicts WHERE judge_id = $2 \
+             AND (case_id = $1 OR other_case_id = $1)",
+        )
+        .bind(case_id)
+        .bind(judge_id)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
     /// Records that cases `a` and `b` conflict, judged by `judge_id`, both ways.
     pub async fn insert_conflict(
         &mut self,
