@@ -423,18 +423,8 @@ fn amount(raw: &str) -> Option<i128> {
     Some(if negative { -value } else { value })
 }
 
-fn compare_count(op: Op, left: i64, right: i64) -> bool {
-    match op {
-        Op::Eq => left == right,
-        Op::Lt => left < right,
-        Op::Le => left <= right,
-        Op::Gt => left > right,
-        Op::Ge => left >= right,
-        Op::Ne | Op::Has => false,
-    }
-}
-
-fn compare_amount(op: Op, left: i128, right: i128) -> bool {
+/// A count or amount comparison (`=` and the orderings).
+fn compare_number<T: Ord>(op: Op, left: T, right: T) -> bool {
     match op {
         Op::Eq => left == right,
         Op::Lt => left < right,
@@ -821,19 +811,19 @@ impl CustomerFilter {
                 .is_some_and(|first| compare(*op, first, t.at(facts.now))),
             CustomerCondition::OpenCases(op, n) => facts
                 .activity
-                .is_some_and(|a| compare_count(*op, a.open_cases, *n)),
+                .is_some_and(|a| compare_number(*op, a.open_cases, *n)),
             CustomerCondition::PurchaseCount(op, n) => facts
                 .activity
-                .is_some_and(|a| compare_count(*op, a.metrics().purchases, *n)),
+                .is_some_and(|a| compare_number(*op, a.metrics().purchases, *n)),
             CustomerCondition::Rfm(part, op, n) => facts.activity.is_some_and(|a| {
                 a.metrics()
                     .rfm
                     .map(|s| part.of(&s))
-                    .is_some_and(|score| score > 0 && compare_count(*op, score.into(), (*n).into()))
+                    .is_some_and(|score| score > 0 && compare_number(*op, score, *n))
             }),
             CustomerCondition::Value(kind, currency, op, n) => facts
                 .activity
-                .is_some_and(|a| compare_amount(*op, kind.of(&a.metrics(), currency), *n)),
+                .is_some_and(|a| compare_number(*op, kind.of(&a.metrics(), currency), *n)),
             CustomerCondition::Status(s) => facts
                 .activity
                 .is_some_and(|a| !a.status.is_empty() && a.status == *s),

@@ -259,12 +259,8 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
             q.push(&format!(" AND c.update_time {symbol} {a}"));
         }
         CustomerCondition::OpenCases(op, n) => {
-            let symbol = match op {
-                Op::Eq => "=",
-                other => match symbol(*other) {
-                    Some(s) => s,
-                    None => return,
-                },
+            let Some(symbol) = number_symbol(*op) else {
+                return;
             };
             let perspective = perspective_of(how);
             let a = q.arg(Bind::Int(*n));
@@ -309,12 +305,8 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
         // (`CustomerFilter::matches`), not narrowed here.
         CustomerCondition::Rfm(..) => {}
         CustomerCondition::PurchaseCount(op, n) => {
-            let symbol = match op {
-                Op::Eq => "=",
-                other => match symbol(*other) {
-                    Some(s) => s,
-                    None => return,
-                },
+            let Some(symbol) = number_symbol(*op) else {
+                return;
             };
             let a = q.arg(Bind::Int(*n));
             q.push(&format!(
@@ -324,12 +316,8 @@ fn narrow(q: &mut Query, condition: &CustomerCondition, secret: &MatchSecret, ho
             ));
         }
         CustomerCondition::Value(kind, currency, op, n) => {
-            let symbol = match op {
-                Op::Eq => "=",
-                other => match symbol(*other) {
-                    Some(s) => s,
-                    None => return,
-                },
+            let Some(symbol) = number_symbol(*op) else {
+                return;
             };
             let of_kind = match kind {
                 ValueKind::Purchase => " AND t.type = 'purchase'",
@@ -364,6 +352,14 @@ fn perspective_of<'a>(how: Narrowing<'a>) -> &'a str {
     match how {
         Narrowing::Record { perspective, .. } => perspective,
         Narrowing::Grant => "$1",
+    }
+}
+
+/// A count or amount comparison in SQL: `=` and the orderings.
+fn number_symbol(op: Op) -> Option<&'static str> {
+    match op {
+        Op::Eq => Some("="),
+        other => symbol(other),
     }
 }
 
