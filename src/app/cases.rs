@@ -271,9 +271,6 @@ pub async fn open(
     })
 }
 
-/// Most open cases of one template on one customer weighed for a conflict.
-const CONFLICT_SCAN: usize = 200;
-
 /// The open cases `case` conflicts with under its template's rule, each with the
 /// organizations judging; each conflict is recorded (and shown on both cases to their
 /// judges). Locks the customer first, so two registrations opened at once queue and
@@ -291,9 +288,22 @@ async fn find_conflicts(
         return Ok(vec![]);
     }
     tx.lock_customers(&[&case.customer_id]).await?;
-    let others = tx
-        .open_cases_on(&case.customer_id, &case.template, CONFLICT_SCAN)
-        .await?;
+    // Every open case of the template on the customer, by its fields first; only
+    // those with the same key are read whole.
+    let key = rule.key(&case.fields);
+    let same: Vec<String> = tx
+        .open_case_fields(&case.customer_id, &case.template)
+        .await?
+        .into_iter()
+        .filter(|(id, opened_by, fields)| {
+            *id != case.id
+                && *opened_by != case.opened_by.id
+                && key.is_some()
+                && rule.key(fields) == key
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    let others = tx.cases_with_ids(&same).await?;
     let mut found = vec![];
     for mut other in others {
         let judges = case.conflict_judges(rule, &other);

@@ -38,8 +38,38 @@ impl CaseTimers {
         Self { store, workflows }
     }
 
+    /// Gives the open cases of templates with an idle transition the timer they lack
+    /// (cases opened before the template had one), once at start.
+    async fn catch_up(&self) -> Result<()> {
+        for template in self.workflows.all() {
+            if !template
+                .transitions
+                .iter()
+                .any(|t| t.automatic_after_idle.is_some())
+            {
+                continue;
+            }
+            let mut tx = self.store.begin().await?;
+            let ids = tx
+                .open_cases_without_automatic_timer(&template.name)
+                .await?;
+            tx.commit().await?;
+            for id in ids {
+                let mut tx = self.store.begin().await?;
+                if let Some(case) = tx.case(&id).await? {
+                    tx.schedule_automatic(&case, template).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Fires due timers forever.
     pub async fn run(self) {
+        if let Err(error) = self.catch_up().await {
+            tracing::warn!(%error, "failed to schedule the idle timers of older cases");
+        }
         let store = &self.store;
         loop {
             let now = store.clock().now();

@@ -12,7 +12,9 @@ use crate::cases::{fire, open};
 use crate::customers::{create, person};
 use crate::email::member;
 use crate::events::{feed, types};
-use crate::helpers::{Backend, Org, TestApp, assert_error, spawn_app_with, violated_fields};
+use crate::helpers::{
+    Backend, Org, TestApp, assert_error, spawn_app_with, tamper, violated_fields,
+};
 use crate::sharing::grant;
 use crate::webhooks::{Receiver, create_endpoint, eventually, test_webhooks};
 
@@ -494,7 +496,26 @@ async fn a_registration_expires_after_ninety_days_without_a_change(backend: Back
     assert_eq!((now.state.as_str(), now.closed), ("expired", true));
 }
 
+/// A registration opened before its template expired idle deals has no such timer;
+/// the hub gives it one at start, counted from its last change.
+async fn an_older_registration_gets_its_idle_expiry_when_the_hub_starts(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let p = program(&app).await;
+    let deal = register(&app, &p, &p.alpha, &p.vendor, "Mainframes").await;
+    // Its only timers gone (the SLA timer's firing would reschedule it otherwise).
+    tamper(&app, "DELETE FROM case_timers").await;
+    // Down for 91 days: at start the hub sets the timer, which falls due at once.
+    let app = app.restart(SignedDuration::from_hours(91 * 24)).await;
+    let expired = eventually("the older deal expires", async || {
+        let now = seen_by(&app, &p.vendor, &deal.name).await;
+        (now.state == "expired").then_some(now)
+    })
+    .await;
+    assert!(expired.closed);
+}
+
 crate::on_both_backends!(
+    an_older_registration_gets_its_idle_expiry_when_the_hub_starts,
     a_second_resellers_registration_is_flagged_to_the_vendor_alone,
     registrations_opened_at_once_still_conflict_once,
     first_come_turns_the_later_registration_down_without_naming_the_first,

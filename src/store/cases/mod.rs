@@ -390,26 +390,80 @@ impl Tx {
         case_by_id(self.conn(), id, lock).await
     }
 
-    /// The open cases of `template` on customer `customer_id`, oldest first (at most
-    /// `limit`), for finding conflicts. The caller locks the customer first.
-    pub async fn open_cases_on(
+    /// Every open case of `template` on customer `customer_id`, oldest first, as its
+    /// id, opening organization and fields only: what finding conflicts weighs. The
+    /// caller locks the customer first.
+    pub async fn open_case_fields(
         &mut self,
         customer_id: &str,
         template: &str,
-        limit: usize,
-    ) -> Result<Vec<Case>> {
+    ) -> Result<Vec<(String, String, BTreeMap<String, String>)>> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT c.id, c.opened_by, c.fields FROM cases c \
+             WHERE c.customer_id = $1 AND c.template = $2 AND c.closed = 0 \
+             ORDER BY c.create_time, c.id",
+        )
+        .bind(customer_id)
+        .bind(template)
+        .fetch_all(self.conn())
+        .await?;
+        rows.into_iter()
+            .map(|(id, opened_by, fields)| {
+                let fields =
+                    serde_json::from_str(&fields).map_err(|_| corrupt("case fields", &fields))?;
+                Ok((id, opened_by, fields))
+            })
+            .collect()
+    }
+
+    /// The cases with `ids`, whole, in the order given (ones not found left out).
+    pub async fn cases_with_ids(&mut self, ids: &[String]) -> Result<Vec<Case>> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM cases c JOIN organizations o ON o.id = c.opened_by \
-             WHERE c.customer_id = $1 AND c.template = $2 AND c.closed = 0 \
-             ORDER BY c.create_time, c.id LIMIT $3"
+             WHERE c.id IN ({})",
+            super::placeholders(1, ids.len())
         );
-        let rows: Vec<CaseRow> = sqlx::query_as(&sql)
-            .bind(customer_id)
-            .bind(template)
-            .bind(limit as i64)
-            .fetch_all(self.conn())
+        let mut q = sqlx::query_as::<_, CaseRow>(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(self.conn()).await?;
+        let mut found = assemble(self.conn(), rows).await?;
+        found.sort_by_key(|c| ids.iter().position(|i| *i == c.id));
+        Ok(found)
+    }
+
+    /// The open cases of `template` without an automatic timer: those opened before
+    /// the template gained a transition the hub fires when idle.
+    pub async fn open_cases_without_automatic_timer(
+        &mut self,
+        template: &str,
+    ) -> Result<Vec<String>> {
+        let ids = sqlx::query_scalar(
+            "SELECT c.id FROM cases c WHERE c.template = $1 AND c.closed = 0 \
+             AND NOT EXISTS (SELECT 1 FROM case_timers t WHERE t.case_id = c.id \
+             AND t.kind = 'automatic')",
+        )
+        .bind(template)
+        .fetch_all(self.conn())
+        .await?;
+        Ok(ids)
+    }
+
+    /// Sets the automatic timers `c` needs now under `template` (no other kind).
+    pub async fn schedule_automatic(&mut self, c: &Case, template: &Template) -> Result<()> {
+        let (timers, _) = schedule(c, template);
+        let automatic: Vec<Timer> = timers
+            .into_iter()
+            .filter(|t| t.kind == TimerKind::Automatic)
+            .collect();
+        self.replace_timers(&c.id, &[TimerKind::Automatic], &automatic)
             .await?;
-        assemble(self.conn(), rows).await
+        self.wake_timers();
+        Ok(())
     }
 
     /// Forgets the conflicts of case `case_id` that organization `judge_id` judged
