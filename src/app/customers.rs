@@ -20,7 +20,7 @@ use crate::domain::customer::{Customer, CustomerField, CustomerKind, FieldChange
 use crate::domain::customer::{Profile, RecordState};
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::event::EventType;
-use crate::domain::filter::{CustomerCondition, CustomerFacts, CustomerFilter};
+use crate::domain::filter::{Activity, CustomerCondition, CustomerFacts, CustomerFilter};
 use crate::domain::ids::CustomerId;
 use crate::domain::match_key::MatchSecret;
 use crate::domain::metrics::CustomerMetrics;
@@ -887,6 +887,21 @@ pub async fn list(
     caller: &Caller,
     l: Listing<'_>,
 ) -> Result<Page<(SeenCustomer, Access)>> {
+    let page = list_with_activity(store, settings, caller, l).await?;
+    Ok(Page {
+        items: page.items.into_iter().map(|(s, a, _)| (s, a)).collect(),
+        next_after: page.next_after,
+    })
+}
+
+/// [`list`], each customer with what the caller knows of it beyond the record where
+/// the filter needed it read ([`CustomerFilter::needs_activity`]).
+pub async fn list_with_activity(
+    store: &Store,
+    settings: &CustomerSettings,
+    caller: &Caller,
+    l: Listing<'_>,
+) -> Result<Page<(SeenCustomer, Access, Option<Activity>)>> {
     let org = caller.organization()?;
     let Some(reach) = reach_of(l.filter, org) else {
         return Ok(Page {
@@ -938,7 +953,7 @@ pub async fn list(
             now,
         };
         if l.filter.matches(&facts) {
-            customers.push((seen, access));
+            customers.push((seen, access, activity));
         }
     }
     Ok(Page {

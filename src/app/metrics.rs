@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::customers::{CustomerSettings, Listing, list};
+use super::customers::{CustomerSettings, Listing, list_with_activity};
 use crate::domain::caller::Caller;
 use crate::domain::error::Result;
 use crate::domain::filter::{CustomerCondition, CustomerFilter, Op};
@@ -37,20 +37,16 @@ pub async fn compute_rfm(
     let (mut recency, mut frequency, mut monetary) = (vec![], vec![], vec![]);
     let mut after: Option<String> = None;
     loop {
-        let page = list(
+        // The filter on purchases reads each customer's facts as `org` knows them;
+        // the metrics come from the same read.
+        let page = list_with_activity(
             store,
             settings,
             &caller,
             Listing::by_creation(&bought, after.as_deref(), RFM_PAGE),
         )
         .await?;
-        let ids: Vec<&str> = page
-            .items
-            .iter()
-            .map(|(s, _)| s.customer.id.as_str())
-            .collect();
-        let facts = store.activities(&ids, Some(&org.id)).await?;
-        for a in facts.values() {
+        for a in page.items.iter().filter_map(|(_, _, a)| a.as_ref()) {
             let m = a.metrics();
             let Some(last) = m.last_purchase() else {
                 continue;

@@ -6,6 +6,7 @@ use jiff::Timestamp;
 use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
+use super::metrics::boundaries;
 use super::{Page, Store, Tx, corrupt, micros, placeholders, timestamp};
 use crate::domain::error::{Error, Result};
 use crate::domain::filter::Activity;
@@ -133,7 +134,10 @@ fn facts_sql(org: &str, customers: &str) -> String {
          UNION ALL SELECT o.customer_id, 'overlay', o.account_number, {zero}, o.status, {zero}, \
          {zero}, {zero}, {zero} \
          FROM customer_overlays o JOIN customers c ON c.id = o.customer_id \
-         WHERE o.customer_id IN ({customers}) AND o.org_id = {org}) f"
+         WHERE o.customer_id IN ({customers}) AND o.org_id = {org} \
+         UNION ALL SELECT c.id, 'rfm', b.currency, b.customers, b.boundaries, {zero}, {zero}, \
+         b.compute_time, {zero} FROM customers c \
+         JOIN rfm_boundaries b ON b.organization_id = {org} WHERE c.id IN ({customers})) f"
     )
 }
 
@@ -166,6 +170,7 @@ impl FactRow {
                 });
             }
             "cases" => a.open_cases = self.n,
+            "rfm" => a.rfm = Some(boundaries(self.name, &self.s, self.n, self.a)?),
             _ => {
                 a.status = self.s;
                 a.account_number = self.name;
@@ -200,24 +205,6 @@ impl Store {
         for row in q.fetch_all(self.reader()).await? {
             let id = row.customer_id.clone();
             row.add_to(found.entry(id).or_default())?;
-        }
-        // The quintiles of the organization whose view it is: the viewer's, or each
-        // record's owner's.
-        match viewer {
-            Some(v) => {
-                if let Some(b) = self.rfm_of(v).await? {
-                    for a in found.values_mut() {
-                        a.rfm = Some(b.clone());
-                    }
-                }
-            }
-            None => {
-                for (id, b) in self.owners_rfm(customer_ids).await? {
-                    if let Some(a) = found.get_mut(&id) {
-                        a.rfm = Some(b);
-                    }
-                }
-            }
         }
         Ok(found)
     }

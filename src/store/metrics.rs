@@ -60,12 +60,19 @@ fn add_on_conflict(dialect: Dialect) -> String {
 const TOTAL_COLUMNS: &str = "t.customer_id, t.scope, t.type, t.currency, t.count, t.units, \
      t.nanos, t.first_time, t.last_time";
 
-/// The totals the interactions give, as [`TOTAL_COLUMNS`] of a table `t`.
-const RECOMPUTED: &str = "SELECT customer_id, CASE WHEN visibility = 'shared' THEN '' \
-     ELSE org_id END AS scope, type, COALESCE(currency, '') AS currency, COUNT(*) AS count, \
-     CAST(COALESCE(SUM(amount_units), 0) AS BIGINT) AS units, \
-     CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) AS nanos, \
-     MIN(occur_time) AS first_time, MAX(occur_time) AS last_time FROM interactions";
+/// The totals the interactions of the customers `list` (placeholders) give, in the
+/// columns of `interaction_totals`.
+fn recompute(list: &str) -> String {
+    let scope = "CASE WHEN visibility = 'shared' THEN '' ELSE org_id END";
+    format!(
+        "SELECT customer_id, {scope} AS scope, type, COALESCE(currency, '') AS currency, \
+         COUNT(*) AS count, CAST(COALESCE(SUM(amount_units), 0) AS BIGINT) AS units, \
+         CAST(COALESCE(SUM(amount_nanos), 0) AS BIGINT) AS nanos, \
+         MIN(occur_time) AS first_time, MAX(occur_time) AS last_time FROM interactions \
+         WHERE customer_id IN ({list}) GROUP BY customer_id, {scope}, type, \
+         COALESCE(currency, '')"
+    )
+}
 
 /// Where one customer's stored totals and those its interactions give disagree:
 /// one row of either (`None` where the other side has none).
@@ -188,11 +195,7 @@ impl Store {
             let stored_sql = format!(
                 "SELECT {TOTAL_COLUMNS} FROM interaction_totals t WHERE t.customer_id IN ({list})"
             );
-            let recomputed_sql = format!(
-                "SELECT {TOTAL_COLUMNS} FROM ({RECOMPUTED} WHERE customer_id IN ({list}) \
-                 GROUP BY customer_id, CASE WHEN visibility = 'shared' THEN '' ELSE org_id END, \
-                 type, COALESCE(currency, '')) t"
-            );
+            let recomputed_sql = format!("SELECT {TOTAL_COLUMNS} FROM ({}) t", recompute(&list));
             let (mut stored_q, mut recomputed_q) = (
                 sqlx::query_as::<_, TotalRow>(&stored_sql),
                 sqlx::query_as::<_, TotalRow>(&recomputed_sql),
@@ -230,10 +233,8 @@ impl Store {
                     format!("DELETE FROM interaction_totals WHERE customer_id IN ({list})");
                 let insert_sql = format!(
                     "INSERT INTO interaction_totals (customer_id, scope, type, currency, count, \
-                     units, nanos, first_time, last_time) {RECOMPUTED} \
-                     WHERE customer_id IN ({list}) GROUP BY customer_id, \
-                     CASE WHEN visibility = 'shared' THEN '' ELSE org_id END, type, \
-                     COALESCE(currency, '')"
+                     units, nanos, first_time, last_time) {}",
+                    recompute(&list)
                 );
                 let mut d = sqlx::query(&delete_sql);
                 let mut i = sqlx::query(&insert_sql);
@@ -257,70 +258,38 @@ struct StoredBoundaries {
     monetary: Option<[i128; 4]>,
 }
 
-#[derive(FromRow)]
-struct BoundariesRow {
-    key: String,
+/// Quintiles as stored: their currency, the JSON of the boundaries, how many
+/// customers and when.
+pub(super) fn boundaries(
     currency: String,
-    boundaries: String,
+    json: &str,
     customers: i64,
     compute_time: i64,
-}
-
-impl BoundariesRow {
-    fn read(self) -> Result<(String, RfmBoundaries)> {
-        let b: StoredBoundaries = serde_json::from_str(&self.boundaries)
-            .map_err(|_| corrupt("rfm boundaries", &self.boundaries))?;
-        Ok((
-            self.key,
-            RfmBoundaries {
-                recency: b.recency,
-                frequency: b.frequency,
-                monetary: b.monetary,
-                currency: self.currency,
-                customers: self.customers,
-                compute_time: timestamp(self.compute_time)?,
-            },
-        ))
-    }
+) -> Result<RfmBoundaries> {
+    let b: StoredBoundaries =
+        serde_json::from_str(json).map_err(|_| corrupt("rfm boundaries", json))?;
+    Ok(RfmBoundaries {
+        recency: b.recency,
+        frequency: b.frequency,
+        monetary: b.monetary,
+        currency,
+        customers,
+        compute_time: timestamp(compute_time)?,
+    })
 }
 
 impl Store {
     /// The RFM quintiles of the organization `org_id`, if the job has computed them.
     pub async fn rfm_of(&self, org_id: &str) -> Result<Option<RfmBoundaries>> {
-        let row: Option<BoundariesRow> = sqlx::query_as(
-            "SELECT organization_id AS key, currency, boundaries, customers, compute_time \
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT currency, boundaries, customers, compute_time \
              FROM rfm_boundaries WHERE organization_id = $1",
         )
         .bind(org_id)
         .fetch_optional(self.reader())
         .await?;
-        Ok(row.map(BoundariesRow::read).transpose()?.map(|(_, b)| b))
-    }
-
-    /// The RFM quintiles of the owner of each of `customer_ids` that has them, by
-    /// customer id.
-    pub async fn owners_rfm(
-        &self,
-        customer_ids: &[&str],
-    ) -> Result<std::collections::HashMap<String, RfmBoundaries>> {
-        if customer_ids.is_empty() {
-            return Ok(Default::default());
-        }
-        let sql = format!(
-            "SELECT c.id AS key, b.currency, b.boundaries, b.customers, b.compute_time \
-             FROM customers c JOIN rfm_boundaries b ON b.organization_id = c.owner_id \
-             WHERE c.id IN ({})",
-            placeholders(1, customer_ids.len())
-        );
-        let mut q = sqlx::query_as::<_, BoundariesRow>(&sql);
-        for id in customer_ids {
-            q = q.bind(*id);
-        }
-        q.fetch_all(self.reader())
-            .await?
-            .into_iter()
-            .map(BoundariesRow::read)
-            .collect()
+        row.map(|(currency, json, customers, at)| boundaries(currency, &json, customers, at))
+            .transpose()
     }
 }
 

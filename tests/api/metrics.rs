@@ -106,53 +106,24 @@ use pb::InteractionType::{Call, Complaint, Meeting, Purchase};
 /// The owner logs shared and private purchases in two currencies, a credit on a
 /// complaint and a private call; the partner a private purchase and a shared meeting.
 async fn history(app: &TestApp, owner: &Org, partner: &Org, customer: &str) {
-    log(
-        app,
-        owner,
-        customer,
-        (Purchase, true),
-        Some(money("EUR", 100, 0)),
-        10,
-    )
-    .await;
-    log(
-        app,
-        owner,
-        customer,
-        (Purchase, false),
-        Some(money("EUR", 50, 250_000_000)),
-        20,
-    )
-    .await;
-    log(
-        app,
-        owner,
-        customer,
-        (Purchase, true),
-        Some(money("usd", 20, 0)),
-        30,
-    )
-    .await;
-    log(
-        app,
-        owner,
-        customer,
-        (Complaint, true),
-        Some(money("EUR", -10, 0)),
-        40,
-    )
-    .await;
-    log(app, owner, customer, (Call, false), None, 5).await;
-    log(
-        app,
-        partner,
-        customer,
-        (Purchase, false),
-        Some(money("EUR", 30, 0)),
-        50,
-    )
-    .await;
-    log(app, partner, customer, (Meeting, true), None, 60).await;
+    let steps = [
+        (owner, Purchase, true, Some(money("EUR", 100, 0)), 10),
+        (
+            owner,
+            Purchase,
+            false,
+            Some(money("EUR", 50, 250_000_000)),
+            20,
+        ),
+        (owner, Purchase, true, Some(money("usd", 20, 0)), 30),
+        (owner, Complaint, true, Some(money("EUR", -10, 0)), 40),
+        (owner, Call, false, None, 5),
+        (partner, Purchase, false, Some(money("EUR", 30, 0)), 50),
+        (partner, Meeting, true, None, 60),
+    ];
+    for (org, kind, shared, amount, on) in steps {
+        log(app, org, customer, (kind, shared), amount, on).await;
+    }
 }
 
 async fn each_organization_counts_what_it_sees_and_the_owners_metrics_need_a_grant(
