@@ -288,6 +288,7 @@ impl Application {
 
         let retention = SignedDuration::from_hours(config.events.retention_days as i64 * 24);
         let rfm_interval = Duration::from_secs(config.customers.rfm_interval_secs);
+        let scorecard_interval = Duration::from_secs(config.scorecards.aggregate_interval_secs);
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         let grace_expired = async {
             stopping.notified().await;
@@ -310,6 +311,7 @@ impl Application {
                 () = hub.store.follow_credentials() => {}
                 () = crate::app::audit::run_checkpoints(hub.store.clone(), hub.audit.clone()) => {}
                 () = crate::app::metrics::run_rfm(hub.store.clone(), hub.customers.clone(), rfm_interval) => {}
+                () = crate::app::scorecards::run(hub.store.clone(), hub.workflows.clone(), scorecard_interval) => {}
                 () = crate::metrics::serve(metrics_listener, hub.store.clone()) => {}
                 () = crate::tls::reload_on_hangup(tls) => {}
             }

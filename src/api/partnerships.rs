@@ -2,12 +2,15 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::relationship_from_pb;
+use super::convert::{relationship_from_pb, update_paths};
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
 use crate::app::partnerships as app;
+use crate::app::scorecards::{self, Scorecard};
+use crate::domain::calendar::Zone;
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::names;
+use crate::domain::scorecard::{PartyFigures, Period, RELATIVE_ERROR, Sketch};
 use crate::domain::{PartnershipAction, Reason, Relationship, Scope, Slug};
 use crate::feed::render::partnership_to_pb;
 use crate::pb::{self, partnership_service_server::PartnershipService};
@@ -92,6 +95,100 @@ impl PartnershipApi {
         .await?;
         tracing::info!(partnership = %response.name, action = action.as_str(), "partnership changed");
         Ok(response)
+    }
+}
+
+fn period_from_pb(raw: i32) -> std::result::Result<Period, String> {
+    use pb::ScorecardPeriod as P;
+    match P::try_from(raw) {
+        Ok(P::Day) => Ok(Period::Day),
+        Ok(P::Week) => Ok(Period::Week),
+        Ok(P::Month) => Ok(Period::Month),
+        Ok(P::Quarter) => Ok(Period::Quarter),
+        Ok(P::Unspecified) => Err("is required: DAY, WEEK, MONTH or QUARTER".into()),
+        Err(_) => Err(format!("{raw} is not a known period")),
+    }
+}
+
+fn period_to_pb(p: Period) -> pb::ScorecardPeriod {
+    match p {
+        Period::Day => pb::ScorecardPeriod::Day,
+        Period::Week => pb::ScorecardPeriod::Week,
+        Period::Month => pb::ScorecardPeriod::Month,
+        Period::Quarter => pb::ScorecardPeriod::Quarter,
+    }
+}
+
+fn duration(seconds: f64) -> prost_types::Duration {
+    let micros = (seconds * 1e6).round() as i64;
+    prost_types::Duration {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn summary(s: &Sketch) -> pb::DurationSummary {
+    pb::DurationSummary {
+        count: s.count() as i64,
+        median: s.quantile(0.5).map(duration),
+        p90: s.quantile(0.9).map(duration),
+        p95: s.quantile(0.95).map(duration),
+    }
+}
+
+fn party_to_pb(organization: String, f: &PartyFigures) -> pb::PartyScorecard {
+    pb::PartyScorecard {
+        organization,
+        cases_received: f.cases_received,
+        cases_resolved: f.cases_resolved,
+        first_response: Some(summary(&f.first_response)),
+        resolution: Some(summary(&f.resolution)),
+        sla_clocks: f
+            .sla_clocks
+            .iter()
+            .map(|(policy, c)| pb::SlaClockFigures {
+                policy: policy.clone(),
+                met: c.met,
+                breached: c.breached,
+            })
+            .collect(),
+        tasks_overdue: f.tasks_overdue,
+        interactions_logged: f.interactions_logged,
+        customers_shared: f.customers_shared,
+        access_requests_answered: f.access_requests_answered,
+        time_to_answer: Some(summary(&f.time_to_answer)),
+        webhook_attempts: f.webhook_attempts,
+        webhook_succeeded: f.webhook_succeeded,
+        webhook_success_rate: f.webhook_success_rate().unwrap_or(0.0),
+        webhook_latency: Some(summary(&f.webhook_latency)),
+        deals_submitted: f.deals.submitted,
+        deals_approved: f.deals.approved,
+        deals_won: f.deals.won,
+        deals_lost: f.deals.lost,
+    }
+}
+
+/// A scorecard as both of its sides see it.
+pub fn scorecard_to_pb(s: &Scorecard) -> pb::PartnershipScorecard {
+    let p = &s.partnership;
+    let parties = [&p.proposer, &p.recipient]
+        .into_iter()
+        .map(|org| {
+            let f = s.figures.parties.get(&org.id).cloned().unwrap_or_default();
+            party_to_pb(names::organization(&org.slug), &f)
+        })
+        .collect();
+    pb::PartnershipScorecard {
+        partnership: names::partnership(&p.id),
+        period: period_to_pb(s.period) as i32,
+        first_date: s.first.to_string(),
+        last_date: s.last.to_string(),
+        time_zone: p.reporting_time_zone.name.clone(),
+        start_time: crate::feed::render::timestamp(s.start),
+        end_time: crate::feed::render::timestamp(s.end),
+        closed: s.closed,
+        parties,
+        relative_error: RELATIVE_ERROR,
     }
 }
 
@@ -222,5 +319,76 @@ impl PartnershipService for PartnershipApi {
             .transition(&caller, PartnershipAction::End, t, &r.reason, &r)
             .await?;
         Ok(Response::new(response))
+    }
+
+    async fn update_partnership(
+        &self,
+        request: Request<pb::UpdatePartnershipRequest>,
+    ) -> Result<Response<pb::Partnership>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Admin)?;
+        caller.organization()?;
+        let r = request.into_inner();
+        let input = r.partnership.clone().unwrap_or_default();
+        let id = names::parse_partnership(&input.name).map_err(|v| v.under("partnership.name"))?;
+        let populated: Vec<&str> = [("reporting_time_zone", !input.reporting_time_zone.is_empty())]
+            .into_iter()
+            .filter_map(|(f, set)| set.then_some(f))
+            .collect();
+        update_paths(r.update_mask.as_ref(), &["reporting_time_zone"], &populated)?;
+        let zone = Zone::parse(&input.reporting_time_zone)
+            .map_err(|m| Error::invalid("partnership.reporting_time_zone", m))?;
+        let target = (&id, input.name.as_str(), input.etag.as_str());
+        let response = idempotent(&self.hub, &caller, &r, async |tx| {
+            let p = app::update(tx, &caller, target, zone).await?;
+            Ok(partnership_to_pb(&p))
+        })
+        .await?;
+        tracing::info!(partnership = %response.name, time_zone = %response.reporting_time_zone, "partnership updated");
+        Ok(Response::new(response))
+    }
+
+    async fn get_partnership_scorecard(
+        &self,
+        request: Request<pb::GetPartnershipScorecardRequest>,
+    ) -> Result<Response<pb::PartnershipScorecard>, Status> {
+        let caller = caller_of(&request)?;
+        caller.require(Scope::Read)?;
+        caller.organization()?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let id = v.check("name", names::parse_partnership(&r.name));
+        let period = match period_from_pb(r.period) {
+            Ok(p) => Some(p),
+            Err(m) => {
+                v.add("period", m);
+                None
+            }
+        };
+        let date = if r.date.is_empty() {
+            None
+        } else {
+            match r.date.parse::<jiff::civil::Date>() {
+                Ok(d) => Some(d),
+                Err(_) => {
+                    v.add("date", "must be a date such as 2026-12-03");
+                    None
+                }
+            }
+        };
+        let (Some(id), Some(period)) = (id, period) else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        let s = scorecards::scorecard(
+            &self.hub.store,
+            &self.hub.workflows,
+            &caller,
+            (&id, &r.name),
+            period,
+            date,
+        )
+        .await?;
+        Ok(Response::new(scorecard_to_pb(&s)))
     }
 }

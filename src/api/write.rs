@@ -157,6 +157,7 @@ retryable!(
     UpdateMember: pb::UpdateMemberRequest,
     UpdateNotificationPreferences: pb::UpdateNotificationPreferencesRequest,
     UpdateOrganization: pb::UpdateOrganizationRequest,
+    UpdatePartnership: pb::UpdatePartnershipRequest,
     UpdateWebhookEndpoint: pb::UpdateWebhookEndpointRequest
 );
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod organizations;
 pub mod partnerships;
 pub mod rules;
+pub mod scorecards;
 pub mod sharing;
 pub mod webhooks;
 pub mod write;

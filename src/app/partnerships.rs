@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use super::check_etag;
+use crate::domain::calendar::Zone;
 use crate::domain::caller::Caller;
 use crate::domain::error::{Error, Result};
 use crate::domain::event::EventType;
@@ -49,6 +50,7 @@ pub async fn proposal(
         message,
         state: PartnershipState::Proposed,
         state_changed_by: proposer,
+        reporting_time_zone: Zone::default(),
         create_time: now,
         update_time: now,
         revision: 1,
@@ -119,5 +121,31 @@ pub async fn transition(
         let (a, b) = (&p.proposer.id, &p.recipient.id);
         super::mapping::end_with_partnership(tx, actor, (a, b)).await?;
     }
+    Ok(p)
+}
+
+/// Sets the reporting time zone of partnership `id` (named `name`, read at `etag`,
+/// which may be empty) by the caller's organization, and tells both parties.
+pub async fn update(
+    tx: &mut Tx,
+    caller: &Caller,
+    (id, name, etag): (&PartnershipId, &str, &str),
+    zone: Zone,
+) -> Result<Partnership> {
+    let actor = caller.organization()?;
+    let mut p = tx
+        .partnership(&actor.id, id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("partnership {name:?}")))?;
+    check_etag(etag, p.revision, name)?;
+    if p.reporting_time_zone == zone {
+        return Ok(p);
+    }
+    p.reporting_time_zone = zone;
+    p.update_time = now();
+    if !tx.update_partnership_settings(&mut p).await? {
+        return Err(Error::StaleEtag(name.to_owned()));
+    }
+    partnership_event(tx, EventType::PartnershipUpdated, &p);
     Ok(p)
 }

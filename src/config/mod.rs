@@ -30,6 +30,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub customers: CustomersConfig,
     pub mapping: MappingConfig,
+    pub scorecards: ScorecardsConfig,
     pub audit: AuditConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
@@ -51,6 +52,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             customers: CustomersConfig::default(),
             mapping: MappingConfig::default(),
+            scorecards: ScorecardsConfig::default(),
             audit: AuditConfig::default(),
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -311,6 +313,9 @@ impl Config {
         }
         if self.mapping.refresh_interval_secs > 30 * 24 * 3600 {
             bail!("mapping.refresh_interval_secs must be at most 30 days");
+        }
+        if !(1..=24 * 3600).contains(&self.scorecards.aggregate_interval_secs) {
+            bail!("scorecards.aggregate_interval_secs must be between 1 second and 1 day");
         }
         if !(1..=7 * 24 * 3600).contains(&self.customers.rfm_interval_secs) {
             bail!("customers.rfm_interval_secs must be between 1 second and 7 days");

@@ -260,6 +260,23 @@ impl Default for MappingConfig {
     }
 }
 
+/// Partner scorecards.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScorecardsConfig {
+    /// How often closed days are aggregated (a day is kept within this long of its
+    /// end; a scorecard read aggregates a closed day it finds missing).
+    pub aggregate_interval_secs: u64,
+}
+
+impl Default for ScorecardsConfig {
+    fn default() -> Self {
+        Self {
+            aggregate_interval_secs: 600,
+        }
+    }
+}
+
 /// The audit log's signed checkpoints.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -13,6 +13,37 @@ use jiff::{SignedDuration, Timestamp, ToSpan};
 /// on absurd targets.
 const MAX_DAYS: i64 = 366 * 10;
 
+/// An IANA time zone, with the name it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    pub name: String,
+    pub tz: TimeZone,
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Self {
+            name: "UTC".into(),
+            tz: TimeZone::UTC,
+        }
+    }
+}
+
+impl Zone {
+    /// A zone by its IANA name (`Europe/Berlin`, `UTC`); the message says what is wrong.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > 64 {
+            return Err("must be an IANA time zone such as \"Europe/Berlin\" or \"UTC\"".into());
+        }
+        let tz = TimeZone::get(raw)
+            .map_err(|_| format!("{raw:?} is not an IANA time zone (such as \"Europe/Berlin\")"))?;
+        Ok(Self {
+            name: raw.to_owned(),
+            tz,
+        })
+    }
+}
+
 /// Working hours: `open`..`close` local time on the working weekdays.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calendar {

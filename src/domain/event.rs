@@ -67,6 +67,7 @@ event_types! {
     PartnershipSuspended => "partnership.suspended",
     PartnershipResumed => "partnership.resumed",
     PartnershipEnded => "partnership.ended",
+    PartnershipUpdated => "partnership.updated",
     MemberCreated => "member.created",
     MemberUpdated => "member.updated",
     MemberDeleted => "member.deleted",

@@ -21,6 +21,7 @@ pub mod names;
 pub mod notify;
 pub mod organization;
 pub mod partnership;
+pub mod scorecard;
 pub mod text;
 pub mod visibility;
 pub mod webhook;

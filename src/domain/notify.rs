@@ -91,6 +91,7 @@ impl Category {
             | PartnershipSuspended
             | PartnershipResumed
             | PartnershipEnded
+            | PartnershipUpdated
             | MemberCreated
             | MemberUpdated
             | MemberDeleted

@@ -10,6 +10,8 @@
 
 use jiff::Timestamp;
 
+use super::calendar::Zone;
+
 use super::{OrgRef, Reason};
 use crate::domain::error::Error;
 
@@ -111,6 +113,8 @@ pub struct Partnership {
     pub state: PartnershipState,
     /// The organization behind the last state change (the proposer while proposed).
     pub state_changed_by: OrgRef,
+    /// The zone whose days, weeks, months and quarters its scorecards count in.
+    pub reporting_time_zone: Zone,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     pub revision: i64,
@@ -214,6 +218,7 @@ mod tests {
             message: Reason::default(),
             state: PartnershipState::Proposed,
             state_changed_by: org("acme"),
+            reporting_time_zone: Zone::default(),
             create_time: Timestamp::UNIX_EPOCH,
             update_time: Timestamp::UNIX_EPOCH,
             revision: 1,

@@ -697,6 +697,7 @@ pub fn partnership_to_pb(p: &Partnership) -> pb::Partnership {
         create_time: timestamp(p.create_time),
         update_time: timestamp(p.update_time),
         etag: etag(p.revision),
+        reporting_time_zone: p.reporting_time_zone.name.clone(),
     }
 }
 

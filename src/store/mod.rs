@@ -35,6 +35,7 @@ mod presets;
 mod pulse;
 mod reads;
 mod rules;
+mod scorecards;
 mod sharing;
 mod webhooks;
 
@@ -66,6 +67,7 @@ pub use presets::FieldPreset;
 pub use pulse::{Looks, Worker};
 pub(crate) use rules::stored_filter;
 pub use rules::{RuleSegment, RuleTarget, Segment, SharingRule};
+pub use scorecards::{ScorecardDay, ScorecardRows};
 pub use sharing::{AccessRequest, CustomerMatch, Grant, RequestState};
 pub use webhooks::{
     Attempt, AttemptQuery, AttemptRecord, ClaimLimits, ClaimedDelivery, Delivery, Endpoint,

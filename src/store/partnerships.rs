@@ -4,12 +4,13 @@ use sqlx::FromRow;
 use sqlx::any::AnyExecutor;
 
 use super::{Page, Store, Tx, corrupt, is_unique_violation, micros, timestamp};
+use crate::domain::calendar::Zone;
 use crate::domain::error::{Error, Result};
 use crate::domain::{OrgRef, Partnership, PartnershipState, Reason, Relationship, Slug};
 
 const SELECT: &str = "SELECT p.id, p.proposer_id, po.slug AS proposer_slug, p.recipient_id, \
      ro.slug AS recipient_slug, p.relationship, p.message, p.state, p.state_changed_by, \
-     co.slug AS changed_by_slug, p.state_reason, p.create_time, p.update_time, p.revision \
+     co.slug AS changed_by_slug, p.state_reason, p.reporting_time_zone, p.create_time, p.update_time, p.revision \
      FROM partnerships p \
      JOIN organizations po ON po.id = p.proposer_id \
      JOIN organizations ro ON ro.id = p.recipient_id \
@@ -28,6 +29,7 @@ struct PartnershipRow {
     state_changed_by: String,
     changed_by_slug: String,
     state_reason: String,
+    reporting_time_zone: String,
     create_time: i64,
     update_time: i64,
     revision: i64,
@@ -69,6 +71,8 @@ impl TryFrom<PartnershipRow> for Partnership {
             message: Reason::parse(&row.message).map_err(|_| corrupt("message", &row.message))?,
             state,
             state_changed_by: changed_by,
+            reporting_time_zone: Zone::parse(&row.reporting_time_zone)
+                .map_err(|_| corrupt("time zone", &row.reporting_time_zone))?,
             create_time: timestamp(row.create_time)?,
             update_time: timestamp(row.update_time)?,
             revision: row.revision,
@@ -113,6 +117,16 @@ impl Store {
         of_party(self.reader(), org_id, id).await
     }
 
+    /// Partnership `id`, for the hub's own jobs (no party to check).
+    pub async fn partnership_by_id(&self, id: &str) -> Result<Option<Partnership>> {
+        let sql = format!("{SELECT} WHERE p.id = $1");
+        let row: Option<PartnershipRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(Partnership::try_from).transpose()
+    }
+
     /// `org_id`'s partnerships (either side) in creation order, after id `after`.
     pub async fn partnerships(
         &self,
@@ -150,8 +164,8 @@ impl Tx {
     pub async fn insert_partnership(&mut self, p: &Partnership) -> Result<()> {
         let result = sqlx::query(
             "INSERT INTO partnerships (id, proposer_id, recipient_id, relationship, message, state, \
-             state_changed_by, state_reason, create_time, update_time, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             state_changed_by, state_reason, reporting_time_zone, create_time, update_time, \
+             revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&p.id)
         .bind(&p.proposer.id)
@@ -161,6 +175,7 @@ impl Tx {
         .bind(p.state.name())
         .bind(&p.state_changed_by.id)
         .bind(state_reason(&p.state))
+        .bind(&p.reporting_time_zone.name)
         .bind(micros(p.create_time))
         .bind(micros(p.update_time))
         .bind(p.revision)
@@ -204,5 +219,27 @@ impl Tx {
         } else {
             Ok(false)
         }
+    }
+}
+
+impl Tx {
+    /// Writes the settings of `p` (read at `p.revision`) as the next revision; false if
+    /// it changed since.
+    pub async fn update_partnership_settings(&mut self, p: &mut Partnership) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE partnerships SET reporting_time_zone = $1, update_time = $2, \
+             revision = revision + 1 WHERE id = $3 AND revision = $4",
+        )
+        .bind(&p.reporting_time_zone.name)
+        .bind(micros(p.update_time))
+        .bind(&p.id)
+        .bind(p.revision)
+        .execute(self.conn())
+        .await?;
+        let updated = done.rows_affected() == 1;
+        if updated {
+            p.revision += 1;
+        }
+        Ok(updated)
     }
 }

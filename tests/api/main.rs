@@ -23,6 +23,7 @@ mod partnerships;
 mod replicas;
 mod rules;
 mod scale;
+mod scorecards;
 mod sequencer;
 mod server;
 mod sharing;

@@ -989,6 +989,24 @@ fn table() -> Vec<Case> {
                 name: c.n.partnership.clone(), ..Default::default()
             })
         },
+        "liaison.v1.PartnershipService/UpdatePartnership", Proposal => {
+            |c| partnerships.update_partnership(pb::UpdatePartnershipRequest {
+                partnership: Some(pb::Partnership {
+                    name: c.n.partnership.clone(),
+                    reporting_time_zone: "Europe/Berlin".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["reporting_time_zone"]),
+                ..Default::default()
+            })
+        },
+        "liaison.v1.PartnershipService/GetPartnershipScorecard", Proposal => {
+            |c| partnerships.get_partnership_scorecard(pb::GetPartnershipScorecardRequest {
+                name: c.n.partnership.clone(),
+                period: pb::ScorecardPeriod::Quarter as i32,
+                ..Default::default()
+            })
+        },
 
         // --- Last: leaving the case, and ending the partnership, for those who may.
         "liaison.v1.CaseService/RemoveCaseParticipant", Case => {

@@ -61,6 +61,39 @@ struct RawTemplate {
     escalation_contacts: Vec<String>,
     #[serde(default)]
     conflict: Option<RawConflict>,
+    #[serde(default)]
+    deal_figures: Option<DealFigures>,
+}
+
+/// The `[deal_figures]` section: cases of the template are deal registrations in
+/// partner scorecards (submitted when opened), and these transitions count as approved,
+/// won and lost. The engine knows no template by name; this is how it learns which
+/// transitions mean what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DealFigures {
+    #[serde(default)]
+    pub approved: Vec<String>,
+    #[serde(default)]
+    pub won: Vec<String>,
+    #[serde(default)]
+    pub lost: Vec<String>,
+}
+
+impl DealFigures {
+    /// Which figure `transition` counts in: `approved`, `won` or `lost`.
+    pub fn figure_of(&self, transition: &str) -> Option<&'static str> {
+        let has = |list: &[String]| list.iter().any(|t| t == transition);
+        if has(&self.approved) {
+            Some("approved")
+        } else if has(&self.won) {
+            Some("won")
+        } else if has(&self.lost) {
+            Some("lost")
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +240,8 @@ pub struct Template {
     pub escalation_contacts: Vec<String>,
     /// When two open cases of this template are the same piece of work.
     pub conflict: Option<ConflictRule>,
+    /// Set when cases of this template are deal registrations (see [`DealFigures`]).
+    pub deal_figures: Option<DealFigures>,
     pub built_in: bool,
 }
 
@@ -554,6 +589,13 @@ impl Template {
             }
             found.ok()
         });
+        if let Some(d) = &raw.deal_figures {
+            for t in d.approved.iter().chain(&d.won).chain(&d.lost) {
+                if !raw.transitions.iter().any(|x| &x.name == t) {
+                    problems.push(format!("deal_figures: transition {t:?} is not declared"));
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -603,6 +645,7 @@ impl Template {
             sla,
             escalation_contacts: raw.escalation_contacts,
             conflict,
+            deal_figures: raw.deal_figures,
             built_in,
         })
     }
@@ -1164,6 +1207,15 @@ mod tests {
         assert_eq!(
             (rule.fields.as_slice(), rule.judge.as_str()),
             (&["product_line".to_owned()][..], "vendor")
+        );
+        // Its deal figures name its transitions; a name it lacks is refused.
+        let figures = deal.deal_figures.as_ref().unwrap();
+        assert_eq!(figures.figure_of("win"), Some("won"));
+        assert_eq!(figures.figure_of("expire"), None);
+        let err = with("[deal_figures]\nwon = [\"triumph\"]").unwrap_err();
+        assert!(
+            err.contains("transition \"triumph\" is not declared"),
+            "{err}"
         );
     }
 }
