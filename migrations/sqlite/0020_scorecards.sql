@@ -20,8 +20,6 @@ CREATE TABLE scorecard_days (
 CREATE INDEX cases_by_create_time ON cases (create_time);
 CREATE INDEX case_history_by_time ON case_history (create_time);
 CREATE INDEX case_sla_clocks_met ON case_sla_clocks (phase_time) WHERE phase = 'met';
-CREATE INDEX case_sla_clocks_breached ON case_sla_clocks (breach_time)
-    WHERE breach_time IS NOT NULL;
 CREATE INDEX interactions_by_author_time ON interactions (org_id, create_time);
 CREATE INDEX customer_grants_by_partnership ON customer_grants (partnership_id, create_time);
 CREATE INDEX access_requests_by_decision ON access_requests (owner_id, decide_time)

@@ -369,7 +369,11 @@ impl PartnershipService for PartnershipApi {
             None
         } else {
             match r.date.parse::<jiff::civil::Date>() {
-                Ok(d) => Some(d),
+                Ok(d) if (1970..=9998).contains(&d.year()) => Some(d),
+                Ok(_) => {
+                    v.add("date", "must be in the years 1970 to 9998");
+                    None
+                }
                 Err(_) => {
                     v.add("date", "must be a date such as 2026-12-03");
                     None

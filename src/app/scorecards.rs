@@ -15,12 +15,15 @@ use crate::domain::error::{Error, Result};
 use crate::domain::ids::PartnershipId;
 use crate::domain::names;
 use crate::domain::scorecard::{Figures, Period, date_of, day_window, seconds_between};
-use crate::domain::{OrgRef, Partnership};
+use crate::domain::{OrgRef, Partnership, PartnershipState};
 use crate::store::{ScorecardDay, ScorecardRows, Store};
 
 /// How long after a day's end it is aggregated: writes that took their time before
 /// midnight have committed by then.
 const GRACE: SignedDuration = SignedDuration::from_secs(120);
+/// Closed days a read computes from the raw rows when the job has not kept them yet
+/// (the job runs behind after an outage, or for a partnership from before scorecards).
+const MAX_LIVE_DAYS: usize = 3;
 /// Days the job aggregates per partnership and round, so that a long backlog (a
 /// partnership from long ago, a hub that was down) is caught up in steps.
 const DAYS_PER_ROUND: usize = 100;
@@ -60,7 +63,10 @@ pub async fn scorecard(
     of_period(store, workflows, &p, (period, date), now).await
 }
 
-/// Figures of `p` for the `period` holding local `date`, as of `now`.
+/// Figures of `p` for the `period` holding local `date`, as of `now`. Kept days are
+/// read; the running day, and closed days the job has not kept yet (at most
+/// [`MAX_LIVE_DAYS`] of them, or UNAVAILABLE), are computed from the raw rows.
+/// Reads never write: the job alone keeps days, in order.
 pub async fn of_period(
     store: &Store,
     workflows: &Workflows,
@@ -70,16 +76,18 @@ pub async fn of_period(
 ) -> Result<Scorecard> {
     let (first, last) = period.dates(date);
     let before = first.checked_sub(1.day()).unwrap_or(first);
+    let after = last.checked_add(1.day()).unwrap_or(last);
     let kept: BTreeMap<String, ScorecardDay> = store
-        .scorecard_days(&p.id, (&before.to_string(), &last.to_string()))
+        .scorecard_days(&p.id, (&before.to_string(), &after.to_string()))
         .await?
         .into_iter()
         .map(|d| (d.day.clone(), d))
         .collect();
+    let (born, ended) = lifetime(p);
     let mut figures = Figures::of(&p.proposer.id, &p.recipient.id);
-    let mut prev_end = kept.get(&before.to_string()).map(|d| d.end);
     let (mut start, mut end) = (None, None);
     let mut closed = true;
+    let mut live = vec![];
     let mut day = first;
     while day <= last {
         let (s, e) = match kept.get(&day.to_string()) {
@@ -88,33 +96,37 @@ pub async fn of_period(
                 (d.start, d.end)
             }
             None => {
-                let (s, e) = window(p, day, prev_end)?;
+                let (s, e) = window(p, day, &kept)?;
                 if s >= now {
                     closed = false;
                     break;
                 }
-                if e + GRACE > now {
+                if e > now {
                     closed = false;
                 }
                 let upto = e.min(now);
-                // Nothing between the two can predate the partnership.
-                if upto > p.create_time {
-                    let f = day_figures(store, workflows, p, (s, upto)).await?;
-                    if e + GRACE <= now {
-                        keep(store, p, day, (s, e), &f, now).await?;
-                    }
-                    figures.merge(&f);
+                // Outside the partnership's life nothing happened between the two.
+                if upto > born && ended.is_none_or(|t| s < t) {
+                    live.push((day, s, upto));
                 }
                 (s, upto)
             }
         };
         start.get_or_insert(s);
         end = Some(e);
-        prev_end = Some(e);
         let Ok(next) = day.checked_add(1.day()) else {
             break;
         };
         day = next;
+    }
+    if live.len() > MAX_LIVE_DAYS {
+        let (from, to) = (live[0].0, live[live.len() - 1].0);
+        return Err(Error::Unavailable(format!(
+            "the scorecard's days from {from} to {to} are still being aggregated; retry in a few minutes"
+        )));
+    }
+    for (_, s, upto) in live {
+        figures.merge(&day_figures(store, workflows, p, (s, upto)).await?);
     }
     let tz = &p.reporting_time_zone.tz;
     let start = start.unwrap_or_else(|| day_window(first, tz).map_or(now, |w| w.0));
@@ -130,16 +142,30 @@ pub async fn of_period(
     })
 }
 
+/// When `p` began, and when it ended (if it did).
+fn lifetime(p: &Partnership) -> (Timestamp, Option<Timestamp>) {
+    let ended = matches!(p.state, PartnershipState::Ended { .. }).then_some(p.update_time);
+    (p.create_time, ended)
+}
+
 /// The instants local `day` covers for `p`: its window in the reporting zone, begun
-/// where the day before ended if that was kept (in a zone since changed).
+/// where the day before ended and ended where the day after begins if those were kept
+/// (in a zone since changed), so that no moment counts twice or is missed.
 fn window(
     p: &Partnership,
     day: Date,
-    prev_end: Option<Timestamp>,
+    kept: &BTreeMap<String, ScorecardDay>,
 ) -> Result<(Timestamp, Timestamp)> {
-    let (s, e) = day_window(day, &p.reporting_time_zone.tz)
+    let (mut s, mut e) = day_window(day, &p.reporting_time_zone.tz)
         .ok_or_else(|| Error::invalid("date", format!("{day} is out of range")))?;
-    let s = prev_end.unwrap_or(s);
+    let neighbour =
+        |d: std::result::Result<Date, jiff::Error>| d.ok().and_then(|d| kept.get(&d.to_string()));
+    if let Some(prev) = neighbour(day.checked_sub(1.day())) {
+        s = prev.end;
+    }
+    if let Some(next) = neighbour(day.checked_add(1.day())) {
+        e = next.start;
+    }
     Ok((s, e.max(s)))
 }
 
@@ -150,7 +176,7 @@ async fn keep(
     (start, end): (Timestamp, Timestamp),
     figures: &Figures,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<ScorecardDay> {
     let d = ScorecardDay {
         day: day.to_string(),
         time_zone: p.reporting_time_zone.name.clone(),
@@ -160,7 +186,8 @@ async fn keep(
     };
     let mut tx = store.begin().await?;
     tx.save_scorecard_day(&p.id, &d, now).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(d)
 }
 
 /// The figures of `p` from `start` up to `end`, from the raw rows.
@@ -218,6 +245,11 @@ fn tally(workflows: &Workflows, (a, b): (&str, &str), rows: &ScorecardRows) -> F
         let handler_id = other(&s.opened_by);
         let template = workflows.get(&s.template);
         match s.kind.as_str() {
+            "case.sla_breached" => {
+                if let Some(h) = f.party(&handler_id) {
+                    h.sla_clocks.entry(s.subject.clone()).or_default().breached += 1;
+                }
+            }
             "task.overdue" => {
                 if let Some(h) = s.assignee.as_deref().and_then(|x| f.party(x)) {
                     h.tasks_overdue += 1;
@@ -255,11 +287,7 @@ fn tally(workflows: &Workflows, (a, b): (&str, &str), rows: &ScorecardRows) -> F
             h.sla_clocks.entry(m.policy.clone()).or_default().met += 1;
         }
     }
-    for m in &rows.breached {
-        if let Some(h) = f.party(&other(&m.opened_by)) {
-            h.sla_clocks.entry(m.policy.clone()).or_default().breached += 1;
-        }
-    }
+
     for g in &rows.granted {
         if let Some(owner) = f.party(&g.owner_id) {
             owner.customers_shared += 1;
@@ -303,7 +331,8 @@ pub async fn run(store: Store, workflows: std::sync::Arc<Workflows>, interval: D
 pub async fn aggregate(store: &Store, workflows: &Workflows) -> Result<usize> {
     let now = store.clock().now();
     let mut kept = 0;
-    for id in store.scorecard_partnerships().await? {
+    let week_ago = now - SignedDuration::from_hours(7 * 24);
+    for id in store.scorecard_partnerships(week_ago).await? {
         let Some(p) = store.partnership_by_id(&id).await? else {
             continue;
         };
@@ -317,7 +346,8 @@ pub async fn aggregate(store: &Store, workflows: &Workflows) -> Result<usize> {
     Ok(kept)
 }
 
-/// Keeps the closed days of `p` after its last kept one, at most [`DAYS_PER_ROUND`].
+/// Keeps the closed days of `p` that are not kept yet, oldest first, at most
+/// [`DAYS_PER_ROUND`]: from the day it began to the day it ended (or yesterday).
 async fn catch_up(
     store: &Store,
     workflows: &Workflows,
@@ -325,24 +355,28 @@ async fn catch_up(
     now: Timestamp,
 ) -> Result<usize> {
     let tz = &p.reporting_time_zone.tz;
-    let last = store.last_scorecard_day(&p.id).await?;
-    let (mut day, mut prev_end) = match &last {
-        Some(d) => match d.day.parse::<Date>() {
-            Ok(date) => (date.checked_add(1.day()).unwrap_or(date), Some(d.end)),
-            Err(_) => return Ok(0),
-        },
-        None => (date_of(p.create_time, tz), None),
-    };
+    let (born, ended) = lifetime(p);
+    let first = date_of(born, tz);
+    let last = date_of(ended.unwrap_or(now), tz);
+    let mut kept: BTreeMap<String, ScorecardDay> = store
+        .scorecard_days(&p.id, (&first.to_string(), &last.to_string()))
+        .await?
+        .into_iter()
+        .map(|d| (d.day.clone(), d))
+        .collect();
     let mut n = 0;
-    while n < DAYS_PER_ROUND {
-        let (s, e) = window(p, day, prev_end)?;
-        if e + GRACE > now {
-            break;
+    let mut day = first;
+    while n < DAYS_PER_ROUND && day <= last {
+        if !kept.contains_key(&day.to_string()) {
+            let (s, e) = window(p, day, &kept)?;
+            if e + GRACE > now {
+                break;
+            }
+            let f = day_figures(store, workflows, p, (s, e)).await?;
+            let d = keep(store, p, day, (s, e), &f, now).await?;
+            kept.insert(d.day.clone(), d);
+            n += 1;
         }
-        let f = day_figures(store, workflows, p, (s, e)).await?;
-        keep(store, p, day, (s, e), &f, now).await?;
-        n += 1;
-        prev_end = Some(e);
         let Ok(next) = day.checked_add(1.day()) else {
             break;
         };

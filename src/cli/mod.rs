@@ -7,6 +7,7 @@ mod audit;
 mod health;
 pub mod import;
 mod operations;
+mod scorecard;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,22 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Prints a partnership's scorecards as CSV (one row per period and side), read
+    /// from a running hub.
+    Scorecard {
+        /// `partnerships/{partnership}`.
+        partnership: String,
+        #[arg(long, value_enum, default_value = "month")]
+        period: scorecard::PeriodArg,
+        /// The first period: the one holding this local date [default: today].
+        #[arg(long)]
+        from: Option<String>,
+        /// The last period: the one holding this local date [default: today].
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        hub: operations::Remote,
     },
     /// Long-running operations of a running hub (account mapping comparisons).
     Operations {
@@ -224,6 +241,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
         } => health::health(&server, ca.as_deref(), service).await,
         Command::Operations { command } => operations::run(command).await,
+        Command::Scorecard {
+            partnership,
+            period,
+            from,
+            to,
+            hub,
+        } => scorecard::run(partnership, period, (from, to), hub).await,
         Command::Audit { command } => audit::run(command).await,
         Command::Email {
             common,

@@ -17,8 +17,8 @@ pub struct OpenedCase {
     pub opened_by: String,
 }
 
-/// A line of the history of a case between the two: a comment, a transition or a task
-/// gone overdue.
+/// A line of the history of a case between the two: a comment, a transition, an SLA
+/// breach or a task gone overdue.
 #[derive(Debug)]
 pub struct CaseStep {
     pub case_id: String,
@@ -30,6 +30,8 @@ pub struct CaseStep {
     pub actor: Option<String>,
     pub transition: String,
     pub to_state: String,
+    /// The SLA policy of a breach.
+    pub subject: String,
     pub at: Timestamp,
     /// Whether this is the actor's first comment or transition on the case.
     pub first_by_actor: bool,
@@ -47,12 +49,13 @@ struct StepRow {
     organization_id: Option<String>,
     transition: String,
     to_state: String,
+    subject: String,
     create_time: i64,
     first_by_actor: i64,
     assignee_id: Option<String>,
 }
 
-/// An SLA clock that stopped within its target, or breached it.
+/// An SLA clock that stopped within its target.
 #[derive(Debug, FromRow)]
 pub struct ClockOutcome {
     pub policy: String,
@@ -96,7 +99,6 @@ pub struct ScorecardRows {
     pub opened: Vec<OpenedCase>,
     pub steps: Vec<CaseStep>,
     pub met: Vec<ClockOutcome>,
-    pub breached: Vec<ClockOutcome>,
     pub logged: Vec<Logged>,
     pub granted: Vec<Granted>,
     pub answered: Vec<Answered>,
@@ -172,7 +174,7 @@ impl Store {
         let (first, any) = (response("f"), response("h"));
         let steps: Vec<StepRow> = sqlx::query_as(&format!(
             "SELECT h.case_id, c.template, c.opened_by, c.create_time AS opened, h.kind, \
-             h.organization_id, h.transition, h.to_state, h.create_time, \
+             h.organization_id, h.transition, h.to_state, h.subject, h.create_time, \
              CAST(CASE WHEN h.organization_id IS NOT NULL AND NOT EXISTS (SELECT 1 \
                FROM case_history f WHERE f.case_id = h.case_id \
                AND f.organization_id = h.organization_id AND {first} \
@@ -182,7 +184,7 @@ impl Store {
              LEFT JOIN case_tasks t ON h.kind = 'task.overdue' AND t.case_id = h.case_id \
                AND h.subject = 'cases/' || t.case_id || '/tasks/' || t.id \
              WHERE h.create_time >= $3 AND h.create_time < $4 AND c.opened_by IN ($1, $2) \
-             AND (({any}) OR h.kind = 'task.overdue')"
+             AND (({any}) OR h.kind IN ('case.sla_breached', 'task.overdue'))"
         ))
         .bind(a)
         .bind(b)
@@ -203,6 +205,7 @@ impl Store {
                     actor: r.organization_id,
                     transition: r.transition,
                     to_state: r.to_state,
+                    subject: r.subject,
                     first_by_actor: r.first_by_actor == 1,
                     assignee: r.assignee_id,
                 })
@@ -212,18 +215,6 @@ impl Store {
             "SELECT k.policy, c.opened_by FROM case_sla_clocks k JOIN cases c ON c.id = k.case_id \
              {BETWEEN} WHERE k.phase = 'met' AND k.phase_time >= $3 AND k.phase_time < $4 \
              AND k.breach_time IS NULL AND c.opened_by IN ($1, $2)"
-        ))
-        .bind(a)
-        .bind(b)
-        .bind(s)
-        .bind(e)
-        .fetch_all(self.reader())
-        .await?;
-        // A breach counts when it happened (its due time), however late the hub's
-        // timer noticed.
-        let breached: Vec<ClockOutcome> = sqlx::query_as(&format!(
-            "SELECT k.policy, c.opened_by FROM case_sla_clocks k JOIN cases c ON c.id = k.case_id \
-             {BETWEEN} WHERE k.breach_time >= $3 AND k.breach_time < $4 AND c.opened_by IN ($1, $2)"
         ))
         .bind(a)
         .bind(b)
@@ -283,14 +274,23 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // Deliveries of events about their shared work (their cases, their
+        // partnership) alone: neither learns of the other's traffic with third parties.
         let attempts: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT organization_id, outcome, latency_micros FROM webhook_attempts \
-             WHERE organization_id IN ($1, $2) AND attempt_time >= $3 AND attempt_time < $4",
+            "SELECT w.organization_id, w.outcome, w.latency_micros FROM webhook_attempts w \
+             JOIN events ev ON ev.id = w.event_id \
+             WHERE w.organization_id IN ($1, $2) AND w.attempt_time >= $3 AND w.attempt_time < $4 \
+             AND (ev.resource = $5 OR (ev.resource LIKE 'cases/%' \
+               AND EXISTS (SELECT 1 FROM case_participants x \
+                 WHERE x.case_id = substr(ev.resource, 7, 36) AND x.organization_id = $1) \
+               AND EXISTS (SELECT 1 FROM case_participants y \
+                 WHERE y.case_id = substr(ev.resource, 7, 36) AND y.organization_id = $2)))",
         )
         .bind(a)
         .bind(b)
         .bind(s)
         .bind(e)
+        .bind(format!("partnerships/{partnership_id}"))
         .fetch_all(self.reader())
         .await?;
         let attempts = attempts
@@ -305,7 +305,6 @@ impl Store {
             opened,
             steps,
             met,
-            breached,
             logged,
             granted,
             answered,
@@ -343,11 +342,17 @@ impl Store {
         row.map(ScorecardDay::try_from).transpose()
     }
 
-    /// The partnerships whose scorecards still gather days: active or suspended.
-    pub async fn scorecard_partnerships(&self) -> Result<Vec<String>> {
+    /// The partnerships whose scorecards still gather days: active, suspended, or
+    /// ended after `recently_ended_after` (their last days are still to keep).
+    pub async fn scorecard_partnerships(
+        &self,
+        recently_ended_after: Timestamp,
+    ) -> Result<Vec<String>> {
         let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM partnerships WHERE state IN ('active', 'suspended') ORDER BY id",
+            "SELECT id FROM partnerships WHERE state IN ('active', 'suspended') \
+             OR (state = 'ended' AND update_time > $1) ORDER BY id",
         )
+        .bind(micros(recently_ended_after))
         .fetch_all(self.reader())
         .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())

@@ -17,12 +17,13 @@ use crate::helpers::{
     Backend, Org, TestApp, assert_error, spawn_app_with, tamper, violated_fields,
 };
 use crate::sharing::{grant, log};
-use crate::webhooks::{Receiver, create_endpoint, eventually, test_webhooks};
+use crate::webhooks::{Receiver, create_endpoint, eventually, reply, test_webhooks};
 
 crate::on_both_backends!(
     a_day_between_two_partners_matches_its_raw_rows_for_both_sides,
     closed_days_are_kept_by_the_job_and_outlive_the_raw_rows,
     the_reporting_time_zone_is_either_sides_setting_and_moves_the_days,
+    a_read_leaves_a_backlog_of_closed_days_to_the_job,
 );
 
 /// The relative error the hub states for its medians and percentiles.
@@ -185,12 +186,13 @@ async fn recompute(
         let h = out.get_mut(&other(&opener)).unwrap();
         h.sla.entry(policy).or_default().0 += 1;
     }
+    // Breaches, when the hub recorded them.
     for (opener, policy, _) in rows(
         app,
         &format!(
-            "SELECT c.opened_by, k.policy, CAST(0 AS BIGINT) FROM case_sla_clocks k JOIN cases c \
-             ON c.id = k.case_id WHERE {} AND {pair}",
-            within("k.breach_time")
+            "SELECT c.opened_by, h.subject, CAST(0 AS BIGINT) FROM case_history h JOIN cases c \
+             ON c.id = h.case_id WHERE h.kind = 'case.sla_breached' AND {} AND {pair}",
+            within("h.create_time")
         ),
     )
     .await
@@ -260,17 +262,34 @@ async fn recompute(
             .time_to_answer
             .push(took as f64 / 1e6);
     }
-    for (org, outcome, latency) in rows(
+    // Webhook attempts of either side, for events about their shared cases or their
+    // partnership.
+    let shared: Vec<String> = rows(
         app,
-        &format!(
-            "SELECT organization_id, outcome, latency_micros FROM webhook_attempts \
-             WHERE organization_id IN ('{a}', '{b}') AND {}",
-            within("attempt_time")
-        ),
+        &format!("SELECT 'cases/' || c.id, '', CAST(0 AS BIGINT) FROM cases c WHERE {pair}"),
     )
     .await
-    {
-        let x = out.get_mut(&org).unwrap();
+    .into_iter()
+    .map(|r| r.0)
+    .chain([format!("partnerships/{partnership_id}")])
+    .collect();
+    let attempts: Vec<(String, String, i64)> = rows(
+        app,
+        &format!(
+            "SELECT w.organization_id || ' ' || w.outcome, e.resource, w.latency_micros \
+             FROM webhook_attempts w JOIN events e ON e.id = w.event_id \
+             WHERE w.organization_id IN ('{a}', '{b}') AND {}",
+            within("w.attempt_time")
+        ),
+    )
+    .await;
+    for (who, resource, latency) in attempts {
+        let about = resource.split('/').take(2).collect::<Vec<_>>().join("/");
+        if !shared.contains(&about) {
+            continue;
+        }
+        let (org, outcome) = who.split_once(' ').unwrap();
+        let x = out.get_mut(org).unwrap();
         x.webhook_attempts += 1;
         x.webhook_succeeded += i64::from(outcome == "succeeded");
         x.webhook_latency.push(latency as f64 / 1e6);
@@ -401,7 +420,12 @@ async fn scene(app: &TestApp) -> Scene {
 
 /// The reseller's day with the vendor, scripted: returns the local dates it spanned
 /// (one, or two if it ran across midnight UTC).
-async fn script_a_day(app: &TestApp, s: &Scene, receiver: &Receiver) -> Vec<String> {
+async fn script_a_day(
+    app: &TestApp,
+    s: &Scene,
+    receiver: &Receiver,
+    (endpoint_types, triage_second): (&[&str], bool),
+) -> Vec<String> {
     let today = || {
         app.store
             .clock()
@@ -413,7 +437,7 @@ async fn script_a_day(app: &TestApp, s: &Scene, receiver: &Receiver) -> Vec<Stri
     let began = today();
     let (vendor, reseller, outsider) = (&s.vendor, &s.reseller, &s.outsider);
     // The reseller's endpoint hears of everything (webhook health).
-    create_endpoint(app, reseller, &receiver.url, &[])
+    create_endpoint(app, reseller, &receiver.url, endpoint_types)
         .await
         .expect("endpoint");
     // A vendor customer shared with the reseller (and the outsider, another partnership).
@@ -467,9 +491,11 @@ async fn script_a_day(app: &TestApp, s: &Scene, receiver: &Receiver) -> Vec<Stri
         .await
         .unwrap();
     // Triaged, the second's first-response clock stops (met) before it could breach.
-    fire(app, reseller, &second.name, "triage", &[])
-        .await
-        .unwrap();
+    if triage_second {
+        fire(app, reseller, &second.name, "triage", &[])
+            .await
+            .unwrap();
+    }
     for (visibility, body) in [
         (
             pb::CommentVisibility::OwnOrganization,
@@ -686,7 +712,7 @@ async fn a_day_between_two_partners_matches_its_raw_rows_for_both_sides(backend:
     let app = spawn_app_with(backend, test_webhooks).await;
     let s = scene(&app).await;
     let receiver = Receiver::start(&[200]).await;
-    let dates = script_a_day(&app, &s, &receiver).await;
+    let dates = script_a_day(&app, &s, &receiver, (&[], true)).await;
 
     let mut cards = vec![];
     for date in &dates {
@@ -824,6 +850,60 @@ async fn a_day_between_two_partners_matches_its_raw_rows_for_both_sides(backend:
         )),
         ["name"]
     );
+    for far in ["9999-12-31", "1900-01-01"] {
+        let result = scorecard(
+            &app,
+            &s.vendor.read_key,
+            &s.partnership,
+            pb::ScorecardPeriod::Quarter,
+            far,
+        )
+        .await;
+        let status = assert_error(result, Code::InvalidArgument, "INVALID_FIELD_VALUE");
+        assert_eq!(violated_fields(&status), ["date"]);
+    }
+
+    // The CSV export: one row per period and side, the same figures.
+    let export = |key: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["scorecard", &s.partnership, "--period", "day"])
+            .args(["--server", &format!("http://{}", app.addr)])
+            .args(extra)
+            .env("LIAISON_API_KEY", key)
+            .output()
+            .expect("run liaison scorecard")
+    };
+    let (from, to) = (&dates[0], dates.last().unwrap());
+    let out = export(&s.reseller.read_key, &["--from", from, "--to", to]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut csv = csv::Reader::from_reader(out.stdout.as_slice());
+    let header = csv.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let records: Vec<csv::StringRecord> = csv.records().map(|r| r.unwrap()).collect();
+    assert_eq!(records.len(), 2 * dates.len());
+    let received: i64 = records
+        .iter()
+        .filter(|r| r[column("organization")] == s.vendor.name)
+        .map(|r| r[column("cases_received")].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(received, 4);
+    let clocks = &records[0][column("sla_clocks")];
+    assert!(clocks.contains("decision=2/0"), "{clocks}");
+    // Refusals say why and exit non-zero.
+    let out = export(&s.outsider.read_key, &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = export(&s.reseller.read_key, &["--from", to, "--to", "2000-01-01"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is before --from"));
     app.stop().await.unwrap();
 }
 
@@ -834,8 +914,33 @@ async fn closed_days_are_kept_by_the_job_and_outlive_the_raw_rows(backend: Backe
     })
     .await;
     let s = scene(&app).await;
-    let receiver = Receiver::start(&[500, 200]).await;
-    let dates = script_a_day(&app, &s, &receiver).await;
+    // The receiver turns down the first delivery of the first case opened (it is
+    // retried), so the kept day holds a failure among its successes.
+    let receiver = Receiver::scripted(|got| {
+        let opened = got
+            .iter()
+            .filter(|r| r.json()["type"] == "case.opened")
+            .count();
+        let last_opened = got
+            .last()
+            .is_some_and(|r| r.json()["type"] == "case.opened");
+        reply(if last_opened && opened == 1 { 500 } else { 200 })
+    })
+    .await;
+    // The second case is left to breach its first-response clock once the hub's clock
+    // moves on; the endpoint is not told of SLA events, so no delivery made after
+    // the move (stamped by the system clock) lands in the day kept.
+    let types = [
+        "case.opened",
+        "case.transitioned",
+        "case.commented",
+        "task.*",
+        "customer.*",
+        "grant.*",
+        "interaction.*",
+        "access_request.*",
+    ];
+    let dates = script_a_day(&app, &s, &receiver, (&types, false)).await;
     let pid = s.partnership.trim_start_matches("partnerships/").to_owned();
     let kept = async || {
         rows(
@@ -890,6 +995,30 @@ async fn closed_days_are_kept_by_the_job_and_outlive_the_raw_rows(backend: Backe
         attempts > succeeded && succeeded > 0,
         "a failure, then successes: {attempts} {succeeded}"
     );
+
+    // The second case's first-response clock breached once the hub's clock moved on:
+    // it counts on the day the hub recorded it, the running one.
+    let running = eventually("the breach to count", async || {
+        let card = scorecard(
+            &app,
+            &s.vendor.read_key,
+            &s.partnership,
+            pb::ScorecardPeriod::Day,
+            "",
+        )
+        .await
+        .unwrap();
+        let breached: i64 = card.parties[0]
+            .sla_clocks
+            .iter()
+            .filter(|c| c.policy == "first_response")
+            .map(|c| c.breached)
+            .sum();
+        (breached == 1).then_some(card)
+    })
+    .await;
+    assert!(!dates.contains(&running.first_date));
+    matches_raw_rows(&app, &running, &s.ids).await;
 
     // The raw rows go (retention, an operator's cleanup): the kept days stay.
     tamper(
@@ -1071,5 +1200,67 @@ async fn the_reporting_time_zone_is_either_sides_setting_and_moves_the_days(back
         midnight.timestamp().as_microsecond()
     );
     assert!(!card.closed);
+    app.stop().await.unwrap();
+}
+
+async fn a_read_leaves_a_backlog_of_closed_days_to_the_job(backend: Backend) {
+    // The job runs as the hub starts, then not for a day.
+    let app = spawn_app_with(backend, |c| c.scorecards.aggregate_interval_secs = 86_400).await;
+    let s = scene(&app).await;
+    let pid = s.partnership.trim_start_matches("partnerships/").to_owned();
+    // A partnership from 40 days ago (before scorecards were kept, say).
+    let ago = app.store.clock().now() - SignedDuration::from_hours(40 * 24);
+    tamper(
+        &app,
+        &format!(
+            "UPDATE partnerships SET create_time = {} WHERE id = '{pid}'",
+            ago.as_microsecond()
+        ),
+    )
+    .await;
+    let month_ago = (app.store.clock().now() - SignedDuration::from_hours(30 * 24))
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    // A read computes no more than a few closed days from the raw rows: the rest is
+    // the job's, and the caller is told to come back.
+    let result = scorecard(
+        &app,
+        &s.vendor.read_key,
+        &s.partnership,
+        pb::ScorecardPeriod::Month,
+        &month_ago,
+    )
+    .await;
+    let status = result.expect_err("a month of days nobody kept");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("still being aggregated"),
+        "{}",
+        status.message()
+    );
+    // The next hub's job keeps every closed day from the partnership's first, in order.
+    let app = app.restart(SignedDuration::ZERO).await;
+    let kept = eventually("the job to catch up", async || {
+        let n = rows(
+            &app,
+            &format!("SELECT '', '', COUNT(*) FROM scorecard_days WHERE partnership_id = '{pid}'"),
+        )
+        .await[0]
+            .2;
+        (n >= 40).then_some(n)
+    })
+    .await;
+    assert!(kept <= 41, "{kept} days kept for 40 days");
+    let card = scorecard(
+        &app,
+        &s.vendor.read_key,
+        &s.partnership,
+        pb::ScorecardPeriod::Month,
+        &month_ago,
+    )
+    .await
+    .expect("kept days are read");
+    assert!(card.closed);
     app.stop().await.unwrap();
 }

@@ -37,6 +37,7 @@ const ALL: &[&str] = &[
     "update_customer",
     "log_interaction",
     "batch_upsert",
+    "scorecard",
     "watch_latency",
     "webhook_latency",
     "webhook_throughput",
@@ -88,6 +89,9 @@ struct Args {
     /// Updates per second while the streams are open.
     #[arg(long, default_value_t = 20)]
     stream_rate: u64,
+    /// Cases in the quarter `scorecard` reads.
+    #[arg(long, default_value_t = 100_000)]
+    scorecard_cases: usize,
     /// Organizations in `fan_out`.
     #[arg(long, default_value_t = 100)]
     fan_out: usize,
@@ -223,6 +227,8 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
             .hub_env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            // `scorecard` waits for the job to keep the days it seeds.
+            .chain([("LIAISON_SCORECARDS_AGGREGATE_INTERVAL_SECS", "2")])
             .collect::<Vec<_>>(),
     )
     .await?;
@@ -236,6 +242,7 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     progress(args, &format!("seeded in {:.0} s", fx.seed_seconds));
     let ctx = Ctx {
         fx,
+        db_url: url.to_owned(),
         receiver,
         hub_pid: hub.pid,
         hub_addr: hub.addr.clone(),
@@ -294,6 +301,13 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     scenario!("update_customer", scenarios::update_customer(&ctx));
     scenario!("log_interaction", scenarios::log_interaction(&ctx));
     scenario!("batch_upsert", scenarios::batch_upsert(&ctx));
+    if wanted(args, "scorecard") {
+        progress(args, "scorecard (seeding a quarter of cases)");
+        rows.extend(scenarios::scorecard(&ctx, args.scorecard_cases).await?);
+        if let (Some(d), Some(m)) = (&dbwork, mark.take()) {
+            mark = Some(d.since(m).await?.1);
+        }
+    }
     // The latency targets hold at a fixed rate, or at 80 % of the update throughput
     // this run measured where that is lower (a rate the hub cannot sustain measures
     // its queue, not its latency).
