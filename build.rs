@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "liaison/v1/webhooks.proto",
     "liaison/v1/cases.proto",
     "liaison/v1/mapping.proto",
+    "liaison/v1/exports.proto",
     "liaison/v1/audit.proto",
     "google/longrunning/operations.proto",
 ];

@@ -197,6 +197,11 @@ impl Application {
         let operations = OperationsServer::new(OperationsApi::new(hub.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let exports = crate::pb::export_service_server::ExportServiceServer::new(
+            crate::api::exports::ExportApi::new(hub.clone()),
+        )
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
         let comparisons = crate::app::mapping::Comparisons::new(
             hub.store.clone(),
             hub.customers.clone(),
@@ -277,6 +282,7 @@ impl Application {
             .add_service(cases)
             .add_service(mappings)
             .add_service(audit)
+            .add_service(exports)
             .add_service(operations);
         let server: futures_util::future::BoxFuture<'_, Result<(), tonic::transport::Error>> =
             match tls.clone() {
@@ -330,6 +336,17 @@ impl Application {
                 async {
                     tokio::select! {
                         () = comparisons.run() => {}
+                        () = stop.cancelled() => {}
+                    }
+                },
+                async {
+                    let exports = crate::app::exports::run(
+                        hub.store.clone(),
+                        hub.customers.clone(),
+                        hub.workflows.clone(),
+                    );
+                    tokio::select! {
+                        () = exports => {}
                         () = stop.cancelled() => {}
                     }
                 },
@@ -428,6 +445,11 @@ async fn sweep(store: Store, event_retention: SignedDuration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deliveries = n, "pruned finished webhook deliveries"),
             Err(error) => tracing::warn!(%error, "failed to prune old webhook deliveries"),
+        }
+        match store.prune_exports(store.clock().now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(exports = n, "deleted expired export files"),
+            Err(error) => tracing::warn!(%error, "failed to delete expired export files"),
         }
     }
 }

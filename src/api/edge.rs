@@ -139,6 +139,7 @@ fn client_certificate<B>(request: &http::Request<B>) -> Option<Vec<u8>> {
 const NOT_RUN_AGAIN: &[&str] = &[
     "/liaison.v1.EventService/WatchEvents",
     "/liaison.v1.WebhookService/SendTestWebhookEvent",
+    "/liaison.v1.ExportService/ReadExport",
 ];
 
 /// Whether a call may be run again after losing a race on the database: not the

@@ -9,6 +9,7 @@ use super::mapping::mapping_any;
 use super::{Hub, caller_of};
 use crate::app::mapping as app;
 use crate::domain::error::{Error, Result};
+use crate::domain::export::ExportKind;
 use crate::domain::mapping::{COMPARE_VERB, OperationState};
 use crate::domain::{Scope, names};
 use crate::feed::render::operation_to_pb;
@@ -33,12 +34,20 @@ impl OperationsApi {
 
     /// `o` with its response: the mapping a comparison that succeeded produced.
     async fn render(&self, o: &Stored) -> Result<Operation> {
-        let response = if o.state == OperationState::Succeeded && o.verb == COMPARE_VERB {
+        let response = if o.state != OperationState::Succeeded {
+            None
+        } else if o.verb == COMPARE_VERB {
             self.hub
                 .store
                 .account_mapping(&o.target_id)
                 .await?
                 .map(|m| mapping_any(&m))
+        } else if ExportKind::of_verb(&o.verb).is_some() {
+            self.hub
+                .store
+                .export_file(&o.id)
+                .await?
+                .map(|f| export_any(&f))
         } else {
             None
         };
@@ -153,5 +162,22 @@ impl Operations for OperationsApi {
         };
         let o = app::wait_operation(&self.hub.store, &caller, (&id, &r.name), timeout).await?;
         Ok(Response::new(self.render(&o).await?))
+    }
+}
+
+/// A finished export as an operation's response.
+fn export_any(f: &crate::store::ExportFile) -> prost_types::Any {
+    use prost::Message;
+    let export = crate::pb::Export {
+        name: names::operation(&f.operation_id),
+        kind: f.kind.as_str().to_owned(),
+        format: super::exports::format_to_pb(f.format) as i32,
+        records: f.records,
+        size_bytes: f.size_bytes,
+        expire_time: f.expire_time.and_then(crate::feed::render::timestamp),
+    };
+    prost_types::Any {
+        type_url: "type.googleapis.com/liaison.v1.Export".into(),
+        value: export.encode_to_vec(),
     }
 }

@@ -15,6 +15,7 @@ mod cases;
 mod client_certs;
 pub mod customers;
 mod events;
+pub mod exports;
 mod interactions;
 pub mod limits;
 mod long_running;

@@ -158,6 +158,9 @@ retryable!(
     UpdateNotificationPreferences: pb::UpdateNotificationPreferencesRequest,
     UpdateOrganization: pb::UpdateOrganizationRequest,
     UpdatePartnership: pb::UpdatePartnershipRequest,
+    ExportCustomers: pb::ExportCustomersRequest,
+    ExportInteractions: pb::ExportInteractionsRequest,
+    ExportScorecards: pb::ExportScorecardsRequest,
     UpdateWebhookEndpoint: pb::UpdateWebhookEndpointRequest
 );
 

@@ -478,6 +478,7 @@ pub mod tonic_code {
     pub const CANCELLED: i32 = 1;
     pub const FAILED_PRECONDITION: i32 = 9;
     pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
 }
 
 /// The segments of both sides as they stand now, with their member counts as each
@@ -924,7 +925,11 @@ impl Comparisons {
         loop {
             let mut busy = false;
             let now = self.store.clock().now();
-            match self.store.claim_operation(now, LEASE).await {
+            match self
+                .store
+                .claim_operation(now, LEASE, &[COMPARE_VERB])
+                .await
+            {
                 Ok(Some(op)) => {
                     busy = true;
                     self.run_one(&op).await;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cases;
 pub mod customers;
 pub mod events;
+pub mod exports;
 pub mod interactions;
 pub mod mapping;
 pub mod members;

@@ -14,7 +14,7 @@ use crate::domain::case::workflow::Workflows;
 use crate::domain::error::{Error, Result};
 use crate::domain::ids::PartnershipId;
 use crate::domain::names;
-use crate::domain::scorecard::{Figures, Period, date_of, day_window, seconds_between};
+use crate::domain::scorecard::{Figures, Period, Scorecard, date_of, day_window, seconds_between};
 use crate::domain::{OrgRef, Partnership, PartnershipState};
 use crate::store::{ScorecardDay, ScorecardRows, Store};
 
@@ -27,21 +27,6 @@ const MAX_LIVE_DAYS: usize = 3;
 /// Days the job aggregates per partnership and round, so that a long backlog (a
 /// partnership from long ago, a hub that was down) is caught up in steps.
 const DAYS_PER_ROUND: usize = 100;
-
-/// A partnership's figures for one period.
-#[derive(Debug, Clone)]
-pub struct Scorecard {
-    pub partnership: Partnership,
-    pub period: Period,
-    pub first: Date,
-    pub last: Date,
-    /// The instants the figures cover (the end is now while the period runs).
-    pub start: Timestamp,
-    pub end: Timestamp,
-    /// Whether the period has closed (its figures no longer change).
-    pub closed: bool,
-    pub figures: Figures,
-}
 
 /// The scorecard of partnership `id` (named `name`) for the `period` holding local
 /// `date` (today if `None`), if the caller's organization is a party to it.

@@ -4,10 +4,10 @@
 
 mod admin;
 mod audit;
+mod export;
 mod health;
 pub mod import;
 mod operations;
-mod scorecard;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,21 +115,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
-    /// Prints a partnership's scorecards as CSV (one row per period and side), read
-    /// from a running hub.
-    Scorecard {
-        /// `partnerships/{partnership}`.
-        partnership: String,
-        #[arg(long, value_enum, default_value = "month")]
-        period: scorecard::PeriodArg,
-        /// The first period: the one holding this local date [default: today].
-        #[arg(long)]
-        from: Option<String>,
-        /// The last period: the one holding this local date [default: today].
-        #[arg(long)]
-        to: Option<String>,
-        #[command(flatten)]
-        hub: operations::Remote,
+    /// Exports what an organization sees (customers, interactions, scorecards) as CSV
+    /// or JSON lines, with a progress bar on a terminal.
+    Export {
+        #[command(subcommand)]
+        command: export::ExportCommand,
     },
     /// Long-running operations of a running hub (account mapping comparisons).
     Operations {
@@ -241,13 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
         } => health::health(&server, ca.as_deref(), service).await,
         Command::Operations { command } => operations::run(command).await,
-        Command::Scorecard {
-            partnership,
-            period,
-            from,
-            to,
-            hub,
-        } => scorecard::run(partnership, period, (from, to), hub).await,
+        Command::Export { command } => export::run(command).await,
         Command::Audit { command } => audit::run(command).await,
         Command::Email {
             common,

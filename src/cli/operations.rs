@@ -120,41 +120,7 @@ pub(super) async fn run(command: OperationsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         OperationsCommand::Wait { name, .. } => {
-            let drawing = std::io::stderr().is_terminal();
-            let op = loop {
-                let op = client
-                    .wait_operation(WaitOperationRequest {
-                        name: name.clone(),
-                        timeout: Some(prost_types::Duration {
-                            seconds: 1,
-                            nanos: 0,
-                        }),
-                    })
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
-                if drawing {
-                    let m = progress(&op).unwrap_or_default();
-                    let fraction = if m.total == 0 {
-                        0.0
-                    } else {
-                        m.done as f64 / m.total as f64
-                    };
-                    eprint!(
-                        "\r{}  {}/{} records ",
-                        super::bar(fraction),
-                        m.done,
-                        m.total
-                    );
-                    let _ = std::io::stderr().flush();
-                }
-                if op.done {
-                    break op;
-                }
-            };
-            if drawing {
-                eprintln!();
-            }
+            let op = follow(&mut client, &name).await?;
             println!("{}", describe(&op));
             match op.result {
                 Some(Outcome::Response(_)) => Ok(()),
@@ -163,4 +129,47 @@ pub(super) async fn run(command: OperationsCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Waits for operation `name` to be done, drawing its progress on a terminal.
+pub(super) async fn follow<F: tonic::service::Interceptor>(
+    client: &mut OperationsClient<tonic::service::interceptor::InterceptedService<Channel, F>>,
+    name: &str,
+) -> anyhow::Result<Operation> {
+    let drawing = std::io::stderr().is_terminal();
+    let op = loop {
+        let op = client
+            .wait_operation(WaitOperationRequest {
+                name: name.to_owned(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        if drawing {
+            let m = progress(&op).unwrap_or_default();
+            let fraction = if m.total == 0 {
+                0.0
+            } else {
+                m.done as f64 / m.total as f64
+            };
+            eprint!(
+                "\r{}  {}/{} records ",
+                super::bar(fraction),
+                m.done,
+                m.total
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if op.done {
+            break op;
+        }
+    };
+    if drawing {
+        eprintln!();
+    }
+    Ok(op)
 }

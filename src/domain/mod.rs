@@ -10,6 +10,7 @@ pub mod client_cert;
 pub mod customer;
 pub mod error;
 pub mod event;
+pub mod export;
 pub mod filter;
 pub mod ids;
 pub mod interaction;

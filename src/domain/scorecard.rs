@@ -15,6 +15,8 @@ use jiff::{Timestamp, ToSpan};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sketches_ddsketch::{Config, DDSketch};
 
+use super::Partnership;
+
 /// The most a sketch's quantile is off, relative to the true value (1 %): the
 /// library's default configuration (2048 bins, which at 1 % span a microsecond to
 /// far beyond a century), the one its binary encoding restores.
@@ -283,6 +285,21 @@ impl Figures {
     pub fn from_json(raw: &str) -> Result<Self, String> {
         serde_json::from_str(raw).map_err(|e| e.to_string())
     }
+}
+
+/// A partnership's figures for one period.
+#[derive(Debug, Clone)]
+pub struct Scorecard {
+    pub partnership: Partnership,
+    pub period: Period,
+    pub first: Date,
+    pub last: Date,
+    /// The instants the figures cover (the end is now while the period runs).
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// Whether the period has closed (its figures no longer change).
+    pub closed: bool,
+    pub figures: Figures,
 }
 
 /// Seconds between two instants (0 if `to` is earlier).

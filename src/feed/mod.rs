@@ -6,6 +6,7 @@ pub mod cases;
 pub mod configuration;
 pub mod customers;
 pub mod draft;
+pub mod export;
 pub mod interactions;
 pub mod json;
 pub mod mapping;

@@ -14,6 +14,7 @@ use crate::domain::error::FieldViolation;
 use crate::domain::interaction::{Direction, Interaction, InteractionType, InteractionVisibility};
 use crate::domain::metrics::{CustomerMetrics, units_and_nanos};
 use crate::domain::names;
+use crate::domain::scorecard::{PartyFigures, Period, RELATIVE_ERROR, Scorecard, Sketch};
 use crate::domain::visibility::{Access, AccessLevel};
 use crate::domain::{
     Member, MemberRole, OrganizationKind, Partnership, PartnershipState, Relationship, Scope, Slug,
@@ -813,5 +814,88 @@ pub fn operation_to_pb(
         }),
         done: o.state.done(),
         result,
+    }
+}
+
+/// Partner scorecards, as both sides of the partnership see them.
+pub fn period_to_pb(p: Period) -> pb::ScorecardPeriod {
+    match p {
+        Period::Day => pb::ScorecardPeriod::Day,
+        Period::Week => pb::ScorecardPeriod::Week,
+        Period::Month => pb::ScorecardPeriod::Month,
+        Period::Quarter => pb::ScorecardPeriod::Quarter,
+    }
+}
+
+fn seconds_pb(seconds: f64) -> prost_types::Duration {
+    let micros = (seconds * 1e6).round() as i64;
+    prost_types::Duration {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn summary(s: &Sketch) -> pb::DurationSummary {
+    pb::DurationSummary {
+        count: s.count() as i64,
+        median: s.quantile(0.5).map(seconds_pb),
+        p90: s.quantile(0.9).map(seconds_pb),
+        p95: s.quantile(0.95).map(seconds_pb),
+    }
+}
+
+fn party_to_pb(organization: String, f: &PartyFigures) -> pb::PartyScorecard {
+    pb::PartyScorecard {
+        organization,
+        cases_received: f.cases_received,
+        cases_resolved: f.cases_resolved,
+        first_response: Some(summary(&f.first_response)),
+        resolution: Some(summary(&f.resolution)),
+        sla_clocks: f
+            .sla_clocks
+            .iter()
+            .map(|(policy, c)| pb::SlaClockFigures {
+                policy: policy.clone(),
+                met: c.met,
+                breached: c.breached,
+            })
+            .collect(),
+        tasks_overdue: f.tasks_overdue,
+        interactions_logged: f.interactions_logged,
+        customers_shared: f.customers_shared,
+        access_requests_answered: f.access_requests_answered,
+        time_to_answer: Some(summary(&f.time_to_answer)),
+        webhook_attempts: f.webhook_attempts,
+        webhook_succeeded: f.webhook_succeeded,
+        webhook_success_rate: f.webhook_success_rate().unwrap_or(0.0),
+        webhook_latency: Some(summary(&f.webhook_latency)),
+        deals_submitted: f.deals.submitted,
+        deals_approved: f.deals.approved,
+        deals_won: f.deals.won,
+        deals_lost: f.deals.lost,
+    }
+}
+
+/// A scorecard as both of its sides see it.
+pub fn scorecard_to_pb(s: &Scorecard) -> pb::PartnershipScorecard {
+    let p = &s.partnership;
+    let parties = [&p.proposer, &p.recipient]
+        .into_iter()
+        .map(|org| {
+            let f = s.figures.parties.get(&org.id).cloned().unwrap_or_default();
+            party_to_pb(names::organization(&org.slug), &f)
+        })
+        .collect();
+    pb::PartnershipScorecard {
+        partnership: names::partnership(&p.id),
+        period: period_to_pb(s.period) as i32,
+        first_date: s.first.to_string(),
+        last_date: s.last.to_string(),
+        time_zone: p.reporting_time_zone.name.clone(),
+        start_time: timestamp(s.start),
+        end_time: timestamp(s.end),
+        closed: s.closed,
+        parties,
+        relative_error: RELATIVE_ERROR,
     }
 }

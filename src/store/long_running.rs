@@ -143,13 +143,20 @@ impl Store {
         Ok(Page::from_rows(items, limit, |o| o.id.clone()))
     }
 
-    /// Takes the oldest operation waiting (or whose worker's lease lapsed) for this
-    /// worker until `now + lease`; `None` if there is none.
+    /// Takes the oldest operation with one of `verbs` waiting (or whose worker's lease
+    /// lapsed) for this worker until `now + lease`; `None` if there is none.
     pub async fn claim_operation(
         &self,
         now: Timestamp,
         lease: SignedDuration,
+        verbs: &[&'static str],
     ) -> Result<Option<Operation>> {
+        // The hub's own constants, never a client's text.
+        let verbs = verbs
+            .iter()
+            .map(|v| format!("'{v}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         // Waiting, or running under a lease that lapsed before `at`.
         let waiting = |at: &str| {
             format!("(state = 'pending' OR (state = 'running' AND lease_expire < {at}))")
@@ -157,7 +164,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let candidate: Option<(String,)> = sqlx::query_as(&format!(
             "SELECT id FROM operations WHERE state IN ('pending', 'running') AND {} \
-             ORDER BY id LIMIT 1",
+             AND verb IN ({verbs}) ORDER BY id LIMIT 1",
             waiting("$1")
         ))
         .bind(micros(now))

@@ -20,6 +20,7 @@ mod customers;
 mod email;
 mod error;
 mod events;
+mod exports;
 mod group;
 mod idempotency;
 mod interactions;
@@ -56,6 +57,7 @@ pub use customers::{
 };
 pub use email::{EmailOutcome, EmailToSend, NewEmail, PendingNotification};
 pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
+pub use exports::ExportFile;
 pub use idempotency::{Claim, REQUEST_ID_RETENTION};
 pub use interactions::InteractionFilter;
 pub use long_running::Operation;
@@ -460,6 +462,9 @@ impl Tx {
             store.timers.notify_one();
         }
         if self.operations_queued {
+            // Every worker waiting (comparisons, exports) looks; a permit is left for
+            // one that is not waiting yet.
+            store.operations.notify_waiters();
             store.operations.notify_one();
         }
         if self.credentials_changed {

@@ -170,3 +170,15 @@ impl Tx {
         }
     }
 }
+
+impl Store {
+    /// The slug of organization `id`, for the hub's own jobs.
+    pub async fn organization_slug(&self, id: &str) -> Result<Option<Slug>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT slug FROM organizations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?;
+        row.map(|(s,)| Slug::parse(&s).map_err(|_| corrupt("slug", &s)))
+            .transpose()
+    }
+}

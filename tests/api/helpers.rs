@@ -20,6 +20,7 @@ pub use pb::audit_service_client::AuditServiceClient;
 pub use pb::case_service_client::CaseServiceClient;
 pub use pb::customer_service_client::CustomerServiceClient;
 pub use pb::event_service_client::EventServiceClient;
+pub use pb::export_service_client::ExportServiceClient;
 pub use pb::interaction_service_client::InteractionServiceClient;
 pub use pb::member_service_client::MemberServiceClient;
 pub use pb::partnership_service_client::PartnershipServiceClient;
@@ -382,6 +383,10 @@ impl TestApp {
     }
 
     /// `google.longrunning.Operations`: the account mappings' comparisons.
+    pub fn exports(&self, key: &str) -> ExportServiceClient<Authed> {
+        ExportServiceClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
+    }
+
     pub fn operations(&self, key: &str) -> OperationsClient<Authed> {
         OperationsClient::with_interceptor(self.channel.clone(), Bearer(key.to_owned()))
     }

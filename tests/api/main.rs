@@ -14,6 +14,7 @@ mod customers;
 mod deals;
 mod email;
 mod events;
+mod exports;
 mod mapping;
 mod matrix;
 mod members;

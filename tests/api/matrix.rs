@@ -850,6 +850,30 @@ fn table() -> Vec<Case> {
         "liaison.v1.EventService/ListEvents", Own => { list_feed },
         "liaison.v1.EventService/WatchEvents", Own => { watch_feed },
 
+        // --- ExportService: each caller's own exports; the owner's file is its alone
+        // (what each caller's own files hold is searched with the channels below).
+        "liaison.v1.ExportService/ExportCustomers", Own => {
+            |c| exports.export_customers(pb::ExportCustomersRequest {
+                format: pb::ExportFormat::JsonLines as i32, ..Default::default()
+            })
+        },
+        "liaison.v1.ExportService/ExportInteractions", Own => {
+            |c| exports.export_interactions(pb::ExportInteractionsRequest {
+                format: pb::ExportFormat::Csv as i32, ..Default::default()
+            })
+        },
+        "liaison.v1.ExportService/ExportScorecards", Proposal => {
+            |c| exports.export_scorecards(pb::ExportScorecardsRequest {
+                partnership: c.n.partnership.clone(),
+                period: pb::ScorecardPeriod::Month as i32,
+                first_date: "2026-01-01".into(),
+                last_date: "2026-01-01".into(),
+                format: pb::ExportFormat::Csv as i32,
+                ..Default::default()
+            })
+        },
+        "liaison.v1.ExportService/ReadExport", OwnerOnly => { read_owners_export },
+
         // --- AuditService: each caller's own log (what its feed carried), whole; the
         // owner's log is the owner's alone.
         "liaison.v1.AuditService/ListAuditEntries", Own => {
@@ -1219,6 +1243,97 @@ fn watch_feed(c: Ctx) -> Reply {
     })
 }
 
+/// The owner's export, read as a stream to its end.
+fn read_owners_export(c: Ctx) -> Reply {
+    boxed(async move {
+        let request = pb::ReadExportRequest {
+            name: c.n.export.clone(),
+        };
+        let mut seen = Seen::asked(&request);
+        let mut stream = match c.exports().read_export(request).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                seen.outcome = Err(status);
+                return seen;
+            }
+        };
+        loop {
+            match tokio::time::timeout(PATIENCE, stream.message()).await {
+                Err(_) => {
+                    seen.notes.push("the export stream stalled".into());
+                    return seen;
+                }
+                Ok(Err(status)) => {
+                    seen.outcome = Err(status);
+                    return seen;
+                }
+                Ok(Ok(None)) => return seen,
+                Ok(Ok(Some(chunk))) => seen.answered(&chunk),
+            }
+        }
+    })
+}
+
+/// Runs an export of `key`'s organization (its customers, or their interactions) to
+/// its end: its name, and its file.
+async fn run_export(app: &TestApp, key: &str, customers: bool) -> (String, Vec<u8>) {
+    use liaison::google::longrunning::operation::Result as Outcome;
+    let mut exports = app.exports(key);
+    let format = pb::ExportFormat::JsonLines as i32;
+    let op = if customers {
+        exports
+            .export_customers(pb::ExportCustomersRequest {
+                format,
+                ..Default::default()
+            })
+            .await
+    } else {
+        exports
+            .export_interactions(pb::ExportInteractionsRequest {
+                format,
+                ..Default::default()
+            })
+            .await
+    }
+    .expect("start an export")
+    .into_inner();
+    let mut ops = app.operations(key);
+    for _ in 0..120 {
+        let o = ops
+            .wait_operation(WaitOperationRequest {
+                name: op.name.clone(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .expect("wait for the export")
+            .into_inner();
+        match o.result {
+            Some(Outcome::Response(_)) => break,
+            Some(Outcome::Error(e)) => panic!("the export failed: {e:?}"),
+            None => {}
+        }
+    }
+    let mut stream = exports
+        .read_export(pb::ReadExportRequest {
+            name: op.name.clone(),
+        })
+        .await
+        .expect("read the export")
+        .into_inner();
+    let mut file = vec![];
+    while let Some(chunk) = stream.message().await.expect("a chunk") {
+        file.extend(chunk.data);
+    }
+    (op.name, file)
+}
+
+async fn owners_export(app: &TestApp, key: &str) -> String {
+    run_export(app, key, true).await.0
+}
+
 /// Fails naming the methods without a row (and rows naming no method).
 fn assert_every_method_has_a_case(pool: &DescriptorPool, cases: &[Case]) {
     let methods: BTreeSet<String> = pool
@@ -1283,10 +1398,12 @@ struct Names {
     partner_segment: String,
     /// An event of the owner's feed.
     event_id: String,
+    /// The owner's finished export of its customers (`operations/{id}`).
+    export: String,
 }
 
 impl Names {
-    fn labelled(&self) -> [(&'static str, &str); 25] {
+    fn labelled(&self) -> [(&'static str, &str); 26] {
         [
             ("<owner>", &self.owner),
             ("<customer>", &self.customer),
@@ -1313,6 +1430,7 @@ impl Names {
             ("<mapping_segment>", &self.mapping_segment),
             ("<partner_segment>", &self.partner_segment),
             ("<event>", &self.event_id),
+            ("<export>", &self.export),
         ]
     }
 
@@ -1349,6 +1467,7 @@ impl Names {
             mapping_segment: new(&self.mapping_segment),
             partner_segment: new(&self.partner_segment),
             event_id: new(&self.event_id),
+            export: new(&self.export),
         }
     }
 }
@@ -1386,6 +1505,7 @@ clients!(
     cases: CaseServiceClient,
     customers: CustomerServiceClient,
     events: EventServiceClient,
+    exports: ExportServiceClient,
     interactions: InteractionServiceClient,
     mappings: AccountMappingServiceClient,
     members: MemberServiceClient,
@@ -2533,6 +2653,7 @@ async fn set_up(backend: Backend) -> Scene {
         mapping_segment: mapping.ours,
         partner_segment: mapping.theirs,
         event_id: owners_event.id,
+        export: owners_export(&app, &acme.read_key).await,
     };
     Scene {
         app,
@@ -2688,6 +2809,24 @@ async fn no_hidden_value_leaves_the_hub_by_any_rpc_or_channel(backend: Backend) 
                     }
                 }
                 Err(e) => problems.push(format!("a webhook to {:?} is not an Event: {e}", p.who)),
+            }
+        }
+    }
+    // Each caller's own exports of the customers and interactions it sees.
+    for p in &scene.parties {
+        for customers in [true, false] {
+            let (_, file) = run_export(app, &p.org.read_key, customers).await;
+            let text = fold_bytes(&file);
+            for what in world.leaks(p.who, &text, "") {
+                let kind = if customers {
+                    "customers"
+                } else {
+                    "interactions"
+                };
+                problems.push(format!(
+                    "{:?}'s export of its {kind} holds the {what}",
+                    p.who
+                ));
             }
         }
     }
