@@ -1,7 +1,7 @@
 -- Exports: files an organization asked for (customers, interactions, scorecards),
 -- written by the operations worker in chunks and streamed back by ReadExport until
 -- they expire. One row per export operation (operations.id); a worker that takes an
--- export over starts its file again.
+-- export over starts its file again under a token of its own.
 CREATE TABLE exports (
     operation_id     TEXT    PRIMARY KEY,
     organization_id  TEXT    NOT NULL,
@@ -11,8 +11,11 @@ CREATE TABLE exports (
     params           TEXT    NOT NULL,
     records          BIGINT  NOT NULL,
     size_bytes       BIGINT  NOT NULL,
-    -- Set once the file is complete.
-    expire_time      BIGINT
+    -- Set once the file is complete (or, for one that failed, to its end: gone).
+    expire_time      BIGINT,
+    -- Written by the worker that took the export last; a worker whose token is no
+    -- longer here was overtaken and writes nothing more.
+    token            TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX exports_by_expiry ON exports (expire_time) WHERE expire_time IS NOT NULL;
 

@@ -9,7 +9,7 @@ use super::{Hub, caller_of};
 use crate::app::exports as app;
 use crate::domain::Scope;
 use crate::domain::caller::Caller;
-use crate::domain::error::{Result, Violations};
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::export::{ExportFormat, ExportKind, ExportParams};
 use crate::domain::filter::CustomerFilter;
 use crate::domain::names;
@@ -219,14 +219,24 @@ impl ExportService for ExportApi {
             .into_string();
         let file = app::finished(&self.hub.store, &caller, (&id, &name)).await?;
         let store = self.hub.store.clone();
-        let chunks = futures_util::stream::unfold(0i64, move |seq| {
-            let (store, id) = (store.clone(), file.operation_id.clone());
+        let size = file.size_bytes;
+        // (next chunk, bytes sent); a file that loses chunks while it is read (its
+        // expiry came) ends in NOT_FOUND, never as a shorter file.
+        let chunks = futures_util::stream::unfold(Some((0i64, 0i64)), move |at| {
+            let (store, id, name) = (store.clone(), file.operation_id.clone(), name.clone());
             async move {
+                let (seq, sent) = at?;
                 match store.export_chunk(&id, seq).await {
-                    Ok(Some(data)) => Some((Ok(pb::ExportChunk { data }), seq + 1)),
-                    Ok(None) => None,
-                    // The stream ends after the error (no chunk has that number).
-                    Err(e) => Some((Err(Status::from(e)), i64::MAX)),
+                    Ok(Some(data)) => {
+                        let sent = sent + data.len() as i64;
+                        Some((Ok(pb::ExportChunk { data }), Some((seq + 1, sent))))
+                    }
+                    Ok(None) if sent == size => None,
+                    Ok(None) => {
+                        let gone = Error::NotFound(format!("export {name:?} (it expired)"));
+                        Some((Err(Status::from(gone)), None))
+                    }
+                    Err(e) => Some((Err(Status::from(e)), None)),
                 }
             }
         });

@@ -24,6 +24,10 @@ use crate::store::{ExportFile, InteractionFilter, Operation, Store, Tx};
 
 /// A worker holds an export this long without a word before another may take it.
 const LEASE: SignedDuration = SignedDuration::from_mins(10);
+/// A worker renews its lease at least this often while it writes.
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Exports of one organization queued or running at once.
+pub const MAX_UNFINISHED: i64 = 5;
 /// Customers read per page.
 const PAGE: usize = 200;
 
@@ -37,6 +41,15 @@ pub async fn start(
     now: Timestamp,
 ) -> Result<Operation> {
     let org = caller.organization()?;
+    if tx.unfinished_exports(&org.id).await? >= MAX_UNFINISHED {
+        return Err(Error::ResourceExhausted {
+            reason: "TOO_MANY_EXPORTS",
+            message: format!(
+                "{MAX_UNFINISHED} exports of this organization are queued or running; \
+                 wait for one to finish"
+            ),
+        });
+    }
     let target = match kind {
         ExportKind::Scorecards => names::partnership(&params.partnership_id),
         _ => names::organization(&org.slug),
@@ -87,6 +100,16 @@ pub async fn finished(
         .await?
         .filter(|f| f.organization_id == org.id)
         .ok_or_else(missing)?;
+    let ended = store.operation(id).await?.map(|o| o.state);
+    if matches!(
+        ended,
+        Some(OperationState::Failed | OperationState::Cancelled)
+    ) {
+        return Err(Error::failed_precondition(
+            "EXPORT_FAILED",
+            format!("{name} did not succeed; its operation says why"),
+        ));
+    }
     match file.expire_time {
         None => Err(Error::failed_precondition(
             "EXPORT_NOT_DONE",
@@ -97,6 +120,28 @@ pub async fn finished(
     }
 }
 
+/// The worker's hold on an export's operation: progress recorded, and the lease
+/// renewed, at least every [`RENEW_EVERY`].
+struct Lease<'a> {
+    op: &'a Operation,
+    renewed: std::time::Instant,
+}
+
+impl Lease<'_> {
+    /// Records progress (when `now` is set, or the last word is old); `Err` asks the
+    /// worker to stop if the operation was cancelled or is no longer running.
+    async fn progress(&mut self, store: &Store, done: i64, total: i64, now: bool) -> Result<bool> {
+        if !now && self.renewed.elapsed() < RENEW_EVERY {
+            return Ok(false);
+        }
+        self.renewed = std::time::Instant::now();
+        let at = store.clock().now();
+        store
+            .operation_progress(&self.op.id, (done, total), at, LEASE)
+            .await
+    }
+}
+
 /// What the operations worker needs to run exports.
 pub struct Exporter<'a> {
     pub store: &'a Store,
@@ -104,34 +149,54 @@ pub struct Exporter<'a> {
     pub workflows: &'a Workflows,
 }
 
-/// Writes a file in chunks, counting its records.
+/// Writes a file in chunks of [`CHUNK_BYTES`] (the last may be shorter), counting
+/// its records, for the worker holding `token`.
 struct Chunks<'a> {
     store: &'a Store,
     id: &'a str,
+    token: &'a str,
     seq: i64,
     buf: Vec<u8>,
     records: i64,
+}
+
+/// Another worker took the export over: this one stops without a word.
+fn overtaken() -> Error {
+    Error::failed_precondition("EXPORT_TAKEN_OVER", "another worker took the export over")
 }
 
 impl Chunks<'_> {
     async fn push(&mut self, bytes: Vec<u8>, records: i64) -> Result<()> {
         self.buf.extend(bytes);
         self.records += records;
-        if self.buf.len() >= CHUNK_BYTES {
-            self.flush().await?;
+        while self.buf.len() >= CHUNK_BYTES {
+            let rest = self.buf.split_off(CHUNK_BYTES);
+            self.write().await?;
+            self.buf = rest;
         }
         Ok(())
     }
 
+    /// Writes what is buffered (the file's end).
     async fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.records == 0 {
             return Ok(());
         }
-        self.store
-            .append_export_chunk(self.id, self.seq, &self.buf, self.records)
-            .await?;
-        self.seq += 1;
+        self.write().await?;
         self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes the buffer's first chunk; the records counted so far go with it.
+    async fn write(&mut self) -> Result<()> {
+        let held = self
+            .store
+            .append_export_chunk((self.id, self.token), self.seq, &self.buf, self.records)
+            .await?;
+        if !held {
+            return Err(overtaken());
+        }
+        self.seq += 1;
         self.records = 0;
         Ok(())
     }
@@ -140,7 +205,8 @@ impl Chunks<'_> {
 impl Exporter<'_> {
     /// Runs export operation `op` to its end and records the end.
     pub async fn run_one(&self, op: &Operation) {
-        let outcome = self.write(op).await;
+        let token = uuid::Uuid::new_v4().to_string();
+        let outcome = self.write(op, &token).await;
         let now = self.store.clock().now();
         let (state, error) = match &outcome {
             Ok(true) => (OperationState::Succeeded, None),
@@ -148,13 +214,32 @@ impl Exporter<'_> {
                 OperationState::Cancelled,
                 Some((tonic_code::CANCELLED, "cancelled".to_owned())),
             ),
+            Err(Error::FailedPrecondition {
+                reason: "EXPORT_TAKEN_OVER",
+                ..
+            }) => {
+                tracing::info!(operation = %op.id, "another worker took the export over");
+                return;
+            }
             Err(Error::NotFound(m)) | Err(Error::FailedPrecondition { message: m, .. }) => (
                 OperationState::Failed,
                 Some((tonic_code::FAILED_PRECONDITION, m.clone())),
             ),
-            Err(Error::Unavailable(m)) => (
+            Err(e @ Error::InvalidArgument(_)) => (
                 OperationState::Failed,
-                Some((tonic_code::UNAVAILABLE, m.clone())),
+                Some((tonic_code::INVALID_ARGUMENT, e.to_string())),
+            ),
+            Err(
+                Error::Unavailable(_)
+                | Error::DatabaseUnavailable { .. }
+                | Error::Contention { .. }
+                | Error::DeadlineExceeded(_),
+            ) => (
+                OperationState::Failed,
+                Some((
+                    tonic_code::UNAVAILABLE,
+                    "the hub was busy; start the export again".to_owned(),
+                )),
             ),
             Err(e) => {
                 tracing::warn!(operation = %op.id, error = %e, "an export failed");
@@ -169,9 +254,15 @@ impl Exporter<'_> {
         };
         let finished = async {
             let mut tx = self.store.begin().await?;
-            if state == OperationState::Succeeded {
-                let expire = now.checked_add(RETENTION).unwrap_or(now);
-                tx.complete_export(&op.id, expire).await?;
+            // A file that did not succeed is dropped now (the sweep forgets it).
+            let keep = state == OperationState::Succeeded;
+            let expire = if keep {
+                now.checked_add(RETENTION).unwrap_or(now)
+            } else {
+                now
+            };
+            if !tx.end_export((&op.id, &token), expire, keep).await? {
+                return Ok(());
             }
             let error = error.as_ref().map(|(c, m)| (*c, m.as_str()));
             tx.finish_operation(&op.id, state, error, now).await?;
@@ -187,8 +278,9 @@ impl Exporter<'_> {
         }
     }
 
-    /// Writes the file of `op`; false if it was cancelled.
-    async fn write(&self, op: &Operation) -> Result<bool> {
+    /// Writes the file of `op` as the worker holding `token`; false if it was
+    /// cancelled.
+    async fn write(&self, op: &Operation, token: &str) -> Result<bool> {
         let store = self.store;
         let file = store
             .export_file(&op.id)
@@ -203,44 +295,44 @@ impl Exporter<'_> {
             slug,
         };
         let caller = Caller::job(org.clone());
-        // A worker taking over starts the file again.
-        store.restart_export(&op.id).await?;
+        // A worker taking over starts the file again, and the one before it stops.
+        store.restart_export(&op.id, token).await?;
         let mut out = Chunks {
             store,
             id: &op.id,
+            token,
             seq: 0,
             buf: render::header(file.format, file.kind)?,
             records: 0,
         };
+        let mut lease = Lease {
+            op,
+            renewed: std::time::Instant::now(),
+        };
         let done = match file.kind {
             ExportKind::Customers | ExportKind::Interactions => {
-                self.customers_of(op, &file, (&org, &caller), &mut out)
+                self.customers_of(&file, (&org, &caller), &mut out, &mut lease)
                     .await?
             }
-            ExportKind::Scorecards => self.scorecards(op, &file, &org, &mut out).await?,
+            ExportKind::Scorecards => self.scorecards(&file, &org, &mut out, &mut lease).await?,
         };
-        if done {
+        if let Some(n) = done {
             out.flush().await?;
+            // Done: the total is what was written (the count was an estimate).
+            lease.progress(store, n, n, true).await?;
         }
-        Ok(done)
+        Ok(done.is_some())
     }
 
-    /// Records progress; true if the operation should stop (cancelled, or taken).
-    async fn progress(&self, op: &Operation, done: i64, total: i64) -> Result<bool> {
-        let now = self.store.clock().now();
-        self.store
-            .operation_progress(&op.id, (done, total), now, LEASE)
-            .await
-    }
-
-    /// The customers the caller sees (or their interactions), page by page.
+    /// The customers the caller sees (or their interactions), page by page; how many
+    /// customers, or `None` if cancelled.
     async fn customers_of(
         &self,
-        op: &Operation,
         file: &ExportFile,
         (org, caller): (&OrgRef, &Caller),
         out: &mut Chunks<'_>,
-    ) -> Result<bool> {
+        lease: &mut Lease<'_>,
+    ) -> Result<Option<i64>> {
         let (store, settings) = (self.store, self.customers);
         let filter = CustomerFilter::parse(&file.params.filter, settings.region)
             .map_err(|v| Error::failed_precondition("INVALID_FILTER", v.description))?;
@@ -263,23 +355,28 @@ impl Exporter<'_> {
                     out.push(line, 1).await?;
                 }
             } else {
-                for (seen, _) in &page.items {
+                for (n, (seen, _)) in page.items.iter().enumerate() {
                     self.interactions_of(caller, &seen.customer.id, file.format, out)
                         .await?;
+                    let at = done + n as i64;
+                    if lease.progress(store, at, total.max(at), false).await? {
+                        return Ok(None);
+                    }
                 }
             }
             done += page.items.len() as i64;
-            if self.progress(op, done, total.max(done)).await? {
-                return Ok(false);
+            if lease.progress(store, done, total.max(done), true).await? {
+                return Ok(None);
             }
             match page.next_after {
                 Some(next) => after = Some(next),
-                None => return Ok(true),
+                None => return Ok(Some(done)),
             }
         }
     }
 
-    /// The interactions the caller sees of customer `id`, newest first.
+    /// The interactions the caller sees of customer `id`, newest first; none if the
+    /// caller no longer sees the customer (a grant revoked meanwhile).
     async fn interactions_of(
         &self,
         caller: &Caller,
@@ -294,7 +391,7 @@ impl Exporter<'_> {
         let mut after: Option<(i64, String)> = None;
         loop {
             let at = after.as_ref().map(|(t, i)| (*t, i.as_str()));
-            let page = super::interactions::list(
+            let found = super::interactions::list(
                 self.store,
                 caller,
                 (&customer_id, &parent),
@@ -302,7 +399,12 @@ impl Exporter<'_> {
                 at,
                 PAGE,
             )
-            .await?;
+            .await;
+            let page = match found {
+                Ok(page) => page,
+                Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             for i in &page.items {
                 out.push(render::interaction(format, i)?, 1).await?;
             }
@@ -319,14 +421,15 @@ impl Exporter<'_> {
         }
     }
 
-    /// The partnership's scorecards, period by period.
+    /// The partnership's scorecards, period by period; how many, or `None` if
+    /// cancelled.
     async fn scorecards(
         &self,
-        op: &Operation,
         file: &ExportFile,
         org: &OrgRef,
         out: &mut Chunks<'_>,
-    ) -> Result<bool> {
+        lease: &mut Lease<'_>,
+    ) -> Result<Option<i64>> {
         let p = &file.params;
         let bad = |what: &str| Error::failed_precondition("INVALID_EXPORT", what.to_owned());
         let period = Period::parse(&p.period).ok_or_else(|| bad("unknown period"))?;
@@ -356,11 +459,14 @@ impl Exporter<'_> {
             .await?;
             let (bytes, records) = render::scorecard(file.format, &card)?;
             out.push(bytes, records).await?;
-            if self.progress(op, n as i64 + 1, total).await? {
-                return Ok(false);
+            if lease
+                .progress(self.store, n as i64 + 1, total, false)
+                .await?
+            {
+                return Ok(None);
             }
         }
-        Ok(true)
+        Ok(Some(total))
     }
 }
 
@@ -388,6 +494,6 @@ pub async fn run(
             Err(error) => tracing::warn!(%error, "failed to look for exports"),
         }
         let nap = std::time::Duration::from_secs(5);
-        let _ = tokio::time::timeout(nap, store.operations_signal().notified()).await;
+        let _ = tokio::time::timeout(nap, store.exports_signal().notified()).await;
     }
 }

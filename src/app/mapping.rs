@@ -476,6 +476,7 @@ pub async fn end_with_partnership(tx: &mut Tx, actor: &OrgRef, (a, b): (&str, &s
 /// gRPC status codes an operation's error carries (google.rpc.Code).
 pub mod tonic_code {
     pub const CANCELLED: i32 = 1;
+    pub const INVALID_ARGUMENT: i32 = 3;
     pub const FAILED_PRECONDITION: i32 = 9;
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;

@@ -48,11 +48,28 @@ fn columns(name: &'static str) -> Vec<String> {
         .collect()
 }
 
+/// Text a spreadsheet would run as a formula (`=`, `@`, a tab or carriage return
+/// first, or `+`/`-` before anything but a number) gets a leading `'` in CSV, as
+/// OWASP advises; numbers and phone numbers stay as they are.
+fn neutral(s: &str) -> String {
+    let numeric = |rest: &str| {
+        !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_digit() || " .()-".contains(c))
+    };
+    match s.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => format!("'{s}"),
+        Some('+' | '-') if !numeric(&s[1..]) => format!("'{s}"),
+        _ => s.to_owned(),
+    }
+}
+
 fn cell(v: Option<&serde_json::Value>) -> String {
     use serde_json::Value;
     match v {
         None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => neutral(s),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Array(items)) if items.iter().all(|i| !i.is_object() && !i.is_array()) => items
@@ -227,4 +244,21 @@ pub fn scorecard(format: ExportFormat, s: &Scorecard) -> Result<(Vec<u8>, i64)> 
         out.extend(csv_line(&row)?);
     }
     Ok((out, card.parties.len() as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formulas_are_neutralised_and_numbers_kept() {
+        assert_eq!(neutral("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(neutral("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(neutral("+cmd|' /C calc'!A0"), "'+cmd|' /C calc'!A0");
+        assert_eq!(neutral("-2+3"), "'-2+3");
+        assert_eq!(neutral("+16502530000"), "+16502530000");
+        assert_eq!(neutral("-12.5"), "-12.5");
+        assert_eq!(neutral("Grace"), "Grace");
+        assert_eq!(cell(Some(&serde_json::json!(["a", "=b"]))), "a; '=b");
+    }
 }

@@ -176,6 +176,8 @@ pub struct Store {
     timers: Arc<tokio::sync::Notify>,
     /// Wakes the worker that runs long-running operations.
     operations: Arc<tokio::sync::Notify>,
+    /// Wakes the worker that runs exports.
+    exports: Arc<tokio::sync::Notify>,
     /// Counts credential changes seen (see `credentials`).
     credentials: Arc<tokio::sync::watch::Sender<u64>>,
     /// The workers' time (tests move it forward).
@@ -243,6 +245,7 @@ impl Store {
                     emails: Arc::default(),
                     timers: Arc::default(),
                     operations: Arc::default(),
+                    exports: Arc::default(),
                     credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
                     pulses: Arc::default(),
@@ -279,6 +282,7 @@ impl Store {
                     emails: Arc::default(),
                     timers: Arc::default(),
                     operations: Arc::default(),
+                    exports: Arc::default(),
                     credentials: Arc::new(tokio::sync::watch::Sender::new(0)),
                     clock: Default::default(),
                     pulses: Arc::default(),
@@ -355,6 +359,7 @@ impl Store {
             emails_queued: false,
             timers_queued: false,
             operations_queued: false,
+            exports_queued: false,
             credentials_changed: false,
             stashed: None,
             heads: vec![],
@@ -422,6 +427,7 @@ pub struct Tx {
     timers_queued: bool,
     /// Whether committing queues a long-running operation.
     operations_queued: bool,
+    exports_queued: bool,
     /// Whether committing revokes credentials (see `credentials`).
     credentials_changed: bool,
     /// PostgreSQL: the inbox row holding this transaction's events, if it emitted any
@@ -462,10 +468,10 @@ impl Tx {
             store.timers.notify_one();
         }
         if self.operations_queued {
-            // Every worker waiting (comparisons, exports) looks; a permit is left for
-            // one that is not waiting yet.
-            store.operations.notify_waiters();
             store.operations.notify_one();
+        }
+        if self.exports_queued {
+            store.exports.notify_one();
         }
         if self.credentials_changed {
             store.credentials.send_modify(|g| *g += 1);

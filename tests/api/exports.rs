@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::{Code, Status};
 
 use crate::customers::{create, list, person};
-use crate::helpers::{Backend, Org, TestApp, assert_error, spawn_app, violated_fields};
+use crate::helpers::{Backend, Org, TestApp, assert_error, spawn_app, tamper, violated_fields};
 use crate::sharing::{grant, log};
 
 crate::on_both_backends!(
@@ -386,10 +386,12 @@ async fn a_large_export_streams_in_chunks_and_expires(backend: Backend) {
         .iter()
         .position(|h| h == "externalId")
         .unwrap();
-    let ids: BTreeSet<String> = csv
+    let rows: Vec<String> = csv
         .records()
         .map(|r| r.unwrap()[external].to_owned())
         .collect();
+    assert_eq!(rows.len(), 3000, "3000 rows");
+    let ids: BTreeSet<String> = rows.into_iter().collect();
     assert_eq!(ids.len(), 3000, "every customer once");
 
     // The CLI writes the same file, following the operation.
@@ -420,12 +422,89 @@ async fn a_large_export_streams_in_chunks_and_expires(backend: Backend) {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["externalId"], "ext-1-7");
 
-    // A day later the file is gone.
+    // A worker overtaken by another (its lease lapsed) writes nothing more: the
+    // export's token is the last taker's.
+    let id = op.name.trim_start_matches("operations/");
+    let store = &app.store;
+    store.restart_export(id, "first").await.unwrap();
+    assert!(
+        store
+            .append_export_chunk((id, "first"), 0, b"a,b\n", 1)
+            .await
+            .unwrap()
+    );
+    store.restart_export(id, "second").await.unwrap();
+    assert!(
+        store.export_chunk(id, 0).await.unwrap().is_none(),
+        "the file starts again"
+    );
+    assert!(
+        !store
+            .append_export_chunk((id, "first"), 1, b"c\n", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_export_chunk((id, "second"), 0, b"x\n", 1)
+            .await
+            .unwrap()
+    );
+    let mut tx = store.begin().await.unwrap();
+    let now = store.clock().now();
+    assert!(!tx.end_export((id, "first"), now, true).await.unwrap());
+    assert!(tx.end_export((id, "second"), now, true).await.unwrap());
+    tx.commit().await.unwrap();
+
+    // At most five exports of an organization wait or run at once.
+    tamper(
+        &app,
+        "INSERT INTO operations (id, verb, target_id, org_id, other_org_id, state, done, total, \
+         cancel_requested, error_code, error_message, lease_expire, create_time, update_time, \
+         end_time) SELECT 'busy-' || n.i, 'export_customers', '', o.id, NULL, 'running', 0, 0, 0, \
+         NULL, NULL, 9000000000000000, 0, 0, NULL FROM organizations o, \
+         (SELECT 1 AS i UNION SELECT 2 UNION SELECT 3 UNION SELECT 4 UNION SELECT 5) n \
+         WHERE o.slug = 'vendor'; \
+         INSERT INTO exports (operation_id, organization_id, kind, format, params, records, \
+         size_bytes, expire_time, token) SELECT id, org_id, 'customers', 'csv', '{}', 0, 0, NULL, \
+         'held' FROM operations WHERE id LIKE 'busy-%';",
+    )
+    .await;
+    assert_error(
+        started(
+            &app,
+            &vendor.read_key,
+            "customers",
+            "",
+            pb::ExportFormat::Csv,
+        )
+        .await,
+        Code::ResourceExhausted,
+        "TOO_MANY_EXPORTS",
+    );
+    tamper(&app, "DELETE FROM exports WHERE operation_id LIKE 'busy-%'; DELETE FROM operations WHERE id LIKE 'busy-%';").await;
+
+    // A day later the file is gone, and the sweep forgets it and its operation.
     app.advance(SignedDuration::from_hours(25));
     assert_error(
         read(&app, &vendor.read_key, &op.name).await,
         Code::NotFound,
         "NOT_FOUND",
     );
+    assert!(
+        app.store
+            .prune_exports(app.store.clock().now())
+            .await
+            .unwrap()
+            >= 1
+    );
+    assert!(app.store.export_file(id).await.unwrap().is_none());
+    let got = app
+        .operations(&vendor.read_key)
+        .get_operation(GetOperationRequest {
+            name: op.name.clone(),
+        })
+        .await;
+    assert_error(got, Code::NotFound, "NOT_FOUND");
     app.stop().await.unwrap();
 }

@@ -238,6 +238,11 @@ impl Store {
         &self.operations
     }
 
+    /// Wakes the exports worker (an export was queued here).
+    pub fn exports_signal(&self) -> &Arc<Notify> {
+        &self.exports
+    }
+
     pub fn clock(&self) -> &crate::domain::notify::Clock {
         &self.clock
     }
