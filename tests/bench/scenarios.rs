@@ -1296,7 +1296,7 @@ pub async fn scorecard(ctx: &Ctx, cases: usize) -> anyhow::Result<Vec<Row>> {
     let t = Instant::now();
     let seed = format!(
         "UPDATE partnerships SET create_time = {start} - 86400000000 WHERE id = '{pid}';
-         CREATE TABLE bench_n AS WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {last}) SELECT i FROM n;
+         CREATE TABLE bench_n AS WITH RECURSIVE n(i) AS (SELECT CAST(0 AS BIGINT) UNION ALL SELECT i + 1 FROM n WHERE i < {last}) SELECT i FROM n;
          INSERT INTO cases (id, template, state, title, description, priority, customer_id, fields,
              escalation_contacts, opened_by, closed, breached, due_time, create_time, update_time,
              state_time, revision)
