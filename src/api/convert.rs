@@ -99,6 +99,19 @@ pub fn owners_preset(
     owners(parsed, owner, v, field, "field presets").map(Some)
 }
 
+/// A scorecard's period; the message says what is wrong.
+pub fn period_from_pb(raw: i32) -> std::result::Result<crate::domain::scorecard::Period, String> {
+    use pb::ScorecardPeriod as P;
+    match P::try_from(raw) {
+        Ok(P::Day) => Ok(crate::domain::scorecard::Period::Day),
+        Ok(P::Week) => Ok(crate::domain::scorecard::Period::Week),
+        Ok(P::Month) => Ok(crate::domain::scorecard::Period::Month),
+        Ok(P::Quarter) => Ok(crate::domain::scorecard::Period::Quarter),
+        Ok(P::Unspecified) => Err("is required: DAY, WEEK, MONTH or QUARTER".into()),
+        Err(_) => Err(format!("{raw} is not a known period")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ use std::pin::Pin;
 
 use tonic::{Request, Response, Status};
 
+use super::convert::period_from_pb;
 use super::write::idempotent;
 use super::{Hub, caller_of};
 use crate::app::exports as app;
@@ -13,7 +14,6 @@ use crate::domain::error::{Error, Result, Violations};
 use crate::domain::export::{ExportFormat, ExportKind, ExportParams};
 use crate::domain::filter::CustomerFilter;
 use crate::domain::names;
-use crate::domain::scorecard::Period;
 use crate::feed::render::operation_to_pb;
 use crate::google::longrunning::Operation;
 use crate::pb::{self, export_service_server::ExportService};
@@ -41,19 +41,6 @@ pub fn format_to_pb(f: ExportFormat) -> pb::ExportFormat {
     match f {
         ExportFormat::Csv => pb::ExportFormat::Csv,
         ExportFormat::JsonLines => pb::ExportFormat::JsonLines,
-    }
-}
-
-fn period_from_pb(raw: i32) -> std::result::Result<Period, String> {
-    match pb::ScorecardPeriod::try_from(raw) {
-        Ok(pb::ScorecardPeriod::Day) => Ok(Period::Day),
-        Ok(pb::ScorecardPeriod::Week) => Ok(Period::Week),
-        Ok(pb::ScorecardPeriod::Month) => Ok(Period::Month),
-        Ok(pb::ScorecardPeriod::Quarter) => Ok(Period::Quarter),
-        Ok(pb::ScorecardPeriod::Unspecified) => {
-            Err("is required: DAY, WEEK, MONTH or QUARTER".into())
-        }
-        Err(_) => Err(format!("{raw} is not a known period")),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{relationship_from_pb, update_paths};
+use super::convert::{period_from_pb, relationship_from_pb, update_paths};
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
 use crate::app::partnerships as app;
@@ -10,7 +10,6 @@ use crate::app::scorecards;
 use crate::domain::calendar::Zone;
 use crate::domain::error::{Error, Result, Violations};
 use crate::domain::names;
-use crate::domain::scorecard::Period;
 use crate::domain::{PartnershipAction, Reason, Relationship, Scope, Slug};
 use crate::feed::render::{partnership_to_pb, scorecard_to_pb};
 use crate::pb::{self, partnership_service_server::PartnershipService};
@@ -95,18 +94,6 @@ impl PartnershipApi {
         .await?;
         tracing::info!(partnership = %response.name, action = action.as_str(), "partnership changed");
         Ok(response)
-    }
-}
-
-fn period_from_pb(raw: i32) -> std::result::Result<Period, String> {
-    use pb::ScorecardPeriod as P;
-    match P::try_from(raw) {
-        Ok(P::Day) => Ok(Period::Day),
-        Ok(P::Week) => Ok(Period::Week),
-        Ok(P::Month) => Ok(Period::Month),
-        Ok(P::Quarter) => Ok(Period::Quarter),
-        Ok(P::Unspecified) => Err("is required: DAY, WEEK, MONTH or QUARTER".into()),
-        Err(_) => Err(format!("{raw} is not a known period")),
     }
 }
 

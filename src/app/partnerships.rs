@@ -90,6 +90,21 @@ pub async fn list(
     Ok(found)
 }
 
+/// Partnership `id` (named `name`) as `actor`, a party to it, read at `etag` (empty:
+/// any revision) for a change; NOT_FOUND if `actor` is no party.
+async fn to_change(
+    tx: &mut Tx,
+    actor: &OrgRef,
+    (id, name, etag): (&PartnershipId, &str, &str),
+) -> Result<Partnership> {
+    let p = tx
+        .partnership(&actor.id, id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("partnership {name:?}")))?;
+    check_etag(etag, p.revision, name)?;
+    Ok(p)
+}
+
 /// Applies `action` by the caller's organization to partnership `id` (named `name`,
 /// read at `etag`) for `reason`, and tells both parties.
 pub async fn transition(
@@ -100,11 +115,7 @@ pub async fn transition(
     reason: Reason,
 ) -> Result<Partnership> {
     let actor = caller.organization()?;
-    let mut p = tx
-        .partnership(&actor.id, id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("partnership {name:?}")))?;
-    check_etag(etag, p.revision, name)?;
+    let mut p = to_change(tx, actor, (id, name, etag)).await?;
     p.apply(actor, action, reason, now())?;
     if !tx.update_partnership_state(&mut p).await? {
         return Err(Error::StaleEtag(name.to_owned()));
@@ -133,11 +144,7 @@ pub async fn update(
     zone: Zone,
 ) -> Result<Partnership> {
     let actor = caller.organization()?;
-    let mut p = tx
-        .partnership(&actor.id, id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("partnership {name:?}")))?;
-    check_etag(etag, p.revision, name)?;
+    let mut p = to_change(tx, actor, (id, name, etag)).await?;
     if p.reporting_time_zone == zone {
         return Ok(p);
     }

@@ -157,6 +157,26 @@ fn response(h: &str) -> String {
 }
 
 impl Store {
+    /// The rows of `sql`, whose parameters are the two organizations (`$1`, `$2`)
+    /// and the window (`$3`, `$4`).
+    async fn window_rows<T>(
+        &self,
+        sql: &str,
+        (a, b): (&str, &str),
+        (s, e): (i64, i64),
+    ) -> Result<Vec<T>>
+    where
+        T: for<'r> FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        Ok(sqlx::query_as(sql)
+            .bind(a)
+            .bind(b)
+            .bind(s)
+            .bind(e)
+            .fetch_all(self.reader())
+            .await?)
+    }
+
     /// The rows between organizations `a` and `b` (partners through `partnership_id`)
     /// from `start` up to `end`.
     pub async fn scorecard_rows(
@@ -166,19 +186,20 @@ impl Store {
         (start, end): (Timestamp, Timestamp),
     ) -> Result<ScorecardRows> {
         let (s, e) = (micros(start), micros(end));
-        let opened: Vec<OpenedCase> = sqlx::query_as(&format!(
-            "SELECT c.id AS case_id, c.template, c.opened_by FROM cases c \
+        let opened: Vec<OpenedCase> = self
+            .window_rows(
+                &format!(
+                    "SELECT c.id AS case_id, c.template, c.opened_by FROM cases c \
              WHERE c.create_time >= $3 AND c.create_time < $4 AND c.opened_by IN ($1, $2) \
              AND {BETWEEN}"
-        ))
-        .bind(a)
-        .bind(b)
-        .bind(s)
-        .bind(e)
-        .fetch_all(self.reader())
-        .await?;
+                ),
+                (a, b),
+                (s, e),
+            )
+            .await?;
         let (first, any) = (response("f"), response("h"));
-        let steps: Vec<StepRow> = sqlx::query_as(&format!(
+        let steps: Vec<StepRow> = self.window_rows(
+            &format!(
             "SELECT h.case_id, c.template, c.opened_by, c.create_time AS opened, h.kind, \
              h.organization_id, h.transition, h.to_state, h.subject, h.create_time, \
              CAST(CASE WHEN h.organization_id IS NOT NULL AND NOT EXISTS (SELECT 1 \
@@ -191,12 +212,10 @@ impl Store {
                AND h.subject = 'cases/' || t.case_id || '/tasks/' || t.id \
              WHERE h.create_time >= $3 AND h.create_time < $4 AND c.opened_by IN ($1, $2) \
              AND (({any}) OR h.kind IN ('case.sla_breached', 'task.overdue')) AND {BETWEEN}"
-        ))
-        .bind(a)
-        .bind(b)
-        .bind(s)
-        .bind(e)
-        .fetch_all(self.reader())
+            ),
+            (a, b),
+            (s, e),
+        )
         .await?;
         let steps = steps
             .into_iter()
@@ -217,22 +236,22 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let met: Vec<ClockOutcome> = sqlx::query_as(&format!(
+        let met: Vec<ClockOutcome> = self.window_rows(
+            &format!(
             "SELECT k.policy, c.opened_by FROM case_sla_clocks k JOIN cases c ON c.id = k.case_id \
              WHERE k.phase = 'met' AND k.phase_time >= $3 AND k.phase_time < $4 \
              AND k.breach_time IS NULL AND c.opened_by IN ($1, $2) AND {BETWEEN}"
-        ))
-        .bind(a)
-        .bind(b)
-        .bind(s)
-        .bind(e)
-        .fetch_all(self.reader())
+            ),
+            (a, b),
+            (s, e),
+        )
         .await?;
         // Only customers the other side may see count; those it cannot possibly see
         // (not its own, no grant to it, no live rule of their owner) are left out here,
         // and the hub's visibility function decides for the rest.
-        let logged: Vec<Logged> = sqlx::query_as(
-            "SELECT i.customer_id, i.org_id AS author, COUNT(*) AS count FROM interactions i \
+        let logged: Vec<Logged> = self
+            .window_rows(
+                "SELECT i.customer_id, i.org_id AS author, COUNT(*) AS count FROM interactions i \
              JOIN customers cu ON cu.id = i.customer_id \
              WHERE i.org_id IN ($1, $2) AND i.visibility = 'shared' \
              AND i.create_time >= $3 AND i.create_time < $4 \
@@ -242,13 +261,10 @@ impl Store {
                OR EXISTS (SELECT 1 FROM sharing_rules r WHERE r.owner_id = cu.owner_id \
                  AND r.revoke_time IS NULL)) \
              GROUP BY i.customer_id, i.org_id",
-        )
-        .bind(a)
-        .bind(b)
-        .bind(s)
-        .bind(e)
-        .fetch_all(self.reader())
-        .await?;
+                (a, b),
+                (s, e),
+            )
+            .await?;
         let granted: Vec<Granted> = sqlx::query_as(
             "SELECT DISTINCT g.customer_id, cu.owner_id FROM customer_grants g \
              JOIN customers cu ON cu.id = g.customer_id \
@@ -259,16 +275,13 @@ impl Store {
         .bind(e)
         .fetch_all(self.reader())
         .await?;
-        let answered: Vec<(String, i64, i64)> = sqlx::query_as(
+        let answered: Vec<(String, i64, i64)> = self.window_rows(
             "SELECT owner_id, create_time, decide_time FROM access_requests \
              WHERE ((owner_id = $1 AND requester_id = $2) OR (owner_id = $2 AND requester_id = $1)) \
              AND decide_time >= $3 AND decide_time < $4 AND state IN ('approved', 'declined')",
+            (a, b),
+            (s, e),
         )
-        .bind(a)
-        .bind(b)
-        .bind(s)
-        .bind(e)
-        .fetch_all(self.reader())
         .await?;
         let answered = answered
             .into_iter()

@@ -20,7 +20,7 @@ crate::on_both_backends!(
     a_large_export_streams_in_chunks_and_expires,
 );
 
-async fn started(
+pub(crate) async fn started(
     app: &TestApp,
     key: &str,
     kind: &str,
@@ -53,7 +53,7 @@ async fn started(
 }
 
 /// Waits for `op` to finish; its `Export` response.
-async fn finished(app: &TestApp, key: &str, op: &Operation) -> pb::Export {
+pub(crate) async fn finished(app: &TestApp, key: &str, op: &Operation) -> pb::Export {
     let mut ops = app.operations(key);
     for _ in 0..200 {
         let o = ops
@@ -79,7 +79,7 @@ async fn finished(app: &TestApp, key: &str, op: &Operation) -> pb::Export {
     panic!("the export did not finish");
 }
 
-async fn read(app: &TestApp, key: &str, name: &str) -> Result<(Vec<u8>, usize), Status> {
+pub(crate) async fn read(app: &TestApp, key: &str, name: &str) -> Result<(Vec<u8>, usize), Status> {
     let mut stream = app
         .exports(key)
         .read_export(pb::ReadExportRequest { name: name.into() })

@@ -1277,56 +1277,19 @@ fn read_owners_export(c: Ctx) -> Reply {
 /// Runs an export of `key`'s organization (its customers, or their interactions) to
 /// its end: its name, and its file.
 async fn run_export(app: &TestApp, key: &str, customers: bool) -> (String, Vec<u8>) {
-    use liaison::google::longrunning::operation::Result as Outcome;
-    let mut exports = app.exports(key);
-    let format = pb::ExportFormat::JsonLines as i32;
-    let op = if customers {
-        exports
-            .export_customers(pb::ExportCustomersRequest {
-                format,
-                ..Default::default()
-            })
-            .await
+    let kind = if customers {
+        "customers"
     } else {
-        exports
-            .export_interactions(pb::ExportInteractionsRequest {
-                format,
-                ..Default::default()
-            })
-            .await
-    }
-    .expect("start an export")
-    .into_inner();
-    let mut ops = app.operations(key);
-    for _ in 0..120 {
-        let o = ops
-            .wait_operation(WaitOperationRequest {
-                name: op.name.clone(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-            })
-            .await
-            .expect("wait for the export")
-            .into_inner();
-        match o.result {
-            Some(Outcome::Response(_)) => break,
-            Some(Outcome::Error(e)) => panic!("the export failed: {e:?}"),
-            None => {}
-        }
-    }
-    let mut stream = exports
-        .read_export(pb::ReadExportRequest {
-            name: op.name.clone(),
-        })
+        "interactions"
+    };
+    let format = pb::ExportFormat::JsonLines;
+    let op = crate::exports::started(app, key, kind, "", format)
         .await
-        .expect("read the export")
-        .into_inner();
-    let mut file = vec![];
-    while let Some(chunk) = stream.message().await.expect("a chunk") {
-        file.extend(chunk.data);
-    }
+        .expect("start an export");
+    crate::exports::finished(app, key, &op).await;
+    let (file, _) = crate::exports::read(app, key, &op.name)
+        .await
+        .expect("read the export");
     (op.name, file)
 }
 
