@@ -317,7 +317,7 @@ impl Application {
                 () = hub.store.follow_credentials() => {}
                 () = crate::app::audit::run_checkpoints(hub.store.clone(), hub.audit.clone()) => {}
                 () = crate::app::metrics::run_rfm(hub.store.clone(), hub.customers.clone(), rfm_interval) => {}
-                () = crate::app::scorecards::run(hub.store.clone(), hub.workflows.clone(), scorecard_interval) => {}
+                () = crate::app::scorecards::run(hub.store.clone(), hub.customers.clone(), hub.workflows.clone(), scorecard_interval) => {}
                 () = crate::metrics::serve(metrics_listener, hub.store.clone()) => {}
                 () = crate::tls::reload_on_hangup(tls) => {}
             }

@@ -9,9 +9,11 @@ use std::time::Duration;
 use jiff::civil::Date;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 
+use super::customers::CustomerSettings;
 use crate::domain::caller::Caller;
 use crate::domain::case::workflow::Workflows;
 use crate::domain::error::{Error, Result};
+use crate::domain::filter::{CustomerCondition, CustomerFilter};
 use crate::domain::ids::PartnershipId;
 use crate::domain::names;
 use crate::domain::scorecard::{Figures, Period, Scorecard, date_of, day_window, seconds_between};
@@ -211,6 +213,27 @@ pub async fn day_figures(
     Ok(figures)
 }
 
+/// Sets how many of each side's customers the other sees now (one by one or by
+/// rules), through the visibility function: the day has just closed.
+async fn reach(
+    store: &Store,
+    settings: &CustomerSettings,
+    p: &Partnership,
+    figures: &mut Figures,
+) -> Result<()> {
+    for (owner, viewer) in [(&p.proposer, &p.recipient), (&p.recipient, &p.proposer)] {
+        let owned = CustomerFilter {
+            conditions: vec![CustomerCondition::Owner(owner.slug.clone())],
+        };
+        let viewer = Caller::job(viewer.clone());
+        let n = super::customers::count(store, settings, &viewer, &owned).await?;
+        if let Some(side) = figures.party(&owner.id) {
+            side.customers_visible = Some(n);
+        }
+    }
+    Ok(())
+}
+
 /// Everything but the interactions: counts and durations from the rows.
 fn tally(workflows: &Workflows, (a, b): (&str, &str), rows: &ScorecardRows) -> Figures {
     let other = |x: &str| if x == a { b.to_owned() } else { a.to_owned() };
@@ -299,9 +322,14 @@ fn tally(workflows: &Workflows, (a, b): (&str, &str), rows: &ScorecardRows) -> F
 
 /// Aggregates the closed days of every active or suspended partnership not yet kept,
 /// every `interval`, until the hub stops. Replicas may overlap: a day is kept once.
-pub async fn run(store: Store, workflows: std::sync::Arc<Workflows>, interval: Duration) {
+pub async fn run(
+    store: Store,
+    settings: std::sync::Arc<CustomerSettings>,
+    workflows: std::sync::Arc<Workflows>,
+    interval: Duration,
+) {
     loop {
-        match aggregate(&store, &workflows).await {
+        match aggregate(&store, &settings, &workflows).await {
             Ok(0) => {}
             Ok(days) => tracing::info!(days, "scorecard days aggregated"),
             Err(error) => {
@@ -313,7 +341,11 @@ pub async fn run(store: Store, workflows: std::sync::Arc<Workflows>, interval: D
 }
 
 /// One round of [`run`]: the number of days kept.
-pub async fn aggregate(store: &Store, workflows: &Workflows) -> Result<usize> {
+pub async fn aggregate(
+    store: &Store,
+    settings: &CustomerSettings,
+    workflows: &Workflows,
+) -> Result<usize> {
     let now = store.clock().now();
     let mut kept = 0;
     let week_ago = now - SignedDuration::from_hours(7 * 24);
@@ -321,7 +353,7 @@ pub async fn aggregate(store: &Store, workflows: &Workflows) -> Result<usize> {
         let Some(p) = store.partnership_by_id(&id).await? else {
             continue;
         };
-        match catch_up(store, workflows, &p, now).await {
+        match catch_up(store, (settings, workflows), &p, now).await {
             Ok(n) => kept += n,
             Err(error) => {
                 tracing::warn!(partnership = %p.id, %error, "scorecard days not aggregated");
@@ -335,7 +367,7 @@ pub async fn aggregate(store: &Store, workflows: &Workflows) -> Result<usize> {
 /// [`DAYS_PER_ROUND`]: from the day it began to the day it ended (or yesterday).
 async fn catch_up(
     store: &Store,
-    workflows: &Workflows,
+    (settings, workflows): (&CustomerSettings, &Workflows),
     p: &Partnership,
     now: Timestamp,
 ) -> Result<usize> {
@@ -357,7 +389,8 @@ async fn catch_up(
             if e + GRACE > now {
                 break;
             }
-            let f = day_figures(store, workflows, p, (s, e)).await?;
+            let mut f = day_figures(store, workflows, p, (s, e)).await?;
+            reach(store, settings, p, &mut f).await?;
             let d = keep(store, p, day, (s, e), &f, now).await?;
             kept.insert(d.day.clone(), d);
             n += 1;

@@ -209,6 +209,10 @@ pub struct PartyFigures {
     pub interactions_logged: i64,
     /// Customers it newly shared with the other side, one by one (grants).
     pub customers_shared: i64,
+    /// Its customers the other side sees (one by one or by rules), counted by the
+    /// visibility function as the day was kept; for a longer period, its last kept
+    /// day's count.
+    pub customers_visible: Option<i64>,
     /// The other side's access requests to its customers it approved or denied.
     pub access_requests_answered: i64,
     pub time_to_answer: Sketch,
@@ -233,6 +237,9 @@ impl PartyFigures {
         self.tasks_overdue += o.tasks_overdue;
         self.interactions_logged += o.interactions_logged;
         self.customers_shared += o.customers_shared;
+        if o.customers_visible.is_some() {
+            self.customers_visible = o.customers_visible;
+        }
         self.access_requests_answered += o.access_requests_answered;
         self.time_to_answer.merge(&o.time_to_answer);
         self.webhook_attempts += o.webhook_attempts;

@@ -141,7 +141,7 @@ pub fn interaction(format: ExportFormat, i: &Interaction) -> Result<Vec<u8>> {
     record(format, INTERACTION, &interaction_to_pb(i))
 }
 
-const SCORECARD_COLUMNS: [&str; 32] = [
+const SCORECARD_COLUMNS: [&str; 33] = [
     "partnership",
     "period",
     "first_date",
@@ -163,6 +163,7 @@ const SCORECARD_COLUMNS: [&str; 32] = [
     "tasks_overdue",
     "interactions_logged",
     "customers_shared",
+    "customers_visible",
     "access_requests_answered",
     "time_to_answer_median_s",
     "time_to_answer_p90_s",
@@ -229,6 +230,7 @@ pub fn scorecard(format: ExportFormat, s: &Scorecard) -> Result<(Vec<u8>, i64)> 
             p.tasks_overdue.to_string(),
             p.interactions_logged.to_string(),
             p.customers_shared.to_string(),
+            p.customers_visible.map_or(String::new(), |n| n.to_string()),
             p.access_requests_answered.to_string(),
             seconds(&answer.median),
             seconds(&answer.p90),

@@ -863,6 +863,7 @@ fn party_to_pb(organization: String, f: &PartyFigures) -> pb::PartyScorecard {
         tasks_overdue: f.tasks_overdue,
         interactions_logged: f.interactions_logged,
         customers_shared: f.customers_shared,
+        customers_visible: f.customers_visible,
         access_requests_answered: f.access_requests_answered,
         time_to_answer: Some(summary(&f.time_to_answer)),
         webhook_attempts: f.webhook_attempts,

@@ -976,6 +976,23 @@ async fn closed_days_are_kept_by_the_job_and_outlive_the_raw_rows(backend: Backe
         matches_raw_rows(&app, &card, &s.ids).await;
         cards.push(card);
     }
+    // Kept days count the customers each side sees of the other's, as its own
+    // ListCustomers does: the vendor's two the reseller was granted, none the other way.
+    let seen = crate::customers::list(
+        &app,
+        &s.reseller.read_key,
+        "owner = \"organizations/vendor\"",
+    )
+    .await;
+    assert_eq!(seen.len(), 2);
+    let last = cards.last().unwrap();
+    assert_eq!(
+        (
+            last.parties[0].customers_visible,
+            last.parties[1].customers_visible
+        ),
+        (Some(2), Some(0))
+    );
     let reseller_attempts = |cards: &[pb::PartnershipScorecard]| {
         cards
             .iter()
