@@ -19,6 +19,9 @@ const PROTOS: &[&str] = &[
     "liaison/v1/exports.proto",
     "liaison/v1/audit.proto",
     "google/longrunning/operations.proto",
+    // Not imported by any service: served by reflection so that generic clients
+    // (grpcurl, Postman) can decode the error details the hub sends.
+    "google/rpc/error_details.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

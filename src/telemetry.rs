@@ -18,8 +18,13 @@ const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,tower=warn";
 pub fn init(format: LogFormat, telemetry: &TelemetryConfig) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_env("LIAISON_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let text = (format == LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Colours only for a person at a terminal: a file or a pipe gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+    });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()

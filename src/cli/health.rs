@@ -12,10 +12,8 @@ pub(super) async fn health(
 ) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("--server {server:?} is not a URL"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(5));
+    let (url, endpoint) = super::hub_endpoint(server)?;
+    let mut endpoint = endpoint.timeout(std::time::Duration::from_secs(5));
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
         endpoint = endpoint
@@ -25,10 +23,7 @@ pub(super) async fn health(
             )
             .context("--ca")?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
+    let channel = super::connect_hub(&url, endpoint).await?;
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest { service })
         .await

@@ -23,7 +23,6 @@ use anyhow::{Context, bail};
 use prost::Message;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 use crate::pb::{self, customer_service_client::CustomerServiceClient};
 
@@ -317,11 +316,8 @@ pub async fn run(options: ImportOptions) -> anyhow::Result<Totals> {
         Format::Csv => Box::new(read_csv(input)),
         Format::Jsonl => Box::new(read_jsonl(input)),
     };
-    let channel = Channel::from_shared(options.server.clone())
-        .context("--server must be a URL such as http://127.0.0.1:50051")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", options.server))?;
+    let (url, endpoint) = super::hub_endpoint(&options.server)?;
+    let channel = super::connect_hub(&url, endpoint).await?;
     let key = format!("Bearer {}", options.key);
     let key: tonic::metadata::MetadataValue<_> = key.parse().context("the API key is not valid")?;
     let mut client =

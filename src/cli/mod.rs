@@ -69,7 +69,7 @@ enum Command {
         /// Overrides the format guessed from the file name.
         #[arg(long, value_enum)]
         format: Option<import::Format>,
-        /// The hub's gRPC address.
+        /// The hub's address: `host:port` (plain HTTP/2) or a URL (`https://…` for TLS).
         #[arg(long, env = "LIAISON_SERVER", default_value = "http://127.0.0.1:50051")]
         server: String,
         /// An API key with the write scope of the importing organization.
@@ -99,7 +99,7 @@ enum Command {
     /// Asks a running hub's `grpc.health.v1` service; exits 0 if it is SERVING (for
     /// container health checks).
     Health {
-        /// The hub's gRPC address.
+        /// The hub's address: `host:port` (plain HTTP/2) or a URL (`https://…` for TLS).
         #[arg(long, env = "LIAISON_SERVER", default_value = "http://127.0.0.1:50051")]
         server: String,
         /// PEM CA certificate to trust, for a hub that speaks TLS (`https://…`).
@@ -355,4 +355,48 @@ fn bar(fraction: f64) -> String {
         ".".repeat(width - filled),
         fraction * 100.0
     )
+}
+
+/// The hub's address as `--server` gives it, `http://` added when it names no scheme
+/// (`127.0.0.1:50051`), with the connect timeout the commands use; the message says
+/// what a good address looks like.
+pub(crate) fn hub_endpoint(server: &str) -> anyhow::Result<(String, tonic::transport::Endpoint)> {
+    let url = if server.contains("://") {
+        server.trim().to_owned()
+    } else {
+        format!("http://{}", server.trim())
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "--server {server:?} is not an address such as 127.0.0.1:50051 or \
+             https://hub.example.com"
+        )
+    };
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad())?;
+    if uri.host().is_none_or(str::is_empty) || !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad());
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|_| bad())?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    Ok((url, endpoint))
+}
+
+/// Connects to the hub at `url`, saying plainly when nothing answers there.
+pub(crate) async fn connect_hub(
+    url: &str,
+    endpoint: tonic::transport::Endpoint,
+) -> anyhow::Result<tonic::transport::Channel> {
+    endpoint.connect().await.map_err(|e| {
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        anyhow::anyhow!(
+            "cannot reach the hub at {url} ({cause}); is `liaison serve` running there, \
+             on that port?"
+        )
+    })
 }

@@ -2,7 +2,6 @@
 //! comparison) from a shell.
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -38,7 +37,7 @@ pub(super) enum OperationsCommand {
 /// Which hub to ask, as whom.
 #[derive(clap::Args)]
 pub(super) struct Remote {
-    /// The hub's gRPC address.
+    /// The hub's address: `host:port` (plain HTTP/2) or a URL (`https://…` for TLS).
     #[arg(long, env = "LIAISON_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
     /// An API key of an organization the operation concerns (read scope).
@@ -86,15 +85,8 @@ impl Remote {
         Channel,
         impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + use<>,
     )> {
-        let server = self.server.as_str();
-        let channel = Channel::from_shared(server.to_owned())
-            .with_context(|| {
-                format!("--server {server:?} must be a URL such as http://127.0.0.1:50051")
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {server}"))?;
+        let (url, endpoint) = super::hub_endpoint(&self.server)?;
+        let channel = super::connect_hub(&url, endpoint).await?;
         let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", self.key)
             .parse()
             .context("the API key is not valid")?;

@@ -31,6 +31,7 @@ crate::on_both_backends!(
     admin_commands_manage_organizations_and_keys,
     import_loads_a_file_in_batches_and_names_bad_lines,
     replicas_started_at_once_on_a_fresh_database_migrate_it_once_and_all_serve,
+    the_cli_takes_a_bare_address_and_says_why_it_cannot_reach_a_hub,
 );
 
 fn import(
@@ -370,4 +371,71 @@ async fn replicas_started_at_once_on_a_fresh_database_migrate_it_once_and_all_se
             .into_inner();
         assert_eq!(got.slug, "acme");
     }
+}
+
+async fn the_cli_takes_a_bare_address_and_says_why_it_cannot_reach_a_hub(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let health = |server: &str| {
+        Command::new(env!("CARGO_BIN_EXE_liaison"))
+            .args(["health", "--server", server])
+            .output()
+            .expect("run liaison health")
+    };
+    // host:port, no scheme: plain HTTP/2.
+    let out = health(&app.addr.to_string());
+    assert_eq!(stdout(&out).trim(), "SERVING");
+    // Nothing listening there: the message names the address and what to check.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = health(&nobody);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("cannot reach the hub at http://{nobody}"))
+            && said.contains("is `liaison serve` running there"),
+        "{said}"
+    );
+    // Not an address at all.
+    for bad in ["http://", "ftp://hub.example:21", "two words:1"] {
+        let out = health(bad);
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("is not an address such as 127.0.0.1:50051"),
+            "{bad}: {said}"
+        );
+    }
+    // A hub logging to a pipe (a file, a journal) writes no colour codes.
+    use tokio::io::AsyncBufReadExt;
+    let mut hub = tokio::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
+        .arg(&app.config.database.url)
+        .args(["--log-format", "text"])
+        .env("LIAISON_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start liaison serve");
+    let mut lines = tokio::io::BufReader::new(hub.stderr.take().unwrap()).lines();
+    let log = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut log = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("hub ready") {
+                return log;
+            }
+        }
+        panic!("the hub exited before it was ready: {log}");
+    })
+    .await
+    .expect("ready in time");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(log.contains(" INFO "), "{log}");
+    let _ = hub.kill().await;
+    app.stop().await.unwrap();
 }

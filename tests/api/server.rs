@@ -85,6 +85,32 @@ async fn reflection_lists_every_service(backend: Backend) {
         panic!("unexpected {response:?}")
     };
     assert!(!files.file_descriptor_proto.is_empty());
+
+    // And the error details the hub sends, so that a generic client decodes them.
+    for symbol in [
+        "google.rpc.BadRequest",
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.rpc.PreconditionFailure",
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().expect("one answer");
+        assert!(
+            matches!(
+                response.message_response,
+                Some(MessageResponse::FileDescriptorResponse(_))
+            ),
+            "{symbol}: {response:?}"
+        );
+    }
 }
 
 async fn shutdown_reports_not_serving_and_exits_cleanly(backend: Backend) {
