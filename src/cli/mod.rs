@@ -313,6 +313,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { common, command } => {
             let config = load(&common, None)?;
             telemetry::init(config.log_format, &config.telemetry)?;
+            let url = &config.database.url;
+            // An operator in the wrong directory, or without the server's config,
+            // would otherwise work on a new empty database and wonder where
+            // everything went.
+            if let Some(path) = sqlite_file(url).filter(|p| !p.exists()) {
+                let at = std::path::absolute(&path).unwrap_or(path);
+                if !matches!(command, AdminCommand::Bootstrap { .. }) {
+                    anyhow::bail!(
+                        "there is no database at {} ({url}); run this where the hub keeps its \
+                         database, or pass the server's --database-url or --config",
+                        at.display()
+                    );
+                }
+                eprintln!("creating a new database at {}", at.display());
+            }
+            eprintln!("database: {}", crate::config::redact_url(url));
             let store = Store::connect(&config.store_options()).await?;
             store.migrate().await?;
             let hub = Hub::build(store.clone(), &config).await?;
@@ -399,4 +415,14 @@ pub(crate) async fn connect_hub(
              on that port?"
         )
     })
+}
+
+/// The file a SQLite database URL names (`sqlite://liaison.db`, `sqlite:data/hub.db`,
+/// options after `?` left out); `None` for an in-memory database or another backend.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }

@@ -34,6 +34,33 @@ crate::on_both_backends!(
     the_cli_takes_a_bare_address_and_says_why_it_cannot_reach_a_hub,
 );
 
+#[test]
+fn admin_commands_refuse_a_database_that_is_not_there_and_say_which_they_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("elsewhere.db");
+    let url = format!("sqlite://{}", path.display());
+    let out = liaison(&url, &["admin", "list-orgs"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("there is no database at {}", path.display())),
+        "{said}"
+    );
+    assert!(!path.exists(), "a refused command created the database");
+    // Bootstrapping a new hub's database creates it, and says so.
+    let out = liaison(&url, &["admin", "bootstrap"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    stdout(&out);
+    assert!(
+        said.contains(&format!("creating a new database at {}", path.display())),
+        "{said}"
+    );
+    let out = liaison(&url, &["admin", "list-orgs"]);
+    stdout(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("database: {url}")), "{said}");
+}
+
 fn import(
     app: &TestApp,
     key: &str,
@@ -186,6 +213,8 @@ async fn bootstrap_prints_a_working_key_on_its_last_line(backend: Backend) {
 
 async fn admin_commands_manage_organizations_and_keys(backend: Backend) {
     let (_db, url) = TestDatabase::create(&backend).await;
+    // Admin commands work on an existing database (`migrate` makes one).
+    stdout(&liaison(&url, &["migrate"]));
     let out = stdout(&liaison(
         &url,
         &[
