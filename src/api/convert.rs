@@ -112,6 +112,16 @@ pub fn period_from_pb(raw: i32) -> std::result::Result<crate::domain::scorecard:
     }
 }
 
+/// A local date of a report (`2026-12-03`), in the years 1970 to 9998 (so that every
+/// period holding it has an end).
+pub fn report_date(raw: &str) -> std::result::Result<jiff::civil::Date, FieldViolation> {
+    match raw.parse::<jiff::civil::Date>() {
+        Ok(d) if (1970..=9998).contains(&d.year()) => Ok(d),
+        Ok(_) => Err(FieldViolation::new("", "must be in the years 1970 to 9998")),
+        Err(_) => Err(FieldViolation::new("", "must be a date such as 2026-12-03")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::period_from_pb;
+use super::convert::{period_from_pb, report_date};
 use super::write::idempotent;
 use super::{Hub, caller_of};
 use crate::app::exports as app;
@@ -41,19 +41,6 @@ pub fn format_to_pb(f: ExportFormat) -> pb::ExportFormat {
     match f {
         ExportFormat::Csv => pb::ExportFormat::Csv,
         ExportFormat::JsonLines => pb::ExportFormat::JsonLines,
-    }
-}
-
-fn date(v: &mut Violations, field: &str, raw: &str) -> Option<jiff::civil::Date> {
-    match raw.parse::<jiff::civil::Date>() {
-        Ok(d) if (1970..=9998).contains(&d.year()) => Some(d),
-        _ => {
-            v.add(
-                field,
-                "must be a date such as 2026-12-03, in the years 1970 to 9998",
-            );
-            None
-        }
     }
 }
 
@@ -167,8 +154,8 @@ impl ExportService for ExportApi {
                 None
             }
         };
-        let first = date(&mut v, "first_date", &r.first_date);
-        let last = date(&mut v, "last_date", &r.last_date);
+        let first = v.check("first_date", report_date(&r.first_date));
+        let last = v.check("last_date", report_date(&r.last_date));
         let (Some(id), Some(period), Some(format), Some(first), Some(last)) =
             (id, period, format, first, last)
         else {

@@ -19,7 +19,7 @@ use crate::domain::names;
 use crate::domain::{OrgRef, Scope, now};
 use crate::feed::render::interaction_to_pb;
 use crate::pb::{self, interaction_service_server::InteractionService};
-use crate::store::{InteractionFilter, Page};
+use crate::store::{InteractionFilter, Page, interaction_cursor};
 
 /// How far ahead an interaction may be dated (clock skew, time zones).
 const MAX_FUTURE: SignedDuration = SignedDuration::from_hours(24);
@@ -286,11 +286,9 @@ impl InteractionService for InteractionApi {
             .await?;
         let after = match page.after.as_deref() {
             None => None,
-            Some(cursor) => {
-                let bad = || Error::invalid("page_token", "is not a token this list returned");
-                let (time, id) = cursor.split_once(':').ok_or_else(bad)?;
-                Some((time.parse::<i64>().map_err(|_| bad())?, id.to_owned()))
-            }
+            Some(cursor) => Some(interaction_cursor(cursor).ok_or_else(|| {
+                Error::invalid("page_token", "is not a token this list returned")
+            })?),
         };
         let after = after.as_ref().map(|(t, id)| (*t, id.as_str()));
         let parent = (&customer_id, r.parent.as_str());

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{period_from_pb, relationship_from_pb, update_paths};
+use super::convert::{period_from_pb, relationship_from_pb, report_date, update_paths};
 use super::write::{Retryable, idempotent};
 use super::{Caller, Hub, caller_of};
 use crate::app::partnerships as app;
@@ -273,17 +273,7 @@ impl PartnershipService for PartnershipApi {
         let date = if r.date.is_empty() {
             None
         } else {
-            match r.date.parse::<jiff::civil::Date>() {
-                Ok(d) if (1970..=9998).contains(&d.year()) => Some(d),
-                Ok(_) => {
-                    v.add("date", "must be in the years 1970 to 9998");
-                    None
-                }
-                Err(_) => {
-                    v.add("date", "must be a date such as 2026-12-03");
-                    None
-                }
-            }
+            v.check("date", report_date(&r.date))
         };
         let (Some(id), Some(period)) = (id, period) else {
             return Err(v.into_error().into());

@@ -20,7 +20,7 @@ use crate::domain::mapping::OperationState;
 use crate::domain::names;
 use crate::domain::scorecard::Period;
 use crate::feed::export as render;
-use crate::store::{ExportFile, InteractionFilter, Operation, Store, Tx};
+use crate::store::{ExportFile, InteractionFilter, Operation, Store, Tx, interaction_cursor};
 
 /// A worker holds an export this long without a word before another may take it.
 const LEASE: SignedDuration = SignedDuration::from_mins(10);
@@ -411,10 +411,7 @@ impl Exporter<'_> {
             let Some(next) = page.next_after else {
                 return Ok(());
             };
-            let cursor = next
-                .split_once(':')
-                .and_then(|(t, i)| Some((t.parse::<i64>().ok()?, i.to_owned())));
-            match cursor {
+            match interaction_cursor(&next) {
                 Some(c) => after = Some(c),
                 None => return Ok(()),
             }

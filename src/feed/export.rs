@@ -3,11 +3,10 @@
 //! by "; ", nested messages as JSON). Scorecards flatten to one CSV row per period and
 //! side.
 
-use std::sync::OnceLock;
-
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DynamicMessage, SerializeOptions};
 
+use super::json::message_descriptor;
 use super::render::{customer_to_pb, interaction_to_pb, metrics_to_pb, scorecard_to_pb};
 use crate::domain::error::Result;
 use crate::domain::export::ExportFormat;
@@ -15,23 +14,12 @@ use crate::domain::interaction::Interaction;
 use crate::domain::metrics::CustomerMetrics;
 use crate::domain::scorecard::Scorecard;
 use crate::domain::visibility::Access;
-use crate::pb;
 use crate::store::SeenCustomer;
-
-fn descriptor(name: &'static str) -> MessageDescriptor {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
-            .expect("the descriptor set compiled into the binary decodes")
-    })
-    .get_message_by_name(name)
-    .expect("the message is in the descriptor set")
-}
 
 /// `m` (a message named `name`) as a JSON value; CSV keeps default values, JSON
 /// lines leave them out as the mapping does.
 fn json_of(name: &'static str, m: &impl Message, defaults: bool) -> Result<serde_json::Value> {
-    let dynamic = DynamicMessage::decode(descriptor(name), m.encode_to_vec().as_slice())
+    let dynamic = DynamicMessage::decode(message_descriptor(name), m.encode_to_vec().as_slice())
         .map_err(|e| anyhow::anyhow!("{name} does not decode: {e}"))?;
     let options = SerializeOptions::new().skip_default_fields(!defaults);
     let value = dynamic
@@ -42,7 +30,7 @@ fn json_of(name: &'static str, m: &impl Message, defaults: bool) -> Result<serde
 
 /// The CSV header of records of message `name`: its fields' JSON names, in order.
 fn columns(name: &'static str) -> Vec<String> {
-    descriptor(name)
+    message_descriptor(name)
         .fields()
         .map(|f| f.json_name().to_owned())
         .collect()

@@ -7,15 +7,21 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use crate::domain::error::Result;
 use crate::pb;
 
-/// The compiled descriptor of `liaison.v1.Event`.
-fn event_descriptor() -> &'static MessageDescriptor {
-    static DESCRIPTOR: OnceLock<MessageDescriptor> = OnceLock::new();
-    DESCRIPTOR.get_or_init(|| {
+/// The compiled descriptor of message `name` (`liaison.v1.Event`), from the
+/// descriptor set built into the binary, decoded once.
+pub fn message_descriptor(name: &str) -> MessageDescriptor {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
         DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
             .expect("the descriptor set compiled into the binary decodes")
-            .get_message_by_name("liaison.v1.Event")
-            .expect("liaison.v1.Event is in the descriptor set")
     })
+    .get_message_by_name(name)
+    .unwrap_or_else(|| panic!("{name} is in the descriptor set"))
+}
+
+fn event_descriptor() -> &'static MessageDescriptor {
+    static DESCRIPTOR: OnceLock<MessageDescriptor> = OnceLock::new();
+    DESCRIPTOR.get_or_init(|| message_descriptor("liaison.v1.Event"))
 }
 
 /// A stored event (its protobuf bytes, as the feed keeps them) numbered `sequence`,

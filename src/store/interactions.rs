@@ -268,6 +268,13 @@ impl Store {
     }
 }
 
+/// The row an interactions page continues after, as [`Store::interactions`] wrote it
+/// in `next_after` (`{occur_time}:{id}`); `None` if it is not one.
+pub fn interaction_cursor(raw: &str) -> Option<(i64, String)> {
+    let (time, id) = raw.split_once(':')?;
+    Some((time.parse().ok()?, id.to_owned()))
+}
+
 impl Tx {
     pub async fn insert_interaction(&mut self, i: &Interaction) -> Result<()> {
         let attributes = serde_json::to_string(&i.attributes)

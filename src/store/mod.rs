@@ -59,7 +59,7 @@ pub use email::{EmailOutcome, EmailToSend, NewEmail, PendingNotification};
 pub use events::{Cause, EventQuery, FeedSignal, NewEvent, StoredEvent};
 pub use exports::ExportFile;
 pub use idempotency::{Claim, REQUEST_ID_RETENTION};
-pub use interactions::InteractionFilter;
+pub use interactions::{InteractionFilter, interaction_cursor};
 pub use long_running::Operation;
 pub use mappings::{AccountMapping, MappedSegment, Unasked};
 pub use metrics::{MAX_REPORTED, TotalDifference, TotalsCheck};
