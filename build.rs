@@ -3,7 +3,11 @@
 
 use std::{env, fs, path::PathBuf};
 
-use prost::Message;
+/// The OpenAPI writer the hub's HTTP module uses, compiled here to write the document
+/// at build time.
+#[allow(dead_code)]
+#[path = "src/api/http/openapi.rs"]
+mod openapi;
 
 const PROTOS: &[&str] = &[
     "liaison/v1/organizations.proto",
@@ -28,18 +32,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // `sqlx::migrate!` embeds the migrations; a new file must rebuild the crate.
     println!("cargo:rerun-if-changed=migrations");
-    let descriptors = protox::Compiler::new(["proto"])?
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(PROTOS)?
-        .file_descriptor_set();
+        .open_files(PROTOS)?;
+    let descriptors = compiler.file_descriptor_set();
+    let document = openapi::document(&compiler.descriptor_pool(), "v1")?;
 
     build_info()?;
     postgres_tests();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
+        out_dir.join("openapi.json"),
+        serde_json::to_string_pretty(&document)? + "\n",
+    )?;
+    // Encoded by protox, not prost: prost's option types drop the extensions
+    // (`google.api.http`) the server reads back from this set.
+    fs::write(
         out_dir.join("liaison_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     tonic_prost_build::configure()

@@ -69,6 +69,8 @@ pub struct Application {
     /// Sends webhooks (the worker's and the test-event RPC's HTTP client).
     sender: Arc<Sender>,
     email_worker: EmailWorker,
+    /// The HTTP/JSON routes of the protos' `google.api.http` rules.
+    http_routes: crate::api::http::Routes,
     config: Config,
 }
 
@@ -92,6 +94,8 @@ impl Application {
             .transpose()
             .context("Failed to read the metrics address")?;
         let hub = Hub::build(store, &config).await?;
+        let http_routes = crate::api::http::Routes::load(crate::feed::json::pool())
+            .map_err(|e| anyhow::anyhow!("The HTTP routes of the protos are broken: {e}"))?;
         // The outbound clients read their settings (and files, such as extra CA
         // certificates) here, so a bad one stops the start before the hub serves.
         let sender = Arc::new(Sender::new(hub.store.clone(), config.webhooks.clone())?);
@@ -114,6 +118,7 @@ impl Application {
             hub,
             sender,
             email_worker,
+            http_routes,
             config,
         })
     }
@@ -144,6 +149,7 @@ impl Application {
             hub,
             sender,
             email_worker,
+            http_routes,
             config,
             ..
         } = self;
@@ -255,6 +261,8 @@ impl Application {
             }
         };
         let router = Server::builder()
+            // HTTP/1.1 for HTTP/JSON clients; gRPC stays on HTTP/2.
+            .accept_http1(true)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
             .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
@@ -262,6 +270,9 @@ impl Application {
             // h2 ends a whole connection for a header block past this; the edge holds
             // each request to `max_header_list_bytes`, failing that request alone.
             .http2_max_header_list_size(crate::api::edge::HTTP2_HEADER_LIST_CEILING)
+            // Outermost: a request that is not gRPC is turned into the gRPC call its
+            // route names, which then passes the edge like any other.
+            .layer(crate::api::http::HttpJsonLayer::new(http_routes, max))
             .layer(EdgeLayer::new(
                 hub.auth.clone(),
                 hub.limits.clone(),

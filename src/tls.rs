@@ -98,7 +98,8 @@ pub fn server_config(tls: &TlsConfig) -> anyhow::Result<ServerConfig> {
     let mut config = builder
         .with_single_cert(certs, key)
         .context("key: does not match the certificate")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC needs HTTP/2; HTTP/JSON clients may speak HTTP/1.1 (the port serves both).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -73,7 +73,7 @@ impl Authenticator {
         let header = header.ok_or_else(|| {
             unauthenticated(
                 "MISSING_CREDENTIALS",
-                "send an API key as `authorization: Bearer <key>` metadata",
+                "send an API key as `authorization: Bearer <key>` (gRPC metadata or HTTP header)",
             )
         })?;
         let token = std::str::from_utf8(header)
@@ -86,7 +86,7 @@ impl Authenticator {
             .ok_or_else(|| {
                 unauthenticated(
                     "MALFORMED_CREDENTIALS",
-                    "the authorization metadata must be `Bearer <key>`",
+                    "the authorization metadata or header must be `Bearer <key>`",
                 )
             })?;
         let secret = ApiKeySecret::parse(token)

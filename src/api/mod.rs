@@ -5,6 +5,7 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod edge;
+pub mod http;
 pub mod paging;
 pub mod status;
 mod write;

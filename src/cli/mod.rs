@@ -126,6 +126,9 @@ enum Command {
         #[command(subcommand)]
         command: operations::OperationsCommand,
     },
+    /// Prints the OpenAPI 3.1 description of the HTTP/JSON API (as the hub serves it at
+    /// `/openapi.json`).
+    Openapi,
     /// Tools for partners writing a webhook receiver.
     Webhook {
         #[command(subcommand)]
@@ -241,6 +244,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(config.log_format, &config.telemetry)?;
             let said = crate::outbound::email::send_test(&config.email, &config.smtp, &to).await?;
             println!("sent: {said}");
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", crate::api::http::OPENAPI_DOCUMENT);
             Ok(())
         }
         Command::Webhook {

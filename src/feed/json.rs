@@ -7,16 +7,20 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use crate::domain::error::Result;
 use crate::pb;
 
-/// The compiled descriptor of message `name` (`liaison.v1.Event`), from the
-/// descriptor set built into the binary, decoded once.
-pub fn message_descriptor(name: &str) -> MessageDescriptor {
+/// The descriptor set built into the binary, decoded once.
+pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
         DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET)
             .expect("the descriptor set compiled into the binary decodes")
     })
-    .get_message_by_name(name)
-    .unwrap_or_else(|| panic!("{name} is in the descriptor set"))
+}
+
+/// The compiled descriptor of message `name` (`liaison.v1.Event`).
+pub fn message_descriptor(name: &str) -> MessageDescriptor {
+    pool()
+        .get_message_by_name(name)
+        .unwrap_or_else(|| panic!("{name} is in the descriptor set"))
 }
 
 fn event_descriptor() -> &'static MessageDescriptor {

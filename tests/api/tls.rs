@@ -148,7 +148,7 @@ async fn call_as_certificate(
 async fn handshake_alert(port: u16, ca: &Ca, client: &Leaf) -> Option<AlertDescription> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
     let mut roots = RootCertStore::empty();
@@ -179,6 +179,11 @@ async fn handshake_alert(port: u16, ca: &Ca, client: &Leaf) -> Option<AlertDescr
         let mut tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;
+        // The port speaks HTTP/1.1 too, so it waits for the client's first words.
+        // A refused certificate may fail this write already; the read says why.
+        let _ = tls
+            .write_all(b"GET /openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await;
         let mut first = [0u8; 1];
         tls.read(&mut first).await
     };
