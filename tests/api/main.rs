@@ -15,6 +15,7 @@ mod deals;
 mod email;
 mod events;
 mod exports;
+mod http;
 mod mapping;
 mod matrix;
 mod members;

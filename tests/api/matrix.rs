@@ -29,7 +29,7 @@ use prost::Message;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, ReflectMessage, Value,
 };
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use uuid::Uuid;
@@ -37,12 +37,27 @@ use uuid::Uuid;
 use crate::customers::{create, person};
 use crate::email::{member, set_preferences};
 use crate::helpers::*;
+use crate::http::{Wire, grpc_wire, json_wire};
 use crate::mapping::{finish, mapping_of};
 use crate::rules::create_segment;
 use crate::sharing::{grant, log, update};
 use crate::webhooks::{Receiver, reply};
 
 crate::on_both_backends!(no_hidden_value_leaves_the_hub_by_any_rpc_or_channel);
+
+/// The same matrix with every call made over HTTP/JSON (on SQLite: the HTTP layer
+/// is the same on both backends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_hidden_value_leaves_the_hub_over_http_json() {
+    matrix(Backend::Sqlite, Transport::HttpJson).await
+}
+
+/// How the matrix's calls reach the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Grpc,
+    HttpJson,
+}
 
 /// Waits at most this long for a stream message, or for the outbound queues to drain.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -1446,7 +1461,7 @@ struct Me {
 /// What a row's call works with.
 #[derive(Clone)]
 struct Ctx {
-    channel: Channel,
+    wire: Wire,
     key: String,
     me: Arc<Me>,
     n: Arc<Names>,
@@ -1455,8 +1470,8 @@ struct Ctx {
 macro_rules! clients {
     ($($name:ident: $client:ident),* $(,)?) => {
         impl Ctx {
-            $(fn $name(&self) -> $client<Authed> {
-                $client::with_interceptor(self.channel.clone(), Bearer(self.key.clone()))
+            $(fn $name(&self) -> $client<InterceptedService<Wire, Bearer>> {
+                $client::with_interceptor(self.wire.clone(), Bearer(self.key.clone()))
             })*
         }
     };
@@ -2686,6 +2701,10 @@ fn emails_in(dir: &Path) -> Vec<(Vec<String>, String)> {
 }
 
 async fn no_hidden_value_leaves_the_hub_by_any_rpc_or_channel(backend: Backend) {
+    matrix(backend, Transport::Grpc).await
+}
+
+async fn matrix(backend: Backend, transport: Transport) {
     let started = Instant::now();
     let cases = table();
     let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("descriptors");
@@ -2694,7 +2713,10 @@ async fn no_hidden_value_leaves_the_hub_by_any_rpc_or_channel(backend: Backend) 
     let world = World::new(scene.canaries, &scene.names, pool);
     let names = Arc::new(scene.names.clone());
     let ctx = |key: &str, me: &Party| Ctx {
-        channel: scene.app.channel.clone(),
+        wire: match transport {
+            Transport::Grpc => grpc_wire(&scene.app),
+            Transport::HttpJson => json_wire(&scene.app),
+        },
         key: key.to_owned(),
         me: Arc::new(Me {
             org: me.org.name.clone(),
@@ -2818,7 +2840,7 @@ async fn no_hidden_value_leaves_the_hub_by_any_rpc_or_channel(backend: Backend) 
     }
 
     eprintln!(
-        "tenant matrix: {} rows over {} methods, {} callers, {calls} calls, {tokens} page \
+        "tenant matrix over {transport:?}: {} rows over {} methods, {} callers, {calls} calls, {tokens} page \
          tokens; set-up {set_up_time:.1?}, matrix {matrix_time:.1?}, total {:.1?}\n\
          webhooks: {delivered:?}\nemails: {mailed:?}\n{matrix}",
         cases.len(),

@@ -120,29 +120,90 @@ fn read_rule(
     ))
 }
 
-/// A path template in OpenAPI's form: each variable one parameter named by its field
-/// (`/v1/{name}:merge`), with the pattern its value follows (`customers/*`).
-fn openapi_path(template: &str) -> Result<(String, Vec<(String, String)>), String> {
+/// One path parameter of the OpenAPI form of a template.
+struct PathParameter {
+    name: String,
+    /// The request field it is part of (`name`, `customer.name`).
+    field: String,
+    /// The field's value as a pattern of parameters (`customers/{customer}`).
+    spelled: String,
+}
+
+/// The parameter a wildcard after collection `literal` is called by: the singular
+/// (`customers` → `customer`, `auditEntries` → `auditEntry`), else `{literal}Id`.
+fn singular(literal: &str) -> String {
+    if let Some(stem) = literal.strip_suffix("ies") {
+        format!("{stem}y")
+    } else if let Some(stem) = literal.strip_suffix('s') {
+        stem.to_owned()
+    } else {
+        format!("{literal}Id")
+    }
+}
+
+/// A path template in OpenAPI's form: the literal segments of each variable's
+/// pattern stay in the path and each wildcard is a parameter named after the
+/// collection before it (`/v1/{name=customers/*}:merge` is
+/// `/v1/customers/{customer}:merge`), so two resources' paths stay apart.
+fn openapi_path(template: &str) -> Result<(String, Vec<PathParameter>), String> {
     let mut path = String::new();
-    let mut variables = Vec::new();
+    let mut parameters: Vec<PathParameter> = Vec::new();
     let mut rest = template;
+    let mut previous = String::new();
+    let name_for = |previous: &str, fallback: &str, taken: &[PathParameter]| {
+        let base = if previous.is_empty() {
+            fallback.replace('.', "_")
+        } else {
+            singular(previous)
+        };
+        let mut name = base.clone();
+        let mut n = 2;
+        while taken.iter().any(|p| p.name == name) {
+            name = format!("{base}{n}");
+            n += 1;
+        }
+        name
+    };
     while let Some(open) = rest.find('{') {
         let close = rest[open..]
             .find('}')
             .map(|i| open + i)
             .ok_or_else(|| format!("`{template}` has an unclosed `{{`"))?;
+        let before = &rest[..open];
+        path.push_str(before);
+        if let Some(last) = before.trim_end_matches('/').rsplit('/').next() {
+            previous = last.to_owned();
+        }
         let inner = &rest[open + 1..close];
         let (field, pattern) = inner.split_once('=').unwrap_or((inner, "*"));
-        path.push_str(&rest[..open]);
-        path.push_str(&format!("{{{field}}}"));
-        variables.push((field.to_owned(), pattern.to_owned()));
+        let mut spelled = Vec::new();
+        for segment in pattern.split('/') {
+            if segment == "*" || segment == "**" {
+                let name = name_for(&previous, field, &parameters);
+                spelled.push(format!("{{{name}}}"));
+                parameters.push(PathParameter {
+                    name,
+                    field: field.to_owned(),
+                    spelled: String::new(),
+                });
+            } else {
+                spelled.push(segment.to_owned());
+                previous = segment.to_owned();
+            }
+        }
+        let spelled = spelled.join("/");
+        for p in parameters.iter_mut().filter(|p| p.field == field) {
+            p.spelled = spelled.clone();
+        }
+        path.push_str(&spelled);
+        previous.clear();
         rest = &rest[close + 1..];
     }
     path.push_str(rest);
     if path.split(['/', ':']).any(|s| s == "*" || s == "**") {
         return Err(format!("`{template}` has a wildcard outside a variable"));
     }
-    Ok((path, variables))
+    Ok((path, parameters))
 }
 
 /// The comment written above the element at `path` in its file, trimmed.
@@ -350,17 +411,18 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Result<Value, String> {
                 openapi_path(&rule.path).map_err(|e| format!("{}: {e}", method.full_name()))?;
             let mut parameters: Vec<Value> = variables
                 .iter()
-                .map(|(field, pattern)| {
+                .map(|p| {
                     json!({
-                        "name": field,
+                        "name": p.name,
                         "in": "path",
                         "required": true,
                         "schema": {"type": "string"},
-                        "description": format!("`{pattern}`: the path's slashes are part of the value"),
+                        "description": format!("Part of the request's `{}`: `{}`.", p.field, p.spelled),
                     })
                 })
                 .collect();
-            let mut taken: Vec<String> = variables.iter().map(|(f, _)| f.clone()).collect();
+            let mut taken: Vec<String> = variables.iter().map(|p| p.field.clone()).collect();
+            taken.dedup();
             let input = method.input();
             let request_body = match rule.body.as_str() {
                 "" => None,

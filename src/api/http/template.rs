@@ -120,22 +120,21 @@ impl Template {
         route
     }
 
-    /// The OpenAPI path of this template: each variable one parameter named by its
-    /// field (`/v1/{name}:merge`). A multi-segment variable is still one parameter,
-    /// whose value holds slashes (OpenAPI has no way to say more).
-    pub fn openapi_path(&self) -> String {
+    /// The path this template makes with each variable's value from `value_of`
+    /// (its field path in, the value out, its segments already percent-encoded).
+    pub fn fill(&self, value_of: impl Fn(&str) -> String) -> String {
         let mut path = String::new();
         let mut i = 0;
         while i < self.segments.len() {
             path.push('/');
             if let Some(v) = self.variables.iter().find(|v| v.first == i) {
-                path.push_str(&format!("{{{}}}", v.field));
+                path.push_str(&value_of(&v.field));
                 i = v.end;
                 continue;
             }
             match &self.segments[i] {
                 Segment::Literal(text) => path.push_str(text),
-                Segment::One | Segment::Rest => path.push_str(&format!("{{s{i}}}")),
+                Segment::One | Segment::Rest => path.push('-'),
             }
             i += 1;
         }
@@ -224,7 +223,7 @@ impl Table {
             .or_default();
         router
             .insert(template.matchit_route(), self.entries.len())
-            .map_err(|e| format!("{method} {}: {e}", template.openapi_path()))?;
+            .map_err(|e| format!("{method} {}: {e}", template.matchit_route()))?;
         self.entries.push((template.clone(), route));
         Ok(())
     }
@@ -314,13 +313,13 @@ mod tests {
         assert_eq!(t.verb.as_deref(), Some("accept"));
         assert_eq!(t.variables.len(), 1);
         assert_eq!(t.pattern(&t.variables[0]), "cases/*/tasks/*");
-        assert_eq!(t.openapi_path(), "/v1/{name}:accept");
+        assert_eq!(t.fill(|field| format!("<{field}>")), "/v1/<name>:accept");
         let t = Template::parse("/v1/{customer.name=customers/*}").unwrap();
         assert_eq!(t.variables[0].field, "customer.name");
         assert_eq!(t.verb, None);
         let t = Template::parse("/v1/customers:batchUpsert").unwrap();
         assert_eq!(t.verb.as_deref(), Some("batchUpsert"));
-        assert_eq!(t.openapi_path(), "/v1/customers:batchUpsert");
+        assert_eq!(t.fill(|_| unreachable!()), "/v1/customers:batchUpsert");
         let t = Template::parse("/v1/{name=operations/**}").unwrap();
         assert_eq!(t.matchit_route(), "/v1/operations/{*s2}");
 
