@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -62,6 +63,9 @@ const SERVICE_NAMES: &[&str] = &[
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// HTTP/JSON's own port, when `server.http_listen` is set.
+    http_listener: Option<TcpListener>,
+    http_addr: Option<SocketAddr>,
     metrics_listener: Option<TcpListener>,
     metrics_addr: Option<SocketAddr>,
     tls: Option<Arc<TlsServer>>,
@@ -86,6 +90,26 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .context("Failed to read the bound address")?;
+        let http_listener = match config.server.http_listen.trim() {
+            "" => None,
+            address => {
+                let addr: SocketAddr = address.parse().with_context(|| {
+                    format!(
+                        "server.http_listen must be an address such as 0.0.0.0:8080 (got {address:?})"
+                    )
+                })?;
+                Some(
+                    TcpListener::bind(addr).await.with_context(|| {
+                        format!("Failed to listen on {addr} (server.http_listen)")
+                    })?,
+                )
+            }
+        };
+        let http_addr = http_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .context("Failed to read the HTTP address")?;
         let tls = TlsServer::load(&config.tls)?;
         let metrics_listener = crate::metrics::bind(&config.metrics.listen).await?;
         let metrics_addr = metrics_listener
@@ -102,6 +126,7 @@ impl Application {
         let email_worker = EmailWorker::new(hub.store.clone(), &config.email, &config.smtp)?;
         tracing::info!(
             listen = %local_addr,
+            http = %http_addr.map_or("on the gRPC port".to_owned(), |a| a.to_string()),
             tls = tls.is_some(),
             mutual_tls = !config.tls.client_ca.is_empty(),
             metrics = %metrics_addr.map_or("off".to_owned(), |a| a.to_string()),
@@ -112,6 +137,8 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            http_listener,
+            http_addr,
             metrics_listener,
             metrics_addr,
             tls,
@@ -125,6 +152,12 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where HTTP/JSON is served: its own port if `server.http_listen` is set, else the
+    /// gRPC port.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr.unwrap_or(self.local_addr)
     }
 
     /// Where the Prometheus endpoint listens, if `metrics.listen` is set.
@@ -144,6 +177,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            http_listener,
             metrics_listener,
             tls,
             hub,
@@ -260,48 +294,78 @@ impl Application {
                 stopping.notify_one();
             }
         };
-        let router = Server::builder()
-            // HTTP/1.1 for HTTP/JSON clients; gRPC stays on HTTP/2.
-            .accept_http1(true)
-            .concurrency_limit_per_connection(limits.concurrency_per_connection)
-            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
-            .tcp_nodelay(true)
-            // h2 ends a whole connection for a header block past this; the edge holds
-            // each request to `max_header_list_bytes`, failing that request alone.
-            .http2_max_header_list_size(crate::api::edge::HTTP2_HEADER_LIST_CEILING)
-            // Outermost: a request that is not gRPC is turned into the gRPC call its
-            // route names, which then passes the edge like any other.
-            .layer(crate::api::http::HttpJsonLayer::new(http_routes, max))
-            .layer(EdgeLayer::new(
-                hub.auth.clone(),
-                hub.limits.clone(),
-                limits.max_header_list_bytes as usize,
-                Duration::from_secs(limits.request_timeout_secs),
-            ))
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(admin)
-            .add_service(members)
-            .add_service(partnerships)
-            .add_service(customers)
-            .add_service(sharing)
-            .add_service(interactions)
-            .add_service(events)
-            .add_service(webhooks)
-            .add_service(cases)
-            .add_service(mappings)
-            .add_service(audit)
-            .add_service(exports)
-            .add_service(operations);
-        let server: futures_util::future::BoxFuture<'_, Result<(), tonic::transport::Error>> =
+        let http_layer = crate::api::http::HttpJsonLayer::new(Arc::new(http_routes), max);
+        let edge = EdgeLayer::new(
+            hub.auth.clone(),
+            hub.limits.clone(),
+            limits.max_header_list_bytes as usize,
+            Duration::from_secs(limits.request_timeout_secs),
+        );
+        // One server per port, the same services behind each.
+        let serve = |listener: TcpListener,
+                     http_layer: crate::api::http::HttpJsonLayer,
+                     signal: BoxFuture<'static, ()>|
+         -> BoxFuture<'static, Result<(), tonic::transport::Error>> {
+            let router = Server::builder()
+                // HTTP/1.1 for HTTP/JSON clients; gRPC stays on HTTP/2.
+                .accept_http1(true)
+                .concurrency_limit_per_connection(limits.concurrency_per_connection)
+                .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+                .tcp_nodelay(true)
+                // h2 ends a whole connection for a header block past this; the edge holds
+                // each request to `max_header_list_bytes`, failing that request alone.
+                .http2_max_header_list_size(crate::api::edge::HTTP2_HEADER_LIST_CEILING)
+                // Outermost: a request that is not gRPC is turned into the gRPC call its
+                // route names, which then passes the edge like any other.
+                .layer(http_layer)
+                .layer(edge.clone())
+                .add_service(health.clone())
+                .add_service(reflection_v1.clone())
+                .add_service(reflection_v1alpha.clone())
+                .add_service(admin.clone())
+                .add_service(members.clone())
+                .add_service(partnerships.clone())
+                .add_service(customers.clone())
+                .add_service(sharing.clone())
+                .add_service(interactions.clone())
+                .add_service(events.clone())
+                .add_service(webhooks.clone())
+                .add_service(cases.clone())
+                .add_service(mappings.clone())
+                .add_service(audit.clone())
+                .add_service(exports.clone())
+                .add_service(operations.clone());
             match tls.clone() {
                 Some(tls) => {
                     Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal))
                 }
                 None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), signal)),
-            };
+            }
+        };
+        let stop_serving = tokio_util::sync::CancellationToken::new();
+        let signal = {
+            let stop_serving = stop_serving.clone();
+            Box::pin(async move {
+                signal.await;
+                stop_serving.cancel();
+            })
+        };
+        let server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match http_listener {
+            None => serve(listener, http_layer, signal),
+            Some(http_listener) => {
+                let grpc = serve(listener, http_layer.clone().elsewhere(), signal);
+                let http = serve(
+                    http_listener,
+                    http_layer,
+                    Box::pin(stop_serving.cancelled_owned()),
+                );
+                Box::pin(async move {
+                    let (grpc, http) = tokio::join!(grpc, http);
+                    grpc.and(http)
+                })
+            }
+        };
 
         let retention = SignedDuration::from_hours(config.events.retention_days as i64 * 24);
         let rfm_interval = Duration::from_secs(config.customers.rfm_interval_secs);

@@ -408,6 +408,9 @@ pub struct ServerConfig {
     /// keys kept in the database, shared by every replica
     /// (`liaison admin rotate-page-token-key`).
     pub page_token_keys: SecretList,
+    /// Where HTTP/JSON is served apart from gRPC (`0.0.0.0:8080`). Empty: on the gRPC
+    /// port, told apart by content type; set, the gRPC port serves gRPC only.
+    pub http_listen: String,
 }
 
 /// A list of secrets; debug output shows how many, not what.
@@ -444,6 +447,7 @@ impl Default for ServerConfig {
             // 16 KiB: what HTTP/2 peers commonly advertise; metadata beyond it is abuse.
             max_header_list_bytes: 16 * 1024,
             page_token_keys: SecretList::default(),
+            http_listen: String::new(),
         }
     }
 }

@@ -163,6 +163,8 @@ impl Drop for TestDatabase {
 pub struct TestApp {
     pub channel: Channel,
     pub addr: std::net::SocketAddr,
+    /// Where HTTP/JSON is served (`addr` unless `server.http_listen` is set).
+    pub http_addr: std::net::SocketAddr,
     /// The Prometheus endpoint, when `metrics.listen` is set.
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub store: Store,
@@ -218,6 +220,7 @@ async fn start_at(config: Config, operator_key: String, ahead: jiff::SignedDurat
         .expect("the hub starts");
     app.store().clock().advance(ahead);
     let addr = app.local_addr();
+    let http_addr = app.http_addr();
     let metrics_addr = app.metrics_addr();
     let store = app.store().clone();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -239,6 +242,7 @@ async fn start_at(config: Config, operator_key: String, ahead: jiff::SignedDurat
     TestApp {
         channel,
         addr,
+        http_addr,
         metrics_addr,
         store,
         operator_key,

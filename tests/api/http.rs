@@ -72,7 +72,7 @@ impl tower::Service<http::Request<Body>> for Grpc {
 /// The hub's HTTP/JSON routes as a [`Wire`] for gRPC clients.
 pub fn json_wire(app: &TestApp) -> Wire {
     Wire::new(JsonWire {
-        base: format!("http://{}", app.addr),
+        base: format!("http://{}", app.http_addr),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -459,7 +459,7 @@ async fn call(
     body: Option<Value>,
 ) -> (http::StatusCode, http::HeaderMap, Value) {
     let mut request = client()
-        .request(method, format!("http://{}{path}", app.addr))
+        .request(method, format!("http://{}{path}", app.http_addr))
         .header("authorization", format!("Bearer {key}"));
     if let Some(body) = body {
         request = request
@@ -767,7 +767,7 @@ async fn events_stream_as_server_sent_events_and_resume_from_last_event_id(backe
         let mut request = client()
             .get(format!(
                 "http://{}/v1/events:watch?eventTypes=customer.*",
-                app.addr
+                app.http_addr
             ))
             .header("authorization", format!("Bearer {}", acme.read_key))
             .header("accept", "text/event-stream");
@@ -839,7 +839,7 @@ async fn events_stream_as_server_sent_events_and_resume_from_last_event_id(backe
 
     // A bad Last-Event-ID is the client's mistake, said before the stream starts.
     let bad = client()
-        .get(format!("http://{}/v1/events:watch", app.addr))
+        .get(format!("http://{}/v1/events:watch", app.http_addr))
         .header("authorization", format!("Bearer {}", acme.read_key))
         .header("last-event-id", "yesterday")
         .send()
@@ -884,7 +884,7 @@ async fn an_export_file_is_read_as_its_bytes(backend: Backend) {
     .await;
     assert_eq!(done["response"]["records"].as_str(), Some("2"), "{done}");
     let file = client()
-        .get(format!("http://{}/v1/{name}:read", app.addr))
+        .get(format!("http://{}/v1/{name}:read", app.http_addr))
         .header("authorization", format!("Bearer {}", acme.read_key))
         .send()
         .await
@@ -903,6 +903,44 @@ async fn an_export_file_is_read_as_its_bytes(backend: Backend) {
     );
 }
 
+/// With `server.http_listen` set, HTTP/JSON has a port of its own, the gRPC port
+/// serves gRPC alone and says where HTTP/JSON went, and a gRPC call reaches the same
+/// records either way.
+#[tokio::test]
+async fn http_json_can_have_a_port_of_its_own() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.server.http_listen = "127.0.0.1:0".into();
+    })
+    .await;
+    assert_ne!(app.http_addr, app.addr);
+    let acme = app.create_org("acme", pb::OrganizationKind::Vendor).await;
+    let (status, _, created) = call(
+        &app,
+        &acme.admin_key,
+        http::Method::POST,
+        "/v1/customers",
+        Some(json!({"kind": "COMPANY", "legalName": "Apart Ltd"})),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK, "{created}");
+    let name = created["name"].as_str().unwrap();
+    let got = app
+        .customers(&acme.read_key)
+        .get_customer(pb::GetCustomerRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.display_name, "Apart Ltd");
+    let refused = client()
+        .get(format!("http://{}/v1/customers", app.addr))
+        .header("authorization", format!("Bearer {}", acme.read_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), http::StatusCode::NOT_FOUND);
+    assert!(refused.text().await.unwrap().contains("server.http_listen"));
+}
+
 /// Every path the OpenAPI document lists answers with a route of its own: with
 /// made-up names each is refused (404, 400, 403), but never with the "no method is
 /// served" of a path the router does not know.
@@ -910,7 +948,7 @@ async fn an_export_file_is_read_as_its_bytes(backend: Backend) {
 async fn every_documented_route_answers_and_the_document_is_served() {
     let app = spawn_app(Backend::Sqlite).await;
     let served = client()
-        .get(format!("http://{}/openapi.json", app.addr))
+        .get(format!("http://{}/openapi.json", app.http_addr))
         .send()
         .await
         .unwrap()
@@ -940,7 +978,10 @@ async fn every_documented_route_answers_and_the_document_is_served() {
         for method in operations.as_object().unwrap().keys() {
             let method = http::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let response = client()
-                .request(method.clone(), format!("http://{}{concrete}", app.addr))
+                .request(
+                    method.clone(),
+                    format!("http://{}{concrete}", app.http_addr),
+                )
                 .header("authorization", format!("Bearer {}", app.operator_key))
                 .send()
                 .await

@@ -176,15 +176,26 @@ fn check_field(message: &MessageDescriptor, path: &str) -> Result<(), String> {
 pub struct HttpJsonLayer {
     routes: Arc<Routes>,
     max_body_bytes: usize,
+    serves: bool,
 }
 
 impl HttpJsonLayer {
     /// `max_body_bytes`: the largest JSON body read (the server's message limit; the
     /// caller's own, smaller limit applies to the message it makes).
-    pub fn new(routes: Routes, max_body_bytes: usize) -> Self {
+    pub fn new(routes: Arc<Routes>, max_body_bytes: usize) -> Self {
         Self {
-            routes: Arc::new(routes),
+            routes,
             max_body_bytes,
+            serves: true,
+        }
+    }
+
+    /// The layer of a port that serves gRPC only (HTTP/JSON has a port of its own):
+    /// anything that is not gRPC is told where to go.
+    pub fn elsewhere(self) -> Self {
+        Self {
+            serves: false,
+            ..self
         }
     }
 }
@@ -197,6 +208,7 @@ impl<S> Layer<S> for HttpJsonLayer {
             inner,
             routes: self.routes.clone(),
             max_body_bytes: self.max_body_bytes,
+            serves: self.serves,
         }
     }
 }
@@ -206,6 +218,7 @@ pub struct HttpJson<S> {
     inner: S,
     routes: Arc<Routes>,
     max_body_bytes: usize,
+    serves: bool,
 }
 
 /// Whether `request` is a gRPC call (`application/grpc`, `application/grpc+proto`).
@@ -237,6 +250,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if is_grpc(&request) {
             return Box::pin(inner.call(request));
+        }
+        if !self.serves {
+            let status = Status::not_found(
+                "this port serves gRPC only; HTTP/JSON is served at `server.http_listen`",
+            );
+            return Box::pin(async move { Ok(failure(&status)) });
         }
         let routes = self.routes.clone();
         let max_body_bytes = self.max_body_bytes;
