@@ -14,6 +14,7 @@
 
 mod ceiling;
 mod dbwork;
+mod http;
 mod load;
 mod peers;
 mod procs;
@@ -30,11 +31,13 @@ use crate::scenarios::{Ctx, Row};
 const ALL: &[&str] = &[
     "baseline_echo",
     "get_customer",
+    "get_customer_http",
     "get_by_rule",
     "segments",
     "mapping",
     "list_customers",
     "update_customer",
+    "update_customer_http",
     "log_interaction",
     "batch_upsert",
     "scorecard",
@@ -281,6 +284,8 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
         };
     }
     scenario!("get_customer", scenarios::get_customer(&ctx));
+    let grpc = rows.iter().find(|r| r.scenario == "get_customer").cloned();
+    scenario!("get_customer_http", http::get_customer_http(&ctx, grpc.as_ref()));
     scenario!("get_by_rule", scenarios::get_by_rule(&ctx));
     if wanted(args, "segments") {
         progress(args, "segments");
@@ -299,6 +304,8 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     }
     scenario!("list_customers", scenarios::list_customers(&ctx));
     scenario!("update_customer", scenarios::update_customer(&ctx));
+    let grpc = rows.iter().find(|r| r.scenario == "update_customer").cloned();
+    scenario!("update_customer_http", http::update_customer_http(&ctx, grpc.as_ref()));
     scenario!("log_interaction", scenarios::log_interaction(&ctx));
     scenario!("batch_upsert", scenarios::batch_upsert(&ctx));
     if wanted(args, "scorecard") {
