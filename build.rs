@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     build_info()?;
     postgres_tests();
+    example_tests();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("openapi.json"),
@@ -71,6 +72,17 @@ fn postgres_tests() {
     println!("cargo:rerun-if-env-changed=LIAISON_TEST_POSTGRES_URL");
     if env::var("LIAISON_TEST_POSTGRES_URL").is_ok_and(|url| !url.is_empty()) {
         println!("cargo:rustc-cfg=liaison_postgres_tests");
+    }
+}
+
+/// The tests that run the README's walk-through and the examples need Python with the
+/// examples' packages and the network (PyPI): they run when that Python is named at
+/// build time (`.ci/run` does), and are marked ignored otherwise.
+fn example_tests() {
+    println!("cargo::rustc-check-cfg=cfg(liaison_example_tests)");
+    println!("cargo:rerun-if-env-changed=LIAISON_TEST_EXAMPLES_PYTHON");
+    if env::var("LIAISON_TEST_EXAMPLES_PYTHON").is_ok_and(|p| !p.is_empty()) {
+        println!("cargo:rustc-cfg=liaison_example_tests");
     }
 }
 

@@ -324,16 +324,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // An operator in the wrong directory, or without the server's config,
             // would otherwise work on a new empty database and wonder where
             // everything went.
+            // Bootstrap too: an operator key in a database no hub serves is no use.
             if let Some(path) = sqlite_file(url).filter(|p| !p.exists()) {
                 let at = std::path::absolute(&path).unwrap_or(path);
-                if !matches!(command, AdminCommand::Bootstrap { .. }) {
-                    anyhow::bail!(
-                        "there is no database at {} ({url}); run this where the hub keeps its \
-                         database, or pass the server's --database-url or --config",
-                        at.display()
-                    );
-                }
-                eprintln!("creating a new database at {}", at.display());
+                anyhow::bail!(
+                    "there is no database at {} ({url}); run this where the hub keeps its \
+                     database, or pass the server's --database-url or --config (a new hub's \
+                     database is made by `liaison serve` or `liaison migrate`)",
+                    at.display()
+                );
             }
             eprintln!("database: {}", crate::config::redact_url(url));
             let store = Store::connect(&config.store_options()).await?;

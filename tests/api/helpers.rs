@@ -526,9 +526,20 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Runs `liaison admin bootstrap` on `database_url` (migrating it first); returns
+/// Runs `liaison migrate`, then `liaison admin bootstrap`, on `database_url`; returns
 /// the operator key it prints.
 pub fn bootstrap_operator(database_url: &str) -> String {
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["migrate"])
+        .env("LIAISON_DATABASE_URL", database_url)
+        .env("LIAISON_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_liaison"))
         .args(["admin", "bootstrap"])
         .env("LIAISON_DATABASE_URL", database_url)

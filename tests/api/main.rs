@@ -33,6 +33,7 @@ mod smtp;
 mod telemetry;
 mod text;
 mod tls;
+mod walkthrough;
 mod walls;
 mod webhooks;
 mod webhooks_tls;

@@ -650,6 +650,11 @@ async fn liaison_health_reports_serving() {
 async fn secrets_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("liaison.db").display());
+    let migrated = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(migrated.status.success());
     let bootstrap = Command::new(env!("CARGO_BIN_EXE_liaison"))
         .args(["admin", "bootstrap", "--database-url", &url])
         .output()

@@ -285,7 +285,10 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     }
     scenario!("get_customer", scenarios::get_customer(&ctx));
     let grpc = rows.iter().find(|r| r.scenario == "get_customer").cloned();
-    scenario!("get_customer_http", http::get_customer_http(&ctx, grpc.as_ref()));
+    scenario!(
+        "get_customer_http",
+        http::get_customer_http(&ctx, grpc.as_ref())
+    );
     scenario!("get_by_rule", scenarios::get_by_rule(&ctx));
     if wanted(args, "segments") {
         progress(args, "segments");
@@ -304,8 +307,14 @@ async fn measure(args: &Args, url: &str, logs: &std::path::Path) -> anyhow::Resu
     }
     scenario!("list_customers", scenarios::list_customers(&ctx));
     scenario!("update_customer", scenarios::update_customer(&ctx));
-    let grpc = rows.iter().find(|r| r.scenario == "update_customer").cloned();
-    scenario!("update_customer_http", http::update_customer_http(&ctx, grpc.as_ref()));
+    let grpc = rows
+        .iter()
+        .find(|r| r.scenario == "update_customer")
+        .cloned();
+    scenario!(
+        "update_customer_http",
+        http::update_customer_http(&ctx, grpc.as_ref())
+    );
     scenario!("log_interaction", scenarios::log_interaction(&ctx));
     scenario!("batch_upsert", scenarios::batch_upsert(&ctx));
     if wanted(args, "scorecard") {

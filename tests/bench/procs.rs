@@ -69,8 +69,19 @@ impl Database {
     }
 }
 
-/// Runs `liaison admin bootstrap` on `url`; returns the operator key.
+/// Runs `liaison migrate` and `liaison admin bootstrap` on `url`; returns the operator key.
 pub async fn bootstrap(url: &str) -> anyhow::Result<String> {
+    let migrated = Command::new(HUB)
+        .args(["migrate", "--database-url", url])
+        .env("LIAISON_LOG", "warn")
+        .output()
+        .await?;
+    if !migrated.status.success() {
+        bail!(
+            "liaison migrate failed: {}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+    }
     let out = Command::new(HUB)
         .args(["admin", "bootstrap", "--database-url", url])
         .env("LIAISON_LOG", "warn")
