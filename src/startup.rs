@@ -294,7 +294,11 @@ impl Application {
                 stopping.notify_one();
             }
         };
-        let http_layer = crate::api::http::HttpJsonLayer::new(Arc::new(http_routes), max);
+        let http_layer = crate::api::http::HttpJsonLayer::new(
+            Arc::new(http_routes),
+            max,
+            limits.max_header_list_bytes as usize,
+        );
         let edge = EdgeLayer::new(
             hub.auth.clone(),
             hub.limits.clone(),
@@ -354,10 +358,10 @@ impl Application {
         let server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match http_listener {
             None => serve(listener, http_layer, signal),
             Some(http_listener) => {
-                let grpc = serve(listener, http_layer.clone().elsewhere(), signal);
+                let grpc = serve(listener, http_layer.clone().grpc_only(), signal);
                 let http = serve(
                     http_listener,
-                    http_layer,
+                    http_layer.http_only(),
                     Box::pin(stop_serving.cancelled_owned()),
                 );
                 Box::pin(async move {

@@ -81,7 +81,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 }
 
 /// The size HTTP/2 counts for a header list (RFC 9113, SETTINGS_MAX_HEADER_LIST_SIZE).
-fn header_list_size(headers: &http::HeaderMap) -> usize {
+pub(crate) fn header_list_size(headers: &http::HeaderMap) -> usize {
     headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)

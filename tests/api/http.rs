@@ -378,7 +378,8 @@ async fn pump(
     sender: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Status>>,
 ) {
     let events = output.full_name() == "liaison.v1.WatchEventsResponse";
-    let mut text = String::new();
+    // Bytes until a whole event is in: a character may be split across chunks.
+    let mut text: Vec<u8> = Vec::new();
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -405,9 +406,10 @@ async fn pump(
             }
             continue;
         }
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
+        text.extend_from_slice(&chunk);
+        while let Some(end) = text.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = text.drain(..end + 2).collect();
+            let block = String::from_utf8(block).expect("SSE is UTF-8");
             let event = sse_field(&block, "event").unwrap_or_default();
             let data = sse_field(&block, "data").unwrap_or_default();
             let data: Value = serde_json::from_str(&data).expect("SSE data is JSON");
@@ -756,8 +758,36 @@ async fn errors_are_aip_193_json_with_the_status_and_details_grpc_gives(backend:
     .await;
     assert_eq!(
         (status, body["error"]["status"].as_str()),
-        (S::TOO_MANY_REQUESTS, Some("RESOURCE_EXHAUSTED"))
+        (S::PAYLOAD_TOO_LARGE, Some("RESOURCE_EXHAUSTED"))
     );
+
+    // The body is read only once the caller is known: a stranger's JSON, however bad,
+    // gets 401, and nothing of it is parsed.
+    let (status, _, _) = call(
+        &app,
+        "",
+        M::POST,
+        "/v1/customers",
+        Some(json!({"kind": "NO_SUCH_KIND"})),
+    )
+    .await;
+    assert_eq!(status, S::UNAUTHORIZED);
+    // A bad query value is named by its own key.
+    let (_, _, body) = call(
+        &app,
+        &acme.read_key,
+        M::GET,
+        "/v1/customers?pageSize=many",
+        None,
+    )
+    .await;
+    let violations = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|d| d["fieldViolations"].as_array().cloned())
+        .unwrap_or_else(|| panic!("no field violations: {body}"));
+    assert_eq!(violations[0]["field"], "pageSize", "{body}");
 }
 
 async fn events_stream_as_server_sent_events_and_resume_from_last_event_id(backend: Backend) {
@@ -939,6 +969,20 @@ async fn http_json_can_have_a_port_of_its_own() {
         .unwrap();
     assert_eq!(refused.status(), http::StatusCode::NOT_FOUND);
     assert!(refused.text().await.unwrap().contains("server.http_listen"));
+    // And HTTP/JSON's own port refuses gRPC.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.http_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = pb::customer_service_client::CustomerServiceClient::with_interceptor(
+        channel,
+        Bearer(acme.read_key.clone()),
+    )
+    .get_customer(pb::GetCustomerRequest { name: name.into() })
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
 }
 
 /// Every path the OpenAPI document lists answers with a route of its own: with

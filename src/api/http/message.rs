@@ -48,65 +48,101 @@ pub struct Parts<'a> {
     pub overrides: &'a [(String, String)],
 }
 
-/// The request message `input` that `parts` spell under `rule`, encoded.
+/// The request message `input` that `parts` spell under `rule`, encoded. The body is
+/// read straight into the message (no JSON tree of it is built); the fields of the
+/// path and the query are merged over it, so the path wins.
 pub fn request(input: &MessageDescriptor, rule: &BodyRule, parts: &Parts<'_>) -> Result<Vec<u8>> {
-    let mut root = Map::new();
     let body = parts.body.trim_ascii();
-    match rule {
+    let mut message = match rule {
         BodyRule::None if !body.is_empty() => {
             return Err(Error::invalid(
                 "body",
                 "this method takes no body; send its fields in the query string",
             ));
         }
-        BodyRule::None => {}
-        BodyRule::Whole if body.is_empty() => {}
-        BodyRule::Whole => match json(body)? {
-            Value::Object(object) => root = object,
-            _ => return Err(Error::invalid("body", "must be a JSON object")),
-        },
-        BodyRule::Field(_) if body.is_empty() => {}
-        BodyRule::Field(field) => {
-            root.insert(field.clone(), json(body)?);
+        BodyRule::Whole if !body.is_empty() => from_json(input, body)?,
+        BodyRule::Field(name) if !body.is_empty() => {
+            let field = input
+                .get_field_by_name(name)
+                .ok_or_else(|| anyhow::anyhow!("{} has no field {name}", input.name()))?;
+            let Kind::Message(kind) = field.kind() else {
+                return Err(anyhow::anyhow!("the body field {name} is not a message").into());
+            };
+            let mut message = DynamicMessage::new(input.clone());
+            message.set_field(
+                &field,
+                prost_reflect::Value::Message(from_json(&kind, body)?),
+            );
+            message
         }
-    }
+        _ => DynamicMessage::new(input.clone()),
+    };
+    let body_field = match rule {
+        BodyRule::Field(name) => input.get_field_by_name(name),
+        _ => None,
+    };
+    let mut root = Map::new();
     let mut violations = Vec::new();
-    for (key, value) in parts
+    let query = parts
         .query
         .map(|q| form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let in_body = match rule {
-            BodyRule::Whole => true,
-            BodyRule::Field(field) => key.split('.').next() == Some(field.as_str()),
-            BodyRule::None => false,
-        };
+        .unwrap_or_default();
+    let fields = query
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref(), true))
+        .chain(
+            parts
+                .bindings
+                .iter()
+                .chain(parts.overrides)
+                .map(|(k, v)| (k.as_str(), v.as_str(), false)),
+        );
+    for (key, value, from_query) in fields {
+        let first = key.split('.').next().and_then(|n| field_named(input, n));
+        let in_body = from_query
+            && match rule {
+                BodyRule::Whole => true,
+                BodyRule::Field(_) => first.is_some() && first == body_field,
+                BodyRule::None => false,
+            };
         if in_body {
             violations.push(FieldViolation::new(
-                key.as_ref(),
+                key,
                 "is sent in the body for this method, not in the query string",
             ));
             continue;
         }
-        if let Err(description) = set(&mut root, input, &key, &value, true) {
-            violations.push(FieldViolation::new(key.as_ref(), description));
-        }
-    }
-    for (path, value) in parts.bindings.iter().chain(parts.overrides) {
-        if let Err(description) = set(&mut root, input, path, value, false) {
-            violations.push(FieldViolation::new(path.as_str(), description));
+        // Each value alone first, so a bad one is named by its own key.
+        let mut alone = Map::new();
+        let checked = set(&mut alone, input, key, value, from_query).and_then(|()| {
+            DynamicMessage::deserialize(input.clone(), Value::Object(alone))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        match checked {
+            Ok(()) => {
+                let _ = set(&mut root, input, key, value, from_query);
+            }
+            Err(description) => violations.push(FieldViolation::new(key, description)),
         }
     }
     if !violations.is_empty() {
         return Err(Error::InvalidArgument(violations));
     }
-    let message = DynamicMessage::deserialize(input.clone(), Value::Object(root))
-        .map_err(|e| Error::invalid("body", format!("does not fit {}: {e}", input.name())))?;
+    let given = DynamicMessage::deserialize(input.clone(), Value::Object(root))
+        .map_err(|e| Error::invalid("query", e.to_string()))?;
+    message
+        .merge(given.encode_to_vec().as_slice())
+        .map_err(|e| anyhow::anyhow!("merging the path and query fields: {e}"))?;
     Ok(message.encode_to_vec())
 }
 
-fn json(body: &[u8]) -> Result<Value> {
-    serde_json::from_slice(body).map_err(|e| Error::invalid("body", format!("is not JSON: {e}")))
+/// `body` read as message `kind` in the JSON mapping.
+fn from_json(kind: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    DynamicMessage::deserialize(kind.clone(), &mut json)
+        .and_then(|message| json.end().map(|()| message))
+        .map_err(|e| Error::invalid("body", format!("does not fit {}: {e}", kind.name())))
 }
 
 /// Sets the field at dotted `path` (proto or JSON names) of the JSON object `root`
@@ -303,7 +339,7 @@ mod tests {
         assert_eq!(violations(error), vec!["body"]);
         let error =
             request(&list, &BodyRule::None, &parts(&[], Some("pageSize=x"), b"")).unwrap_err();
-        assert_eq!(violations(error), vec!["body"]);
+        assert_eq!(violations(error), vec!["pageSize"], "named by its own key");
 
         let create = descriptor("liaison.v1.CreateCustomerRequest");
         let rule = BodyRule::Field("customer".into());

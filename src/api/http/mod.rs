@@ -171,30 +171,54 @@ fn check_field(message: &MessageDescriptor, path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    Both,
+    GrpcOnly,
+    HttpOnly,
+}
+
+/// JSON spells a message in more bytes than protobuf (names, base64, quotes): a JSON
+/// body may be this many times the server's message limit. The message it makes is
+/// still held to the caller's own limit, at the edge.
+const JSON_OVERHEAD: usize = 2;
+
 /// Puts HTTP/JSON in front of the gRPC services (see the module's doc).
 #[derive(Clone)]
 pub struct HttpJsonLayer {
     routes: Arc<Routes>,
     max_body_bytes: usize,
-    serves: bool,
+    max_header_bytes: usize,
+    serves: Serves,
 }
 
 impl HttpJsonLayer {
-    /// `max_body_bytes`: the largest JSON body read (the server's message limit; the
-    /// caller's own, smaller limit applies to the message it makes).
-    pub fn new(routes: Arc<Routes>, max_body_bytes: usize) -> Self {
+    /// `max_message_bytes`: the server's message limit (a JSON body may be
+    /// [`JSON_OVERHEAD`] times that). `max_header_bytes`: the largest header list of a
+    /// request (`server.max_header_list_bytes`), which the edge checks for gRPC.
+    pub fn new(routes: Arc<Routes>, max_message_bytes: usize, max_header_bytes: usize) -> Self {
         Self {
             routes,
-            max_body_bytes,
-            serves: true,
+            max_body_bytes: max_message_bytes.saturating_mul(JSON_OVERHEAD),
+            max_header_bytes,
+            serves: Serves::Both,
         }
     }
 
-    /// The layer of a port that serves gRPC only (HTTP/JSON has a port of its own):
-    /// anything that is not gRPC is told where to go.
-    pub fn elsewhere(self) -> Self {
+    /// The layer of the gRPC port when HTTP/JSON has a port of its own: anything that
+    /// is not gRPC is told where to go.
+    pub fn grpc_only(self) -> Self {
         Self {
-            serves: false,
+            serves: Serves::GrpcOnly,
+            ..self
+        }
+    }
+
+    /// The layer of HTTP/JSON's own port: gRPC is refused there.
+    pub fn http_only(self) -> Self {
+        Self {
+            serves: Serves::HttpOnly,
             ..self
         }
     }
@@ -208,6 +232,7 @@ impl<S> Layer<S> for HttpJsonLayer {
             inner,
             routes: self.routes.clone(),
             max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
             serves: self.serves,
         }
     }
@@ -218,7 +243,8 @@ pub struct HttpJson<S> {
     inner: S,
     routes: Arc<Routes>,
     max_body_bytes: usize,
-    serves: bool,
+    max_header_bytes: usize,
+    serves: Serves,
 }
 
 /// Whether `request` is a gRPC call (`application/grpc`, `application/grpc+proto`).
@@ -248,21 +274,28 @@ where
         // The clone takes the place of the service that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if is_grpc(&request) {
-            return Box::pin(inner.call(request));
-        }
-        if !self.serves {
-            let status = Status::not_found(
+        let refusal = match (is_grpc(&request), self.serves) {
+            (true, Serves::HttpOnly) => Some(
+                Status::unimplemented(
+                    "this port serves HTTP/JSON only; gRPC is served at `listen`",
+                )
+                .into_http(),
+            ),
+            (true, _) => return Box::pin(inner.call(request)),
+            (false, Serves::GrpcOnly) => Some(failure(&Status::not_found(
                 "this port serves gRPC only; HTTP/JSON is served at `server.http_listen`",
-            );
-            return Box::pin(async move { Ok(failure(&status)) });
+            ))),
+            (false, _) => None,
+        };
+        if let Some(refusal) = refusal {
+            return Box::pin(async move { Ok(refusal) });
         }
         let routes = self.routes.clone();
-        let max_body_bytes = self.max_body_bytes;
+        let limits = (self.max_body_bytes, self.max_header_bytes);
         Box::pin(async move {
             let method = request.method().clone();
             let path = request.uri().path().to_owned();
-            let response = serve(inner, &routes, max_body_bytes, request).await?;
+            let response = serve(inner, &routes, limits, request).await?;
             if response.status().is_client_error() || response.status().is_server_error() {
                 tracing::info!(%method, %path, status = response.status().as_u16(), "http request refused");
             }
@@ -283,7 +316,7 @@ fn failure(status: &Status) -> http::Response<Body> {
 async fn serve<S>(
     mut inner: S,
     routes: &Routes,
-    max_body_bytes: usize,
+    (max_body_bytes, max_header_bytes): (usize, usize),
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, S::Error>
 where
@@ -330,58 +363,147 @@ where
         }
     };
     let route = &routes.routes[found.route];
+    // The edge measures the gRPC request, which carries a few of these headers only.
+    let header_bytes = crate::api::edge::header_list_size(&parts.headers);
+    if header_bytes > max_header_bytes {
+        return Ok(failure(&Status::from(Error::ResourceExhausted {
+            reason: "METADATA_TOO_LARGE",
+            message: format!(
+                "the request's headers are {header_bytes} bytes; at most {max_header_bytes} are accepted"
+            ),
+        })));
+    }
+    // A caller known by its TLS certificate alone, with a body that is not declared
+    // JSON, may be a browser made to post a form by another site: refused.
+    let declared_json = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || v.ends_with("+json")
+        });
+    let has_body = !body.is_end_stream();
+    if has_body
+        && !declared_json
+        && !parts.headers.contains_key(http::header::AUTHORIZATION)
+        && parts.extensions.get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>().is_some()
+    {
+        let mut response = failure(&Status::invalid_argument(
+            "a request authenticated by its client certificate must send its body as \
+             `Content-Type: application/json`",
+        ));
+        *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Ok(response);
+    }
+    // An EventSource reconnecting says where it was: that wins over the URL it
+    // first opened. An empty id means none.
+    let overrides: Vec<(String, String)> = (route.answer == Answer::Events)
+        .then(|| parts.headers.get("last-event-id"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(|id| vec![("after_sequence".to_owned(), id.to_owned())])
+        .unwrap_or_default();
+    // The body is read and made into the message only when the handler reads it:
+    // after the edge has authenticated and admitted the caller, under its deadline.
+    let message = LazyMessage::Pending(Box::pin(read_message(
+        body,
+        max_body_bytes,
+        route.input.clone(),
+        route.body.clone(),
+        found.bindings,
+        parts.uri.query().map(str::to_owned),
+        overrides,
+    )));
+    let grpc = grpc_request(parts, &route.grpc_path, message);
+    let response = inner.call(grpc).await?;
+    Ok(answer(route, response).await)
+}
+
+/// Reads an HTTP body (at most `max_body_bytes`) and makes the framed gRPC request
+/// message of it with the path's and the query's fields.
+async fn read_message(
+    body: Body,
+    max_body_bytes: usize,
+    input: MessageDescriptor,
+    rule: BodyRule,
+    bindings: Vec<(String, String)>,
+    query: Option<String>,
+    overrides: Vec<(String, String)>,
+) -> Result<Bytes, Status> {
     let body = match http_body_util::Limited::new(body, max_body_bytes)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return Ok(failure(&Status::from(Error::ResourceExhausted {
+            return Err(Status::from(Error::ResourceExhausted {
                 reason: "REQUEST_TOO_LARGE",
                 message: format!("the body is larger than {max_body_bytes} bytes"),
-            })));
+            }));
         }
         Err(error) => {
-            return Ok(failure(&Status::cancelled(format!(
+            return Err(Status::cancelled(format!(
                 "the body could not be read: {error}"
-            ))));
+            )));
         }
     };
-    // An EventSource reconnecting says where it was: that wins over the URL it
-    // first opened.
-    let overrides: Vec<(String, String)> = (route.answer == Answer::Events)
-        .then(|| parts.headers.get("last-event-id"))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .map(|id| vec![("after_sequence".to_owned(), id.trim().to_owned())])
-        .unwrap_or_default();
     let message = message::request(
-        &route.input,
-        &route.body,
+        &input,
+        &rule,
         &message::Parts {
-            bindings: &found.bindings,
-            query: parts.uri.query(),
+            bindings: &bindings,
+            query: query.as_deref(),
             body: &body,
             overrides: &overrides,
         },
-    );
-    let message = match message {
-        Ok(message) => message,
-        Err(error) => return Ok(failure(&Status::from(error))),
-    };
-    let grpc = grpc_request(parts, &route.grpc_path, &message);
-    let response = inner.call(grpc).await?;
-    Ok(answer(route, response).await)
+    )
+    .map_err(Status::from)?;
+    let mut frame = BytesMut::with_capacity(FRAME_HEADER + message.len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    frame.put_slice(&message);
+    Ok(frame.freeze())
+}
+
+/// The gRPC request body of an HTTP request: its one message, made when first read.
+enum LazyMessage {
+    Pending(BoxFuture<'static, Result<Bytes, Status>>),
+    Done,
+}
+
+impl HttpBody for LazyMessage {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let LazyMessage::Pending(making) = &mut *self else {
+            return Poll::Ready(None);
+        };
+        let made = std::task::ready!(making.as_mut().poll(cx));
+        *self = LazyMessage::Done;
+        Poll::Ready(Some(made.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, LazyMessage::Done)
+    }
 }
 
 /// The gRPC call an HTTP request makes: its key, request id and connection (TLS
 /// client certificate) go along.
-fn grpc_request(parts: http::request::Parts, path: &str, message: &[u8]) -> http::Request<Body> {
-    let mut frame = BytesMut::with_capacity(FRAME_HEADER + message.len());
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-    frame.put_slice(message);
-    let mut request = http::Request::new(Body::new(http_body_util::Full::new(frame.freeze())));
+fn grpc_request(
+    parts: http::request::Parts,
+    path: &str,
+    message: LazyMessage,
+) -> http::Request<Body> {
+    let mut request = http::Request::new(Body::new(message));
     *request.method_mut() = http::Method::POST;
     *request.version_mut() = http::Version::HTTP_2;
     *request.uri_mut() = http::Uri::try_from(path).unwrap_or_default();
@@ -427,6 +549,7 @@ async fn answer(route: &Route, response: http::Response<Body>) -> http::Response
                     output: route.output.clone(),
                     answer: route.answer,
                     finished: false,
+                    ended_ok: false,
                 }));
                 let headers = response.headers_mut();
                 headers.insert(
@@ -495,6 +618,8 @@ struct Transcoded {
     output: MessageDescriptor,
     answer: Answer,
     finished: bool,
+    /// The call's OK status arrived: the stream ended whole.
+    ended_ok: bool,
 }
 
 impl Transcoded {
@@ -583,14 +708,19 @@ impl HttpBody for Transcoded {
                     Ok(data) => self.buffer.extend_from_slice(&data),
                     Err(frame) => {
                         let status = frame.trailers_ref().and_then(Status::from_header_map);
-                        if let Some(status) = status
-                            && status.code() != Code::Ok
-                        {
-                            return self.fail(status);
+                        match status {
+                            Some(status) if status.code() != Code::Ok => return self.fail(status),
+                            Some(_) => self.ended_ok = true,
+                            None => {}
                         }
                     }
                 },
                 Some(Err(status)) => return self.fail(status),
+                // Without its OK status, or with half a message left, the stream
+                // was cut short: said as a failure, never as a whole answer.
+                None if !self.ended_ok || !self.buffer.is_empty() => {
+                    return self.fail(Status::unavailable("the answer ended early; read it again"));
+                }
                 None => {
                     self.finished = true;
                     return Poll::Ready(None);

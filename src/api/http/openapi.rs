@@ -206,6 +206,16 @@ fn openapi_path(template: &str) -> Result<(String, Vec<PathParameter>), String> 
     Ok((path, parameters))
 }
 
+/// The fields a path template binds: `name` in `{name=customers/*}`.
+fn bound_fields(template: &str) -> Vec<String> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next())
+        .map(|inner| inner.split('=').next().unwrap_or(inner).to_owned())
+        .collect()
+}
+
 /// The comment written above the element at `path` in its file, trimmed.
 fn comment(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Option<String> {
     let info = file.file_descriptor_proto().source_code_info.as_ref()?;
@@ -421,8 +431,8 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Result<Value, String> {
                     })
                 })
                 .collect();
-            let mut taken: Vec<String> = variables.iter().map(|p| p.field.clone()).collect();
-            taken.dedup();
+            // Every field the path binds, wildcards or not (`{parent=operator}`).
+            let mut taken = bound_fields(&rule.path);
             let input = method.input();
             let request_body = match rule.body.as_str() {
                 "" => None,

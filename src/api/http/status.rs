@@ -80,7 +80,14 @@ pub fn body(status: &Status) -> Value {
 /// `Retry-After` when the hub said when to retry.
 pub fn response(status: &Status) -> http::Response<Bytes> {
     let mut response = http::Response::new(Bytes::from(body(status).to_string()));
-    *response.status_mut() = http_status(status.code());
+    // Too large is not "too many": a client must not retry it as it is.
+    *response.status_mut() = match status.get_details_error_info().map(|i| i.reason) {
+        Some(reason) if reason == "REQUEST_TOO_LARGE" => http::StatusCode::PAYLOAD_TOO_LARGE,
+        Some(reason) if reason == "METADATA_TOO_LARGE" => {
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
+        _ => http_status(status.code()),
+    };
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,

@@ -266,9 +266,8 @@ impl Table {
                 let value_of = |i: usize| -> Option<String> {
                     match &template.segments[i] {
                         Segment::Literal(text) => Some(text.clone()),
-                        Segment::One | Segment::Rest => {
-                            found.params.get(format!("s{i}")).map(decode)
-                        }
+                        Segment::One => found.params.get(format!("s{i}")).map(decode_one),
+                        Segment::Rest => found.params.get(format!("s{i}")).map(decode),
                     }
                 };
                 let mut bindings = Vec::new();
@@ -284,7 +283,14 @@ impl Table {
     }
 }
 
-/// `%2F` and friends, decoded; bytes that are not UTF-8 are replaced.
+/// One segment's value, decoded but for `%2F`, which stays as it is: a `/` in one
+/// segment would make the value read as a longer name than the path matched.
+fn decode_one(raw: &str) -> String {
+    decode(&raw.replace("%2F", "%252F").replace("%2f", "%252f"))
+}
+
+/// `%2F` and friends, decoded; bytes that are not UTF-8 are replaced (no name the hub
+/// knows has them, so the handler refuses the value).
 fn decode(raw: &str) -> String {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
@@ -396,6 +402,14 @@ mod tests {
         assert_eq!(
             found(Method::GET, "/v1/cases/k/tasks/t").unwrap().bindings[0].1,
             "cases/k/tasks/t"
+        );
+        // An encoded `/` in one segment stays encoded: it cannot lengthen the name.
+        assert_eq!(
+            found(Method::GET, "/v1/customers/c1%2Finteractions%2Fi")
+                .unwrap()
+                .bindings[0]
+                .1,
+            "customers/c1%2Finteractions%2Fi"
         );
         assert_eq!(found(Method::GET, "/v1/nothing"), Err(Miss::NoPath));
         assert_eq!(found(Method::GET, "/v1/customers/c1/x"), Err(Miss::NoPath));
