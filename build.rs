@@ -3,11 +3,14 @@
 
 use std::{env, fs, path::PathBuf};
 
-/// The OpenAPI writer the hub's HTTP module uses, compiled here to write the document
-/// at build time.
+/// The OpenAPI writer the hub's HTTP module uses and its template parser, compiled
+/// here to write the document at build time.
 #[allow(dead_code)]
 #[path = "src/api/http/openapi.rs"]
 mod openapi;
+#[allow(dead_code)]
+#[path = "src/api/http/template.rs"]
+mod template;
 
 const PROTOS: &[&str] = &[
     "liaison/v1/organizations.proto",

@@ -140,10 +140,10 @@ fn status_trailers(status: &Status) -> http::HeaderMap {
 pub fn status_of(body: &Value) -> Status {
     let error = &body["error"];
     let name = error["status"].as_str().unwrap_or("UNKNOWN");
-    let code = CODES
-        .iter()
-        .position(|c| *c == name)
-        .map_or(Code::Unknown, |i| Code::from(i as i32));
+    let code = (0..17)
+        .map(Code::from)
+        .find(|c| liaison::api::http::status::code_name(*c) == name)
+        .unwrap_or(Code::Unknown);
     let message = error["message"].as_str().unwrap_or_default().to_owned();
     let details = json!({
         "code": code as i32,
@@ -156,26 +156,6 @@ pub fn status_of(body: &Value) -> Status {
         .unwrap_or_default();
     Status::with_details(code, message, details.into())
 }
-
-const CODES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// The value of the field at dotted `path`, if it is a set string.
 fn string_at(message: &DynamicMessage, path: &str) -> Option<String> {

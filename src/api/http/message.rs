@@ -87,17 +87,7 @@ pub fn request(input: &MessageDescriptor, rule: &BodyRule, parts: &Parts<'_>) ->
         .query
         .map(|q| form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>())
         .unwrap_or_default();
-    let fields = query
-        .iter()
-        .map(|(k, v)| (k.as_ref(), v.as_ref(), true))
-        .chain(
-            parts
-                .bindings
-                .iter()
-                .chain(parts.overrides)
-                .map(|(k, v)| (k.as_str(), v.as_str(), false)),
-        );
-    for (key, value, from_query) in fields {
+    for (key, value, from_query) in values(parts, &query) {
         let first = key.split('.').next().and_then(|n| field_named(input, n));
         let in_body = from_query
             && match rule {
@@ -112,29 +102,52 @@ pub fn request(input: &MessageDescriptor, rule: &BodyRule, parts: &Parts<'_>) ->
             ));
             continue;
         }
-        // Each value alone first, so a bad one is named by its own key.
-        let mut alone = Map::new();
-        let checked = set(&mut alone, input, key, value, from_query).and_then(|()| {
-            DynamicMessage::deserialize(input.clone(), Value::Object(alone))
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        match checked {
-            Ok(()) => {
-                let _ = set(&mut root, input, key, value, from_query);
-            }
-            Err(description) => violations.push(FieldViolation::new(key, description)),
+        if let Err(description) = set(&mut root, input, key, value, from_query) {
+            violations.push(FieldViolation::new(key, description));
         }
     }
     if !violations.is_empty() {
         return Err(Error::InvalidArgument(violations));
     }
-    let given = DynamicMessage::deserialize(input.clone(), Value::Object(root))
-        .map_err(|e| Error::invalid("query", e.to_string()))?;
+    let given = DynamicMessage::deserialize(input.clone(), Value::Object(root)).map_err(|e| {
+        // Only on failure: each value again alone, so a bad one is named by its key.
+        let named: Vec<FieldViolation> = values(parts, &query)
+            .filter_map(|(key, value, from_query)| {
+                let mut alone = Map::new();
+                set(&mut alone, input, key, value, from_query).ok()?;
+                DynamicMessage::deserialize(input.clone(), Value::Object(alone))
+                    .err()
+                    .map(|e| FieldViolation::new(key, e.to_string()))
+            })
+            .collect();
+        if named.is_empty() {
+            Error::invalid("query", e.to_string())
+        } else {
+            Error::InvalidArgument(named)
+        }
+    })?;
     message
         .merge(given.encode_to_vec().as_slice())
         .map_err(|e| anyhow::anyhow!("merging the path and query fields: {e}"))?;
     Ok(message.encode_to_vec())
+}
+
+/// Every field value besides the body: the query's (`true`), then the path's and the
+/// transport's, which win.
+fn values<'a>(
+    parts: &'a Parts<'_>,
+    query: &'a [(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)],
+) -> impl Iterator<Item = (&'a str, &'a str, bool)> {
+    query
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref(), true))
+        .chain(
+            parts
+                .bindings
+                .iter()
+                .chain(parts.overrides)
+                .map(|(k, v)| (k.as_str(), v.as_str(), false)),
+        )
 }
 
 /// `body` read as message `kind` in the JSON mapping.

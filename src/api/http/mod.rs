@@ -8,6 +8,7 @@
 pub mod message;
 pub mod openapi;
 pub mod status;
+pub mod table;
 pub mod template;
 
 use std::pin::Pin;
@@ -24,7 +25,8 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use self::message::BodyRule;
-use self::template::{Miss, Table, Template};
+use self::table::{Miss, Table};
+use self::template::Template;
 use crate::domain::error::Error;
 
 /// Where the OpenAPI description is served.

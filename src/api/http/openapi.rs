@@ -2,10 +2,12 @@
 //! from their `google.api.http` rules, the schemas from the messages' JSON mapping,
 //! the words from their comments. `build.rs` compiles this file too and writes the
 //! document at build time (the hub serves that copy at `/openapi.json`), so it
-//! depends on nothing but prost-reflect and serde_json.
+//! depends on nothing but prost-reflect, serde_json and the template parser.
 
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
 use serde_json::{Map, Value, json};
+
+use super::template::Template;
 
 /// The packages whose services are served over HTTP/JSON.
 pub const SERVED_PACKAGES: &[&str] = &["liaison.v1"];
@@ -118,102 +120,6 @@ fn read_rule(
         "{}: a google.api.http rule without a path",
         method.full_name()
     ))
-}
-
-/// One path parameter of the OpenAPI form of a template.
-struct PathParameter {
-    name: String,
-    /// The request field it is part of (`name`, `customer.name`).
-    field: String,
-    /// The field's value as a pattern of parameters (`customers/{customer}`).
-    spelled: String,
-}
-
-/// The parameter a wildcard after collection `literal` is called by: the singular
-/// (`customers` → `customer`, `auditEntries` → `auditEntry`), else `{literal}Id`.
-fn singular(literal: &str) -> String {
-    if let Some(stem) = literal.strip_suffix("ies") {
-        format!("{stem}y")
-    } else if let Some(stem) = literal.strip_suffix('s') {
-        stem.to_owned()
-    } else {
-        format!("{literal}Id")
-    }
-}
-
-/// A path template in OpenAPI's form: the literal segments of each variable's
-/// pattern stay in the path and each wildcard is a parameter named after the
-/// collection before it (`/v1/{name=customers/*}:merge` is
-/// `/v1/customers/{customer}:merge`), so two resources' paths stay apart.
-fn openapi_path(template: &str) -> Result<(String, Vec<PathParameter>), String> {
-    let mut path = String::new();
-    let mut parameters: Vec<PathParameter> = Vec::new();
-    let mut rest = template;
-    let mut previous = String::new();
-    let name_for = |previous: &str, fallback: &str, taken: &[PathParameter]| {
-        let base = if previous.is_empty() {
-            fallback.replace('.', "_")
-        } else {
-            singular(previous)
-        };
-        let mut name = base.clone();
-        let mut n = 2;
-        while taken.iter().any(|p| p.name == name) {
-            name = format!("{base}{n}");
-            n += 1;
-        }
-        name
-    };
-    while let Some(open) = rest.find('{') {
-        let close = rest[open..]
-            .find('}')
-            .map(|i| open + i)
-            .ok_or_else(|| format!("`{template}` has an unclosed `{{`"))?;
-        let before = &rest[..open];
-        path.push_str(before);
-        if let Some(last) = before.trim_end_matches('/').rsplit('/').next() {
-            previous = last.to_owned();
-        }
-        let inner = &rest[open + 1..close];
-        let (field, pattern) = inner.split_once('=').unwrap_or((inner, "*"));
-        let mut spelled = Vec::new();
-        for segment in pattern.split('/') {
-            if segment == "*" || segment == "**" {
-                let name = name_for(&previous, field, &parameters);
-                spelled.push(format!("{{{name}}}"));
-                parameters.push(PathParameter {
-                    name,
-                    field: field.to_owned(),
-                    spelled: String::new(),
-                });
-            } else {
-                spelled.push(segment.to_owned());
-                previous = segment.to_owned();
-            }
-        }
-        let spelled = spelled.join("/");
-        for p in parameters.iter_mut().filter(|p| p.field == field) {
-            p.spelled = spelled.clone();
-        }
-        path.push_str(&spelled);
-        previous.clear();
-        rest = &rest[close + 1..];
-    }
-    path.push_str(rest);
-    if path.split(['/', ':']).any(|s| s == "*" || s == "**") {
-        return Err(format!("`{template}` has a wildcard outside a variable"));
-    }
-    Ok((path, parameters))
-}
-
-/// The fields a path template binds: `name` in `{name=customers/*}`.
-fn bound_fields(template: &str) -> Vec<String> {
-    template
-        .split('{')
-        .skip(1)
-        .filter_map(|rest| rest.split('}').next())
-        .map(|inner| inner.split('=').next().unwrap_or(inner).to_owned())
-        .collect()
 }
 
 /// The comment written above the element at `path` in its file, trimmed.
@@ -417,8 +323,11 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Result<Value, String> {
         let service = method.parent_service();
         let text = comment(&method.parent_file(), method.path());
         for (n, rule) in rules(writer.pool, &method)?.into_iter().enumerate() {
-            let (path, variables) =
-                openapi_path(&rule.path).map_err(|e| format!("{}: {e}", method.full_name()))?;
+            let template =
+                Template::parse(&rule.path).map_err(|e| format!("{}: {e}", method.full_name()))?;
+            let (path, variables) = template
+                .openapi_path()
+                .map_err(|e| format!("{}: `{}`: {e}", method.full_name(), rule.path))?;
             let mut parameters: Vec<Value> = variables
                 .iter()
                 .map(|p| {
@@ -432,7 +341,8 @@ pub fn document(pool: &DescriptorPool, version: &str) -> Result<Value, String> {
                 })
                 .collect();
             // Every field the path binds, wildcards or not (`{parent=operator}`).
-            let mut taken = bound_fields(&rule.path);
+            let mut taken: Vec<String> =
+                template.variables.iter().map(|v| v.field.clone()).collect();
             let input = method.input();
             let request_body = match rule.body.as_str() {
                 "" => None,

@@ -30,7 +30,7 @@ pub fn http_status(code: Code) -> http::StatusCode {
 }
 
 /// The canonical name of `code` (`NOT_FOUND`), as `google.rpc.Code` spells it.
-fn code_name(code: Code) -> &'static str {
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
